@@ -1,0 +1,53 @@
+"""Shared test fixtures: paths to the golden data copied from ../shared/fixtures into tests/data."""
+from __future__ import annotations
+
+import lzma
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def fomm_parity() -> dict:
+    with np.load(DATA / "fomm" / "parity.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="session")
+def mssync_parity() -> dict:
+    with np.load(DATA / "mssync" / "parity.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="session")
+def e2e_parity() -> dict:
+    with np.load(DATA / "e2e" / "parity.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="session")
+def mssync_tiny_dir(tmp_path_factory) -> Path:
+    """A released-format MS-Sync directory (``args`` + ``model_chkpt.pt``) with the tiny weights."""
+    d = tmp_path_factory.mktemp("mssync_tiny")
+    shutil.copy(DATA / "mssync" / "args", d / "args")
+    with lzma.open(DATA / "mssync" / "model_chkpt.pt.xz") as src, open(d / "model_chkpt.pt", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return d
+
+
+@pytest.fixture(scope="session")
+def fomm_tiny_files() -> tuple[Path, Path]:
+    """(config YAML, checkpoint) of the tiny FOMM in the official formats."""
+    return DATA / "fomm" / "tiny.yaml", DATA / "fomm" / "tiny-cpk.pth.tar"
