@@ -1,0 +1,248 @@
+"""``talkhead`` command line: a thin Typer layer over the Python API.
+
+Each command parses its options, calls one API function, and renders progress with Rich. Expected
+errors (:class:`talkhead.errors.TalkheadError`) become one red line on stderr and exit code 2; the
+traceback is shown only with ``--debug``. Ctrl-C exits with 130 and leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import TalkheadError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Talking-head video from one face photo and a speech recording (MS-Sync + FOMM).")
+train_app = typer.Typer(no_args_is_help=True, help="Retrain the syncer pyramid or the MS-Sync generator.")
+app.add_typer(train_app, name="train")
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+class _State:
+    debug = False
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _State.debug = debug
+
+
+def _fail(exc: BaseException) -> None:
+    if _State.debug:
+        err_console.print_exception()
+    msg = str(exc) or exc.__class__.__name__
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(getattr(exc, "exit_code", 2))
+
+
+@contextlib.contextmanager
+def _errors():
+    """Map TalkheadError -> one line + exit 2; Ctrl-C -> exit 130."""
+    try:
+        yield
+    except TalkheadError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: nothing partial was left behind")
+        raise typer.Exit(130)
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("frames"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=err_console, disable=quiet, transient=False)
+
+
+class _Bars:
+    """Adapter from the API's ``progress(stage, done, total)`` callback to Rich tasks."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+    def reset(self) -> None:
+        for task in self.tasks.values():
+            self.progress.remove_task(task)
+        self.tasks.clear()
+
+
+# ----------------------------------------------------------------------------------------------- options
+ModelsDir = typer.Option(None, "--models-dir", help="Checkpoint folder [default: $TALKHEAD_MODELS or the platform cache].",
+                         file_okay=False)
+Device = typer.Option("auto", "--device", help="auto | cpu | cuda | mps.")
+Landmarker = typer.Option("fan", "--landmarker", help="68-point landmarks: fan (face-alignment) or dlib (offline).")
+Crop = typer.Option("auto", "--crop", help="auto: crop around the face (FOMM rule); none: the image is already a face crop.")
+FaceIndex = typer.Option(None, "--face-index", help="Which face when several (0 = largest) [default: largest confident face].")
+BatchSize = typer.Option(8, "--batch-size", min=1, help="Frames per render pass.")
+Offline = typer.Option(False, "--offline", help="Never download checkpoints.")
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+Overwrite = typer.Option(False, "--overwrite", help="Replace existing outputs.")
+AlignCorners = typer.Option(True, "--align-corners/--no-align-corners",
+                            help="FOMM grid_sample convention: on = torch-1.0 behaviour vox-adv was trained with.")
+
+
+def _options(models_dir, device, landmarker, crop, face_index, batch_size, overwrite, offline, align_corners):
+    from .pipeline import AnimateOptions
+
+    return AnimateOptions(models_dir=models_dir, device=device, landmarker=landmarker, crop=crop,
+                          face_index=face_index, batch_size=batch_size, overwrite=overwrite, offline=offline,
+                          align_corners=align_corners)
+
+
+def _log(quiet: bool):
+    return None if quiet else (lambda msg: err_console.print(msg, highlight=False))
+
+
+# ----------------------------------------------------------------------------------------------- animate
+@app.command()
+def animate(
+    image: Path = typer.Argument(..., help="Face photo (PNG, JPEG, WebP, BMP)."),
+    audio: Path = typer.Argument(..., help="Speech (wav, flac, mp3, m4a, ogg, ...)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output MP4 [default: <audio stem>.mp4 beside the audio]."),
+    models_dir: Optional[Path] = ModelsDir, device: str = Device, landmarker: str = Landmarker, crop: str = Crop,
+    face_index: Optional[int] = FaceIndex, batch_size: int = BatchSize,
+    save_keypoints: Optional[Path] = typer.Option(None, "--save-keypoints", help="Also write the generated keypoints, jacobians and crop box (.npz)."),
+    overwrite: bool = Overwrite, offline: bool = Offline, align_corners: bool = AlignCorners, quiet: bool = Quiet,
+) -> None:
+    """Animate IMAGE with the speech in AUDIO into an MP4 (H.264 + AAC, 25 fps)."""
+    from .pipeline import Pipeline
+
+    with _errors():
+        opts = _options(models_dir, device, landmarker, crop, face_index, batch_size, overwrite, offline, align_corners)
+        output = output or audio.with_suffix(".mp4")
+        from .io import check_output_path
+
+        check_output_path(output, overwrite)  # before loading any model
+        pipeline = Pipeline(opts, log=_log(quiet))
+        with _progress(quiet) as progress:
+            result = pipeline.animate(image, audio, output, save_keypoints=save_keypoints, progress=_Bars(progress))
+        if not quiet:
+            err_console.print(f"[green]wrote[/] {result.output}  ({result.num_frames} frames, {result.duration_s:.2f} s)",
+                              highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------- batch
+@app.command()
+def batch(
+    images_dir: Optional[Path] = typer.Argument(None, help="Folder of face photos."),
+    audio_dir: Optional[Path] = typer.Argument(None, help="Folder of speech files (paired with images by file stem)."),
+    out_dir: Path = typer.Option(..., "--output", "-o", help="Folder for the MP4s."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image,audio[,output] rows instead of the two folders."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave pairs whose output exists (resume)."),
+    models_dir: Optional[Path] = ModelsDir, device: str = Device, landmarker: str = Landmarker, crop: str = Crop,
+    face_index: Optional[int] = FaceIndex, batch_size: int = BatchSize,
+    overwrite: bool = Overwrite, offline: bool = Offline, align_corners: bool = AlignCorners, quiet: bool = Quiet,
+) -> None:
+    """Animate every image/audio pair (matched by file stem, or listed in --pairs); models load once.
+
+    A failing pair is reported and skipped. Ends with a summary; exit code 1 if any pair failed.
+    """
+    from .batch import find_pairs, read_pairs_csv, run_batch
+    from .pipeline import Pipeline
+
+    with _errors():
+        if pairs is not None:
+            jobs = read_pairs_csv(pairs)
+        elif images_dir is not None and audio_dir is not None:
+            jobs = find_pairs(images_dir, audio_dir)
+        else:
+            raise typer.BadParameter("give IMAGES_DIR and AUDIO_DIR, or --pairs FILE.csv")
+        opts = _options(models_dir, device, landmarker, crop, face_index, batch_size, overwrite, offline, align_corners)
+        pipeline = Pipeline(opts, log=_log(quiet))
+        with _progress(quiet) as progress:
+            bars = _Bars(progress)
+            overall = progress.add_task("pairs", total=len(jobs))
+
+            def on_item(item):
+                bars.reset()
+                progress.advance(overall)
+                if item.status == "failed" and not quiet:
+                    progress.console.print(f"[red]failed[/] {item.pair.name}: {item.reason}", highlight=False)
+
+            items = run_batch(pipeline, jobs, out_dir, skip_existing=skip_existing, on_item=on_item, progress=bars)
+        table = Table(title="talkhead batch")
+        for col in ("pair", "status", "output / reason"):
+            table.add_column(col)
+        colours = {"done": "green", "skipped": "yellow", "failed": "red"}
+        for item in items:
+            table.add_row(item.pair.name, f"[{colours[item.status]}]{item.status}[/]",
+                          item.reason if item.status != "done" else str(item.output))
+        out_console.print(table)
+        counts = {s: sum(i.status == s for i in items) for s in ("done", "skipped", "failed")}
+        out_console.print(f"done {counts['done']}, skipped {counts['skipped']}, failed {counts['failed']}")
+        if counts["failed"]:
+            raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------------------------- download
+@app.command()
+def download(
+    names: Optional[List[str]] = typer.Argument(None, help="Models to fetch (fomm, mssync) [default: all]."),
+    models_dir: Optional[Path] = ModelsDir,
+    from_dir: Optional[Path] = typer.Option(None, "--from-dir", help="Install files you downloaded by hand from this folder instead."),
+    quiet: bool = Quiet,
+) -> None:
+    """Fetch every checkpoint the pipeline needs (Google Drive, via gdown), verify and record its sha256."""
+    from . import models
+
+    with _errors():
+        root = models.resolve_models_dir(models_dir)
+        if from_dir is not None:
+            models.install_from(from_dir, root, names=names or None)
+        else:
+            models.download(names or None, root, quiet=quiet)
+        _print_states(models.verify(root), root)
+
+
+def _print_states(states: dict, root: Path) -> None:
+    table = Table(title=f"checkpoints in {root}")
+    table.add_column("file")
+    table.add_column("state")
+    table.add_column("detail")
+    colours = {"verified": "green", "missing": "yellow", "corrupt": "red", "unverified": "yellow"}
+    for name, st in states.items():
+        state = getattr(st, "state", str(st))
+        table.add_row(str(name), f"[{colours.get(state, 'white')}]{state}[/]", getattr(st, "reason", "") or "")
+    out_console.print(table)
+
+
+# ----------------------------------------------------------------------------------------------- doctor
+@app.command()
+def doctor(models_dir: Optional[Path] = ModelsDir,
+           as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
+    """Check torch and devices, ffmpeg (libx264, aac), checkpoints and landmark backends."""
+    from .doctor import doctor_report, has_problems, render_report
+    from .models import resolve_models_dir
+
+    with _errors():
+        report = doctor_report(resolve_models_dir(models_dir))
+        if as_json:
+            out_console.print_json(json.dumps(report, default=str))
+        else:
+            render_report(report, out_console)
+        if has_problems(report):
+            raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
