@@ -1,0 +1,216 @@
+"""The FOMM renderer as one object: keypoint detection and batched rendering from one source image.
+
+``load_fomm`` reads an official ``first-order-model`` config + checkpoint (``vox-adv-cpk.pth.tar``
+layout: top-level ``generator``, ``discriminator``, ``kp_detector``, ``optimizer_*``, ``epoch``; only
+``generator`` and ``kp_detector`` are used, as in the reference ``demo.load_checkpoints``).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..checkpoints import load_checkpoint, load_state_dict_checked
+from ..errors import CheckpointError
+from .config import FOMMConfig
+from .generator import OcclusionAwareGenerator
+from .keypoint_detector import KPDetector
+
+KeypointDict = dict
+"""``{"value": (B, K, 2) in [-1, 1], "jacobian": (B, K, 2, 2)}`` float tensors."""
+
+
+@dataclass
+class _SourceEncoding:
+    """Per-source tensors reused across :meth:`FOMM.render` calls (keyed by the values they came from)."""
+
+    source: torch.Tensor  # (1, C, S, S), a private copy used as the cache key
+    kp_value: torch.Tensor  # (1, K, 2)
+    kp_jacobian: Optional[torch.Tensor]  # (1, K, 2, 2)
+    features: torch.Tensor  # (1, F, S / 2**n, S / 2**n): generator encoder output
+    source_down: torch.Tensor  # (1, C, S * scale, S * scale): dense-motion input resolution
+
+    def matches(self, source: torch.Tensor, kp_source: KeypointDict) -> bool:
+        jac = kp_source.get("jacobian")
+        if (jac is None) != (self.kp_jacobian is None):
+            return False
+        return (torch.equal(self.kp_value, kp_source["value"])
+                and (jac is None or torch.equal(self.kp_jacobian, jac))
+                and torch.equal(self.source, source))
+
+
+class FOMM:
+    """FOMM keypoint detector + occlusion-aware generator, ready for inference.
+
+    Attributes:
+        kp_detector: :class:`~talkhead.fomm.KPDetector` (eval mode, no grads).
+        generator: :class:`~talkhead.fomm.OcclusionAwareGenerator` (eval mode, no grads).
+        config: the :class:`~talkhead.fomm.FOMMConfig` the modules were built from.
+        frame_size: side of the square frames, pixels (from ``config``; 256 for vox-adv-256).
+        device: where the modules live; inputs are moved there.
+        align_corners: ``F.grid_sample`` convention of every warp (assignable). ``True`` (default)
+            reproduces torch <= 1.2, which vox-adv was trained with; ``False`` is the torch >= 1.3
+            default that a modern run of the reference code gets.
+    """
+
+    def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareGenerator, config: FOMMConfig, *,
+                 align_corners: bool = True, device: torch.device | str | None = None):
+        if generator.dense_motion_network is None:
+            raise ValueError("the FOMM renderer needs a generator with a dense motion network")
+        self.config = config
+        self.frame_size = int(config.frame_size)
+        self.device = torch.device(device) if device is not None else next(generator.parameters()).device
+        self.kp_detector = kp_detector.to(self.device).eval().requires_grad_(False)
+        self.generator = generator.to(self.device).eval().requires_grad_(False)
+        self.align_corners = align_corners
+        self._cache: Optional[_SourceEncoding] = None
+
+    @classmethod
+    def from_config(cls, config: FOMMConfig, *, device: torch.device | str = "cpu",
+                    align_corners: bool = True) -> "FOMM":
+        """A FOMM with freshly initialised (untrained) weights, e.g. for tests and benchmarks."""
+        return cls(config.build_kp_detector(), config.build_generator(align_corners), config,
+                   align_corners=align_corners, device=device)
+
+    # -- settings -----------------------------------------------------------------------------------
+    @property
+    def align_corners(self) -> bool:
+        """``F.grid_sample`` convention of the renderer (see the class docstring)."""
+        return self.generator.align_corners
+
+    @align_corners.setter
+    def align_corners(self, value: bool) -> None:
+        self.generator.align_corners = bool(value)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating-point dtype of the weights (inputs are cast to it)."""
+        return next(self.generator.parameters()).dtype
+
+    def clear_cache(self) -> None:
+        """Forget the cached source encoding (needed only after changing the weights in place)."""
+        self._cache = None
+
+    # -- input checks -------------------------------------------------------------------------------
+    def _image(self, source, what: str = "source") -> torch.Tensor:
+        x = torch.as_tensor(source).to(self.device, self.dtype)
+        c, s = self.config.num_channels, self.frame_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
+            raise ValueError(f"{what} must be (B, {c}, {s}, {s}) float in [0, 1], got {tuple(x.shape)}")
+        return x
+
+    def _kp(self, kp, what: str, batch: Optional[int] = None) -> KeypointDict:
+        if not isinstance(kp, Mapping) or "value" not in kp:
+            raise ValueError(f"{what} must be a dict with 'value' (B, K, 2) and 'jacobian' (B, K, 2, 2)")
+        k = self.config.num_kp
+        value = torch.as_tensor(kp["value"]).to(self.device, self.dtype)
+        if value.ndim != 3 or tuple(value.shape[1:]) != (k, 2) or (batch is not None and value.shape[0] != batch):
+            want = f"({batch if batch is not None else 'B'}, {k}, 2)"
+            raise ValueError(f"{what}['value'] must be {want}, got {tuple(value.shape)}")
+        out = {"value": value}
+        if self.config.estimate_jacobian:
+            if kp.get("jacobian") is None:
+                raise ValueError(f"{what} lacks 'jacobian' ({value.shape[0]}, {k}, 2, 2)")
+            jac = torch.as_tensor(kp["jacobian"]).to(self.device, self.dtype)
+            if tuple(jac.shape) != (value.shape[0], k, 2, 2):
+                raise ValueError(f"{what}['jacobian'] must be ({value.shape[0]}, {k}, 2, 2), got {tuple(jac.shape)}")
+            out["jacobian"] = jac
+        return out
+
+    # -- inference ----------------------------------------------------------------------------------
+    def detect(self, source) -> KeypointDict:
+        """Keypoints of source images.
+
+        Args:
+            source: ``(B, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
+
+        Returns:
+            ``{"value": (B, 10, 2), "jacobian": (B, 10, 2, 2)}`` on ``device``; values in ``[-1, 1]``
+            (x = column, y = row) of the keypoint heatmap grid.
+
+        Raises:
+            ValueError: a tensor of the wrong shape.
+        """
+        with torch.inference_mode():
+            return self.kp_detector(self._image(source))
+
+    def _encode(self, source: torch.Tensor, kp_source: KeypointDict) -> _SourceEncoding:
+        if self._cache is not None and self._cache.matches(source, kp_source):
+            return self._cache
+        gen = self.generator
+        enc = _SourceEncoding(source=source.clone(), kp_value=kp_source["value"].clone(),
+                              kp_jacobian=kp_source["jacobian"].clone() if "jacobian" in kp_source else None,
+                              features=gen.encode(source),
+                              source_down=gen.dense_motion_network.downsample(source))
+        self._cache = enc
+        return enc
+
+    def render(self, source, kp_source: KeypointDict, kp_driving: KeypointDict) -> torch.Tensor:
+        """Render a batch of ``b`` driving keypoint sets against one source image.
+
+        The source is encoded once (generator encoder + dense-motion downsampling) and that encoding is
+        reused while the same source and kp_source (by value) come back, so rendering a long sequence
+        in batches encodes it once. Gives the same frames as the reference
+        ``OcclusionAwareGenerator.forward(source, kp_driving=..., kp_source=...)["prediction"]`` per frame
+        (absolute keypoints: apply :func:`~talkhead.fomm.relative_kp` first for relative motion).
+
+        Args:
+            source: ``(1, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
+            kp_source: ``{"value": (1, 10, 2), "jacobian": (1, 10, 2, 2)}`` (from :meth:`detect`).
+            kp_driving: ``{"value": (b, 10, 2), "jacobian": (b, 10, 2, 2)}``.
+
+        Returns:
+            Frames ``(b, 3, S, S)`` float in ``(0, 1)`` on ``device``.
+
+        Raises:
+            ValueError: a tensor of the wrong shape, or a source batch other than 1.
+        """
+        with torch.inference_mode():
+            src = self._image(source)
+            if src.shape[0] != 1:
+                raise ValueError(f"render takes one source image (1, 3, S, S), got batch {src.shape[0]}")
+            kp_s = self._kp(kp_source, "kp_source", batch=1)
+            kp_d = self._kp(kp_driving, "kp_driving")
+            enc = self._encode(src, kp_s)
+            gen = self.generator
+            motion = gen.dense_motion_network.motion(enc.source_down, kp_d, kp_s)
+            return gen.decode(gen.warp(enc.features, motion))
+
+
+def load_fomm(config_path: str | Path, checkpoint_path: str | Path, *, device: torch.device | str = "cpu",
+              align_corners: bool = True) -> FOMM:
+    """Build FOMM from an official-schema YAML and load an official-layout checkpoint.
+
+    Args:
+        config_path: YAML in the ``first-order-model`` schema (e.g. :func:`default_config_path`).
+        checkpoint_path: ``.pth.tar`` with top-level ``generator`` and ``kp_detector`` state dicts
+            (``vox-adv-cpk.pth.tar``; torch zip or legacy format), read with
+            :func:`talkhead.checkpoints.load_checkpoint` (no full pickle).
+        device: where the modules are placed.
+        align_corners: ``F.grid_sample`` convention (``True``: vox-adv's training-time torch 1.0 behaviour).
+
+    Returns:
+        A :class:`FOMM` in eval mode on ``device``.
+
+    Raises:
+        ConfigError: a bad config. CheckpointError: an unreadable checkpoint or one lacking
+        ``generator``/``kp_detector`` (named). StateDictMismatchError: weights that do not fit the config.
+    """
+    config = FOMMConfig.from_yaml(config_path)
+    checkpoint = load_checkpoint(checkpoint_path)
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{checkpoint_path}: a FOMM checkpoint must be a dict, not {type(checkpoint).__name__}")
+    missing = [k for k in ("generator", "kp_detector") if not isinstance(checkpoint.get(k), Mapping)]
+    if missing:
+        present = ", ".join(map(str, checkpoint)) or "none"
+        raise CheckpointError(f"{checkpoint_path}: FOMM checkpoint lacks entr{'y' if len(missing) == 1 else 'ies'} "
+                              f"{', '.join(missing)} (top-level keys: {present})")
+    kp_detector = config.build_kp_detector()
+    generator = config.build_generator(align_corners)
+    load_state_dict_checked(kp_detector, checkpoint["kp_detector"], "FOMM kp_detector")
+    load_state_dict_checked(generator, checkpoint["generator"], "FOMM generator")
+    del checkpoint
+    return FOMM(kp_detector, generator, config, align_corners=align_corners, device=device)
