@@ -1,0 +1,296 @@
+"""talkhead.video: streaming frames to ffmpeg (H.264 + AAC MP4), atomic output, probing."""
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import soundfile as sf
+
+from talkhead.errors import FFmpegError, InputError, OutputError
+from talkhead.video import VideoWriter, ffmpeg_capabilities, ffmpeg_exe, moov_before_mdat, probe, to_uint8_frames
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("audio")
+
+
+@pytest.fixture(scope="module")
+def speech_2s(audio_dir) -> Path:
+    """The first 2.000 s of the test speech (16 kHz mono) as a wav."""
+    x, sr = sf.read(DATA / "audio" / "speech_16k.wav", dtype="float32")
+    out = audio_dir / "speech_2s.wav"
+    sf.write(out, x[: 2 * sr], sr)
+    return out
+
+
+def pattern(t: int, h: int = 64, w: int = 64) -> np.ndarray:
+    """A smooth moving colour pattern, uint8 (h, w, 3); frame ``t`` differs from ``t - 1``."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = [(xx * 3 + t * 2) % 200 + 20, 255 - yy * 3, xx + yy + t]
+    return np.stack(rgb, -1).clip(0, 255).astype(np.uint8)
+
+
+def decode(path: Path) -> tuple[dict, np.ndarray]:
+    """All frames of a video decoded to RGB uint8 (n, H, W, 3) by the bundled ffmpeg."""
+    gen = imageio_ffmpeg.read_frames(str(path))
+    meta = next(gen)
+    w, h = meta["size"]
+    return meta, np.stack([np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen])
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_capabilities():
+    caps = ffmpeg_capabilities()
+    assert caps["exe"] == ffmpeg_exe() and Path(caps["exe"]).is_file()
+    assert caps["has_libx264"] and caps["has_aac"]
+    assert caps["version"] != "unknown"
+    assert "libx264" in caps["encoders"] and "definitely-not-an-encoder" not in caps["encoders"]
+
+
+def test_h264_aac_faststart_50_frames(tmp_path, speech_2s):
+    out = tmp_path / "out.mp4"
+    frames = [pattern(t) for t in range(50)]
+    with VideoWriter(out, size=(64, 64), fps=25, audio_path=speech_2s) as writer:
+        for f in frames:
+            writer.write(f)
+        assert not out.exists()  # only the hidden temp file exists while encoding
+    assert writer.num_frames == 50
+    info = probe(out)
+    assert (info.video_codec, info.pix_fmt, info.width, info.height) == ("h264", "yuv420p", 64, 64)
+    assert info.fps == pytest.approx(25.0)
+    assert info.num_frames == 50
+    assert info.duration_s == pytest.approx(2.0, abs=0.04)
+    assert info.video_duration_s == pytest.approx(2.0, abs=1e-9)
+    assert info.audio_codec == "aac" and info.audio_sample_rate == 16000 and info.has_audio
+    assert info.audio_duration_s == pytest.approx(2.0, abs=0.04)
+    assert "mp4" in info.format_name and info.major_brand == "isom"
+    assert info.faststart is True and moov_before_mdat(out)
+    assert names(tmp_path) == ["out.mp4"]
+    # The pixels survive RGB -> BT.709 yuv420p -> RGB (a wrong colour matrix would be off by >10).
+    _, dec = decode(out)
+    assert dec.shape == (50, 64, 64, 3)
+    err = np.abs(dec.astype(np.int16) - np.stack(frames)).mean(axis=(1, 2, 3))
+    assert err.max() < 4.0, err
+    assert np.abs(dec[10].astype(int) - dec[11]).mean() > 1  # frames really move, in order
+
+
+def test_batches_floats_and_tensors_are_equivalent(tmp_path):
+    import torch
+
+    frames = np.stack([pattern(t) for t in range(12)])
+    as_float = frames.astype(np.float32) / 255
+    out = tmp_path / "mix.mp4"
+    with VideoWriter(out, size=(64, 64), crf=0, preset="ultrafast") as w:
+        w.write(frames[:4])  # uint8 batch
+        w.write(torch.from_numpy(as_float[4:8]))  # float tensor batch
+        for f in as_float[8:]:
+            w.write(f.astype(np.float64))  # float64 single frames
+    info = probe(out)
+    assert info.num_frames == 12 and info.audio_codec is None and info.audio_duration_s is None
+
+
+def test_to_uint8_matches_skimage_img_as_ubyte():
+    from skimage import img_as_ubyte
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 5, 7, 3), dtype=np.float32)
+    x[0, 0, 0] = [0.0, 1.0, 0.5 / 255]
+    np.testing.assert_array_equal(to_uint8_frames(x), img_as_ubyte(x))
+    np.testing.assert_array_equal(to_uint8_frames(x[0].astype(np.float64)), img_as_ubyte(x[:1].astype(np.float64)))
+    assert to_uint8_frames(np.full((1, 1, 3), 1.5))[0, 0, 0, 0] == 255  # clipped (skimage would raise)
+    with pytest.raises(ValueError, match="NaN"):
+        to_uint8_frames(np.full((2, 2, 3), np.nan))
+    with pytest.raises(ValueError, match="RGB"):
+        to_uint8_frames(np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="dtype"):
+        to_uint8_frames(np.zeros((4, 4, 3), np.int32))
+
+
+def test_odd_size_is_edge_padded_to_even(tmp_path, speech_2s):
+    out = tmp_path / "odd.mp4"
+    frames = [pattern(t, h=65, w=63) for t in range(50)]
+    with VideoWriter(out, size=(63, 65), audio_path=speech_2s) as w:
+        assert w.encoded_size == (64, 66)
+        for f in frames:
+            w.write(f)
+    info = probe(out)
+    assert (info.width, info.height, info.num_frames) == (64, 66, 50)
+    assert info.audio_codec == "aac"
+    _, dec = decode(out)
+    assert np.abs(dec[:, :65, :63].astype(np.int16) - np.stack(frames)).mean() < 4.0
+    # the extra column/row repeats the last one (not black)
+    assert np.abs(dec[:, :65, 63].astype(int) - dec[:, :65, 62]).mean() < 4.0
+    assert dec[:, 65, :63].mean() > 60
+
+
+def test_duration_matches_audio_within_one_frame(tmp_path, audio_dir):
+    x, sr = sf.read(DATA / "audio" / "speech_44k_stereo.wav", dtype="float32")
+    n = int(1.23 * sr)
+    wav = audio_dir / "stereo_1.23s.wav"
+    sf.write(wav, x[:n], sr)
+    audio_s = n / sr
+    num_frames = round(audio_s * 25)  # the caller's rule
+    out = tmp_path / "d.mp4"
+    with VideoWriter(out, size=(32, 32), audio_path=wav, preset="ultrafast") as w:
+        for t in range(num_frames):
+            w.write(pattern(t, 32, 32))
+    info = probe(out)
+    assert info.audio_sample_rate == sr and info.audio_channels == "stereo"
+    assert info.audio_duration_s == pytest.approx(audio_s, abs=0.005)
+    assert abs(info.video_duration_s - info.audio_duration_s) <= 1 / 25
+    assert abs(info.duration_s - audio_s) <= 1 / 25
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("render failed"), KeyboardInterrupt()])
+def test_interrupted_write_leaves_nothing(tmp_path, speech_2s, exc):
+    out = tmp_path / "out.mp4"
+    with pytest.raises(type(exc)):
+        with VideoWriter(out, size=(64, 64), audio_path=speech_2s) as w:
+            for t in range(10):
+                w.write(pattern(t))
+            proc = w._proc
+            raise exc
+    assert proc.poll() is not None  # ffmpeg was stopped
+    assert names(tmp_path) == []
+
+
+def test_existing_output_refused_before_ffmpeg_starts(tmp_path, speech_2s, monkeypatch):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    started = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
+    with pytest.raises(OutputError, match="--overwrite"):
+        VideoWriter(out, size=(64, 64), audio_path=speech_2s)
+    assert started == [] and out.read_bytes() == b"precious"
+    monkeypatch.undo()
+    with VideoWriter(out, size=(64, 64), audio_path=speech_2s, overwrite=True) as w:
+        for t in range(50):
+            w.write(pattern(t))
+    assert probe(out).num_frames == 50
+    assert names(tmp_path) == ["out.mp4"]
+
+
+def test_ffmpeg_failure_quotes_stderr_and_leaves_nothing(tmp_path):
+    bad_audio = tmp_path / "not audio.wav"
+    bad_audio.write_text("this is not a wav file")
+    out = tmp_path / "out.mp4"
+    with pytest.raises(FFmpegError) as info:
+        with VideoWriter(out, size=(64, 64), audio_path=bad_audio) as w:
+            for t in range(50):
+                w.write(pattern(t))
+    msg = str(info.value)
+    assert "exit code" in msg and str(out) in msg
+    assert "Invalid data" in msg or "not audio.wav" in msg  # ffmpeg's own words
+    assert names(tmp_path) == ["not audio.wav"]
+
+
+def test_bad_arguments(tmp_path, speech_2s):
+    with pytest.raises(InputError, match="does not exist"):
+        VideoWriter(tmp_path / "o.mp4", size=(64, 64), audio_path=tmp_path / "missing.wav")
+    with pytest.raises(ValueError, match="crf"):
+        VideoWriter(tmp_path / "o.mp4", size=(64, 64), crf=99)
+    with pytest.raises(ValueError, match="expects 64x64"):
+        with VideoWriter(tmp_path / "o.mp4", size=(64, 64)) as w:
+            w.write(pattern(0, 32, 32))
+    with pytest.raises(ValueError, match="no frames"):
+        with VideoWriter(tmp_path / "o.mp4", size=(64, 64), audio_path=speech_2s):
+            pass
+    assert names(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["with space.mp4", "quote'\"s.mp4", "ünïcødé 音声.mp4", "-dash.mp4",
+                                  "$(touch pwned).mp4", "a:b.mp4"])
+def test_weird_filenames(tmp_path, speech_2s, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    wav = tmp_path / ("-$(touch pwned) 'ä'.wav")
+    shutil.copy(speech_2s, wav)
+    with VideoWriter(name, size=(32, 32), audio_path=wav.name, preset="ultrafast") as w:
+        for t in range(50):
+            w.write(pattern(t, 32, 32))
+    info = probe(name)
+    assert info.num_frames == 50 and info.audio_codec == "aac"
+    assert sorted(names(tmp_path)) == sorted([name, wav.name])
+    assert not (tmp_path / "pwned").exists()
+
+
+def _peak_rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_memory_does_not_grow_with_length(tmp_path):
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (Linux >= 4.0)
+    except OSError:
+        pytest.skip("cannot reset peak RSS")
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (8, 256, 256, 3), dtype=np.uint8)
+    out = tmp_path / "long.mp4"
+    start = time.perf_counter()
+    with VideoWriter(out, size=(256, 256), preset="ultrafast", crf=30) as w:
+        w.write(noise[:1])
+        base = _peak_rss_kb()
+        for i in range(1, 2000):
+            w.write(noise[i % 8])  # 2000 frames = 393 MB of raw RGB in total
+    grown_mb = (_peak_rss_kb() - base) / 1024
+    assert probe(out).num_frames == 2000
+    assert grown_mb < 100, grown_mb
+    assert time.perf_counter() - start < 60
+
+
+def test_moov_before_mdat_reads_box_headers(tmp_path):
+    def box(kind: bytes, payload: bytes = b"") -> bytes:
+        return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+    ftyp = box(b"ftyp", b"isom\0\0\0\0isom")
+    (tmp_path / "fast.mp4").write_bytes(ftyp + box(b"moov", b"x" * 9) + box(b"mdat", b"y" * 20))
+    (tmp_path / "slow.mp4").write_bytes(ftyp + box(b"free") + box(b"mdat", b"y" * 20) + box(b"moov"))
+    large = struct.pack(">I4sQ", 1, b"mdat", 16 + 5) + b"z" * 5  # 64-bit size
+    (tmp_path / "large.mp4").write_bytes(ftyp + large + box(b"moov"))
+    (tmp_path / "text.mp4").write_text("hello, I am not a video at all")
+    assert moov_before_mdat(tmp_path / "fast.mp4") is True
+    assert moov_before_mdat(tmp_path / "slow.mp4") is False
+    assert moov_before_mdat(tmp_path / "large.mp4") is False
+    with pytest.raises(InputError, match="not an MP4"):
+        moov_before_mdat(tmp_path / "text.mp4")
+
+
+def test_without_faststart_is_detected(tmp_path):
+    out = tmp_path / "plain.mp4"
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=32x32:rate=25", "-frames:v", "5", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    str(out)], check=True)
+    info = probe(out)
+    assert info.faststart is False and info.num_frames == 5
+
+
+def test_probe_errors(tmp_path):
+    with pytest.raises(InputError):
+        probe(tmp_path / "missing.mp4")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\0junk" * 50)
+    with pytest.raises(FFmpegError):
+        probe(junk)
+
+
+def test_probe_audio_only(speech_2s):
+    info = probe(speech_2s)
+    assert info.video_codec is None and info.num_frames is None
+    assert info.audio_codec == "pcm_s16le" and info.audio_sample_rate == 16000
+    assert info.audio_duration_s == pytest.approx(2.0, abs=1e-6)
+    assert info.faststart is None
