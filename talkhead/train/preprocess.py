@@ -1,0 +1,785 @@
+"""Talking-head videos -> MS-Sync training data (keypoints + logfbank per clip).
+
+This is the paper's VoxCeleb2 (II) preparation: every video is turned into the FOMM keypoint
+sequence of its face and the logfbank of its speech, written in the training data format of
+:mod:`talkhead.train.data` (``manifest.json`` + ``clips/<id>.npz`` holding ``keypoints (T, 10, 6)``
+and ``logfbank (M, 26)``). Per video:
+
+1. **Audio**: the container's first audio stream decoded to 16 kHz mono with
+   :func:`talkhead.audio.load_speech`, then :func:`talkhead.audio.logfbank` - the very features
+   inference feeds MS-Sync (100 rows per second).
+2. **Face track** (``crop="auto"``): frames sampled every ``detect_every_s`` seconds (at most
+   ``max_detections``, spread over the clip) go through :func:`talkhead.face.detect_faces` (which
+   detects on a copy downscaled like FOMM's ``crop-video.py``). As for a still photo, only confident
+   faces count (``talkhead.face.CONFIDENT_SCORE``) and a face's box is its detector box joined with
+   its 68 landmarks (:func:`talkhead.face.face_extent`). Boxes are grouped into tracks by IoU with
+   each track's first box (> 0.25, ``crop-video.py``'s ``iou_with_initial``); the track seen in most
+   sampled frames is the speaker (ties: the larger face). If fewer than ``min_face_fraction`` of the
+   sampled frames show that face, the clip is skipped.
+3. **Fixed crop** (:func:`fixed_crop_box`): the union of the track's boxes (``crop-video.py``'s
+   "tube" ``join``), grown by the FOMM rule (``compute_bbox`` with ``increase_area = 0.1``: a square
+   of side ``(1 + 2 * 0.1) * max(w, h)`` centred on the union), then moved - not cut - to lie inside
+   the frame (side capped at ``min(H, W)``): :func:`talkhead.face.fomm_square_box`, the inference
+   crop rule, applied to the union. The *same* box is used for every frame, so the head's motion
+   within the clip is kept in the keypoints. ``crop="none"``: the video is already a face crop;
+   whole frames are resized.
+4. **Frames**: ffmpeg resamples to 25 fps (``fps=25`` filter: nearest source frame), crops and
+   resizes to the FOMM frame size (as ``crop-video.py``'s ffmpeg ``crop,scale`` does, here with the
+   anti-aliasing ``area`` scaler); only ``batch_size`` small frames are in memory at a time.
+5. **Keypoints**: :meth:`talkhead.fomm.FOMM.detect` in batches -> ``[x, y, j00, j01, j10, j11]`` per
+   keypoint (value in the crop's [-1, 1] keypoint grid, jacobian row-major): ``(T, 10, 6)`` at 25 fps.
+6. **Alignment**: ``U = min(T, M // 4)`` frames are kept, with logfbank rows ``0 .. 4U - 1`` (frame
+   ``t`` <-> rows ``4t .. 4t+3``, see :mod:`talkhead.train.data`).
+
+Clips without a face, without (decodable) audio, shorter than ``min_frames`` or whose audio and
+video durations differ by more than ``max_av_mismatch_frames`` are skipped with a reason, never
+fatal. They are remembered in ``OUT_DIR/preprocess-skipped.json`` so a resumed run does not retry
+them (``retry_skipped=True`` does).
+
+**Resuming**: a clip already in ``OUT_DIR``'s manifest is not redone. The manifest is flushed
+every ``flush_every`` clips and on exit (also on Ctrl-C), so an interrupted run loses at most that
+many clips of work.
+
+**Sharding**: ``shard=(i, n)`` keeps the inputs whose position in the clip-id-sorted list is
+``i`` modulo ``n`` - a deterministic, disjoint split that does not depend on the order the videos
+were given. Each shard writes its own data directory (e.g. ``data/shard-0``, ``data/shard-1`` on
+different machines or GPUs); :func:`merge_shards` joins them into one. Every shard must be given
+the same list of videos (and ``root``), because clip ids are derived from the whole list.
+
+**Clip ids** (:func:`clip_ids`): the video's path relative to ``root`` without its extension,
+folders joined by ``_``, any run of characters outside ``[A-Za-z0-9._-]`` replaced by ``-``
+(VoxCeleb2 ``dev/mp4/id00012/21Uxsk56VDQ/00001.mp4`` with ``root=dev/mp4`` ->
+``id00012_21Uxsk56VDQ_00001``). Ids that would collide (case-insensitively, for case-insensitive
+file systems) get ``-<8 hex of sha1(relative path)>`` appended.
+"""
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..constants import FPS, KP_DIM, NUM_KP
+from ..errors import ConfigError, FFmpegError, InputError, NoFaceError, TalkheadError
+from .data import (LOGFBANK_PER_VIDEO_FRAME, ClipInfo, DataFormatError, DatasetWriter, clip_path, read_manifest,
+                   write_manifest)
+
+__all__ = [
+    "VIDEO_EXTS", "SKIPPED_NAME", "ID_PATTERN", "MIN_FRAMES", "VideoJob", "ClipOutcome", "PreprocessReport",
+    "preprocess", "plan_jobs", "list_videos", "clip_ids", "shard_jobs", "fixed_crop_box", "face_track",
+    "merge_shards", "read_skipped",
+]
+
+VIDEO_EXTS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ts")
+"""File extensions (lower case) picked up when a folder is given to :func:`preprocess`."""
+SKIPPED_NAME = "preprocess-skipped.json"
+"""Sidecar in the output directory: ``{"clips": {id: {"source", "reason"}}}`` of skipped videos."""
+INCREASE_AREA = 0.1
+"""FOMM ``crop-video.py`` ``--increase``: the box grows by this fraction of its size on each side."""
+IOU_WITH_INITIAL = 0.25
+"""FOMM ``crop-video.py`` ``--iou_with_initial``: a detection joins a track above this IoU."""
+MIN_FRAMES = 50
+"""Default shortest clip kept, frames at 25 fps (2 s: MS-Sync trains on 3 observed + 40..120 frames)."""
+
+ProgressCallback = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``; stages ``"videos"`` (videos of this shard handled) and
+``"frames"`` (frames of the current video through the keypoint detector; ``total`` is estimated
+from the container's duration)."""
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+"""What every clip id matches (the file-safe rule of :mod:`talkhead.train.data`)."""
+_MAX_ID = 180
+
+
+class _Skip(Exception):
+    """Internal: this video is skipped for ``reason`` (never leaves this module)."""
+
+
+# ============================================================================== inputs, ids, shards
+@dataclass(frozen=True)
+class VideoJob:
+    """One input video and the clip id it is stored under."""
+
+    path: Path
+    clip_id: str
+
+
+def list_videos(videos: Sequence[str | os.PathLike] | str | os.PathLike) -> tuple[list[Path], Path]:
+    """Expand folders to the video files they contain (recursively) and find the id root.
+
+    Args:
+        videos: video files and/or folders. A folder contributes every file below it whose extension
+            is in :data:`VIDEO_EXTS` (hidden files and folders excepted).
+
+    Returns:
+        ``(files, root)``: absolute paths, duplicates removed, in sorted order; ``root`` is the
+        deepest folder holding every given argument (a folder argument counts as itself, a file as
+        its parent folder), from which :func:`clip_ids` derives ids.
+
+    Raises:
+        InputError: a path that does not exist, or no video file at all. (A file given by name is
+            taken whatever its extension: ffmpeg decides whether it is a video.)
+    """
+    if isinstance(videos, (str, os.PathLike)):
+        videos = [videos]
+    files: dict[str, Path] = {}
+    anchors: list[str] = []
+    for item in videos:
+        p = Path(os.path.abspath(Path(item).expanduser()))
+        if p.is_dir():
+            anchors.append(str(p))
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in filenames:
+                    if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_EXTS:
+                        f = Path(dirpath) / name
+                        files[str(f)] = f
+        elif p.is_file():
+            anchors.append(str(p.parent))
+            files[str(p)] = p
+        else:
+            raise InputError(f"video input {str(item)!r} does not exist")
+    if not files:
+        raise InputError(f"no video files ({', '.join(VIDEO_EXTS)}) in {[str(v) for v in videos]}")
+    root = Path(os.path.commonpath(anchors))
+    return [files[k] for k in sorted(files)], root
+
+
+def _sanitize(part: str) -> str:
+    """One path component -> ``[A-Za-z0-9._-]`` (accents dropped, other runs -> ``-``, ends trimmed)."""
+    part = unicodedata.normalize("NFKD", part).encode("ascii", "ignore").decode()
+    return _UNSAFE.sub("-", part).strip("-._")
+
+
+def clip_ids(paths: Sequence[str | os.PathLike], root: str | os.PathLike) -> list[str]:
+    """File-safe, unique clip ids for ``paths`` (same order); see the module docstring for the rule.
+
+    Args:
+        paths: video files.
+        root: folder the ids are relative to (paths outside it use their absolute path).
+
+    Returns:
+        Ids matching :data:`ID_PATTERN` (at most 189 characters), unique even when compared
+        case-insensitively. Deterministic: a function of the set of paths and ``root``.
+    """
+    root = Path(os.path.abspath(root))
+    rels = []
+    for p in paths:
+        p = Path(os.path.abspath(p))
+        try:
+            rel = p.relative_to(root)
+        except ValueError:
+            rel = Path(*p.parts[1:])
+        rels.append(rel)
+    base = []
+    for rel in rels:
+        parts = [q for q in map(_sanitize, rel.with_suffix("").parts) if q]
+        base.append(("_".join(parts) or "clip")[:_MAX_ID])
+    counts: dict[str, int] = {}
+    for b in base:
+        counts[b.lower()] = counts.get(b.lower(), 0) + 1
+    ids = []
+    for b, rel in zip(base, rels):
+        if counts[b.lower()] > 1:
+            b = f"{b}-{hashlib.sha1(rel.as_posix().encode()).hexdigest()[:8]}"
+        ids.append(b)
+    if len({i.lower() for i in ids}) != len(ids):  # astronomically unlikely: identical relative paths
+        raise InputError("the same video is listed twice under different spellings; give each once")
+    return ids
+
+
+def shard_jobs(jobs: Sequence[VideoJob], shard: tuple[int, int]) -> list[VideoJob]:
+    """Shard ``(i, n)`` of ``jobs``: positions ``p`` of the id-sorted list with ``p % n == i``.
+
+    The shards ``(0, n) .. (n-1, n)`` are disjoint, cover every job, differ in size by at most one,
+    and do not depend on the order of ``jobs``.
+
+    Raises:
+        ValueError: ``n < 1`` or ``i`` outside ``[0, n)``.
+    """
+    index, count = (int(shard[0]), int(shard[1]))
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {tuple(shard)}")
+    ordered = sorted(jobs, key=lambda j: j.clip_id)
+    return [j for p, j in enumerate(ordered) if p % count == index]
+
+
+def plan_jobs(videos: Sequence[str | os.PathLike] | str | os.PathLike, *, root: str | os.PathLike | None = None,
+              shard: tuple[int, int] = (0, 1)) -> list[VideoJob]:
+    """The jobs :func:`preprocess` would run: :func:`list_videos` -> :func:`clip_ids` -> :func:`shard_jobs`.
+
+    Args:
+        videos: files and/or folders. root: id root (default: from :func:`list_videos`).
+        shard: ``(i, n)``.
+
+    Returns:
+        This shard's jobs, sorted by clip id.
+    """
+    files, auto_root = list_videos(videos)
+    ids = clip_ids(files, root if root is not None else auto_root)
+    return shard_jobs([VideoJob(f, i) for f, i in zip(files, ids)], shard)
+
+
+# ============================================================================== crop geometry
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two ``(x0, y0, x1, y1)`` boxes (continuous pixel coordinates)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, w) * max(0.0, h)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def face_track(detections: Sequence[np.ndarray], *, iou_min: float = IOU_WITH_INITIAL) -> tuple[np.ndarray, int]:
+    """The speaker's boxes among per-frame face detections.
+
+    Each detection joins the track whose *first* box overlaps it most, if that IoU exceeds
+    ``iou_min`` (at most one box per track and frame; larger boxes are placed first), else it starts
+    a new track - the tube rule of FOMM's ``crop-video.py``. The track present in the most frames
+    wins; ties go to the larger mean box area.
+
+    Args:
+        detections: per sampled frame, an ``(k, 4)`` array of ``(x0, y0, x1, y1)`` boxes, pixels
+            (``k`` may be 0).
+        iou_min: IoU with a track's first box needed to join it.
+
+    Returns:
+        ``(boxes (n, 4) float64, n)``: the chosen track's boxes, one per frame it was seen in;
+        ``(0, 4)`` and 0 when no frame holds a face.
+    """
+    tracks: list[dict] = []
+    for boxes in detections:
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
+        used: set[int] = set()
+        for box in boxes[order]:
+            best, best_iou = None, iou_min
+            for ti, tr in enumerate(tracks):
+                if ti in used:
+                    continue
+                iou = _iou(tr["init"], box)
+                if iou > best_iou:
+                    best, best_iou = ti, iou
+            if best is None:
+                tracks.append({"init": box, "boxes": [box]})
+                used.add(len(tracks) - 1)
+            else:
+                tracks[best]["boxes"].append(box)
+                used.add(best)
+    if not tracks:
+        return np.zeros((0, 4)), 0
+    area = lambda tr: float(np.mean([(b[2] - b[0]) * (b[3] - b[1]) for b in tr["boxes"]]))
+    best = max(tracks, key=lambda tr: (len(tr["boxes"]), area(tr)))
+    return np.stack(best["boxes"]), len(best["boxes"])
+
+
+def fixed_crop_box(boxes: np.ndarray, frame_hw: tuple[int, int], *,
+                   increase_area: float = INCREASE_AREA) -> tuple[int, int, int, int]:
+    """One square crop for a whole clip, covering every face box (FOMM ``crop-video.py`` rule).
+
+    The union ("tube", ``crop-video.py``'s ``join``) of ``boxes``, of width ``w`` and height ``h``, is
+    grown by ``compute_bbox``'s rule to a square of side ``(1 + 2 * increase_area) * max(w, h)``
+    about its centre, then moved inside the frame (side capped at ``min(H, W)``) instead of being
+    clipped - exactly :func:`talkhead.face.fomm_square_box`, the rule the inference crop uses, applied
+    to the union.
+
+    Args:
+        boxes: ``(n, 4)`` face boxes ``(x0, y0, x1, y1)`` (``x1, y1`` exclusive), full-resolution pixels.
+        frame_hw: ``(H, W)`` of the frame, pixels.
+        increase_area: growth per side, a fraction of the longer side (FOMM default 0.1).
+
+    Returns:
+        ``(x0, y0, x1, y1)`` integer pixels with ``x1 - x0 == y1 - y0``, inside the frame.
+
+    Raises:
+        ValueError: no boxes.
+    """
+    from ..face import fomm_square_box
+
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(boxes) == 0:
+        raise ValueError("fixed_crop_box needs at least one face box")
+    union = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+    return fomm_square_box(union, (int(frame_hw[0]), int(frame_hw[1])), increase_area)
+
+
+# ============================================================================== video decoding
+class _QuietResize(logging.Filter):
+    """Drop imageio-ffmpeg's warning that filtered frames differ in size from the source (intended here)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is different from the source frame size" not in record.getMessage()
+
+
+_QUIET = _QuietResize()
+
+
+def _open_frames(path: Path, vf: str) -> tuple[dict, Iterator[bytes]]:
+    """Start ffmpeg on ``path`` with video filter ``vf``; return ``(meta, raw rgb24 frame iterator)``."""
+    import imageio_ffmpeg
+
+    logger = logging.getLogger("imageio_ffmpeg")
+    if _QUIET not in logger.filters:
+        logger.addFilter(_QUIET)
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24",
+                                     output_params=["-map", "0:v:0", "-an", "-sn", "-vf", vf])
+    try:
+        meta = next(gen)
+    except (OSError, RuntimeError, StopIteration, ValueError, IndexError) as exc:
+        gen.close()
+        text = str(exc)
+        if "matches no streams" in text:
+            raise FFmpegError(f"{str(path)!r} has no video stream") from None
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        raise FFmpegError(f"cannot decode video {str(path)!r}: {lines[-1] if lines else type(exc).__name__}") from None
+    return meta, gen
+
+
+def _iter_frames(path: Path, vf: str, size: Optional[tuple[int, int]] = None) -> tuple[dict, Iterator[np.ndarray]]:
+    """Decoded RGB frames ``(H, W, 3)`` uint8 after filter ``vf`` (``size`` = ``(W, H)`` if known)."""
+    meta, gen = _open_frames(path, vf)
+    width, height = size if size is not None else meta["size"]
+
+    def frames():
+        try:
+            for raw in gen:
+                yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+        except (OSError, RuntimeError) as exc:
+            raise FFmpegError(f"decoding {str(path)!r} failed: {exc}") from None
+        finally:
+            gen.close()
+
+    return meta, frames()
+
+
+def _video_meta(path: Path) -> dict:
+    """Container metadata of the first video stream (``size`` (W, H) after rotation, ``duration`` s)."""
+    meta, gen = _open_frames(path, "null")
+    gen.close()
+    return meta
+
+
+# ============================================================================== report
+@dataclass
+class ClipOutcome:
+    """What happened to one video.
+
+    Attributes:
+        clip_id: id in the data directory. source: the video path.
+        status: ``"done"`` (written now), ``"resumed"`` (already in the manifest: not redone) or
+            ``"skipped"`` (see ``reason``; also for videos skipped by an earlier run).
+        reason: why a video was skipped (empty otherwise).
+        num_frames: ``T`` frames at 25 fps written (0 unless done).
+        num_logfbank_frames: ``M`` logfbank rows written.
+        crop_box: the fixed ``(x0, y0, x1, y1)`` crop, full-resolution pixels (``None`` for ``crop="none"``
+            or when not computed).
+        seconds: wall time spent on the video.
+    """
+
+    clip_id: str
+    source: str
+    status: str
+    reason: str = ""
+    num_frames: int = 0
+    num_logfbank_frames: int = 0
+    crop_box: Optional[tuple[int, int, int, int]] = None
+    seconds: float = 0.0
+
+
+@dataclass
+class PreprocessReport:
+    """Result of :func:`preprocess`: one :class:`ClipOutcome` per video of the shard, in id order."""
+
+    out_dir: Path
+    shard: tuple[int, int]
+    outcomes: list[ClipOutcome] = field(default_factory=list)
+
+    def _with(self, status: str) -> list[ClipOutcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def done(self) -> list[ClipOutcome]:
+        """Clips written by this run."""
+        return self._with("done")
+
+    @property
+    def resumed(self) -> list[ClipOutcome]:
+        """Clips found in the manifest and left alone."""
+        return self._with("resumed")
+
+    @property
+    def skipped(self) -> list[ClipOutcome]:
+        """Videos skipped (now or by an earlier run), each with a reason."""
+        return self._with("skipped")
+
+    def summary(self) -> str:
+        """One line: counts per status and seconds of keypoints written."""
+        secs = sum(o.num_frames for o in self.done) / FPS
+        return (f"shard {self.shard[0]}/{self.shard[1]}: {len(self.done)} done ({secs:.1f} s of video), "
+                f"{len(self.resumed)} already done, {len(self.skipped)} skipped -> {self.out_dir}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {"out_dir": str(self.out_dir), "shard": list(self.shard),
+                "outcomes": [asdict(o) for o in self.outcomes]}
+
+
+def read_skipped(out_dir: str | os.PathLike) -> dict[str, dict]:
+    """``{clip_id: {"source", "reason"}}`` from ``OUT_DIR/preprocess-skipped.json`` (empty if absent).
+
+    Raises:
+        DataFormatError: the file exists but is not valid JSON of that shape.
+    """
+    path = Path(out_dir) / SKIPPED_NAME
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+        clips = doc["clips"]
+        if not isinstance(clips, dict):
+            raise TypeError("'clips' is not an object")
+        return {str(k): {"source": str(v.get("source", "")), "reason": str(v.get("reason", ""))}
+                for k, v in clips.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataFormatError(f"unreadable {path}: {exc}") from None
+
+
+def _write_skipped(out_dir: Path, skipped: dict[str, dict]) -> None:
+    from ..io import atomic_output
+
+    text = json.dumps({"clips": dict(sorted(skipped.items()))}, indent=1)
+    with atomic_output(out_dir / SKIPPED_NAME, overwrite=True) as tmp:
+        Path(tmp).write_text(text)
+
+
+# ============================================================================== the work
+def _face_detector(landmarker, device: str, min_score: Optional[float]) -> Callable[[np.ndarray], np.ndarray]:
+    """``detect(frame (H, W, 3) uint8) -> (k, 4)`` boxes of the confident faces in a frame.
+
+    ``landmarker`` is a backend name of :func:`talkhead.face.detect_faces` or a callable returning
+    :class:`talkhead.face.Face` objects. As for a still (:func:`talkhead.face.select_face`), faces
+    scoring below ``min_score`` (``None``: ``CONFIDENT_SCORE`` of the face's backend) are dropped, and
+    each box is the detector box joined with the 68 landmarks (:func:`talkhead.face.face_extent`).
+    """
+    from ..face import CONFIDENT_SCORE, detect_faces, face_extent
+
+    if callable(landmarker):
+        fn = landmarker
+    else:
+        def fn(image):
+            return detect_faces(image, backend=landmarker, device=device)
+
+    def detect(image: np.ndarray) -> np.ndarray:
+        try:
+            faces = fn(image)
+        except NoFaceError:
+            faces = []
+        boxes = []
+        for f in faces or []:
+            if not hasattr(f, "box"):  # a plain (x0, y0, x1, y1) box from a custom landmarker
+                boxes.append(f)
+                continue
+            threshold = min_score if min_score is not None else CONFIDENT_SCORE.get(getattr(f, "backend", ""), 0.5)
+            if float(getattr(f, "score", 1.0)) >= threshold:
+                boxes.append(face_extent(f) if getattr(f, "landmarks", None) is not None else f.box)
+        return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+    return detect
+
+
+def _detect_crop(path: Path, detect, *, detect_every_s: float, max_detections: int, min_face_fraction: float
+                 ) -> tuple[int, int, int, int]:
+    """Sample frames, track the speaker's face, return the fixed crop box (see module docstring)."""
+    meta = _video_meta(path)
+    width, height = meta["size"]
+    duration = float(meta.get("duration") or 0.0)
+    rate = 1.0 / detect_every_s
+    if duration > 0:
+        rate = min(rate, max_detections / duration)
+    _, frames = _iter_frames(path, f"fps={rate:.6f}", (width, height))
+    detections = []
+    try:
+        for frame in frames:
+            detections.append(detect(np.ascontiguousarray(frame)))
+            if len(detections) >= max_detections:
+                break
+    finally:
+        frames.close()
+    if not detections:
+        raise _Skip("no video frames decoded")
+    boxes, seen = face_track(detections)
+    if seen == 0:
+        raise _Skip(f"no face found in {len(detections)} sampled frames")
+    if seen < min_face_fraction * len(detections):
+        raise _Skip(f"face found in only {seen} of {len(detections)} sampled frames "
+                    f"(< {min_face_fraction:.0%})")
+    return fixed_crop_box(boxes, (height, width))
+
+
+def _keypoints(path: Path, fomm, vf: str, size: int, batch_size: int, est_frames: int,
+               progress: Optional[ProgressCallback]) -> np.ndarray:
+    """Stream the filtered 25-fps frames through ``fomm.detect`` -> ``(T, 10, 6)`` float32."""
+    _, frames = _iter_frames(path, vf, (size, size))
+    out: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+    count = 0
+
+    def run(batch):
+        x = torch.from_numpy(np.stack(batch)).to(fomm.device).permute(0, 3, 1, 2).to(fomm.dtype).div_(255.0)
+        kp = fomm.detect(x)
+        value = kp["value"].float().cpu().numpy()
+        jac = kp["jacobian"].float().cpu().numpy()
+        out.append(np.concatenate([value, jac.reshape(*jac.shape[:2], 4)], axis=-1))
+
+    try:
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) == batch_size:
+                run(batch)
+                count += len(batch)
+                batch = []
+                if progress:
+                    progress("frames", count, max(count, est_frames))
+        if batch:
+            run(batch)
+            count += len(batch)
+            if progress:
+                progress("frames", count, max(count, est_frames))
+    finally:
+        frames.close()
+    if not out:
+        return np.zeros((0, NUM_KP, KP_DIM), np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+def _resolve_fomm(fomm, fomm_config, fomm_checkpoint, models_dir, offline: bool, device: str):
+    if fomm is not None:
+        return fomm
+    from ..fomm import load_fomm
+
+    if (fomm_config is None) != (fomm_checkpoint is None):
+        raise ConfigError("give both fomm_config and fomm_checkpoint, or neither (then models_dir is used)")
+    if fomm_config is None:
+        from ..models import ensure_models
+
+        paths = ensure_models(models_dir, offline=offline)
+        fomm_config, fomm_checkpoint = paths.fomm_config, paths.fomm_checkpoint
+    return load_fomm(fomm_config, fomm_checkpoint, device=device)
+
+
+def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike, *,
+               fomm=None, fomm_config: str | os.PathLike | None = None,
+               fomm_checkpoint: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None,
+               offline: bool = False, landmarker="fan", crop: str = "auto", shard: tuple[int, int] = (0, 1),
+               root: str | os.PathLike | None = None, min_frames: int = MIN_FRAMES,
+               max_av_mismatch_frames: int = 12, split: str = "train", detect_every_s: float = 0.5,
+               max_detections: int = 24, min_face_fraction: float = 0.5, min_score: Optional[float] = None,
+               batch_size: int = 32, retry_skipped: bool = False, flush_every: int = 20,
+               device: str | torch.device = "cpu", progress: Optional[ProgressCallback] = None,
+               on_clip: Optional[Callable[[ClipOutcome], None]] = None) -> PreprocessReport:
+    """Turn talking-head videos into MS-Sync training clips in ``out_dir`` (see the module docstring).
+
+    Args:
+        videos: video files (mp4, mkv, avi, webm, ... any fps; anything ffmpeg decodes) and/or folders
+            (searched recursively for :data:`VIDEO_EXTS`).
+        out_dir: the data directory (created; an existing one is resumed).
+        fomm: a loaded :class:`talkhead.fomm.FOMM` (its keypoint detector is used, on its device).
+            Otherwise ``fomm_config`` + ``fomm_checkpoint`` (official YAML + ``vox-adv-cpk.pth.tar``) are
+            loaded, or else the models folder (``models_dir``, ``offline``) through ``talkhead.models``.
+        landmarker: face backend of :func:`talkhead.face.detect_faces` (``"fan"`` or ``"dlib"``), or a
+            callable ``image (H, W, 3) uint8 -> faces`` (:class:`talkhead.face.Face` objects, or plain
+            ``(x0, y0, x1, y1)`` boxes, which are used as they are).
+        crop: ``"auto"`` (fixed FOMM crop around the tracked face) or ``"none"`` (videos already face
+            crops: whole frames resized to the FOMM frame size).
+        shard: ``(i, n)``: process only shard ``i`` of ``n`` (see :func:`shard_jobs`).
+        root: folder clip ids are relative to (default: see :func:`list_videos`).
+        min_frames: skip clips with fewer usable frames (25 fps) than this.
+        max_av_mismatch_frames: skip clips whose audio and video durations differ by more frames.
+        split: ``split`` label stored in the manifest for every new clip.
+        detect_every_s: seconds between frames sampled for face detection.
+        max_detections: at most this many sampled frames per video (spread over its duration).
+        min_face_fraction: skip unless the speaker's face is in at least this fraction of samples.
+        min_score: detector score a face needs (``None``: ``talkhead.face.CONFIDENT_SCORE`` of its backend).
+        batch_size: frames per keypoint-detector batch.
+        retry_skipped: also retry videos an earlier run skipped.
+        flush_every: rewrite the manifest after this many new clips.
+        device: device for loading FOMM and for the face detector.
+        progress: ``progress(stage, done, total)`` callback (see :data:`ProgressCallback`).
+        on_clip: called with each :class:`ClipOutcome` as soon as it is known.
+
+    Returns:
+        A :class:`PreprocessReport` (done / resumed / skipped, with reasons).
+
+    Raises:
+        InputError: a missing input path, or no videos at all.
+        ValueError: a bad ``shard``, ``crop`` or numeric option.
+        LandmarkerUnavailableError: the face backend cannot be loaded (checked before any video).
+        ConfigError / CheckpointError: FOMM cannot be loaded.
+        DataFormatError: an existing, malformed data directory.
+        Problems of single videos (no face, no audio, too short, undecodable) are never raised:
+        they are reported as skipped, with the reason.
+    """
+    if crop not in ("auto", "none"):
+        raise ValueError(f"crop must be 'auto' or 'none', got {crop!r}")
+    if min_frames < 1 or batch_size < 1 or max_detections < 1 or detect_every_s <= 0:
+        raise ValueError("min_frames, batch_size, max_detections and detect_every_s must be positive")
+    jobs = plan_jobs(videos, root=root, shard=shard)
+    shard = (int(shard[0]), int(shard[1]))
+    out_dir = Path(out_dir)
+    device = str(device)
+    fomm = _resolve_fomm(fomm, fomm_config, fomm_checkpoint, models_dir, offline, device)
+    size = int(fomm.frame_size)
+    detect = None
+    if crop == "auto":
+        if not callable(landmarker):
+            from ..face import get_landmarker
+
+            get_landmarker(landmarker, device)  # fail fast (LandmarkerUnavailableError) before any video
+        detect = _face_detector(landmarker, device, min_score)
+    from ..audio import load_speech, logfbank
+
+    report = PreprocessReport(out_dir=out_dir, shard=shard)
+    skipped = read_skipped(out_dir) if out_dir.is_dir() else {}
+
+    def record(outcome: ClipOutcome) -> None:
+        report.outcomes.append(outcome)
+        if on_clip:
+            on_clip(outcome)
+
+    with DatasetWriter(out_dir, flush_every=flush_every, max_mismatch_frames=max_av_mismatch_frames) as writer:
+        for n, job in enumerate(jobs):
+            if progress:
+                progress("videos", n, len(jobs))
+            src = str(job.path)
+            if writer.has(job.clip_id):
+                record(ClipOutcome(job.clip_id, src, "resumed"))
+                continue
+            if job.clip_id in skipped and not retry_skipped:
+                record(ClipOutcome(job.clip_id, src, "skipped", f"(earlier run) {skipped[job.clip_id]['reason']}"))
+                continue
+            t0 = time.perf_counter()
+            box = None
+            try:
+                try:
+                    speech = load_speech(job.path)
+                except TalkheadError as exc:
+                    raise _Skip(f"no usable audio: {exc}") from None
+                if speech.duration_s * FPS < min_frames:
+                    raise _Skip(f"too few frames: audio lasts {speech.duration_s:.2f} s "
+                                f"(< {min_frames} frames at {FPS} fps)")
+                feats = logfbank(speech.samples, speech.sample_rate)
+                if crop == "auto":
+                    box = _detect_crop(job.path, detect, detect_every_s=detect_every_s,
+                                          max_detections=max_detections, min_face_fraction=min_face_fraction)
+                    side = box[2] - box[0]
+                    vf = (f"fps={FPS},format=rgb24,crop={side}:{side}:{box[0]}:{box[1]},"
+                          f"scale={size}:{size}:flags=area")
+                else:
+                    vf = f"fps={FPS},format=rgb24,scale={size}:{size}:flags=area"
+                est = int(math.ceil(speech.duration_s * FPS))
+                kp = _keypoints(job.path, fomm, vf, size, batch_size, est, progress)
+                num_t, num_m = len(kp), len(feats)
+                if abs(num_m / LOGFBANK_PER_VIDEO_FRAME - num_t) > max_av_mismatch_frames:
+                    raise _Skip(f"audio ({num_m / 100:.2f} s) and video ({num_t / FPS:.2f} s) durations differ "
+                                f"by more than {max_av_mismatch_frames} frames")
+                usable = min(num_t, num_m // LOGFBANK_PER_VIDEO_FRAME)
+                if usable < min_frames:
+                    raise _Skip(f"too few frames: {usable} usable frames at {FPS} fps (< {min_frames})")
+                info = writer.add(job.clip_id, kp[:usable], feats[:usable * LOGFBANK_PER_VIDEO_FRAME],
+                                  source=src, split=split)
+            except (_Skip, FFmpegError, DataFormatError) as exc:
+                reason = str(exc) if isinstance(exc, _Skip) else f"{type(exc).__name__}: {exc}"
+                skipped[job.clip_id] = {"source": src, "reason": reason}
+                _write_skipped(out_dir, skipped)
+                record(ClipOutcome(job.clip_id, src, "skipped", reason, crop_box=box,
+                                   seconds=time.perf_counter() - t0))
+                continue
+            if skipped.pop(job.clip_id, None) is not None:
+                _write_skipped(out_dir, skipped)
+            record(ClipOutcome(job.clip_id, src, "done", num_frames=info.num_frames,
+                               num_logfbank_frames=info.num_logfbank_frames, crop_box=box,
+                               seconds=time.perf_counter() - t0))
+        if progress:
+            progress("videos", len(jobs), len(jobs))
+    return report
+
+
+# ============================================================================== merging shards
+def merge_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                 link: bool = True) -> list[ClipInfo]:
+    """Join the data directories written by separate shards into ``out_dir``.
+
+    Clip files are hard-linked when possible (``link``; same file system), else copied, each
+    atomically; the manifest of ``out_dir`` (kept if it exists) gains every shard's clips, and the
+    skipped-video sidecars are merged too. Merging again is a no-op for clips already present with
+    identical files.
+
+    Args:
+        shard_dirs: data directories (each with ``manifest.json``).
+        out_dir: the merged data directory (created if needed).
+        link: try ``os.link`` before copying.
+
+    Returns:
+        The merged manifest's records.
+
+    Raises:
+        DataFormatError: a shard without a manifest, a missing clip file, or one id with different
+            contents in two places.
+    """
+    from ..io import atomic_output
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged: dict[str, ClipInfo] = {}
+    if (out_dir / "manifest.json").is_file():
+        merged = {c.id: c for c in read_manifest(out_dir)}
+    skipped = read_skipped(out_dir)
+    for shard_dir in map(Path, shard_dirs):
+        if shard_dir.resolve() == out_dir.resolve():
+            continue
+        for clip in read_manifest(shard_dir):
+            src = clip_path(shard_dir, clip.id)
+            dst = clip_path(out_dir, clip.id)
+            if not src.is_file():
+                raise DataFormatError(f"{shard_dir}: clip file {src} listed in the manifest is missing")
+            if clip.id in merged or dst.exists():
+                if dst.is_file() and (os.path.samefile(src, dst) or filecmp.cmp(src, dst, shallow=False)):
+                    merged.setdefault(clip.id, clip)
+                    continue
+                raise DataFormatError(f"clip id {clip.id!r} of {shard_dir} already exists in {out_dir} "
+                                      f"with different contents")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_output(dst, overwrite=True) as tmp:
+                tmp = Path(tmp)
+                linked = False
+                if link:
+                    try:
+                        tmp.unlink()
+                        os.link(src, tmp)
+                        linked = True
+                    except OSError:
+                        linked = False
+                if not linked:
+                    shutil.copyfile(src, tmp)
+            merged[clip.id] = clip
+        skipped.update({k: v for k, v in read_skipped(shard_dir).items() if k not in merged})
+    for k in list(skipped):
+        if k in merged:
+            del skipped[k]
+    write_manifest(out_dir, list(merged.values()))
+    if skipped:
+        _write_skipped(out_dir, skipped)
+    return list(merged.values())
