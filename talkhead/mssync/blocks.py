@@ -1,0 +1,202 @@
+"""Building blocks of MS-Sync: 1-D inverted-residual blocks, deep MLPs and the audio pyramid.
+
+Module and attribute names follow the reference (``nets/resnet.py`` of LouisBearing/HMo-audio:
+``InvResX1D``, ``DeepMLP``, ``FeaturePyramidNetwork(bottom_up_only=True)``) so that state-dict
+keys match the released checkpoints exactly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..constants import N_FILT
+
+
+class InvResX1D(nn.Module):
+    """ConvNeXt-style inverted residual block over a 1-D (temporal) axis.
+
+    ``out = GELU(pt_wise_out(GELU(pt_wise_in(norm(depth_wise(x))))) + identity)`` where the
+    identity is ``out_norm(downsample(x))`` when the stride or width changes.
+
+    Normalisation: with ``groups == 1`` a LayerNorm over channels at every time step; with
+    ``groups > 1`` a GroupNorm with ``groups`` groups (over channels and time). The depth-wise
+    conv uses padding ``(kernel - 1) // 2``.
+
+    Args:
+        indim: input channels C_in.
+        outdim: output channels C_out.
+        kernel: depth-wise kernel size (time steps).
+        stride: depth-wise (and shortcut) stride.
+        expansion_fact: width factor of the point-wise bottleneck (C_in * expansion_fact).
+        groups: groups of the point-wise convs and of the shortcut (grouped multi-scale streams).
+
+    Shapes: ``(B, C_in, L) -> (B, C_out, ceil(L / stride))`` (for odd kernels).
+
+    Reference: ``nets/resnet.py`` ``InvResX1D``.
+    """
+
+    def __init__(self, indim: int, outdim: int, kernel: int, stride: int = 1, expansion_fact: int = 4,
+                 groups: int = 1) -> None:
+        super().__init__()
+        self.depth_wise = nn.Conv1d(indim, indim, kernel, stride=stride, padding=(kernel - 1) // 2, groups=indim)
+        self.norm = nn.GroupNorm(groups, indim) if groups > 1 else nn.LayerNorm(indim)
+        self.pt_wise_in = nn.Conv1d(indim, expansion_fact * indim, 1, groups=groups)
+        self.act = nn.GELU()
+        self.pt_wise_out = nn.Conv1d(expansion_fact * indim, outdim, 1, groups=groups)
+        self.downsample: nn.Conv1d | None = None
+        if stride != 1 or indim != outdim:
+            self.downsample = nn.Conv1d(indim, outdim, 1, stride, groups=groups)
+            self.out_norm = nn.GroupNorm(groups, outdim) if groups > 1 else nn.LayerNorm(outdim)
+        self.groups = groups
+
+    def _normalise(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.groups > 1:
+            return norm(x)
+        return norm(x.transpose(1, 2)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, C_in, L)`` -> ``(B, C_out, L')``."""
+        out = self.pt_wise_out(self.act(self.pt_wise_in(self._normalise(self.norm, self.depth_wise(x)))))
+        if self.downsample is not None:
+            identity = self._normalise(self.out_norm, self.downsample(x))
+        else:
+            identity = x
+        return self.act(out + identity)
+
+    def forward_step(self, x: torch.Tensor) -> torch.Tensor:
+        """Same as ``forward(x[..., None])[..., 0]`` for one time step ``(N, C_in) -> (N, C_out)``.
+
+        Only for kernel-1, stride-1 blocks (those of :class:`DeepMLP`); every conv becomes a
+        (grouped) matmul and both norms see the same ``(N, C)`` statistics as on ``(N, C, 1)``.
+        """
+        dw = self.depth_wise
+        out = x * dw.weight[:, 0, 0] + dw.bias if dw.bias is not None else x * dw.weight[:, 0, 0]
+        out = self.norm(out)
+        out = pointwise_conv(self.act(pointwise_conv(out, self.pt_wise_in)), self.pt_wise_out)
+        if self.downsample is not None:
+            identity = self.out_norm(pointwise_conv(x, self.downsample))
+        else:
+            identity = x
+        return self.act(out + identity)
+
+
+def pointwise_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """A kernel-1 (optionally grouped) ``Conv1d`` applied to single time steps, as a matmul.
+
+    ``(N, C_in) -> (N, C_out)``; equal to ``conv(x[..., None])[..., 0]`` (block-diagonal weight
+    for ``groups > 1``), with far less per-call overhead than a convolution.
+    """
+    weight = conv.weight[..., 0]                                             # (C_out, C_in / G)
+    groups = conv.groups
+    if groups == 1:
+        return F.linear(x, weight, conv.bias)
+    n = x.shape[0]
+    c_out = weight.shape[0]
+    xg = x.reshape(n, groups, -1).transpose(0, 1)                           # (G, N, C_in/G)
+    wg = weight.reshape(groups, c_out // groups, -1).transpose(1, 2)       # (G, C_in/G, C_out/G)
+    out = torch.bmm(xg, wg).transpose(0, 1).reshape(n, c_out)
+    return out + conv.bias if conv.bias is not None else out
+
+
+def deep_mlp_dims(indim: int, outdim: int, num_stages: int) -> tuple[list[tuple[int, int]], int]:
+    """Per-stage ``(in, out)`` widths of a :class:`DeepMLP` and the width entering ``fc_out``.
+
+    Stage i halves the width, but never below ``outdim``:
+    ``in_i = indim`` for i = 0 else ``max(int(indim / 2**i), outdim)``,
+    ``out_i = max(int(indim / 2**(i+1)), outdim)``; ``fc_out`` gets ``max(int(indim / 2**n), outdim)``
+    (``indim`` when there are no stages). Reference: ``nets/resnet.py`` ``DeepMLP.__init__``.
+    """
+    dims = []
+    for i in range(num_stages):
+        d_in = indim if i == 0 else max(int(indim / 2 ** i), outdim)
+        dims.append((d_in, max(int(indim / 2 ** (i + 1)), outdim)))
+    return dims, max(int(indim / 2 ** num_stages), outdim)
+
+
+class DeepMLP(nn.Module):
+    """A stack of kernel-1 :class:`InvResX1D` blocks (an MLP with inverted residuals) + ``fc_out``.
+
+    Stage i has ``layers[i]`` blocks; its last block halves the width (see :func:`deep_mlp_dims`).
+    With ``groups > 1`` every layer is grouped, so ``groups`` independent MLPs (one per pyramid
+    level) run side by side on a concatenated input, and ``fc_out`` is a grouped 1x1 conv;
+    otherwise ``fc_out`` is a Linear.
+
+    Args:
+        indim: input features (all groups together).
+        outdim: output features (all groups together).
+        layers: blocks per stage (may be empty: then only ``fc_out``).
+        expansion_fact: inverted-residual expansion factor.
+        groups: number of independent groups (streams).
+
+    Shapes: ``(N, indim) -> (N, outdim)``.
+
+    Reference: ``nets/resnet.py`` ``DeepMLP``.
+    """
+
+    def __init__(self, indim: int, outdim: int, layers=(1, 1, 1, 1), expansion_fact: int = 1, groups: int = 1) -> None:
+        super().__init__()
+        dims, fc_in = deep_mlp_dims(indim, outdim, len(layers))
+        blocks: list[nn.Module] = []
+        for nblocks, (d_in, d_out) in zip(layers, dims):
+            blocks += [InvResX1D(d_in, d_in, kernel=1, expansion_fact=expansion_fact, groups=groups)
+                       for _ in range(nblocks - 1)]
+            blocks.append(InvResX1D(d_in, d_out, kernel=1, expansion_fact=expansion_fact, groups=groups))
+        self.blocks = nn.Sequential(*blocks)
+        if groups > 1:
+            self.fc_out: nn.Module = nn.Conv1d(fc_in, outdim, 1, groups=groups)
+        else:
+            self.fc_out = nn.Linear(fc_in, outdim)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(N, indim)`` -> ``(N, outdim)``.
+
+        The reference runs the blocks as convolutions on ``(N, C, 1)``; each block here is the
+        equivalent per-step matmul (:meth:`InvResX1D.forward_step`), which is several times faster
+        for the small batches of autoregressive decoding.
+        """
+        for block in self.blocks:
+            x = block.forward_step(x)
+        if self.groups > 1:
+            return pointwise_conv(x, self.fc_out)
+        return self.fc_out(x)
+
+
+class AudioPyramidEncoder(nn.Module):
+    """Bottom-up feature pyramid over the 26-band logfbank (MS-Sync's ``encoder_a``).
+
+    ``conv0``: ``InvResX1D(26, 64, 3)``, ``InvResX1D(64, 128, 3, stride 2)``,
+    ``InvResX1D(128, 256, 3)``, ``InvResX1D(256, width, 3, stride 2)`` -> level 0 at 1/4 of the
+    logfbank rate (25 Hz for 100 Hz logfbank); then ``n_levels - 1`` blocks
+    ``InvResX1D(width, width, 7, stride 2)`` give levels 1.. at 1/8, 1/16, 1/32.
+
+    Args:
+        width: channels of every level (the config's ``audio_dim``).
+        n_levels: number of levels (4 in MS-Sync).
+
+    Shapes: ``(B, L, 26)`` -> list of ``(B, width, L_i)`` with ``L_0 = ceil(L/4)``,
+    ``L_{i+1} = ceil(L_i/2)``.
+
+    Reference: ``nets/resnet.py`` ``FeaturePyramidNetwork(audio_dim, audio_dim, bottom_up_only=True)``
+    (the input width 26 is hard-coded there too; the top-down path is unused by MS-Sync).
+    """
+
+    def __init__(self, width: int, n_levels: int = 4) -> None:
+        super().__init__()
+        self.conv0 = nn.Sequential(
+            InvResX1D(N_FILT, 64, 3),
+            InvResX1D(64, 128, 3, 2),
+            InvResX1D(128, 256, 3),
+            InvResX1D(256, width, 3, 2),
+        )
+        self.pyramid_layers = nn.ModuleList([InvResX1D(width, width, 7, 2) for _ in range(n_levels - 1)])
+
+    def forward(self, logfbank: torch.Tensor) -> list[torch.Tensor]:
+        """``logfbank`` ``(B, L, 26)`` -> ``[(B, width, L_0), ..., (B, width, L_3)]``."""
+        out = self.conv0(logfbank.transpose(1, 2))
+        levels = [out]
+        for layer in self.pyramid_layers:
+            out = layer(out)
+            levels.append(out)
+        return levels

@@ -1,0 +1,280 @@
+"""MS-Sync model configuration, read from (and written back to) the released ``args`` JSON file.
+
+The released MS-Sync model directory holds ``args``, one line of JSON written by the reference
+``train.py`` as ``json.dump(args.__dict__, f)`` (its argparse namespace), next to ``model_chkpt.pt``.
+The reference ``execute_model.load_model`` copies every item onto a ``nets.utils.Config()`` whose
+defaults silently fill any missing key. :class:`MSSyncConfig` instead requires every key the
+generator's architecture depends on and raises :class:`~talkhead.errors.ConfigError` naming all
+missing ones; unknown extra keys (training options, paths, ...) are kept untouched so that
+:meth:`MSSyncConfig.to_args_dict` writes the file back in the same key order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+
+DEEP_MLP_LAYERS: Mapping[str, tuple[int, ...]] = MappingProxyType({
+    "4": (4,),
+    "6": (1, 1, 1, 1, 1, 1),
+    "7": (1, 2, 2, 2),
+    "8": (2, 2, 2, 2),
+    "10": (1, 3, 3, 3),
+    "16": (3, 4, 6, 3),
+})
+"""Blocks per stage of the multi-scale ``DeepMLP`` nets, keyed by ``str(nblocks_do)``.
+
+Reference: ``nets/networks.py`` ``deep_mlp_layers``. The generator's backbone (``deep_output``)
+uses all stages but the last; ``mask``/``leaf`` use the last stage only. The discriminator's
+frame classifier uses ``DEEP_MLP_LAYERS[str(nblocks_frame_D)]``.
+"""
+
+DISCRIMINATOR_WINDOWS: Mapping[str, tuple[int, ...]] = MappingProxyType({
+    "1": (5, 10, 20, 40),
+    "2": (3, 5, 8, 10, 13, 20, 26, 40),
+})
+"""Window lengths (frames at 25 fps) of the multi-scale sequence discriminator, keyed by
+``str(dis_config)``. Reference: ``nets/networks.py`` ``windows``."""
+
+MERGING_ACTIVATIONS = ("softmax", "sigmoid")
+"""Allowed ``streams_merging_activation`` values: softmax over the 5 streams (paper eq. 8) or an
+independent sigmoid gate per stream (the reference's ``else`` branch)."""
+
+GENERATOR_KEYS: tuple[str, ...] = (
+    "data_dim", "obs_len", "audio_dim", "coord_dim", "hidden_size", "nblocks_do",
+    "expansion_fact_do", "pyramid_layers_g", "nheads_tf", "nlayers_tf",
+    "streams_merging_activation",
+)
+"""``args`` keys the generator (``DynamicalModel``) and its inference procedure need; each is
+required by :meth:`MSSyncConfig.from_dict`."""
+
+DISCRIMINATOR_KEYS: tuple[str, ...] = (
+    "coord_dim_D", "nblocks_frame_D", "dis_config", "hidden_size_D", "seq_stream_weight",
+    "frame_weight",
+)
+"""``args`` keys only the training discriminator needs; optional in ``args`` (``None`` when
+absent) and checked by :meth:`MSSyncConfig.require_discriminator`."""
+
+_DEFAULT_ARGS: Mapping[str, Any] = MappingProxyType({
+    "data_dir": "vox/train", "out_dir": None, "lip_syncer": "info", "lip_syncer_metrics": "syncnet",
+    "lip_syncer_path": "lip_syncer", "keypoints": True, "data_dim": 6, "obs_len": 3, "smooth": False,
+    "fomm_confp": "fomm_models/vox-adv-256.yaml", "fomm_chkptp": "fomm_models/vox-adv-cpk.pth.tar",
+    "expansion_fact_do": 4, "nblocks_do": 4, "nblocks_frame_D": 4, "audio_dim": 512, "coord_dim": 512,
+    "coord_dim_D": 512, "audio_fpn": False, "fpn_inner_dim": 0, "streams_merging_activation": "softmax",
+    "in_dim_coord_do": 256, "hidden_size": 64, "hidden_size_D": 1024, "hidden_size_Dvis": 2048,
+    "seq_len": 40, "nlayers_tf": 1, "nheads_tf": 1, "pyramid_layers_g": 4, "adv_loss_weight": 1.0,
+    "sup_loss_weight": 0.01, "reco_loss_weight": 0.001, "rigid_loss_weight": 1.0,
+    "rigid_loss_type": "init", "lip_loss_weight": 1.0, "seq_stream_weight": 1.0, "frame_weight": 1.0,
+    "syncer_pyramid": False, "pyramid_style": "1", "syncer_pyramid_kernel": 7, "loss_pyramid_kernel": 7,
+    "vis_loss_weight": 0.0, "vis_loss_step": 0, "first_order_loss_weight": 0, "dis_config": 1,
+    "dis_type": 1, "nlayers_D": 1, "nheads_D": 1, "n_epochs": 600, "batch_size": 50,
+    "learning_rate_g": 2e-05, "learning_rate_d": 1e-05, "adam_beta_1": 0, "lr_type": "step_lr",
+    "gamma_lr": 1.0, "step_iter_lr": 2000, "gamma_lr_D": 1.0, "step_iter_lr_D": 500,
+    "distributed": False,
+})
+# The ``args`` a default reference training run writes (``train.py --keypoints True --data_dim 6``,
+# every other option at its ``nets/utils.py`` ``Config`` default; ``out_dir`` unset).
+
+_INT_KEYS = ("data_dim", "obs_len", "audio_dim", "coord_dim", "hidden_size", "expansion_fact_do",
+             "pyramid_layers_g", "nheads_tf", "nlayers_tf", "coord_dim_D", "nblocks_frame_D",
+             "dis_config", "hidden_size_D")
+
+
+def _as_int(value: Any) -> int | None:
+    """``value`` as an int if it is an int (not a bool) or a decimal string of one, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+@dataclass(frozen=True)
+class MSSyncConfig:
+    """Hyper-parameters of the MS-Sync generator (and its training discriminator).
+
+    Field meanings (reference ``nets/networks.py``/``nets/resnet.py``; widths are features):
+
+    - ``data_dim``: numbers per keypoint, 6 = ``[x, y, j00, j01, j10, j11]`` (2 without jacobians).
+    - ``obs_len``: warm-up length, frames at 25 fps (kp0 is repeated ``obs_len`` times).
+    - ``audio_dim``: width of every level of the audio feature pyramid (not the input width: the
+      input is always the 26-band logfbank).
+    - ``coord_dim``: output width of the keypoint encoder ``encoder_x`` = ``d_model`` of the
+      temporal transformer.
+    - ``hidden_size``: output width of ``lin_out`` (the temporal module's projection).
+    - ``nblocks_do``: key of :data:`DEEP_MLP_LAYERS` for the multi-scale DeepMLP nets.
+    - ``expansion_fact_do``: inverted-residual expansion factor of those nets.
+    - ``pyramid_layers_g``: number of pyramid levels/groups; must be 4 (the audio pyramid is
+      hard-wired to 4 levels).
+    - ``nheads_tf``/``nlayers_tf``: transformer heads/layers (``dim_feedforward`` is 1024).
+    - ``streams_merging_activation``: ``"softmax"`` (paper eq. 8) or ``"sigmoid"``.
+    - discriminator: ``coord_dim_D``, ``nblocks_frame_D``, ``dis_config`` (window set),
+      ``hidden_size_D`` (LSTM width), ``seq_stream_weight``/``frame_weight`` (adversarial term
+      weights); ``None`` when the ``args`` lacks them.
+    - ``args``: the whole source ``args`` mapping (read-only), kept for :meth:`to_args_dict`.
+
+    Build it with :meth:`from_args_file`, :meth:`from_dict` or :meth:`default`;
+    ``dataclasses.replace`` gives variants (validated again).
+
+    Raises:
+        ConfigError: a bad value (non-positive width, ``pyramid_layers_g != 4``, unknown
+            ``nblocks_do``, ``coord_dim`` not divisible by ``nheads_tf``, unknown activation).
+    """
+
+    data_dim: int
+    obs_len: int
+    audio_dim: int
+    coord_dim: int
+    hidden_size: int
+    nblocks_do: int
+    expansion_fact_do: int
+    pyramid_layers_g: int
+    nheads_tf: int
+    nlayers_tf: int
+    streams_merging_activation: str
+    coord_dim_D: int | None = None
+    nblocks_frame_D: int | None = None
+    dis_config: int | None = None
+    hidden_size_D: int | None = None
+    seq_stream_weight: float | None = None
+    frame_weight: float | None = None
+    args: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False,
+                                    compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for key in _INT_KEYS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            as_int = _as_int(value)
+            if as_int is None or as_int < 1:
+                problems.append(f"{key}={value!r} (expected a positive integer)")
+            else:
+                object.__setattr__(self, key, as_int)
+        nblocks = _as_int(self.nblocks_do)
+        if nblocks is None or str(nblocks) not in DEEP_MLP_LAYERS:
+            problems.append(f"nblocks_do={self.nblocks_do!r} (expected one of {', '.join(DEEP_MLP_LAYERS)})")
+        else:
+            object.__setattr__(self, "nblocks_do", nblocks)
+        if self.nblocks_frame_D is not None and str(self.nblocks_frame_D) not in DEEP_MLP_LAYERS:
+            problems.append(f"nblocks_frame_D={self.nblocks_frame_D!r} (expected one of {', '.join(DEEP_MLP_LAYERS)})")
+        if self.dis_config is not None and str(self.dis_config) not in DISCRIMINATOR_WINDOWS:
+            problems.append(f"dis_config={self.dis_config!r} (expected one of {', '.join(DISCRIMINATOR_WINDOWS)})")
+        if self.pyramid_layers_g != 4:
+            problems.append(f"pyramid_layers_g={self.pyramid_layers_g!r} (the MS-Sync audio pyramid has "
+                            "exactly 4 levels, so it must be 4)")
+        if self.streams_merging_activation not in MERGING_ACTIVATIONS:
+            problems.append(f"streams_merging_activation={self.streams_merging_activation!r} "
+                            f"(expected one of {', '.join(MERGING_ACTIVATIONS)})")
+        if isinstance(self.coord_dim, int) and isinstance(self.nheads_tf, int) and self.nheads_tf > 0 \
+                and self.coord_dim % self.nheads_tf:
+            problems.append(f"coord_dim={self.coord_dim} is not divisible by nheads_tf={self.nheads_tf}")
+        if problems:
+            raise ConfigError("invalid MS-Sync config: " + "; ".join(problems))
+        if not isinstance(self.args, MappingProxyType):
+            object.__setattr__(self, "args", MappingProxyType(dict(self.args)))
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, args: Mapping[str, Any], *, source: str = "MS-Sync args") -> "MSSyncConfig":
+        """Config from a released-format ``args`` mapping (the parsed JSON).
+
+        Every key of :data:`GENERATOR_KEYS` is required (the reference would silently fall back
+        to ``Config()`` defaults such as ``data_dim=2``); discriminator keys are optional; other
+        keys are kept verbatim in ``.args``.
+
+        Args:
+            args: the ``args`` dict.
+            source: what to call it in error messages (e.g. the file path).
+
+        Raises:
+            ConfigError: ``args`` is not a mapping, lacks keys (all missing keys are named), or
+                holds bad values.
+        """
+        if not isinstance(args, Mapping):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(args).__name__}")
+        missing = [k for k in GENERATOR_KEYS if k not in args]
+        if missing:
+            raise ConfigError(f"{source}: missing key(s) {', '.join(missing)} needed by the MS-Sync generator")
+        values = {k: args[k] for k in GENERATOR_KEYS}
+        values.update({k: args[k] for k in DISCRIMINATOR_KEYS if k in args and args[k] is not None})
+        try:
+            return cls(**values, args=MappingProxyType(dict(args)))
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_args_file(cls, path: str | Path) -> "MSSyncConfig":
+        """Config from a released ``args`` file (one JSON object).
+
+        Raises:
+            ConfigError: the file is missing, unreadable, not JSON, or fails :meth:`from_dict`.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"MS-Sync args file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read MS-Sync args file {path}: {exc}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"MS-Sync args file {path} is not valid JSON: {exc}") from None
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def default(cls) -> "MSSyncConfig":
+        """The paper/training defaults: the ``args`` of a default reference training run.
+
+        ``audio_dim = coord_dim = 512``, ``hidden_size 64``, ``nblocks_do 4``, ``expansion_fact_do 4``,
+        ``obs_len 3``, ``data_dim 6``; discriminator ``coord_dim_D 512``, ``hidden_size_D 1024``,
+        ``dis_config 1``. A generator built from it has 35,410,254 parameters.
+        """
+        return cls.from_dict(_DEFAULT_ARGS, source="default MS-Sync args")
+
+    # -- export ---------------------------------------------------------------------------------
+    def to_args_dict(self) -> dict[str, Any]:
+        """The released ``args`` JSON object: the source mapping with this config's values.
+
+        Keys keep their source order (for :meth:`default`, ``train.py``'s argparse order); fields
+        that are ``None`` are left out. ``json.dumps`` of it is what ``train.py`` writes.
+        """
+        out = dict(self.args)
+        for f in dataclasses.fields(self):
+            if f.name == "args":
+                continue
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = value
+        return out
+
+    def to_args_file(self, path: str | Path) -> None:
+        """Write :meth:`to_args_dict` as one line of JSON (the reference ``args`` format)."""
+        Path(path).write_text(json.dumps(self.to_args_dict()), encoding="utf-8")
+
+    # -- derived --------------------------------------------------------------------------------
+    @property
+    def deep_mlp_layers(self) -> tuple[int, ...]:
+        """``DEEP_MLP_LAYERS[str(nblocks_do)]`` (the reference looks ``nblocks_do`` up as a string)."""
+        return DEEP_MLP_LAYERS[str(self.nblocks_do)]
+
+    def require_discriminator(self) -> None:
+        """Check that the discriminator keys are present.
+
+        Raises:
+            ConfigError: naming every missing discriminator key.
+        """
+        missing = [k for k in DISCRIMINATOR_KEYS if getattr(self, k) is None]
+        if missing:
+            raise ConfigError(f"MS-Sync config lacks discriminator key(s) {', '.join(missing)}")

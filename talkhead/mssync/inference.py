@@ -1,0 +1,225 @@
+"""Speech features + source keypoints -> a driving keypoint sequence at 25 fps (MS-Sync inference).
+
+Reproduces the reference ``execute_model.execute_model`` (LouisBearing/HMo-audio) exactly:
+
+1. ``M`` logfbank rows (100 Hz). ``R = int(M / 3.9943)`` frames are required, or
+   ``min(1 + seq_len, R)`` when ``seq_len > 0``.
+2. The first ``round(R * 3.9943)`` rows (``np.round``: half to even) are kept; the first
+   ``4 * (obs_len - 1)`` of them, in reverse order, are put in front (the warm-up's audio); 5 rows are
+   reflect-padded at the end (rows n-2, ..., n-6) and the padded audio is cut to ``4 R`` rows.
+   This is ``audio_in``, ``(1, 4 (obs_len-1) + min(4R, n+5), 26)``.
+3. ``inpt`` = kp0 = ``[value, jacobian flattened row-major]`` ``(1, 10, 6)`` repeated ``obs_len`` times.
+4. ``x_rec, x_pred = model(inpt, audio_in)``; ``out_kp = [x_rec[:, -1:]; x_pred]``: frame 0 is kp0
+   plus the warm-up velocity, not kp0 itself. Frame t is conditioned on logfbank rows near 4 t,
+   i.e. on time t / 25 s.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..constants import HOP_S, KP_DIM, LOGFBANK_PER_FRAME, N_FILT, NUM_KP, SAMPLE_RATE
+from ..errors import AudioTooShortError, ConfigError
+from .generator import MSSyncGenerator
+
+MIN_NUM_SAMPLES = 1361
+"""Fewest 16-kHz samples the reference procedure accepts (85.1 ms, 8 logfbank rows, 2 frames).
+
+With 1360 samples or fewer the reference fails (a reflect-pad RuntimeError, or an IndexError when
+M <= 3 logfbank rows)."""
+
+REFLECT_PAD_ROWS = 5
+"""Logfbank rows reflect-padded at the end by the reference (``F.pad(..., (0, 0, 0, 5), 'reflect')``)."""
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def num_logfbank_frames(num_samples: int) -> int:
+    """Logfbank rows for ``num_samples`` at 16 kHz: ``1 + ceil((n - 400) / 160)``, or 1 if n <= 400.
+
+    The python_speech_features framing (25 ms window, 10 ms hop, zero-padded last frame).
+    """
+    win, hop = round(0.025 * SAMPLE_RATE), round(HOP_S * SAMPLE_RATE)
+    if num_samples <= win:
+        return 1
+    return 1 + -(-(num_samples - win) // hop)
+
+
+def required_len(num_rows: int, seq_len: int = 0) -> int:
+    """Reference ``required_len``: ``int(M / 3.9943)``, capped at ``1 + seq_len`` if ``seq_len > 0``."""
+    n = int(num_rows / LOGFBANK_PER_FRAME)
+    if seq_len > 0:
+        n = min(1 + seq_len, n)
+    return n
+
+
+def _kept_rows(req_len: int) -> int:
+    """Logfbank rows the reference keeps: ``np.round(R * 3.9943)`` (half to even)."""
+    return int(np.round(req_len * LOGFBANK_PER_FRAME))
+
+
+def frames_for_logfbank(num_rows: int, seq_len: int = 0) -> int:
+    """Output frames for ``num_rows`` logfbank rows: ``T = min(R, (round(3.9943 R) + 5) // 4)``.
+
+    Valid for ``obs_len >= 2`` (the released models use 3); see :func:`num_frames`.
+    """
+    req = required_len(num_rows, seq_len)
+    return min(req, (_kept_rows(req) + REFLECT_PAD_ROWS) // 4)
+
+
+def num_frames(num_samples: int) -> int:
+    """Keypoint frames (25 fps) the generator yields for ``num_samples`` of 16-kHz audio.
+
+    Rule (reference ``execute_model``): M = 1 + ceil((n - 400) / 160) logfbank rows,
+    R = int(M / 3.9943), T = min(R, floor((round(3.9943 R) + 13) / 4) - 2). Below ~38.6 s, T = R;
+    above it the 5-row reflect pad no longer covers 4 R - round(3.9943 R) rows, so T = R - 1 or
+    less. There is no drift: frame t is conditioned on audio around t / 25 s.
+
+    ========= ======= ==== == == ===== === === === === ==== ==== ====
+    seconds   0.0851  0.5  1  2  4.8   5   10  30  38  39   40   60
+    T         2       12   24 49 119   124 250 750 951 975  1000 1500
+    ========= ======= ==== == == ===== === === === === ==== ==== ====
+
+    (0.0851 s = 1361 samples = :data:`MIN_NUM_SAMPLES`.)
+
+    Raises:
+        AudioTooShortError: ``num_samples < MIN_NUM_SAMPLES``.
+    """
+    if num_samples < MIN_NUM_SAMPLES:
+        raise AudioTooShortError(
+            f"audio of {num_samples} samples ({num_samples / SAMPLE_RATE:.4f} s) is too short: MS-Sync needs "
+            f"at least {MIN_NUM_SAMPLES} samples ({MIN_NUM_SAMPLES / SAMPLE_RATE:.4f} s) at {SAMPLE_RATE} Hz")
+    return frames_for_logfbank(num_logfbank_frames(num_samples))
+
+
+def build_audio_input(logfbank: torch.Tensor | np.ndarray, *, obs_len: int, seq_len: int = 0) -> torch.Tensor:
+    """The model's audio input ``audio_in`` from a logfbank (reference ``execute_model`` steps 1-6).
+
+    Args:
+        logfbank: ``(M, 26)`` log filterbank at 100 Hz (cast to float32 as ``torch.Tensor`` does).
+        obs_len: warm-up length of the model, frames.
+        seq_len: frames to predict after frame 0 (0 = as many as the audio gives).
+
+    Returns:
+        ``(1, 4 (obs_len-1) + min(4 R, round(3.9943 R) + 5), 26)`` float32 on ``logfbank``'s device.
+
+    Raises:
+        AudioTooShortError: fewer rows than the procedure needs (M < 8 rows for obs_len 3).
+        ValueError: a bad shape or a negative ``seq_len``.
+    """
+    feats = torch.as_tensor(logfbank)
+    if not torch.is_floating_point(feats) or feats.dtype != torch.float32:
+        feats = feats.to(torch.float32)
+    if feats.ndim != 2 or feats.shape[1] != N_FILT:
+        raise ValueError(f"logfbank must have shape (M, {N_FILT}), got {tuple(feats.shape)}")
+    if seq_len < 0:
+        raise ValueError(f"seq_len must be >= 0, got {seq_len}")
+    req = required_len(feats.shape[0], seq_len)
+    rows = _kept_rows(req) if req > 0 else 0
+    prepad = 4 * (obs_len - 1)
+    if req < 2 or rows <= REFLECT_PAD_ROWS or rows < prepad:
+        raise AudioTooShortError(
+            f"{feats.shape[0]} logfbank rows ({feats.shape[0] * HOP_S:.2f} s) are too few for MS-Sync: "
+            f"at least 2 frames ({MIN_NUM_SAMPLES / SAMPLE_RATE:.4f} s of audio) are needed")
+    full = feats[:rows]
+    mirror = full[:prepad].flip(0)
+    reflected = full[-REFLECT_PAD_ROWS - 1:-1].flip(0)          # rows n-2, n-3, ..., n-6
+    padded = torch.cat([full, reflected], dim=0)[:4 * req]
+    return torch.cat([mirror, padded], dim=0)[None]
+
+
+def build_warmup_input(kp_source_value: torch.Tensor, kp_source_jacobian: torch.Tensor, *, obs_len: int) -> torch.Tensor:
+    """``inpt``: kp0 ``[x, y, j00, j01, j10, j11]`` ``(1, 10, 6)`` repeated ``obs_len`` times.
+
+    Args:
+        kp_source_value: ``(1, 10, 2)`` FOMM keypoints in [-1, 1].
+        kp_source_jacobian: ``(1, 10, 2, 2)`` FOMM jacobians (flattened row-major).
+
+    Returns:
+        ``(1, obs_len, 10, 6)``.
+
+    Raises:
+        ValueError: wrong shapes.
+    """
+    value, jac = torch.as_tensor(kp_source_value), torch.as_tensor(kp_source_jacobian)
+    if tuple(value.shape) != (1, NUM_KP, 2) or tuple(jac.shape) != (1, NUM_KP, 2, 2):
+        raise ValueError(f"kp_source must be value (1, {NUM_KP}, 2) and jacobian (1, {NUM_KP}, 2, 2), "
+                         f"got {tuple(value.shape)} and {tuple(jac.shape)}")
+    kp0 = torch.cat([value, jac.flatten(start_dim=-2)], dim=-1)
+    return kp0[:, None].repeat(1, obs_len, 1, 1)
+
+
+def generate_keypoints_trace(model: MSSyncGenerator, kp_source_value, kp_source_jacobian, logfbank, *,
+                             seq_len: int = 0, progress: ProgressCallback | None = None,
+                             incremental: bool | None = None) -> dict[str, torch.Tensor]:
+    """:func:`generate_keypoints` returning every intermediate (names of the golden fixture).
+
+    Returns:
+        dict with ``audio_in`` ``(1, L, 26)``, ``inpt`` ``(1, obs_len, 10, 6)``, ``x_rec``
+        ``(1, obs_len-1, 10, 6)``, ``x_pred`` ``(1, S, 10, 6)``, ``out_kp`` ``(1, T, 10, 6)``
+        (T = S + 1), plus the model's trace (see :meth:`MSSyncGenerator.rollout`) with the batch
+        axis of the per-step arrays dropped: ``fpn_raw_i``, ``audio_pyramid_i``, ``encoder_x_obs``,
+        ``temporal_obs``, ``vel_obs`` ``(obs_len, 60)``, ``encoder_x_decode`` ``(S-1, coord_dim)``,
+        ``temporal_decode`` ``(S-1, hidden)``, ``vel_decode`` ``(S-1, 60)``, ``context_len_decode``
+        ``(S-1,)``. All tensors are on the model's device.
+
+    Raises:
+        as :func:`generate_keypoints`.
+    """
+    cfg = model.config
+    if cfg.data_dim != KP_DIM:
+        raise ConfigError(f"MS-Sync model has data_dim={cfg.data_dim}; generating FOMM keypoints with "
+                          f"jacobians needs data_dim={KP_DIM}")
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    with torch.inference_mode():
+        audio_in = build_audio_input(torch.as_tensor(logfbank).to(device), obs_len=cfg.obs_len, seq_len=seq_len)
+        inpt = build_warmup_input(torch.as_tensor(kp_source_value).to(device, dtype),
+                                  torch.as_tensor(kp_source_jacobian).to(device, dtype), obs_len=cfg.obs_len)
+        total = int(audio_in.shape[1] / 4) - cfg.obs_len + (1 if cfg.obs_len > 1 else 0)
+        offset = 1 if cfg.obs_len > 1 else 0
+        cb = (lambda done, _n: progress(done + offset, total)) if progress is not None else None
+        trace: dict[str, torch.Tensor] = {}
+        x_rec, x_pred = model.rollout(inpt, audio_in.to(dtype), trace=trace, progress=cb, incremental=incremental)
+        out_kp = torch.cat([x_rec[:, -1:], x_pred], dim=1) if cfg.obs_len > 1 else x_pred
+    for name in ("encoder_x_decode", "temporal_decode", "vel_decode"):
+        trace[name] = trace[name][:, 0]
+    trace.update(audio_in=audio_in, inpt=inpt, x_rec=x_rec, x_pred=x_pred, out_kp=out_kp)
+    return trace
+
+
+def generate_keypoints(model: MSSyncGenerator, kp_source_value, kp_source_jacobian, logfbank, *,
+                       seq_len: int = 0, progress: ProgressCallback | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Driving keypoints for speech: the reference ``execute_model.execute_model``, exactly.
+
+    Runs under ``torch.inference_mode()`` on the model's device (inputs are moved there).
+
+    Args:
+        model: a loaded :class:`MSSyncGenerator` (``data_dim`` 6), e.g. from ``load_mssync``.
+        kp_source_value: ``(1, 10, 2)`` FOMM kp_source keypoints, in [-1, 1] of the keypoint grid.
+        kp_source_jacobian: ``(1, 10, 2, 2)`` kp_source jacobians.
+        logfbank: ``(M, 26)`` log filterbank of the speech at 100 Hz (array or tensor; float64 is
+            cast to float32 as the reference's ``torch.Tensor(melspec)``).
+        seq_len: if > 0, generate at most ``1 + seq_len`` frames (the reference ``max_l``
+            behaviour; the result then differs slightly from a full run, see the fixture README).
+        progress: ``progress(done, total)`` in frames during the autoregressive decoding.
+
+    Returns:
+        ``(value (T, 10, 2), jacobian (T, 10, 2, 2))`` float tensors, kp_driving at 25 fps;
+        ``T = num_frames(num_samples)`` for a full run. Frame 0 is kp0 plus a velocity.
+
+    Raises:
+        AudioTooShortError: too few logfbank rows (< 8, i.e. < 85.1 ms of audio).
+        ConfigError: the model's ``data_dim`` is not 6.
+        ValueError: bad shapes or a negative ``seq_len``.
+    """
+    out_kp = generate_keypoints_trace(model, kp_source_value, kp_source_jacobian, logfbank, seq_len=seq_len,
+                                      progress=progress)["out_kp"][0]
+    return out_kp[..., :2], out_kp[..., 2:].reshape(out_kp.shape[0], NUM_KP, 2, 2)
+
+
+__all__ = ["MIN_NUM_SAMPLES", "num_frames", "num_logfbank_frames", "required_len", "frames_for_logfbank",
+           "build_audio_input", "build_warmup_input", "generate_keypoints", "generate_keypoints_trace"]
