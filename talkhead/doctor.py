@@ -1,0 +1,289 @@
+"""``talkhead doctor``: what this installation can run, as plain data (the CLI renders it).
+
+:func:`doctor_report` collects: Python and torch versions; devices (CPU always, CUDA with device
+names, Apple MPS); the ffmpeg binary in use and whether it has the ``libx264`` and ``aac``
+encoders; the models directory with the state of each checkpoint (:func:`talkhead.models.verify`,
+re-hashed); and which 68-point landmark backends can run without network. Every check is
+guarded: a failing probe becomes a reported problem, never an exception.
+
+Problems (:func:`has_problems` is true, ``talkhead doctor`` exits 1) are what makes ``animate``
+fail even with network: no usable ffmpeg or one without libx264/aac, a corrupt checkpoint, no
+landmark backend installed. Warnings are what needs network or a first run: missing or
+unrecorded checkpoints, FAN weights not cached yet, no GPU.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+from .errors import TalkheadError
+
+__all__ = ["doctor_report", "has_problems", "render_report"]
+
+DLIB_LANDMARK_MODEL = "shape_predictor_68_face_landmarks.dat"
+"""dlib's 68-point landmark model, shipped by the ``face-recognition-models`` package."""
+
+
+# ------------------------------------------------------------------------------------------ pieces
+def _python() -> dict[str, Any]:
+    return {"version": platform.python_version(), "implementation": platform.python_implementation(),
+            "executable": sys.executable}
+
+
+def _torch() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(torch info, devices)."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a hard dependency
+        return {"version": None, "error": str(exc)}, {"cpu": {"available": True}}
+    info = {"version": torch.__version__, "cuda_build": torch.version.cuda, "threads": torch.get_num_threads()}
+    devices: dict[str, Any] = {"cpu": {"available": True, "name": platform.processor() or platform.machine(),
+                                       "cores": os.cpu_count()}}
+    cuda: dict[str, Any] = {"available": False, "devices": []}
+    try:
+        if torch.cuda.is_available():
+            cuda["available"] = True
+            cuda["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception as exc:  # a broken driver raises here
+        cuda["error"] = str(exc)
+    devices["cuda"] = cuda
+    mps = getattr(torch.backends, "mps", None)
+    try:
+        devices["mps"] = {"available": bool(mps is not None and mps.is_available())}
+    except Exception as exc:
+        devices["mps"] = {"available": False, "error": str(exc)}
+    return info, devices
+
+
+def _ffmpeg() -> dict[str, Any]:
+    try:
+        from .video import ffmpeg_capabilities, ffmpeg_exe
+
+        exe = ffmpeg_exe()
+        caps = ffmpeg_capabilities()
+    except (TalkheadError, ImportError, OSError) as exc:
+        return {"ok": False, "exe": None, "version": None, "has_libx264": False, "has_aac": False, "error": str(exc)}
+    has_x264, has_aac = bool(caps.get("has_libx264")), bool(caps.get("has_aac"))
+    return {"ok": has_x264 and has_aac, "exe": str(caps.get("exe") or exe), "version": caps.get("version"),
+            "has_libx264": has_x264, "has_aac": has_aac, "error": None}
+
+
+def _models(models_dir: Path) -> dict[str, Any]:
+    from .models import verify
+
+    out: dict[str, Any] = {"dir": str(models_dir), "exists": models_dir.is_dir(),
+                           "writable": _writable(models_dir), "files": {}, "error": None}
+    try:
+        out["files"] = {rel: st.to_dict() for rel, st in verify(models_dir, rehash=True).items()}
+    except TalkheadError as exc:
+        out["error"] = str(exc)
+    return out
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` (or, if it does not exist yet, its nearest existing parent) is writable."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return os.access(p, os.W_OK)
+
+
+def _dlib() -> dict[str, Any]:
+    """dlib importable + its landmark model found among face-recognition-models' files (that
+    package itself is not imported: its ``__init__`` needs ``pkg_resources``)."""
+    out: dict[str, Any] = {"offline": False, "importable": False, "model_path": None, "reason": ""}
+    try:
+        import dlib  # noqa: F401
+
+        out["importable"] = True
+    except ImportError as exc:
+        out["reason"] = f"dlib is not installed ({exc}): `pip install dlib-bin`"
+        return out
+    path = _dlib_model_path()
+    if path is None:
+        out["reason"] = f"{DLIB_LANDMARK_MODEL} not found: `pip install face-recognition-models`"
+        return out
+    out.update(offline=True, model_path=str(path))
+    return out
+
+
+def _dlib_model_path() -> Optional[Path]:
+    try:
+        files = importlib.metadata.files("face_recognition_models") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        if f.name == DLIB_LANDMARK_MODEL:
+            path = Path(str(f.locate()))
+            if path.is_file():
+                return path
+    spec = importlib.util.find_spec("face_recognition_models")
+    for base in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(base) / "models" / DLIB_LANDMARK_MODEL
+        if path.is_file():
+            return path
+    return None
+
+
+def _fan() -> dict[str, Any]:
+    """face-alignment importable + its S3FD and 2D-FAN-4 weights in torch hub's checkpoint cache
+    (``torch.hub.get_dir()/checkpoints``, where face-alignment loads them from)."""
+    out: dict[str, Any] = {"offline": False, "importable": False, "weights": {}, "cache_dir": None, "reason": ""}
+    if importlib.util.find_spec("face_alignment") is None:
+        out["reason"] = "face-alignment is not installed: `pip install face-alignment`"
+        return out
+    try:
+        from face_alignment.api import models_urls as fan_urls
+        from face_alignment.detection.sfd.sfd_detector import models_urls as sfd_urls
+    except Exception as exc:  # an incompatible face-alignment version
+        out["reason"] = f"cannot import face-alignment ({type(exc).__name__}: {exc})"
+        return out
+    out["importable"] = True
+    import torch.hub
+
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    out["cache_dir"] = str(cache)
+    urls = {"s3fd": sfd_urls.get("s3fd"), "2DFAN-4": fan_urls.get("2DFAN-4")}
+    weights = {}
+    for name, url in urls.items():
+        path = cache / os.path.basename(urlparse(url).path) if url else None
+        weights[name] = {"url": url, "path": str(path) if path else None,
+                         "present": bool(path and path.is_file())}
+    out["weights"] = weights
+    missing = [n for n, w in weights.items() if not w["present"]]
+    out["offline"] = not missing
+    if missing:
+        out["reason"] = (f"weights not cached yet ({', '.join(missing)}): face-alignment downloads them on first "
+                         f"use into {cache}; use `--landmarker dlib` offline")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ report
+def doctor_report(models_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Everything ``talkhead doctor`` shows, as JSON-ready data.
+
+    Args:
+        models_dir: resolved with :func:`talkhead.models.resolve_models_dir`; its checkpoints are
+            re-hashed (seconds for the full-size models) and unrecorded ones layout-checked.
+
+    Returns:
+        ``{"talkhead": {"version"}, "python": {...}, "torch": {"version", "cuda_build", "threads"},
+        "devices": {"cpu": {...}, "cuda": {"available", "devices": [names]}, "mps": {"available"}},
+        "ffmpeg": {"ok", "exe", "version", "has_libx264", "has_aac", "error"},
+        "models": {"dir", "exists", "writable", "files": {relpath: ModelState.to_dict()}, "error"},
+        "landmarkers": {"dlib": {"offline", "importable", "model_path", "reason"},
+        "fan": {"offline", "importable", "weights", "cache_dir", "reason"}},
+        "problems": [str], "warnings": [str]}``.
+    """
+    from . import __version__
+    from .models import resolve_models_dir
+
+    root = resolve_models_dir(models_dir)
+    torch_info, devices = _torch()
+    report: dict[str, Any] = {
+        "talkhead": {"version": __version__},
+        "python": _python(),
+        "torch": torch_info,
+        "devices": devices,
+        "ffmpeg": _ffmpeg(),
+        "models": _models(root),
+        "landmarkers": {"dlib": _dlib(), "fan": _fan()},
+    }
+    report["problems"], report["warnings"] = _findings(report)
+    return report
+
+
+def _findings(report: dict[str, Any]) -> tuple[list[str], list[str]]:
+    problems: list[str] = []
+    warnings: list[str] = []
+    ff = report["ffmpeg"]
+    if ff.get("error"):
+        problems.append(f"ffmpeg: {ff['error']}")
+    else:
+        for key, enc in (("has_libx264", "libx264"), ("has_aac", "aac")):
+            if not ff.get(key):
+                problems.append(f"ffmpeg {ff.get('exe')} has no {enc} encoder (needed for the MP4)")
+    models = report["models"]
+    if models.get("error"):
+        problems.append(f"models: {models['error']}")
+    for rel, st in models.get("files", {}).items():
+        if st["state"] == "corrupt":
+            problems.append(f"{rel} is corrupt: {st['reason']} (replace it: `talkhead download {st['model']}`)")
+        elif st["state"] == "missing":
+            warnings.append(f"{rel} is missing: run `talkhead download {st['model']}` (animate downloads it otherwise)")
+        elif st["state"] == "unverified":
+            warnings.append(f"{rel} is not recorded yet: it is checked and recorded on first use")
+    if not models.get("writable"):
+        warnings.append(f"models directory {models['dir']} is not writable")
+    marks = report["landmarkers"]
+    if not marks["dlib"]["importable"] and not marks["fan"]["importable"]:
+        problems.append("no landmark backend: install face-alignment (fan) or dlib-bin + face-recognition-models")
+    for name in ("fan", "dlib"):
+        if not marks[name]["offline"]:
+            warnings.append(f"landmarker {name}: {marks[name]['reason']}")
+    dev = report["devices"]
+    if not dev.get("cuda", {}).get("available") and not dev.get("mps", {}).get("available"):
+        warnings.append("no GPU (CUDA or MPS): rendering runs on the CPU")
+    return problems, warnings
+
+
+def has_problems(report: dict[str, Any]) -> bool:
+    """Whether ``report`` holds anything that makes ``animate`` fail (see the module docstring)."""
+    return bool(report.get("problems"))
+
+
+# ------------------------------------------------------------------------------------------ render
+def render_report(report: dict[str, Any], console=None) -> None:
+    """Print ``report`` as Rich tables (``console``: a ``rich.console.Console``; default stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    yes = lambda ok: "[green]yes[/]" if ok else "[red]no[/]"  # noqa: E731
+
+    env = Table(title="environment", show_header=False)
+    env.add_column("what")
+    env.add_column("value")
+    env.add_row("talkhead", str(report["talkhead"]["version"]))
+    env.add_row("python", f"{report['python']['version']} ({report['python']['executable']})")
+    env.add_row("torch", str(report["torch"].get("version")))
+    dev = report["devices"]
+    cuda = dev.get("cuda", {})
+    env.add_row("cpu", f"{dev['cpu'].get('name') or '?'} ({dev['cpu'].get('cores')} cores)")
+    env.add_row("cuda", ", ".join(cuda.get("devices") or []) if cuda.get("available") else yes(False))
+    env.add_row("mps", yes(dev.get("mps", {}).get("available")))
+    ff = report["ffmpeg"]
+    env.add_row("ffmpeg", f"{ff.get('exe')} ({ff.get('version')})" if not ff.get("error") else f"[red]{ff['error']}[/]")
+    env.add_row("libx264 / aac", f"{yes(ff.get('has_libx264'))} / {yes(ff.get('has_aac'))}")
+    console.print(env)
+
+    models = report["models"]
+    colours = {"verified": "green", "missing": "yellow", "unverified": "yellow", "corrupt": "red"}
+    tab = Table(title=f"checkpoints in {models['dir']}")
+    for col in ("file", "state", "sha256 / reason"):
+        tab.add_column(col)
+    for rel, st in models.get("files", {}).items():
+        detail = (st.get("sha256") or "")[:16] + "..." if st["state"] == "verified" else st.get("reason", "")
+        tab.add_row(rel, f"[{colours.get(st['state'], 'white')}]{st['state']}[/]", detail)
+    console.print(tab)
+
+    lm = Table(title="landmark backends")
+    for col in ("backend", "works offline", "detail"):
+        lm.add_column(col)
+    for name, info in report["landmarkers"].items():
+        detail = (info.get("model_path") or info.get("cache_dir") or "") if info.get("offline") else info.get("reason", "")
+        lm.add_row(name, yes(info.get("offline")), str(detail))
+    console.print(lm)
+
+    for msg in report.get("problems", []):
+        console.print(f"[bold red]problem:[/] {msg}", highlight=False)
+    for msg in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {msg}", highlight=False)
+    if not report.get("problems"):
+        console.print("[green]no problems found[/]")
