@@ -1,0 +1,313 @@
+"""Tests of talkhead.audio: decoding (soundfile and ffmpeg paths), resampling, the reference logfbank
+and the typed errors."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.io import wavfile
+
+import talkhead.audio as audio
+from talkhead.audio import (
+    MIN_NUM_SAMPLES,
+    SILENCE_PEAK,
+    Speech,
+    load_speech,
+    logfbank,
+    mel_filterbank,
+    num_logfbank_frames,
+    speech_features,
+)
+from talkhead.errors import AudioError, AudioTooShortError, InputError
+
+N_SPEECH = 76_800  # samples of speech_16k.wav (4.80 s)
+
+
+@pytest.fixture(scope="module")
+def features(data_dir) -> dict:
+    with np.load(data_dir / "audio" / "features.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def speech16(data_dir) -> Path:
+    return data_dir / "audio" / "speech_16k.wav"
+
+
+@pytest.fixture(scope="module")
+def ref_features(speech16) -> np.ndarray:
+    return speech_features(speech16)[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# logfbank parity with the reference
+# ----------------------------------------------------------------------------------------------
+def test_parity_with_reference_logfbank(speech16, features):
+    speech, fb = speech_features(speech16)
+    assert speech.num_samples == N_SPEECH == int(features["num_samples"])
+    assert speech.duration_s == pytest.approx(4.8)
+    assert (speech.sample_rate, speech.source_sample_rate, speech.source_channels, speech.decoder) == \
+        (16000, 16000, 1, "soundfile")
+    assert speech.samples.dtype == np.float32 and speech.samples.ndim == 1
+    assert not speech.samples.flags.writeable
+    assert fb.shape == (479, 26) and fb.dtype == np.float64
+    np.testing.assert_allclose(fb, features["logfbank_f64"], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(fb.astype(np.float32), features["logfbank"], rtol=0, atol=1e-8)
+
+
+def test_logfbank_of_raw_int16_matches_reference(speech16, features):
+    """Mean removal and peak division happen inside logfbank: raw int16 input gives the same."""
+    rate, raw = wavfile.read(speech16)
+    assert raw.dtype == np.int16
+    assert raw.mean() == pytest.approx(float(features["signal_mean"]), abs=1e-9)
+    np.testing.assert_allclose(logfbank(raw, rate), features["logfbank_f64"], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(logfbank(raw.astype(np.float64) * 3.0 + 1000.0), features["logfbank_f64"],
+                               rtol=0, atol=1e-8)
+
+
+def test_mel_filterbank_bins():
+    """Fixture README section 3: 28 mel points map to these FFT bins; filter j peaks at b[j+1]."""
+    bins = [0, 2, 4, 7, 10, 13, 16, 20, 24, 29, 34, 40, 46, 53, 60, 68, 77, 87, 97, 109, 122, 136,
+            152, 169, 188, 209, 231, 256]
+    fb = mel_filterbank()
+    assert fb.shape == (26, 257)
+    for j in range(26):
+        nz = np.nonzero(fb[j])[0]
+        assert fb[j, bins[j]] == 0.0 and fb[j, bins[j + 1]] == 1.0
+        assert nz[0] == bins[j] + 1 and nz[-1] == bins[j + 2] - 1
+        assert fb[j, bins[j + 2]:].sum() == 0
+
+
+def _naive_logfbank(x: np.ndarray) -> np.ndarray:
+    """Frame-by-frame re-derivation of python_speech_features.logfbank (after normalisation)."""
+    x = x.astype(np.float64)
+    x = x - x.mean()
+    x = x / np.abs(x).max()
+    y = np.append(x[0], x[1:] - 0.97 * x[:-1])
+    m = num_logfbank_frames(len(y))
+    y = np.concatenate([y, np.zeros((m - 1) * 160 + 400 - len(y))])
+    fb = mel_filterbank()
+    out = np.empty((m, 26))
+    for i in range(m):
+        power = np.abs(np.fft.rfft(y[160 * i:160 * i + 400], 512)) ** 2 / 512
+        e = fb @ power
+        out[i] = np.log(np.where(e == 0, np.finfo(float).eps, e))
+    return out
+
+
+def test_chunking_does_not_change_results(monkeypatch, speech16, features):
+    monkeypatch.setattr(audio, "_FFT_CHUNK", 7)
+    np.testing.assert_allclose(speech_features(speech16)[1], features["logfbank_f64"], rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("n", [1, 2, 399, 400, 401, 559, 560, 561, MIN_NUM_SAMPLES, 5000])
+def test_frame_count_and_naive_equivalence(n):
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32) if n > 1 else np.array([0.3], np.float32)
+    expected_m = 1 if n <= 400 else 1 + int(np.ceil((n - 400) / 160))
+    assert num_logfbank_frames(n) == expected_m
+    if n == 1:  # a single sample is all-mean: silent
+        with pytest.raises(AudioError):
+            logfbank(x)
+        return
+    out = logfbank(x)
+    assert out.shape == (expected_m, 26)
+    np.testing.assert_allclose(out, _naive_logfbank(x), rtol=0, atol=1e-8)
+
+
+def test_logfbank_is_vectorised():
+    x = np.random.default_rng(0).standard_normal(16000 * 600).astype(np.float32)  # 10 minutes
+    t0 = time.perf_counter()
+    out = logfbank(x)
+    elapsed = time.perf_counter() - t0
+    assert out.shape == (60_000 - 2 + 1, 26)
+    assert elapsed < 6.0, f"logfbank of 10 min took {elapsed:.1f} s"
+
+
+def test_logfbank_argument_errors():
+    with pytest.raises(ValueError, match="16000"):
+        logfbank(np.ones(1000), 44100)
+    with pytest.raises(ValueError, match="shape"):
+        logfbank(np.ones((1000, 2)))
+    with pytest.raises(AudioError, match="empty"):
+        logfbank(np.zeros(0))
+    with pytest.raises(AudioError, match="silent"):
+        logfbank(np.full(2000, 0.25))
+    with pytest.raises(AudioError, match="non-finite"):
+        logfbank(np.array([0.0, np.nan, 1.0] * 200))
+
+
+# ----------------------------------------------------------------------------------------------
+# resampling and channels
+# ----------------------------------------------------------------------------------------------
+def test_44k_stereo_deviation(data_dir, ref_features):
+    speech, fb = speech_features(data_dir / "audio" / "speech_44k_stereo.wav")
+    assert (speech.source_sample_rate, speech.source_channels, speech.num_samples) == (44100, 2, N_SPEECH)
+    assert fb.shape == ref_features.shape
+    d = np.abs(fb - ref_features)
+    per_band = d.mean(axis=0)
+    # measured: max 1.161 (band 0), mean 0.00859, p99 0.170, band 25 0.1315, bands 1-24 0.0034 (worst 0.0077)
+    assert d.max() < 1.25
+    assert d.mean() < 0.0095
+    assert np.percentile(d, 99) < 0.19
+    assert np.unravel_index(d.argmax(), d.shape)[1] == 0
+    assert per_band[25] < 0.15
+    assert per_band[1:25].mean() < 0.004 and per_band[1:25].max() < 0.009
+
+
+def test_channels_are_averaged(tmp_path, speech16, features):
+    """The reference keeps channel 1 (here all zeros: NaN features); we average the channels."""
+    x, rate = sf.read(speech16, dtype="int16")
+    stereo = np.stack([x, np.zeros_like(x)], axis=1)
+    path = tmp_path / "left_only.wav"
+    sf.write(path, stereo, rate, subtype="PCM_16")
+    speech, fb = speech_features(path)
+    assert speech.source_channels == 2
+    np.testing.assert_array_equal(speech.samples, x.astype(np.float32) / 32768 / 2)
+    np.testing.assert_allclose(fb, features["logfbank_f64"], rtol=0, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------------------------
+# compressed formats (transcoded with the imageio-ffmpeg binary)
+# ----------------------------------------------------------------------------------------------
+FORMATS = {  # name: (file suffix, ffmpeg encoder, extra args)
+    "mp3": (".mp3", "libmp3lame", ["-b:a", "64k"]),
+    "m4a": (".m4a", "aac", ["-b:a", "64k"]),
+    "m4a_48k_stereo": (".m4a", "aac", ["-b:a", "96k", "-ar", "48000", "-ac", "2"]),
+    "flac": (".flac", "flac", []),
+    "ogg": (".ogg", "libvorbis", ["-q:a", "3"]),
+    "opus": (".opus", "libopus", ["-b:a", "48k"]),
+}
+
+
+@pytest.fixture(scope="module")
+def ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@pytest.fixture(scope="module")
+def encoders(ffmpeg_exe) -> str:
+    return subprocess.run([ffmpeg_exe, "-hide_banner", "-encoders"], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_compressed_formats(name, tmp_path, speech16, ref_features, ffmpeg_exe, encoders):
+    suffix, encoder, extra = FORMATS[name]
+    if f" {encoder} " not in encoders:
+        pytest.skip(f"ffmpeg has no {encoder} encoder")
+    path = tmp_path / f"speech{suffix}"
+    subprocess.run([ffmpeg_exe, "-nostdin", "-y", "-loglevel", "error", "-i", str(speech16), "-c:a", encoder,
+                    *extra, str(path)], check=True)
+    speech, fb = speech_features(path)
+    assert abs(speech.num_samples - N_SPEECH) <= 160  # encoder delay removed, within one hop
+    if name.startswith("m4a"):
+        assert speech.decoder == "ffmpeg"  # libsndfile does not read MP4/AAC
+    if name == "m4a_48k_stereo":
+        assert (speech.source_sample_rate, speech.source_channels) == (48000, 2)
+    n = min(len(fb), len(ref_features))
+    d = np.abs(fb[:n] - ref_features[:n])
+    if name == "flac":
+        assert d.max() < 1e-8
+    else:
+        # measured mean abs 0.03-0.14; a 10 ms misalignment alone gives 0.57
+        assert d.mean() < 0.25, d.mean()
+
+
+def test_file_without_audio_stream(tmp_path, ffmpeg_exe):
+    path = tmp_path / "video_only.mp4"
+    subprocess.run([ffmpeg_exe, "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "color=c=black:s=16x16:d=0.5", "-c:v", "mpeg4", str(path)], check=True)
+    with pytest.raises(AudioError, match="no audio stream") as info:
+        load_speech(path)
+    assert str(path) in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# errors
+# ----------------------------------------------------------------------------------------------
+def _write(path: Path, samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> Path:
+    sf.write(path, samples, rate, subtype=subtype)
+    return path
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(InputError, match="not found") as info:
+        load_speech(tmp_path / "nope.wav")
+    assert type(info.value) is InputError and "nope.wav" in str(info.value)
+    with pytest.raises(InputError, match="not a file"):
+        load_speech(tmp_path)
+
+
+def test_corrupt_file(tmp_path):
+    path = tmp_path / "corrupt.wav"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    with pytest.raises(AudioError, match="cannot decode") as info:
+        load_speech(path)
+    assert str(path) in str(info.value)
+    assert not isinstance(info.value, AudioTooShortError)
+
+
+def test_empty_file(tmp_path):
+    path = _write(tmp_path / "empty.wav", np.zeros(0, np.int16))
+    with pytest.raises(AudioError, match="no samples") as info:
+        load_speech(path)
+    assert str(path) in str(info.value) and not isinstance(info.value, AudioTooShortError)
+    zero_bytes = tmp_path / "zero_bytes.wav"
+    zero_bytes.write_bytes(b"")
+    with pytest.raises(AudioError, match=str(zero_bytes)):
+        load_speech(zero_bytes)
+
+
+@pytest.mark.parametrize("kind", ["zeros", "tiny", "dc"])
+def test_silent_file(tmp_path, kind):
+    n = 16000
+    samples = {"zeros": np.zeros(n), "tiny": 0.5 * SILENCE_PEAK * np.sin(np.arange(n) / 5.0),
+               "dc": np.full(n, 0.5)}[kind]
+    path = _write(tmp_path / f"{kind}.wav", samples.astype(np.float32), subtype="FLOAT")
+    with pytest.raises(AudioError, match="silent") as info:
+        load_speech(path)
+    assert str(path) in str(info.value)
+    # just above the threshold is accepted
+    loud = _write(tmp_path / "ok.wav", (4 * SILENCE_PEAK * np.sin(np.arange(n) / 5.0)).astype(np.float32),
+                  subtype="FLOAT")
+    assert load_speech(loud).num_samples == n
+
+
+def test_non_finite_samples(tmp_path):
+    x = np.sin(np.arange(4000) / 7.0).astype(np.float32)
+    x[100] = np.nan
+    path = _write(tmp_path / "nan.wav", x, subtype="FLOAT")
+    with pytest.raises(AudioError, match="non-finite"):
+        load_speech(path)
+
+
+def test_too_short(tmp_path, speech16):
+    x, _ = sf.read(speech16, dtype="int16")
+    short = _write(tmp_path / "short.wav", x[20_000:20_000 + MIN_NUM_SAMPLES - 1])
+    with pytest.raises(AudioTooShortError) as info:
+        load_speech(short)
+    msg = str(info.value)
+    assert str(short) in msg and "0.0850 s" in msg and str(MIN_NUM_SAMPLES) in msg and "0.0851 s" in msg
+    ok = _write(tmp_path / "minimum.wav", x[20_000:20_000 + MIN_NUM_SAMPLES])
+    speech = load_speech(ok)
+    assert speech.num_samples == MIN_NUM_SAMPLES
+    assert logfbank(speech.samples).shape == (8, 26)
+    # the minimum applies after resampling: 0.07 s at 44.1 kHz is still too short
+    y = np.sin(np.arange(int(0.07 * 44100)) / 3.0).astype(np.float32)
+    with pytest.raises(AudioTooShortError, match="44k_short"):
+        load_speech(_write(tmp_path / "44k_short.wav", y, 44100, "FLOAT"))
+
+
+def test_speech_is_frozen(speech16):
+    speech = load_speech(speech16)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        speech.sample_rate = 8000
+    with pytest.raises(ValueError):
+        speech.samples[0] = 1.0
+    assert isinstance(speech, Speech) and speech.path == speech16
