@@ -162,7 +162,7 @@ def to_uint8_frames(frames: Any) -> np.ndarray:
         raise ValueError("frames contain NaN or infinite values")
     np.rint(work, out=work)
     np.clip(work, 0, 255, out=work)
-    return work.astype(np.uint8)
+    return work.astype(np.uint8, order="C")  # C order: the frames go to a pipe as raw bytes
 
 
 # ------------------------------------------------------------------------------------------ writer

@@ -118,6 +118,14 @@ def test_to_uint8_matches_skimage_img_as_ubyte():
         to_uint8_frames(np.zeros((4, 4, 3), np.int32))
 
 
+def test_to_uint8_makes_channels_first_renders_contiguous():
+    """Renderer output (b, 3, H, W) permuted to (b, H, W, 3) is a strided view; the pipe needs C order."""
+    chw = np.random.default_rng(1).random((2, 3, 6, 5), dtype=np.float32)
+    out = to_uint8_frames(chw.transpose(0, 2, 3, 1))
+    assert out.flags.c_contiguous and out.shape == (2, 6, 5, 3)
+    memoryview(out).cast("B")  # what VideoWriter.write does
+
+
 def test_odd_size_is_edge_padded_to_even(tmp_path, speech_2s):
     out = tmp_path / "odd.mp4"
     frames = [pattern(t, h=65, w=63) for t in range(50)]
