@@ -195,6 +195,7 @@ def download(
     names: Optional[List[str]] = typer.Argument(None, help="Models to fetch (fomm, mssync) [default: all]."),
     models_dir: Optional[Path] = ModelsDir,
     from_dir: Optional[Path] = typer.Option(None, "--from-dir", help="Install files you downloaded by hand from this folder instead."),
+    force: bool = typer.Option(False, "--force", help="Download again even if a verified copy is present."),
     quiet: bool = Quiet,
 ) -> None:
     """Fetch every checkpoint the pipeline needs (Google Drive, via gdown), verify and record its sha256."""
@@ -205,7 +206,7 @@ def download(
         if from_dir is not None:
             models.install_from(from_dir, root, names=names or None)
         else:
-            models.download(names or None, root, quiet=quiet)
+            models.download(names or None, root, quiet=quiet, force=force)
         _print_states(models.verify(root), root)
 
 

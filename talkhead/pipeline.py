@@ -170,7 +170,8 @@ class Pipeline:
 
         if self.options.crop == "none":
             return no_crop(image, self.frame_size)
-        faces = detect_faces(image, backend=self.options.landmarker, device=str(self.device))
+        faces = detect_faces(image, backend=self.options.landmarker, device=str(self.device),
+                             offline=self.options.offline)
         face = select_face(faces, index=self.options.face_index, source=source)
         return fomm_crop(image, face, self.frame_size)
 

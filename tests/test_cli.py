@@ -1,0 +1,267 @@
+"""End-to-end tests of the ``talkhead`` CLI on a real photo and real speech, with the tiny checkpoints.
+
+The tiny fixture checkpoints are arranged as a models directory (see ``models_dir``), landmarks come
+from the offline dlib backend, and every MP4 is checked by probing the file.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from talkhead.cli import app
+from talkhead.video import probe
+
+DATA = Path(__file__).parent / "data"
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, mssync_tiny_dir) -> Path:
+    """The tiny FOMM + tiny MS-Sync arranged in the released layout, verified and recorded."""
+    from talkhead.models import register_local
+
+    root = tmp_path_factory.mktemp("models")
+    (root / "fomm").mkdir()
+    shutil.copy(DATA / "fomm" / "tiny.yaml", root / "fomm" / "vox-adv-256.yaml")
+    shutil.copy(DATA / "fomm" / "tiny-cpk.pth.tar", root / "fomm" / "vox-adv-cpk.pth.tar")
+    shutil.copytree(mssync_tiny_dir, root / "mssync")
+    register_local(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def speech_2s(tmp_path_factory) -> Path:
+    """The first 2.0 s of the real speech clip (keeps most tests short)."""
+    samples, sr = sf.read(DATA / "audio" / "speech_16k.wav", dtype="int16")
+    path = tmp_path_factory.mktemp("audio") / "speech 2s.wav"
+    sf.write(path, samples[: 2 * sr], sr, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo() -> Path:
+    return EXAMPLES / "astronaut.png"
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def common(models_dir: Path) -> list[str]:
+    return ["--models-dir", str(models_dir), "--landmarker", "dlib", "--offline", "--quiet"]
+
+
+def assert_clean_error(result, *needles: str) -> None:
+    """Exit code 2, a one-line message naming the problem, and no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "error:" in result.output
+    for needle in needles:
+        assert needle in result.output, (needle, result.output)
+
+
+def only_inputs_left(folder: Path, *expected: str) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == sorted(expected)
+
+
+# --------------------------------------------------------------------------------------------- animate
+def test_animate_real_photo_full_clip(models_dir, photo, tmp_path):
+    out = tmp_path / "out.mp4"
+    kps = tmp_path / "kp.npz"
+    result = run("animate", photo, DATA / "audio" / "speech_16k.wav", "-o", out, "--save-keypoints", kps,
+                 *common(models_dir))
+    assert result.exit_code == 0, result.output
+    info = probe(out)
+    assert info.video_codec == "h264" and info.pix_fmt == "yuv420p"
+    assert info.audio_codec == "aac"
+    assert info.fps == pytest.approx(25.0)
+    assert (info.width, info.height) == (64, 64)  # the tiny config's frame size
+    assert info.num_frames == 120  # round(4.8 s * 25)
+    assert info.duration_s == pytest.approx(4.8, abs=0.04)
+    with np.load(kps) as z:
+        assert z["kp_driving_value"].shape == (119, 10, 2)  # the reference frame-count rule
+        assert z["kp_driving_jacobian"].shape == (119, 10, 2, 2)
+        x0, y0, x1, y1 = z["crop_box"]
+        assert x1 - x0 == pytest.approx(y1 - y0, abs=1)  # square crop around the astronaut's head
+        assert 100 < (x0 + x1) / 2 < 330 and 0 < (y0 + y1) / 2 < 220
+
+
+def test_crop_none_reproduces_fixture_keypoints(models_dir, mssync_parity, tmp_path):
+    import imageio.v3 as iio
+
+    src = tmp_path / "source.png"
+    iio.imwrite(src, mssync_parity["source_uint8"])
+    kps = tmp_path / "kp.npz"
+    result = run("animate", src, DATA / "audio" / "speech_16k.wav", "-o", tmp_path / "o.mp4", "--crop", "none",
+                 "--save-keypoints", kps, *common(models_dir))
+    assert result.exit_code == 0, result.output
+    out_kp = mssync_parity["full_out_kp"][0]  # (119, 10, 6)
+    with np.load(kps) as z:
+        np.testing.assert_allclose(z["kp_driving_value"], out_kp[..., :2], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(z["kp_driving_jacobian"], out_kp[..., 2:].reshape(-1, 10, 2, 2), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(z["kp_source_value"], mssync_parity["kp0"][..., :2], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["with space.mp4", "quote'\"s.mp4", "ünïcødé 音声.mp4", "-dash.mp4", "$(touch pwned).mp4"])
+def test_odd_output_names(models_dir, photo, speech_2s, tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / name
+    result = run("animate", photo, speech_2s, "-o", out, *common(models_dir))
+    assert result.exit_code == 0, result.output
+    assert probe(out).num_frames == 50
+    assert not (tmp_path / "pwned").exists()
+    only_inputs_left(tmp_path, name)
+
+
+def test_existing_output_needs_overwrite(models_dir, photo, speech_2s, tmp_path):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    assert_clean_error(run("animate", photo, speech_2s, "-o", out, *common(models_dir)), "--overwrite")
+    assert out.read_bytes() == b"precious"
+    result = run("animate", photo, speech_2s, "-o", out, "--overwrite", *common(models_dir))
+    assert result.exit_code == 0, result.output
+    assert probe(out).num_frames == 50
+    only_inputs_left(tmp_path, "out.mp4")
+
+
+# --------------------------------------------------------------------------------------------- bad input
+def _bad_inputs(tmp: Path, speech_2s: Path, photo: Path) -> dict:
+    """name -> (image, audio, expected words in the message)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    corrupt_png = tmp / "corrupt.png"
+    corrupt_png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
+    noface = tmp / "noface.png"
+    import imageio.v3 as iio
+    import skimage.data
+
+    iio.imwrite(noface, skimage.data.coffee())
+    corrupt_wav = tmp / "corrupt.wav"
+    corrupt_wav.write_bytes(b"RIFF" + bytes(np.random.default_rng(0).integers(0, 255, 3000, dtype=np.uint8)))
+    empty_wav = tmp / "empty.wav"
+    sf.write(empty_wav, np.zeros(0, np.int16), 16000)
+    silent_wav = tmp / "silent.wav"
+    sf.write(silent_wav, np.zeros(32000, np.int16), 16000)
+    short_wav = tmp / "short.wav"
+    samples, _ = sf.read(speech_2s, dtype="int16")
+    sf.write(short_wav, samples[:800], 16000)
+    return {
+        "missing image": (tmp / "nope.png", speech_2s, ["nope.png"]),
+        "missing audio": (photo, tmp / "nope.wav", ["nope.wav"]),
+        "corrupt image": (corrupt_png, speech_2s, ["corrupt.png"]),
+        "no face": (noface, speech_2s, ["noface.png", "face"]),
+        "corrupt audio": (photo, corrupt_wav, ["corrupt.wav"]),
+        "empty audio": (photo, empty_wav, ["empty.wav"]),
+        "silent audio": (photo, silent_wav, ["silent.wav", "silent"]),
+        "too short audio": (photo, short_wav, ["short.wav"]),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing image", "missing audio", "corrupt image", "no face", "corrupt audio",
+                                  "empty audio", "silent audio", "too short audio"])
+def test_bad_input_is_one_clean_line(models_dir, photo, speech_2s, tmp_path, case):
+    image, audio, needles = _bad_inputs(tmp_path / "in", speech_2s, photo)[case]
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    result = run("animate", image, audio, "-o", outdir / "o.mp4", *common(models_dir))
+    assert_clean_error(result, *needles)
+    only_inputs_left(outdir)
+
+
+def test_unwritable_output_dir(models_dir, photo, speech_2s, tmp_path):
+    assert_clean_error(run("animate", photo, speech_2s, "-o", tmp_path / "no" / "such" / "dir" / "o.mp4",
+                           *common(models_dir)), "dir")
+
+
+def test_missing_checkpoints_offline(photo, speech_2s, tmp_path):
+    empty = tmp_path / "models"
+    empty.mkdir()
+    result = run("animate", photo, speech_2s, "-o", tmp_path / "o.mp4", *common(empty))
+    assert_clean_error(result, "model_chkpt.pt")
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_tampered_checkpoint(models_dir, photo, speech_2s, tmp_path):
+    bad = tmp_path / "models"
+    shutil.copytree(models_dir, bad)
+    ckpt = bad / "fomm" / "vox-adv-cpk.pth.tar"
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    result = run("animate", photo, speech_2s, "-o", tmp_path / "o.mp4", *common(bad))
+    assert_clean_error(result, "vox-adv-cpk.pth.tar")
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_debug_shows_traceback(photo, tmp_path):
+    result = CliRunner().invoke(app, ["--debug", "animate", str(photo), str(tmp_path / "nope.wav"),
+                                      "--models-dir", str(tmp_path), "--offline", "--landmarker", "dlib"])
+    assert result.exit_code == 2
+    assert "Traceback" in result.output
+
+
+# --------------------------------------------------------------------------------------------- batch
+def test_batch_mixed_pairs_and_resume(models_dir, photo, speech_2s, tmp_path):
+    images, audios, out = tmp_path / "images", tmp_path / "audio", tmp_path / "out"
+    images.mkdir()
+    audios.mkdir()
+    shutil.copy(photo, images / "alice.png")
+    shutil.copy(speech_2s, audios / "alice.wav")
+    shutil.copy(photo, images / "bob.png")
+    sf.write(audios / "bob.wav", np.zeros(16000, np.int16), 16000)  # silent: fails
+    shutil.copy(photo, images / "carol.png")  # no audio: unmatched
+    shutil.copy(speech_2s, audios / "dave.wav")  # no image: unmatched
+
+    result = run("batch", images, audios, "-o", out, *common(models_dir))
+    assert result.exit_code == 1, result.output
+    assert "done 1, skipped 0, failed 3" in result.output
+    assert probe(out / "alice.mp4").num_frames == 50
+    assert sorted(p.name for p in out.iterdir()) == ["alice.mp4"]
+
+    mtime = (out / "alice.mp4").stat().st_mtime_ns
+    result = run("batch", images, audios, "-o", out, "--skip-existing", *common(models_dir))
+    assert "done 0, skipped 1, failed 3" in result.output
+    assert (out / "alice.mp4").stat().st_mtime_ns == mtime
+
+
+def test_batch_pairs_csv(models_dir, photo, speech_2s, tmp_path):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text(f"image,audio,output\n{photo},{speech_2s},{tmp_path / 'custom name.mp4'}\n")
+    result = run("batch", "--pairs", csv, "-o", tmp_path / "out", *common(models_dir))
+    assert result.exit_code == 0, result.output
+    assert probe(tmp_path / "custom name.mp4").num_frames == 50
+
+
+# --------------------------------------------------------------------------------------------- doctor / download
+def test_doctor_reports_models_and_ffmpeg(models_dir):
+    result = run("doctor", "--models-dir", models_dir, "--json")
+    assert "libx264" in result.output
+    assert "verified" in result.output
+    assert "dlib" in result.output
+
+
+def test_download_offline_failure_leaves_nothing(tmp_path, monkeypatch):
+    import gdown
+
+    def boom(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(gdown, "download", boom)
+    monkeypatch.setattr(gdown, "download_folder", boom)
+    root = tmp_path / "models"
+    result = run("download", "--models-dir", root, "--quiet")
+    assert_clean_error(result, "drive.google.com")
+    leftovers = [p for p in root.rglob("*") if p.is_file() and p.name != "vox-adv-256.yaml"] if root.exists() else []
+    assert leftovers == []
+
+
+def test_help_lists_commands():
+    result = run("--help")
+    for cmd in ("animate", "batch", "download", "doctor", "train"):
+        assert cmd in result.output
