@@ -51,3 +51,20 @@ def mssync_tiny_dir(tmp_path_factory) -> Path:
 def fomm_tiny_files() -> tuple[Path, Path]:
     """(config YAML, checkpoint) of the tiny FOMM in the official formats."""
     return DATA / "fomm" / "tiny.yaml", DATA / "fomm" / "tiny-cpk.pth.tar"
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory, mssync_tiny_dir) -> Path:
+    """The tiny FOMM + tiny MS-Sync arranged in the released models-dir layout, verified and recorded.
+
+    Tests must not modify it (copy it first): it is shared by the whole session.
+    """
+    from talkhead.models import register_local
+
+    root = tmp_path_factory.mktemp("models")
+    (root / "fomm").mkdir()
+    shutil.copy(DATA / "fomm" / "tiny.yaml", root / "fomm" / "vox-adv-256.yaml")
+    shutil.copy(DATA / "fomm" / "tiny-cpk.pth.tar", root / "fomm" / "vox-adv-cpk.pth.tar")
+    shutil.copytree(mssync_tiny_dir, root / "mssync")
+    register_local(root)
+    return root

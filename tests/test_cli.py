@@ -23,17 +23,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory, mssync_tiny_dir) -> Path:
-    """The tiny FOMM + tiny MS-Sync arranged in the released layout, verified and recorded."""
-    from talkhead.models import register_local
-
-    root = tmp_path_factory.mktemp("models")
-    (root / "fomm").mkdir()
-    shutil.copy(DATA / "fomm" / "tiny.yaml", root / "fomm" / "vox-adv-256.yaml")
-    shutil.copy(DATA / "fomm" / "tiny-cpk.pth.tar", root / "fomm" / "vox-adv-cpk.pth.tar")
-    shutil.copytree(mssync_tiny_dir, root / "mssync")
-    register_local(root)
-    return root
+def models_dir(tiny_models_dir) -> Path:
+    return tiny_models_dir
 
 
 @pytest.fixture(scope="module")

@@ -13,22 +13,15 @@ import torch
 import talkhead.video
 from talkhead.doctor import doctor_report, has_problems, render_report
 from talkhead.errors import FFmpegError
-from talkhead.models import register_local
 
 DATA = Path(__file__).parent / "data"
 GOOD_FFMPEG = {"exe": "/opt/ffmpeg", "version": "n9.0", "has_libx264": True, "has_aac": True, "encoders": frozenset()}
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, mssync_tiny_dir) -> Path:
+def registered(tiny_models_dir) -> Path:
     """The tiny checkpoints as a recorded models directory."""
-    root = tmp_path_factory.mktemp("models")
-    (root / "fomm").mkdir()
-    shutil.copy(DATA / "fomm" / "tiny.yaml", root / "fomm" / "vox-adv-256.yaml")
-    shutil.copy(DATA / "fomm" / "tiny-cpk.pth.tar", root / "fomm" / "vox-adv-cpk.pth.tar")
-    shutil.copytree(mssync_tiny_dir, root / "mssync")
-    register_local(root)
-    return root
+    return tiny_models_dir
 
 
 @pytest.fixture
