@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -238,6 +237,11 @@ def doctor(models_dir: Optional[Path] = ModelsDir,
             render_report(report, out_console)
         if has_problems(report):
             raise typer.Exit(1)
+
+
+from . import cli_train  # noqa: E402  (preprocess, train syncers/generator, evaluate)
+
+cli_train.register(app, train_app, _errors, err_console, out_console)
 
 
 def main() -> None:

@@ -1,0 +1,198 @@
+"""CLI commands for retraining and evaluation: ``preprocess``, ``train syncers``, ``train generator``,
+``evaluate``. Thin: parse, call :mod:`talkhead.train`, render progress (Rich) and results.
+
+Multi-GPU / multi-machine: launch with ``torchrun --nproc_per_node N -m talkhead train ...``; the
+engine joins the process group from torchrun's environment, and only rank 0 prints and writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .errors import InputError
+
+
+def _is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _parse_overrides(items: Optional[List[str]]) -> dict:
+    """``["optim.lr=1e-4", "steps=10"]`` -> ``{"optim.lr": 1e-4, "steps": 10}`` (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+class _TrainBar:
+    """Rich bar over optimisation steps with the latest losses in its description."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+
+    def __call__(self, event) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("train", total=event.total_steps, losses="")
+        if event.kind == "step" and event.metrics:
+            losses = "  ".join(f"{k} {v:.4g}" for k, v in event.metrics.items() if isinstance(v, (int, float)))
+            self.progress.update(self.task, completed=event.step, losses=losses)
+        elif event.kind == "val" and event.metrics:
+            shown = "  ".join(f"{k} {v:.3g}" for k, v in event.metrics.items() if isinstance(v, (int, float)))
+            self.progress.console.print(f"[cyan]val @ {event.step}[/]: {shown}", highlight=False)
+        else:
+            self.progress.update(self.task, completed=event.step)
+
+
+def _train_progress(console, quiet: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), console=console,
+                    disable=quiet or not _is_rank0())
+
+
+def register(app: typer.Typer, train_app: typer.Typer, errors, err_console, out_console) -> None:
+    """Add the training and evaluation commands to the Typer apps of :mod:`talkhead.cli`."""
+
+    @app.command()
+    def preprocess(
+        videos: List[Path] = typer.Argument(..., help="Talking-head videos or folders of them (mp4, mkv, avi, webm)."),
+        out_dir: Path = typer.Option(..., "--output", "-o", help="Training data folder (manifest.json + clips/)."),
+        models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="Checkpoint folder (FOMM keypoint detector)."),
+        landmarker: str = typer.Option("fan", "--landmarker", help="fan | dlib."),
+        crop: str = typer.Option("auto", "--crop", help="auto: fixed face crop per clip; none: videos are face crops."),
+        shard: str = typer.Option("0/1", "--shard", help="I/N: process the I-th of N deterministic shares of the inputs."),
+        split: str = typer.Option("train", "--split", help="Split label recorded for these clips (train, val, test)."),
+        device: str = typer.Option("cpu", "--device", help="cpu | cuda | mps."),
+        offline: bool = typer.Option(False, "--offline", help="Never download checkpoints."),
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+    ) -> None:
+        """Videos -> per clip FOMM keypoints + jacobians (T,10,6) at 25 fps and the logfbank at 100 Hz.
+
+        Resumable (clips already done are skipped); clips with no face, no audio or too few frames are
+        skipped and reported.
+        """
+        from .train.preprocess import preprocess as run
+
+        with errors():
+            try:
+                i, n = (int(x) for x in shard.split("/"))
+                assert 0 <= i < n
+            except (ValueError, AssertionError):
+                raise InputError(f"--shard must be I/N with 0 <= I < N, not {shard!r}") from None
+            with Progress(TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, disable=quiet) as progress:
+                tasks: dict = {}
+
+                def cb(stage, done, total):
+                    if stage not in tasks:
+                        tasks[stage] = progress.add_task(stage, total=total)
+                    progress.update(tasks[stage], completed=done, total=total)
+
+                report = run(videos, out_dir, models_dir=models_dir, offline=offline, landmarker=landmarker,
+                             crop=crop, shard=(i, n), split=split, device=device, progress=cb)
+            out_console.print(report.summary())
+
+    def _train(kind: str, fn, data_dir, run_dir, config, overrides, resume, quiet, **kw):
+        with errors():
+            with _train_progress(err_console, quiet) as progress:
+                final = fn(data_dir, run_dir, config=config, overrides=_parse_overrides(overrides), resume=resume,
+                           progress=_TrainBar(progress), **kw)
+            if _is_rank0():
+                out_console.print_json(json.dumps(final, default=str))
+
+    @train_app.command("syncers")
+    def train_syncers(
+        data_dir: Path = typer.Argument(..., help="Training data folder written by `talkhead preprocess`."),
+        run_dir: Path = typer.Option(..., "--output", "-o", help="Run folder (config, checkpoints, metrics)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding the paper defaults."),
+        overrides: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE override (repeatable), e.g. --set steps=2000."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN_DIR from its checkpoint."),
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+    ) -> None:
+        """Train the pyramid of audio-visual syncers (InfoNCE; 200, 400, 800, 1600 ms windows)."""
+        from .train.syncers import train_syncers as fn
+
+        _train("syncers", fn, data_dir, run_dir, config, overrides, resume, quiet)
+
+    @train_app.command("generator")
+    def train_generator(
+        data_dir: Path = typer.Argument(..., help="Training data folder written by `talkhead preprocess`."),
+        syncers: Path = typer.Option(..., "--syncers", help="Run folder of `talkhead train syncers` (frozen AV loss)."),
+        run_dir: Path = typer.Option(..., "--output", "-o", help="Run folder; the released-format model goes to RUN_DIR/mssync."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding the paper defaults."),
+        overrides: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE override (repeatable)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN_DIR from its checkpoint."),
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+    ) -> None:
+        """Train the MS-Sync generator GAN with the multi-scale AV synchrony loss."""
+        from .train.generator import train_generator as fn
+
+        _train("generator", fn, data_dir, run_dir, config, overrides, resume, quiet, syncers_dir=syncers)
+
+    @app.command()
+    def evaluate(
+        generated: Path = typer.Argument(..., help="Generated keypoints: a training-data folder, or a folder of "
+                                                   "`--save-keypoints` .npz files named like the ground-truth clip ids."),
+        ground_truth: Path = typer.Option(..., "--ground-truth", help="Training-data folder with the real clips (keypoints + logfbank)."),
+        syncers: Path = typer.Option(..., "--syncers", help="Metric syncer pyramid (a `train syncers` run, trained apart from any loss syncer)."),
+        split: Optional[str] = typer.Option(None, "--split", help="Only ground-truth clips of this split."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
+    ) -> None:
+        """Multi-scale AV synchrony (|AV-Off|, AV-Conf at 200/400/800/1600 ms) with static and ground-truth rows."""
+        from .io import atomic_output
+        from .train import evaluate as run, format_table, load_syncers
+
+        with errors():
+            gen, gt = load_eval_pairs(generated, ground_truth, split)
+            result = run(gen, gt, load_syncers(syncers))
+            out_console.print(format_table(result))
+            if json_out is not None:
+                with atomic_output(json_out, overwrite=True) as tmp:
+                    Path(tmp).write_text(json.dumps(result, indent=2))
+
+
+def load_eval_pairs(generated: Path, ground_truth: Path, split: Optional[str] = None):
+    """Match generated sequences to ground-truth clips by clip id.
+
+    ``generated`` is a training-data folder (``manifest.json``) or a folder of ``<clip id>.npz`` files
+    holding ``keypoints (T,10,6)`` or the ``--save-keypoints`` arrays ``kp_driving_value (T,10,2)`` +
+    ``kp_driving_jacobian (T,10,2,2)``.
+
+    Returns:
+        ``(generated, ground_truth)``: two equally long lists of mappings with ``keypoints`` (and
+        ``logfbank`` for the ground truth).
+
+    Raises:
+        InputError: a folder is missing, or no generated sequence matches a ground-truth clip.
+    """
+    from .train.data import iter_clips, read_manifest
+
+    truth = {info.id: {"keypoints": kp, "logfbank": lf} for info, kp, lf in iter_clips(ground_truth, split)}
+    if (generated / "manifest.json").is_file():
+        gen = {info.id: kp for info, kp, _ in iter_clips(generated)}
+    elif generated.is_dir():
+        gen = {}
+        for path in sorted(generated.glob("*.npz")):
+            with np.load(path) as z:
+                if "keypoints" in z:
+                    gen[path.stem] = z["keypoints"]
+                elif "kp_driving_value" in z:
+                    v, j = z["kp_driving_value"], z["kp_driving_jacobian"]
+                    gen[path.stem] = np.concatenate([v, j.reshape(len(j), v.shape[1], 4)], axis=-1)
+    else:
+        raise InputError(f"generated keypoints folder not found: {generated}")
+    ids = [i for i in truth if i in gen]
+    if not ids:
+        raise InputError(f"no generated sequence in {generated} matches a clip id of {ground_truth}")
+    return [{"keypoints": gen[i]} for i in ids], [truth[i] for i in ids]
