@@ -1,0 +1,491 @@
+"""Training data format: a manifest of clips, one ``.npz`` per clip, and aligned windowed datasets.
+
+Layout of a data directory ``DATA_DIR``::
+
+    DATA_DIR/manifest.json       {"format": "talkhead-train-data", "version": 1, "fps": 25,
+                                  "logfbank_hz": 100, "num_kp": 10, "kp_dim": 6, "n_filt": 26,
+                                  "clips": [{"id", "num_frames", "num_logfbank_frames", "source", "split"}, ...]}
+    DATA_DIR/clips/<id>.npz      keypoints (T, 10, 6) float32, logfbank (M, 26) float32
+
+* ``keypoints[t, k] = [x, y, j00, j01, j10, j11]``: FOMM keypoint ``k`` of video frame ``t`` (25 fps),
+  position in the keypoint grid's [-1, 1] coordinates and its 2x2 jacobian, row-major. This is the
+  MS-Sync sequence layout (``KP_DIM = 6`` numbers per keypoint).
+* ``logfbank`` is exactly ``talkhead.audio.logfbank(samples, 16000)`` of the clip's speech (26 mel
+  bands, 25 ms window, 10 ms hop: 100 rows per second), stored as float32.
+* Alignment: video frame ``t`` (40 ms) covers logfbank rows ``4t .. 4t+3``. Real recordings give
+  ``M`` within a couple of rows of ``4T``; :func:`usable_frames` is the number of frames that have all
+  four rows, ``min(T, M // 4)``, and every dataset below only uses those.
+* ``split`` is a free string; the trainers use ``"train"`` and ``"val"`` (``"test"`` is kept aside).
+
+Writers are atomic (temporary file + ``os.replace``): a crash never leaves a half-written clip or
+manifest. :class:`DatasetWriter` reopens an existing directory and appends, so preprocessing can be
+resumed; the manifest is rewritten after every ``flush_every`` clips and on close.
+
+Datasets return aligned segments ``(keypoints (F, 10, 6), logfbank (4F, 26))`` as float32 tensors.
+:func:`shard_indices` and :class:`StepBatchSampler` give DistributedSampler-style deterministic
+sharding by ``(rank, world_size)``; the batch of a given optimisation step is a pure function of
+``(seed, step, rank, world_size)``, which is what makes resumed training bit-identical.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..constants import FPS, KP_DIM, N_FILT, NUM_KP
+from ..errors import InputError
+
+FORMAT_NAME = "talkhead-train-data"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+CLIPS_DIRNAME = "clips"
+LOGFBANK_HZ = 100
+"""logfbank rows per second (10 ms hop)."""
+LOGFBANK_PER_VIDEO_FRAME = LOGFBANK_HZ // FPS
+"""Exactly 4 logfbank rows per 25-fps video frame in training data (frame t <-> rows 4t..4t+3)."""
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class DataFormatError(InputError):
+    """A training data directory, manifest or clip file is missing, malformed or inconsistent."""
+
+
+# --------------------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class ClipInfo:
+    """One manifest entry.
+
+    Attributes:
+        id: file-safe identifier (``[A-Za-z0-9._-]``, first char alphanumeric); the clip is ``clips/<id>.npz``.
+        num_frames: ``T``, video frames at 25 fps.
+        num_logfbank_frames: ``M``, logfbank rows at 100 Hz.
+        source: where the clip came from (video path, URL, ``"synthetic"``), informative only.
+        split: ``"train"``, ``"val"``, ``"test"`` or any other label.
+    """
+
+    id: str
+    num_frames: int
+    num_logfbank_frames: int
+    source: str = ""
+    split: str = "train"
+
+    @property
+    def usable_frames(self) -> int:
+        """Frames that have their four logfbank rows: ``min(T, M // 4)``."""
+        return usable_frames(self.num_frames, self.num_logfbank_frames)
+
+
+def usable_frames(num_frames: int, num_logfbank_frames: int) -> int:
+    """``min(T, M // 4)``: video frames (25 fps) whose logfbank rows ``4t..4t+3`` all exist."""
+    return int(min(num_frames, num_logfbank_frames // LOGFBANK_PER_VIDEO_FRAME))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync, then ``os.replace`` it onto
+    ``path`` (mode 0666 minus the umask, like ``open``). On any error the temporary file is removed and
+    ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def check_clip_arrays(keypoints: np.ndarray, logfbank: np.ndarray, *, max_mismatch_frames: float | None = 2,
+                      what: str = "clip") -> tuple[np.ndarray, np.ndarray]:
+    """Validate one clip's arrays and return them as contiguous float32.
+
+    Args:
+        keypoints: ``(T, 10, 6)`` FOMM keypoints + jacobians per 25-fps frame.
+        logfbank: ``(M, 26)`` logfbank rows at 100 Hz.
+        max_mismatch_frames: largest allowed ``|M / 4 - T|`` in video frames (audio and video
+            durations of one clip must agree to within this many 40 ms frames).
+        what: name used in error messages.
+
+    Raises:
+        DataFormatError: wrong rank/shape, non-finite values, empty clip, or audio/video durations
+            that disagree by more than ``max_mismatch_frames``.
+    """
+    kp = np.asarray(keypoints)
+    lf = np.asarray(logfbank)
+    if kp.ndim != 3 or kp.shape[1:] != (NUM_KP, KP_DIM):
+        raise DataFormatError(f"{what}: keypoints must have shape (T, {NUM_KP}, {KP_DIM}), got {kp.shape}")
+    if lf.ndim != 2 or lf.shape[1] != N_FILT:
+        raise DataFormatError(f"{what}: logfbank must have shape (M, {N_FILT}), got {lf.shape}")
+    if kp.shape[0] == 0 or lf.shape[0] < LOGFBANK_PER_VIDEO_FRAME:
+        raise DataFormatError(f"{what}: empty clip (T={kp.shape[0]}, M={lf.shape[0]})")
+    if not (np.all(np.isfinite(kp)) and np.all(np.isfinite(lf))):
+        raise DataFormatError(f"{what}: keypoints or logfbank contain NaN/inf")
+    mismatch = abs(lf.shape[0] / LOGFBANK_PER_VIDEO_FRAME - kp.shape[0])
+    if max_mismatch_frames is not None and mismatch > max_mismatch_frames:
+        raise DataFormatError(
+            f"{what}: audio and video lengths disagree by {mismatch:.2f} frames (T={kp.shape[0]} frames at "
+            f"{FPS} fps = {kp.shape[0] / FPS:.2f} s, M={lf.shape[0]} logfbank rows = {lf.shape[0] / LOGFBANK_HZ:.2f} s)")
+    return np.ascontiguousarray(kp, dtype=np.float32), np.ascontiguousarray(lf, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------- manifest
+def _manifest_header() -> dict:
+    return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "fps": FPS, "logfbank_hz": LOGFBANK_HZ,
+            "num_kp": NUM_KP, "kp_dim": KP_DIM, "n_filt": N_FILT}
+
+
+def write_manifest(data_dir: str | Path, clips: Sequence[ClipInfo]) -> Path:
+    """Atomically write ``DATA_DIR/manifest.json`` listing ``clips`` (ids must be unique).
+
+    Raises:
+        DataFormatError: duplicate clip ids.
+    """
+    data_dir = Path(data_dir)
+    ids = [c.id for c in clips]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise DataFormatError(f"duplicate clip ids in manifest: {dup[:5]}")
+    doc = _manifest_header()
+    doc["clips"] = [asdict(c) for c in clips]
+    text = json.dumps(doc, indent=1).encode()
+    path = data_dir / MANIFEST_NAME
+    atomic_write(path, lambda f: f.write(text))
+    return path
+
+
+def read_manifest(data_dir: str | Path) -> list[ClipInfo]:
+    """Read ``DATA_DIR/manifest.json``.
+
+    Accepts the full document (see module docstring) or, for hand-made data, a bare JSON list of
+    clip records.
+
+    Raises:
+        DataFormatError: missing/unreadable manifest, wrong format name/version, constants that differ
+            from this package's (fps, keypoints, bands), or malformed clip records.
+    """
+    path = Path(data_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise DataFormatError(f"no {MANIFEST_NAME} in data directory {Path(data_dir)}")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataFormatError(f"unreadable manifest {path}: {exc}") from None
+    if isinstance(doc, list):
+        records = doc
+    elif isinstance(doc, dict):
+        if doc.get("format", FORMAT_NAME) != FORMAT_NAME:
+            raise DataFormatError(f"{path}: format {doc.get('format')!r} is not {FORMAT_NAME!r}")
+        if int(doc.get("version", FORMAT_VERSION)) > FORMAT_VERSION:
+            raise DataFormatError(f"{path}: format version {doc['version']} is newer than supported {FORMAT_VERSION}")
+        for key, want in _manifest_header().items():
+            if key in ("format", "version"):
+                continue
+            if key in doc and doc[key] != want:
+                raise DataFormatError(f"{path}: {key}={doc[key]!r} but talkhead expects {want!r}")
+        records = doc.get("clips")
+        if not isinstance(records, list):
+            raise DataFormatError(f"{path}: 'clips' must be a list")
+    else:
+        raise DataFormatError(f"{path}: manifest must be a JSON object or list")
+    clips = []
+    for i, rec in enumerate(records):
+        try:
+            clip = ClipInfo(id=str(rec["id"]), num_frames=int(rec["num_frames"]),
+                            num_logfbank_frames=int(rec["num_logfbank_frames"]),
+                            source=str(rec.get("source", "")), split=str(rec.get("split", "train")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataFormatError(f"{path}: clip record {i} is malformed ({exc!r}): {rec!r}") from None
+        if not _ID_RE.match(clip.id):
+            raise DataFormatError(f"{path}: clip id {clip.id!r} is not file-safe")
+        clips.append(clip)
+    return clips
+
+
+def clip_path(data_dir: str | Path, clip_id: str) -> Path:
+    """``DATA_DIR/clips/<id>.npz``."""
+    return Path(data_dir) / CLIPS_DIRNAME / f"{clip_id}.npz"
+
+
+def write_clip(data_dir: str | Path, clip_id: str, keypoints: np.ndarray, logfbank: np.ndarray, *,
+               source: str = "", split: str = "train", max_mismatch_frames: int = 2) -> ClipInfo:
+    """Validate and atomically write ``clips/<id>.npz``; return its manifest record (manifest untouched).
+
+    Args:
+        keypoints: ``(T, 10, 6)``; logfbank: ``(M, 26)`` (see :func:`check_clip_arrays`).
+
+    Raises:
+        DataFormatError: bad id or arrays.
+    """
+    if not _ID_RE.match(clip_id):
+        raise DataFormatError(f"clip id {clip_id!r} is not file-safe (use letters, digits, '.', '_', '-')")
+    kp, lf = check_clip_arrays(keypoints, logfbank, max_mismatch_frames=max_mismatch_frames, what=clip_id)
+    atomic_write(clip_path(data_dir, clip_id), lambda f: np.savez(f, keypoints=kp, logfbank=lf))
+    return ClipInfo(id=clip_id, num_frames=int(kp.shape[0]), num_logfbank_frames=int(lf.shape[0]),
+                    source=source, split=split)
+
+
+def load_clip(data_dir: str | Path, clip: ClipInfo | str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one clip: ``(keypoints (T, 10, 6) float32, logfbank (M, 26) float32)``.
+
+    Raises:
+        DataFormatError: missing/corrupt file, or shapes that contradict the manifest record.
+    """
+    clip_id = clip.id if isinstance(clip, ClipInfo) else str(clip)
+    path = clip_path(data_dir, clip_id)
+    try:
+        with np.load(path) as z:
+            kp, lf = z["keypoints"], z["logfbank"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataFormatError(f"cannot read clip {path}: {exc}") from None
+    if isinstance(clip, ClipInfo) and (kp.shape[0] != clip.num_frames or lf.shape[0] != clip.num_logfbank_frames):
+        raise DataFormatError(f"{path}: holds T={kp.shape[0]}, M={lf.shape[0]} but the manifest says "
+                              f"T={clip.num_frames}, M={clip.num_logfbank_frames}")
+    return check_clip_arrays(kp, lf, max_mismatch_frames=None, what=str(path))
+
+
+class DatasetWriter:
+    """Incrementally build (or extend) a data directory.
+
+    Usage::
+
+        with DatasetWriter(data_dir) as w:
+            w.add("spk1_0001", keypoints, logfbank, source="vox/id1/a.mp4", split="train")
+
+    Reopening an existing directory keeps its clips (``w.has(id)`` lets a preprocessor skip done
+    work). The manifest is rewritten atomically every ``flush_every`` additions and on close, so an
+    interrupted preprocessing run loses at most ``flush_every`` clips from the manifest (their files
+    are simply rewritten on the next run).
+    """
+
+    def __init__(self, data_dir: str | Path, *, flush_every: int = 50, max_mismatch_frames: int = 2):
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.flush_every = int(flush_every)
+        self.max_mismatch_frames = max_mismatch_frames
+        self._clips: dict[str, ClipInfo] = {}
+        if (self.data_dir / MANIFEST_NAME).is_file():
+            self._clips = {c.id: c for c in read_manifest(self.data_dir)}
+        self._pending = 0
+
+    def has(self, clip_id: str) -> bool:
+        """Whether ``clip_id`` is already in the manifest."""
+        return clip_id in self._clips
+
+    @property
+    def clips(self) -> list[ClipInfo]:
+        """Records written so far (manifest order)."""
+        return list(self._clips.values())
+
+    def add(self, clip_id: str, keypoints: np.ndarray, logfbank: np.ndarray, *, source: str = "",
+            split: str = "train") -> ClipInfo:
+        """Write one clip (replacing a clip with the same id) and record it; see :func:`write_clip`."""
+        info = write_clip(self.data_dir, clip_id, keypoints, logfbank, source=source, split=split,
+                          max_mismatch_frames=self.max_mismatch_frames)
+        self._clips[clip_id] = info
+        self._pending += 1
+        if self._pending >= self.flush_every:
+            self.flush()
+        return info
+
+    def flush(self) -> None:
+        """Rewrite the manifest now."""
+        write_manifest(self.data_dir, self.clips)
+        self._pending = 0
+
+    def close(self) -> None:
+        """Write the final manifest."""
+        self.flush()
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------- sharding
+def shard_indices(num_items: int, rank: int, world_size: int, *, shuffle: bool = True, seed: int = 0,
+                  epoch: int = 0, pad: bool = True) -> list[int]:
+    """Indices of ``range(num_items)`` that ``rank`` owns (``torch.utils.data.DistributedSampler`` rule).
+
+    The order is a permutation drawn from ``numpy.random.default_rng([seed, epoch])`` (identical on
+    every rank), padded by wrapping around to a multiple of ``world_size`` when ``pad`` (every rank
+    gets the same count; a few items repeat) or truncated otherwise, then strided:
+    ``perm[rank::world_size]``. Deterministic: the same arguments give the same list on any machine.
+
+    Raises:
+        ValueError: ``rank`` outside ``[0, world_size)`` or ``num_items < 1``.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside [0, {world_size})")
+    if num_items < 1:
+        raise ValueError("cannot shard an empty dataset")
+    order = (np.random.default_rng([int(seed), int(epoch)]).permutation(num_items) if shuffle
+             else np.arange(num_items))
+    if pad:
+        total = math.ceil(num_items / world_size) * world_size
+        order = np.resize(order, total)  # wraps around
+    else:
+        order = order[: (num_items // world_size) * world_size]
+    return order[rank::world_size].tolist()
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Batches of dataset indices for optimisation steps ``start_step+1 .. total_steps``.
+
+    Step ``s`` (1-based) of rank ``r`` uses epoch ``e = (s-1) // steps_per_epoch`` and batch
+    ``(s-1) % steps_per_epoch`` of ``shard_indices(len, r, world_size, seed=seed, epoch=e)``, with
+    ``steps_per_epoch = len(shard) // batch_size`` (incomplete batches dropped). Because this is a
+    pure function of the step, a resumed run sees exactly the batches of an uninterrupted one.
+    Each rank draws ``batch_size`` items per step (the global batch is ``batch_size * world_size``).
+
+    Raises:
+        ValueError: a shard smaller than one batch.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, *, total_steps: int, start_step: int = 0, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.num_items, self.batch_size = int(num_items), int(batch_size)
+        self.total_steps, self.start_step = int(total_steps), int(start_step)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        per_rank = math.ceil(self.num_items / self.world_size)
+        self.steps_per_epoch = per_rank // self.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{self.num_items} items over {self.world_size} rank(s) cannot fill one batch of "
+                             f"{self.batch_size}; lower batch_size or add data")
+        self._cache: tuple[int, list[int]] | None = None
+
+    def batch_for_step(self, step: int) -> list[int]:
+        """Dataset indices of 1-based optimisation ``step`` on this rank."""
+        epoch, b = divmod(step - 1, self.steps_per_epoch)
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, shard_indices(self.num_items, self.rank, self.world_size, seed=self.seed,
+                                                epoch=epoch))
+        return self._cache[1][b * self.batch_size:(b + 1) * self.batch_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step + 1, self.total_steps + 1):
+            yield self.batch_for_step(step)
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+
+# --------------------------------------------------------------------------------------- datasets
+class ClipStore:
+    """Manifest + lazy, cached clip loading for one split.
+
+    Args:
+        data_dir: the data directory.
+        split: keep clips whose ``split`` equals this (``None``: all clips).
+        min_frames: drop clips with fewer usable frames than this.
+        cache: keep loaded clips in memory (small and medium datasets); ``False`` re-reads each access.
+
+    Raises:
+        DataFormatError: no clip of ``split`` has ``min_frames`` usable frames.
+    """
+
+    def __init__(self, data_dir: str | Path, split: str | None = "train", *, min_frames: int = 1, cache: bool = True):
+        self.data_dir = Path(data_dir)
+        all_clips = read_manifest(self.data_dir)
+        self.clips = [c for c in all_clips if (split is None or c.split == split) and c.usable_frames >= min_frames]
+        if not self.clips:
+            have = sorted({c.split for c in all_clips})
+            raise DataFormatError(f"{self.data_dir}: no clip of split {split!r} with at least {min_frames} usable "
+                                  f"frames ({len(all_clips)} clips, splits {have})")
+        self.cache = cache
+        self._mem: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(keypoints (U, 10, 6), logfbank (4U, 26))`` of clip ``index``, cut to ``U`` usable frames."""
+        if index in self._mem:
+            return self._mem[index]
+        clip = self.clips[index]
+        kp, lf = load_clip(self.data_dir, clip)
+        u = clip.usable_frames
+        out = (kp[:u], lf[: u * LOGFBANK_PER_VIDEO_FRAME])
+        if self.cache:
+            self._mem[index] = out
+        return out
+
+
+class WindowDataset(Dataset):
+    """Aligned fixed-length segments of every clip of a split.
+
+    Item ``i`` is a dict:
+
+    * ``keypoints``: ``(F, 10, 6)`` float32 tensor, frames ``s .. s+F-1`` of the clip (25 fps);
+    * ``logfbank``: ``(4F, 26)`` float32 tensor, rows ``4s .. 4s+4F-1`` (frame t <-> rows 4t..4t+3);
+    * ``clip``: int, index of the clip in ``self.store.clips``; ``start``: int, ``s`` in frames.
+
+    Windows start every ``hop`` frames (``s = 0, hop, 2 hop, ...`` while ``s + F <= U``); a clip
+    shorter than ``F`` usable frames gives no window. The dataset is deterministic (no randomness):
+    order and sharding come from the sampler (:class:`StepBatchSampler`) or from :meth:`shard`.
+
+    Raises:
+        DataFormatError: no clip has ``num_frames`` usable frames.
+    """
+
+    def __init__(self, data_dir: str | Path, split: str | None, num_frames: int, *, hop: int | None = None,
+                 cache: bool = True, store: ClipStore | None = None):
+        if num_frames < 1:
+            raise ValueError("num_frames must be >= 1")
+        self.num_frames = int(num_frames)
+        self.hop = int(hop or num_frames)
+        self.store = store or ClipStore(data_dir, split, min_frames=self.num_frames, cache=cache)
+        counts = [max(0, (c.usable_frames - self.num_frames) // self.hop + 1) for c in self.store.clips]
+        self._clip_of = np.repeat(np.arange(len(counts)), counts)
+        self._first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        if len(self._clip_of) == 0:
+            raise DataFormatError(f"no clip with {self.num_frames} usable frames in {self.store.data_dir}")
+
+    def __len__(self) -> int:
+        return int(len(self._clip_of))
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(clip index, start frame)`` of window ``index``."""
+        c = int(self._clip_of[index])
+        return c, int(index - self._first[c]) * self.hop
+
+    def __getitem__(self, index: int) -> dict:
+        c, s = self.locate(int(index))
+        kp, lf = self.store.get(c)
+        r = LOGFBANK_PER_VIDEO_FRAME
+        return {"keypoints": torch.from_numpy(np.array(kp[s:s + self.num_frames])),
+                "logfbank": torch.from_numpy(np.array(lf[r * s:r * (s + self.num_frames)])),
+                "clip": c, "start": s}
+
+    def shard(self, rank: int, world_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0) -> list[int]:
+        """This rank's window indices (see :func:`shard_indices`)."""
+        return shard_indices(len(self), rank, world_size, shuffle=shuffle, seed=seed, epoch=epoch)
+
+
+def iter_clips(data_dir: str | Path, split: str | None = None) -> Iterable[tuple[ClipInfo, np.ndarray, np.ndarray]]:
+    """Yield ``(record, keypoints (T, 10, 6), logfbank (M, 26))`` for each clip of ``split`` (all if None)."""
+    for clip in read_manifest(data_dir):
+        if split is None or clip.split == split:
+            kp, lf = load_clip(data_dir, clip)
+            yield clip, kp, lf

@@ -1,0 +1,632 @@
+"""The MS-Sync syncer pyramid (paper sec. 3.1, eq. 2-5): models, InfoNCE training, checkpoint I/O.
+
+A *syncer* embeds a short window of keypoint motion and the speech heard during it into a shared
+space where aligned pairs have a high cosine similarity. The *pyramid* has 4 syncers, one per time
+scale (:data:`LEVEL_MS` = 200, 400, 800, 1600 ms):
+
+* level 1 sees the raw streams: 5 video frames (25 fps) of keypoints ``(5, 10, 6)`` and the 20
+  logfbank rows ``(20, 26)`` heard during them (frame t <-> rows 4t..4t+3);
+* level ``l > 1`` sees the same number of frames of both streams after ``l - 1`` blur-and-halve
+  steps (:func:`blur_halve`: centred 7-tap moving average with reflect padding, then every 2nd
+  sample; reference ``moving_avg_with_reflect_pad_torch(a, 7)[::2]`` in ``nets/utils.py``, applied
+  to keypoints and to logfbank alike as in ``nets/trainer.py`` ``lip_sync_pyramid_loss``), so its
+  5-frame windows span 400, 800, 1600 ms.
+
+Score (eq. 2): ``s(x, a) = cos(E_x(x), E_a(a))``. Loss (eq. 3-5, InfoNCE): for an aligned pair
+``(x, a+)`` and ``N = 48`` negatives ``a-_1..N`` (windows of the same clip at other offsets, and
+windows of other clips)::
+
+    L = -log( exp(s(x, a+) / tau) / (exp(s(x, a+) / tau) + sum_n exp(s(x, a-_n) / tau)) )
+
+with temperature ``tau = 0.1`` (our choice; config ``temperature``), averaged over anchors and
+summed over levels (the 4 syncers share no parameters, so this trains them independently on the
+same batches).
+
+The reference repository lacks its syncer module (``lip_syncer_train``), so the encoders are ours:
+1-D convolutions over time that keep the 5-step order, then an MLP, then L2 normalisation. The
+keypoint encoder sees each window minus its temporal mean (invariant to where the face is, i.e. to
+identity and framing); the audio encoder sees each window minus its mean (invariant to recording
+gain).
+
+Files: training writes ``RUN_DIR/checkpoint.pt`` through :mod:`talkhead.train.engine`;
+:func:`load_syncers` reads the pyramid back from a run directory or checkpoint file.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..checkpoints import load_state_dict_checked
+from ..constants import KP_DIM, N_FILT, NUM_KP
+from ..errors import CheckpointError, ConfigError
+from .data import LOGFBANK_PER_VIDEO_FRAME, DataFormatError, WindowDataset
+from .engine import (CHECKPOINT_NAME, ProgressFn, RunContext, TrainTask, read_run_checkpoint, resolve_run_config,
+                     run_training)
+
+WINDOW_FRAMES = 5
+"""Video frames per syncer window (200 ms at 25 fps at level 1)."""
+WINDOW_ROWS = WINDOW_FRAMES * LOGFBANK_PER_VIDEO_FRAME
+"""logfbank rows per syncer window (20 at 100 Hz)."""
+LEVEL_MS = (200, 400, 800, 1600)
+"""Time span of one window at each pyramid level, milliseconds."""
+DEFAULTS_PATH = Path(__file__).with_name("configs") / "syncers.yaml"
+PYRAMID_FORMAT = "talkhead-syncer-pyramid"
+
+
+def level_name(level: int) -> str:
+    """``"200ms"``, ``"400ms"``, ... for 0-based pyramid ``level``."""
+    return f"{WINDOW_FRAMES * 40 * 2 ** level}ms"
+
+
+# ============================================================================================ pyramid ops
+def blur_halve(x: torch.Tensor, kernel_size: int = 7, dim: int = 1) -> torch.Tensor:
+    """Blur-and-halve along ``dim``: centred moving average of ``kernel_size`` (odd) with reflect
+    padding, keeping samples ``0, 2, 4, ...``.
+
+    Output sample ``j`` is ``mean(x[2j - h .. 2j + h])`` with ``h = kernel_size // 2`` and
+    ``x[-i] = x[i]``, ``x[L-1+i] = x[L-1-i]`` (reflection without repeating the edge); output length
+    ``ceil(L / 2)``. Equals the reference ``moving_avg_with_reflect_pad_torch(x, n)[::2]``.
+
+    Args:
+        x: any shape with ``L = x.shape[dim] > kernel_size // 2``.
+
+    Raises:
+        ValueError: even kernel or a sequence too short to reflect.
+    """
+    if kernel_size % 2 != 1:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    h = kernel_size // 2
+    length = x.shape[dim]
+    if length <= h:
+        raise ValueError(f"sequence of length {length} is too short for a {kernel_size}-tap reflect-padded blur")
+    moved = x.movedim(dim, -1)
+    shape = moved.shape
+    flat = moved.reshape(-1, 1, length)
+    padded = F.pad(flat, (h, h), mode="reflect")
+    out = F.avg_pool1d(padded, kernel_size, stride=2)
+    return out.reshape(*shape[:-1], out.shape[-1]).movedim(-1, dim)
+
+
+def pyramid_frames(num_frames: int, levels: int) -> int:
+    """Largest multiple of ``2**(levels-1)`` not above ``num_frames`` (what :func:`build_pyramid` keeps)."""
+    unit = 2 ** (levels - 1)
+    return (num_frames // unit) * unit
+
+
+def build_pyramid(keypoints: torch.Tensor, logfbank: torch.Tensor, levels: int = 4,
+                  kernel_size: int = 7) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Multi-scale inputs of the syncer pyramid.
+
+    Args:
+        keypoints: ``(B, F, 10, 6)`` keypoint sequences at 25 fps.
+        logfbank: ``(B, 4F', 26)`` aligned logfbank (frame t <-> rows 4t..4t+3), ``F' >= F``.
+        levels: pyramid depth (4 in the paper).
+
+    Returns:
+        ``levels`` pairs ``(kp_l (B, F / 2**l, 10, 6), lf_l (B, 4F / 2**l, 26))`` for ``l = 0..levels-1``
+        after cropping both streams to ``F = pyramid_frames(F, levels)`` frames, so every level keeps
+        exactly 4 logfbank rows per frame.
+
+    Raises:
+        ValueError: fewer than ``5 * 2**(levels-1)`` frames (the top level would have no window).
+    """
+    n = pyramid_frames(keypoints.shape[1], levels)
+    if n < WINDOW_FRAMES * 2 ** (levels - 1):
+        raise ValueError(f"{keypoints.shape[1]} frames are too few for a {levels}-level syncer pyramid "
+                         f"(need {WINDOW_FRAMES * 2 ** (levels - 1)})")
+    if logfbank.shape[1] < LOGFBANK_PER_VIDEO_FRAME * n:
+        raise ValueError(f"logfbank has {logfbank.shape[1]} rows, need {LOGFBANK_PER_VIDEO_FRAME * n}")
+    kp, lf = keypoints[:, :n], logfbank[:, :LOGFBANK_PER_VIDEO_FRAME * n]
+    out = [(kp, lf)]
+    for _ in range(levels - 1):
+        kp, lf = blur_halve(kp, kernel_size, dim=1), blur_halve(lf, kernel_size, dim=1)
+        out.append((kp, lf))
+    return out
+
+
+def sliding_windows(kp: torch.Tensor, lf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All aligned windows of one level, one per start frame ``p = 0 .. P-1`` with ``P = F - 4``.
+
+    Args:
+        kp: ``(B, F, 10, 6)``; lf: ``(B, 4F, 26)``.
+
+    Returns:
+        ``(x (B, P, 5, 10, 6), a (B, P, 20, 26))``: ``x[:, p] = kp[:, p:p+5]``,
+        ``a[:, p] = lf[:, 4p:4p+20]`` (start-aligned, as the reference ``lip_sync_pyramid_loss``).
+    """
+    x = kp.unfold(1, WINDOW_FRAMES, 1).permute(0, 1, 4, 2, 3)
+    a = lf.unfold(1, WINDOW_ROWS, LOGFBANK_PER_VIDEO_FRAME).permute(0, 1, 3, 2)
+    p = min(x.shape[1], a.shape[1])
+    return x[:, :p], a[:, :p]
+
+
+# ============================================================================================ models
+@dataclass(frozen=True)
+class SyncerConfig:
+    """Syncer-pyramid hyper-parameters (the ``model`` section of the run config)."""
+
+    levels: int = 4
+    kernel_size: int = 7
+    hidden: int = 256
+    embed_dim: int = 128
+    kp_scale: float = 10.0
+
+    @classmethod
+    def from_mapping(cls, m: Mapping) -> "SyncerConfig":
+        """Build from a mapping, ignoring unknown keys. Raises ConfigError on bad values."""
+        try:
+            cfg = cls(**{k: (float(m[k]) if k == "kp_scale" else int(m[k]))
+                         for k in cls.__dataclass_fields__ if k in m})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad syncer model config {dict(m)!r}: {exc}") from None
+        if not 1 <= cfg.levels <= 6 or cfg.kernel_size % 2 != 1 or min(cfg.hidden, cfg.embed_dim) < 1:
+            raise ConfigError(f"bad syncer model config {cfg}")
+        return cfg
+
+
+class KeypointEncoder(nn.Module):
+    """``(N, 5, 10, 6)`` keypoint window -> ``(N, D)`` unit-norm embedding.
+
+    The window minus its temporal mean, times ``kp_scale`` (keypoint motion is a few hundredths of
+    the [-1, 1] grid; the factor brings encoder inputs to order 1), is read as a 60-channel
+    sequence of 5 steps by two 3-tap convolutions, flattened (keeping the order of the 5 steps) and
+    mapped by a 2-layer MLP.
+    """
+
+    def __init__(self, hidden: int, embed_dim: int, kp_scale: float = 10.0):
+        super().__init__()
+        self.kp_scale = float(kp_scale)
+        c = NUM_KP * KP_DIM
+        self.conv = nn.Sequential(nn.Conv1d(c, hidden, 3, padding=1), nn.LeakyReLU(0.2),
+                                  nn.Conv1d(hidden, hidden, 3, padding=1), nn.LeakyReLU(0.2))
+        self.head = nn.Sequential(nn.Linear(hidden * WINDOW_FRAMES, hidden), nn.LeakyReLU(0.2),
+                                  nn.Linear(hidden, embed_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - x.mean(dim=1, keepdim=True)) * self.kp_scale
+        h = self.conv(x.flatten(2).transpose(1, 2))  # (N, 60, 5)
+        return F.normalize(self.head(h.flatten(1)), dim=-1)
+
+
+class AudioEncoder(nn.Module):
+    """``(N, 20, 26)`` logfbank window -> ``(N, D)`` unit-norm embedding.
+
+    The window minus its mean is read as 26 channels over 20 rows; two stride-2 convolutions bring
+    the 20 rows (10 ms) to 5 steps (40 ms, one per video frame), then flatten + 2-layer MLP.
+    """
+
+    def __init__(self, hidden: int, embed_dim: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv1d(N_FILT, hidden, 3, padding=1), nn.LeakyReLU(0.2),
+                                  nn.Conv1d(hidden, hidden, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+                                  nn.Conv1d(hidden, hidden, 4, stride=2, padding=1), nn.LeakyReLU(0.2))
+        self.head = nn.Sequential(nn.Linear(hidden * WINDOW_FRAMES, hidden), nn.LeakyReLU(0.2),
+                                  nn.Linear(hidden, embed_dim))
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        a = a - a.mean(dim=(1, 2), keepdim=True)
+        h = self.conv(a.transpose(1, 2))  # (N, hidden, 5)
+        return F.normalize(self.head(h.flatten(1)), dim=-1)
+
+
+class Syncer(nn.Module):
+    """One pyramid level: ``(x (N, 5, 10, 6), a (N, 20, 26)) -> (e_x (N, D), e_a (N, D))``, unit norm.
+
+    The sync score of a pair is ``(e_x * e_a).sum(-1)`` (cosine similarity, paper eq. 2).
+    """
+
+    def __init__(self, hidden: int = 256, embed_dim: int = 128, kp_scale: float = 10.0):
+        super().__init__()
+        self.kp_encoder = KeypointEncoder(hidden, embed_dim, kp_scale)
+        self.audio_encoder = AudioEncoder(hidden, embed_dim)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.kp_encoder(x), self.audio_encoder(a)
+
+
+class SyncerPyramid(nn.Module):
+    """Four (``config.levels``) independent syncers over the blur-and-halve pyramid.
+
+    ``forward(keypoints (B, F, 10, 6), logfbank (B, 4F, 26))`` returns, per level ``l``, the
+    embeddings of every window: ``(e_x (B, P_l, D), e_a (B, P_l, D))`` with
+    ``P_l = F / 2**l - 4`` (``F`` cropped to a multiple of ``2**(levels-1)``); window ``p`` of
+    level ``l`` starts at original frame ``p * 2**l``.
+    """
+
+    def __init__(self, config: SyncerConfig | Mapping | None = None):
+        super().__init__()
+        cfg = config if isinstance(config, SyncerConfig) else SyncerConfig.from_mapping(config or {})
+        self.config = cfg
+        self.syncers = nn.ModuleList(Syncer(cfg.hidden, cfg.embed_dim, cfg.kp_scale) for _ in range(cfg.levels))
+
+    @property
+    def levels(self) -> int:
+        return self.config.levels
+
+    def pyramid(self, keypoints: torch.Tensor, logfbank: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """:func:`build_pyramid` with this pyramid's depth and kernel."""
+        return build_pyramid(keypoints, logfbank, self.config.levels, self.config.kernel_size)
+
+    def embed_level(self, level: int, kp: torch.Tensor, lf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of all windows of one level's inputs ``kp (B, F_l, 10, 6)``, ``lf (B, 4F_l, 26)``."""
+        x, a = sliding_windows(kp, lf)
+        b, p = x.shape[:2]
+        e_x, e_a = self.syncers[level](x.reshape(b * p, *x.shape[2:]), a.reshape(b * p, *a.shape[2:]))
+        return e_x.reshape(b, p, -1), e_a.reshape(b, p, -1)
+
+    def embed_pyramid(self, pyramid: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Embeddings of every window of pre-built pyramid levels (see :func:`build_pyramid`)."""
+        return [self.embed_level(l, kp, lf) for l, (kp, lf) in enumerate(pyramid)]
+
+    def forward(self, keypoints: torch.Tensor, logfbank: torch.Tensor | None = None
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``forward(keypoints (B, F, 10, 6), logfbank (B, 4F, 26))``, or ``forward(pyramid)`` with a
+        pre-built list of levels."""
+        if logfbank is None:
+            return self.embed_pyramid(keypoints)
+        return self.embed_pyramid(self.pyramid(keypoints, logfbank))
+
+
+def pyramid_sync_loss(pyramid: SyncerPyramid, keypoints: torch.Tensor, logfbank: torch.Tensor,
+                      levels: Sequence[int] | None = None) -> torch.Tensor:
+    """Multi-scale AV synchrony loss for a generator: ``-mean cos(e_x, e_a)`` over every aligned
+    window of every level, averaged over levels (reference ``lip_sync_pyramid_loss`` /
+    ``lip_sync_loss``, which average ``-(e_a * e_x).sum(-1)``).
+
+    Args:
+        pyramid: a trained (usually frozen) :class:`SyncerPyramid`.
+        keypoints: ``(B, F, 10, 6)`` generated keypoints; logfbank: ``(B, 4F, 26)``.
+        levels: 0-based levels to use (default all).
+
+    Returns:
+        scalar tensor in ``[-1, 1]``, differentiable w.r.t. ``keypoints``.
+    """
+    levels = list(range(pyramid.levels)) if levels is None else list(levels)
+    pyr = pyramid.pyramid(keypoints, logfbank)
+    losses = []
+    for l in levels:
+        e_x, e_a = pyramid.embed_level(l, *pyr[l])
+        losses.append(-(e_x * e_a).sum(-1).mean())
+    return torch.stack(losses).mean()
+
+
+# ============================================================================================ InfoNCE
+def info_nce(e_x: torch.Tensor, e_a: torch.Tensor, clip: torch.Tensor, start: torch.Tensor, level: int, *,
+             negatives: int = 48, same_clip_negatives: int = 24, anchors_per_segment: int = 4,
+             temperature: float = 0.1, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE over one level's window embeddings of a batch of segments (paper eq. 3-5).
+
+    Anchors: ``anchors_per_segment`` window positions per segment (distinct when possible). For the
+    anchor at position ``p`` of segment ``b``, the positive is ``e_a[b, p]`` and the ``negatives``
+    candidates are: up to ``same_clip_negatives`` windows of the same segment at other positions
+    (misaligned by 1 .. P-1 level frames) and the rest windows of the *other* segments of the batch
+    (other clips; a window of another segment of the same clip is excluded when it starts less than
+    one level frame from the anchor, i.e. when it is effectively aligned). Negatives are drawn
+    without replacement when enough candidates exist, with replacement otherwise.
+
+    Args:
+        e_x, e_a: ``(B, P, D)`` unit-norm embeddings (:meth:`SyncerPyramid.embed_level`).
+        clip: ``(B,)`` clip index of each segment; start: ``(B,)`` first frame of each segment (25 fps).
+        level: 0-based pyramid level (window ``p`` starts at frame ``start + p * 2**level``).
+        generator: RNG for anchors/negatives (default: torch's global RNG).
+
+    Returns:
+        ``(loss, accuracy)``: mean cross-entropy with the positive as class 0 over ``1 + negatives``
+        logits ``cos / temperature``; and the fraction of anchors whose positive outscores every
+        negative (chance = ``1 / (1 + negatives)``).
+    """
+    b, p, _ = e_x.shape
+    dev = e_x.device
+    k = min(anchors_per_segment, p)
+    anchor_pos = torch.rand(b, p, generator=generator).argsort(dim=1)[:, :k].to(dev)   # (B, k)
+    anchor_item = torch.arange(b, device=dev)[:, None].expand(b, k)
+    ai, ap = anchor_item.reshape(-1), anchor_pos.reshape(-1)                          # (Q,)
+    q = ai.numel()
+    cand_item = torch.arange(b, device=dev).repeat_interleave(p)                      # (B*P,)
+    cand_pos = torch.arange(p, device=dev).repeat(b)
+    same = (cand_item[None] == ai[:, None]) & (cand_pos[None] != ap[:, None])
+    clip, start = clip.to(dev), start.to(dev)
+    abs_anchor = start[ai] + ap * 2 ** level
+    abs_cand = start[cand_item] + cand_pos * 2 ** level
+    aligned_elsewhere = (clip[cand_item][None] == clip[ai][:, None]) & \
+                        ((abs_cand[None] - abs_anchor[:, None]).abs() < 2 ** level)
+    other = (cand_item[None] != ai[:, None]) & ~aligned_elsewhere
+    n_same_avail, n_other_avail = int(same.sum(1).min()), int(other.sum(1).min())
+    if n_same_avail == 0 and n_other_avail == 0:
+        raise ValueError("no negative candidates: need more than one window or more than one segment")
+    n_same = min(same_clip_negatives, n_same_avail) if n_other_avail > 0 else negatives
+    n_other = negatives - n_same
+    picks = []
+    for mask, n in ((same, n_same), (other, n_other)):
+        if n > 0:
+            idx = torch.multinomial(mask.float().cpu(), n, replacement=n > int(mask.sum(1).min()), generator=generator)
+            picks.append(idx.to(dev))
+    neg_idx = torch.cat(picks, dim=1)                                                 # (Q, N)
+    ex_q = e_x[ai, ap]                                                               # (Q, D)
+    pos = (ex_q * e_a[ai, ap]).sum(-1, keepdim=True)                                 # (Q, 1)
+    neg = torch.einsum("qd,qnd->qn", ex_q, e_a.reshape(b * p, -1)[neg_idx])           # (Q, N)
+    logits = torch.cat([pos, neg], dim=1) / temperature
+    loss = F.cross_entropy(logits, torch.zeros(q, dtype=torch.long, device=dev))
+    acc = (pos[:, 0] > neg.max(dim=1).values).float().mean()
+    return loss, acc
+
+
+# ============================================================================================ training data
+class PyramidSegments(torch.utils.data.Dataset):
+    """Segments of clip-level pyramids: the pyramid is built once on each whole clip, then sliced.
+
+    Slicing a whole-clip pyramid (instead of blurring each short segment) keeps the upper levels
+    free of segment-edge reflection artefacts, so training windows look like the evaluation's.
+
+    Item ``i`` (segment ``s .. s+F-1`` of a clip; ``s`` and ``F`` multiples of ``2**(levels-1)``)::
+
+        {"levels": [(kp_l (F / 2**l, 10, 6), lf_l (4F / 2**l, 26)) for l in 0..levels-1],
+         "clip": clip index, "start": s (frames at 25 fps)}
+
+    Raises:
+        ConfigError: ``segment_frames`` or ``hop`` not a multiple of ``2**(levels-1)``.
+        DataFormatError: no clip of ``split`` is long enough.
+    """
+
+    def __init__(self, data_dir: str | Path, split: str, segment_frames: int, hop: int, *, levels: int = 4,
+                 kernel_size: int = 7, cache_clips: int = 4096):
+        unit = 2 ** (levels - 1)
+        if segment_frames % unit or hop % unit:
+            raise ConfigError(f"segment_frames ({segment_frames}) and segment hop ({hop}) must be multiples of "
+                              f"{unit} for a {levels}-level pyramid")
+        self.windows = WindowDataset(data_dir, split, segment_frames, hop=hop, cache=False)
+        self.levels, self.kernel_size, self.frames = levels, kernel_size, segment_frames
+        self.cache_clips = int(cache_clips)
+        self._pyr: OrderedDict[int, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def clip_pyramid(self, clip: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Levels of the whole clip: ``[(kp_l (U_l, 10, 6), lf_l (4 U_l, 26)), ...]``; the last
+        ``cache_clips`` clips used are kept in memory (least recently used evicted first)."""
+        if clip in self._pyr:
+            self._pyr.move_to_end(clip)
+            return self._pyr[clip]
+        kp, lf = self.windows.store.get(clip)
+        pyr = build_pyramid(torch.from_numpy(np.array(kp))[None], torch.from_numpy(np.array(lf))[None],
+                            self.levels, self.kernel_size)
+        levels = [(k[0], a[0]) for k, a in pyr]
+        if self.cache_clips > 0:
+            self._pyr[clip] = levels
+            if len(self._pyr) > self.cache_clips:
+                self._pyr.popitem(last=False)
+        return levels
+
+    def __getitem__(self, index: int) -> dict:
+        clip, start = self.windows.locate(int(index))
+        levels = []
+        for l, (kp, lf) in enumerate(self.clip_pyramid(clip)):
+            s, n = start >> l, self.frames >> l
+            r = LOGFBANK_PER_VIDEO_FRAME
+            levels.append((kp[s:s + n], lf[r * s:r * (s + n)]))
+        return {"levels": levels, "clip": clip, "start": start}
+
+
+def collate_segments(items: list[dict]) -> dict:
+    """Stack :class:`PyramidSegments` items: ``levels`` -> ``[(kp_l (B, F_l, 10, 6), lf_l (B, 4F_l, 26))]``,
+    ``clip`` and ``start`` -> ``(B,)`` int64."""
+    levels = [(torch.stack([it["levels"][l][0] for it in items]), torch.stack([it["levels"][l][1] for it in items]))
+              for l in range(len(items[0]["levels"]))]
+    return {"levels": levels, "clip": torch.tensor([i["clip"] for i in items]),
+            "start": torch.tensor([i["start"] for i in items])}
+
+
+# ============================================================================================ training task
+
+
+class SyncerTask(TrainTask):
+    """:class:`~talkhead.train.engine.TrainTask` training a :class:`SyncerPyramid` with InfoNCE.
+
+    Data: ``split="train"`` segments (:class:`PyramidSegments`) of ``segment_frames`` frames every
+    ``segment_hop`` frames;
+    validation: up to ``val_segments`` non-overlapping ``split="val"`` segments (or, without a val
+    split, none) scored with a fixed generator so numbers are comparable across steps.
+    """
+
+    name = "syncers"
+
+    def __init__(self, data_dir: str | Path):
+        self.data_dir = Path(data_dir)
+
+    def setup(self, ctx: RunContext) -> None:
+        cfg = ctx.config
+        self.ctx = ctx
+        self.model_cfg = SyncerConfig.from_mapping(cfg["model"])
+        unit = 2 ** (self.model_cfg.levels - 1)
+        f = int(cfg["segment_frames"])
+        if f % unit or f < WINDOW_FRAMES * unit + unit:
+            raise ConfigError(f"segment_frames={f} must be a multiple of {unit} and at least "
+                              f"{WINDOW_FRAMES * unit + unit} for a {self.model_cfg.levels}-level pyramid")
+        self.model = SyncerPyramid(self.model_cfg).to(ctx.device)
+        self.ddp_model = ctx.wrap_ddp(self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(cfg["lr"]), betas=tuple(cfg["betas"]),
+                                          weight_decay=float(cfg["weight_decay"]))
+        step = int(cfg["lr_step"])
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=max(step, 1),
+                                                         gamma=float(cfg["lr_gamma"]) if step > 0 else 1.0)
+        levels, kernel = self.model_cfg.levels, self.model_cfg.kernel_size
+        self.train_set = PyramidSegments(self.data_dir, "train", f, int(cfg["segment_hop"]), levels=levels,
+                                         kernel_size=kernel, cache_clips=int(cfg["cache_clips"]))
+        try:
+            val = PyramidSegments(self.data_dir, "val", f, f, levels=levels, kernel_size=kernel, cache_clips=0)
+            n = min(len(val), int(cfg["val_segments"]))
+            idx = np.linspace(0, len(val) - 1, n).round().astype(int) if n < len(val) else np.arange(len(val))
+            self.val_items = [val[int(i)] for i in idx]
+            self.val_store = val.windows.store
+        except DataFormatError:  # no (long enough) val clip: validation is skipped
+            self.val_items, self.val_store = [], None
+
+    def models(self) -> dict[str, torch.nn.Module]:
+        return {"syncers": self.model}
+
+    def optimizers(self) -> dict:
+        return {"adam": self.optimizer}
+
+    def schedulers(self) -> dict:
+        return {"step_lr": self.scheduler}
+
+    def batches(self, start_step: int) -> Iterator[dict]:
+        cfg = self.ctx.config
+        return iter(self.ctx.make_loader(self.train_set, int(cfg["batch_size"]), start_step=start_step,
+                                         total_steps=int(cfg["steps"]), seed=int(cfg["seed"]),
+                                         num_workers=int(cfg["num_workers"]), collate_fn=collate_segments))
+
+    def _losses(self, model: nn.Module, batch: dict, generator: torch.Generator | None):
+        cfg = self.ctx.config
+        dev = self.ctx.device
+        levels = model([(kp.to(dev), lf.to(dev)) for kp, lf in batch["levels"]])
+        out = []
+        for l, (e_x, e_a) in enumerate(levels):
+            out.append(info_nce(e_x, e_a, batch["clip"], batch["start"], l, negatives=int(cfg["negatives"]),
+                                same_clip_negatives=int(cfg["same_clip_negatives"]),
+                                anchors_per_segment=int(cfg["anchors_per_segment"]),
+                                temperature=float(cfg["temperature"]), generator=generator))
+        return out
+
+    def train_step(self, batch: dict, step: int) -> dict[str, float]:
+        self.ddp_model.train()
+        per_level = self._losses(self.ddp_model, batch, None)
+        loss = torch.stack([l for l, _ in per_level]).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = float(self.ctx.config["grad_clip"])
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        out = {"loss": float(loss.detach())}
+        for l, (li, acc) in enumerate(per_level):
+            out[f"loss_{level_name(l)}"] = float(li.detach())
+            out[f"acc_{level_name(l)}"] = float(acc)
+        out["lr"] = float(self.scheduler.get_last_lr()[0])
+        return out
+
+    @torch.no_grad()
+    def validate(self, step: int) -> dict[str, float]:
+        if not self.val_items:
+            return {}
+        self.model.eval()
+        gen = torch.Generator().manual_seed(int(self.ctx.config["seed"]) + 12345)
+        bs = max(2, int(self.ctx.config["batch_size"]))
+        sums = np.zeros((self.model.levels, 2))
+        count = 0
+        for i in range(0, len(self.val_items), bs):
+            chunk = self.val_items[i:i + bs]
+            if len(chunk) < 2 and count:
+                break
+            res = self._losses(self.model, collate_segments(chunk), gen)
+            sums += np.array([[float(l), float(a)] for l, a in res]) * len(chunk)
+            count += len(chunk)
+        sums /= max(count, 1)
+        self.model.train()
+        out = {"loss": float(sums[:, 0].sum())}
+        for l in range(self.model.levels):
+            out[f"loss_{level_name(l)}"] = float(sums[l, 0])
+            out[f"acc_{level_name(l)}"] = float(sums[l, 1])
+        self.last_val = out
+        return out
+
+    def final_metrics(self) -> dict:
+        out: dict = {"val": dict(getattr(self, "last_val", {}))}
+        if self.val_store is not None:
+            from .evaluate import av_sync_clips
+
+            n = min(len(self.val_store), int(self.ctx.config["val_segments"]))
+            clips = [self.val_store.get(i) for i in range(n)]
+            out["av_sync"] = av_sync_clips(self.model, [c[0] for c in clips], [c[1] for c in clips],
+                                           max_shift=int(self.ctx.config["eval_max_shift"]))
+        out["chance_accuracy"] = 1.0 / (1 + int(self.ctx.config["negatives"]))
+        return out
+
+
+def train_syncers(data_dir: str | Path, run_dir: str | Path, *, config: str | Path | Mapping | None = None,
+                  overrides: Mapping | None = None, resume: bool = False, progress: ProgressFn | None = None) -> dict:
+    """Train the syncer pyramid on ``data_dir`` (see :mod:`talkhead.train.data`) into ``run_dir``.
+
+    Args:
+        data_dir: training data (clips of split ``"train"``; ``"val"`` clips for validation).
+        run_dir: output folder: ``config.yaml``, ``checkpoint.pt``, ``metrics.jsonl``, ``final_metrics.json``.
+        config: a YAML path or mapping overriding ``configs/syncers.yaml``; overrides: dotted
+            ``{"model.hidden": 64}`` CLI-style overrides applied last.
+        resume: continue from ``run_dir/checkpoint.pt`` (only ``steps``, ``*_every``, ``num_workers``,
+            ``device`` may change).
+        progress: called on rank 0 with :class:`~talkhead.train.engine.TrainEvent`.
+
+    Returns:
+        final metrics: ``{"step", "val": {"acc_200ms", ..., "loss_..."}, "av_sync": {"200ms":
+        {"abs_offset_frames", "offset_frames", "conf"}, ...}, "chance_accuracy"}`` (``val`` and
+        ``av_sync`` need a ``"val"`` split).
+
+    Raises:
+        ConfigError, DataFormatError, CheckpointError, OutputError, NonFiniteLossError,
+        TrainingInterrupted: see :func:`talkhead.train.engine.run_training`.
+    """
+    cfg = resolve_run_config(DEFAULTS_PATH, run_dir, resume=resume, config=config, overrides=overrides)
+    return run_training(SyncerTask(data_dir), run_dir, cfg, resume=resume, progress=progress)
+
+
+def default_config() -> dict:
+    """The default run config (``configs/syncers.yaml``) as a dict."""
+    from .engine import read_yaml
+
+    return read_yaml(DEFAULTS_PATH)
+
+
+# ============================================================================================ loading
+def load_syncers(path: str | Path, *, device: str | torch.device = "cpu") -> SyncerPyramid:
+    """Read a trained pyramid back, frozen and in eval mode.
+
+    Args:
+        path: a run directory (its ``checkpoint.pt``), a training checkpoint, or a file written by
+            :func:`save_syncers`.
+
+    Raises:
+        CheckpointError: missing/corrupt file, not a syncer checkpoint; StateDictMismatchError: layout differs.
+    """
+    from ..checkpoints import load_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no syncer checkpoint at {path}")
+    try:
+        raw = load_checkpoint(path)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"cannot load syncer checkpoint {path}: {exc}") from None
+    if isinstance(raw, dict) and raw.get("format") == PYRAMID_FORMAT:
+        model_cfg, state = raw["config"], raw["state_dict"]
+    else:
+        ckpt = read_run_checkpoint(path)
+        if ckpt.get("task") != SyncerTask.name:
+            raise CheckpointError(f"{path} is a {ckpt.get('task')!r} checkpoint, not a syncer pyramid")
+        model_cfg, state = ckpt["config"]["model"], ckpt["models"]["syncers"]
+    model = SyncerPyramid(SyncerConfig.from_mapping(model_cfg))
+    load_state_dict_checked(model, state, f"syncer pyramid {path}")
+    model.eval().requires_grad_(False)
+    return model.to(device)
+
+
+def save_syncers(model: SyncerPyramid, path: str | Path) -> Path:
+    """Write a weights-only syncer file ``{"format", "config", "state_dict"}`` (atomic)."""
+    from .engine import atomic_torch_save
+
+    path = Path(path)
+    atomic_torch_save({"format": PYRAMID_FORMAT, "version": 1, "config": asdict(model.config),
+                       "state_dict": model.state_dict()}, path)
+    return path
