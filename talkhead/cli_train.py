@@ -101,6 +101,8 @@ def register(app: typer.Typer, train_app: typer.Typer, errors, err_console, out_
 
                 report = run(videos, out_dir, models_dir=models_dir, offline=offline, landmarker=landmarker,
                              crop=crop, shard=(i, n), split=split, device=device, progress=cb)
+            for outcome in report.skipped:
+                out_console.print(f"[yellow]skipped[/] {outcome.source}: {outcome.reason}", highlight=False)
             out_console.print(report.summary())
 
     def _train(kind: str, fn, data_dir, run_dir, config, overrides, resume, quiet, **kw):

@@ -3,6 +3,7 @@
 Public entry points (the CLI calls these):
 
 * :func:`train_syncers` / :func:`load_syncers` - the syncer pyramid (``talkhead train syncers``);
+* :func:`train_generator` - the MS-Sync GAN (``talkhead train generator``);
 * :func:`evaluate` / :func:`format_table` - multi-scale AV synchrony (|AV-Off|, AV-Conf) and LMD;
 * :func:`make_synthetic_dataset` - data with a known speech-motion coupling (tests, smoke runs);
 * :mod:`talkhead.train.data` - the on-disk data format (:class:`DatasetWriter`, :class:`WindowDataset`);
@@ -12,11 +13,12 @@ from .data import ClipInfo, DataFormatError, DatasetWriter, WindowDataset, read_
 from .engine import NonFiniteLossError, TrainEvent, TrainingInterrupted, run_training
 from .evaluate import EvalClip, evaluate, format_table
 from .synthetic import make_synthetic_dataset
+from .generator import train_generator
 from .syncers import SyncerPyramid, load_syncers, pyramid_sync_loss, train_syncers
 
 __all__ = [
     "ClipInfo", "DataFormatError", "DatasetWriter", "WindowDataset", "read_manifest",
     "NonFiniteLossError", "TrainEvent", "TrainingInterrupted", "run_training",
     "EvalClip", "evaluate", "format_table", "make_synthetic_dataset",
-    "SyncerPyramid", "load_syncers", "pyramid_sync_loss", "train_syncers",
+    "SyncerPyramid", "load_syncers", "pyramid_sync_loss", "train_syncers", "train_generator",
 ]
