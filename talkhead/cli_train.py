@@ -178,7 +178,7 @@ def load_eval_pairs(generated: Path, ground_truth: Path, split: Optional[str] = 
     Raises:
         InputError: a folder is missing, or no generated sequence matches a ground-truth clip.
     """
-    from .train.data import iter_clips, read_manifest
+    from .train.data import iter_clips
 
     truth = {info.id: {"keypoints": kp, "logfbank": lf} for info, kp, lf in iter_clips(ground_truth, split)}
     if (generated / "manifest.json").is_file():

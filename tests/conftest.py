@@ -68,3 +68,17 @@ def tiny_models_dir(tmp_path_factory, mssync_tiny_dir) -> Path:
     shutil.copytree(mssync_tiny_dir, root / "mssync")
     register_local(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module (restored afterwards).
+
+    Tiny models and autoregressive loops are many small ops: one thread is fastest, and avoids OpenMP
+    spin-waiting when the 2 cores are shared (measured ~20x slower with two oversubscribed threads).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,13 +16,7 @@ from talkhead.train.engine import (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, N
 from talkhead.train.synthetic import make_synthetic_dataset
 from talkhead.train.syncers import load_syncers, train_syncers
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is several times faster than two on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = {"batch_size": 4, "segment_frames": 48, "model.hidden": 8, "model.embed_dim": 8, "anchors_per_segment": 2,

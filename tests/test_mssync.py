@@ -20,14 +20,7 @@ from talkhead.mssync.inference import frames_for_logfbank
 RUNS = {"s50": 50, "full": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The autoregressive loop is many tiny ops: one intra-op thread is fastest and avoids OpenMP
-    spin-waiting when the CPU is shared; restore the session's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -56,13 +56,7 @@ def _train_lines(run_dir: Path) -> list[dict]:
     return [l for l in lines if l.get("split") == "train"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Shared 2-core machine: one intra-op thread is ~20x faster than two oversubscribed ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ from talkhead.train.syncers import (LEVEL_MS, PyramidSegments, SyncerPyramid, bl
                                     level_name, load_syncers, pyramid_sync_loss, save_syncers, sliding_windows,
                                     train_syncers)
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is several times faster than two on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 RNG = np.random.default_rng(0)
