@@ -130,9 +130,9 @@ def num_video_frames(duration_s: float) -> int:
 def _single_cpu_thread(device: torch.device):
     """One intra-op thread for the autoregressive MS-Sync loop on CPU (restored afterwards).
 
-    Each decoding step is a handful of batch-1 ops: a second thread gains little (66 vs 54 fps for
-    the full-size model on an idle 2-core machine) and, when another process holds a core, OpenMP
-    spin-waiting makes it up to 15x slower (3.8 fps measured).
+    Each decoding step is a handful of batch-1 ops, so a second thread gains nothing, and when another
+    process holds a core OpenMP spin-waiting makes it far slower. Full-size model, 124 frames, 2-core
+    machine with one core busy: 66 fps with one thread; 54 fps and then 3.8 fps with two.
     """
     if device.type != "cpu":
         yield
