@@ -200,3 +200,15 @@ class AudioPyramidEncoder(nn.Module):
             out = layer(out)
             levels.append(out)
         return levels
+
+
+def frame_encoder(in_dim: int, width: int, out_dim: int) -> nn.Sequential:
+    """Per-frame keypoint encoder shared by the generator and the discriminator.
+
+    ``Linear(in_dim, width) -> LayerNorm(width) -> Linear(width, 4*width) -> GELU -> Linear(4*width, out_dim)``,
+    the reference's ``encoder_x`` (widths 272 in ``DynamicalModel``, 408 in ``Discriminator``); its
+    ``Sequential`` indices 0, 1, 2, 4 give the checkpoint keys ``encoder_x.{0,1,2,4}.*``.
+    Input ``(..., in_dim)`` (a flattened frame, ``10 * data_dim``), output ``(..., out_dim)``.
+    """
+    return nn.Sequential(nn.Linear(in_dim, width), nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(),
+                         nn.Linear(4 * width, out_dim))

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..constants import NUM_KP
-from .blocks import DeepMLP
+from .blocks import DeepMLP, frame_encoder
 from .config import DEEP_MLP_LAYERS, DISCRIMINATOR_WINDOWS, MSSyncConfig
 
 DISCRIMINATOR_WIDTH = 408
@@ -116,13 +116,7 @@ class MSSyncDiscriminator(nn.Module):
         self.lambda_frame = config.frame_weight
         self.input_dim = NUM_KP
         self.emb_dim = NUM_KP * config.data_dim
-        self.encoder_x = nn.Sequential(
-            nn.Linear(self.emb_dim, DISCRIMINATOR_WIDTH),
-            nn.LayerNorm(DISCRIMINATOR_WIDTH),
-            nn.Linear(DISCRIMINATOR_WIDTH, 4 * DISCRIMINATOR_WIDTH),
-            nn.GELU(),
-            nn.Linear(4 * DISCRIMINATOR_WIDTH, config.coord_dim_D),
-        )
+        self.encoder_x = frame_encoder(self.emb_dim, DISCRIMINATOR_WIDTH, config.coord_dim_D)
         self.landmark_classifier = DeepMLP(config.coord_dim_D, 1, layers=list(DEEP_MLP_LAYERS[str(config.nblocks_frame_D)]),
                                            expansion_fact=4)
         self.windows = DISCRIMINATOR_WINDOWS[str(config.dis_config)]

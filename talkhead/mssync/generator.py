@@ -30,7 +30,7 @@ from torch import nn
 from ..checkpoints import load_checkpoint, load_state_dict_checked
 from ..constants import NUM_KP
 from ..errors import CheckpointError
-from .blocks import AudioPyramidEncoder, DeepMLP
+from .blocks import AudioPyramidEncoder, DeepMLP, frame_encoder
 from .config import MSSyncConfig
 
 MAX_CONTEXT_LENGTH = 40
@@ -78,13 +78,7 @@ class MSSyncGenerator(nn.Module):
         self.input_dim = NUM_KP
         self.emb_dim = NUM_KP * config.data_dim
 
-        self.encoder_x = nn.Sequential(
-            nn.Linear(self.emb_dim, ENCODER_WIDTH),
-            nn.LayerNorm(ENCODER_WIDTH),
-            nn.Linear(ENCODER_WIDTH, 4 * ENCODER_WIDTH),
-            nn.GELU(),
-            nn.Linear(4 * ENCODER_WIDTH, config.coord_dim),
-        )
+        self.encoder_x = frame_encoder(self.emb_dim, ENCODER_WIDTH, config.coord_dim)
         self.encoder_a = AudioPyramidEncoder(config.audio_dim, n_levels=config.pyramid_layers_g)
 
         groups = config.pyramid_layers_g
