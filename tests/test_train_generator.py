@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -312,13 +313,12 @@ def test_two_process_gloo_run_keeps_ranks_identical(tiny, tmp_path):
                            str(script), str(tiny["data"]), str(run), str(tiny["syncers"]), json.dumps(cfg)],
                           check=False, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    digests = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("rank="):
-            fields = dict(kv.split("=") for kv in line.split())
-            assert fields["step"] == "2"
-            digests[fields["rank"]] = fields["digest"]
-    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    # the two ranks share one stdout pipe: their lines may interleave, so match the fixed-size records
+    records = re.findall(r"rank=(\d) step=(\d+) digest=([0-9a-f]{64})", proc.stdout)
+    assert sorted(r[0] for r in records) == ["0", "1"], proc.stdout
+    assert {r[1] for r in records} == {"2"}
+    digests = {rank: digest for rank, _, digest in records}
+    assert digests["0"] == digests["1"]
     ckpt = read_run_checkpoint(run)
     assert ckpt["world_size"] == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
     assert load_checkpoint(run / "mssync" / "model_chkpt.pt")["steps"] == 2
