@@ -58,7 +58,7 @@ def _errors():
 
 def _progress(quiet: bool) -> Progress:
     return Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("frames"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                     console=err_console, disable=quiet, transient=False)
 
 
@@ -71,7 +71,7 @@ class _Bars:
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=total)
+            self.tasks[stage] = self.progress.add_task(stage, total=total, unit="frames")
         self.progress.update(self.tasks[stage], completed=done, total=total)
 
     def reset(self) -> None:
@@ -165,7 +165,7 @@ def batch(
         pipeline = Pipeline(opts, log=_log(quiet))
         with _progress(quiet) as progress:
             bars = _Bars(progress)
-            overall = progress.add_task("pairs", total=len(jobs))
+            overall = progress.add_task("pairs", total=len(jobs), unit="pairs")
 
             def on_item(item):
                 bars.reset()
