@@ -1,7 +1,7 @@
 """FOMM renderer: golden parity with the official first-order-model modules, checkpoint layout, loading.
 
 Golden data: ``tests/data/fomm/parity.npz`` (tiny random-weight FOMM run through the reference code,
-see ``/work/shared/fixtures/README.md`` section 2) and ``vox-adv-256.keys.json`` (section 1).
+see ``../shared/fixtures/README.md`` section 2) and ``vox-adv-256.keys.json`` (section 1).
 Tolerances are the fixture README's recommendations (rtol = 0).
 """
 from __future__ import annotations
