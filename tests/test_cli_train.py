@@ -17,16 +17,10 @@ from typer.testing import CliRunner
 from talkhead.cli import app
 from talkhead.mssync import load_mssync
 from talkhead.train.synthetic import make_synthetic_dataset
+from tiny_train import TINY_GENERATOR, TINY_SYNCERS, tiny
 
-SYNCERS = {"steps": 2, "batch_size": 4, "segment_frames": 16, "segment_hop": 4, "checkpoint_every": 0,
-           "val_every": 0, "val_segments": 4, "negatives": 8, "same_clip_negatives": 4, "device": "cpu",
-           "model": {"levels": 2, "hidden": 16, "embed_dim": 8}}
-GENERATOR = {"steps": 2, "batch_size": 2, "seq_len": 8, "window_hop": 4, "checkpoint_every": 2, "val_every": 2,
-             "log_every": 1, "val_windows": 4, "device": "cpu", "lr_decay_step": 20,
-             "model": {"audio_dim": 12, "coord_dim": 16, "hidden_size": 8, "nblocks_do": 6, "expansion_fact_do": 1,
-                       "coord_dim_D": 16, "hidden_size_D": 16},
-             "discriminator": {"windows": [5, 10]}}
-
+SYNCERS = TINY_SYNCERS
+GENERATOR = tiny(TINY_GENERATOR, steps=2, checkpoint_every=2, val_every=2)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -35,21 +35,12 @@ from talkhead.train.generator import (
 )
 from talkhead.train.syncers import train_syncers
 from talkhead.train.synthetic import make_synthetic_dataset
-
-TINY = {
-    "steps": 24, "batch_size": 2, "seq_len": 8, "window_hop": 4, "checkpoint_every": 12, "val_every": 12,
-    "log_every": 1, "val_windows": 4, "device": "cpu", "lr_decay_step": 20,
-    "model": {"audio_dim": 12, "coord_dim": 16, "hidden_size": 8, "nblocks_do": 6, "expansion_fact_do": 1,
-              "coord_dim_D": 16, "hidden_size_D": 16},
-    "discriminator": {"windows": [5, 10]},
-}
-"""~6 M-parameter generator (its hard-coded widths), 11-frame windows, a 2-level syncer pyramid."""
+from tiny_train import TINY_GENERATOR, TINY_SYNCERS
+from tiny_train import tiny as tiny_config
 
 
 def _tiny(**changes) -> dict:
-    cfg = json.loads(json.dumps(TINY))
-    cfg.update(changes)
-    return cfg
+    return tiny_config(TINY_GENERATOR, **changes)
 
 
 def _train_lines(run_dir: Path) -> list[dict]:
@@ -67,10 +58,7 @@ def tiny(tmp_path_factory) -> dict:
     data = root / "data"
     make_synthetic_dataset(data, num_clips=6, num_frames=60, val_clips=2, seed=0)
     syncers = root / "syncers"
-    train_syncers(data, syncers, config={
-        "steps": 2, "batch_size": 4, "segment_frames": 16, "segment_hop": 4, "checkpoint_every": 0, "val_every": 0,
-        "val_segments": 4, "negatives": 8, "same_clip_negatives": 4, "device": "cpu",
-        "model": {"levels": 2, "hidden": 16, "embed_dim": 8}})
+    train_syncers(data, syncers, config=tiny_config(TINY_SYNCERS))
     return {"root": root, "data": data, "syncers": syncers}
 
 
@@ -85,7 +73,7 @@ def main_run(tiny) -> dict:
             ck = load_checkpoint(mssync_export_dir(run) / "model_chkpt.pt")
             snapshots[event.step] = ck
 
-    final = train_generator(tiny["data"], run, syncers_dir=tiny["syncers"], config=TINY, progress=progress)
+    final = train_generator(tiny["data"], run, syncers_dir=tiny["syncers"], config=TINY_GENERATOR, progress=progress)
     return {"run": run, "final": final, "snapshots": snapshots}
 
 
