@@ -61,6 +61,14 @@ def _train_progress(console, quiet: bool) -> Progress:
                     disable=quiet or not _is_rank0())
 
 
+# options shared by `train syncers` and `train generator`
+DataDir = typer.Argument(..., help="Training data folder written by `talkhead preprocess`.")
+RunConfig = typer.Option(None, "--config", help="YAML overriding the paper defaults.")
+Overrides = typer.Option(None, "--set", help="KEY=VALUE override (repeatable), e.g. --set steps=2000.")
+Resume = typer.Option(False, "--resume", help="Continue the run in RUN_DIR from its checkpoint.")
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
 def register(app: typer.Typer, train_app: typer.Typer, errors, err_console, out_console) -> None:
     """Add the training and evaluation commands to the Typer apps of :mod:`talkhead.cli`."""
 
@@ -105,7 +113,7 @@ def register(app: typer.Typer, train_app: typer.Typer, errors, err_console, out_
                 out_console.print(f"[yellow]skipped[/] {outcome.source}: {outcome.reason}", highlight=False)
             out_console.print(report.summary())
 
-    def _train(kind: str, fn, data_dir, run_dir, config, overrides, resume, quiet, **kw):
+    def _train(fn, data_dir, run_dir, config, overrides, resume, quiet, **kw):
         with errors():
             with _train_progress(err_console, quiet) as progress:
                 final = fn(data_dir, run_dir, config=config, overrides=_parse_overrides(overrides), resume=resume,
@@ -115,32 +123,28 @@ def register(app: typer.Typer, train_app: typer.Typer, errors, err_console, out_
 
     @train_app.command("syncers")
     def train_syncers(
-        data_dir: Path = typer.Argument(..., help="Training data folder written by `talkhead preprocess`."),
+        data_dir: Path = DataDir,
         run_dir: Path = typer.Option(..., "--output", "-o", help="Run folder (config, checkpoints, metrics)."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding the paper defaults."),
-        overrides: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE override (repeatable), e.g. --set steps=2000."),
-        resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN_DIR from its checkpoint."),
-        quiet: bool = typer.Option(False, "--quiet", "-q"),
+        config: Optional[Path] = RunConfig, overrides: Optional[List[str]] = Overrides, resume: bool = Resume,
+        quiet: bool = Quiet,
     ) -> None:
         """Train the pyramid of audio-visual syncers (InfoNCE; 200, 400, 800, 1600 ms windows)."""
         from .train.syncers import train_syncers as fn
 
-        _train("syncers", fn, data_dir, run_dir, config, overrides, resume, quiet)
+        _train(fn, data_dir, run_dir, config, overrides, resume, quiet)
 
     @train_app.command("generator")
     def train_generator(
-        data_dir: Path = typer.Argument(..., help="Training data folder written by `talkhead preprocess`."),
+        data_dir: Path = DataDir,
         syncers: Path = typer.Option(..., "--syncers", help="Run folder of `talkhead train syncers` (frozen AV loss)."),
         run_dir: Path = typer.Option(..., "--output", "-o", help="Run folder; the released-format model goes to RUN_DIR/mssync."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML overriding the paper defaults."),
-        overrides: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE override (repeatable)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN_DIR from its checkpoint."),
-        quiet: bool = typer.Option(False, "--quiet", "-q"),
+        config: Optional[Path] = RunConfig, overrides: Optional[List[str]] = Overrides, resume: bool = Resume,
+        quiet: bool = Quiet,
     ) -> None:
         """Train the MS-Sync generator GAN with the multi-scale AV synchrony loss."""
         from .train.generator import train_generator as fn
 
-        _train("generator", fn, data_dir, run_dir, config, overrides, resume, quiet, syncers_dir=syncers)
+        _train(fn, data_dir, run_dir, config, overrides, resume, quiet, syncers_dir=syncers)
 
     @app.command()
     def evaluate(
