@@ -17,6 +17,7 @@ import os
 import secrets
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO, Callable
 
 from .errors import OutputError
 
@@ -187,3 +188,23 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Atomic
             also when the final rename fails.
     """
     return AtomicOutput(path, overwrite=overwrite)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Atomically create or replace ``path`` with what ``write(fileobj)`` writes (binary mode).
+
+    Parent folders are created. The bytes go to a hidden temporary file beside ``path`` (see
+    :class:`AtomicOutput`), which is fsync-ed and renamed onto ``path``; on any error it is removed
+    and ``path`` keeps its old content. Used for checkpoints, manifests, clips and keypoint files.
+
+    Raises:
+        OutputError: the folder cannot be created or written, or the rename fails.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the folder {str(path.parent)!r}: {err.strerror or err}") from err
+    with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as fh:
+        write(fh)
+    return path

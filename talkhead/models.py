@@ -54,7 +54,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
-from .errors import CheckpointError, ConfigError, DownloadError, InputError, TalkheadError
+from .errors import CheckpointError, ConfigError, DownloadError, InputError, OutputError, TalkheadError
+from .io import atomic_write
 
 __all__ = [
     "CORRUPT",
@@ -362,19 +363,10 @@ def _write_manifest(root: Path, updates: Mapping[str, dict[str, Any]]) -> None:
     files.update(updates)
     text = json.dumps({"format": MANIFEST_FORMAT, "files": dict(sorted(files.items()))}, indent=2) + "\n"
     path = root / MANIFEST_NAME
-    tmp = None
     try:
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=root, prefix=".manifest-", suffix=".tmp",
-                                         delete=False) as f:
-            tmp = Path(f.name)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from None
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    except OutputError as exc:
+        raise CheckpointError(f"cannot write {path}: {exc}") from None
 
 
 def _entry(path: Path, sha: str, how: str, source: str) -> dict[str, Any]:

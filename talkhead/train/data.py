@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -43,6 +41,7 @@ from torch.utils.data import Dataset
 
 from ..constants import FPS, KP_DIM, N_FILT, NUM_KP
 from ..errors import InputError
+from ..io import atomic_write
 
 FORMAT_NAME = "talkhead-train-data"
 FORMAT_VERSION = 1
@@ -87,32 +86,6 @@ class ClipInfo:
 def usable_frames(num_frames: int, num_logfbank_frames: int) -> int:
     """``min(T, M // 4)``: video frames (25 fps) whose logfbank rows ``4t..4t+3`` all exist."""
     return int(min(num_frames, num_logfbank_frames // LOGFBANK_PER_VIDEO_FRAME))
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync, then ``os.replace`` it onto
-    ``path`` (mode 0666 minus the umask, like ``open``). On any error the temporary file is removed and
-    ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def check_clip_arrays(keypoints: np.ndarray, logfbank: np.ndarray, *, max_mismatch_frames: float | None = 2,

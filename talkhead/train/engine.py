@@ -52,7 +52,7 @@ import yaml
 
 from ..checkpoints import load_checkpoint, load_state_dict_checked
 from ..errors import CheckpointError, ConfigError, OutputError, TalkheadError
-from .data import atomic_write
+from ..io import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.yaml"

@@ -53,8 +53,6 @@ format in ``RUN_DIR/mssync/``: ``args`` (one JSON line, :meth:`MSSyncConfig.to_a
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -66,6 +64,7 @@ from scipy.ndimage import uniform_filter1d
 from torch import nn
 
 from ..constants import KP_DIM, NUM_KP
+from ..io import atomic_output
 from ..errors import ConfigError
 from ..mssync import MSSyncConfig, MSSyncDiscriminator, MSSyncGenerator
 from ..mssync.config import DISCRIMINATOR_WINDOWS
@@ -338,15 +337,8 @@ def export_mssync(generator: MSSyncGenerator, out_dir: str | Path, *, step: int)
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{ARGS_NAME}.", suffix=".tmp", dir=out_dir)
-    os.close(fd)
-    try:
+    with atomic_output(out_dir / ARGS_NAME, overwrite=True) as tmp:
         generator.config.to_args_file(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_dir / ARGS_NAME)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
     atomic_torch_save({"checkpoints": state, "steps": int(step)}, out_dir / MODEL_CHECKPOINT_NAME)
     return out_dir
