@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .constants import FPS
+from .devices import DEVICES, resolve_device
 from .errors import InputError, TalkheadError
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -33,7 +34,6 @@ ProgressCallback = Callable[[str, int, int], None]
 
 LANDMARKERS = ("fan", "dlib")
 CROPS = ("auto", "none")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -99,21 +99,6 @@ class AnimateResult:
     keypoints: np.ndarray
     jacobians: np.ndarray
     timings: dict = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map ``auto|cpu|cuda|mps`` to a torch device; an unavailable explicit choice is an InputError."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but torch sees no CUDA device (try --device cpu)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InputError("--device mps was asked for, but MPS is not available (try --device cpu)")
-    return torch.device(name)
 
 
 def num_video_frames(duration_s: float) -> int:

@@ -256,3 +256,18 @@ def test_help_lists_commands():
     result = run("--help")
     for cmd in ("animate", "batch", "download", "doctor", "train"):
         assert cmd in result.output
+
+
+def test_resolve_device():
+    import torch
+
+    from talkhead.devices import resolve_device
+    from talkhead.errors import InputError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto", allow_mps=False) == torch.device("cpu")
+        with pytest.raises(InputError, match="cuda"):
+            resolve_device("cuda")
+    with pytest.raises(InputError, match="tpu"):
+        resolve_device("tpu")

@@ -52,6 +52,7 @@ import yaml
 
 from ..checkpoints import load_checkpoint, load_state_dict_checked
 from ..errors import CheckpointError, ConfigError, OutputError, TalkheadError
+from ..devices import resolve_device
 from ..io import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -225,23 +226,6 @@ def init_distributed(device_kind: str = "auto") -> DistInfo:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return DistInfo(rank, world, local_rank, backend, True)
-
-
-def resolve_device(kind: str, info: DistInfo) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` if available, else ``mps`` (single process), else ``cpu``."""
-    if kind == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", info.local_rank)
-        if not info.distributed and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' requested but CUDA is not available")
-        return torch.device("cuda", info.local_rank)
-    if kind in ("cpu", "mps"):
-        return torch.device(kind)
-    raise ConfigError(f"device must be auto, cpu, cuda or mps, got {kind!r}")
 
 
 # ============================================================================================ RNG states
@@ -706,7 +690,8 @@ def run_training(task: TrainTask, run_dir: str | Path, config: Mapping, *, resum
                 (run_dir / METRICS_NAME).unlink()
         if info.distributed:
             dist.barrier()
-        device = resolve_device(str(config.get("device", "auto")), info)
+        device = resolve_device(str(config.get("device", "auto")), cuda_index=info.local_rank,
+                            allow_mps=not info.distributed)
         ctx = RunContext(config=config, run_dir=run_dir, device=device, dist=info)
         seed_everything(int(config["seed"]))
         task.setup(ctx)
