@@ -52,7 +52,8 @@ from typing import Optional
 import numpy as np
 
 from .constants import HOP_S, N_FILT, NFFT, PREEMPH, SAMPLE_RATE, WIN_S
-from .errors import AudioError, AudioTooShortError, FFmpegError, InputError
+from .errors import AudioError, AudioTooShortError, InputError
+from .video import ffmpeg_exe
 
 __all__ = [
     "MIN_NUM_SAMPLES",
@@ -179,15 +180,6 @@ _AU_MAGIC = b".snd"
 _AU_FLOAT32 = 6
 
 
-def _ffmpeg_exe() -> str:
-    try:
-        import imageio_ffmpeg
-
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception as exc:  # missing package or binary
-        raise FFmpegError(f"ffmpeg is not available (imageio-ffmpeg: {exc})") from None
-
-
 def _ffmpeg_reason(stderr: bytes) -> str:
     lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
     if not lines:
@@ -216,7 +208,7 @@ def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int, int]:
         ffmpeg.input("file:" + str(path.resolve()))
         .output("pipe:", format="au", acodec="pcm_f32be", map="0:a:0", map_metadata=-1)
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
-        .compile(cmd=_ffmpeg_exe())
+        .compile(cmd=ffmpeg_exe())
     )
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
