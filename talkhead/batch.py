@@ -27,6 +27,7 @@ class Pair:
 
     @property
     def name(self) -> str:
+        """The pair's name in reports and its default output stem: the audio's stem (else the image's)."""
         return (self.audio or self.image).stem
 
 
