@@ -84,7 +84,7 @@ def run_one(seconds: float, models_dir: Path, workdir: Path) -> dict:
     feats = logfbank(speech.samples, speech.sample_rate)
     source = pipe.source_tensor(crop.crop)
     t = time.perf_counter()
-    kp_source, value, jac = pipe.keypoints(source, feats)
+    kp_source, kp_driving = pipe.keypoints(source, feats)
     out["keypoints_s"] = time.perf_counter() - t
     total = num_video_frames(speech.duration_s)
     out["frames"] = total
@@ -95,7 +95,7 @@ def run_one(seconds: float, models_dir: Path, workdir: Path) -> dict:
             pass
 
     t = time.perf_counter()
-    pipe.render_into(_Null(), source, kp_source, value, jac, total)
+    pipe.render_into(_Null(), source, kp_source, kp_driving, total)
     out["render_s"] = time.perf_counter() - t
     t = time.perf_counter()
     with VideoWriter(workdir / f"out_{seconds:g}.mp4", size=(pipe.frame_size,) * 2, audio_path=audio,

@@ -15,10 +15,21 @@ __version__ = "0.1.0"
 
 from .errors import (AudioError, AudioTooShortError, CheckpointError, ConfigError, DownloadError, FFmpegError,
                      ImageError, InputError, NoFaceError, OutputError, StateDictMismatchError, TalkheadError)
-from .pipeline import AnimateOptions, AnimateResult, Pipeline, animate
+from .options import AnimateOptions
+
+_LAZY = {"AnimateResult": "pipeline", "Pipeline": "pipeline", "animate": "pipeline", "Keypoints": "keypoints"}
+
+
+def __getattr__(name: str):
+    """Import torch-backed parts on first use, so ``import talkhead`` (and ``talkhead --help``) stays fast."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "__version__", "AnimateOptions", "AnimateResult", "Pipeline", "animate",
+    "__version__", "AnimateOptions", "AnimateResult", "Pipeline", "animate", "Keypoints",
     "TalkheadError", "InputError", "AudioError", "AudioTooShortError", "ImageError", "NoFaceError", "OutputError",
     "CheckpointError", "StateDictMismatchError", "ConfigError", "DownloadError", "FFmpegError",
 ]

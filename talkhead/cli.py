@@ -16,7 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .cli_options import with_options
 from .errors import TalkheadError
+from .options import AnimateOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Talking-head video from one face photo and a speech recording (MS-Sync + FOMM).")
@@ -29,11 +31,12 @@ out_console = Console()
 
 class _State:
     debug = False
+    debug_anywhere = False  # set by main() when --debug stood after the subcommand
 
 
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
-    _State.debug = debug
+    _State.debug = debug or _State.debug_anywhere
 
 
 def _fail(exc: BaseException) -> None:
@@ -81,26 +84,11 @@ class _Bars:
 
 
 # ----------------------------------------------------------------------------------------------- options
+# Options shared with the Python API are declared once, in talkhead.options (AnimateOptions), and turned
+# into Typer parameters by with_options; only command-specific options are declared here.
 ModelsDir = typer.Option(None, "--models-dir", help="Checkpoint folder [default: $TALKHEAD_MODELS or the platform cache].",
                          file_okay=False)
-Device = typer.Option("auto", "--device", help="auto | cpu | cuda | mps.")
-Landmarker = typer.Option("fan", "--landmarker", help="68-point landmarks: fan (face-alignment) or dlib (offline).")
-Crop = typer.Option("auto", "--crop", help="auto: crop around the face (FOMM rule); none: the image is already a face crop.")
-FaceIndex = typer.Option(None, "--face-index", help="Which face when several (0 = largest) [default: largest confident face].")
-BatchSize = typer.Option(8, "--batch-size", min=1, help="Frames per render pass.")
-Offline = typer.Option(False, "--offline", help="Never download checkpoints.")
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
-Overwrite = typer.Option(False, "--overwrite", help="Replace existing outputs.")
-AlignCorners = typer.Option(True, "--align-corners/--no-align-corners",
-                            help="FOMM grid_sample convention: on = torch-1.0 behaviour vox-adv was trained with.")
-
-
-def _options(models_dir, device, landmarker, crop, face_index, batch_size, overwrite, offline, align_corners):
-    from .pipeline import AnimateOptions
-
-    return AnimateOptions(models_dir=models_dir, device=device, landmarker=landmarker, crop=crop,
-                          face_index=face_index, batch_size=batch_size, overwrite=overwrite, offline=offline,
-                          align_corners=align_corners)
 
 
 def _log(quiet: bool):
@@ -109,24 +97,22 @@ def _log(quiet: bool):
 
 # ----------------------------------------------------------------------------------------------- animate
 @app.command()
+@with_options(AnimateOptions)
 def animate(
     image: Path = typer.Argument(..., help="Face photo (PNG, JPEG, WebP, BMP)."),
     audio: Path = typer.Argument(..., help="Speech (wav, flac, mp3, m4a, ogg, ...)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output MP4 [default: <audio stem>.mp4 beside the audio]."),
-    models_dir: Optional[Path] = ModelsDir, device: str = Device, landmarker: str = Landmarker, crop: str = Crop,
-    face_index: Optional[int] = FaceIndex, batch_size: int = BatchSize,
     save_keypoints: Optional[Path] = typer.Option(None, "--save-keypoints", help="Also write the generated keypoints, jacobians and crop box (.npz)."),
-    overwrite: bool = Overwrite, offline: bool = Offline, align_corners: bool = AlignCorners, quiet: bool = Quiet,
+    quiet: bool = Quiet, *, options,
 ) -> None:
     """Animate IMAGE with the speech in AUDIO into an MP4 (H.264 + AAC, 25 fps)."""
+    from .io import check_output_path
     from .pipeline import Pipeline
 
     with _errors():
-        opts = _options(models_dir, device, landmarker, crop, face_index, batch_size, overwrite, offline, align_corners)
+        opts = options()
         output = output or audio.with_suffix(".mp4")
-        from .io import check_output_path
-
-        check_output_path(output, overwrite)  # before loading any model
+        check_output_path(output, opts.overwrite)  # before loading any model
         pipeline = Pipeline(opts, log=_log(quiet))
         with _progress(quiet) as progress:
             result = pipeline.animate(image, audio, output, save_keypoints=save_keypoints, progress=_Bars(progress))
@@ -137,15 +123,14 @@ def animate(
 
 # ----------------------------------------------------------------------------------------------- batch
 @app.command()
+@with_options(AnimateOptions)
 def batch(
     images_dir: Optional[Path] = typer.Argument(None, help="Folder of face photos."),
     audio_dir: Optional[Path] = typer.Argument(None, help="Folder of speech files (paired with images by file stem)."),
     out_dir: Path = typer.Option(..., "--output", "-o", help="Folder for the MP4s."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image,audio[,output] rows instead of the two folders."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave pairs whose output exists (resume)."),
-    models_dir: Optional[Path] = ModelsDir, device: str = Device, landmarker: str = Landmarker, crop: str = Crop,
-    face_index: Optional[int] = FaceIndex, batch_size: int = BatchSize,
-    overwrite: bool = Overwrite, offline: bool = Offline, align_corners: bool = AlignCorners, quiet: bool = Quiet,
+    quiet: bool = Quiet, *, options,
 ) -> None:
     """Animate every image/audio pair (matched by file stem, or listed in --pairs); models load once.
 
@@ -155,13 +140,13 @@ def batch(
     from .pipeline import Pipeline
 
     with _errors():
+        opts = options()
         if pairs is not None:
             jobs = read_pairs_csv(pairs)
         elif images_dir is not None and audio_dir is not None:
             jobs = find_pairs(images_dir, audio_dir)
         else:
             raise typer.BadParameter("give IMAGES_DIR and AUDIO_DIR, or --pairs FILE.csv")
-        opts = _options(models_dir, device, landmarker, crop, face_index, batch_size, overwrite, offline, align_corners)
         pipeline = Pipeline(opts, log=_log(quiet))
         with _progress(quiet) as progress:
             bars = _Bars(progress)
@@ -244,9 +229,13 @@ from . import cli_train  # noqa: E402  (preprocess, train syncers/generator, eva
 cli_train.register(app, train_app, _errors, err_console, out_console)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console-script entry point. ``--debug`` is accepted anywhere on the command line."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    _State.debug_anywhere = "--debug" in args
+    app(args=[a for a in args if a != "--debug"], prog_name="talkhead")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -182,6 +182,9 @@ def load_eval_pairs(generated: Path, ground_truth: Path, split: Optional[str] = 
     Raises:
         InputError: a folder is missing, or no generated sequence matches a ground-truth clip.
     """
+    import torch
+
+    from .keypoints import Keypoints
     from .train.data import iter_clips
 
     truth = {info.id: {"keypoints": kp, "logfbank": lf} for info, kp, lf in iter_clips(ground_truth, split)}
@@ -194,8 +197,8 @@ def load_eval_pairs(generated: Path, ground_truth: Path, split: Optional[str] = 
                 if "keypoints" in z:
                     gen[path.stem] = z["keypoints"]
                 elif "kp_driving_value" in z:
-                    v, j = z["kp_driving_value"], z["kp_driving_jacobian"]
-                    gen[path.stem] = np.concatenate([v, j.reshape(len(j), v.shape[1], 4)], axis=-1)
+                    kp = Keypoints(torch.from_numpy(z["kp_driving_value"]), torch.from_numpy(z["kp_driving_jacobian"]))
+                    gen[path.stem] = kp.pack().numpy()
     else:
         raise InputError(f"generated keypoints folder not found: {generated}")
     ids = [i for i in truth if i in gen]

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 
 from .errors import InputError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from .options import DEVICES
 
 
 def _mps_available() -> bool:

@@ -1,21 +1,22 @@
 """The `animate` pipeline: photo + speech -> MP4, composed from the stage modules.
 
-Data path (see ARCHITECTURE.md)::
+Data path::
 
-    image  -> load_image (H,W,3 uint8) -> detect_faces / select_face -> fomm_crop (S,S,3 float [0,1])
+    image  -> load_image (H,W,3 uint8) -> landmarker / select_face -> fomm_crop (S,S,3 float [0,1])
     audio  -> load_speech (16 kHz mono) -> logfbank (M,26) at 100 Hz
-    crop   -> FOMM keypoint detector -> kp_source {value (1,10,2), jacobian (1,10,2,2)}
-    kp_source + logfbank -> MS-Sync generator -> kp_driving (T,10,2) + (T,10,2,2) at 25 fps
-    crop + kp_source + kp_driving[t0:t1] -> FOMM generator (batched) -> frames -> ffmpeg (+ audio) -> MP4
+    crop   -> renderer.detect -> kp_source Keypoints (1,10,2) + (1,10,2,2)
+    kp_source + logfbank -> motion generator (MS-Sync) -> kp_driving Keypoints (T,...) at 25 fps
+    crop + kp_source + kp_driving[t0:t1] -> renderer.render (batched) -> frames -> ffmpeg (+ audio) -> MP4
 
-Each stage is a plain function of the module that owns it; this module only composes them, owns the
-device, batching and progress reporting, and checks inputs before any heavy work. The keypoints drive
-FOMM as absolute positions, as in the reference ``execute_model.make_animation`` (no relative motion
-transfer): MS-Sync generates them starting from the source's own keypoints.
+Each stage is a plain function or a small object of the module that owns it; this module only composes
+them, owns the device, batching and progress reporting, and checks inputs before any heavy work. Its
+components (renderer, motion generator, landmarker) can be given to :class:`Pipeline` already built
+(tests, a second renderer); otherwise they are loaded from the models directory. The keypoints drive
+the renderer as absolute positions, as in the reference ``execute_model.make_animation`` (no relative
+motion transfer): MS-Sync generates them starting from the source's own keypoints.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,57 +26,15 @@ import numpy as np
 import torch
 
 from .constants import FPS
-from .devices import DEVICES, resolve_device
+from .devices import resolve_device
 from .errors import InputError, TalkheadError
+from .keypoints import Keypoints
+from .options import AnimateOptions
+from .renderers import MotionGenerator, Renderer, get_renderer
 
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages: ``"keypoints"`` (frames generated) and ``"render"``
 (frames rendered and encoded). Called from the worker thread; must be cheap."""
-
-LANDMARKERS = ("fan", "dlib")
-CROPS = ("auto", "none")
-
-
-@dataclass(frozen=True)
-class AnimateOptions:
-    """Every option of an ``animate`` run, from the CLI to the pipeline (one object, no long arg lists).
-
-    Attributes:
-        models_dir: checkpoint directory; ``None`` -> ``$TALKHEAD_MODELS`` -> the platform cache dir.
-        device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"`` or ``"mps"``.
-        landmarker: 68-point landmark backend, ``"fan"`` (face-alignment) or ``"dlib"`` (offline).
-        crop: ``"auto"`` crops around the detected face with FOMM's rule; ``"none"`` uses the whole
-            image (it must already be a face crop framed like FOMM's VoxCeleb data).
-        face_index: which face when several are found (0 = largest); ``None`` = largest confident.
-        batch_size: frames per FOMM render pass.
-        overwrite: replace an existing output; otherwise an existing output is an error.
-        offline: never download; missing checkpoints are an error with by-hand instructions.
-        align_corners: FOMM ``grid_sample`` convention; ``True`` is vox-adv's training-time behaviour.
-        crf: H.264 constant rate factor of the output video.
-    """
-
-    models_dir: Optional[Path] = None
-    device: str = "auto"
-    landmarker: str = "fan"
-    crop: str = "auto"
-    face_index: Optional[int] = None
-    batch_size: int = 8
-    overwrite: bool = False
-    offline: bool = False
-    align_corners: bool = True
-    crf: int = 18
-
-    def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise InputError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        if self.landmarker not in LANDMARKERS:
-            raise InputError(f"--landmarker must be one of {', '.join(LANDMARKERS)}, not {self.landmarker!r}")
-        if self.crop not in CROPS:
-            raise InputError(f"--crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if self.face_index is not None and self.face_index < 0:
-            raise InputError(f"--face-index must be 0 or more, not {self.face_index}")
 
 
 @dataclass
@@ -87,8 +46,9 @@ class AnimateResult:
         num_frames: frames in the video (25 fps).
         duration_s: the audio's duration, seconds.
         crop_box: ``(x0, y0, x1, y1)`` of the face crop in image pixels.
-        keypoints: ``(T, 10, 2)`` generated kp_driving values in [-1, 1] of the keypoint grid.
-        jacobians: ``(T, 10, 2, 2)`` generated kp_driving jacobians.
+        kp_source: the source crop's keypoints ``(1, 10, ...)`` (CPU).
+        kp_driving: the generated keypoints ``(T, 10, ...)`` at 25 fps (CPU), values in [-1, 1] of the
+            keypoint grid.
         timings: seconds per stage (``landmarks``, ``keypoints``, ``render``).
     """
 
@@ -96,9 +56,19 @@ class AnimateResult:
     num_frames: int
     duration_s: float
     crop_box: tuple
-    keypoints: np.ndarray
-    jacobians: np.ndarray
+    kp_source: Keypoints
+    kp_driving: Keypoints
     timings: dict = field(default_factory=dict)
+
+    @property
+    def keypoints(self) -> np.ndarray:
+        """``(T, 10, 2)`` float32 kp_driving values."""
+        return self.kp_driving.numpy()[0]
+
+    @property
+    def jacobians(self) -> np.ndarray:
+        """``(T, 10, 2, 2)`` float32 kp_driving jacobians."""
+        return self.kp_driving.numpy()[1]
 
 
 def num_video_frames(duration_s: float) -> int:
@@ -111,25 +81,6 @@ def num_video_frames(duration_s: float) -> int:
     return max(1, int(round(duration_s * FPS)))
 
 
-@contextlib.contextmanager
-def _single_cpu_thread(device: torch.device):
-    """One intra-op thread for the autoregressive MS-Sync loop on CPU (restored afterwards).
-
-    Each decoding step is a handful of batch-1 ops, so a second thread gains nothing, and when another
-    process holds a core OpenMP spin-waiting makes it far slower. Full-size model, 124 frames, 2-core
-    machine with one core busy: 66 fps with one thread; 54 fps and then 3.8 fps with two.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _check_file(path: Path, what: str) -> Path:
     path = Path(path)
     if not path.exists():
@@ -140,43 +91,68 @@ def _check_file(path: Path, what: str) -> Path:
 
 
 class Pipeline:
-    """Loaded models + options; call :meth:`animate` once per (image, audio) pair.
+    """Components + options; call :meth:`animate` once per (image, audio) pair.
 
-    Loading happens once in the constructor (checkpoints are downloaded on first use unless
-    ``options.offline``), so a batch of pairs pays for it once.
+    Components not given are loaded once in the constructor from the models directory (checkpoints
+    are downloaded on first use unless ``options.offline``), so a batch of pairs pays for it once.
+
+    Args:
+        options: the run's :class:`~talkhead.options.AnimateOptions`.
+        renderer: a built :class:`~talkhead.renderers.Renderer` (FOMM's ``detect``/``render``
+            interface); default: the registered ``fomm`` renderer loaded from the models directory.
+        motion: a :class:`~talkhead.renderers.MotionGenerator`, ``motion(kp_source, logfbank,
+            progress) -> kp_driving``; default: MS-Sync loaded from the models directory.
+        landmarker: a callable ``image (H, W, 3) uint8 -> list[talkhead.face.Face]``; default: the
+            ``options.landmarker`` backend.
+        log: receives one-line status messages (model loading, downloads).
 
     Raises:
         DownloadError / CheckpointError / ConfigError: missing or bad checkpoints.
         InputError: an unavailable device.
     """
 
-    def __init__(self, options: AnimateOptions = AnimateOptions(), *, log: Callable[[str], None] | None = None):
-        from .fomm import load_fomm
-        from .models import ensure_models, resolve_models_dir
-        from .mssync import load_mssync
-
+    def __init__(self, options: AnimateOptions = AnimateOptions(), *, renderer: Renderer | None = None,
+                 motion: MotionGenerator | None = None, landmarker: Callable | None = None,
+                 log: Callable[[str], None] | None = None):
         self.options = options
         self.device = resolve_device(options.device)
-        self.models_dir = resolve_models_dir(options.models_dir)
-        paths = ensure_models(self.models_dir, offline=options.offline, log=log)
-        self.fomm = load_fomm(paths.fomm_config, paths.fomm_checkpoint, device=self.device,
-                              align_corners=options.align_corners)
-        self.mssync = load_mssync(paths.mssync_dir, device=self.device)
+        self.landmarker = landmarker
+        self.models_dir = None
+        if renderer is None or motion is None:
+            from .models import ensure_models, model_paths, resolve_models_dir
+
+            self.models_dir = resolve_models_dir(options.models_dir)
+            ensure_models(self.models_dir, offline=options.offline, log=log)
+            if renderer is None:
+                renderer = get_renderer("fomm").load(self.models_dir, self.device, options)
+            if motion is None:
+                from .mssync import MSSyncMotion, load_mssync
+
+                motion = MSSyncMotion(load_mssync(model_paths(self.models_dir).mssync_dir, device=self.device))
+        self.renderer = renderer
+        self.motion = motion
 
     @property
     def frame_size(self) -> int:
-        """Side of the square frames FOMM renders, pixels (from the FOMM config)."""
-        return int(self.fomm.frame_size)
+        """Side of the square frames the renderer takes and renders, pixels (256 for vox-adv-256)."""
+        return int(self.renderer.frame_size)
 
     # -- stages -------------------------------------------------------------------------------------
     def face_crop(self, image: np.ndarray, source: str = "image"):
-        """Landmarks + FOMM crop of an RGB image ``(H, W, 3)`` uint8 -> ``talkhead.face.FaceCrop``."""
+        """Landmarks + FOMM crop of an RGB image ``(H, W, 3)`` uint8 -> ``talkhead.face.FaceCrop``.
+
+        Raises:
+            NoFaceError: no (confident) face, or ``face_index`` out of range.
+        """
         from .face import detect_faces, fomm_crop, no_crop, select_face
 
         if self.options.crop == "none":
             return no_crop(image, self.frame_size)
-        faces = detect_faces(image, backend=self.options.landmarker, device=str(self.device),
-                             offline=self.options.offline)
+        if self.landmarker is not None:
+            faces = sorted(self.landmarker(np.ascontiguousarray(image)), key=lambda f: f.area, reverse=True)
+        else:
+            faces = detect_faces(image, backend=self.options.landmarker, device=str(self.device),
+                                 offline=self.options.offline)
         face = select_face(faces, index=self.options.face_index, source=source)
         return fomm_crop(image, face, self.frame_size)
 
@@ -184,21 +160,17 @@ class Pipeline:
         """``(S, S, 3)`` float [0,1] crop -> ``(1, 3, S, S)`` float32 tensor on the device."""
         return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).permute(2, 0, 1)[None].to(self.device)
 
-    def keypoints(self, source: torch.Tensor, logfbank: np.ndarray, progress: ProgressCallback | None = None):
-        """kp_source of the source ``(1,3,S,S)`` and the MS-Sync kp_driving sequence for ``logfbank (M,26)``.
+    def keypoints(self, source: torch.Tensor, logfbank: np.ndarray,
+                  progress: ProgressCallback | None = None) -> tuple[Keypoints, Keypoints]:
+        """kp_source of the source ``(1, 3, S, S)`` and the generated kp_driving for ``logfbank (M, 26)``.
 
         Returns:
-            ``(kp_source, value (T,10,2) np.float32, jacobian (T,10,2,2) np.float32)``.
+            ``(kp_source (1, 10, ...), kp_driving (T, 10, ...))`` Keypoints on the device (25 fps).
         """
-        from .mssync import generate_keypoints
-
-        kp_source = self.fomm.detect(source)
+        kp_source = self.renderer.detect(source)
         cb = (lambda done, total: progress("keypoints", done, total)) if progress else None
-        with _single_cpu_thread(self.device):
-            value, jacobian = generate_keypoints(self.mssync, kp_source["value"], kp_source["jacobian"], logfbank,
-                                                 progress=cb)
-        to_np = lambda t: t.detach().float().cpu().numpy() if torch.is_tensor(t) else np.asarray(t, np.float32)
-        return kp_source, to_np(value), to_np(jacobian)
+        kp_driving = self.motion(kp_source, logfbank, progress=cb)
+        return kp_source, kp_driving.to(self.device)
 
     # -- the whole job ------------------------------------------------------------------------------
     def animate(self, image_path: str | Path, audio_path: str | Path, output_path: str | Path, *,
@@ -245,42 +217,40 @@ class Pipeline:
 
         t0 = time.perf_counter()
         source = self.source_tensor(crop.crop)
-        kp_source, value, jacobian = self.keypoints(source, features, progress)
+        kp_source, kp_driving = self.keypoints(source, features, progress)
         timings["keypoints"] = time.perf_counter() - t0
 
         total = num_video_frames(speech.duration_s)
         t0 = time.perf_counter()
         with VideoWriter(output_path, size=(self.frame_size, self.frame_size), fps=FPS, audio_path=audio_path,
                          crf=self.options.crf, overwrite=self.options.overwrite) as writer:
-            self.render_into(writer, source, kp_source, value, jacobian, total, progress)
+            self.render_into(writer, source, kp_source, kp_driving, total, progress)
         timings["render"] = time.perf_counter() - t0
 
+        kp_source, kp_driving = kp_source.to("cpu"), kp_driving.to("cpu")
         if save_keypoints is not None:
+            (value, jacobian), (src_value, src_jacobian) = kp_driving.numpy(), kp_source.numpy()
             with atomic_output(Path(save_keypoints), overwrite=self.options.overwrite) as tmp:
                 with open(tmp, "wb") as fh:
                     np.savez(fh, kp_driving_value=value, kp_driving_jacobian=jacobian,
-                             kp_source_value=kp_source["value"].float().cpu().numpy(),
-                             kp_source_jacobian=kp_source["jacobian"].float().cpu().numpy(),
+                             kp_source_value=src_value, kp_source_jacobian=src_jacobian,
                              crop_box=np.asarray(crop.box, dtype=np.float64),
                              crop_affine=np.asarray(crop.affine, dtype=np.float64), fps=np.int64(FPS))
         return AnimateResult(output=output_path, num_frames=total, duration_s=speech.duration_s,
-                             crop_box=tuple(crop.box), keypoints=value, jacobians=jacobian, timings=timings)
+                             crop_box=tuple(crop.box), kp_source=kp_source, kp_driving=kp_driving, timings=timings)
 
-    def render_into(self, writer, source: torch.Tensor, kp_source: dict, value: np.ndarray,
-                    jacobian: np.ndarray, total: int, progress: ProgressCallback | None = None) -> None:
+    def render_into(self, writer, source: torch.Tensor, kp_source: Keypoints, kp_driving: Keypoints,
+                    total: int, progress: ProgressCallback | None = None) -> None:
         """Render ``total`` frames in batches of ``options.batch_size`` and stream them into ``writer``.
 
         Frame ``t`` uses kp_driving ``min(t, T-1)``: the last generated pose is held when the video
         needs more frames than the generator made (see :func:`num_video_frames`).
         """
-        T = value.shape[0]
-        value_t = torch.from_numpy(value).to(self.device)
-        jacobian_t = torch.from_numpy(jacobian).to(self.device)
+        T = len(kp_driving)
         bs = self.options.batch_size
         for start in range(0, total, bs):
-            idx = torch.arange(start, min(start + bs, total), device=self.device).clamp_(max=T - 1)
-            kp_driving = {"value": value_t[idx], "jacobian": jacobian_t[idx]}
-            frames = self.fomm.render(source, kp_source, kp_driving)  # (b, 3, S, S) in [0, 1]
+            idx = torch.arange(start, min(start + bs, total), device=kp_driving.device).clamp_(max=T - 1)
+            frames = self.renderer.render(source, kp_source, kp_driving[idx])  # (b, 3, S, S) in [0, 1]
             writer.write(frames.permute(0, 2, 3, 1).float().cpu().numpy())
             if progress:
                 progress("render", int(idx.numel()) + start, total)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from talkhead.keypoints import Keypoints
+
 from talkhead.audio import load_speech, logfbank
 from talkhead.fomm import load_fomm
 from talkhead.mssync import generate_keypoints, load_mssync
@@ -28,16 +30,16 @@ def test_audio_file_to_frames_matches_reference(fomm_tiny_files, mssync_tiny_dir
     features = logfbank(speech.samples, speech.sample_rate)
     source = torch.from_numpy(p["source"]).permute(2, 0, 1)[None]
     kp_source = fomm.detect(source)
-    np.testing.assert_allclose(kp_source["value"].numpy(), p["kp_source_value"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(kp_source["jacobian"].numpy(), p["kp_source_jacobian"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(kp_source.value.numpy(), p["kp_source_value"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(kp_source.jacobian.numpy(), p["kp_source_jacobian"], atol=1e-5, rtol=0)
 
-    value, jacobian = generate_keypoints(model, kp_source["value"], kp_source["jacobian"],
-                                         features.astype(np.float32), seq_len=50)
+    kp_driving = generate_keypoints(model, kp_source, features.astype(np.float32), seq_len=50)
+    value, jacobian = kp_driving.value, kp_driving.jacobian
     assert value.shape == (51, 10, 2) and jacobian.shape == (51, 10, 2, 2)
     np.testing.assert_allclose(value[:5].numpy(), p["driving_value"][:, 0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(jacobian[:5].numpy(), p["driving_jacobian"][:, 0], atol=1e-5, rtol=0)
 
-    frames = fomm.render(source, kp_source, {"value": value[:5], "jacobian": jacobian[:5]})
+    frames = fomm.render(source, kp_source, kp_driving[:5])
     frames = frames.permute(0, 2, 3, 1).numpy()
     err = np.abs(frames - p["frames"]).max()
     assert err <= 2e-5, err
@@ -54,7 +56,6 @@ def test_training_time_convention_changes_frames(fomm_tiny_files, e2e_parity):
     assert legacy.align_corners is True
     source = torch.from_numpy(p["source"]).permute(2, 0, 1)[None]
     kp = legacy.detect(source)
-    drive = {"value": torch.from_numpy(p["driving_value"][:, 0]),
-             "jacobian": torch.from_numpy(p["driving_jacobian"][:, 0])}
+    drive = Keypoints(torch.from_numpy(p["driving_value"][:, 0]), torch.from_numpy(p["driving_jacobian"][:, 0]))
     frames = legacy.render(source, kp, drive).permute(0, 2, 3, 1).numpy()
     assert np.abs(frames - p["frames"]).max() > 1e-2

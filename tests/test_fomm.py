@@ -12,6 +12,8 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+
+from talkhead.keypoints import Keypoints
 import yaml
 
 from talkhead.errors import CheckpointError, ConfigError, StateDictMismatchError
@@ -52,8 +54,12 @@ def source(fomm_parity) -> torch.Tensor:
     return torch.tensor(fomm_parity["source"][None]).permute(0, 3, 1, 2)
 
 
-def kp_from(p: dict, prefix: str) -> dict:
-    return {"value": torch.tensor(p[f"{prefix}_value"]), "jacobian": torch.tensor(p[f"{prefix}_jacobian"])}
+def kp_from(p: dict, prefix: str) -> Keypoints:
+    """Fixture keypoints ``{prefix}_value``/``_jacobian``; the reference's per-frame ``(T, 1, K, .)`` is flattened."""
+    value, jacobian = torch.tensor(p[f"{prefix}_value"]), torch.tensor(p[f"{prefix}_jacobian"])
+    if value.ndim == 4:
+        value, jacobian = value[:, 0], jacobian[:, 0]
+    return Keypoints(value, jacobian)
 
 
 def tiny_yaml_dict(data_dir, **frame) -> dict:
@@ -80,8 +86,8 @@ def test_kp_detector_parity_with_intermediates(tiny_model, source, fomm_parity):
             h.remove()
     for name in ("kp_down", "kp_feature_map", "kp_heatmap_logits"):
         assert_close(captured[name], fomm_parity[name], ATOL["kp"], name)
-    assert_close(out["value"], fomm_parity["kp_source_value"], ATOL["kp"], "kp_source_value")
-    assert_close(out["jacobian"], fomm_parity["kp_source_jacobian"], ATOL["kp"], "kp_source_jacobian")
+    assert_close(out.value, fomm_parity["kp_source_value"], ATOL["kp"], "kp_source_value")
+    assert_close(out.jacobian, fomm_parity["kp_source_jacobian"], ATOL["kp"], "kp_source_jacobian")
 
 
 def test_antialias_kernel_matches_checkpoint_buffer(fomm_tiny_files):
@@ -110,7 +116,7 @@ def test_generator_parity(tiny_model, source, fomm_parity, align_corners, prefix
     kp_driving = kp_from(fomm_parity, "kp_driving")
     try:
         with torch.inference_mode():
-            out = gen(source, kp_driving=kp_driving, kp_source=kp_source)
+            out = gen(source, kp_driving=kp_driving.as_dict(), kp_source=kp_source.as_dict())
     finally:
         for h in hooks:
             h.remove()
@@ -149,13 +155,13 @@ def test_align_corners_is_switchable_and_matters(tiny_model, source, fomm_parity
 
 
 # --- batched rendering -------------------------------------------------------------------------------
-def _driving_batch(kp_source: dict, b: int) -> dict:
+def _driving_batch(kp_source: Keypoints, b: int) -> Keypoints:
     t = torch.arange(b, dtype=torch.float32)[:, None, None]
-    k = torch.arange(kp_source["value"].shape[1], dtype=torch.float32)[None, :, None]
+    k = torch.arange(kp_source.num_kp, dtype=torch.float32)[None, :, None]
     offset = 0.06 * torch.cat([torch.sin(0.9 * t + 0.7 * k), torch.cos(1.3 * t - 0.4 * k)], dim=-1)
     angle = 0.08 * (t[..., None] - 1.5)
     rot = torch.cat([torch.cat([angle.cos(), -angle.sin()], -1), torch.cat([angle.sin(), angle.cos()], -1)], -2)
-    return {"value": kp_source["value"] + offset, "jacobian": kp_source["jacobian"] @ rot}
+    return Keypoints(kp_source.value + offset, kp_source.jacobian @ rot)
 
 
 def test_batched_render_equals_per_frame(tiny_model, source, fomm_parity):
@@ -167,9 +173,9 @@ def test_batched_render_equals_per_frame(tiny_model, source, fomm_parity):
     assert 0 < float(batched.min()) and float(batched.max()) < 1
     with torch.inference_mode():
         for i in range(5):
-            one = {k: v[i:i + 1] for k, v in kp_driving.items()}
+            one = kp_driving[i]
             single = fomm.render(source, kp_source, one)
-            reference = fomm.generator(source, kp_driving=one, kp_source=kp_source)["prediction"]
+            reference = fomm.generator(source, kp_driving=one.as_dict(), kp_source=kp_source.as_dict())["prediction"]
             assert_close(batched[i:i + 1], single.numpy(), 1e-5, f"batched vs single frame {i}")
             assert_close(batched[i:i + 1], reference.numpy(), 1e-5, f"batched vs generator.forward frame {i}")
     # distinct poses give distinct frames (the batch is not one frame repeated)
@@ -185,8 +191,8 @@ def test_render_source_cache_follows_the_source(tiny_model, source, fomm_parity)
     kp_other = fomm.detect(other)
     got = fomm.render(other, kp_other, kp_driving)
     with torch.inference_mode():
-        expected = fomm.generator(other.expand(2, -1, -1, -1), kp_driving=kp_driving,
-                                  kp_source={k: v.expand(2, *v.shape[1:]) for k, v in kp_other.items()})
+        expected = fomm.generator(other.expand(2, -1, -1, -1), kp_driving=kp_driving.as_dict(),
+                                  kp_source={k: v.expand(2, *v.shape[1:]) for k, v in kp_other.as_dict().items()})
     assert_close(got, expected["prediction"].numpy(), 1e-5, "render after a source change")
 
 
@@ -198,7 +204,9 @@ def test_render_rejects_bad_shapes(tiny_model, source, fomm_parity):
     with pytest.raises(ValueError, match="one source"):
         fomm.render(source.expand(2, -1, -1, -1), kp_source, kp_driving)
     with pytest.raises(ValueError, match="jacobian"):
-        fomm.render(source, kp_source, {"value": kp_driving["value"]})
+        fomm.render(source, kp_source, Keypoints(kp_driving.value))
+    with pytest.raises(ValueError, match="Keypoints"):
+        fomm.render(source, kp_source, kp_driving.as_dict())
 
 
 # --- relative motion transfer -----------------------------------------------------------------------
@@ -207,20 +215,17 @@ def test_relative_kp_parity(fomm_parity, adapt):
     p = fomm_parity
     kp_source = kp_from(p, "norm_kp_source")
     kp_initial = kp_from(p, "norm_driving_initial")
-    driving = kp_from(p, "norm_driving")  # (T=4, 1, 10, 2): the reference's per-frame layout
+    driving = kp_from(p, "norm_driving")  # the reference's per-frame (T=4, 1, 10, 2), batched as (T, 10, 2)
     out = relative_kp(kp_source, driving, kp_initial, adapt_movement_scale=adapt)
-    assert_close(out["value"], p[f"norm_adapt{int(adapt)}_value"], ATOL["normalize"], "value")
-    assert_close(out["jacobian"], p[f"norm_adapt{int(adapt)}_jacobian"], ATOL["normalize"], "jacobian")
-    # batched over T as (T, 10, 2) gives the same frames
-    flat = relative_kp(kp_source, {k: v[:, 0] for k, v in driving.items()}, kp_initial, adapt_movement_scale=adapt)
-    assert_close(flat["value"], p[f"norm_adapt{int(adapt)}_value"][:, 0], ATOL["normalize"], "value (T,10,2)")
-    assert torch.equal(driving["value"], torch.tensor(p["norm_driving_value"]))  # inputs untouched
+    assert_close(out.value, p[f"norm_adapt{int(adapt)}_value"][:, 0], ATOL["normalize"], "value")
+    assert_close(out.jacobian, p[f"norm_adapt{int(adapt)}_jacobian"][:, 0], ATOL["normalize"], "jacobian")
+    assert torch.equal(driving.value, torch.tensor(p["norm_driving_value"][:, 0]))  # inputs untouched
 
 
 def test_movement_scale_parity(fomm_parity):
     scale = movement_scale(kp_from(fomm_parity, "norm_kp_source"), kp_from(fomm_parity, "norm_driving_initial"))
     assert abs(scale - float(fomm_parity["norm_adapt1_scale"])) < 1e-9
-    collinear = {"value": torch.stack([torch.linspace(-1, 1, 10), torch.zeros(10)], -1)[None]}
+    collinear = Keypoints(torch.stack([torch.linspace(-1, 1, 10), torch.zeros(10)], -1)[None])
     with pytest.raises(ValueError, match="degenerate"):
         movement_scale(collinear, kp_from(fomm_parity, "norm_driving_initial"))
 
@@ -262,7 +267,7 @@ def test_load_fomm_legacy_format_checkpoint(tmp_path, fomm_tiny_files, source, f
     assert not fomm.generator.training and not fomm.kp_detector.training
     assert fomm.device == torch.device("cpu") and fomm.frame_size == 64 and fomm.align_corners is False
     kp = fomm.detect(source)
-    assert_close(kp["value"], fomm_parity["kp_source_value"], ATOL["kp"], "legacy kp value")
+    assert_close(kp.value, fomm_parity["kp_source_value"], ATOL["kp"], "legacy kp value")
     frame = fomm.render(source, kp, kp_from(fomm_parity, "kp_driving"))
     assert_close(frame, fomm_parity["gen_prediction"], ATOL["dense"], "legacy gen_prediction")
 
@@ -298,7 +303,7 @@ def test_config_128_frames_builds_and_renders(tmp_path, data_dir):
     assert fomm.frame_size == 128
     source = torch.rand(1, 3, 128, 128)
     kp_source = fomm.detect(source)
-    assert kp_source["value"].shape == (1, 10, 2) and kp_source["jacobian"].shape == (1, 10, 2, 2)
+    assert kp_source.value.shape == (1, 10, 2) and kp_source.jacobian.shape == (1, 10, 2, 2)
     frames = fomm.render(source, kp_source, _driving_batch(kp_source, 3))
     assert frames.shape == (3, 3, 128, 128)
     assert torch.isfinite(frames).all()
@@ -351,8 +356,7 @@ def test_render_reproduces_e2e_frames(fomm_tiny_files, e2e_parity):
     fomm = load_fomm(*fomm_tiny_files, align_corners=False)
     source = torch.tensor(p["source"][None]).permute(0, 3, 1, 2)
     kp_source = fomm.detect(source)
-    assert_close(kp_source["value"], p["kp_source_value"], ATOL["kp"], "e2e kp_source_value")
-    kp_driving = {"value": torch.tensor(p["driving_value"][:, 0]),
-                  "jacobian": torch.tensor(p["driving_jacobian"][:, 0])}
+    assert_close(kp_source.value, p["kp_source_value"], ATOL["kp"], "e2e kp_source_value")
+    kp_driving = kp_from(p, "driving")
     frames = fomm.render(source, kp_source, kp_driving).permute(0, 2, 3, 1)
     assert_close(frames, p["frames"], 2e-5, "e2e frames")

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from talkhead.keypoints import Keypoints
+
 from talkhead.errors import AudioTooShortError, CheckpointError, ConfigError, StateDictMismatchError
 from talkhead.mssync import (MIN_NUM_SAMPLES, MSSyncConfig, MSSyncDiscriminator, MSSyncGenerator,
                              build_audio_input, generate_keypoints, generate_keypoints_trace, load_mssync,
@@ -44,9 +46,8 @@ def tiny_model(mssync_tiny_dir) -> MSSyncGenerator:
     return load_mssync(mssync_tiny_dir)
 
 
-def _kp0_parts(parity):
-    kp0 = torch.from_numpy(parity["kp0"])                       # (1, 10, 6)
-    return kp0[..., :2], kp0[..., 2:].reshape(1, 10, 2, 2)
+def _kp0(parity) -> Keypoints:
+    return Keypoints.unpack(torch.from_numpy(parity["kp0"]))    # packed (1, 10, 6)
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -124,8 +125,7 @@ def test_tiny_checkpoint_loads_strictly(tiny_model, mssync_tiny_dir):
 # -- parity ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("run", list(RUNS))
 def test_parity_with_reference_execute_model(tiny_model, mssync_parity, logfbank, run):
-    value, jacobian = _kp0_parts(mssync_parity)
-    trace = generate_keypoints_trace(tiny_model, value, jacobian, logfbank, seq_len=RUNS[run])
+    trace = generate_keypoints_trace(tiny_model, _kp0(mssync_parity), logfbank, seq_len=RUNS[run])
     names = [k[len(run) + 1:] for k in mssync_parity if k.startswith(run + "_") and not k.endswith("seq_len_arg")]
     assert len(names) == 20
     np.testing.assert_array_equal(trace["audio_in"].numpy(), mssync_parity[f"{run}_audio_in"])
@@ -138,20 +138,21 @@ def test_parity_with_reference_execute_model(tiny_model, mssync_parity, logfbank
 
 def test_full_recomputation_path_matches_too(tiny_model, mssync_parity, logfbank):
     """The reference-style transformer re-run over the whole context gives the same rollout."""
-    value, jacobian = _kp0_parts(mssync_parity)
-    trace = generate_keypoints_trace(tiny_model, value, jacobian, logfbank, seq_len=50, incremental=False)
+    trace = generate_keypoints_trace(tiny_model, _kp0(mssync_parity), logfbank, seq_len=50, incremental=False)
     for name in ("temporal_decode", "vel_decode", "out_kp"):
         np.testing.assert_allclose(trace[name].numpy(), mssync_parity[f"s50_{name}"], atol=1e-5, rtol=0)
 
 
 def test_generate_keypoints_splits_out_kp_and_reports_progress(tiny_model, mssync_parity, logfbank):
-    value, jacobian = _kp0_parts(mssync_parity)
+    kp0 = _kp0(mssync_parity)
+    value = kp0.value
     calls = []
-    kp_value, kp_jacobian = generate_keypoints(tiny_model, value, jacobian, torch.from_numpy(logfbank),
-                                               seq_len=20, progress=lambda d, t: calls.append((d, t)))
+    kp = generate_keypoints(tiny_model, kp0, torch.from_numpy(logfbank), seq_len=20,
+                            progress=lambda d, t: calls.append((d, t)))
+    kp_value, kp_jacobian = kp.value, kp.jacobian
     assert kp_value.shape == (21, 10, 2) and kp_jacobian.shape == (21, 10, 2, 2)
     # seq_len=20 differs from the fixture runs; check the split against our own out_kp instead.
-    out_kp = generate_keypoints_trace(tiny_model, value, jacobian, logfbank, seq_len=20)["out_kp"][0]
+    out_kp = generate_keypoints_trace(tiny_model, kp0, logfbank, seq_len=20)["out_kp"][0]
     torch.testing.assert_close(kp_value, out_kp[..., :2], rtol=0, atol=0)
     torch.testing.assert_close(kp_jacobian[:, :, 1, 0], out_kp[..., 4], rtol=0, atol=0)   # j10 is entry 4
     assert calls[0] == (2, 21) and calls[-1] == (21, 21)
@@ -162,8 +163,8 @@ def test_generate_keypoints_splits_out_kp_and_reports_progress(tiny_model, mssyn
 def test_float64_logfbank_gives_the_float32_result(tiny_model, mssync_parity, data_dir):
     with np.load(data_dir / "audio" / "features.npz") as z:
         lf64 = z["logfbank_f64"]
-    value, jacobian = _kp0_parts(mssync_parity)
-    v, _ = generate_keypoints(tiny_model, value, jacobian, lf64, seq_len=50)
+    kp0 = _kp0(mssync_parity)
+    v = generate_keypoints(tiny_model, kp0, lf64, seq_len=50).value
     np.testing.assert_allclose(v.numpy(), mssync_parity["s50_out_kp"][0, ..., :2], atol=1e-5, rtol=0)
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from talkhead.keypoints import Keypoints
+
 import talkhead.train.generator as gen_mod
 from talkhead.checkpoints import load_checkpoint
 from talkhead.errors import ConfigError
@@ -124,8 +126,8 @@ def test_export_is_released_format_and_generates_keypoints(main_run, tiny):
     model = load_mssync(out)
     clip = read_manifest(tiny["data"])[-1]
     kp, lf = load_clip(tiny["data"], clip)
-    value, jac = generate_keypoints(model, torch.from_numpy(kp[:1, :, :2]),
-                                    torch.from_numpy(kp[:1, :, 2:]).reshape(1, 10, 2, 2), lf)
+    kp_driving = generate_keypoints(model, Keypoints.unpack(kp[:1]), lf)
+    value, jac = kp_driving.value, kp_driving.jacobian
     t = frames_for_logfbank(lf.shape[0])
     assert value.shape == (t, 10, 2) and jac.shape == (t, 10, 2, 2)
     assert torch.isfinite(value).all() and torch.isfinite(jac).all()

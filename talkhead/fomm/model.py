@@ -15,31 +15,22 @@ import torch
 
 from ..checkpoints import load_checkpoint, load_state_dict_checked
 from ..errors import CheckpointError
+from ..keypoints import Keypoints
 from .config import FOMMConfig
 from .generator import OcclusionAwareGenerator
 from .keypoint_detector import KPDetector
-
-KeypointDict = dict
-"""``{"value": (B, K, 2) in [-1, 1], "jacobian": (B, K, 2, 2)}`` float tensors."""
-
 
 @dataclass
 class _SourceEncoding:
     """Per-source tensors reused across :meth:`FOMM.render` calls (keyed by the values they came from)."""
 
     source: torch.Tensor  # (1, C, S, S), a private copy used as the cache key
-    kp_value: torch.Tensor  # (1, K, 2)
-    kp_jacobian: Optional[torch.Tensor]  # (1, K, 2, 2)
+    kp_source: Keypoints  # (1, K, ...), a private copy
     features: torch.Tensor  # (1, F, S / 2**n, S / 2**n): generator encoder output
     source_down: torch.Tensor  # (1, C, S * scale, S * scale): dense-motion input resolution
 
-    def matches(self, source: torch.Tensor, kp_source: KeypointDict) -> bool:
-        jac = kp_source.get("jacobian")
-        if (jac is None) != (self.kp_jacobian is None):
-            return False
-        return (torch.equal(self.kp_value, kp_source["value"])
-                and (jac is None or torch.equal(self.kp_jacobian, jac))
-                and torch.equal(self.source, source))
+    def matches(self, source: torch.Tensor, kp_source: Keypoints) -> bool:
+        return self.kp_source.equal(kp_source) and torch.equal(self.source, source)
 
 
 class FOMM:
@@ -102,53 +93,46 @@ class FOMM:
             raise ValueError(f"{what} must be (B, {c}, {s}, {s}) float in [0, 1], got {tuple(x.shape)}")
         return x
 
-    def _kp(self, kp, what: str, batch: Optional[int] = None) -> KeypointDict:
-        if not isinstance(kp, Mapping) or "value" not in kp:
-            raise ValueError(f"{what} must be a dict with 'value' (B, K, 2) and 'jacobian' (B, K, 2, 2)")
+    def _kp(self, kp, what: str, batch: Optional[int] = None) -> Keypoints:
+        if not isinstance(kp, Keypoints):
+            raise ValueError(f"{what} must be talkhead.keypoints.Keypoints, not {type(kp).__name__}")
         k = self.config.num_kp
-        value = torch.as_tensor(kp["value"]).to(self.device, self.dtype)
-        if value.ndim != 3 or tuple(value.shape[1:]) != (k, 2) or (batch is not None and value.shape[0] != batch):
+        if kp.num_kp != k or (batch is not None and len(kp) != batch):
             want = f"({batch if batch is not None else 'B'}, {k}, 2)"
-            raise ValueError(f"{what}['value'] must be {want}, got {tuple(value.shape)}")
-        out = {"value": value}
-        if self.config.estimate_jacobian:
-            if kp.get("jacobian") is None:
-                raise ValueError(f"{what} lacks 'jacobian' ({value.shape[0]}, {k}, 2, 2)")
-            jac = torch.as_tensor(kp["jacobian"]).to(self.device, self.dtype)
-            if tuple(jac.shape) != (value.shape[0], k, 2, 2):
-                raise ValueError(f"{what}['jacobian'] must be ({value.shape[0]}, {k}, 2, 2), got {tuple(jac.shape)}")
-            out["jacobian"] = jac
-        return out
+            raise ValueError(f"{what} values must be {want}, got {tuple(kp.value.shape)}")
+        if self.config.estimate_jacobian and kp.jacobian is None:
+            raise ValueError(f"{what} lacks jacobians ({len(kp)}, {k}, 2, 2)")
+        kp = kp.to(self.device, self.dtype)
+        return kp if self.config.estimate_jacobian else Keypoints(kp.value)
 
     # -- inference ----------------------------------------------------------------------------------
-    def detect(self, source) -> KeypointDict:
+    def detect(self, source) -> Keypoints:
         """Keypoints of source images.
 
         Args:
             source: ``(B, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
 
         Returns:
-            ``{"value": (B, 10, 2), "jacobian": (B, 10, 2, 2)}`` on ``device``; values in ``[-1, 1]``
-            (x = column, y = row) of the keypoint heatmap grid.
+            :class:`~talkhead.keypoints.Keypoints` value ``(B, 10, 2)``, jacobian ``(B, 10, 2, 2)`` on
+            ``device``; values in ``[-1, 1]`` (x = column, y = row) of the keypoint heatmap grid.
 
         Raises:
             ValueError: a tensor of the wrong shape.
         """
         with torch.inference_mode():
-            return self.kp_detector(self._image(source))
+            return Keypoints.from_dict(self.kp_detector(self._image(source)))
 
-    def _encode(self, source: torch.Tensor, kp_source: KeypointDict) -> _SourceEncoding:
+    def _encode(self, source: torch.Tensor, kp_source: Keypoints) -> _SourceEncoding:
         if self._cache is not None and self._cache.matches(source, kp_source):
             return self._cache
         gen = self.generator
-        enc = _SourceEncoding(source=source.clone(), kp_value=kp_source["value"].clone(),
-                              kp_jacobian=kp_source["jacobian"].clone() if "jacobian" in kp_source else None,
+        enc = _SourceEncoding(source=source.clone(), kp_source=kp_source.clone(),
                               features=gen.encode(source),
                               source_down=gen.dense_motion_network.downsample(source))
         self._cache = enc
         return enc
 
-    def render(self, source, kp_source: KeypointDict, kp_driving: KeypointDict) -> torch.Tensor:
+    def render(self, source, kp_source: Keypoints, kp_driving: Keypoints) -> torch.Tensor:
         """Render a batch of ``b`` driving keypoint sets against one source image.
 
         The source is encoded once (generator encoder + dense-motion downsampling) and that encoding is
@@ -159,8 +143,9 @@ class FOMM:
 
         Args:
             source: ``(1, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
-            kp_source: ``{"value": (1, 10, 2), "jacobian": (1, 10, 2, 2)}`` (from :meth:`detect`).
-            kp_driving: ``{"value": (b, 10, 2), "jacobian": (b, 10, 2, 2)}``.
+            kp_source: :class:`~talkhead.keypoints.Keypoints` ``(1, 10, 2)`` + ``(1, 10, 2, 2)`` (from
+                :meth:`detect`).
+            kp_driving: Keypoints ``(b, 10, 2)`` + ``(b, 10, 2, 2)``.
 
         Returns:
             Frames ``(b, 3, S, S)`` float in ``(0, 1)`` on ``device``.
@@ -176,7 +161,7 @@ class FOMM:
             kp_d = self._kp(kp_driving, "kp_driving")
             enc = self._encode(src, kp_s)
             gen = self.generator
-            motion = gen.dense_motion_network.motion(enc.source_down, kp_d, kp_s)
+            motion = gen.dense_motion_network.motion(enc.source_down, kp_d.as_dict(), kp_s.as_dict())
             return gen.decode(gen.warp(enc.features, motion))
 
 

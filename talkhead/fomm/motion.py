@@ -9,20 +9,21 @@ import numpy as np
 import torch
 from scipy.spatial import ConvexHull, QhullError
 
+from ..keypoints import Keypoints
 from .blocks import inverse_2x2
 
 
-def movement_scale(kp_source: dict, kp_driving_initial: dict) -> float:
+def movement_scale(kp_source: Keypoints, kp_driving_initial: Keypoints) -> float:
     """Adaptive movement scale ``sqrt(area(hull(v_s))) / sqrt(area(hull(v_0)))`` (float64).
 
-    Uses batch item 0 of both ``"value"`` tensors ``(B, K, 2)``, like the reference.
+    Uses batch item 0 of both ``value`` tensors ``(B, K, 2)``, like the reference.
 
     Raises:
         ValueError: the keypoints of either set are degenerate (all collinear: no 2-D convex hull).
     """
     areas = []
     for name, kp in (("kp_source", kp_source), ("kp_driving_initial", kp_driving_initial)):
-        points = kp["value"][0].detach().to("cpu", torch.float64).numpy()
+        points = kp.value[0].detach().to("cpu", torch.float64).numpy()
         try:
             areas.append(ConvexHull(points).volume)  # in 2-D, ``volume`` is the area
         except QhullError as exc:
@@ -30,9 +31,9 @@ def movement_scale(kp_source: dict, kp_driving_initial: dict) -> float:
     return float(np.sqrt(areas[0]) / np.sqrt(areas[1]))
 
 
-def relative_kp(kp_source: dict, kp_driving: dict, kp_driving_initial: dict, *,
+def relative_kp(kp_source: Keypoints, kp_driving: Keypoints, kp_driving_initial: Keypoints, *,
                 adapt_movement_scale: bool = False, use_relative_movement: bool = True,
-                use_relative_jacobian: bool = True) -> dict:
+                use_relative_jacobian: bool = True) -> Keypoints:
     """Transfer the driving *motion* (not the driving *pose*) onto the source keypoints.
 
     With ``v``/``J`` the keypoint values/jacobians of the source (``s``), of driving frame ``t`` and of the
@@ -43,26 +44,24 @@ def relative_kp(kp_source: dict, kp_driving: dict, kp_driving_initial: dict, *,
     - ``scale = movement_scale(kp_source, kp_driving_initial)`` if ``adapt_movement_scale`` else 1.
 
     Args:
-        kp_source: ``{"value": (1, K, 2), "jacobian": (1, K, 2, 2)}``.
-        kp_driving: driving keypoints batched over time, ``{"value": (T, K, 2), "jacobian": (T, K, 2, 2)}``
-            (any leading batch shape that broadcasts against the source, e.g. ``(T, 1, K, 2)``).
-        kp_driving_initial: the reference driving frame, ``(1, K, 2)`` / ``(1, K, 2, 2)``.
+        kp_source: :class:`~talkhead.keypoints.Keypoints` ``(1, K, 2)`` + ``(1, K, 2, 2)``.
+        kp_driving: driving keypoints batched over time, ``(T, K, 2)`` + ``(T, K, 2, 2)``.
+        kp_driving_initial: the reference driving frame, ``(1, K, 2)`` + ``(1, K, 2, 2)``.
 
     Returns:
-        A new dict with the keys of ``kp_driving``; the inputs are not modified. Matches the reference
+        New Keypoints ``(T, K, ...)``; the inputs are not modified. Matches the reference
         ``normalize_kp`` called once per frame.
 
     Raises:
         ValueError: ``adapt_movement_scale`` with degenerate (collinear) keypoints.
     """
     scale = movement_scale(kp_source, kp_driving_initial) if adapt_movement_scale else 1.0
-    out = dict(kp_driving)
+    value, jacobian = kp_driving.value, kp_driving.jacobian
     if use_relative_movement:
-        diff = kp_driving["value"] - kp_driving_initial["value"]
+        diff = kp_driving.value - kp_driving_initial.value
         if scale != 1.0:
             diff = diff * scale
-        out["value"] = diff + kp_source["value"]
-        if use_relative_jacobian:
-            jac = kp_driving["jacobian"] @ inverse_2x2(kp_driving_initial["jacobian"])
-            out["jacobian"] = jac @ kp_source["jacobian"]
-    return out
+        value = diff + kp_source.value
+        if use_relative_jacobian and jacobian is not None:
+            jacobian = kp_driving.jacobian @ inverse_2x2(kp_driving_initial.jacobian) @ kp_source.jacobian
+    return Keypoints(value, jacobian)

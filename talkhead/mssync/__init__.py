@@ -6,18 +6,19 @@ Public API:
 - :class:`MSSyncGenerator` - the reference ``DynamicalModel`` (training forward + inference rollout).
 - :class:`MSSyncDiscriminator` - the reference training ``Discriminator``.
 - :func:`load_mssync` - a released model directory (``args`` + ``model_chkpt.pt``) -> generator.
-- :func:`generate_keypoints` - kp_source + logfbank ``(M, 26)`` -> kp_driving ``(T, 10, 2)``,
-  ``(T, 10, 2, 2)`` at 25 fps, exactly as the reference ``execute_model``.
+- :func:`generate_keypoints` - kp_source + logfbank ``(M, 26)`` -> kp_driving Keypoints ``(T, 10, ...)``
+  at 25 fps, exactly as the reference ``execute_model``.
+- :class:`MSSyncMotion` - the pipeline's motion generator over a loaded model.
 - :func:`num_frames`, :data:`MIN_NUM_SAMPLES` - the frame-count rule for 16-kHz audio.
 """
 from .config import MSSyncConfig
 from .discriminators import MSSyncDiscriminator
 from .generator import MAX_CONTEXT_LENGTH, MSSyncGenerator, load_mssync
-from .inference import (MIN_NUM_SAMPLES, build_audio_input, build_warmup_input, generate_keypoints,
+from .inference import (MIN_NUM_SAMPLES, MSSyncMotion, build_audio_input, build_warmup_input, generate_keypoints,
                         generate_keypoints_trace, num_frames)
 
 __all__ = [
-    "MSSyncConfig", "MSSyncGenerator", "MSSyncDiscriminator", "load_mssync", "generate_keypoints",
+    "MSSyncConfig", "MSSyncGenerator", "MSSyncMotion", "MSSyncDiscriminator", "load_mssync", "generate_keypoints",
     "generate_keypoints_trace", "build_audio_input", "build_warmup_input", "num_frames", "MIN_NUM_SAMPLES",
     "MAX_CONTEXT_LENGTH",
 ]

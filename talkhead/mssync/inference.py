@@ -8,13 +8,15 @@ Reproduces the reference ``execute_model.execute_model`` (LouisBearing/HMo-audio
    ``4 * (obs_len - 1)`` of them, in reverse order, are put in front (the warm-up's audio); 5 rows are
    reflect-padded at the end (rows n-2, ..., n-6) and the padded audio is cut to ``4 R`` rows.
    This is ``audio_in``, ``(1, 4 (obs_len-1) + min(4R, n+5), 26)``.
-3. ``inpt`` = kp0 = ``[value, jacobian flattened row-major]`` ``(1, 10, 6)`` repeated ``obs_len`` times.
+3. ``inpt`` = kp0 = ``kp_source.pack()`` = ``[value, jacobian flattened row-major]`` ``(1, 10, 6)``
+   repeated ``obs_len`` times.
 4. ``x_rec, x_pred = model(inpt, audio_in)``; ``out_kp = [x_rec[:, -1:]; x_pred]``: frame 0 is kp0
    plus the warm-up velocity, not kp0 itself. Frame t is conditioned on logfbank rows near 4 t,
    i.e. on time t / 25 s.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import numpy as np
@@ -22,6 +24,7 @@ import torch
 
 from ..constants import HOP_S, KP_DIM, LOGFBANK_PER_FRAME, N_FILT, NUM_KP, SAMPLE_RATE
 from ..errors import AudioTooShortError, ConfigError
+from ..keypoints import Keypoints
 from .generator import MSSyncGenerator
 
 MIN_NUM_SAMPLES = 1361
@@ -130,28 +133,27 @@ def build_audio_input(logfbank: torch.Tensor | np.ndarray, *, obs_len: int, seq_
     return torch.cat([mirror, padded], dim=0)[None]
 
 
-def build_warmup_input(kp_source_value: torch.Tensor, kp_source_jacobian: torch.Tensor, *, obs_len: int) -> torch.Tensor:
+def build_warmup_input(kp_source: Keypoints, *, obs_len: int) -> torch.Tensor:
     """``inpt``: kp0 ``[x, y, j00, j01, j10, j11]`` ``(1, 10, 6)`` repeated ``obs_len`` times.
 
     Args:
-        kp_source_value: ``(1, 10, 2)`` FOMM keypoints in [-1, 1].
-        kp_source_jacobian: ``(1, 10, 2, 2)`` FOMM jacobians (flattened row-major).
+        kp_source: :class:`~talkhead.keypoints.Keypoints` value ``(1, 10, 2)`` in [-1, 1] and jacobian
+            ``(1, 10, 2, 2)`` (flattened row-major by :meth:`Keypoints.pack`).
 
     Returns:
         ``(1, obs_len, 10, 6)``.
 
     Raises:
-        ValueError: wrong shapes.
+        ValueError: wrong shapes, or keypoints without jacobians.
     """
-    value, jac = torch.as_tensor(kp_source_value), torch.as_tensor(kp_source_jacobian)
-    if tuple(value.shape) != (1, NUM_KP, 2) or tuple(jac.shape) != (1, NUM_KP, 2, 2):
+    if len(kp_source) != 1 or kp_source.num_kp != NUM_KP or kp_source.jacobian is None:
+        jac = None if kp_source.jacobian is None else tuple(kp_source.jacobian.shape)
         raise ValueError(f"kp_source must be value (1, {NUM_KP}, 2) and jacobian (1, {NUM_KP}, 2, 2), "
-                         f"got {tuple(value.shape)} and {tuple(jac.shape)}")
-    kp0 = torch.cat([value, jac.flatten(start_dim=-2)], dim=-1)
-    return kp0[:, None].repeat(1, obs_len, 1, 1)
+                         f"got {tuple(kp_source.value.shape)} and {jac}")
+    return kp_source.pack()[:, None].repeat(1, obs_len, 1, 1)
 
 
-def generate_keypoints_trace(model: MSSyncGenerator, kp_source_value, kp_source_jacobian, logfbank, *,
+def generate_keypoints_trace(model: MSSyncGenerator, kp_source: Keypoints, logfbank, *,
                              seq_len: int = 0, progress: ProgressCallback | None = None,
                              incremental: bool | None = None) -> dict[str, torch.Tensor]:
     """:func:`generate_keypoints` returning every intermediate (names of the golden fixture).
@@ -176,8 +178,7 @@ def generate_keypoints_trace(model: MSSyncGenerator, kp_source_value, kp_source_
     device, dtype = param.device, param.dtype
     with torch.inference_mode():
         audio_in = build_audio_input(torch.as_tensor(logfbank).to(device), obs_len=cfg.obs_len, seq_len=seq_len)
-        inpt = build_warmup_input(torch.as_tensor(kp_source_value).to(device, dtype),
-                                  torch.as_tensor(kp_source_jacobian).to(device, dtype), obs_len=cfg.obs_len)
+        inpt = build_warmup_input(kp_source.to(device, dtype), obs_len=cfg.obs_len)
         total = int(audio_in.shape[1] / 4) - cfg.obs_len + (1 if cfg.obs_len > 1 else 0)
         offset = 1 if cfg.obs_len > 1 else 0
         cb = (lambda done, _n: progress(done + offset, total)) if progress is not None else None
@@ -190,17 +191,16 @@ def generate_keypoints_trace(model: MSSyncGenerator, kp_source_value, kp_source_
     return trace
 
 
-def generate_keypoints(model: MSSyncGenerator, kp_source_value, kp_source_jacobian, logfbank, *,
-                       seq_len: int = 0, progress: ProgressCallback | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_keypoints(model: MSSyncGenerator, kp_source: Keypoints, logfbank, *,
+                       seq_len: int = 0, progress: ProgressCallback | None = None) -> Keypoints:
     """Driving keypoints for speech: the reference ``execute_model.execute_model``, exactly.
 
     Runs under ``torch.inference_mode()`` on the model's device (inputs are moved there).
 
     Args:
         model: a loaded :class:`MSSyncGenerator` (``data_dim`` 6), e.g. from ``load_mssync``.
-        kp_source_value: ``(1, 10, 2)`` FOMM kp_source keypoints, in [-1, 1] of the keypoint grid.
-        kp_source_jacobian: ``(1, 10, 2, 2)`` kp_source jacobians.
+        kp_source: FOMM kp_source :class:`~talkhead.keypoints.Keypoints`, value ``(1, 10, 2)`` in [-1, 1]
+            of the keypoint grid and jacobian ``(1, 10, 2, 2)``.
         logfbank: ``(M, 26)`` log filterbank of the speech at 100 Hz (array or tensor; float64 is
             cast to float32 as the reference's ``torch.Tensor(melspec)``).
         seq_len: if > 0, generate at most ``1 + seq_len`` frames (the reference ``max_l``
@@ -208,18 +208,63 @@ def generate_keypoints(model: MSSyncGenerator, kp_source_value, kp_source_jacobi
         progress: ``progress(done, total)`` in frames during the autoregressive decoding.
 
     Returns:
-        ``(value (T, 10, 2), jacobian (T, 10, 2, 2))`` float tensors, kp_driving at 25 fps;
-        ``T = num_frames(num_samples)`` for a full run. Frame 0 is kp0 plus a velocity.
+        kp_driving :class:`~talkhead.keypoints.Keypoints` at 25 fps, value ``(T, 10, 2)`` and jacobian
+        ``(T, 10, 2, 2)`` on the model's device; ``T = num_frames(num_samples)`` for a full run. Frame 0
+        is kp0 plus a velocity.
 
     Raises:
         AudioTooShortError: too few logfbank rows (< 8, i.e. < 85.1 ms of audio).
         ConfigError: the model's ``data_dim`` is not 6.
         ValueError: bad shapes or a negative ``seq_len``.
     """
-    out_kp = generate_keypoints_trace(model, kp_source_value, kp_source_jacobian, logfbank, seq_len=seq_len,
-                                      progress=progress)["out_kp"][0]
-    return out_kp[..., :2], out_kp[..., 2:].reshape(out_kp.shape[0], NUM_KP, 2, 2)
+    out_kp = generate_keypoints_trace(model, kp_source, logfbank, seq_len=seq_len, progress=progress)["out_kp"]
+    return Keypoints.unpack(out_kp[0])
 
 
-__all__ = ["MIN_NUM_SAMPLES", "num_frames", "num_logfbank_frames", "required_len", "frames_for_logfbank",
+@contextlib.contextmanager
+def _single_cpu_thread(device: torch.device):
+    """One intra-op thread for the autoregressive MS-Sync loop on CPU (restored afterwards).
+
+    Each decoding step is a handful of batch-1 ops, so a second thread gains nothing, and when another
+    process holds a core OpenMP spin-waiting makes it far slower. Full-size model, 124 frames, 2-core
+    machine with one core busy: 66 fps with one thread; 54 fps and then 3.8 fps with two.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class MSSyncMotion:
+    """The pipeline's motion generator (:class:`talkhead.renderers.MotionGenerator`) over a loaded MS-Sync.
+
+    ``motion(kp_source, logfbank, progress)`` is :func:`generate_keypoints` run on one CPU thread (see
+    ``_single_cpu_thread``): kp_source ``(1, 10, ...)`` + logfbank ``(M, 26)`` at 100 Hz -> kp_driving
+    Keypoints ``(T, 10, ...)`` at 25 fps on the model's device.
+
+    Attributes:
+        model: the :class:`MSSyncGenerator`.
+        num_kp: 10 (FOMM's keypoint space).
+    """
+
+    num_kp = NUM_KP
+
+    def __init__(self, model: MSSyncGenerator):
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __call__(self, kp_source: Keypoints, logfbank, progress: ProgressCallback | None = None) -> Keypoints:
+        with _single_cpu_thread(self.device):
+            return generate_keypoints(self.model, kp_source, logfbank, progress=progress)
+
+
+__all__ = ["MSSyncMotion", "MIN_NUM_SAMPLES", "num_frames", "num_logfbank_frames", "required_len", "frames_for_logfbank",
            "build_audio_input", "build_warmup_input", "generate_keypoints", "generate_keypoints_trace"]

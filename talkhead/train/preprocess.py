@@ -539,10 +539,7 @@ def _keypoints(path: Path, fomm, vf: str, size: int, batch_size: int, est_frames
 
     def run(batch):
         x = torch.from_numpy(np.stack(batch)).to(fomm.device).permute(0, 3, 1, 2).to(fomm.dtype).div_(255.0)
-        kp = fomm.detect(x)
-        value = kp["value"].float().cpu().numpy()
-        jac = kp["jacobian"].float().cpu().numpy()
-        out.append(np.concatenate([value, jac.reshape(*jac.shape[:2], 4)], axis=-1))
+        out.append(fomm.detect(x).pack().float().cpu().numpy())
 
     try:
         for frame in frames:

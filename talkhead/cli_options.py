@@ -1,0 +1,100 @@
+"""Typer parameters generated from an options dataclass (:mod:`talkhead.options`): declared once.
+
+``@with_options(AnimateOptions)`` appends one ``--flag`` per dataclass field (its help, default and
+choices from the field's metadata) to a command's own parameters, and calls the command with
+``options=AnimateOptions(...)`` built from them. ``exclude`` leaves fields out (they keep their
+dataclass default); ``defaults`` overrides a default for one command (e.g. preprocess's device).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from typing import Any, Callable, Iterable, Mapping
+
+import typer
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def option_parameters(cls: type, *, exclude: Iterable[str] = (),
+                      defaults: Mapping[str, Any] | None = None) -> list[inspect.Parameter]:
+    """Keyword-only ``inspect.Parameter`` objects with ``typer.Option`` defaults for ``cls``'s fields.
+
+    Raises:
+        TypeError: ``cls`` is not a dataclass.
+    """
+    hints = typing.get_type_hints(cls)
+    exclude, defaults = set(exclude), dict(defaults or {})
+    params = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if f.name in exclude or not meta.get("cli", True):
+            continue
+        default = defaults.get(f.name, f.default)
+        help_text = meta.get("help", "")
+        if meta.get("choices") and "|" not in help_text:
+            help_text = f"{help_text} [{' | '.join(meta['choices'])}]"
+        flags = meta.get("flags") or (_flag(f.name),)
+        kwargs = {"help": help_text}
+        if hints[f.name] is int and f.name.endswith("size"):
+            kwargs["min"] = 1
+        option = typer.Option(default, *flags, **kwargs)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=hints[f.name]))
+    return params
+
+
+def with_options(cls: type, *, exclude: Iterable[str] = (), defaults: Mapping[str, Any] | None = None,
+                 build: Callable[..., Any] | None = None) -> Callable:
+    """Decorator: the command gets ``cls``'s fields as CLI options and receives ``options=cls(...)``.
+
+    The command's own parameters come first (arguments, command-only options); it must accept an
+    ``options`` keyword. ``build(**values)`` replaces ``cls(**values)`` where a command needs to adjust
+    values first. Errors raised by ``cls`` (``InputError``) propagate to the caller's error handling:
+    the decorated command is called inside ``talkhead.cli``'s error mapping by ``errors``.
+    """
+    extra = option_parameters(cls, exclude=exclude, defaults=defaults)
+    names = {p.name for p in extra}
+
+    def decorate(func: Callable) -> Callable:
+        own_sig = inspect.signature(func, eval_str=True)
+        own = [p for name, p in own_sig.parameters.items() if name != "options"]
+        clash = names & {p.name for p in own}
+        if clash:
+            raise TypeError(f"{func.__name__} declares {sorted(clash)} itself and in {cls.__name__}")
+
+        @functools.wraps(func)
+        def command(**values: Any) -> Any:
+            opts = {n: values.pop(n) for n in list(values) if n in names}
+            maker = build or cls
+            return func(options=_Deferred(maker, opts), **values)
+
+        command.__signature__ = own_sig.replace(parameters=own + extra)
+        command.__annotations__ = {p.name: p.annotation for p in own + extra}
+        command.__annotations__["return"] = own_sig.return_annotation
+        del command.__wrapped__  # typer must see the generated signature, not the function's
+        return command
+
+    return decorate
+
+
+class _Deferred:
+    """The options, built on first use (inside the command's error handling, so a bad value is one line)."""
+
+    def __init__(self, maker: Callable[..., Any], values: dict):
+        self._maker, self._values, self._built = maker, values, None
+
+    def __call__(self, **changes: Any) -> Any:
+        """Build the options object (``changes`` override CLI values)."""
+        return self._maker(**{**self._values, **changes})
+
+    @property
+    def values(self) -> dict:
+        return dict(self._values)
+
+
+__all__ = ["option_parameters", "with_options"]

@@ -1,0 +1,106 @@
+"""The renderer seam: what the pipeline needs from a renderer, and the registry of the ones we ship.
+
+A renderer turns one source face crop and keypoint sets into frames. FOMM is the one that ships; a
+second one (e.g. SMAC) plugs in with one module implementing :class:`Renderer` and one
+:func:`register_renderer` entry, without touching the pipeline (diffusers passes its vae/unet the same
+way). The motion generator seam (:class:`MotionGenerator`) is its audio-side counterpart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Protocol, runtime_checkable
+
+from .errors import InputError
+
+
+@runtime_checkable
+class Renderer(Protocol):
+    """A keypoint-driven face renderer (FOMM's interface: :class:`talkhead.fomm.FOMM`).
+
+    Attributes:
+        frame_size: side ``S`` of the square crops it takes and renders, pixels.
+        device: the torch device its inputs are moved to.
+    """
+
+    frame_size: int
+
+    def detect(self, source):
+        """Source images ``(B, 3, S, S)`` float in [0, 1] -> :class:`~talkhead.keypoints.Keypoints` ``(B, K, ...)``."""
+
+    def render(self, source, kp_source, kp_driving):
+        """``source (1, 3, S, S)`` [0, 1], kp_source ``(1, K, ...)``, kp_driving ``(b, K, ...)`` -> ``(b, 3, S, S)`` [0, 1]."""
+
+
+@runtime_checkable
+class MotionGenerator(Protocol):
+    """Speech -> driving keypoints (MS-Sync's interface: :class:`talkhead.mssync.MSSyncMotion`)."""
+
+    def __call__(self, kp_source, logfbank, progress: Optional[Callable[[int, int], None]] = None):
+        """kp_source ``(1, K, ...)`` + logfbank ``(M, 26)`` at 100 Hz -> kp_driving ``(T, K, ...)`` at 25 fps."""
+
+
+@dataclass(frozen=True)
+class RendererEntry:
+    """One registered renderer.
+
+    Attributes:
+        name: the ``--renderer`` value.
+        summary: one line for ``--help`` and ``doctor``.
+        num_kp: keypoints per set in its motion space (FOMM vox-adv: 10).
+        store_names: the checkpoint-store model names its files belong to (``talkhead download NAME``).
+        load: ``load(models_dir: Path, device: torch.device, options) -> Renderer`` (files already ensured).
+        audio_driven: whether the released MS-Sync generator drives it (same keypoint space).
+        licence: a short licence note (shown where it restricts use).
+    """
+
+    name: str
+    summary: str
+    num_kp: int
+    store_names: tuple[str, ...]
+    load: Callable[[Path, object, object], Renderer]
+    audio_driven: bool = True
+    licence: str = ""
+
+
+_RENDERERS: dict[str, RendererEntry] = {}
+
+
+def register_renderer(entry: RendererEntry) -> RendererEntry:
+    """Add (or replace) a renderer under ``entry.name``."""
+    _RENDERERS[entry.name] = entry
+    return entry
+
+
+def renderer_names() -> tuple[str, ...]:
+    return tuple(_RENDERERS)
+
+
+def get_renderer(name: str) -> RendererEntry:
+    """The registered renderer ``name``.
+
+    Raises:
+        InputError: no renderer of that name (the known ones are listed).
+    """
+    try:
+        return _RENDERERS[name]
+    except KeyError:
+        raise InputError(f"--renderer must be one of {', '.join(_RENDERERS)}, not {name!r}") from None
+
+
+def _load_fomm(models_dir: Path, device, options) -> Renderer:
+    from .fomm import load_fomm
+    from .models import model_paths
+
+    paths = model_paths(models_dir)
+    return load_fomm(paths.fomm_config, paths.fomm_checkpoint, device=device,
+                     align_corners=getattr(options, "align_corners", True))
+
+
+register_renderer(RendererEntry(
+    name="fomm", summary="First Order Motion Model, vox-adv-256 (Siarohin et al. 2019)", num_kp=10,
+    store_names=("fomm",), load=_load_fomm, audio_driven=True,
+    licence="MIT code; weights published without a separate licence (models/fomm.md)"))
+
+
+__all__ = ["Renderer", "MotionGenerator", "RendererEntry", "register_renderer", "renderer_names", "get_renderer"]
