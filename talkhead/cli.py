@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -34,8 +35,18 @@ class _State:
     debug_anywhere = False  # set by main() when --debug stood after the subcommand
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out_console.print(f"talkhead {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (accepted anywhere)."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     _State.debug = debug or _State.debug_anywhere
 
 
@@ -86,8 +97,8 @@ class _Bars:
 # ----------------------------------------------------------------------------------------------- options
 # Options shared with the Python API are declared once, in talkhead.options (AnimateOptions), and turned
 # into Typer parameters by with_options; only command-specific options are declared here.
-ModelsDir = typer.Option(None, "--models-dir", help="Checkpoint folder [default: $TALKHEAD_MODELS or the platform cache].",
-                         file_okay=False)
+ModelsDir = typer.Option(None, "--models-dir", file_okay=False, help=escape(
+    "Checkpoint folder [default: $TALKHEAD_MODELS, else the platform cache, ~/.cache/talkhead on Linux]."))
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
@@ -101,24 +112,33 @@ def _log(quiet: bool):
 def animate(
     image: Path = typer.Argument(..., help="Face photo (PNG, JPEG, WebP, BMP)."),
     audio: Path = typer.Argument(..., help="Speech (wav, flac, mp3, m4a, ogg, ...)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output MP4 [default: <audio stem>.mp4 beside the audio]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help=escape("Output MP4 [default: <audio stem>.mp4 beside the audio].")),
     save_keypoints: Optional[Path] = typer.Option(None, "--save-keypoints", help="Also write the generated keypoints, jacobians and crop box (.npz)."),
     quiet: bool = Quiet, *, options,
 ) -> None:
-    """Animate IMAGE with the speech in AUDIO into an MP4 (H.264 + AAC, 25 fps)."""
-    from .io import check_output_path
+    """Animate IMAGE with the speech in AUDIO into an MP4 (H.264 + AAC, 25 fps, as long as the audio).
+
+    Inputs are checked first (files, face, audio); then the models load (the first run downloads them,
+    see `talkhead download`). The path of the written MP4 is printed on stdout, even with -q.
+
+    [bold]Examples[/]
+
+      talkhead animate photo.png speech.wav -o talk.mp4
+
+      talkhead animate photo.jpg speech.m4a --landmarker dlib --device cpu --save-keypoints kp.npz
+    """
     from .pipeline import Pipeline
 
     with _errors():
         opts = options()
         output = output or audio.with_suffix(".mp4")
-        check_output_path(output, opts.overwrite)  # before loading any model
         pipeline = Pipeline(opts, log=_log(quiet))
         with _progress(quiet) as progress:
             result = pipeline.animate(image, audio, output, save_keypoints=save_keypoints, progress=_Bars(progress))
         if not quiet:
             err_console.print(f"[green]wrote[/] {result.output}  ({result.num_frames} frames, {result.duration_s:.2f} s)",
                               highlight=False)
+        print(result.output)
 
 
 # ----------------------------------------------------------------------------------------------- batch
@@ -135,6 +155,12 @@ def batch(
     """Animate every image/audio pair (matched by file stem, or listed in --pairs); models load once.
 
     A failing pair is reported and skipped. Ends with a summary; exit code 1 if any pair failed.
+
+    [bold]Examples[/]
+
+      talkhead batch photos/ speeches/ -o videos/
+
+      talkhead batch --pairs jobs.csv -o videos/ --skip-existing
     """
     from .batch import find_pairs, read_pairs_csv, run_batch
     from .pipeline import Pipeline
@@ -176,13 +202,20 @@ def batch(
 # ----------------------------------------------------------------------------------------------- download
 @app.command()
 def download(
-    names: Optional[List[str]] = typer.Argument(None, help="Models to fetch (fomm, mssync) [default: all]."),
+    names: Optional[List[str]] = typer.Argument(None, help=escape("Models to fetch (fomm, mssync) [default: all].")),
     models_dir: Optional[Path] = ModelsDir,
     from_dir: Optional[Path] = typer.Option(None, "--from-dir", help="Install files you downloaded by hand from this folder instead."),
     force: bool = typer.Option(False, "--force", help="Download again even if a verified copy is present."),
     quiet: bool = Quiet,
 ) -> None:
-    """Fetch every checkpoint the pipeline needs (Google Drive, via gdown), verify and record its sha256."""
+    """Fetch every checkpoint the pipeline needs, verify it and record its sha256 in the models folder.
+
+    [bold]Examples[/]
+
+      talkhead download
+
+      talkhead download fomm --from-dir ~/Downloads
+    """
     from . import models
 
     with _errors():
@@ -210,7 +243,16 @@ def _print_states(states: dict, root: Path) -> None:
 @app.command()
 def doctor(models_dir: Optional[Path] = ModelsDir,
            as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
-    """Check torch and devices, ffmpeg (libx264, aac), checkpoints and landmark backends."""
+    """Check torch and devices, ffmpeg (libx264, aac), checkpoints and landmark backends.
+
+    Exit code 0 when `talkhead animate` can run, 1 otherwise.
+
+    [bold]Examples[/]
+
+      talkhead doctor
+
+      talkhead doctor --json --models-dir ./models
+    """
     from .doctor import doctor_report, has_problems, render_report
     from .models import resolve_models_dir
 

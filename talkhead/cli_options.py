@@ -14,6 +14,7 @@ import typing
 from typing import Any, Callable, Iterable, Mapping
 
 import typer
+from rich.markup import escape
 
 
 def _flag(name: str) -> str:
@@ -36,10 +37,10 @@ def option_parameters(cls: type, *, exclude: Iterable[str] = (),
             continue
         default = defaults.get(f.name, f.default)
         help_text = meta.get("help", "")
-        if meta.get("choices") and "|" not in help_text:
+        if meta.get("choices") and not all(c in help_text for c in meta["choices"]):
             help_text = f"{help_text} [{' | '.join(meta['choices'])}]"
         flags = meta.get("flags") or (_flag(f.name),)
-        kwargs = {"help": help_text}
+        kwargs = {"help": escape(help_text)}  # rich markup mode would eat "[default: ...]"
         if hints[f.name] is int and f.name.endswith("size"):
             kwargs["min"] = 1
         option = typer.Option(default, *flags, **kwargs)

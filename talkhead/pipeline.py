@@ -71,6 +71,29 @@ class AnimateResult:
         return self.kp_driving.numpy()[1]
 
 
+@dataclass
+class AnimateInputs:
+    """The checked inputs of one ``animate`` run (:meth:`Pipeline.prepare`), before any model runs.
+
+    Attributes:
+        image / audio / output: the paths (output absolute).
+        speech: the decoded :class:`talkhead.audio.Speech` (16 kHz mono).
+        logfbank: ``(M, 26)`` float64 log filterbank at 100 Hz.
+        photo: ``(H, W, 3)`` uint8 RGB, EXIF-rotated.
+        crop: the :class:`talkhead.face.FaceCrop` at the renderer's frame size.
+        seconds: time spent decoding and finding the face.
+    """
+
+    image: Path
+    audio: Path
+    output: Path
+    speech: object
+    logfbank: np.ndarray
+    photo: np.ndarray
+    crop: object
+    seconds: float = 0.0
+
+
 def num_video_frames(duration_s: float) -> int:
     """Frames of the output video for audio of ``duration_s`` seconds: ``round(duration_s * 25)``.
 
@@ -117,25 +140,57 @@ class Pipeline:
         self.options = options
         self.device = resolve_device(options.device)
         self.landmarker = landmarker
-        self.models_dir = None
+        self.log = log or (lambda msg: None)
+        self.models_dir: Optional[Path] = None
         if renderer is None or motion is None:
-            from .models import ensure_models, model_paths, resolve_models_dir
+            from .models import resolve_models_dir
 
             self.models_dir = resolve_models_dir(options.models_dir)
-            ensure_models(self.models_dir, offline=options.offline, log=log)
-            if renderer is None:
-                renderer = get_renderer("fomm").load(self.models_dir, self.device, options)
-            if motion is None:
-                from .mssync import MSSyncMotion, load_mssync
+        self._renderer = renderer
+        self._motion = motion
 
-                motion = MSSyncMotion(load_mssync(model_paths(self.models_dir).mssync_dir, device=self.device))
-        self.renderer = renderer
-        self.motion = motion
+    def load(self) -> "Pipeline":
+        """Load the components not given to the constructor (downloading missing checkpoints unless
+        ``options.offline``); a no-op once loaded. :meth:`animate` calls it after checking its inputs,
+        so bad input never waits for (or triggers) a download.
+
+        Raises:
+            DownloadError / CheckpointError / ConfigError: missing or bad checkpoints.
+        """
+        if self._renderer is not None and self._motion is not None:
+            return self
+        from .models import ensure_models, model_paths
+
+        self.log(f"loading models from {self.models_dir}")
+        ensure_models(self.models_dir, offline=self.options.offline, log=self.log)
+        if self._renderer is None:
+            self._renderer = get_renderer("fomm").load(self.models_dir, self.device, self.options)
+        if self._motion is None:
+            from .mssync import MSSyncMotion, load_mssync
+
+            self._motion = MSSyncMotion(load_mssync(model_paths(self.models_dir).mssync_dir, device=self.device))
+        return self
+
+    @property
+    def renderer(self) -> Renderer:
+        """The renderer (loaded on first use, see :meth:`load`)."""
+        return self.load()._renderer
+
+    @property
+    def motion(self) -> MotionGenerator:
+        """The motion generator (loaded on first use, see :meth:`load`)."""
+        return self.load()._motion
 
     @property
     def frame_size(self) -> int:
-        """Side of the square frames the renderer takes and renders, pixels (256 for vox-adv-256)."""
-        return int(self.renderer.frame_size)
+        """Side of the square frames the renderer takes and renders, pixels (256 for vox-adv-256).
+
+        Known before any checkpoint is loaded: from the given renderer, else from the renderer's config
+        file in the models directory (or the packaged one).
+        """
+        if self._renderer is not None:
+            return int(self._renderer.frame_size)
+        return int(get_renderer("fomm").frame_size(self.models_dir))
 
     # -- stages -------------------------------------------------------------------------------------
     def face_crop(self, image: np.ndarray, source: str = "image"):
@@ -173,6 +228,38 @@ class Pipeline:
         return kp_source, kp_driving.to(self.device)
 
     # -- the whole job ------------------------------------------------------------------------------
+    def prepare(self, image_path: str | Path, audio_path: str | Path, output_path: str | Path, *,
+                save_keypoints: str | Path | None = None) -> "AnimateInputs":
+        """Every check and input stage that needs no checkpoint, before any model is loaded.
+
+        Paths exist; the outputs can be written (not existing unless ``overwrite``); the audio decodes,
+        is not silent and is long enough, and gives its logfbank; the image decodes and holds a face,
+        which is cropped (FOMM's rule) at the renderer's frame size.
+
+        Returns:
+            :class:`AnimateInputs`.
+
+        Raises:
+            InputError / AudioError / AudioTooShortError / ImageError / NoFaceError / OutputError.
+        """
+        from .audio import load_speech, logfbank
+        from .face import load_image
+        from .io import check_output_path
+
+        image_path = _check_file(Path(image_path), "image")
+        audio_path = _check_file(Path(audio_path), "audio")
+        output_path = check_output_path(Path(output_path), self.options.overwrite)
+        if save_keypoints is not None:
+            check_output_path(Path(save_keypoints), self.options.overwrite)
+        t0 = time.perf_counter()
+        speech = load_speech(audio_path)
+        features = logfbank(speech.samples, speech.sample_rate)
+        image = load_image(image_path)
+        self.log(f"finding the face in {image_path}")
+        crop = self.face_crop(image, source=str(image_path))
+        return AnimateInputs(image=image_path, audio=audio_path, output=output_path, speech=speech,
+                             logfbank=features, photo=image, crop=crop, seconds=time.perf_counter() - t0)
+
     def animate(self, image_path: str | Path, audio_path: str | Path, output_path: str | Path, *,
                 save_keypoints: str | Path | None = None,
                 progress: ProgressCallback | None = None) -> AnimateResult:
@@ -195,25 +282,13 @@ class Pipeline:
             OutputError: the output exists (without ``overwrite``) or cannot be written.
             FFmpegError: encoding failed.
         """
-        from .audio import load_speech, logfbank
-        from .face import load_image
-        from .io import atomic_output, check_output_path
+        from .io import atomic_output
         from .video import VideoWriter
 
-        image_path = _check_file(Path(image_path), "image")
-        audio_path = _check_file(Path(audio_path), "audio")
-        output_path = Path(output_path)
-        check_output_path(output_path, self.options.overwrite)
-        if save_keypoints is not None:
-            check_output_path(Path(save_keypoints), self.options.overwrite)
-
-        timings = {}
-        t0 = time.perf_counter()
-        speech = load_speech(audio_path)
-        features = logfbank(speech.samples, speech.sample_rate)
-        image = load_image(image_path)
-        crop = self.face_crop(image, source=str(image_path))
-        timings["landmarks"] = time.perf_counter() - t0
+        inputs = self.prepare(image_path, audio_path, output_path, save_keypoints=save_keypoints)
+        speech, features, crop, output_path = inputs.speech, inputs.logfbank, inputs.crop, inputs.output
+        timings = {"landmarks": inputs.seconds}
+        self.load()
 
         t0 = time.perf_counter()
         source = self.source_tensor(crop.crop)
@@ -222,7 +297,7 @@ class Pipeline:
 
         total = num_video_frames(speech.duration_s)
         t0 = time.perf_counter()
-        with VideoWriter(output_path, size=(self.frame_size, self.frame_size), fps=FPS, audio_path=audio_path,
+        with VideoWriter(output_path, size=(self.frame_size, self.frame_size), fps=FPS, audio_path=inputs.audio,
                          crf=self.options.crf, overwrite=self.options.overwrite) as writer:
             self.render_into(writer, source, kp_source, kp_driving, total, progress)
         timings["render"] = time.perf_counter() - t0

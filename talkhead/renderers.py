@@ -50,6 +50,8 @@ class RendererEntry:
         num_kp: keypoints per set in its motion space (FOMM vox-adv: 10).
         store_names: the checkpoint-store model names its files belong to (``talkhead download NAME``).
         load: ``load(models_dir: Path, device: torch.device, options) -> Renderer`` (files already ensured).
+        frame_size: ``frame_size(models_dir) -> int``, the crop side in pixels, read from config without
+            loading any checkpoint (so inputs can be cropped and checked before models load).
         audio_driven: whether the released MS-Sync generator drives it (same keypoint space).
         licence: a short licence note (shown where it restricts use).
     """
@@ -59,6 +61,7 @@ class RendererEntry:
     num_kp: int
     store_names: tuple[str, ...]
     load: Callable[[Path, object, object], Renderer]
+    frame_size: Callable[[Optional[Path]], int] = lambda models_dir: 256
     audio_driven: bool = True
     licence: str = ""
 
@@ -97,9 +100,17 @@ def _load_fomm(models_dir: Path, device, options) -> Renderer:
                      align_corners=getattr(options, "align_corners", True))
 
 
+def _fomm_frame_size(models_dir: Optional[Path]) -> int:
+    from .fomm import FOMMConfig, default_config_path
+    from .models import model_paths
+
+    config = model_paths(models_dir).fomm_config if models_dir is not None else None
+    return FOMMConfig.from_yaml(config if config is not None and config.is_file() else default_config_path()).frame_size
+
+
 register_renderer(RendererEntry(
     name="fomm", summary="First Order Motion Model, vox-adv-256 (Siarohin et al. 2019)", num_kp=10,
-    store_names=("fomm",), load=_load_fomm, audio_driven=True,
+    store_names=("fomm",), load=_load_fomm, frame_size=_fomm_frame_size, audio_driven=True,
     licence="MIT code; weights published without a separate licence (models/fomm.md)"))
 
 

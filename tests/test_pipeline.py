@@ -139,7 +139,7 @@ def test_options_are_validated_with_the_flag_name():
 @pytest.mark.parametrize("command", ["animate", "batch"])
 def test_cli_declares_every_animate_option_once(command):
     """Each AnimateOptions field meant for the CLI is a flag of animate and batch, with its help."""
-    out = CliRunner().invoke(app, [command, "--help"], terminal_width=200).output
+    out = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}, prog_name="talkhead").output
     for f in dataclasses.fields(AnimateOptions):
         flag = (f.metadata.get("flags") or ("--" + f.name.replace("_", "-"),))[0].split("/")[0]
         if f.metadata.get("cli", True):
