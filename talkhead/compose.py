@@ -44,22 +44,29 @@ from .face import FaceCrop
 __all__ = ["COLOUR_MATCHES", "Compositor", "limit_size", "even_size", "seam_metrics"]
 
 COLOUR_MATCHES = ("lowfreq", "mean", "none")
-"""Colour matching of the rendered crop to the photo (:class:`Compositor` ``colour=``):
+"""Colour matching of the rendered crop to the photo (:class:`Compositor` ``colour=``). All three
+estimate the renderer's drift from the difference photo - rendered over the blending band (the ring
+of the crop where the mask is below 1, inside the photo), at half the crop's resolution, with each
+band pixel weighted by how flat both images are around it (``exp(-|grad|^2 / 2 edge_scale^2)``,
+dilated over 8 crop pixels; :meth:`Compositor._flatness`): where there are edges or texture, the
+difference is the head's motion, not drift, and is down-weighted.
 
-* ``"lowfreq"`` (default): a smooth per-pixel correction field. The difference photo - rendered is
-  taken over the blending band (the ring where the mask is below 1, inside the photo) and spread
-  over the whole crop by normalised convolution, ``D = G*(w (P - R)) / G*(w)`` with a Gaussian
-  ``G`` of ``sigma = S / 8`` crop pixels (computed at ``S / 8`` resolution, then upsampled), and
-  ``R + D`` is pasted. This is a cheap stand-in for the harmonic membrane of Poisson cloning
-  (Perez et al., SIGGRAPH 2003): it removes a global or slowly varying drift both in the band and
-  in the face, and leaves the face's own (high-frequency) motion alone.
-* ``"mean"``: one constant offset per channel, the band's mean difference (a global drift only).
+* ``"lowfreq"`` (default): a smooth per-pixel correction field, the weighted difference spread over
+  the whole crop by normalised convolution, ``D = G*(w (P - R)) / G*(w)`` with a Gaussian ``G`` of
+  ``sigma = S / 8`` crop pixels (at ``S / 8`` resolution, then upsampled), added to the rendered
+  crop. A cheap stand-in for the harmonic membrane of Poisson cloning (Perez et al., SIGGRAPH 2003):
+  it removes a global or slowly varying drift in the band and, smoothly, in the face.
+* ``"mean"``: one constant offset per channel, the weighted band mean (a global drift only).
 * ``"none"``: no correction; a drifting renderer then shows as a soft-edged tinted square.
 
-Measured (``benchmarks/bench_compose.py``; tests/test_compose.py): with a renderer adding +0.1 to
-one channel, the tint left at the band's inner edge is 0 levels (``lowfreq``, ``mean``) vs 25.5
-(``none``), at a cost of ~0.3 ms/frame; ``lowfreq`` also follows a left-right colour ramp where
-``mean`` leaves a step. ``cv2.seamlessClone`` per frame costs ~50x more and is not used.
+Measured on the astronaut (tests/test_compose.py; ``tint`` of :func:`seam_metrics`, 8-bit levels):
+a renderer adding +0.1 to red leaves a tint of 0.4 (``lowfreq``), 0.5 (``mean``) vs 24.5
+(``none``); a left-right ramp of +-0.1 leaves 6.1 (``lowfreq``) vs 21.8 (``mean``) and 19.3
+(``none``); a head moved 8 + 4 crop pixels keeps its colour in the face centre within 0.5 levels
+(without the flatness weights the band's moving edges darkened it by ~6). Cost at 1080p, one
+thread, CPU time (``benchmarks/bench_compose.py``): 2.8 ms/frame for a 262-px face square, 5.9 ms
+for a 997-px close-up (``none``: 0.7 / 4.1 ms); ``cv2.seamlessClone`` per frame costs 41 / 577 ms
+and is not used.
 """
 
 
@@ -72,8 +79,11 @@ class Compositor:
     """Paste rendered FOMM crops back into one photo, with a feathered mask and colour matching.
 
     Built once per photo (everything that does not depend on the frame is precomputed); then
-    :meth:`paste` costs ~2-4 ms per frame for a 1080p photo on one CPU core (see
-    ``benchmarks/bench_compose.py``), against ~1 s/frame of full-size FOMM rendering.
+    :meth:`paste` costs 3-6 ms of CPU per frame for a 1080p photo on one thread (see
+    :data:`COLOUR_MATCHES` and ``benchmarks/bench_compose.py``), against ~1 s/frame of full-size
+    FOMM rendering. FOMM's axis-aligned square crops are pasted with ``cv2.resize`` of the crop to
+    the box (the same pixel mapping as the affine warp, ~6x cheaper); any other ``affine`` goes
+    through ``cv2.warpAffine``. Only the band strips are blended; the interior is copied.
 
     Args:
         photo: ``(H, W, 3)`` uint8 RGB, the image ``face_crop`` was cut from (same size). It is
@@ -89,6 +99,7 @@ class Compositor:
             (``photo[y0:y1, x0:x1]``); pixels outside it are never written.
         mask: ``(y1 - y0, x1 - x0)`` float32 in [0, 1], the weight of the rendered crop per region
             pixel.
+        band: width of the blending band, crop pixels (``feather * S``).
 
     Raises:
         ValueError: bad shapes, ``feather`` outside (0, 0.5), an unknown ``colour``, or a crop that
@@ -154,10 +165,8 @@ class Compositor:
         self._half = max(8, S // 2)
         self._lr = max(4, int(round(S / 8)))
         self._sigma_lr = self._lr / 8.0  # = S / 8 crop pixels, in low-resolution pixels
-        self._source = np.asarray(face_crop.crop, dtype=np.float32)
-        self._source_half = self._to_half(self._source)
-        self._band_half = self._to_half(self._band_w)
-        self._band_half_source = self._band_half * self._flatness(self._source_half)
+        self._source_half = self._to_half(np.asarray(face_crop.crop, dtype=np.float32))
+        self._band_half_source = self._to_half(self._band_w) * self._flatness(self._source_half)
         self._warp_buf = np.empty((h, w, 3), np.uint8)
         self._crop_buf = np.empty((S, S, 3), np.float32)
 
@@ -204,7 +213,8 @@ class Compositor:
         return cv2.GaussianBlur(small, (0, 0), self._sigma_lr, borderType=cv2.BORDER_CONSTANT)
 
     def _flatness(self, half: np.ndarray) -> np.ndarray:
-        """``(S/2, S/2)`` weight in (0, 1]: ~1 where the image is flat, small within ~4 half-res
+        """``(S/2, S/2)`` weight in ``(weight_floor, 1 + weight_floor]``: ~1 where the image is
+        flat, small within ~4 half-res
         pixels (8 crop pixels) of an edge or texture, where motion, not colour drift, dominates
         the photo - rendered difference."""
         import cv2

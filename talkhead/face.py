@@ -6,6 +6,9 @@ The data's path through this module::
     detect_faces(image, "dlib") -> [Face(box, score, landmarks (68, 2) px, iBUG order), ...]
     select_face(faces)          -> the largest *confident* Face (NoFaceError when none)
     fomm_crop(image, face, S)   -> FaceCrop(box, crop (S, S, 3) float32 [0, 1], affine (2, 3))
+    fomm_crop(..., pad=True)    -> the same, the square kept centred at full size past the image
+                                   edge (mirrored pixels there), for full-frame paste-back
+                                   (talkhead.compose)
 
 Coordinates are image pixels, ``x`` to the right and ``y`` down, with integer values at pixel
 centres (the OpenCV / scikit-image convention): pixel ``(row r, col c)`` is the point ``(c, r)`` and

@@ -198,6 +198,20 @@ def test_colour_matching_leaves_a_moving_head_alone(astro, colour):
     assert tint_both < tint_move + 1.0
 
 
+def test_lowfreq_follows_a_spatially_varying_drift(astro):
+    """A left-right colour ramp (-0.1 .. +0.1 on red and green): one offset cannot match both sides
+    of the band; the low-frequency field can."""
+    img, fc, _ = astro
+    ramp = np.linspace(-0.1, 0.1, S, dtype=np.float32)[None, :, None] * np.float32([1, 1, 0])
+    frame = np.clip(fc.crop + ramp, 0, 1).astype(np.float32)
+    tints = {}
+    for colour in ("lowfreq", "mean", "none"):
+        comp = Compositor(img, fc, colour=colour)
+        tints[colour] = seam_metrics(comp.paste(frame[None])[0], img, comp, frame)["tint"]
+    assert tints["none"] > 15 and tints["mean"] > 15, tints
+    assert tints["lowfreq"] < 0.5 * tints["mean"], tints
+
+
 @pytest.mark.parametrize("edge", ["left", "top", "right", "bottom"])
 def test_border_faces_drift_and_motion(edge):
     img, fc = _case(edge)
