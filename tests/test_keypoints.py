@@ -121,3 +121,21 @@ def test_mismatched_and_degenerate_sources(synthetic):
         scale_head_motion(synthetic["driving"], Keypoints(torch.zeros(1, K + 1, 2)), 0.5)
     with pytest.raises(ValueError, match="one point"):
         scale_head_motion(synthetic["driving"], Keypoints(torch.zeros(1, K, 2)), 0.5)
+
+
+def test_on_generated_keypoints(e2e_parity):
+    """The tiny MS-Sync model's generated sequence (tests/data/e2e, K = 10) with its kp_source:
+    no known truth, but the decomposition must be consistent: after S = 0 nothing global is left,
+    and scaling twice multiplies the scales."""
+    src = Keypoints(torch.from_numpy(e2e_parity["kp_source_value"]),
+                    torch.from_numpy(e2e_parity["kp_source_jacobian"]))
+    drv = Keypoints.unpack(torch.from_numpy(e2e_parity["out_kp"]))
+    m = fit_head_motion(drv, src)
+    assert torch.isfinite(m.angle).all() and m.angle.abs().max() > 1e-2     # it rolls ~1.4 deg
+    still = fit_head_motion(scale_head_motion(drv, src, 0.0), src)
+    assert still.angle.abs().max() < 1e-4 and still.log_scale.abs().max() < 1e-4
+    assert still.translation.abs().max() < 1e-4
+    twice = scale_head_motion(scale_head_motion(drv, src, 0.5), src, 0.5)
+    once = scale_head_motion(drv, src, 0.25)
+    torch.testing.assert_close(twice.value, once.value, atol=1e-4, rtol=0)
+    torch.testing.assert_close(twice.jacobian, once.jacobian, atol=1e-4, rtol=0)
