@@ -11,13 +11,15 @@ Coordinates: values in ``[-1, 1]`` of the keypoint heatmap grid, x = column, y =
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
 
 from .constants import KP_DIM
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -128,4 +130,145 @@ class Keypoints:
         return cls(torch.cat([p.value for p in parts]), jac)
 
 
-__all__ = ["Keypoints"]
+# ============================================================================ head-motion control
+class HeadMotion(NamedTuple):
+    """Per-frame global head transform of keypoint sets relative to ``kp_source``.
+
+    The transform maps source keypoints ``x`` to driving ones ``y ~ T(x)``::
+
+        T(x) = A (x - centre) + centre + translation,   A = exp(log_scale) R(angle)
+
+    with ``R(angle)`` the 2-D rotation ``[[cos, -sin], [sin, cos]]`` (x right, y down: a positive
+    angle turns +x towards +y, i.e. clockwise on screen).
+
+    Attributes:
+        log_scale: ``(T,)`` natural log of the scale.
+        angle: ``(T,)`` radians in ``(-pi, pi]``.
+        translation: ``(T, 2)`` keypoint units (the ``[-1, 1]`` grid).
+        centre: ``(T, 2)`` the source keypoints' centroid, the fixed point of the rotation/scale.
+    """
+
+    log_scale: torch.Tensor
+    angle: torch.Tensor
+    translation: torch.Tensor
+    centre: torch.Tensor
+
+    def linear(self, scale: float = 1.0) -> torch.Tensor:
+        """``(T, 2, 2)`` the linear part ``A_S = exp(S log_scale) R(S angle)`` at motion scale ``S``."""
+        s = torch.exp(scale * self.log_scale)
+        c, n = torch.cos(scale * self.angle) * s, torch.sin(scale * self.angle) * s
+        return torch.stack([torch.stack([c, -n], -1), torch.stack([n, c], -1)], -2)
+
+
+def fit_head_motion(kp_driving: Keypoints, kp_source: Keypoints, robust_iters: int = 8) -> HeadMotion:
+    """Least-squares similarity fit (translation, rotation, scale) of each driving keypoint set to
+    the source set, batched over frames with torch ops on the keypoints' device.
+
+    Closed form of the weighted 2-D Procrustes / Umeyama fit: with per-keypoint weights ``w``,
+    weighted centroids ``mx``, ``my`` and centred points ``p = x - mx``, ``q = y - my``::
+
+        a = sum w (p . q) / sum w |p|^2,   b = sum w (p x q) / sum w |p|^2
+        scale = sqrt(a^2 + b^2),  angle = atan2(b, a),  A = [[a, -b], [b, a]]
+        translation = my - centre - A (mx - centre)
+
+    ``robust_iters`` rounds of iteratively reweighted least squares follow the plain fit, with
+    Cauchy weights ``1 / (1 + (r / c)^2)`` of each keypoint's residual ``r``, ``c = 1.4826 x median
+    (r)`` (at least 1e-3): keypoints that move on their own (mouth, expression) then barely pull the
+    head transform. ``robust_iters=0`` is the plain least-squares fit over the K keypoints.
+
+    Args:
+        kp_driving: ``(T, K, 2)`` values (jacobians unused).
+        kp_source: ``(1, K, 2)`` or ``(T, K, 2)``.
+        robust_iters: reweighting rounds (>= 0).
+
+    Returns:
+        :class:`HeadMotion` with ``(T,)`` / ``(T, 2)`` tensors, dtype and device of ``kp_driving``.
+
+    Raises:
+        ValueError: mismatched shapes, or a source set with all keypoints at one point.
+    """
+    y = kp_driving.value
+    x = kp_source.value.to(device=y.device, dtype=y.dtype)
+    if x.shape[1:] != y.shape[1:] or x.shape[0] not in (1, y.shape[0]):
+        raise ValueError(f"kp_source {tuple(x.shape)} does not match kp_driving {tuple(y.shape)}")
+    x = x.expand_as(y)
+    centre = x.mean(dim=1)                                                  # (T, 2)
+    if bool((((x - centre[:, None]) ** 2).sum(dim=(1, 2)) <= 1e-12).any()):
+        raise ValueError("kp_source has all its keypoints at one point; no head transform can be fitted")
+    w = torch.ones(y.shape[:2], dtype=y.dtype, device=y.device)            # (T, K)
+    for it in range(int(robust_iters) + 1):
+        wn = w / w.sum(dim=1, keepdim=True)
+        mx = (wn[..., None] * x).sum(dim=1)
+        my = (wn[..., None] * y).sum(dim=1)
+        p, q = x - mx[:, None], y - my[:, None]
+        sxx = (wn * (p ** 2).sum(-1)).sum(1).clamp_min(1e-12)
+        a = (wn * (p * q).sum(-1)).sum(1) / sxx
+        b = (wn * (p[..., 0] * q[..., 1] - p[..., 1] * q[..., 0])).sum(1) / sxx
+        A = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)   # (T, 2, 2)
+        if it == robust_iters:
+            break
+        r = (q - p @ A.transpose(1, 2)).norm(dim=-1)                         # (T, K)
+        c = (1.4826 * r.median(dim=1, keepdim=True).values).clamp_min(1e-3)
+        w = 1.0 / (1.0 + (r / c) ** 2)
+    translation = my - centre - ((mx - centre)[:, None] @ A.transpose(1, 2))[:, 0]
+    log_scale = 0.5 * torch.log((a * a + b * b).clamp_min(1e-24))
+    return HeadMotion(log_scale, torch.atan2(b, a), translation, centre)
+
+
+def scale_head_motion(kp_driving: Keypoints, kp_source: Keypoints, scale: float,
+                      robust_iters: int = 8) -> Keypoints:
+    """Scale the global head motion of generated keypoints by ``scale``, keeping the rest (mouth,
+    expression) as it is.
+
+    Decomposition: each driving frame is fitted with a similarity transform ``T`` relative to
+    ``kp_source`` (:func:`fit_head_motion`: translation, log-scale, rotation about the source
+    keypoints' centroid ``c``; robust least squares over the K keypoints). What ``T`` does not
+    explain is the residual, expressed in the head's own frame: ``e = A^-1 (y - T(x))``, so that
+    ``y = T(x + e)``. The scaled transform ``T_S`` has ``S`` times the translation, log-scale and
+    angle, and the output is ``y' = T_S(x + e)``; in closed form, every driving frame is mapped by
+    the similarity ``G = T_S o T^-1``::
+
+        y' = A_S A^-1 (y - c - t) + c + S t,        J' = A_S A^-1 J
+
+    (``A`` / ``A_S`` the linear parts, ``t`` the translation; jacobians transform with ``G``'s
+    linear part). ``S = 1`` returns ``kp_driving`` itself (the same object, bit for bit);
+    ``S = 0`` removes the global motion (each frame keeps only its residual on the source pose);
+    ``S > 1`` exaggerates it.
+
+    Limits: FOMM keypoints are unsupervised, so "head" is whatever the K keypoints do together; a
+    similarity cannot express out-of-plane rotation (yaw/pitch show as scale/shear-like residuals and
+    stay in ``e``); when most keypoints move independently the robust fit has no stable majority and
+    part of that motion is scaled too; angles are taken in ``(-pi, pi]`` (head rolls are far below).
+
+    Args:
+        kp_driving: ``(T, K, 2)`` generated keypoints (jacobians ``(T, K, 2, 2)`` or ``None``).
+        kp_source: ``(1, K, 2)`` (or ``(T, K, 2)``) the source photo's keypoints.
+        scale: ``S``, finite and ``>= 0``.
+        robust_iters: reweighting rounds of the fit (0: plain least squares).
+
+    Returns:
+        :class:`Keypoints` ``(T, K, 2)`` (+ jacobians) on ``kp_driving``'s device and dtype.
+
+    Raises:
+        InputError: ``scale`` is not a finite number ``>= 0``.
+        ValueError: mismatched keypoint shapes.
+    """
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise InputError(f"head-motion scale must be a number >= 0, not {scale!r}") from None
+    if isinstance(scale, bool) or not math.isfinite(s) or s < 0:
+        raise InputError(f"head-motion scale must be a finite number >= 0, not {scale!r}")
+    if s == 1.0:
+        return kp_driving
+    motion = fit_head_motion(kp_driving, kp_source, robust_iters)
+    A, A_s = motion.linear(1.0), motion.linear(s)
+    G = A_s @ torch.linalg.inv(A)                                            # (T, 2, 2)
+    c, t = motion.centre, motion.translation
+    y = kp_driving.value
+    value = (y - (c + t)[:, None]) @ G.transpose(1, 2) + (c + s * t)[:, None]
+    jac = None if kp_driving.jacobian is None else G[:, None] @ kp_driving.jacobian
+    return Keypoints(value, jac)
+
+
+__all__ = ["Keypoints", "HeadMotion", "fit_head_motion", "scale_head_motion"]
