@@ -70,10 +70,26 @@ def _errors():
         raise typer.Exit(130)
 
 
+class _LazyProgress(Progress):
+    """A Rich Progress that draws nothing until its first task (so an early one-line error stays one line)."""
+
+    def __enter__(self) -> "_LazyProgress":
+        return self
+
+    def add_task(self, *args, **kwargs):
+        if not self.live.is_started:
+            self.start()
+        return super().add_task(*args, **kwargs)
+
+    def __exit__(self, *exc) -> None:
+        if self.live.is_started:
+            self.stop()
+
+
 def _progress(quiet: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=err_console, disable=quiet, transient=False)
+    return _LazyProgress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                         TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                         TimeRemainingColumn(), console=err_console, disable=quiet, transient=False)
 
 
 class _Bars:

@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import inspect
 import typing
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import typer
 from rich.markup import escape
@@ -19,6 +19,30 @@ from rich.markup import escape
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _numeric(annotation: Any) -> type | None:
+    """``int`` or ``float`` for an ``int``/``float``/``Optional[...]`` annotation, else ``None``."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return args[0] if len(args) == 1 and args[0] in (int, float) else None
+
+
+def _convert(cls: type, values: dict) -> dict:
+    """CLI strings of numeric fields -> numbers, or :class:`InputError` quoting the flag and the value."""
+    from .errors import InputError
+
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for name, value in values.items():
+        kind = _numeric(hints.get(name))
+        if kind is None or not isinstance(value, str):
+            continue
+        try:
+            out[name] = kind(value)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise InputError(f"{_flag(name)} must be {what}, not {value!r}") from None
+    return out
 
 
 def option_parameters(cls: type, *, exclude: Iterable[str] = (),
@@ -41,11 +65,14 @@ def option_parameters(cls: type, *, exclude: Iterable[str] = (),
             help_text = f"{help_text} [{' | '.join(meta['choices'])}]"
         flags = meta.get("flags") or (_flag(f.name),)
         kwargs = {"help": escape(help_text)}  # rich markup mode would eat "[default: ...]"
-        if hints[f.name] is int and f.name.endswith("size"):
-            kwargs["min"] = 1
+        annotation = hints[f.name]
+        if _numeric(annotation) is not None:
+            # parsed by us (see _convert), so a bad number is the same one-line error as a bad range
+            annotation, kwargs["metavar"] = Optional[str], _numeric(annotation).__name__.upper()
+            default = None if default is None else str(default)
         option = typer.Option(default, *flags, **kwargs)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=hints[f.name]))
+                                        annotation=annotation))
     return params
 
 
@@ -72,7 +99,7 @@ def with_options(cls: type, *, exclude: Iterable[str] = (), defaults: Mapping[st
         def command(**values: Any) -> Any:
             opts = {n: values.pop(n) for n in list(values) if n in names}
             maker = build or cls
-            return func(options=_Deferred(maker, opts), **values)
+            return func(options=_Deferred(cls, maker, opts), **values)
 
         command.__signature__ = own_sig.replace(parameters=own + extra)
         command.__annotations__ = {p.name: p.annotation for p in own + extra}
@@ -86,12 +113,12 @@ def with_options(cls: type, *, exclude: Iterable[str] = (), defaults: Mapping[st
 class _Deferred:
     """The options, built on first use (inside the command's error handling, so a bad value is one line)."""
 
-    def __init__(self, maker: Callable[..., Any], values: dict):
-        self._maker, self._values, self._built = maker, values, None
+    def __init__(self, cls: type, maker: Callable[..., Any], values: dict):
+        self._cls, self._maker, self._values = cls, maker, values
 
     def __call__(self, **changes: Any) -> Any:
         """Build the options object (``changes`` override CLI values)."""
-        return self._maker(**{**self._values, **changes})
+        return self._maker(**_convert(self._cls, {**self._values, **changes}))
 
     @property
     def values(self) -> dict:

@@ -10,6 +10,7 @@ Metadata keys: ``help`` (text), ``flags`` (tuple of option names; default ``--fi
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,12 @@ LANDMARKERS = ("fan", "dlib")
 
 CROPS = ("auto", "none")
 """``--crop`` choices: ``auto`` crops around the face with FOMM's rule; ``none`` takes the image as a crop."""
+
+FRAMES = ("full", "crop")
+"""``--frame`` choices: ``full`` = the whole photo with the face pasted back; ``crop`` = the renderer's square."""
+
+DEFAULT_MAX_SIZE = 1920
+"""``--max-size`` default: longest side of the output video, pixels."""
 
 
 def opt(default, help: str, *flags: str, cli: bool = True, choices: tuple[str, ...] | None = None):
@@ -53,6 +60,12 @@ class AnimateOptions:
         overwrite: replace an existing output; otherwise an existing output is an error.
         offline: never download; missing checkpoints are an error with by-hand instructions.
         align_corners: FOMM ``grid_sample`` convention; ``True`` is vox-adv's training-time behaviour.
+        frame: ``"full"`` writes the photo at its own size (after EXIF rotation and ``max_size``,
+            even-rounded) with the rendered face pasted back; ``"crop"`` writes the renderer's square.
+        max_size: the photo is downscaled so its longest side is at most this, pixels (``frame="full"``).
+        motion_scale: head motion multiplier (0 = still head, lips and expression kept; 1 = as generated).
+        still: shorthand for ``motion_scale=0``.
+        renderer: the registered renderer (:mod:`talkhead.renderers`).
         crf: H.264 constant rate factor of the output video.
 
     Raises:
@@ -72,6 +85,13 @@ class AnimateOptions:
     offline: bool = opt(False, "Never download checkpoints.")
     align_corners: bool = opt(True, "FOMM grid_sample convention: on = the torch-1.0 behaviour vox-adv was "
                               "trained with.", "--align-corners/--no-align-corners")
+    frame: str = opt("full", "full: the whole photo with the animated face pasted back; crop: only the "
+                     "renderer's square face crop.", choices=FRAMES)
+    max_size: int = opt(DEFAULT_MAX_SIZE, "Downscale photos whose longest side exceeds this, pixels (--frame full).")
+    motion_scale: float = opt(1.0, "Head motion: 0 = still head (lips and expression kept), 0.5 calmer, 1 as "
+                              "generated, 1.5 livelier.")
+    still: bool = opt(False, "Hold the head still (= --motion-scale 0).")
+    renderer: str = opt("fomm", "Renderer (fomm).")
     crf: int = opt(18, "H.264 constant rate factor (lower = better quality, bigger file).", cli=False)
 
     def __post_init__(self) -> None:
@@ -82,8 +102,23 @@ class AnimateOptions:
             raise InputError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.face_index is not None and self.face_index < 0:
             raise InputError(f"--face-index must be 0 or more, not {self.face_index}")
+        check_choice("frame", self.frame, FRAMES)
+        from .renderers import get_renderer
+
+        get_renderer(self.renderer)  # InputError naming the registered renderers
+        if isinstance(self.max_size, bool) or not isinstance(self.max_size, int) or self.max_size < 2:
+            raise InputError(f"--max-size must be a whole number of pixels >= 2, not {self.max_size!r}")
+        try:
+            scale = float(self.motion_scale)
+        except (TypeError, ValueError):
+            raise InputError(f"--motion-scale must be a number >= 0, not {self.motion_scale!r}") from None
+        if isinstance(self.motion_scale, bool) or not math.isfinite(scale) or scale < 0:
+            raise InputError(f"--motion-scale must be a finite number >= 0, not {self.motion_scale!r}")
+        if self.still:
+            scale = 0.0
+        object.__setattr__(self, "motion_scale", scale)
         if self.models_dir is not None and not isinstance(self.models_dir, Path):
             object.__setattr__(self, "models_dir", Path(self.models_dir))
 
 
-__all__ = ["AnimateOptions", "DEVICES", "LANDMARKERS", "CROPS", "opt", "check_choice"]
+__all__ = ["AnimateOptions", "DEVICES", "LANDMARKERS", "CROPS", "FRAMES", "DEFAULT_MAX_SIZE", "opt", "check_choice"]

@@ -28,7 +28,7 @@ import torch
 from .constants import FPS
 from .devices import resolve_device
 from .errors import InputError, TalkheadError
-from .keypoints import Keypoints
+from .keypoints import Keypoints, scale_head_motion
 from .options import AnimateOptions
 from .renderers import MotionGenerator, Renderer, get_renderer
 
@@ -196,6 +196,10 @@ class Pipeline:
     def face_crop(self, image: np.ndarray, source: str = "image"):
         """Landmarks + FOMM crop of an RGB image ``(H, W, 3)`` uint8 -> ``talkhead.face.FaceCrop``.
 
+        With ``frame="full"`` the square stays centred on the face at FOMM's size even where it leaves
+        the photo (mirrored padding, ``fomm_crop(pad=True)``); with ``frame="crop"`` it is shifted
+        inside the photo, as FOMM's own crop does.
+
         Raises:
             NoFaceError: no (confident) face, or ``face_index`` out of range.
         """
@@ -209,7 +213,7 @@ class Pipeline:
             faces = detect_faces(image, backend=self.options.landmarker, device=str(self.device),
                                  offline=self.options.offline)
         face = select_face(faces, index=self.options.face_index, source=source)
-        return fomm_crop(image, face, self.frame_size)
+        return fomm_crop(image, face, self.frame_size, pad=self.options.frame == "full")
 
     def source_tensor(self, crop: np.ndarray) -> torch.Tensor:
         """``(S, S, 3)`` float [0,1] crop -> ``(1, 3, S, S)`` float32 tensor on the device."""
@@ -219,13 +223,41 @@ class Pipeline:
                   progress: ProgressCallback | None = None) -> tuple[Keypoints, Keypoints]:
         """kp_source of the source ``(1, 3, S, S)`` and the generated kp_driving for ``logfbank (M, 26)``.
 
+        The generated head motion is scaled by ``options.motion_scale``
+        (:func:`talkhead.keypoints.scale_head_motion`; 1 leaves the keypoints untouched).
+
         Returns:
             ``(kp_source (1, 10, ...), kp_driving (T, 10, ...))`` Keypoints on the device (25 fps).
         """
         kp_source = self.renderer.detect(source)
         cb = (lambda done, total: progress("keypoints", done, total)) if progress else None
-        kp_driving = self.motion(kp_source, logfbank, progress=cb)
-        return kp_source, kp_driving.to(self.device)
+        kp_driving = self.motion(kp_source, logfbank, progress=cb).to(self.device)
+        if self.options.motion_scale != 1.0:
+            kp_driving = scale_head_motion(kp_driving, kp_source, self.options.motion_scale)
+        return kp_source, kp_driving
+
+    def photo(self, image: np.ndarray, source: str = "image") -> np.ndarray:
+        """The photo the video is made of: ``image`` ``(H, W, 3)`` uint8 as is for ``frame="crop"``; for
+        ``frame="full"`` downscaled to ``max_size`` (longest side) and made even-sized for yuv420p by one
+        mirrored row/column (:func:`talkhead.compose.limit_size`, :func:`~talkhead.compose.even_size`).
+
+        Raises:
+            InputError: ``max_size`` below the renderer's frame size, or a photo smaller than that frame in
+                both directions (``frame="full"``).
+        """
+        if self.options.frame != "full":
+            return image
+        from .compose import even_size, limit_size
+
+        size = self.frame_size
+        if self.options.max_size < size:
+            raise InputError(f"--max-size {self.options.max_size} is smaller than the renderer's {size}x{size} "
+                             "frame")
+        h, w = image.shape[:2]
+        if max(h, w) < size:
+            raise InputError(f"image '{source}' is {w}x{h} pixels, smaller than the {size}x{size} frame the "
+                             "renderer draws; use a larger photo or --frame crop")
+        return even_size(limit_size(image, self.options.max_size))
 
     # -- the whole job ------------------------------------------------------------------------------
     def prepare(self, image_path: str | Path, audio_path: str | Path, output_path: str | Path, *,
@@ -234,7 +266,8 @@ class Pipeline:
 
         Paths exist; the outputs can be written (not existing unless ``overwrite``); the audio decodes,
         is not silent and is long enough, and gives its logfbank; the image decodes and holds a face,
-        which is cropped (FOMM's rule) at the renderer's frame size.
+        which is cropped (FOMM's rule) at the renderer's frame size; with ``frame="full"`` the photo is
+        first capped at ``max_size`` and made even-sized (:meth:`photo`).
 
         Returns:
             :class:`AnimateInputs`.
@@ -254,7 +287,7 @@ class Pipeline:
         t0 = time.perf_counter()
         speech = load_speech(audio_path)
         features = logfbank(speech.samples, speech.sample_rate)
-        image = load_image(image_path)
+        image = self.photo(load_image(image_path), source=str(image_path))
         self.log(f"finding the face in {image_path}")
         crop = self.face_crop(image, source=str(image_path))
         return AnimateInputs(image=image_path, audio=audio_path, output=output_path, speech=speech,
@@ -296,10 +329,12 @@ class Pipeline:
         timings["keypoints"] = time.perf_counter() - t0
 
         total = num_video_frames(speech.duration_s)
+        compositor = self.compositor(inputs)
+        size = (compositor.shape[1], compositor.shape[0]) if compositor else (self.frame_size, self.frame_size)
         t0 = time.perf_counter()
-        with VideoWriter(output_path, size=(self.frame_size, self.frame_size), fps=FPS, audio_path=inputs.audio,
+        with VideoWriter(output_path, size=size, fps=FPS, audio_path=inputs.audio,
                          crf=self.options.crf, overwrite=self.options.overwrite) as writer:
-            self.render_into(writer, source, kp_source, kp_driving, total, progress)
+            self.render_into(writer, source, kp_source, kp_driving, total, progress, compositor=compositor)
         timings["render"] = time.perf_counter() - t0
 
         kp_source, kp_driving = kp_source.to("cpu"), kp_driving.to("cpu")
@@ -314,19 +349,36 @@ class Pipeline:
         return AnimateResult(output=output_path, num_frames=total, duration_s=speech.duration_s,
                              crop_box=tuple(crop.box), kp_source=kp_source, kp_driving=kp_driving, timings=timings)
 
+    def compositor(self, inputs: AnimateInputs):
+        """The :class:`talkhead.compose.Compositor` pasting rendered crops into ``inputs.photo``
+        (``frame="full"``), or ``None`` (``frame="crop"``: the renderer's squares are the video)."""
+        if self.options.frame != "full":
+            return None
+        from .compose import Compositor
+
+        return Compositor(inputs.photo, inputs.crop)
+
     def render_into(self, writer, source: torch.Tensor, kp_source: Keypoints, kp_driving: Keypoints,
-                    total: int, progress: ProgressCallback | None = None) -> None:
+                    total: int, progress: ProgressCallback | None = None, *, compositor=None) -> None:
         """Render ``total`` frames in batches of ``options.batch_size`` and stream them into ``writer``.
 
         Frame ``t`` uses kp_driving ``min(t, T-1)``: the last generated pose is held when the video
-        needs more frames than the generator made (see :func:`num_video_frames`).
+        needs more frames than the generator made (see :func:`num_video_frames`). With a
+        ``compositor`` each rendered ``(b, S, S, 3)`` batch is pasted into the photo
+        (``(b, H, W, 3)`` uint8, one reused buffer) before it is written.
         """
         T = len(kp_driving)
         bs = self.options.batch_size
+        buffer = None
         for start in range(0, total, bs):
             idx = torch.arange(start, min(start + bs, total), device=kp_driving.device).clamp_(max=T - 1)
             frames = self.renderer.render(source, kp_source, kp_driving[idx])  # (b, 3, S, S) in [0, 1]
-            writer.write(frames.permute(0, 2, 3, 1).float().cpu().numpy())
+            frames = frames.permute(0, 2, 3, 1).float().cpu().numpy()
+            if compositor is not None:
+                if buffer is None or buffer.shape[0] != len(frames):
+                    buffer = compositor.new_buffer(len(frames))
+                frames = compositor.paste(frames, out=buffer)
+            writer.write(frames)
             if progress:
                 progress("render", int(idx.numel()) + start, total)
 

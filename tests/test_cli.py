@@ -73,7 +73,7 @@ def test_animate_real_photo_full_clip(models_dir, photo, tmp_path):
     assert info.video_codec == "h264" and info.pix_fmt == "yuv420p"
     assert info.audio_codec == "aac"
     assert info.fps == pytest.approx(25.0)
-    assert (info.width, info.height) == (64, 64)  # the tiny config's frame size
+    assert (info.width, info.height) == (512, 512)  # the whole photo (--frame full, the default)
     assert info.num_frames == 120  # round(4.8 s * 25)
     assert info.duration_s == pytest.approx(4.8, abs=0.04)
     with np.load(kps) as z:

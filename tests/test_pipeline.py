@@ -93,7 +93,8 @@ def test_keypoints_pack_unpack_index_and_checks():
 
 def test_injected_components_drive_the_whole_animate(tmp_path):
     renderer = ToyRenderer()
-    pipe = Pipeline(AnimateOptions(batch_size=7), renderer=renderer, motion=toy_motion, landmarker=astronaut_face)
+    pipe = Pipeline(AnimateOptions(batch_size=7, frame="crop"), renderer=renderer, motion=toy_motion,
+                    landmarker=astronaut_face)
     assert pipe.models_dir is None  # nothing was loaded from a models directory
     out = tmp_path / "toy.mp4"
     stages = []
@@ -165,3 +166,141 @@ def test_cli_option_values_reach_the_pipeline(monkeypatch, tmp_path):
         ("cpu", 3, "dlib", False, 1)
     bad = CliRunner().invoke(app, ["animate", str(ASTRONAUT), str(SPEECH), "--device", "tpu"])
     assert bad.exit_code == 2 and "--device must be one of" in bad.output and "Traceback" not in bad.output
+
+
+# --- full-frame output, head-motion control (issue 7) -----------------------------------------------------
+class IdentityRenderer(ToyRenderer):
+    """Renders the source crop unchanged, whatever the keypoints (at vox-adv-256's frame size)."""
+
+    frame_size = 256
+
+    def render(self, source, kp_source, kp_driving):
+        return source.expand(len(kp_driving), -1, -1, -1).clone()
+
+
+class ListWriter:
+    def __init__(self):
+        self.frames = []
+
+    def write(self, frames):
+        self.frames.extend(np.asarray(frames))
+
+
+def _psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0 ** 2 / mse) if mse else np.inf
+
+
+CUTS = {  # photo = astronaut[rows, cols]; the face box (175, 40, 290, 190) moved with it
+    "inside": (slice(None), slice(None)), "left-edge": (slice(None), slice(175, None)),
+    "top-edge": (slice(40, None), slice(None)), "right-edge": (slice(None), slice(None, 290)),
+    "bottom-edge": (slice(None, 190), slice(None)),
+}
+
+
+@pytest.mark.parametrize("cut", list(CUTS))
+def test_full_frame_identity_renderer_gives_back_the_photo(tmp_path, cut):
+    """Through the pipeline (prepare -> crop -> render -> paste), a renderer that changes nothing gives the
+    photo back, also for a face cut by each image border (the crop is padded by mirroring)."""
+    from PIL import Image
+    from skimage.data import astronaut
+
+    rows, cols = CUTS[cut]
+    photo = np.ascontiguousarray(astronaut()[rows, cols])
+    path = tmp_path / "photo.png"
+    Image.fromarray(photo).save(path)
+    x0, y0 = cols.start or 0, rows.start or 0
+    box = (175.0 - x0, 40.0 - y0, 290.0 - x0, 190.0 - y0)
+    faces = lambda image: [Face(box=box, score=0.99, landmarks=np.zeros((0, 2), np.float32), backend="fan")]
+    pipe = Pipeline(AnimateOptions(), renderer=IdentityRenderer(), motion=toy_motion, landmarker=faces)
+    inputs = pipe.prepare(path, SPEECH, tmp_path / "o.mp4")
+    h, w = photo.shape[:2]
+    assert inputs.photo.shape == (h + h % 2, w + w % 2, 3)
+    bx0, by0, bx1, by1 = inputs.crop.box
+    assert bx1 - bx0 == by1 - by0  # square, centred on the face even where it leaves the photo
+    assert abs((bx0 + bx1) / 2 - (box[0] + box[2]) / 2) <= 1 and abs((by0 + by1) / 2 - (box[1] + box[3]) / 2) <= 1
+    source = pipe.source_tensor(inputs.crop.crop)
+    kp_source, kp_driving = pipe.keypoints(source, inputs.logfbank)
+    writer = ListWriter()
+    pipe.render_into(writer, source, kp_source, kp_driving, 3, compositor=pipe.compositor(inputs))
+    assert len(writer.frames) == 3 and writer.frames[0].shape == inputs.photo.shape
+    assert _psnr(writer.frames[0][:h, :w], photo) >= 40.0
+
+
+def test_motion_scale_one_leaves_keypoints_untouched_and_zero_stills_the_head(tmp_path):
+    def rolling_motion(kp_source, logfbank, progress=None):
+        t = 30
+        angle = torch.linspace(0, 0.2, t)[:, None]
+        rot = torch.stack([torch.cat([angle.cos(), -angle.sin()], -1), torch.cat([angle.sin(), angle.cos()], -1)], -2)
+        value = torch.randn(1, 10, 2, generator=torch.Generator().manual_seed(0)) * 0.3
+        return Keypoints((value @ rot.transpose(-1, -2)) + torch.linspace(0, 0.1, t)[:, None, None],
+                         rot[:, None].expand(t, 10, 2, 2).clone())
+
+    class Source(ToyRenderer):
+        def detect(self, source):
+            return Keypoints(torch.randn(1, 10, 2, generator=torch.Generator().manual_seed(0)) * 0.3,
+                             torch.eye(2).expand(1, 10, 2, 2).clone())
+
+    crop = np.random.default_rng(0).random((32, 32, 3), dtype=np.float32)
+    lf = np.zeros((120, 26))
+    base = Pipeline(AnimateOptions(frame="crop"), renderer=Source(), motion=rolling_motion)
+    src = base.source_tensor(crop)
+    _, generated = base.keypoints(src, lf)
+    assert generated.equal(rolling_motion(None, lf))  # motion_scale 1: bit for bit what the generator made
+    still = Pipeline(AnimateOptions(frame="crop", still=True), renderer=Source(), motion=rolling_motion)
+    kp_source, held = still.keypoints(src, lf)
+    assert float((held.value - kp_source.value).abs().max()) < 1e-4  # the whole motion was head motion
+    assert float((held.jacobian - kp_source.jacobian).abs().max()) < 1e-4
+
+
+def test_cli_full_frame_video_has_the_photos_size_and_keeps_the_background(tiny_models_dir, tmp_path):
+    """End to end with the tiny models on a real photo of odd size: the MP4 has the photo's size (even-rounded)
+    and the audio's duration; pixels far from the face are the photo's (after H.264)."""
+    from PIL import Image
+    from skimage.data import astronaut
+
+    photo = astronaut()[:, :511]  # 511 wide: rounded up to 512 by one mirrored column
+    path = tmp_path / "astronaut-511.png"
+    Image.fromarray(np.ascontiguousarray(photo)).save(path)
+    out = tmp_path / "full.mp4"
+    result = CliRunner().invoke(app, ["animate", str(path), str(SPEECH), "-o", str(out), "--models-dir",
+                                      str(tiny_models_dir), "--offline", "--landmarker", "dlib", "-q"])
+    assert result.exit_code == 0, result.output
+    info = probe(out)
+    assert (info.width, info.height) == (512, 512) and abs(info.duration_s - 4.8) < 0.05 and info.has_audio
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(out))
+    meta = next(reader)
+    assert tuple(meta["size"]) == (512, 512)
+    frame = np.frombuffer(next(reader), np.uint8).reshape(512, 512, 3)
+    reader.close()
+    far = np.zeros(photo.shape[:2], bool)
+    far[300:, :] = True  # below the face box (rows ~40-190): body and background
+    diff = np.abs(frame[:, :511].astype(float) - photo.astype(float))[far].mean() / 255
+    assert diff < 3 / 255, diff
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--motion-scale", "-1"], "--motion-scale must be a finite number >= 0"),
+    (["--motion-scale", "abc"], "--motion-scale must be a number, not 'abc'"),
+    (["--max-size", "100"], "--max-size 100 is smaller than the renderer's 256x256 frame"),
+    (["--max-size", "big"], "--max-size must be a whole number"),
+    (["--frame", "poster"], "--frame must be one of full, crop"),
+])
+def test_cli_bad_frame_and_motion_options_are_one_line(tmp_path, args, message):
+    out = tmp_path / "o.mp4"
+    result = CliRunner().invoke(app, ["animate", str(ASTRONAUT), str(SPEECH), "-o", str(out), "--models-dir",
+                                      str(tmp_path), "--offline", "--landmarker", "dlib", *args])
+    assert result.exit_code == 2 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_tiny_photo_is_refused_for_full_frame(tmp_path):
+    from PIL import Image
+
+    small = tmp_path / "small.png"
+    Image.open(ASTRONAUT).resize((48, 48)).save(small)
+    pipe = Pipeline(AnimateOptions(), renderer=IdentityRenderer(), motion=toy_motion, landmarker=astronaut_face)
+    with pytest.raises(InputError, match="48x48 pixels, smaller than the 256x256 frame"):
+        pipe.prepare(small, SPEECH, tmp_path / "o.mp4")
