@@ -247,9 +247,9 @@ def test_download_offline_failure_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(gdown, "download_folder", boom)
     root = tmp_path / "models"
     result = run("download", "--models-dir", root, "--quiet")
-    assert_clean_error(result, "drive.google.com")
-    leftovers = [p for p in root.rglob("*") if p.is_file() and p.name != "vox-adv-256.yaml"] if root.exists() else []
-    assert leftovers == []
+    assert_clean_error(result, "Google Drive folder of the FOMM authors: OSError: network is unreachable")
+    assert "--mirror URL" in result.output and "--from-dir DIR" in result.output
+    assert not root.exists()  # no file, no staging folder, no empty fomm/ or mssync/
 
 
 def test_help_lists_commands():
