@@ -58,6 +58,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -906,6 +907,12 @@ class Attempt:
     reason: str
 
 
+class _Unresolved(OSError):
+    def __init__(self, host: str):
+        super().__init__(f"cannot resolve {host}")
+        self.host = host
+
+
 class _FileFailed(Exception):
     def __init__(self, attempts: list[Attempt], cause: Optional[BaseException]):
         super().__init__("every source failed")
@@ -923,6 +930,8 @@ def _short_reason(exc: BaseException, timeout: float) -> str:
     text = " ".join(str(x) for x in chain)
     host = re.search(r"host='([^']+)'", text)
     host = host.group(1) if host else None
+    if isinstance(exc, _Unresolved):
+        return f"cannot resolve {exc.host}"
     for e in chain:
         if isinstance(e, requests.exceptions.HTTPError) and e.response is not None:
             return f"HTTP {e.response.status_code} {e.response.reason or ''}".strip()
@@ -931,7 +940,7 @@ def _short_reason(exc: BaseException, timeout: float) -> str:
         if isinstance(e, requests.exceptions.ConnectionError):
             if re.search(r"NameResolution|Failed to resolve|Name or service not known|nodename nor servname|getaddrinfo",
                          text):
-                return f"cannot resolve {host or 'the host'} (offline, or no DNS)"
+                return f"cannot resolve {host or 'the host'}"
             if "Connection refused" in text:
                 return f"connection refused{f' by {host}' if host else ''}"
             if "incomplete" in text.lower() or "IncompleteRead" in text:
@@ -954,6 +963,22 @@ class _Transfers:
     def __init__(self, staging: Path, timeout: float, retries: int, progress: Optional[ProgressCallback]):
         self.staging, self.timeout, self.retries, self.progress = staging, timeout, retries, progress
         self.listings: dict[str, dict[str, str]] = {}
+        self.unresolved: dict[str, Optional[OSError]] = {}
+
+    def _resolve_host(self, src: Source) -> None:
+        """Fail at once when the source's host has no address (offline, no DNS), instead of letting
+        gdown retry the connection with back-off; the answer is cached per host for this call."""
+        host = urlparse(src.url).hostname
+        if not host:
+            return
+        if host not in self.unresolved:
+            try:
+                socket.getaddrinfo(host, None)
+                self.unresolved[host] = None
+            except OSError as exc:
+                self.unresolved[host] = exc
+        if self.unresolved[host] is not None:
+            raise _Unresolved(host) from self.unresolved[host]
 
     def _drive_ids(self, folder: str) -> dict[str, str]:
         """``{file name: Drive file id}`` of a Drive folder, listed without downloading."""
@@ -979,6 +1004,7 @@ class _Transfers:
         """
         import gdown
 
+        self._resolve_host(src)
         cb = None
         if self.progress is not None:
             stage, report = f"download {out.name}", self.progress
@@ -1055,7 +1081,9 @@ def _failure_message(failures: Mapping[str, Optional[list[Attempt]]], skipped: M
         tried = "; ".join(f"{a.source.host}: {a.reason}" for a in attempts) if attempts else "no source configured"
         parts.append(f"{rel} ({tried})")
     parts.extend(f"{rel} (not tried: {why})" for rel, why in skipped.items())
-    return ("could not download " + ", ".join(parts) + "; get the files by hand (sources in models/*.md) and run "
+    offline = " (no network?)" if all("cannot resolve" in a.reason for v in failures.values() for a in v or []) \
+        and failures else ""
+    return ("could not download " + ", ".join(parts) + offline + "; get the files by hand (sources in models/*.md) and run "
             "`talkhead download --from-dir DIR`, or serve a copy of a models directory and use "
             f"`talkhead download --mirror URL` (or ${MIRROR_ENV})")
 
