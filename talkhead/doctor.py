@@ -291,9 +291,9 @@ def render_report(report: dict[str, Any], console=None) -> None:
     console.print(lm)
 
     for msg in report.get("problems", []):
-        console.print(f"[bold red]problem:[/] {msg}", highlight=False)
+        console.print(f"[bold red]problem:[/] {msg}", highlight=False, soft_wrap=True)
     for msg in report.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {msg}", highlight=False)
+        console.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
     if report.get("problems"):
         console.print("[bold red]verdict: not ready[/]")
     else:

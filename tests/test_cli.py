@@ -237,6 +237,14 @@ def test_doctor_reports_models_and_ffmpeg(models_dir):
     assert "dlib" in result.output
 
 
+def test_doctor_not_ready_without_checkpoints(tmp_path):
+    result = run("doctor", "--models-dir", tmp_path / "empty")
+    assert result.exit_code == 1, result.output
+    assert "verdict: not ready" in result.output
+    assert "run `talkhead download`" in result.output
+    assert "packaged" in result.output  # the shipped FOMM config is not reported missing
+
+
 def test_download_offline_failure_leaves_nothing(tmp_path, monkeypatch):
     import gdown
 
