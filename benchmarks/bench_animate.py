@@ -33,7 +33,7 @@ def _make_models_dir(root: Path) -> Path:
     import torch
 
     from talkhead.fomm import FOMMConfig, default_config_path
-    from talkhead.models import register_local
+    from talkhead.store import register_local
     from talkhead.mssync import MSSyncConfig, MSSyncGenerator
 
     torch.manual_seed(0)

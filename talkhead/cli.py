@@ -221,26 +221,44 @@ def download(
     names: Optional[List[str]] = typer.Argument(None, help=escape("Models to fetch (fomm, mssync) [default: all].")),
     models_dir: Optional[Path] = ModelsDir,
     from_dir: Optional[Path] = typer.Option(None, "--from-dir", help="Install files you downloaded by hand from this folder instead."),
+    mirror: Optional[str] = typer.Option(None, "--mirror", help=escape("Base URL serving a models directory (URL/fomm/vox-adv-cpk.pth.tar, ...), tried after the public sources [default: $TALKHEAD_MIRROR].")),
     force: bool = typer.Option(False, "--force", help="Download again even if a verified copy is present."),
     quiet: bool = Quiet,
 ) -> None:
     """Fetch every checkpoint the pipeline needs, verify it and record its sha256 in the models folder.
+
+    Sources, in order: the authors' Google Drive folders, public mirrors (see models/*.md), then
+    --mirror URL / $TALKHEAD_MIRROR.
 
     [bold]Examples[/]
 
       talkhead download
 
       talkhead download fomm --from-dir ~/Downloads
+
+      talkhead download --mirror https://cache.example.com/talkhead
     """
-    from . import models
+    from . import store
 
     with _errors():
-        root = models.resolve_models_dir(models_dir)
+        root = store.resolve_models_dir(models_dir)
         if from_dir is not None:
-            models.install_from(from_dir, root, names=names or None)
+            store.install_from(from_dir, root, names=names or None)
         else:
-            models.download(names or None, root, quiet=quiet, force=force)
-        _print_states(models.verify(root), root)
+            from rich.progress import DownloadColumn, TransferSpeedColumn
+
+            bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            TimeRemainingColumn(), console=err_console, disable=quiet, transient=False)
+            tasks: dict[str, int] = {}
+
+            def on_bytes(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bars.add_task(stage, total=total or None)
+                bars.update(tasks[stage], completed=done, total=total or None)
+
+            with bars:
+                store.download(names or None, root, mirror=mirror, force=force, progress=on_bytes, log=_log(quiet))
+        _print_states(store.verify(root, hash_check="stat"), root)
 
 
 def _print_states(states: dict, root: Path) -> None:
@@ -248,7 +266,7 @@ def _print_states(states: dict, root: Path) -> None:
     table.add_column("file")
     table.add_column("state")
     table.add_column("detail")
-    colours = {"verified": "green", "missing": "yellow", "corrupt": "red", "unverified": "yellow"}
+    colours = {"verified": "green", "packaged": "green", "missing": "yellow", "corrupt": "red", "unverified": "yellow"}
     for name, st in states.items():
         state = getattr(st, "state", str(st))
         table.add_row(str(name), f"[{colours.get(state, 'white')}]{state}[/]", getattr(st, "reason", "") or "")
@@ -261,7 +279,7 @@ def doctor(models_dir: Optional[Path] = ModelsDir,
            as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
     """Check torch and devices, ffmpeg (libx264, aac), checkpoints and landmark backends.
 
-    Exit code 0 when `talkhead animate` can run, 1 otherwise.
+    Exit code 0 when `talkhead animate` can run ("verdict: ready"), 1 otherwise.
 
     [bold]Examples[/]
 
@@ -270,7 +288,7 @@ def doctor(models_dir: Optional[Path] = ModelsDir,
       talkhead doctor --json --models-dir ./models
     """
     from .doctor import doctor_report, has_problems, render_report
-    from .models import resolve_models_dir
+    from .store import resolve_models_dir
 
     with _errors():
         report = doctor_report(resolve_models_dir(models_dir))

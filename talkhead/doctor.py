@@ -2,14 +2,17 @@
 
 :func:`doctor_report` collects: Python and torch versions; devices (CPU always, CUDA with device
 names, Apple MPS); the ffmpeg binary in use and whether it has the ``libx264`` and ``aac``
-encoders; the models directory with the state of each checkpoint (:func:`talkhead.models.verify`,
-re-hashed); and which 68-point landmark backends can run without network. Every check is
-guarded: a failing probe becomes a reported problem, never an exception.
+encoders; the models directory with the state of each checkpoint (:func:`talkhead.store.verify`
+with every recorded file re-hashed and compared with ``manifest.json`` and its pin); and which
+68-point landmark backends can run without network. Every check is guarded: a failing probe
+becomes a reported problem, never an exception.
 
-Problems (:func:`has_problems` is true, ``talkhead doctor`` exits 1) are what makes ``animate``
-fail even with network: no usable ffmpeg or one without libx264/aac, a corrupt checkpoint, no
-landmark backend installed. Warnings are what needs network or a first run: missing or
-unrecorded checkpoints, FAN weights not cached yet, no GPU.
+Problems make the verdict "not ready" (:func:`has_problems` is true, ``talkhead doctor`` exits 1):
+no usable ffmpeg or one without libx264/aac, a corrupt checkpoint, missing checkpoints (one line
+with the command that fixes it: ``talkhead download``), no landmark backend installed. The FOMM
+config that ships with talkhead is reported as ``packaged``, not missing. Warnings do not stop
+``animate``: unrecorded checkpoints (checked and recorded on first use), FAN weights not cached
+yet, no GPU.
 """
 from __future__ import annotations
 
@@ -75,12 +78,12 @@ def _ffmpeg() -> dict[str, Any]:
 
 
 def _models(models_dir: Path) -> dict[str, Any]:
-    from .models import verify
+    from .store import verify
 
     out: dict[str, Any] = {"dir": str(models_dir), "exists": models_dir.is_dir(),
                            "writable": _writable(models_dir), "files": {}, "error": None}
     try:
-        out["files"] = {rel: st.to_dict() for rel, st in verify(models_dir, rehash=True).items()}
+        out["files"] = {rel: st.to_dict() for rel, st in verify(models_dir, hash_check="always").items()}
     except TalkheadError as exc:
         out["error"] = str(exc)
     return out
@@ -169,8 +172,8 @@ def doctor_report(models_dir: str | os.PathLike | None = None) -> dict[str, Any]
     """Everything ``talkhead doctor`` shows, as JSON-ready data.
 
     Args:
-        models_dir: resolved with :func:`talkhead.models.resolve_models_dir`; its checkpoints are
-            re-hashed (seconds for the full-size models) and unrecorded ones layout-checked.
+        models_dir: resolved with :func:`talkhead.store.resolve_models_dir`; its checkpoints are
+            re-hashed (about 1 s for the full-size models) and unrecorded ones layout-checked.
 
     Returns:
         ``{"talkhead": {"version"}, "python": {...}, "torch": {"version", "cuda_build", "threads"},
@@ -179,10 +182,10 @@ def doctor_report(models_dir: str | os.PathLike | None = None) -> dict[str, Any]
         "models": {"dir", "exists", "writable", "files": {relpath: ModelState.to_dict()}, "error"},
         "landmarkers": {"dlib": {"offline", "importable", "model_path", "reason"},
         "fan": {"offline", "importable", "weights", "cache_dir", "reason"}},
-        "problems": [str], "warnings": [str]}``.
+        "problems": [str], "warnings": [str], "ready": bool}`` (``ready``: no problems).
     """
     from . import __version__
-    from .models import resolve_models_dir
+    from .store import resolve_models_dir
 
     root = resolve_models_dir(models_dir)
     torch_info, devices = _torch()
@@ -196,6 +199,7 @@ def doctor_report(models_dir: str | os.PathLike | None = None) -> dict[str, Any]
         "landmarkers": {"dlib": _dlib(), "fan": _fan()},
     }
     report["problems"], report["warnings"] = _findings(report)
+    report["ready"] = not report["problems"]
     return report
 
 
@@ -212,13 +216,15 @@ def _findings(report: dict[str, Any]) -> tuple[list[str], list[str]]:
     models = report["models"]
     if models.get("error"):
         problems.append(f"models: {models['error']}")
-    for rel, st in models.get("files", {}).items():
+    files = models.get("files", {})
+    for rel, st in files.items():
         if st["state"] == "corrupt":
-            problems.append(f"{rel} is corrupt: {st['reason']} (replace it: `talkhead download {st['model']}`)")
-        elif st["state"] == "missing":
-            warnings.append(f"{rel} is missing: run `talkhead download {st['model']}` (animate downloads it otherwise)")
+            problems.append(f"{rel} is corrupt: {st['reason']} (replace it: `talkhead download --force {st['model']}`)")
         elif st["state"] == "unverified":
             warnings.append(f"{rel} is not recorded yet: it is checked and recorded on first use")
+    missing = [rel for rel, st in files.items() if st["state"] == "missing"]
+    if missing:
+        problems.append(f"checkpoints missing: {', '.join(missing)}: run `talkhead download`")
     if not models.get("writable"):
         warnings.append(f"models directory {models['dir']} is not writable")
     marks = report["landmarkers"]
@@ -264,12 +270,15 @@ def render_report(report: dict[str, Any], console=None) -> None:
     console.print(env)
 
     models = report["models"]
-    colours = {"verified": "green", "missing": "yellow", "unverified": "yellow", "corrupt": "red"}
+    colours = {"verified": "green", "packaged": "green", "missing": "red", "unverified": "yellow", "corrupt": "red"}
     tab = Table(title=f"checkpoints in {models['dir']}")
     for col in ("file", "state", "sha256 / reason"):
         tab.add_column(col)
     for rel, st in models.get("files", {}).items():
-        detail = (st.get("sha256") or "")[:16] + "..." if st["state"] == "verified" else st.get("reason", "")
+        if st["state"] == "verified":
+            detail = (st.get("sha256") or "")[:16] + "..." + (f" ({st['pin']} copy)" if st.get("pin") else "")
+        else:
+            detail = st.get("reason", "")
         tab.add_row(rel, f"[{colours.get(st['state'], 'white')}]{st['state']}[/]", detail)
     console.print(tab)
 
@@ -282,8 +291,10 @@ def render_report(report: dict[str, Any], console=None) -> None:
     console.print(lm)
 
     for msg in report.get("problems", []):
-        console.print(f"[bold red]problem:[/] {msg}", highlight=False)
+        console.print(f"[bold red]problem:[/] {msg}", highlight=False, soft_wrap=True)
     for msg in report.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {msg}", highlight=False)
-    if not report.get("problems"):
-        console.print("[green]no problems found[/]")
+        console.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+    if report.get("problems"):
+        console.print("[bold red]verdict: not ready[/]")
+    else:
+        console.print("[green]verdict: ready[/] (no problems found)")

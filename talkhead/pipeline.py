@@ -143,7 +143,7 @@ class Pipeline:
         self.log = log or (lambda msg: None)
         self.models_dir: Optional[Path] = None
         if renderer is None or motion is None:
-            from .models import resolve_models_dir
+            from .store import resolve_models_dir
 
             self.models_dir = resolve_models_dir(options.models_dir)
         self._renderer = renderer
@@ -159,7 +159,7 @@ class Pipeline:
         """
         if self._renderer is not None and self._motion is not None:
             return self
-        from .models import ensure_models, model_paths
+        from .store import ensure_models, model_paths
 
         self.log(f"loading models from {self.models_dir}")
         ensure_models(self.models_dir, offline=self.options.offline, log=self.log)

@@ -93,7 +93,7 @@ def get_renderer(name: str) -> RendererEntry:
 
 def _load_fomm(models_dir: Path, device, options) -> Renderer:
     from .fomm import load_fomm
-    from .models import model_paths
+    from .store import model_paths
 
     paths = model_paths(models_dir)
     return load_fomm(paths.fomm_config, paths.fomm_checkpoint, device=device,
@@ -102,7 +102,7 @@ def _load_fomm(models_dir: Path, device, options) -> Renderer:
 
 def _fomm_frame_size(models_dir: Optional[Path]) -> int:
     from .fomm import FOMMConfig, default_config_path
-    from .models import model_paths
+    from .store import model_paths
 
     config = model_paths(models_dir).fomm_config if models_dir is not None else None
     return FOMMConfig.from_yaml(config if config is not None and config.is_file() else default_config_path()).frame_size

@@ -59,7 +59,7 @@ def tiny_models_dir(tmp_path_factory, mssync_tiny_dir) -> Path:
 
     Tests must not modify it (copy it first): it is shared by the whole session.
     """
-    from talkhead.models import register_local
+    from talkhead.store import register_local
 
     root = tmp_path_factory.mktemp("models")
     (root / "fomm").mkdir()

@@ -27,8 +27,8 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("models were ensured/loaded before the inputs were checked")
 
-    monkeypatch.setattr("talkhead.models.ensure_models", refuse)
-    monkeypatch.setattr("talkhead.models.download", refuse)
+    monkeypatch.setattr("talkhead.store.ensure_models", refuse)
+    monkeypatch.setattr("talkhead.store.download", refuse)
 
 
 def _run(*args):

@@ -54,7 +54,7 @@ def test_report_on_ready_install(registered, fake_ffmpeg):
     assert sorted(files) == ["fomm/vox-adv-256.yaml", "fomm/vox-adv-cpk.pth.tar", "mssync/args", "mssync/model_chkpt.pt"]
     assert {st["state"] for st in files.values()} == {"verified"}
     assert report["problems"] == []
-    assert not has_problems(report)
+    assert not has_problems(report) and report["ready"] is True
 
 
 def test_real_ffmpeg_probe(registered):
@@ -77,15 +77,20 @@ def test_corrupt_checkpoint_is_a_problem_even_with_mtime_kept(registered, tmp_pa
     report = doctor_report(root)
     assert report["models"]["files"]["mssync/model_chkpt.pt"]["state"] == "corrupt"
     assert has_problems(report)
-    assert any("mssync/model_chkpt.pt" in p and "talkhead download mssync" in p for p in report["problems"])
+    assert any("mssync/model_chkpt.pt" in p and "talkhead download --force mssync" in p for p in report["problems"])
 
 
-def test_missing_models_are_warnings(tmp_path, fake_ffmpeg):
+def test_missing_checkpoints_mean_not_ready(tmp_path, fake_ffmpeg):
     report = doctor_report(tmp_path / "fresh")
-    assert {st["state"] for st in report["models"]["files"].values()} == {"missing"}
+    files = report["models"]["files"]
+    assert files["fomm/vox-adv-256.yaml"]["state"] == "packaged"  # ships with talkhead: not missing
+    assert {st["state"] for rel, st in files.items() if rel != "fomm/vox-adv-256.yaml"} == {"missing"}
     assert report["models"]["exists"] is False and report["models"]["writable"] is True
-    assert not has_problems(report)
-    assert any("talkhead download fomm" in w for w in report["warnings"])
+    assert has_problems(report) and report["ready"] is False
+    missing = [p for p in report["problems"] if "missing" in p]
+    assert missing == ["checkpoints missing: fomm/vox-adv-cpk.pth.tar, mssync/args, mssync/model_chkpt.pt: "
+                       "run `talkhead download`"]
+    assert not any("vox-adv-256.yaml" in m for m in report["problems"] + report["warnings"])
 
 
 @pytest.mark.parametrize("lacking", ["has_libx264", "has_aac"])
@@ -144,5 +149,6 @@ def test_render_report(registered, fake_ffmpeg, tmp_path):
     console = Console(file=io.StringIO(), width=200, color_system=None)
     render_report(doctor_report(bad), console)
     text = console.file.getvalue()
-    for needle in ("libx264", "verified", "corrupt", "fomm/vox-adv-cpk.pth.tar", "dlib", "problem:"):
+    for needle in ("libx264", "verified", "corrupt", "fomm/vox-adv-cpk.pth.tar", "dlib", "problem:",
+                   "verdict: not ready"):
         assert needle in text

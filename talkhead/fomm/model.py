@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ..checkpoints import load_checkpoint, load_state_dict_checked
+from ..checkpoints import load_checkpoint, load_state_dict_checked, require_finite
 from ..errors import CheckpointError
 from ..keypoints import Keypoints
 from .config import FOMMConfig
@@ -181,8 +181,9 @@ def load_fomm(config_path: str | Path, checkpoint_path: str | Path, *, device: t
         A :class:`FOMM` in eval mode on ``device``.
 
     Raises:
-        ConfigError: a bad config. CheckpointError: an unreadable checkpoint or one lacking
-        ``generator``/``kp_detector`` (named). StateDictMismatchError: weights that do not fit the config.
+        ConfigError: a bad config. CheckpointError: an unreadable or tampered checkpoint, one lacking
+        ``generator``/``kp_detector`` (named), or NaN/Inf weights (file and tensor named).
+        StateDictMismatchError: weights that do not fit the config.
     """
     config = FOMMConfig.from_yaml(config_path)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -193,6 +194,8 @@ def load_fomm(config_path: str | Path, checkpoint_path: str | Path, *, device: t
         present = ", ".join(map(str, checkpoint)) or "none"
         raise CheckpointError(f"{checkpoint_path}: FOMM checkpoint lacks entr{'y' if len(missing) == 1 else 'ies'} "
                               f"{', '.join(missing)} (top-level keys: {present})")
+    for entry in ("kp_detector", "generator"):
+        require_finite(checkpoint[entry], checkpoint_path, entry)
     kp_detector = config.build_kp_detector()
     generator = config.build_generator(align_corners)
     load_state_dict_checked(kp_detector, checkpoint["kp_detector"], "FOMM kp_detector")

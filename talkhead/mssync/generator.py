@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import load_checkpoint, load_state_dict_checked
+from ..checkpoints import load_checkpoint, load_state_dict_checked, require_finite
 from ..constants import NUM_KP
 from ..errors import CheckpointError
 from .blocks import AudioPyramidEncoder, DeepMLP, frame_encoder
@@ -328,8 +328,8 @@ def load_mssync(model_dir: str | Path, *, device: str | torch.device = "cpu") ->
         device: torch device for the model (the caller chooses; nothing is moved to CUDA implicitly).
 
     Raises:
-        CheckpointError: the directory, ``args`` or ``model_chkpt.pt`` is missing, or the checkpoint
-            has no ``'checkpoints'`` entry.
+        CheckpointError: the directory, ``args`` or ``model_chkpt.pt`` is missing, the checkpoint
+            is unreadable or tampered with, has no ``'checkpoints'`` entry, or holds NaN/Inf weights.
         StateDictMismatchError: the state dict does not match the ``args`` architecture.
         ConfigError: ``args`` lacks keys or holds bad values.
     """
@@ -346,6 +346,7 @@ def load_mssync(model_dir: str | Path, *, device: str | torch.device = "cpu") ->
         keys = list(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{ckpt_path}: expected a dict with a 'checkpoints' entry (the generator "
                               f"state dict), found {keys}")
+    require_finite(checkpoint["checkpoints"], ckpt_path, "checkpoints")
     model = MSSyncGenerator(config)
     load_state_dict_checked(model, checkpoint["checkpoints"], f"MS-Sync generator ({ckpt_path}['checkpoints'])")
     return model.to(device).eval()

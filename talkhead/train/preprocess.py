@@ -570,7 +570,7 @@ def _resolve_fomm(fomm, fomm_config, fomm_checkpoint, models_dir, offline: bool,
     if (fomm_config is None) != (fomm_checkpoint is None):
         raise ConfigError("give both fomm_config and fomm_checkpoint, or neither (then models_dir is used)")
     if fomm_config is None:
-        from ..models import ensure_models
+        from ..store import ensure_models
 
         paths = ensure_models(models_dir, offline=offline)
         fomm_config, fomm_checkpoint = paths.fomm_config, paths.fomm_checkpoint
@@ -595,7 +595,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
         out_dir: the data directory (created; an existing one is resumed).
         fomm: a loaded :class:`talkhead.fomm.FOMM` (its keypoint detector is used, on its device).
             Otherwise ``fomm_config`` + ``fomm_checkpoint`` (official YAML + ``vox-adv-cpk.pth.tar``) are
-            loaded, or else the models folder (``models_dir``, ``offline``) through ``talkhead.models``.
+            loaded, or else the models folder (``models_dir``, ``offline``) through ``talkhead.store``.
         landmarker: face backend of :func:`talkhead.face.detect_faces` (``"fan"`` or ``"dlib"``), or a
             callable ``image (H, W, 3) uint8 -> faces`` (:class:`talkhead.face.Face` objects, or plain
             ``(x0, y0, x1, y1)`` boxes, which are used as they are).
