@@ -68,10 +68,12 @@ __all__ = [
 ]
 
 MIN_NUM_SAMPLES = 1361
-"""Fewest 16 kHz samples (about 0.085 s) the MS-Sync keypoint generator accepts.
+"""Fewest 16 kHz samples (about 0.085 s) the MS-Sync keypoint generator accepts (the one definition:
+:func:`load_speech` rejects shorter audio, :func:`talkhead.mssync.num_frames` uses it too).
 
-With at most 1360 samples the reference ``execute_model`` fails (reflect pad or indexing error);
-1361 samples give M = 8 logfbank frames and T = 2 output frames (fixture README, item 9)."""
+1361 samples give M = 8 logfbank rows and T = 2 output frames; with at most 1360 samples the
+reference ``execute_model`` fails (a reflect-pad RuntimeError, or an IndexError when M <= 3 rows;
+see docs/fixtures.md, "minimum audio")."""
 
 SILENCE_PEAK = 1e-4
 """Audio whose peak absolute value after removing its mean is below this (full scale = 1.0,

@@ -30,11 +30,9 @@ from .devices import resolve_device
 from .errors import InputError, TalkheadError
 from .keypoints import Keypoints
 from .options import AnimateOptions
+from .progress import Progress
 from .renderers import MotionGenerator, Renderer, get_renderer
 
-ProgressCallback = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``; stages: ``"keypoints"`` (frames generated) and ``"render"``
-(frames rendered and encoded). Called from the worker thread; must be cheap."""
 
 
 @dataclass
@@ -161,21 +159,20 @@ class Pipeline:
         return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).permute(2, 0, 1)[None].to(self.device)
 
     def keypoints(self, source: torch.Tensor, logfbank: np.ndarray,
-                  progress: ProgressCallback | None = None) -> tuple[Keypoints, Keypoints]:
+                  progress: Progress | None = None) -> tuple[Keypoints, Keypoints]:
         """kp_source of the source ``(1, 3, S, S)`` and the generated kp_driving for ``logfbank (M, 26)``.
 
         Returns:
             ``(kp_source (1, 10, ...), kp_driving (T, 10, ...))`` Keypoints on the device (25 fps).
         """
         kp_source = self.renderer.detect(source)
-        cb = (lambda done, total: progress("keypoints", done, total)) if progress else None
-        kp_driving = self.motion(kp_source, logfbank, progress=cb)
+        kp_driving = self.motion(kp_source, logfbank, progress=progress)
         return kp_source, kp_driving.to(self.device)
 
     # -- the whole job ------------------------------------------------------------------------------
     def animate(self, image_path: str | Path, audio_path: str | Path, output_path: str | Path, *,
                 save_keypoints: str | Path | None = None,
-                progress: ProgressCallback | None = None) -> AnimateResult:
+                progress: Progress | None = None) -> AnimateResult:
         """Render ``output_path`` (MP4: H.264 yuv420p + AAC, 25 fps, faststart) from a photo and speech.
 
         Inputs are checked before any heavy work; the MP4 (and the keypoints ``.npz``) are written
@@ -240,7 +237,7 @@ class Pipeline:
                              crop_box=tuple(crop.box), kp_source=kp_source, kp_driving=kp_driving, timings=timings)
 
     def render_into(self, writer, source: torch.Tensor, kp_source: Keypoints, kp_driving: Keypoints,
-                    total: int, progress: ProgressCallback | None = None) -> None:
+                    total: int, progress: Progress | None = None) -> None:
         """Render ``total`` frames in batches of ``options.batch_size`` and stream them into ``writer``.
 
         Frame ``t`` uses kp_driving ``min(t, T-1)``: the last generated pose is held when the video
@@ -257,7 +254,7 @@ class Pipeline:
 
 
 def animate(image: str | Path, audio: str | Path, output: str | Path, options: AnimateOptions = AnimateOptions(),
-            *, save_keypoints: str | Path | None = None, progress: ProgressCallback | None = None) -> AnimateResult:
+            *, save_keypoints: str | Path | None = None, progress: Progress | None = None) -> AnimateResult:
     """One-call API: load the models per ``options`` and render ``output`` from ``image`` + ``audio``.
 
     See :meth:`Pipeline.animate` for formats, outputs and errors. For many pairs, build one

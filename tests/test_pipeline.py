@@ -56,7 +56,7 @@ def toy_motion(kp_source, logfbank, progress=None):
     value = kp_source.value.repeat(t, 1, 1)
     value[:, 0, 0] = torch.linspace(-0.4, 0.4, t)
     if progress:
-        progress(t, t)
+        progress("keypoints", t, t)
     return Keypoints(value, kp_source.jacobian.repeat(t, 1, 1, 1))
 
 

@@ -14,7 +14,8 @@ from .engine import NonFiniteLossError, TrainEvent, TrainingInterrupted, run_tra
 from .evaluate import EvalClip, evaluate, format_table
 from .synthetic import make_synthetic_dataset
 from .generator import train_generator
-from .syncers import SyncerPyramid, load_syncers, pyramid_sync_loss, train_syncers
+from ..mssync.syncers import SyncerPyramid
+from .syncers import load_syncers, pyramid_sync_loss, train_syncers
 
 __all__ = [
     "ClipInfo", "DataFormatError", "DatasetWriter", "WindowDataset", "read_manifest",

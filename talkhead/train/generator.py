@@ -79,7 +79,8 @@ from .engine import (
     resolve_run_config,
     run_training,
 )
-from .syncers import WINDOW_FRAMES, SyncerPyramid, load_syncers, pyramid_sync_loss
+from ..mssync.syncers import WINDOW_FRAMES, SyncerPyramid
+from .syncers import load_syncers, pyramid_sync_loss
 
 DEFAULTS_PATH = Path(__file__).with_name("configs") / "generator.yaml"
 MSSYNC_DIRNAME = "mssync"

@@ -73,7 +73,8 @@ import torch
 
 from ..constants import FPS, KP_DIM, NUM_KP
 from ..errors import ConfigError, FFmpegError, InputError, NoFaceError, TalkheadError
-from .data import (LOGFBANK_PER_VIDEO_FRAME, ClipInfo, DataFormatError, DatasetWriter, clip_path, read_manifest,
+from ..constants import LOGFBANK_PER_VIDEO_FRAME
+from .data import (ClipInfo, DataFormatError, DatasetWriter, clip_path, read_manifest,
                    write_manifest)
 
 __all__ = [
