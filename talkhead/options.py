@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import InputError
+from .face import LANDMARKER_CHOICES as LANDMARKERS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 """``--device`` choices; ``auto`` = cuda > mps > cpu (see :func:`talkhead.devices.resolve_device`)."""
-
-LANDMARKERS = ("fan", "dlib")
-"""68-point landmark backends (see :mod:`talkhead.face`)."""
 
 CROPS = ("auto", "none")
 """``--crop`` choices: ``auto`` crops around the face with FOMM's rule; ``none`` takes the image as a crop."""
@@ -45,7 +43,10 @@ class AnimateOptions:
     Attributes:
         models_dir: checkpoint directory; ``None`` -> ``$TALKHEAD_MODELS`` -> the platform cache dir.
         device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"`` or ``"mps"``.
-        landmarker: 68-point landmark backend, ``"fan"`` (face-alignment) or ``"dlib"`` (offline).
+        landmarker: 68-point landmark backend: ``"auto"`` (fan when its weights are cached or can be
+            fetched, else dlib with a note; :func:`talkhead.face.resolve_landmarker`), ``"fan"``
+            (face-alignment) or ``"dlib"`` (offline). ``LANDMARKERS`` is
+            :data:`talkhead.face.LANDMARKER_CHOICES` (the backend registry).
         crop: ``"auto"`` crops around the detected face with FOMM's rule; ``"none"`` uses the whole
             image (it must already be a face crop framed like FOMM's VoxCeleb data).
         face_index: which face when several are found (0 = largest); ``None`` = largest confident.
@@ -62,7 +63,8 @@ class AnimateOptions:
     models_dir: Optional[Path] = opt(None, "Checkpoint folder [default: $TALKHEAD_MODELS, else the platform "
                                      "cache, ~/.cache/talkhead on Linux].")
     device: str = opt("auto", "Where to run: auto (cuda > mps > cpu), cpu, cuda or mps.", choices=DEVICES)
-    landmarker: str = opt("fan", "68-point landmarks: fan (face-alignment) or dlib (offline).", choices=LANDMARKERS)
+    landmarker: str = opt("auto", "68-point landmarks: auto (fan if its weights are cached or can be fetched, "
+                          "else dlib), fan (face-alignment) or dlib (offline).", choices=LANDMARKERS)
     crop: str = opt("auto", "auto: crop around the face (FOMM rule); none: the image is already a face crop.",
                     choices=CROPS)
     face_index: Optional[int] = opt(None, "Which face when several are found (0 = largest) "

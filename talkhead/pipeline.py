@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -115,6 +115,8 @@ class Pipeline:
         self.options = options
         self.device = resolve_device(options.device)
         self.landmarker = landmarker
+        self.log = log
+        self._backend: str | None = None
         self.models_dir = None
         if renderer is None or motion is None:
             from .models import ensure_models, model_paths, resolve_models_dir
@@ -149,10 +151,20 @@ class Pipeline:
         if self.landmarker is not None:
             faces = sorted(self.landmarker(np.ascontiguousarray(image)), key=lambda f: f.area, reverse=True)
         else:
-            faces = detect_faces(image, backend=self.options.landmarker, device=str(self.device),
+            faces = detect_faces(image, backend=self.landmark_backend(), device=str(self.device),
                                  offline=self.options.offline)
         face = select_face(faces, index=self.options.face_index, source=source)
         return fomm_crop(image, face, self.frame_size)
+
+    def landmark_backend(self) -> str:
+        """``options.landmarker`` resolved once (``auto`` -> fan or dlib, with a log line on fallback)."""
+        if self._backend is None:
+            from .face import resolve_landmarker
+
+            self._backend, note = resolve_landmarker(self.options.landmarker, offline=self.options.offline)
+            if note and self.log:
+                self.log(note)
+        return self._backend
 
     def source_tensor(self, crop: np.ndarray) -> torch.Tensor:
         """``(S, S, 3)`` float [0,1] crop -> ``(1, 3, S, S)`` float32 tensor on the device."""

@@ -161,7 +161,7 @@ def generate_keypoints_trace(model: MSSyncGenerator, kp_source: Keypoints, logfb
         inpt = build_warmup_input(kp_source.to(device, dtype), obs_len=cfg.obs_len)
         total = int(audio_in.shape[1] / 4) - cfg.obs_len + (1 if cfg.obs_len > 1 else 0)
         offset = 1 if cfg.obs_len > 1 else 0
-        cb = (lambda done, _n: progress("keypoints", done + offset, total)) if progress is not None else None
+        cb = (lambda stage, done, _n: progress(stage, done + offset, total)) if progress is not None else None
         trace: dict[str, torch.Tensor] = {}
         x_rec, x_pred = model.rollout(inpt, audio_in.to(dtype), trace=trace, progress=cb, incremental=incremental)
         out_kp = torch.cat([x_rec[:, -1:], x_pred], dim=1) if cfg.obs_len > 1 else x_pred

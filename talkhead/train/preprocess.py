@@ -11,7 +11,7 @@ and ``logfbank (M, 26)``). Per video:
 2. **Face track** (``crop="auto"``): frames sampled every ``detect_every_s`` seconds (at most
    ``max_detections``, spread over the clip) go through :func:`talkhead.face.detect_faces` (which
    detects on a copy downscaled like FOMM's ``crop-video.py``). As for a still photo, only confident
-   faces count (``talkhead.face.CONFIDENT_SCORE``) and a face's box is its detector box joined with
+   faces count (:func:`talkhead.face.is_confident`) and a face's box is its detector box joined with
    its 68 landmarks (:func:`talkhead.face.face_extent`). Boxes are grouped into tracks by IoU with
    each track's first box (> 0.25, ``crop-video.py``'s ``iou_with_initial``); the track seen in most
    sampled frames is the speaker (ties: the larger face). If fewer than ``min_face_fraction`` of the
@@ -71,9 +71,10 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from ..constants import FPS, KP_DIM, NUM_KP
+from ..constants import FPS, KP_DIM, LOGFBANK_PER_VIDEO_FRAME, NUM_KP
 from ..errors import ConfigError, FFmpegError, InputError, NoFaceError, TalkheadError
-from ..constants import LOGFBANK_PER_VIDEO_FRAME
+from ..face import FOMM_INCREASE_AREA
+from ..progress import Progress
 from .data import (ClipInfo, DataFormatError, DatasetWriter, clip_path, read_manifest,
                    write_manifest)
 
@@ -87,17 +88,15 @@ VIDEO_EXTS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", 
 """File extensions (lower case) picked up when a folder is given to :func:`preprocess`."""
 SKIPPED_NAME = "preprocess-skipped.json"
 """Sidecar in the output directory: ``{"clips": {id: {"source", "reason"}}}`` of skipped videos."""
-INCREASE_AREA = 0.1
-"""FOMM ``crop-video.py`` ``--increase``: the box grows by this fraction of its size on each side."""
 IOU_WITH_INITIAL = 0.25
 """FOMM ``crop-video.py`` ``--iou_with_initial``: a detection joins a track above this IoU."""
 MIN_FRAMES = 50
 """Default shortest clip kept, frames at 25 fps (2 s: MS-Sync trains on 3 observed + 40..120 frames)."""
 
-ProgressCallback = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``; stages ``"videos"`` (videos of this shard handled) and
-``"frames"`` (frames of the current video through the keypoint detector; ``total`` is estimated
-from the container's duration)."""
+PROGRESS_STAGES = ("videos", "frames")
+"""Stages of preprocess's :data:`talkhead.progress.Progress` calls: ``"videos"`` (videos of this shard
+handled) and ``"frames"`` (frames of the current video through the keypoint detector; ``total`` is
+estimated from the container's duration)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -288,7 +287,7 @@ def face_track(detections: Sequence[np.ndarray], *, iou_min: float = IOU_WITH_IN
 
 
 def fixed_crop_box(boxes: np.ndarray, frame_hw: tuple[int, int], *,
-                   increase_area: float = INCREASE_AREA) -> tuple[int, int, int, int]:
+                   increase_area: float = FOMM_INCREASE_AREA) -> tuple[int, int, int, int]:
     """One square crop for a whole clip, covering every face box (FOMM ``crop-video.py`` rule).
 
     The union ("tube", ``crop-video.py``'s ``join``) of ``boxes``, of width ``w`` and height ``h``, is
@@ -472,10 +471,10 @@ def _face_detector(landmarker, device: str, min_score: Optional[float]) -> Calla
 
     ``landmarker`` is a backend name of :func:`talkhead.face.detect_faces` or a callable returning
     :class:`talkhead.face.Face` objects. As for a still (:func:`talkhead.face.select_face`), faces
-    scoring below ``min_score`` (``None``: ``CONFIDENT_SCORE`` of the face's backend) are dropped, and
+    that are not confident (:func:`talkhead.face.is_confident` with ``min_score``) are dropped, and
     each box is the detector box joined with the 68 landmarks (:func:`talkhead.face.face_extent`).
     """
-    from ..face import CONFIDENT_SCORE, detect_faces, face_extent
+    from ..face import detect_faces, face_extent, is_confident
 
     if callable(landmarker):
         fn = landmarker
@@ -493,8 +492,7 @@ def _face_detector(landmarker, device: str, min_score: Optional[float]) -> Calla
             if not hasattr(f, "box"):  # a plain (x0, y0, x1, y1) box from a custom landmarker
                 boxes.append(f)
                 continue
-            threshold = min_score if min_score is not None else CONFIDENT_SCORE.get(getattr(f, "backend", ""), 0.5)
-            if float(getattr(f, "score", 1.0)) >= threshold:
+            if not hasattr(f, "score") or is_confident(f, min_score):
                 boxes.append(face_extent(f) if getattr(f, "landmarks", None) is not None else f.box)
         return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
@@ -531,7 +529,7 @@ def _detect_crop(path: Path, detect, *, detect_every_s: float, max_detections: i
 
 
 def _keypoints(path: Path, fomm, vf: str, size: int, batch_size: int, est_frames: int,
-               progress: Optional[ProgressCallback]) -> np.ndarray:
+               progress: Optional[Progress]) -> np.ndarray:
     """Stream the filtered 25-fps frames through ``fomm.detect`` -> ``(T, 10, 6)`` float32."""
     _, frames = _iter_frames(path, vf, (size, size))
     out: list[np.ndarray] = []
@@ -586,7 +584,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
                max_av_mismatch_frames: int = 12, split: str = "train", detect_every_s: float = 0.5,
                max_detections: int = 24, min_face_fraction: float = 0.5, min_score: Optional[float] = None,
                batch_size: int = 32, retry_skipped: bool = False, flush_every: int = 20,
-               device: str | torch.device = "cpu", progress: Optional[ProgressCallback] = None,
+               device: str | torch.device = "cpu", progress: Optional[Progress] = None,
                on_clip: Optional[Callable[[ClipOutcome], None]] = None) -> PreprocessReport:
     """Turn talking-head videos into MS-Sync training clips in ``out_dir`` (see the module docstring).
 
@@ -610,12 +608,12 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
         detect_every_s: seconds between frames sampled for face detection.
         max_detections: at most this many sampled frames per video (spread over its duration).
         min_face_fraction: skip unless the speaker's face is in at least this fraction of samples.
-        min_score: detector score a face needs (``None``: ``talkhead.face.CONFIDENT_SCORE`` of its backend).
+        min_score: detector score a face needs (``None``: its backend's, :func:`talkhead.face.confident_score`).
         batch_size: frames per keypoint-detector batch.
         retry_skipped: also retry videos an earlier run skipped.
         flush_every: rewrite the manifest after this many new clips.
         device: device for loading FOMM and for the face detector.
-        progress: ``progress(stage, done, total)`` callback (see :data:`ProgressCallback`).
+        progress: ``progress(stage, done, total)`` callback (see :data:`PROGRESS_STAGES`).
         on_clip: called with each :class:`ClipOutcome` as soon as it is known.
 
     Returns:
