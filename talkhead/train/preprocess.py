@@ -73,13 +73,15 @@ import torch
 
 from ..constants import FPS, KP_DIM, LOGFBANK_PER_VIDEO_FRAME, NUM_KP
 from ..errors import ConfigError, FFmpegError, InputError, NoFaceError, TalkheadError
+from ..devices import resolve_device
 from ..face import FOMM_INCREASE_AREA
+from ..options import PreprocessOptions
 from ..progress import Progress
 from .data import (ClipInfo, DataFormatError, DatasetWriter, clip_path, read_manifest,
                    write_manifest)
 
 __all__ = [
-    "VIDEO_EXTS", "SKIPPED_NAME", "ID_PATTERN", "MIN_FRAMES", "VideoJob", "ClipOutcome", "PreprocessReport",
+    "VIDEO_EXTS", "SKIPPED_NAME", "ID_PATTERN", "VideoJob", "ClipOutcome", "PreprocessReport",
     "preprocess", "plan_jobs", "list_videos", "clip_ids", "shard_jobs", "fixed_crop_box", "face_track",
     "merge_shards", "read_skipped",
 ]
@@ -90,8 +92,6 @@ SKIPPED_NAME = "preprocess-skipped.json"
 """Sidecar in the output directory: ``{"clips": {id: {"source", "reason"}}}`` of skipped videos."""
 IOU_WITH_INITIAL = 0.25
 """FOMM ``crop-video.py`` ``--iou_with_initial``: a detection joins a track above this IoU."""
-MIN_FRAMES = 50
-"""Default shortest clip kept, frames at 25 fps (2 s: MS-Sync trains on 3 observed + 40..120 frames)."""
 
 PROGRESS_STAGES = ("videos", "frames")
 """Stages of preprocess's :data:`talkhead.progress.Progress` calls: ``"videos"`` (videos of this shard
@@ -576,15 +576,11 @@ def _resolve_fomm(fomm, fomm_config, fomm_checkpoint, models_dir, offline: bool,
     return load_fomm(fomm_config, fomm_checkpoint, device=device)
 
 
-def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike, *,
-               fomm=None, fomm_config: str | os.PathLike | None = None,
-               fomm_checkpoint: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None,
-               offline: bool = False, landmarker="fan", crop: str = "auto", shard: tuple[int, int] = (0, 1),
-               root: str | os.PathLike | None = None, min_frames: int = MIN_FRAMES,
-               max_av_mismatch_frames: int = 12, split: str = "train", detect_every_s: float = 0.5,
-               max_detections: int = 24, min_face_fraction: float = 0.5, min_score: Optional[float] = None,
-               batch_size: int = 32, retry_skipped: bool = False, flush_every: int = 20,
-               device: str | torch.device = "cpu", progress: Optional[Progress] = None,
+def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike,
+               options: PreprocessOptions = PreprocessOptions(), *, fomm=None,
+               fomm_config: str | os.PathLike | None = None, fomm_checkpoint: str | os.PathLike | None = None,
+               landmarker: Optional[Callable[[np.ndarray], Sequence]] = None, root: str | os.PathLike | None = None,
+               progress: Optional[Progress] = None,
                on_clip: Optional[Callable[[ClipOutcome], None]] = None) -> PreprocessReport:
     """Turn talking-head videos into MS-Sync training clips in ``out_dir`` (see the module docstring).
 
@@ -592,27 +588,15 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
         videos: video files (mp4, mkv, avi, webm, ... any fps; anything ffmpeg decodes) and/or folders
             (searched recursively for :data:`VIDEO_EXTS`).
         out_dir: the data directory (created; an existing one is resumed).
+        options: the run's :class:`~talkhead.options.PreprocessOptions` (landmark backend, crop,
+            shard, split, thresholds, device, models folder; the CLI builds it from its flags).
         fomm: a loaded :class:`talkhead.fomm.FOMM` (its keypoint detector is used, on its device).
             Otherwise ``fomm_config`` + ``fomm_checkpoint`` (official YAML + ``vox-adv-cpk.pth.tar``) are
-            loaded, or else the models folder (``models_dir``, ``offline``) through ``talkhead.models``.
-        landmarker: face backend of :func:`talkhead.face.detect_faces` (``"fan"`` or ``"dlib"``), or a
-            callable ``image (H, W, 3) uint8 -> faces`` (:class:`talkhead.face.Face` objects, or plain
-            ``(x0, y0, x1, y1)`` boxes, which are used as they are).
-        crop: ``"auto"`` (fixed FOMM crop around the tracked face) or ``"none"`` (videos already face
-            crops: whole frames resized to the FOMM frame size).
-        shard: ``(i, n)``: process only shard ``i`` of ``n`` (see :func:`shard_jobs`).
+            loaded, or else the models folder (``options.models_dir``, ``options.offline``).
+        landmarker: a callable ``image (H, W, 3) uint8 -> faces`` (:class:`talkhead.face.Face`
+            objects, or plain ``(x0, y0, x1, y1)`` boxes, which are used as they are) replacing the
+            ``options.landmarker`` backend.
         root: folder clip ids are relative to (default: see :func:`list_videos`).
-        min_frames: skip clips with fewer usable frames (25 fps) than this.
-        max_av_mismatch_frames: skip clips whose audio and video durations differ by more frames.
-        split: ``split`` label stored in the manifest for every new clip.
-        detect_every_s: seconds between frames sampled for face detection.
-        max_detections: at most this many sampled frames per video (spread over its duration).
-        min_face_fraction: skip unless the speaker's face is in at least this fraction of samples.
-        min_score: detector score a face needs (``None``: its backend's, :func:`talkhead.face.confident_score`).
-        batch_size: frames per keypoint-detector batch.
-        retry_skipped: also retry videos an earlier run skipped.
-        flush_every: rewrite the manifest after this many new clips.
-        device: device for loading FOMM and for the face detector.
         progress: ``progress(stage, done, total)`` callback (see :data:`PROGRESS_STAGES`).
         on_clip: called with each :class:`ClipOutcome` as soon as it is known.
 
@@ -621,30 +605,29 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
 
     Raises:
         InputError: a missing input path, or no videos at all.
-        ValueError: a bad ``shard``, ``crop`` or numeric option.
         LandmarkerUnavailableError: the face backend cannot be loaded (checked before any video).
         ConfigError / CheckpointError: FOMM cannot be loaded.
         DataFormatError: an existing, malformed data directory.
         Problems of single videos (no face, no audio, too short, undecodable) are never raised:
         they are reported as skipped, with the reason.
     """
-    if crop not in ("auto", "none"):
-        raise ValueError(f"crop must be 'auto' or 'none', got {crop!r}")
-    if min_frames < 1 or batch_size < 1 or max_detections < 1 or detect_every_s <= 0:
-        raise ValueError("min_frames, batch_size, max_detections and detect_every_s must be positive")
+    o = options
+    crop, min_frames, max_av_mismatch_frames = o.crop, o.min_frames, o.max_av_mismatch_frames
+    shard = o.shard_index
     jobs = plan_jobs(videos, root=root, shard=shard)
-    shard = (int(shard[0]), int(shard[1]))
     out_dir = Path(out_dir)
-    device = str(device)
-    fomm = _resolve_fomm(fomm, fomm_config, fomm_checkpoint, models_dir, offline, device)
+    device = str(resolve_device(o.device))
+    fomm = _resolve_fomm(fomm, fomm_config, fomm_checkpoint, o.models_dir, o.offline, device)
     size = int(fomm.frame_size)
     detect = None
     if crop == "auto":
-        if not callable(landmarker):
-            from ..face import get_landmarker
+        if landmarker is None:
+            from ..face import get_landmarker, resolve_landmarker
 
-            get_landmarker(landmarker, device)  # fail fast (LandmarkerUnavailableError) before any video
-        detect = _face_detector(landmarker, device, min_score)
+            backend, _ = resolve_landmarker(o.landmarker, offline=o.offline)
+            get_landmarker(backend, device, offline=o.offline)  # fail fast (LandmarkerUnavailableError)
+            landmarker = backend
+        detect = _face_detector(landmarker, device, o.min_score)
     from ..audio import load_speech, logfbank
 
     report = PreprocessReport(out_dir=out_dir, shard=shard)
@@ -655,7 +638,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
         if on_clip:
             on_clip(outcome)
 
-    with DatasetWriter(out_dir, flush_every=flush_every, max_mismatch_frames=max_av_mismatch_frames) as writer:
+    with DatasetWriter(out_dir, flush_every=o.flush_every, max_mismatch_frames=max_av_mismatch_frames) as writer:
         for n, job in enumerate(jobs):
             if progress:
                 progress("videos", n, len(jobs))
@@ -663,7 +646,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
             if writer.has(job.clip_id):
                 record(ClipOutcome(job.clip_id, src, "resumed"))
                 continue
-            if job.clip_id in skipped and not retry_skipped:
+            if job.clip_id in skipped and not o.retry_skipped:
                 record(ClipOutcome(job.clip_id, src, "skipped", f"(earlier run) {skipped[job.clip_id]['reason']}"))
                 continue
             t0 = time.perf_counter()
@@ -678,15 +661,15 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
                                 f"(< {min_frames} frames at {FPS} fps)")
                 feats = logfbank(speech.samples, speech.sample_rate)
                 if crop == "auto":
-                    box = _detect_crop(job.path, detect, detect_every_s=detect_every_s,
-                                          max_detections=max_detections, min_face_fraction=min_face_fraction)
+                    box = _detect_crop(job.path, detect, detect_every_s=o.detect_every_s,
+                                       max_detections=o.max_detections, min_face_fraction=o.min_face_fraction)
                     side = box[2] - box[0]
                     vf = (f"fps={FPS},format=rgb24,crop={side}:{side}:{box[0]}:{box[1]},"
                           f"scale={size}:{size}:flags=area")
                 else:
                     vf = f"fps={FPS},format=rgb24,scale={size}:{size}:flags=area"
                 est = int(math.ceil(speech.duration_s * FPS))
-                kp = _keypoints(job.path, fomm, vf, size, batch_size, est, progress)
+                kp = _keypoints(job.path, fomm, vf, size, o.batch_size, est, progress)
                 num_t, num_m = len(kp), len(feats)
                 if abs(num_m / LOGFBANK_PER_VIDEO_FRAME - num_t) > max_av_mismatch_frames:
                     raise _Skip(f"audio ({num_m / 100:.2f} s) and video ({num_t / FPS:.2f} s) durations differ "
@@ -695,7 +678,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
                 if usable < min_frames:
                     raise _Skip(f"too few frames: {usable} usable frames at {FPS} fps (< {min_frames})")
                 info = writer.add(job.clip_id, kp[:usable], feats[:usable * LOGFBANK_PER_VIDEO_FRAME],
-                                  source=src, split=split)
+                                  source=src, split=o.split)
             except (_Skip, FFmpegError, DataFormatError) as exc:
                 reason = str(exc) if isinstance(exc, _Skip) else f"{type(exc).__name__}: {exc}"
                 skipped[job.clip_id] = {"source": src, "reason": reason}
