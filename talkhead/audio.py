@@ -5,7 +5,7 @@ Two stages, both pure apart from reading the one input file:
 1. :func:`load_speech` decodes any audio file into :class:`Speech`: 16 kHz mono float32 samples
    in [-1, 1] (full scale). Decoding uses libsndfile (``soundfile``: wav, flac, ogg/vorbis/opus,
    mp3, aiff, ...) and, for everything it does not read (m4a/aac, webm, mp4/mov audio tracks, ...),
-   the ffmpeg binary shipped with ``imageio-ffmpeg``, driven through ``ffmpeg-python`` (argument
+   the ffmpeg binary shipped with ``imageio-ffmpeg`` (:mod:`talkhead.ffmpeg`; an argument
    list, never a shell; raw float32 PCM is piped out). Both paths stream fixed-size blocks, so a
    two-hour file never holds more than its 16 kHz mono copy in memory.
 
@@ -53,7 +53,7 @@ import numpy as np
 
 from .constants import HOP_S, N_FILT, NFFT, PREEMPH, SAMPLE_RATE, WIN_S
 from .errors import AudioError, AudioTooShortError, InputError
-from .video import ffmpeg_exe
+from .ffmpeg import ffmpeg_exe, flags
 
 __all__ = [
     "MIN_NUM_SAMPLES",
@@ -204,14 +204,9 @@ def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int, int]:
     channels) states rate and channel count up front and allows an unknown length, so the PCM can
     be streamed from the pipe. Raises AudioError (with ffmpeg's last error line) if it fails.
     """
-    import ffmpeg  # ffmpeg-python: builds the argument list
-
-    argv = (
-        ffmpeg.input("file:" + str(path.resolve()))
-        .output("pipe:", format="au", acodec="pcm_f32be", map="0:a:0", map_metadata=-1)
-        .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
-        .compile(cmd=ffmpeg_exe())
-    )
+    argv = [ffmpeg_exe(), "-i", "file:" + str(path.resolve()),
+            *flags({"f": "au", "acodec": "pcm_f32be", "map": "0:a:0", "map_metadata": -1}), "pipe:",
+            "-nostdin", "-hide_banner", "-loglevel", "error"]
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
         try:

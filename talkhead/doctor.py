@@ -58,7 +58,7 @@ def _torch() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _ffmpeg() -> dict[str, Any]:
     try:
-        from .video import ffmpeg_capabilities, ffmpeg_exe
+        from .ffmpeg import ffmpeg_capabilities, ffmpeg_exe
 
         exe = ffmpeg_exe()
         caps = ffmpeg_capabilities()

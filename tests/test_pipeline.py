@@ -17,7 +17,7 @@ from talkhead.keypoints import Keypoints
 from talkhead.options import AnimateOptions
 from talkhead.pipeline import Pipeline
 from talkhead.renderers import RendererEntry, get_renderer, register_renderer, renderer_names, _RENDERERS
-from talkhead.video import probe
+from probe import probe
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent

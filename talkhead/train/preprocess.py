@@ -57,7 +57,6 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import json
-import logging
 import math
 import os
 import re
@@ -66,7 +65,7 @@ import time
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -75,6 +74,7 @@ from ..constants import FPS, KP_DIM, LOGFBANK_PER_VIDEO_FRAME, NUM_KP
 from ..errors import ConfigError, FFmpegError, InputError, NoFaceError, TalkheadError
 from ..devices import resolve_device
 from ..face import FOMM_INCREASE_AREA
+from ..ffmpeg import read_frames, video_meta
 from ..options import PreprocessOptions
 from ..progress import Progress
 from .data import (ClipInfo, DataFormatError, DatasetWriter, clip_path, read_manifest,
@@ -316,62 +316,6 @@ def fixed_crop_box(boxes: np.ndarray, frame_hw: tuple[int, int], *,
     return fomm_square_box(union, (int(frame_hw[0]), int(frame_hw[1])), increase_area)
 
 
-# ============================================================================== video decoding
-class _QuietResize(logging.Filter):
-    """Drop imageio-ffmpeg's warning that filtered frames differ in size from the source (intended here)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "is different from the source frame size" not in record.getMessage()
-
-
-_QUIET = _QuietResize()
-
-
-def _open_frames(path: Path, vf: str) -> tuple[dict, Iterator[bytes]]:
-    """Start ffmpeg on ``path`` with video filter ``vf``; return ``(meta, raw rgb24 frame iterator)``."""
-    import imageio_ffmpeg
-
-    logger = logging.getLogger("imageio_ffmpeg")
-    if _QUIET not in logger.filters:
-        logger.addFilter(_QUIET)
-    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24",
-                                     output_params=["-map", "0:v:0", "-an", "-sn", "-vf", vf])
-    try:
-        meta = next(gen)
-    except (OSError, RuntimeError, StopIteration, ValueError, IndexError) as exc:
-        gen.close()
-        text = str(exc)
-        if "matches no streams" in text:
-            raise FFmpegError(f"{str(path)!r} has no video stream") from None
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        raise FFmpegError(f"cannot decode video {str(path)!r}: {lines[-1] if lines else type(exc).__name__}") from None
-    return meta, gen
-
-
-def _iter_frames(path: Path, vf: str, size: Optional[tuple[int, int]] = None) -> tuple[dict, Iterator[np.ndarray]]:
-    """Decoded RGB frames ``(H, W, 3)`` uint8 after filter ``vf`` (``size`` = ``(W, H)`` if known)."""
-    meta, gen = _open_frames(path, vf)
-    width, height = size if size is not None else meta["size"]
-
-    def frames():
-        try:
-            for raw in gen:
-                yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
-        except (OSError, RuntimeError) as exc:
-            raise FFmpegError(f"decoding {str(path)!r} failed: {exc}") from None
-        finally:
-            gen.close()
-
-    return meta, frames()
-
-
-def _video_meta(path: Path) -> dict:
-    """Container metadata of the first video stream (``size`` (W, H) after rotation, ``duration`` s)."""
-    meta, gen = _open_frames(path, "null")
-    gen.close()
-    return meta
-
-
 # ============================================================================== report
 @dataclass
 class ClipOutcome:
@@ -502,13 +446,13 @@ def _face_detector(landmarker, device: str, min_score: Optional[float]) -> Calla
 def _detect_crop(path: Path, detect, *, detect_every_s: float, max_detections: int, min_face_fraction: float
                  ) -> tuple[int, int, int, int]:
     """Sample frames, track the speaker's face, return the fixed crop box (see module docstring)."""
-    meta = _video_meta(path)
+    meta = video_meta(path)
     width, height = meta["size"]
     duration = float(meta.get("duration") or 0.0)
     rate = 1.0 / detect_every_s
     if duration > 0:
         rate = min(rate, max_detections / duration)
-    _, frames = _iter_frames(path, f"fps={rate:.6f}", (width, height))
+    _, frames = read_frames(path, f"fps={rate:.6f}", (width, height))
     detections = []
     try:
         for frame in frames:
@@ -531,7 +475,7 @@ def _detect_crop(path: Path, detect, *, detect_every_s: float, max_detections: i
 def _keypoints(path: Path, fomm, vf: str, size: int, batch_size: int, est_frames: int,
                progress: Optional[Progress]) -> np.ndarray:
     """Stream the filtered 25-fps frames through ``fomm.detect`` -> ``(T, 10, 6)`` float32."""
-    _, frames = _iter_frames(path, vf, (size, size))
+    _, frames = read_frames(path, vf, (size, size))
     out: list[np.ndarray] = []
     batch: list[np.ndarray] = []
     count = 0
