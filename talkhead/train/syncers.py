@@ -20,6 +20,7 @@ pyramid file (:func:`talkhead.mssync.syncers.save_syncers`).
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -34,7 +35,7 @@ from ..mssync.syncers import (WINDOW_FRAMES, SyncerConfig, SyncerPyramid, build_
                               syncers_from_state)
 from .data import DataFormatError, WindowDataset
 from .evaluate import av_sync_clips
-from .engine import CHECKPOINT_NAME, ProgressFn, RunContext, TrainTask, read_run_checkpoint, resolve_run_config, run_training
+from .engine import CHECKPOINT_NAME, EngineConfig, ProgressFn, RunContext, TrainTask, read_run_checkpoint, resolve_run_config, run_training
 
 DEFAULTS_PATH = Path(__file__).with_name("configs") / "syncers.yaml"
 
@@ -194,6 +195,30 @@ def collate_segments(items: list[dict]) -> dict:
 # ============================================================================================ training task
 
 
+@dataclass(frozen=True, kw_only=True)
+class SyncerRunConfig(EngineConfig):
+    """The ``train syncers`` run config, typed and checked once (defaults and meaning of every key:
+    ``talkhead/train/configs/syncers.yaml``, the one place they are declared)."""
+
+    batch_size: int
+    segment_frames: int
+    segment_hop: int
+    anchors_per_segment: int
+    negatives: int
+    same_clip_negatives: int
+    temperature: float
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    lr_step: int
+    lr_gamma: float
+    grad_clip: float
+    val_segments: int
+    eval_max_shift: int
+    cache_clips: int
+    model: SyncerConfig
+
+
 class SyncerTask(TrainTask):
     """:class:`~talkhead.train.engine.TrainTask` training a :class:`SyncerPyramid` with InfoNCE.
 
@@ -209,27 +234,27 @@ class SyncerTask(TrainTask):
         self.data_dir = Path(data_dir)
 
     def setup(self, ctx: RunContext) -> None:
-        cfg = ctx.config
+        cfg = self.cfg = SyncerRunConfig.from_config(ctx.config)
         self.ctx = ctx
-        self.model_cfg = SyncerConfig.from_mapping(cfg["model"])
+        self.model_cfg = cfg.model
         unit = 2 ** (self.model_cfg.levels - 1)
-        f = int(cfg["segment_frames"])
+        f = cfg.segment_frames
         if f % unit or f < WINDOW_FRAMES * unit + unit:
             raise ConfigError(f"segment_frames={f} must be a multiple of {unit} and at least "
                               f"{WINDOW_FRAMES * unit + unit} for a {self.model_cfg.levels}-level pyramid")
         self.model = SyncerPyramid(self.model_cfg).to(ctx.device)
         self.ddp_model = ctx.wrap_ddp(self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(cfg["lr"]), betas=tuple(cfg["betas"]),
-                                          weight_decay=float(cfg["weight_decay"]))
-        step = int(cfg["lr_step"])
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                          weight_decay=cfg.weight_decay)
+        step = cfg.lr_step
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=max(step, 1),
-                                                         gamma=float(cfg["lr_gamma"]) if step > 0 else 1.0)
+                                                         gamma=cfg.lr_gamma if step > 0 else 1.0)
         levels, kernel = self.model_cfg.levels, self.model_cfg.kernel_size
-        self.train_set = PyramidSegments(self.data_dir, "train", f, int(cfg["segment_hop"]), levels=levels,
-                                         kernel_size=kernel, cache_clips=int(cfg["cache_clips"]))
+        self.train_set = PyramidSegments(self.data_dir, "train", f, cfg.segment_hop, levels=levels,
+                                         kernel_size=kernel, cache_clips=cfg.cache_clips)
         try:
             val = PyramidSegments(self.data_dir, "val", f, f, levels=levels, kernel_size=kernel, cache_clips=0)
-            n = min(len(val), int(cfg["val_segments"]))
+            n = min(len(val), cfg.val_segments)
             idx = np.linspace(0, len(val) - 1, n).round().astype(int) if n < len(val) else np.arange(len(val))
             self.val_items = [val[int(i)] for i in idx]
             self.val_store = val.windows.store
@@ -246,21 +271,21 @@ class SyncerTask(TrainTask):
         return {"step_lr": self.scheduler}
 
     def batches(self, start_step: int) -> Iterator[dict]:
-        cfg = self.ctx.config
-        return iter(self.ctx.make_loader(self.train_set, int(cfg["batch_size"]), start_step=start_step,
-                                         total_steps=int(cfg["steps"]), seed=int(cfg["seed"]),
-                                         num_workers=int(cfg["num_workers"]), collate_fn=collate_segments))
+        cfg = self.cfg
+        return iter(self.ctx.make_loader(self.train_set, cfg.batch_size, start_step=start_step,
+                                         total_steps=cfg.steps, seed=cfg.seed, num_workers=cfg.num_workers,
+                                         collate_fn=collate_segments))
 
     def _losses(self, model: nn.Module, batch: dict, generator: torch.Generator | None):
-        cfg = self.ctx.config
+        cfg = self.cfg
         dev = self.ctx.device
         levels = model([(kp.to(dev), lf.to(dev)) for kp, lf in batch["levels"]])
         out = []
         for l, (e_x, e_a) in enumerate(levels):
-            out.append(info_nce(e_x, e_a, batch["clip"], batch["start"], l, negatives=int(cfg["negatives"]),
-                                same_clip_negatives=int(cfg["same_clip_negatives"]),
-                                anchors_per_segment=int(cfg["anchors_per_segment"]),
-                                temperature=float(cfg["temperature"]), generator=generator))
+            out.append(info_nce(e_x, e_a, batch["clip"], batch["start"], l, negatives=cfg.negatives,
+                                same_clip_negatives=cfg.same_clip_negatives,
+                                anchors_per_segment=cfg.anchors_per_segment,
+                                temperature=cfg.temperature, generator=generator))
         return out
 
     def train_step(self, batch: dict, step: int) -> dict[str, float]:
@@ -269,7 +294,7 @@ class SyncerTask(TrainTask):
         loss = torch.stack([l for l, _ in per_level]).sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip = float(self.ctx.config["grad_clip"])
+        clip = self.cfg.grad_clip
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
@@ -286,8 +311,8 @@ class SyncerTask(TrainTask):
         if not self.val_items:
             return {}
         self.model.eval()
-        gen = torch.Generator().manual_seed(int(self.ctx.config["seed"]) + 12345)
-        bs = max(2, int(self.ctx.config["batch_size"]))
+        gen = torch.Generator().manual_seed(self.cfg.seed + 12345)
+        bs = max(2, self.cfg.batch_size)
         sums = np.zeros((self.model.levels, 2))
         count = 0
         for i in range(0, len(self.val_items), bs):
@@ -309,11 +334,11 @@ class SyncerTask(TrainTask):
     def final_metrics(self) -> dict:
         out: dict = {"val": dict(getattr(self, "last_val", {}))}
         if self.val_store is not None:
-            n = min(len(self.val_store), int(self.ctx.config["val_segments"]))
+            n = min(len(self.val_store), self.cfg.val_segments)
             clips = [self.val_store.get(i) for i in range(n)]
             out["av_sync"] = av_sync_clips(self.model, [c[0] for c in clips], [c[1] for c in clips],
-                                           max_shift=int(self.ctx.config["eval_max_shift"]))
-        out["chance_accuracy"] = 1.0 / (1 + int(self.ctx.config["negatives"]))
+                                           max_shift=self.cfg.eval_max_shift)
+        out["chance_accuracy"] = 1.0 / (1 + self.cfg.negatives)
         return out
 
 
