@@ -30,7 +30,7 @@ Measured deviation of the logfbank of ``speech_44k_stereo.wav`` (the 16 kHz test
 soxr 'HQ'): 479 frames, max abs 1.161 (band 0, 0-62 Hz), mean abs 0.0086, 99th percentile 0.170;
 band 25 (the top band, up to 8 kHz, attenuated by the resampler's low-pass) mean abs 0.132; bands
 1-24 mean abs 0.0034 (worst band 0.0077). The reference's own ffmpeg path gives max 0.78, mean
-0.013 on the same file (fixture README, section 3). Transcoding the clip moves the features by a
+0.013 on the same file (docs/fixtures.md, "Reference behaviours" 6). Transcoding the clip moves the features by a
 mean abs of 0.0 (flac), 0.034 (opus 64k), 0.061 (aac 64k), 0.11 (mp3 64k), 0.14 (vorbis); the
 decoded lengths stay 76,800 samples (encoder delay removed by the decoders).
 

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from talkhead.cli import app
 from talkhead.mssync import load_mssync
+from talkhead.train.engine import read_run_checkpoint
 from talkhead.train.synthetic import make_synthetic_dataset
 from tiny_train import TINY_GENERATOR, TINY_SYNCERS, tiny
 
@@ -90,7 +92,12 @@ def test_train_generator_cli_model_animates(runs, tiny_models_dir, tmp_path):
                  "--quiet")
     assert result.exit_code == 0, result.output
     model = load_mssync(run_dir / "mssync")
-    assert sum(p.numel() for p in model.parameters()) > 0
+    # the exported model is the generator of the last checkpoint (written by the task's on_checkpoint)
+    ckpt = read_run_checkpoint(run_dir)
+    saved = ckpt["models"]["generator"]
+    assert set(model.state_dict()) == set(saved)
+    assert all(torch.equal(v.cpu(), saved[k]) for k, v in model.state_dict().items())
+    assert torch.load(run_dir / "mssync" / "model_chkpt.pt", weights_only=True)["steps"] == ckpt["step"] == 2
     # the trained generator drops into a models directory and drives `animate`
     models = tmp_path / "models"
     shutil.copytree(tiny_models_dir / "fomm", models / "fomm")

@@ -184,7 +184,7 @@ def generate_keypoints(model: MSSyncGenerator, kp_source: Keypoints, logfbank, *
         logfbank: ``(M, 26)`` log filterbank of the speech at 100 Hz (array or tensor; float64 is
             cast to float32 as the reference's ``torch.Tensor(melspec)``).
         seq_len: if > 0, generate at most ``1 + seq_len`` frames (the reference ``max_l``
-            behaviour; the result then differs slightly from a full run, see the fixture README).
+            behaviour; the result then differs slightly from a full run, see docs/fixtures.md, "Reference behaviours" 3).
         progress: ``progress("keypoints", done, total)`` in frames during the autoregressive decoding.
 
     Returns:

@@ -301,12 +301,7 @@ def read_syncer_file(path: str | Path) -> dict | None:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no syncer checkpoint at {path}")
-    try:
-        raw = load_checkpoint(path)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # corrupt zip, truncated file, unsafe pickle content
-        raise CheckpointError(f"cannot load syncer checkpoint {path}: {exc}") from None
+    raw = load_checkpoint(path)  # raises CheckpointError for unreadable, corrupt or unsafe files
     return raw if isinstance(raw, dict) and raw.get("format") == PYRAMID_FORMAT else None
 
 
