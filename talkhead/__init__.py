@@ -8,7 +8,7 @@ Public API::
 Stage functions live in their modules: :mod:`talkhead.audio` (``load_speech``, ``logfbank``),
 :mod:`talkhead.face` (``load_image``, ``detect_faces``, ``fomm_crop``), :mod:`talkhead.fomm`
 (``load_fomm``), :mod:`talkhead.mssync` (``load_mssync``, ``generate_keypoints``),
-:mod:`talkhead.video` (``VideoWriter``, ``probe``), :mod:`talkhead.models` (checkpoints).
+:mod:`talkhead.video` (``VideoWriter``), :mod:`talkhead.ffmpeg`, :mod:`talkhead.models` (checkpoints).
 """
 
 __version__ = "0.1.0"

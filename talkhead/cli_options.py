@@ -86,7 +86,7 @@ class _Deferred:
     """The options, built on first use (inside the command's error handling, so a bad value is one line)."""
 
     def __init__(self, maker: Callable[..., Any], values: dict):
-        self._maker, self._values, self._built = maker, values, None
+        self._maker, self._values = maker, values
 
     def __call__(self, **changes: Any) -> Any:
         """Build the options object (``changes`` override CLI values)."""

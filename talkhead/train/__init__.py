@@ -1,4 +1,6 @@
-"""Training: data format, the shared training engine, the MS-Sync syncer pyramid and the evaluation.
+"""Training: data format, the shared training engine, training the syncer pyramid and the generator, evaluation.
+
+The syncer pyramid model itself is :mod:`talkhead.mssync.syncers` (training and evaluation share it).
 
 Public entry points (the CLI calls these):
 
