@@ -8,8 +8,8 @@ Public API::
 Stage functions live in their modules: :mod:`talkhead.audio` (``load_speech``, ``logfbank``),
 :mod:`talkhead.face` (``load_image``, ``detect_faces``, ``fomm_crop``), :mod:`talkhead.fomm`
 (``load_fomm``), :mod:`talkhead.mssync` (``load_mssync``, ``generate_keypoints``),
-:mod:`talkhead.video` (``VideoWriter``, ``probe``), :mod:`talkhead.store` (checkpoint files: sources,
-download, verification).
+:mod:`talkhead.video` (``VideoWriter``), :mod:`talkhead.ffmpeg`, :mod:`talkhead.store` (checkpoint files:
+sources, download, verification).
 """
 
 __version__ = "0.1.0"

@@ -5,7 +5,7 @@ Two stages, both pure apart from reading the one input file:
 1. :func:`load_speech` decodes any audio file into :class:`Speech`: 16 kHz mono float32 samples
    in [-1, 1] (full scale). Decoding uses libsndfile (``soundfile``: wav, flac, ogg/vorbis/opus,
    mp3, aiff, ...) and, for everything it does not read (m4a/aac, webm, mp4/mov audio tracks, ...),
-   the ffmpeg binary shipped with ``imageio-ffmpeg``, driven through ``ffmpeg-python`` (argument
+   the ffmpeg binary shipped with ``imageio-ffmpeg`` (:mod:`talkhead.ffmpeg`; an argument
    list, never a shell; raw float32 PCM is piped out). Both paths stream fixed-size blocks, so a
    two-hour file never holds more than its 16 kHz mono copy in memory.
 
@@ -30,7 +30,7 @@ Measured deviation of the logfbank of ``speech_44k_stereo.wav`` (the 16 kHz test
 soxr 'HQ'): 479 frames, max abs 1.161 (band 0, 0-62 Hz), mean abs 0.0086, 99th percentile 0.170;
 band 25 (the top band, up to 8 kHz, attenuated by the resampler's low-pass) mean abs 0.132; bands
 1-24 mean abs 0.0034 (worst band 0.0077). The reference's own ffmpeg path gives max 0.78, mean
-0.013 on the same file (fixture README, section 3). Transcoding the clip moves the features by a
+0.013 on the same file (docs/fixtures.md, "Reference behaviours" 6). Transcoding the clip moves the features by a
 mean abs of 0.0 (flac), 0.034 (opus 64k), 0.061 (aac 64k), 0.11 (mp3 64k), 0.14 (vorbis); the
 decoded lengths stay 76,800 samples (encoder delay removed by the decoders).
 
@@ -53,7 +53,7 @@ import numpy as np
 
 from .constants import HOP_S, N_FILT, NFFT, PREEMPH, SAMPLE_RATE, WIN_S
 from .errors import AudioError, AudioTooShortError, InputError
-from .video import ffmpeg_exe
+from .ffmpeg import ffmpeg_exe, flags
 
 __all__ = [
     "MIN_NUM_SAMPLES",
@@ -68,10 +68,12 @@ __all__ = [
 ]
 
 MIN_NUM_SAMPLES = 1361
-"""Fewest 16 kHz samples (about 0.085 s) the MS-Sync keypoint generator accepts.
+"""Fewest 16 kHz samples (about 0.085 s) the MS-Sync keypoint generator accepts (the one definition:
+:func:`load_speech` rejects shorter audio, :func:`talkhead.mssync.num_frames` uses it too).
 
-With at most 1360 samples the reference ``execute_model`` fails (reflect pad or indexing error);
-1361 samples give M = 8 logfbank frames and T = 2 output frames (fixture README, item 9)."""
+1361 samples give M = 8 logfbank rows and T = 2 output frames; with at most 1360 samples the
+reference ``execute_model`` fails (a reflect-pad RuntimeError, or an IndexError when M <= 3 rows;
+see docs/fixtures.md, "minimum audio")."""
 
 SILENCE_PEAK = 1e-4
 """Audio whose peak absolute value after removing its mean is below this (full scale = 1.0,
@@ -202,14 +204,9 @@ def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int, int]:
     channels) states rate and channel count up front and allows an unknown length, so the PCM can
     be streamed from the pipe. Raises AudioError (with ffmpeg's last error line) if it fails.
     """
-    import ffmpeg  # ffmpeg-python: builds the argument list
-
-    argv = (
-        ffmpeg.input("file:" + str(path.resolve()))
-        .output("pipe:", format="au", acodec="pcm_f32be", map="0:a:0", map_metadata=-1)
-        .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
-        .compile(cmd=ffmpeg_exe())
-    )
+    argv = [ffmpeg_exe(), "-i", "file:" + str(path.resolve()),
+            *flags({"f": "au", "acodec": "pcm_f32be", "map": "0:a:0", "map_metadata": -1}), "pipe:",
+            "-nostdin", "-hide_banner", "-loglevel", "error"]
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
         try:

@@ -6,33 +6,23 @@ traceback is shown only with ``--debug``. Ctrl-C exits with 130 and leaves nothi
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from . import cli_train
+from .cli_common import State, StageBars, err_console, errors, out_console, progress_bars
 from .cli_options import with_options
-from .errors import TalkheadError
 from .options import AnimateOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Talking-head video from one face photo and a speech recording (MS-Sync + FOMM).")
-train_app = typer.Typer(no_args_is_help=True, help="Retrain the syncer pyramid or the MS-Sync generator.")
-app.add_typer(train_app, name="train")
-
-err_console = Console(stderr=True)
-out_console = Console()
-
-
-class _State:
-    debug = False
-    debug_anywhere = False  # set by main() when --debug stood after the subcommand
+app.add_typer(cli_train.commands)                     # preprocess, merge-shards, evaluate
+app.add_typer(cli_train.train_app, name="train")      # train syncers, train generator
 
 
 def _version(value: bool) -> None:
@@ -47,67 +37,7 @@ def _version(value: bool) -> None:
 def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (accepted anywhere)."),
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
-    _State.debug = debug or _State.debug_anywhere
-
-
-def _fail(exc: BaseException) -> None:
-    if _State.debug:
-        err_console.print_exception()
-    msg = str(exc) or exc.__class__.__name__
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(getattr(exc, "exit_code", 2))
-
-
-@contextlib.contextmanager
-def _errors():
-    """Map TalkheadError -> one line + exit 2; Ctrl-C -> exit 130."""
-    try:
-        yield
-    except TalkheadError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: nothing partial was left behind")
-        raise typer.Exit(130)
-
-
-class _LazyProgress(Progress):
-    """A Rich Progress that draws nothing until its first task (so an early one-line error stays one line)."""
-
-    def __enter__(self) -> "_LazyProgress":
-        return self
-
-    def add_task(self, *args, **kwargs):
-        if not self.live.is_started:
-            self.start()
-        return super().add_task(*args, **kwargs)
-
-    def __exit__(self, *exc) -> None:
-        if self.live.is_started:
-            self.stop()
-
-
-def _progress(quiet: bool) -> Progress:
-    return _LazyProgress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                         TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                         TimeRemainingColumn(), console=err_console, disable=quiet, transient=False)
-
-
-class _Bars:
-    """Adapter from the API's ``progress(stage, done, total)`` callback to Rich tasks."""
-
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self.tasks: dict[str, int] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=total, unit="frames")
-        self.progress.update(self.tasks[stage], completed=done, total=total)
-
-    def reset(self) -> None:
-        for task in self.tasks.values():
-            self.progress.remove_task(task)
-        self.tasks.clear()
+    State.debug = debug or State.debug_anywhere
 
 
 # ----------------------------------------------------------------------------------------------- options
@@ -145,12 +75,12 @@ def animate(
     """
     from .pipeline import Pipeline
 
-    with _errors():
+    with errors():
         opts = options()
         output = output or audio.with_suffix(".mp4")
         pipeline = Pipeline(opts, log=_log(quiet))
-        with _progress(quiet) as progress:
-            result = pipeline.animate(image, audio, output, save_keypoints=save_keypoints, progress=_Bars(progress))
+        with progress_bars(quiet) as progress:
+            result = pipeline.animate(image, audio, output, save_keypoints=save_keypoints, progress=StageBars(progress))
         if not quiet:
             err_console.print(f"[green]wrote[/] {result.output}  ({result.num_frames} frames, {result.duration_s:.2f} s)",
                               highlight=False)
@@ -181,7 +111,7 @@ def batch(
     from .batch import find_pairs, read_pairs_csv, run_batch
     from .pipeline import Pipeline
 
-    with _errors():
+    with errors():
         opts = options()
         if pairs is not None:
             jobs = read_pairs_csv(pairs)
@@ -190,8 +120,8 @@ def batch(
         else:
             raise typer.BadParameter("give IMAGES_DIR and AUDIO_DIR, or --pairs FILE.csv")
         pipeline = Pipeline(opts, log=_log(quiet))
-        with _progress(quiet) as progress:
-            bars = _Bars(progress)
+        with progress_bars(quiet) as progress:
+            bars = StageBars(progress)
             overall = progress.add_task("pairs", total=len(jobs), unit="pairs")
 
             def on_item(item):
@@ -240,7 +170,7 @@ def download(
     """
     from . import store
 
-    with _errors():
+    with errors():
         root = store.resolve_models_dir(models_dir)
         if from_dir is not None:
             store.install_from(from_dir, root, names=names or None)
@@ -290,7 +220,7 @@ def doctor(models_dir: Optional[Path] = ModelsDir,
     from .doctor import doctor_report, has_problems, render_report
     from .store import resolve_models_dir
 
-    with _errors():
+    with errors():
         report = doctor_report(resolve_models_dir(models_dir))
         if as_json:
             out_console.print_json(json.dumps(report, default=str))
@@ -300,17 +230,12 @@ def doctor(models_dir: Optional[Path] = ModelsDir,
             raise typer.Exit(1)
 
 
-from . import cli_train  # noqa: E402  (preprocess, train syncers/generator, evaluate)
-
-cli_train.register(app, train_app, _errors, err_console, out_console)
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point. ``--debug`` is accepted anywhere on the command line."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
-    _State.debug_anywhere = "--debug" in args
+    State.debug_anywhere = "--debug" in args
     app(args=[a for a in args if a != "--debug"], prog_name="talkhead")
 
 

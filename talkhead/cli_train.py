@@ -1,5 +1,11 @@
-"""CLI commands for retraining and evaluation: ``preprocess``, ``train syncers``, ``train generator``,
-``evaluate``. Thin: parse, call :mod:`talkhead.train`, render progress (Rich) and results.
+"""CLI commands for retraining and evaluation: ``preprocess``, ``merge-shards``, ``train syncers``,
+``train generator``, ``evaluate``. Thin: parse, call :mod:`talkhead.train`, render progress (Rich)
+and results.
+
+Two Typer apps, added by :mod:`talkhead.cli`: :data:`commands` (top-level ``preprocess``,
+``merge-shards``, ``evaluate``) and :data:`train_app` (``train syncers``, ``train generator``).
+Consoles and error handling are :mod:`talkhead.cli_common`'s; preprocess's options are
+:class:`talkhead.options.PreprocessOptions`, turned into flags by :func:`talkhead.cli_options.with_options`.
 
 Multi-GPU / multi-machine: launch with ``torchrun --nproc_per_node N -m talkhead train ...``; the
 engine joins the process group from torchrun's environment, and only rank 0 prints and writes.
@@ -15,7 +21,15 @@ import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .cli_common import StageBars, err_console, errors, out_console, progress_bars
+from .cli_options import with_options
 from .errors import InputError
+from .options import PreprocessOptions
+
+commands = typer.Typer()
+"""Top-level commands: ``preprocess``, ``merge-shards``, ``evaluate``."""
+train_app = typer.Typer(no_args_is_help=True, help="Retrain the syncer pyramid or the MS-Sync generator.")
+"""The ``train`` group: ``train syncers``, ``train generator``."""
 
 
 def _is_rank0() -> bool:
@@ -69,103 +83,103 @@ Resume = typer.Option(False, "--resume", help="Continue the run in RUN_DIR from 
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
-def register(app: typer.Typer, train_app: typer.Typer, errors, err_console, out_console) -> None:
-    """Add the training and evaluation commands to the Typer apps of :mod:`talkhead.cli`."""
+@commands.command()
+@with_options(PreprocessOptions)
+def preprocess(
+    videos: List[Path] = typer.Argument(..., help="Talking-head videos or folders of them (mp4, mkv, avi, webm)."),
+    out_dir: Path = typer.Option(..., "--output", "-o", help="Training data folder (manifest.json + clips/)."),
+    quiet: bool = Quiet,
+    *, options,
+) -> None:
+    """Videos -> per clip FOMM keypoints + jacobians (T,10,6) at 25 fps and the logfbank at 100 Hz.
 
-    @app.command()
-    def preprocess(
-        videos: List[Path] = typer.Argument(..., help="Talking-head videos or folders of them (mp4, mkv, avi, webm)."),
-        out_dir: Path = typer.Option(..., "--output", "-o", help="Training data folder (manifest.json + clips/)."),
-        models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="Checkpoint folder (FOMM keypoint detector)."),
-        landmarker: str = typer.Option("fan", "--landmarker", help="fan | dlib."),
-        crop: str = typer.Option("auto", "--crop", help="auto: fixed face crop per clip; none: videos are face crops."),
-        shard: str = typer.Option("0/1", "--shard", help="I/N: process the I-th of N deterministic shares of the inputs."),
-        split: str = typer.Option("train", "--split", help="Split label recorded for these clips (train, val, test)."),
-        device: str = typer.Option("cpu", "--device", help="cpu | cuda | mps."),
-        offline: bool = typer.Option(False, "--offline", help="Never download checkpoints."),
-        quiet: bool = typer.Option(False, "--quiet", "-q"),
-    ) -> None:
-        """Videos -> per clip FOMM keypoints + jacobians (T,10,6) at 25 fps and the logfbank at 100 Hz.
+    Resumable (clips already done are skipped); clips with no face, no audio or too few frames are
+    skipped and reported. With --shard I/N, join the shard folders with `talkhead merge-shards`.
+    """
+    from .train.preprocess import preprocess as run
 
-        Resumable (clips already done are skipped); clips with no face, no audio or too few frames are
-        skipped and reported.
-        """
-        from .train.preprocess import preprocess as run
+    with errors():
+        opts = options()
+        with progress_bars(quiet) as progress:
+            report = run(videos, out_dir, opts, progress=StageBars(progress, {"videos": "videos"}))
+        for outcome in report.skipped:
+            out_console.print(f"[yellow]skipped[/] {outcome.source}: {outcome.reason}", highlight=False)
+        out_console.print(report.summary())
 
-        with errors():
-            try:
-                i, n = (int(x) for x in shard.split("/"))
-                assert 0 <= i < n
-            except (ValueError, AssertionError):
-                raise InputError(f"--shard must be I/N with 0 <= I < N, not {shard!r}") from None
-            with Progress(TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, disable=quiet) as progress:
-                tasks: dict = {}
 
-                def cb(stage, done, total):
-                    if stage not in tasks:
-                        tasks[stage] = progress.add_task(stage, total=total)
-                    progress.update(tasks[stage], completed=done, total=total)
+@commands.command("merge-shards")
+def merge_shards(
+    shard_dirs: List[Path] = typer.Argument(..., help="Data folders written by `preprocess --shard I/N`."),
+    out_dir: Path = typer.Option(..., "--output", "-o", help="The merged training data folder."),
+    copy: bool = typer.Option(False, "--copy", help="Copy clip files instead of hard-linking them."),
+) -> None:
+    """Join the shard folders of `preprocess --shard` into one training data folder (idempotent)."""
+    from .train.preprocess import merge_shards as run
 
-                report = run(videos, out_dir, models_dir=models_dir, offline=offline, landmarker=landmarker,
-                             crop=crop, shard=(i, n), split=split, device=device, progress=cb)
-            for outcome in report.skipped:
-                out_console.print(f"[yellow]skipped[/] {outcome.source}: {outcome.reason}", highlight=False)
-            out_console.print(report.summary())
+    with errors():
+        for d in shard_dirs:
+            if not d.is_dir():
+                raise InputError(f"shard folder not found: {d}")
+        clips = run(shard_dirs, out_dir, link=not copy)
+        out_console.print(f"{len(clips)} clips in {out_dir}")
 
-    def _train(fn, data_dir, run_dir, config, overrides, resume, quiet, **kw):
-        with errors():
-            with _train_progress(err_console, quiet) as progress:
-                final = fn(data_dir, run_dir, config=config, overrides=_parse_overrides(overrides), resume=resume,
-                           progress=_TrainBar(progress), **kw)
-            if _is_rank0():
-                out_console.print_json(json.dumps(final, default=str))
 
-    @train_app.command("syncers")
-    def train_syncers(
-        data_dir: Path = DataDir,
-        run_dir: Path = typer.Option(..., "--output", "-o", help="Run folder (config, checkpoints, metrics)."),
-        config: Optional[Path] = RunConfig, overrides: Optional[List[str]] = Overrides, resume: bool = Resume,
-        quiet: bool = Quiet,
-    ) -> None:
-        """Train the pyramid of audio-visual syncers (InfoNCE; 200, 400, 800, 1600 ms windows)."""
-        from .train.syncers import train_syncers as fn
+def _train(fn, data_dir, run_dir, config, overrides, resume, quiet, **kw):
+    with errors():
+        with _train_progress(err_console, quiet) as progress:
+            final = fn(data_dir, run_dir, config=config, overrides=_parse_overrides(overrides), resume=resume,
+                       progress=_TrainBar(progress), **kw)
+        if _is_rank0():
+            out_console.print_json(json.dumps(final, default=str))
 
-        _train(fn, data_dir, run_dir, config, overrides, resume, quiet)
 
-    @train_app.command("generator")
-    def train_generator(
-        data_dir: Path = DataDir,
-        syncers: Path = typer.Option(..., "--syncers", help="Run folder of `talkhead train syncers` (frozen AV loss)."),
-        run_dir: Path = typer.Option(..., "--output", "-o", help="Run folder; the released-format model goes to RUN_DIR/mssync."),
-        config: Optional[Path] = RunConfig, overrides: Optional[List[str]] = Overrides, resume: bool = Resume,
-        quiet: bool = Quiet,
-    ) -> None:
-        """Train the MS-Sync generator GAN with the multi-scale AV synchrony loss."""
-        from .train.generator import train_generator as fn
+@train_app.command("syncers")
+def train_syncers(
+    data_dir: Path = DataDir,
+    run_dir: Path = typer.Option(..., "--output", "-o", help="Run folder (config, checkpoints, metrics)."),
+    config: Optional[Path] = RunConfig, overrides: Optional[List[str]] = Overrides, resume: bool = Resume,
+    quiet: bool = Quiet,
+) -> None:
+    """Train the pyramid of audio-visual syncers (InfoNCE; 200, 400, 800, 1600 ms windows)."""
+    from .train.syncers import train_syncers as fn
 
-        _train(fn, data_dir, run_dir, config, overrides, resume, quiet, syncers_dir=syncers)
+    _train(fn, data_dir, run_dir, config, overrides, resume, quiet)
 
-    @app.command()
-    def evaluate(
-        generated: Path = typer.Argument(..., help="Generated keypoints: a training-data folder, or a folder of "
-                                                   "`--save-keypoints` .npz files named like the ground-truth clip ids."),
-        ground_truth: Path = typer.Option(..., "--ground-truth", help="Training-data folder with the real clips (keypoints + logfbank)."),
-        syncers: Path = typer.Option(..., "--syncers", help="Metric syncer pyramid (a `train syncers` run, trained apart from any loss syncer)."),
-        split: Optional[str] = typer.Option(None, "--split", help="Only ground-truth clips of this split."),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
-    ) -> None:
-        """Multi-scale AV synchrony (|AV-Off|, AV-Conf at 200/400/800/1600 ms) with static and ground-truth rows."""
-        from .io import atomic_output
-        from .train import evaluate as run, format_table, load_syncers
 
-        with errors():
-            gen, gt = load_eval_pairs(generated, ground_truth, split)
-            result = run(gen, gt, load_syncers(syncers))
-            out_console.print(format_table(result))
-            if json_out is not None:
-                with atomic_output(json_out, overwrite=True) as tmp:
-                    Path(tmp).write_text(json.dumps(result, indent=2))
+@train_app.command("generator")
+def train_generator(
+    data_dir: Path = DataDir,
+    syncers: Path = typer.Option(..., "--syncers", help="Run folder of `talkhead train syncers` (frozen AV loss)."),
+    run_dir: Path = typer.Option(..., "--output", "-o", help="Run folder; the released-format model goes to RUN_DIR/mssync."),
+    config: Optional[Path] = RunConfig, overrides: Optional[List[str]] = Overrides, resume: bool = Resume,
+    quiet: bool = Quiet,
+) -> None:
+    """Train the MS-Sync generator GAN with the multi-scale AV synchrony loss."""
+    from .train.generator import train_generator as fn
+
+    _train(fn, data_dir, run_dir, config, overrides, resume, quiet, syncers_dir=syncers)
+
+
+@commands.command()
+def evaluate(
+    generated: Path = typer.Argument(..., help="Generated keypoints: a training-data folder, or a folder of "
+                                               "`--save-keypoints` .npz files named like the ground-truth clip ids."),
+    ground_truth: Path = typer.Option(..., "--ground-truth", help="Training-data folder with the real clips (keypoints + logfbank)."),
+    syncers: Path = typer.Option(..., "--syncers", help="Metric syncer pyramid (a `train syncers` run, trained apart from any loss syncer)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only ground-truth clips of this split."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
+) -> None:
+    """Multi-scale AV synchrony (|AV-Off|, AV-Conf at 200/400/800/1600 ms) with static and ground-truth rows."""
+    from .io import atomic_output
+    from .train import evaluate as run, format_table, load_syncers
+
+    with errors():
+        gen, gt = load_eval_pairs(generated, ground_truth, split)
+        result = run(gen, gt, load_syncers(syncers))
+        out_console.print(format_table(result))
+        if json_out is not None:
+            with atomic_output(json_out, overwrite=True) as tmp:
+                Path(tmp).write_text(json.dumps(result, indent=2))
 
 
 def load_eval_pairs(generated: Path, ground_truth: Path, split: Optional[str] = None):

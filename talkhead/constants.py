@@ -25,8 +25,19 @@ N_FILT = 26
 PREEMPH = 0.97
 """Pre-emphasis coefficient: y[n] = x[n] - 0.97 x[n-1]."""
 
-LOGFBANK_PER_FRAME = 3.9943
-"""Reference ``execute_model`` constant ``inc``: logfbank rows per generated video frame."""
+LOGFBANK_HZ = 100
+"""logfbank rows per second (``1 / HOP_S``)."""
+
+LOGFBANK_PER_VIDEO_FRAME = LOGFBANK_HZ // FPS
+"""Exact logfbank rows per 25-fps video frame: 4 (frame t <-> rows 4t..4t+3). The rate of the
+training data (:mod:`talkhead.train.data`), the syncers' windows and the evaluation."""
+
+REFERENCE_LOGFBANK_PER_FRAME = 3.9943
+"""The MS-Sync reference ``execute_model``'s constant ``inc`` (rows per generated frame), used only
+to size its inference input (``R = int(M / 3.9943)`` frames, ``round(3.9943 R)`` rows kept, see
+:mod:`talkhead.mssync.inference`). It is not the true rate (that is
+:data:`LOGFBANK_PER_VIDEO_FRAME` = 4); we keep it so the frame count and the input rows match the
+reference exactly. Not a different concept of "rows per frame", a reference quirk to reproduce."""
 
 NUM_KP = 10
 """Number of FOMM keypoints (``KEYPOINTS_DIM`` in the MS-Sync reference)."""

@@ -7,7 +7,8 @@ from .errors import InputError
 from .options import DEVICES
 
 
-def _mps_available() -> bool:
+def mps_available() -> bool:
+    """Whether torch can use Apple's MPS backend here (the one check, also used by ``doctor``)."""
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 
@@ -30,13 +31,13 @@ def resolve_device(name: str, *, cuda_index: int | None = None, allow_mps: bool 
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
-        elif allow_mps and _mps_available():
+        elif allow_mps and mps_available():
             return torch.device("mps")
         else:
             return torch.device("cpu")
     elif name == "cuda" and not torch.cuda.is_available():
         raise InputError("device cuda was asked for, but torch sees no CUDA device (try cpu)")
-    elif name == "mps" and not _mps_available():
+    elif name == "mps" and not mps_available():
         raise InputError("device mps was asked for, but MPS is not available (try cpu)")
     if name == "cuda":
         return torch.device("cuda", cuda_index) if cuda_index is not None else torch.device("cuda")

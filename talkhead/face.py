@@ -15,7 +15,10 @@ centres (the OpenCV / scikit-image convention): pixel ``(row r, col c)`` is the 
 covers ``[c - 0.5, c + 0.5) x [r - 0.5, r + 0.5)``. Boxes are ``(x0, y0, x1, y1)`` with ``x1, y1``
 exclusive, so the box of pixels ``image[y0:y1, x0:x1]`` spans ``[x0 - 0.5, x1 - 0.5)``.
 
-Landmark backends (one small interface, :class:`Landmarker`; instances cached per backend/device):
+Landmark backends (one small interface, :class:`Landmarker`; instances cached per backend/device),
+registered once in :data:`LANDMARK_BACKENDS` (name -> factory, offline availability check,
+confident-score threshold, detection size), which the pipeline, the options/CLI, ``doctor`` and
+``preprocess`` read:
 
 * ``"fan"``: face-alignment's S3FD detector + 2D-FAN (Bulat & Tzimiropoulos, ICCV 2017), the detector
   FOMM's ``crop-video.py`` and VoxCeleb preprocessing use. Weights are fetched by face-alignment from
@@ -23,6 +26,8 @@ Landmark backends (one small interface, :class:`Landmarker`; instances cached pe
   :class:`LandmarkerUnavailableError`.
 * ``"dlib"``: dlib's HOG frontal-face detector + the 68-point shape predictor shipped by the
   ``face-recognition-models`` package. Fully offline.
+* ``"auto"`` (:func:`resolve_landmarker`): ``fan`` when its weights are cached or can be fetched,
+  otherwise ``dlib``, with a one-line note saying so.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -46,8 +51,15 @@ __all__ = [
     "Face",
     "FaceCrop",
     "Landmarker",
+    "LandmarkBackend",
+    "LANDMARK_BACKENDS",
     "BACKENDS",
-    "CONFIDENT_SCORE",
+    "LANDMARKER_CHOICES",
+    "confident_score",
+    "is_confident",
+    "resolve_landmarker",
+    "landmark_backend_status",
+    "dlib_predictor_path",
     "FOMM_INCREASE_AREA",
     "load_image",
     "get_landmarker",
@@ -66,22 +78,12 @@ class LandmarkerUnavailableError(TalkheadError):
     which pip package to install, or to use ``--landmarker dlib``), or the backend name is unknown."""
 
 
-BACKENDS = ("fan", "dlib")
-"""Names accepted by :func:`detect_faces` / ``--landmarker``."""
-
-CONFIDENT_SCORE = {"fan": 0.8, "dlib": 0.5}
-"""Default minimum detector score of a *confident* face, per backend (scores are not comparable
-across backends). ``fan``: S3FD face probability in [0, 1] (face-alignment itself keeps boxes above
-0.5). ``dlib``: HOG-SVM margin (dlib keeps windows above 0; real frontal faces score about 1-3, while
-false positives on textures score about 0-0.3, e.g. 0.12 on ``skimage.data.astronaut()``'s suit)."""
-
 FOMM_INCREASE_AREA = 0.1
-"""``increase_area`` of FOMM ``crop-video.py`` ``compute_bbox`` (default of its ``--increase``)."""
+"""``increase_area`` of FOMM ``crop-video.py`` ``compute_bbox`` (default of its ``--increase``): the
+crop margin of animate's photos and of preprocess's videos alike."""
 
-DETECT_MAX_SIDE = {"fan": 640, "dlib": 1024}
-"""Images are downscaled to this longest side (pixels) for face *detection* only; landmarks are
-then predicted on the full-resolution image. 640 is FOMM ``crop-video.py`` ``extract_bbox``'s rule;
-dlib's HOG detector (run with one 2x upsampling) finds faces down to ~40 px at 1024."""
+DEFAULT_CONFIDENT_SCORE = 0.5
+"""Confidence threshold for a face whose backend is unknown (a custom landmarker's)."""
 
 _DLIB_UPSAMPLE = 1
 _DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
@@ -168,7 +170,7 @@ class Face:
 
     Attributes:
         box: detector box ``(x0, y0, x1, y1)`` in image pixels (float).
-        score: detector confidence; its scale depends on ``backend`` (see :data:`CONFIDENT_SCORE`).
+        score: detector confidence; its scale depends on ``backend`` (see :func:`confident_score`).
         landmarks: ``(68, 2)`` float32 ``(x, y)`` image pixels in iBUG 300-W order (0-16 jaw,
             17-26 brows, 27-35 nose, 36-47 eyes, 48-67 mouth).
         backend: ``"fan"`` or ``"dlib"`` (which score scale applies); ``""`` when unknown.
@@ -208,9 +210,10 @@ def _detection_copy(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float
 
 
 # ----------------------------------------------------------------------------------------------- dlib
-def _dlib_predictor_path() -> Path:
+def dlib_predictor_path() -> Path | None:
     """Locate ``shape_predictor_68_face_landmarks.dat`` of ``face-recognition-models`` WITHOUT
-    importing that package (its ``__init__`` needs ``pkg_resources``, gone from new setuptools)."""
+    importing that package (its ``__init__`` needs ``pkg_resources``, gone from new setuptools);
+    ``None`` when it is not installed."""
     candidates: list[Path] = []
     try:
         spec = importlib.util.find_spec("face_recognition_models")
@@ -227,9 +230,28 @@ def _dlib_predictor_path() -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    raise LandmarkerUnavailableError(
-        f"dlib's 68-point landmark model ({_DLIB_PREDICTOR}) was not found: "
-        "install it with `pip install face-recognition-models`")
+    return None
+
+
+def _dlib_missing_model() -> str:
+    return f"dlib's 68-point landmark model ({_DLIB_PREDICTOR}) was not found: `pip install face-recognition-models`"
+
+
+def _dlib_status() -> dict[str, Any]:
+    """Offline availability of ``dlib``: ``{"offline", "importable", "model_path", "reason"}``."""
+    out: dict[str, Any] = {"offline": False, "importable": False, "model_path": None, "reason": ""}
+    try:
+        import dlib  # noqa: F401
+    except ImportError as exc:
+        out["reason"] = f"dlib is not installed ({exc}): `pip install dlib-bin`"
+        return out
+    out["importable"] = True
+    path = dlib_predictor_path()
+    if path is None:
+        out["reason"] = _dlib_missing_model()
+        return out
+    out.update(offline=True, model_path=str(path))
+    return out
 
 
 class _DlibLandmarker:
@@ -244,7 +266,9 @@ class _DlibLandmarker:
         except ImportError:
             raise LandmarkerUnavailableError(
                 "the dlib landmark backend needs dlib: `pip install dlib-bin`") from None
-        path = _dlib_predictor_path()
+        path = dlib_predictor_path()
+        if path is None:
+            raise LandmarkerUnavailableError(_dlib_missing_model())
         self._dlib = dlib
         self._detector = dlib.get_frontal_face_detector()
         try:
@@ -257,7 +281,7 @@ class _DlibLandmarker:
 
     def __call__(self, image: np.ndarray) -> list[Face]:
         dlib = self._dlib
-        small, s = _detection_copy(image, DETECT_MAX_SIDE["dlib"])
+        small, s = _detection_copy(image, LANDMARK_BACKENDS["dlib"].detect_max_side)
         with self._lock:  # dlib objects are not documented as thread-safe
             rects, scores, _ = self._detector.run(np.ascontiguousarray(small), _DLIB_UPSAMPLE, 0.0)
             faces = []
@@ -287,13 +311,67 @@ def _fan_weight_urls() -> dict[str, str]:
     return {"s3fd": sfd_urls["s3fd"], "2DFAN-4": fan_urls["2DFAN-4"]}
 
 
-def fan_weights_cached() -> bool:
-    """Whether both FAN weight files are already in torch hub's checkpoint cache
-    (``$TORCH_HOME/hub/checkpoints``, where face-alignment's loaders look)."""
+def _fan_cache_dir() -> Path:
+    """torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``), where face-alignment's loaders look."""
     import torch.hub
 
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    return all((cache / os.path.basename(urlparse(u).path)).is_file() for u in _fan_weight_urls().values())
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _fan_weight_paths() -> dict[str, Path]:
+    """Where each FAN weight file is (or will be) cached."""
+    cache = _fan_cache_dir()
+    return {name: cache / os.path.basename(urlparse(u).path) for name, u in _fan_weight_urls().items()}
+
+
+def fan_weights_cached() -> bool:
+    """Whether both FAN weight files are already in torch hub's checkpoint cache.
+
+    Raises:
+        LandmarkerUnavailableError: face-alignment is not installed.
+    """
+    return all(p.is_file() for p in _fan_weight_paths().values())
+
+
+def _fan_unavailable(offline: bool) -> str | None:
+    """Why ``fan`` cannot run now (package missing, or weights uncached and not downloadable:
+    ``offline``, or the weight server unreachable), or ``None`` when it can."""
+    try:
+        urls, paths = _fan_weight_urls(), _fan_weight_paths()
+    except LandmarkerUnavailableError as exc:
+        return str(exc)
+    if all(p.is_file() for p in paths.values()):
+        return None
+    names = ", ".join(p.name for p in paths.values())
+    host = urlparse(urls["s3fd"]).hostname or ""
+    why = "offline mode" if offline else _probe(host)
+    if why is None:
+        return None
+    return (f"the fan landmarker's weights ({names}) are not in {_fan_cache_dir()} and cannot be "
+            f"downloaded from {host} ({why}); use `--landmarker dlib` (works offline) or copy those files there")
+
+
+def _fan_status() -> dict[str, Any]:
+    """Offline availability of ``fan``: ``{"offline", "importable", "weights": {name: {"url", "path",
+    "present"}}, "cache_dir", "reason"}`` (never touches the network)."""
+    out: dict[str, Any] = {"offline": False, "importable": False, "weights": {}, "cache_dir": None, "reason": ""}
+    if importlib.util.find_spec("face_alignment") is None:
+        out["reason"] = "face-alignment is not installed: `pip install face-alignment`"
+        return out
+    try:
+        urls, paths = _fan_weight_urls(), _fan_weight_paths()
+    except Exception as exc:  # an incompatible face-alignment version
+        out["reason"] = f"cannot import face-alignment ({type(exc).__name__}: {exc})"
+        return out
+    out["importable"] = True
+    out["cache_dir"] = str(_fan_cache_dir())
+    out["weights"] = {n: {"url": urls[n], "path": str(paths[n]), "present": paths[n].is_file()} for n in urls}
+    missing = [n for n, w in out["weights"].items() if not w["present"]]
+    out["offline"] = not missing
+    if missing:
+        out["reason"] = (f"weights not cached yet ({', '.join(missing)}): face-alignment downloads them on first "
+                         f"use into {out['cache_dir']}; use `--landmarker dlib` offline")
+    return out
 
 
 def _probe(host: str, port: int = 443, timeout: float = _PROBE_TIMEOUT_S) -> str | None:
@@ -322,19 +400,9 @@ class _FanLandmarker:
     name = "fan"
 
     def __init__(self, device: str = "cpu", offline: bool = False) -> None:
-        urls = _fan_weight_urls()
-        if not fan_weights_cached():
-            import torch.hub
-
-            where = Path(torch.hub.get_dir()) / "checkpoints"
-            names = ", ".join(os.path.basename(urlparse(u).path) for u in urls.values())
-            host = urlparse(urls["s3fd"]).hostname or ""
-            why = "offline mode" if offline else _probe(host)
-            if why is not None:
-                raise LandmarkerUnavailableError(
-                    f"the fan landmarker's weights ({names}) are not in {where} and cannot be "
-                    f"downloaded from {host} ({why}); use `--landmarker dlib` (works offline) "
-                    "or copy those files there")
+        why = _fan_unavailable(offline)
+        if why is not None:
+            raise LandmarkerUnavailableError(why)
         import face_alignment
 
         try:
@@ -346,7 +414,7 @@ class _FanLandmarker:
         self._lock = threading.Lock()
 
     def __call__(self, image: np.ndarray) -> list[Face]:
-        small, s = _detection_copy(image, DETECT_MAX_SIDE["fan"])
+        small, s = _detection_copy(image, LANDMARK_BACKENDS["fan"].detect_max_side)
         with self._lock:
             dets = self._fa.face_detector.detect_from_image(np.ascontiguousarray(small))
             if len(dets) == 0:
@@ -359,6 +427,96 @@ class _FanLandmarker:
                 for b, d, lm in zip(boxes, dets, lms or [])]
 
 
+# ------------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class LandmarkBackend:
+    """One registered landmark backend.
+
+    Attributes:
+        name: the ``--landmarker`` value.
+        summary: one line for ``--help``.
+        factory: ``factory(device, offline) -> Landmarker`` (loads its models; raises
+            :class:`LandmarkerUnavailableError`).
+        status: ``status() -> dict`` with at least ``"offline"`` (runs without network now),
+            ``"importable"`` and ``"reason"`` (why not); what ``talkhead doctor`` shows. No network.
+        confident_score: minimum detector score of a *confident* face (scores are not comparable
+            across backends).
+        detect_max_side: images are downscaled to this longest side (pixels) for face *detection*
+            only; landmarks are then predicted on the full-resolution image.
+        uses_device: whether it runs on the torch device (``dlib`` always runs on the CPU).
+    """
+
+    name: str
+    summary: str
+    factory: Callable[[str, bool], Landmarker]
+    status: Callable[[], dict]
+    confident_score: float
+    detect_max_side: int
+    uses_device: bool
+
+
+LANDMARK_BACKENDS: dict[str, LandmarkBackend] = {
+    # S3FD face probability in [0, 1] (face-alignment itself keeps boxes above 0.5); 640 px is FOMM
+    # crop-video.py extract_bbox's detection size.
+    "fan": LandmarkBackend("fan", "face-alignment S3FD + 2D-FAN (downloads its weights once)",
+                           lambda device, offline: _FanLandmarker(device, offline=offline), _fan_status,
+                           confident_score=0.8, detect_max_side=640, uses_device=True),
+    # HOG-SVM margin: dlib keeps windows above 0; real frontal faces score about 1-3, false positives
+    # on textures about 0-0.3 (0.12 on skimage.data.astronaut()'s suit). With one 2x upsampling the
+    # HOG detector finds faces down to ~40 px at 1024.
+    "dlib": LandmarkBackend("dlib", "dlib HOG + 68-point shape predictor (offline)",
+                            lambda device, offline: _DlibLandmarker(), _dlib_status,
+                            confident_score=0.5, detect_max_side=1024, uses_device=False),
+}
+"""The landmark backends, by ``--landmarker`` name."""
+
+BACKENDS = tuple(LANDMARK_BACKENDS)
+"""Names of the registered backends (``("fan", "dlib")``)."""
+
+LANDMARKER_CHOICES = ("auto", *BACKENDS)
+"""``--landmarker`` choices: ``auto`` (see :func:`resolve_landmarker`) or a backend name."""
+
+
+def confident_score(backend: str) -> float:
+    """The confidence threshold of ``backend`` (:data:`DEFAULT_CONFIDENT_SCORE` when not registered)."""
+    entry = LANDMARK_BACKENDS.get(backend)
+    return entry.confident_score if entry is not None else DEFAULT_CONFIDENT_SCORE
+
+
+def is_confident(face: Face, min_score: float | None = None) -> bool:
+    """The *confident face* rule: ``face.score >= min_score``, by default the threshold of the face's
+    backend (:func:`confident_score`). Used by :func:`select_face` and by preprocessing."""
+    return face.score >= (float(min_score) if min_score is not None else confident_score(face.backend))
+
+
+def landmark_backend_status() -> dict[str, dict]:
+    """``{name: status()}`` for every registered backend (what ``talkhead doctor`` reports)."""
+    return {name: entry.status() for name, entry in LANDMARK_BACKENDS.items()}
+
+
+def resolve_landmarker(name: str, *, offline: bool = False) -> tuple[str, str | None]:
+    """The backend to use for ``--landmarker name``, and a one-line note when ``auto`` fell back.
+
+    ``auto`` is ``fan`` when face-alignment is installed and its weights are cached, or can be
+    fetched (not ``offline`` and the weight server answers within a few seconds); otherwise ``dlib``.
+
+    Returns:
+        ``(backend, note)``: ``note`` is ``None`` unless ``auto`` chose ``dlib``.
+
+    Raises:
+        LandmarkerUnavailableError: ``name`` is neither ``auto`` nor a registered backend.
+    """
+    if name in LANDMARK_BACKENDS:
+        return name, None
+    if name != "auto":
+        raise LandmarkerUnavailableError(
+            f"unknown landmark backend {name!r}; choose one of {', '.join(LANDMARKER_CHOICES)}")
+    why = _fan_unavailable(offline)
+    if why is None:
+        return "fan", None
+    return "dlib", f"landmarker auto: using dlib, fan is not available ({why.split(';')[0]})"
+
+
 # ------------------------------------------------------------------------------------------ interface
 _CACHE: dict[tuple[str, str], Landmarker] = {}
 _CACHE_LOCK = threading.Lock()
@@ -368,7 +526,8 @@ def get_landmarker(backend: str = "fan", device: str = "cpu", *, offline: bool =
     """The cached landmark backend for ``(backend, device)``; built (models loaded) on first use.
 
     Args:
-        backend: ``"fan"`` (face-alignment S3FD + 2D-FAN) or ``"dlib"`` (HOG + shape predictor).
+        backend: ``"fan"`` (face-alignment S3FD + 2D-FAN), ``"dlib"`` (HOG + shape predictor) or
+            ``"auto"`` (:func:`resolve_landmarker`).
         device: torch device string for ``fan`` (``"cpu"``, ``"cuda:0"``...); dlib runs on the CPU.
         offline: for ``fan``: never try the network; fail at once unless its weights are cached.
 
@@ -377,13 +536,12 @@ def get_landmarker(backend: str = "fan", device: str = "cpu", *, offline: bool =
             face-alignment missing (names the pip package); FAN weights uncached and not
             downloadable (names ``--landmarker dlib``). Failures are not cached.
     """
-    if backend not in BACKENDS:
-        raise LandmarkerUnavailableError(
-            f"unknown landmark backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    key = (backend, "cpu" if backend == "dlib" else str(device))
+    backend, _ = resolve_landmarker(backend, offline=offline)
+    entry = LANDMARK_BACKENDS[backend]
+    key = (backend, str(device) if entry.uses_device else "cpu")
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = _DlibLandmarker() if backend == "dlib" else _FanLandmarker(key[1], offline=offline)
+            _CACHE[key] = entry.factory(key[1], offline)
         return _CACHE[key]
 
 
@@ -391,8 +549,8 @@ def detect_faces(image: np.ndarray, backend: str = "fan", device: str = "cpu", *
                  offline: bool = False) -> list[Face]:
     """All faces in ``image`` with their 68 landmarks, largest box first.
 
-    Detection runs on a copy downscaled to :data:`DETECT_MAX_SIDE` (FOMM ``extract_bbox`` uses 640
-    px), landmarks on the full-resolution image. Backend instances are cached (see
+    Detection runs on a copy downscaled to the backend's ``detect_max_side`` (FOMM ``extract_bbox``
+    uses 640 px), landmarks on the full-resolution image. Backend instances are cached (see
     :func:`get_landmarker`), so calling this per image of a batch loads the models once.
 
     Args:
@@ -425,8 +583,7 @@ def select_face(faces: Sequence[Face], index: int | None = None, min_score: floa
     Args:
         faces: detections (any order), e.g. from :func:`detect_faces`.
         index: ``None`` -> the largest candidate; ``k`` -> the ``k``-th largest (0 = largest).
-        min_score: confidence threshold; ``None`` -> per face, ``CONFIDENT_SCORE[face.backend]``
-            (0.5 for an unknown backend).
+        min_score: confidence threshold; ``None`` -> per face, its backend's (:func:`is_confident`).
         source: what the faces were found in (the image path), quoted in error messages.
 
     Returns:
@@ -440,16 +597,14 @@ def select_face(faces: Sequence[Face], index: int | None = None, min_score: floa
     if index is not None and index < 0:
         raise ValueError(f"face index must be 0 or more, not {index}")
 
-    def threshold(f: Face) -> float:
-        return float(min_score) if min_score is not None else CONFIDENT_SCORE.get(f.backend, 0.5)
-
     if not faces:
         raise NoFaceError(f"no face found in '{source}'")
-    confident = sorted((f for f in faces if f.score >= threshold(f)), key=lambda f: f.area, reverse=True)
+    confident = sorted((f for f in faces if is_confident(f, min_score)), key=lambda f: f.area, reverse=True)
     if not confident:
         best = max(faces, key=lambda f: f.score)
+        threshold = float(min_score) if min_score is not None else confident_score(best.backend)
         raise NoFaceError(f"no confident face found in '{source}' (best detection score "
-                          f"{best.score:.3f} < {threshold(best):.3f})")
+                          f"{best.score:.3f} < {threshold:.3f})")
     if index is None:
         return confident[0]
     if index >= len(confident):

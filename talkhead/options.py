@@ -11,17 +11,16 @@ Metadata keys: ``help`` (text), ``flags`` (tuple of option names; default ``--fi
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .errors import InputError
+from .face import LANDMARKER_CHOICES as LANDMARKERS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 """``--device`` choices; ``auto`` = cuda > mps > cpu (see :func:`talkhead.devices.resolve_device`)."""
-
-LANDMARKERS = ("fan", "dlib")
-"""68-point landmark backends (see :mod:`talkhead.face`)."""
 
 CROPS = ("auto", "none")
 """``--crop`` choices: ``auto`` crops around the face with FOMM's rule; ``none`` takes the image as a crop."""
@@ -39,6 +38,17 @@ def opt(default, help: str, *flags: str, cli: bool = True, choices: tuple[str, .
     return field(default=default, metadata=meta)
 
 
+def same_as(cls: type, name: str, *, default=dataclasses.MISSING, help: str | None = None):
+    """A copy of ``cls``'s field ``name`` (its flag, help and choices) for another options dataclass,
+    optionally with another ``default`` or ``help``: an option that means the same in two commands is
+    declared once."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    meta = dict(f.metadata)
+    if help is not None:
+        meta["help"] = help
+    return field(default=f.default if default is dataclasses.MISSING else default, metadata=meta)
+
+
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise :class:`InputError` ``--name must be one of ...`` unless ``value`` is in ``choices``."""
     if value not in choices:
@@ -52,7 +62,10 @@ class AnimateOptions:
     Attributes:
         models_dir: checkpoint directory; ``None`` -> ``$TALKHEAD_MODELS`` -> the platform cache dir.
         device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"`` or ``"mps"``.
-        landmarker: 68-point landmark backend, ``"fan"`` (face-alignment) or ``"dlib"`` (offline).
+        landmarker: 68-point landmark backend: ``"auto"`` (fan when its weights are cached or can be
+            fetched, else dlib with a note; :func:`talkhead.face.resolve_landmarker`), ``"fan"``
+            (face-alignment) or ``"dlib"`` (offline). ``LANDMARKERS`` is
+            :data:`talkhead.face.LANDMARKER_CHOICES` (the backend registry).
         crop: ``"auto"`` crops around the detected face with FOMM's rule; ``"none"`` uses the whole
             image (it must already be a face crop framed like FOMM's VoxCeleb data).
         face_index: which face when several are found (0 = largest); ``None`` = largest confident.
@@ -75,7 +88,8 @@ class AnimateOptions:
     models_dir: Optional[Path] = opt(None, "Checkpoint folder [default: $TALKHEAD_MODELS, else the platform "
                                      "cache, ~/.cache/talkhead on Linux].")
     device: str = opt("auto", "Where to run: auto (cuda > mps > cpu), cpu, cuda or mps.", choices=DEVICES)
-    landmarker: str = opt("fan", "68-point landmarks: fan (face-alignment) or dlib (offline).", choices=LANDMARKERS)
+    landmarker: str = opt("auto", "68-point landmarks: auto (fan if its weights are cached or can be fetched, "
+                          "else dlib), fan (face-alignment) or dlib (offline).", choices=LANDMARKERS)
     crop: str = opt("auto", "auto: crop around the face (FOMM rule); none: the image is already a face crop.",
                     choices=CROPS)
     face_index: Optional[int] = opt(None, "Which face when several are found (0 = largest) "
@@ -121,4 +135,87 @@ class AnimateOptions:
             object.__setattr__(self, "models_dir", Path(self.models_dir))
 
 
-__all__ = ["AnimateOptions", "DEVICES", "LANDMARKERS", "CROPS", "FRAMES", "DEFAULT_MAX_SIZE", "opt", "check_choice"]
+def parse_shard(value) -> tuple[int, int]:
+    """``"I/N"`` (or ``(I, N)``) -> ``(I, N)`` with ``0 <= I < N``.
+
+    Raises:
+        InputError: anything else (the message quotes ``--shard``).
+    """
+    try:
+        i, n = (int(x) for x in (value.split("/") if isinstance(value, str) else value))
+        if not 0 <= i < n:
+            raise ValueError
+    except (ValueError, TypeError):
+        raise InputError(f"--shard must be I/N with 0 <= I < N, not {value!r}") from None
+    return i, n
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """Every option of a ``preprocess`` run (videos -> training clips; :func:`talkhead.train.preprocess.preprocess`).
+
+    ``models_dir``, ``device``, ``landmarker`` and ``offline`` are :class:`AnimateOptions`' fields
+    (same flags and help); ``device`` defaults to ``cpu`` here, as before (``auto`` also works).
+
+    Attributes:
+        crop: ``"auto"``: one fixed FOMM crop per clip around the tracked face; ``"none"``: the videos
+            already are face crops (whole frames resized).
+        shard: ``"I/N"``: process only share ``I`` of ``N`` (:func:`talkhead.train.preprocess.shard_jobs`);
+            merge the outputs with ``talkhead merge-shards``. :attr:`shard_index` is ``(I, N)``.
+        split: split label recorded in the manifest for the new clips.
+        min_frames: skip clips with fewer usable frames (25 fps).
+        max_av_mismatch_frames: skip clips whose audio and video durations differ by more frames.
+        detect_every_s: seconds between frames sampled for face detection.
+        max_detections: at most this many sampled frames per video.
+        min_face_fraction: skip unless the speaker's face is in at least this fraction of the samples.
+        min_score: detector score a face needs (``None``: its backend's, :func:`talkhead.face.confident_score`).
+        batch_size: frames per keypoint-detector batch.
+        retry_skipped: also retry videos an earlier run skipped.
+        flush_every: rewrite the manifest after this many new clips.
+
+    Raises:
+        InputError: a value out of range or not among the choices (quoted with its flag).
+    """
+
+    models_dir: Optional[Path] = same_as(AnimateOptions, "models_dir")
+    device: str = same_as(AnimateOptions, "device", default="cpu")
+    landmarker: str = same_as(AnimateOptions, "landmarker")
+    offline: bool = same_as(AnimateOptions, "offline")
+    crop: str = opt("auto", "auto: one fixed face crop per clip (FOMM rule); none: the videos are face crops.",
+                    choices=CROPS)
+    shard: str = opt("0/1", "I/N: process the I-th of N deterministic shares of the inputs (merge with merge-shards).")
+    split: str = opt("train", "Split label recorded for these clips (train, val, test).")
+    min_frames: int = opt(50, "Skip clips with fewer usable frames at 25 fps (2 s).")
+    max_av_mismatch_frames: int = opt(12, "Skip clips whose audio and video lengths differ by more frames.")
+    detect_every_s: float = opt(0.5, "Seconds between frames sampled for face detection.")
+    max_detections: int = opt(24, "Most frames sampled for face detection per video.")
+    min_face_fraction: float = opt(0.5, "Skip unless the speaker's face is in this fraction of the samples.")
+    min_score: Optional[float] = opt(None, "Detector score a face needs [default: the landmarker's own].")
+    batch_size: int = opt(32, "Frames per keypoint-detector batch.")
+    retry_skipped: bool = opt(False, "Also retry videos an earlier run skipped.")
+    flush_every: int = opt(20, "Rewrite the manifest after this many new clips.", cli=False)
+
+    def __post_init__(self) -> None:
+        check_choice("device", self.device, DEVICES)
+        check_choice("landmarker", self.landmarker, LANDMARKERS)
+        check_choice("crop", self.crop, CROPS)
+        i, n = parse_shard(self.shard)
+        object.__setattr__(self, "shard", f"{i}/{n}")
+        for name in ("min_frames", "max_detections", "batch_size", "flush_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.detect_every_s <= 0:
+            raise InputError(f"--detect-every-s must be positive, not {self.detect_every_s}")
+        if self.max_av_mismatch_frames < 0 or not 0 <= self.min_face_fraction <= 1:
+            raise InputError("--max-av-mismatch-frames must be >= 0 and --min-face-fraction in [0, 1]")
+        if self.models_dir is not None and not isinstance(self.models_dir, Path):
+            object.__setattr__(self, "models_dir", Path(self.models_dir))
+
+    @property
+    def shard_index(self) -> tuple[int, int]:
+        """``shard`` as ``(I, N)``."""
+        return parse_shard(self.shard)
+
+
+__all__ = ["AnimateOptions", "PreprocessOptions", "DEVICES", "LANDMARKERS", "CROPS", "FRAMES", "DEFAULT_MAX_SIZE", "opt",
+           "same_as", "check_choice", "parse_shard"]

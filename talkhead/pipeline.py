@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,11 +30,9 @@ from .devices import resolve_device
 from .errors import InputError, TalkheadError
 from .keypoints import Keypoints, scale_head_motion
 from .options import AnimateOptions
+from .progress import Progress
 from .renderers import MotionGenerator, Renderer, get_renderer
 
-ProgressCallback = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``; stages: ``"keypoints"`` (frames generated) and ``"render"``
-(frames rendered and encoded). Called from the worker thread; must be cheap."""
 
 
 @dataclass
@@ -140,7 +138,9 @@ class Pipeline:
         self.options = options
         self.device = resolve_device(options.device)
         self.landmarker = landmarker
+        self._log = log
         self.log = log or (lambda msg: None)
+        self._backend: str | None = None
         self.models_dir: Optional[Path] = None
         if renderer is None or motion is None:
             from .store import resolve_models_dir
@@ -162,7 +162,7 @@ class Pipeline:
         from .store import ensure_models, model_paths
 
         self.log(f"loading models from {self.models_dir}")
-        ensure_models(self.models_dir, offline=self.options.offline, log=self.log)
+        ensure_models(self.models_dir, offline=self.options.offline, log=self._log)
         if self._renderer is None:
             self._renderer = get_renderer("fomm").load(self.models_dir, self.device, self.options)
         if self._motion is None:
@@ -210,17 +210,27 @@ class Pipeline:
         if self.landmarker is not None:
             faces = sorted(self.landmarker(np.ascontiguousarray(image)), key=lambda f: f.area, reverse=True)
         else:
-            faces = detect_faces(image, backend=self.options.landmarker, device=str(self.device),
+            faces = detect_faces(image, backend=self.landmark_backend(), device=str(self.device),
                                  offline=self.options.offline)
         face = select_face(faces, index=self.options.face_index, source=source)
         return fomm_crop(image, face, self.frame_size, pad=self.options.frame == "full")
+
+    def landmark_backend(self) -> str:
+        """``options.landmarker`` resolved once (``auto`` -> fan or dlib, with a log line on fallback)."""
+        if self._backend is None:
+            from .face import resolve_landmarker
+
+            self._backend, note = resolve_landmarker(self.options.landmarker, offline=self.options.offline)
+            if note:
+                self.log(note)
+        return self._backend
 
     def source_tensor(self, crop: np.ndarray) -> torch.Tensor:
         """``(S, S, 3)`` float [0,1] crop -> ``(1, 3, S, S)`` float32 tensor on the device."""
         return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).permute(2, 0, 1)[None].to(self.device)
 
     def keypoints(self, source: torch.Tensor, logfbank: np.ndarray,
-                  progress: ProgressCallback | None = None) -> tuple[Keypoints, Keypoints]:
+                  progress: Progress | None = None) -> tuple[Keypoints, Keypoints]:
         """kp_source of the source ``(1, 3, S, S)`` and the generated kp_driving for ``logfbank (M, 26)``.
 
         The generated head motion is scaled by ``options.motion_scale``
@@ -230,8 +240,7 @@ class Pipeline:
             ``(kp_source (1, 10, ...), kp_driving (T, 10, ...))`` Keypoints on the device (25 fps).
         """
         kp_source = self.renderer.detect(source)
-        cb = (lambda done, total: progress("keypoints", done, total)) if progress else None
-        kp_driving = self.motion(kp_source, logfbank, progress=cb).to(self.device)
+        kp_driving = self.motion(kp_source, logfbank, progress=progress).to(self.device)
         if self.options.motion_scale != 1.0:
             kp_driving = scale_head_motion(kp_driving, kp_source, self.options.motion_scale)
         return kp_source, kp_driving
@@ -295,7 +304,7 @@ class Pipeline:
 
     def animate(self, image_path: str | Path, audio_path: str | Path, output_path: str | Path, *,
                 save_keypoints: str | Path | None = None,
-                progress: ProgressCallback | None = None) -> AnimateResult:
+                progress: Progress | None = None) -> AnimateResult:
         """Render ``output_path`` (MP4: H.264 yuv420p + AAC, 25 fps, faststart) from a photo and speech.
 
         Inputs are checked before any heavy work; the MP4 (and the keypoints ``.npz``) are written
@@ -359,7 +368,7 @@ class Pipeline:
         return Compositor(inputs.photo, inputs.crop)
 
     def render_into(self, writer, source: torch.Tensor, kp_source: Keypoints, kp_driving: Keypoints,
-                    total: int, progress: ProgressCallback | None = None, *, compositor=None) -> None:
+                    total: int, progress: Progress | None = None, *, compositor=None) -> None:
         """Render ``total`` frames in batches of ``options.batch_size`` and stream them into ``writer``.
 
         Frame ``t`` uses kp_driving ``min(t, T-1)``: the last generated pose is held when the video
@@ -384,7 +393,7 @@ class Pipeline:
 
 
 def animate(image: str | Path, audio: str | Path, output: str | Path, options: AnimateOptions = AnimateOptions(),
-            *, save_keypoints: str | Path | None = None, progress: ProgressCallback | None = None) -> AnimateResult:
+            *, save_keypoints: str | Path | None = None, progress: Progress | None = None) -> AnimateResult:
     """One-call API: load the models per ``options`` and render ``output`` from ``image`` + ``audio``.
 
     See :meth:`Pipeline.animate` for formats, outputs and errors. For many pairs, build one

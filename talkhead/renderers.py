@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol, runtime_checkable
 
 from .errors import InputError
+from .progress import Progress
 
 
 @runtime_checkable
@@ -36,8 +37,9 @@ class Renderer(Protocol):
 class MotionGenerator(Protocol):
     """Speech -> driving keypoints (MS-Sync's interface: :class:`talkhead.mssync.MSSyncMotion`)."""
 
-    def __call__(self, kp_source, logfbank, progress: Optional[Callable[[int, int], None]] = None):
-        """kp_source ``(1, K, ...)`` + logfbank ``(M, 26)`` at 100 Hz -> kp_driving ``(T, K, ...)`` at 25 fps."""
+    def __call__(self, kp_source, logfbank, progress: Optional[Progress] = None):
+        """kp_source ``(1, K, ...)`` + logfbank ``(M, 26)`` at 100 Hz -> kp_driving ``(T, K, ...)`` at 25 fps;
+        ``progress("keypoints", done, total)`` in frames."""
 
 
 @dataclass(frozen=True)

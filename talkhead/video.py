@@ -1,131 +1,29 @@
-"""Frame streaming to ffmpeg (H.264 + AAC MP4), and probing of the result.
+"""Frame streaming to ffmpeg: H.264 + AAC MP4 (:class:`VideoWriter`).
 
-The encoder is the static ffmpeg binary shipped by ``imageio-ffmpeg``; the command line is built
-with ``ffmpeg-python`` and run as an argument vector (never through a shell). Rendered frames are
+The encoder is the static ffmpeg binary shipped by ``imageio-ffmpeg``; the command line is an
+argument vector built by :mod:`talkhead.ffmpeg` and run without a shell. Rendered frames are
 piped to ffmpeg's stdin as raw ``rgb24`` while they are produced, so memory does not grow with the
 length of the video; the original speech file is muxed in by the same ffmpeg process. The output is
 written to a hidden temporary file beside the target (:func:`talkhead.io.atomic_output`) and renamed
 into place only when ffmpeg succeeded: on any error or Ctrl-C ffmpeg is killed and nothing partial
 remains.
-
-``imageio-ffmpeg`` ships no ``ffprobe``, so :func:`probe` parses ``ffmpeg -i`` and counts frames by
-running ffmpeg into the ``null`` muxer; :func:`moov_before_mdat` reads the MP4 box headers.
 """
 from __future__ import annotations
 
-import functools
 import os
-import re
-import struct
 import subprocess
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import ffmpeg
 import numpy as np
 
+from . import ffmpeg as _ff
 from .constants import FPS
 from .errors import FFmpegError, InputError
 from .io import AtomicOutput, check_output_path
 
-__all__ = ["ffmpeg_exe", "ffmpeg_capabilities", "to_uint8_frames", "VideoWriter", "VideoInfo", "probe",
-           "moov_before_mdat"]
-
-_STDERR_TAIL_BYTES = 16_384
-"""How much of ffmpeg's stderr is kept for error messages (the tail; the rest is discarded)."""
-
-_MP4_SUFFIXES = {".mp4", ".m4v", ".mov"}
-
-
-# ------------------------------------------------------------------------------------------ ffmpeg
-def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary shipped by imageio-ffmpeg (``imageio_ffmpeg.get_ffmpeg_exe()``).
-
-    ``IMAGEIO_FFMPEG_EXE`` in the environment selects another binary (imageio-ffmpeg's own rule).
-
-    Raises:
-        FFmpegError: imageio-ffmpeg is not installed or finds no usable binary.
-    """
-    try:
-        import imageio_ffmpeg
-
-        exe = imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception as err:  # ImportError, RuntimeError("No ffmpeg exe could be found...")
-        raise FFmpegError(f"ffmpeg is not available (install imageio-ffmpeg or set IMAGEIO_FFMPEG_EXE): {err}") from err
-    if not exe or not os.path.isfile(exe):
-        raise FFmpegError(f"ffmpeg binary {exe!r} does not exist")
-    return exe
-
-
-@functools.lru_cache(maxsize=4)
-def _capabilities(exe: str) -> tuple[str, frozenset[str]]:
-    try:
-        proc = subprocess.run([exe, "-encoders"], capture_output=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise FFmpegError(f"cannot run ffmpeg {exe!r}: {err}") from err
-    text_err = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise FFmpegError(f"ffmpeg {exe!r} -encoders failed (exit {proc.returncode}): {text_err[-2000:]}")
-    match = re.search(r"ffmpeg version (\S+)", text_err + proc.stdout.decode("utf-8", "replace"))
-    names = re.findall(r"^\s*[VASD][A-Z.]{5}\s+(\S+)", proc.stdout.decode("utf-8", "replace"), flags=re.M)
-    return (match.group(1) if match else "unknown"), frozenset(names)
-
-
-def ffmpeg_capabilities() -> dict[str, Any]:
-    """What the ffmpeg binary can do, from its ``-encoders`` listing (cached per binary).
-
-    Returns:
-        ``{"exe": str, "version": str (e.g. "n9.0.2-17-g2a571b6068-20260930"),
-        "has_libx264": bool, "has_aac": bool, "encoders": frozenset[str]}`` (a fresh dict).
-
-    Raises:
-        FFmpegError: no binary, or it cannot be run.
-    """
-    exe = ffmpeg_exe()
-    version, encoders = _capabilities(exe)
-    return {"exe": exe, "version": version, "has_libx264": "libx264" in encoders, "has_aac": "aac" in encoders,
-            "encoders": encoders}
-
-
-def _decode_tail(data: bytes | bytearray) -> str:
-    text = bytes(data).decode("utf-8", "replace").strip()
-    return text[-2000:] if text else "(ffmpeg printed nothing on stderr)"
-
-
-class _StderrDrain:
-    """Reads a pipe to EOF in a daemon thread, keeping only its last ``_STDERR_TAIL_BYTES`` bytes.
-
-    Draining prevents the deadlock where ffmpeg blocks on a full stderr pipe while we block on a
-    full stdin pipe.
-    """
-
-    def __init__(self, pipe):
-        self._pipe = pipe
-        self._buf = bytearray()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="ffmpeg-stderr", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        read = getattr(self._pipe, "read1", self._pipe.read)
-        try:
-            while chunk := read(65536):
-                with self._lock:
-                    self._buf += chunk
-                    if len(self._buf) > _STDERR_TAIL_BYTES:
-                        del self._buf[:-_STDERR_TAIL_BYTES]
-        except (OSError, ValueError):
-            pass
-
-    def join(self, timeout: float | None = 10.0) -> None:
-        self._thread.join(timeout)
-
-    def tail(self) -> str:
-        with self._lock:
-            return _decode_tail(self._buf)
+__all__ = ["to_uint8_frames", "VideoWriter"]
 
 
 # ------------------------------------------------------------------------------------------ frames
@@ -240,43 +138,41 @@ class VideoWriter:
         self.num_frames = 0
         self._atomic: AtomicOutput | None = None
         self._proc: subprocess.Popen | None = None
-        self._drain: _StderrDrain | None = None
+        self._drain: _ff.StderrDrain | None = None
 
     # -- command ----------------------------------------------------------------------------------
-    def _output_kwargs(self) -> dict[str, Any]:
+    def _output_options(self) -> dict[str, Any]:
+        """Encoder options, in the order they appear on the command line."""
         suffix = self.path.suffix.lower()
-        kwargs: dict[str, Any] = dict(vcodec="libx264", pix_fmt="yuv420p", crf=self.crf, preset=self.preset,
-                                      vf=("scale=out_color_matrix=bt709:out_range=tv,"
-                                          "setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709"))
+        opts: dict[str, Any] = {"f": "matroska" if suffix == ".mkv" else ("mov" if suffix == ".mov" else "mp4")}
         if self.audio_path is not None:
-            kwargs.update(acodec="aac", audio_bitrate="128k")
-        if suffix == ".mkv":
-            kwargs["format"] = "matroska"
-        else:
-            kwargs["format"] = "mov" if suffix == ".mov" else "mp4"
-            kwargs["movflags"] = "+faststart"
-        return kwargs
-
-    def _spec(self, tmp_path: str | os.PathLike):
-        """The ffmpeg-python graph: raw rgb24 on stdin (+ audio file) -> ``tmp_path``."""
-        w, h = self.encoded_size
-        streams = [ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=self.fps)]
-        if self.audio_path is not None:
-            # "file:" keeps ffmpeg from reading a protocol out of the name; the path is absolute.
-            streams.append(ffmpeg.input(f"file:{self.audio_path}")["a:0"])
-        return (ffmpeg.output(*streams, f"file:{os.path.abspath(tmp_path)}", **self._output_kwargs())
-                .global_args("-hide_banner", "-nostats", "-loglevel", "error")
-                .overwrite_output())  # the atomic temp file already exists (empty)
+            opts.update({"b:a": "128k", "acodec": "aac"})
+        opts["crf"] = self.crf
+        if suffix != ".mkv":
+            opts["movflags"] = "+faststart"
+        opts.update({"pix_fmt": "yuv420p", "preset": self.preset, "vcodec": "libx264",
+                     "vf": ("scale=out_color_matrix=bt709:out_range=tv,"
+                            "setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709")})
+        return opts
 
     def command(self, tmp_path: str | os.PathLike) -> list[str]:
-        """The ffmpeg argument vector that writes ``tmp_path`` (for logging and tests)."""
-        return self._spec(tmp_path).compile(cmd=ffmpeg_exe())
+        """The ffmpeg argument vector that writes ``tmp_path``: raw rgb24 frames on stdin (+ the
+        audio file's first audio stream) -> H.264 (+ AAC)."""
+        w, h = self.encoded_size
+        argv = [_ff.ffmpeg_exe(), *_ff.flags({"f": "rawvideo", "framerate": self.fps, "pix_fmt": "rgb24",
+                                               "s": f"{w}x{h}"}), "-i", "pipe:"]
+        if self.audio_path is not None:
+            # "file:" keeps ffmpeg from reading a protocol out of the name; the path is absolute.
+            argv += ["-i", f"file:{self.audio_path}", "-map", "0", "-map", "1:a:0"]
+        argv += [*_ff.flags(self._output_options()), f"file:{os.path.abspath(tmp_path)}"]
+        # -y: the atomic temp file already exists (empty)
+        return argv + ["-hide_banner", "-nostats", "-loglevel", "error", "-y"]
 
     # -- lifecycle --------------------------------------------------------------------------------
     def __enter__(self) -> "VideoWriter":
         if self._atomic is not None:
             raise RuntimeError("VideoWriter is already open")
-        caps = ffmpeg_capabilities()
+        caps = _ff.ffmpeg_capabilities()
         if not caps["has_libx264"]:
             raise FFmpegError(f"ffmpeg {caps['exe']!r} (version {caps['version']}) has no libx264 encoder")
         if self.audio_path is not None and not caps["has_aac"]:
@@ -285,10 +181,10 @@ class VideoWriter:
         tmp = self._atomic.__enter__()
         try:
             try:
-                self._proc = self._spec(tmp).run_async(cmd=ffmpeg_exe(), pipe_stdin=True, pipe_stderr=True)
+                self._proc = subprocess.Popen(self.command(tmp), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
             except OSError as err:
                 raise FFmpegError(f"cannot start ffmpeg: {err}") from err
-            self._drain = _StderrDrain(self._proc.stderr)
+            self._drain = _ff.StderrDrain(self._proc.stderr)
         except BaseException:
             self._atomic.discard()
             self._atomic = None
@@ -388,211 +284,3 @@ class VideoWriter:
         else:
             self.abort()
         return False
-
-
-# ------------------------------------------------------------------------------------------ probing
-@dataclass(frozen=True)
-class VideoInfo:
-    """What :func:`probe` found in a media file (first video and first audio stream).
-
-    Attributes:
-        path: the probed file.
-        format_name: ffmpeg's demuxer names, e.g. ``"mov,mp4,m4a,3gp,3g2,mj2"``.
-        major_brand / compatible_brands: ISO-BMFF ``ftyp`` brands (``"isom"``,
-            ``"isomiso2avc1mp41"``), ``None`` for other containers.
-        duration_s: container duration as ffmpeg reports it, seconds (0.01 s resolution).
-        video_codec: e.g. ``"h264"``; pix_fmt: e.g. ``"yuv420p"``; width/height: pixels;
-        fps: frames per second (stream's average rate); num_frames: exact, counted by demuxing.
-        video_duration_s: ``num_frames / fps`` seconds.
-        audio_codec: e.g. ``"aac"``; audio_sample_rate: Hz; audio_channels: layout (``"mono"``);
-        audio_duration_s: seconds, exact (end time of the fully decoded first audio stream).
-        faststart: MP4 ``moov`` box before ``mdat`` (:func:`moov_before_mdat`); ``None`` when the
-            file is not ISO-BMFF.
-    Fields of an absent stream are ``None``.
-    """
-
-    path: Path
-    format_name: str | None
-    major_brand: str | None
-    compatible_brands: str | None
-    duration_s: float | None
-    video_codec: str | None
-    pix_fmt: str | None
-    width: int | None
-    height: int | None
-    fps: float | None
-    num_frames: int | None
-    video_duration_s: float | None
-    audio_codec: str | None
-    audio_sample_rate: int | None
-    audio_channels: str | None
-    audio_duration_s: float | None
-    faststart: bool | None
-
-    @property
-    def has_audio(self) -> bool:
-        return self.audio_codec is not None
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split ``a (x, y), b, c`` on commas outside parentheses/brackets."""
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth = max(depth - 1, 0)
-        if ch == "," and depth == 0:
-            parts.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur).strip())
-    return parts
-
-
-def _run_ffmpeg(args: list[str]) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *args], capture_output=True, check=False)
-    except OSError as err:
-        raise FFmpegError(f"cannot run ffmpeg: {err}") from err
-
-
-def _null_run(path: Path, stream: str, copy: bool) -> dict[str, str]:
-    """Demux (``copy``) or decode one stream into the null muxer; return ffmpeg's final progress block."""
-    args = ["-nostats", "-loglevel", "error", "-i", f"file:{path}", "-map", stream]
-    if copy:
-        args += ["-c", "copy"]
-    proc = _run_ffmpeg([*args, "-f", "null", "-", "-progress", "pipe:1"])
-    if proc.returncode != 0:
-        raise FFmpegError(f"ffmpeg could not read stream {stream} of {str(path)!r}: {_decode_tail(proc.stderr)}")
-    values: dict[str, str] = {}
-    for line in proc.stdout.decode("utf-8", "replace").splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key.strip()] = value.strip()
-    return values
-
-
-def probe(path: str | os.PathLike) -> VideoInfo:
-    """Describe a media file with the bundled ffmpeg (no ffprobe needed).
-
-    Parses the ``ffmpeg -i`` stream listing; counts video frames exactly by demuxing the first
-    video stream (``-map 0:v:0 -c copy -f null -``); measures the audio duration exactly by
-    decoding the first audio stream into the null muxer (``out_time_us``, which already honours
-    MP4 edit lists, i.e. AAC priming is not counted); checks faststart with :func:`moov_before_mdat`.
-
-    Args:
-        path: a video or audio file.
-
-    Returns:
-        :class:`VideoInfo`.
-
-    Raises:
-        InputError: ``path`` is not an existing file.
-        FFmpegError: ffmpeg cannot read it (the message quotes ffmpeg's stderr tail).
-    """
-    p = Path(os.path.abspath(Path(path).expanduser()))
-    if not p.is_file():
-        raise InputError(f"cannot probe {str(path)!r}: no such file")
-    text = _run_ffmpeg(["-i", f"file:{p}"]).stderr.decode("utf-8", "replace")  # exits 1: no output given
-    header = re.search(r"^Input #0, (.+?), from ", text, flags=re.M)
-    if header is None:
-        raise FFmpegError(f"ffmpeg cannot read {str(p)!r}: {_decode_tail(text.encode())}")
-    format_name = header.group(1)
-    before_streams = text[header.end():].split("Stream #", 1)[0]
-    major = re.search(r"^\s*major_brand\s*:\s*(\S+)", before_streams, flags=re.M)
-    compat = re.search(r"^\s*compatible_brands\s*:\s*(\S+)", before_streams, flags=re.M)
-    dur = re.search(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)", text)
-    duration_s = int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3)) if dur else None
-
-    video = audio = None
-    for kind, desc in re.findall(r"^\s*Stream #0:\d+\S*: (Video|Audio): (.+)$", text, flags=re.M):
-        if kind == "Video" and video is None and "attached pic" not in desc:
-            video = _split_top_level(desc)
-        elif kind == "Audio" and audio is None:
-            audio = _split_top_level(desc)
-
-    v: dict[str, Any] = dict(video_codec=None, pix_fmt=None, width=None, height=None, fps=None, num_frames=None,
-                             video_duration_s=None)
-    if video is not None:
-        v["video_codec"] = video[0].split()[0]
-        if len(video) > 1 and not re.match(r"^\d+x\d+", video[1]):
-            v["pix_fmt"] = video[1].split("(")[0].strip()
-        for part in video[1:]:
-            size = re.match(r"^(\d+)x(\d+)", part)
-            if size and v["width"] is None:
-                v["width"], v["height"] = int(size.group(1)), int(size.group(2))
-            rate = re.match(r"^([\d.]+)(k?) fps$", part)
-            if rate:
-                v["fps"] = float(rate.group(1)) * (1000 if rate.group(2) else 1)
-        progress = _null_run(p, "0:v:0", copy=True)
-        v["num_frames"] = int(progress.get("frame", "0"))
-        if v["fps"]:
-            v["video_duration_s"] = v["num_frames"] / v["fps"]
-
-    a: dict[str, Any] = dict(audio_codec=None, audio_sample_rate=None, audio_channels=None, audio_duration_s=None)
-    if audio is not None:
-        a["audio_codec"] = audio[0].split()[0]
-        for i, part in enumerate(audio[1:], start=1):
-            hz = re.match(r"^(\d+) Hz$", part)
-            if hz:
-                a["audio_sample_rate"] = int(hz.group(1))
-                if i + 1 < len(audio):
-                    a["audio_channels"] = audio[i + 1]
-        progress = _null_run(p, "0:a:0", copy=False)
-        us = progress.get("out_time_us", "N/A")
-        a["audio_duration_s"] = int(us) / 1e6 if us.lstrip("-").isdigit() else None
-
-    try:
-        faststart: bool | None = moov_before_mdat(p)
-    except InputError:
-        faststart = None
-    return VideoInfo(path=p, format_name=format_name, major_brand=major.group(1) if major else None,
-                     compatible_brands=compat.group(1) if compat else None, duration_s=duration_s,
-                     faststart=faststart, **v, **a)
-
-
-def moov_before_mdat(path: str | os.PathLike) -> bool:
-    """Whether an MP4's ``moov`` box precedes its ``mdat`` box ("faststart": playable while streaming).
-
-    Walks the top-level ISO-BMFF boxes (ISO/IEC 14496-12 §4.2: 32-bit big-endian size + 4-char type;
-    size 1 = 64-bit size follows, size 0 = box runs to end of file) reading headers only.
-
-    Returns:
-        True if ``moov`` comes first; False if ``mdat`` comes first or either is missing.
-
-    Raises:
-        InputError: the file is missing or does not start like an ISO-BMFF file (``ftyp`` etc.).
-    """
-    p = Path(path)
-    try:
-        file_size = p.stat().st_size
-        fh = open(p, "rb")
-    except OSError as err:
-        raise InputError(f"cannot read {str(path)!r}: {err}") from err
-    with fh:
-        offset, first = 0, True
-        while offset + 8 <= file_size:
-            fh.seek(offset)
-            size, box = struct.unpack(">I4s", fh.read(8))
-            header = 8
-            if size == 1:
-                (size,) = struct.unpack(">Q", fh.read(8))
-                header = 16
-            elif size == 0:
-                size = file_size - offset
-            if first and (box not in (b"ftyp", b"styp", b"free", b"skip", b"wide", b"moov", b"mdat")
-                          or size < header):
-                raise InputError(f"{str(path)!r} is not an MP4/ISO-BMFF file (first box {box!r})")
-            first = False
-            if box == b"moov":
-                return True
-            if box == b"mdat":
-                return False
-            if size < header:  # corrupt size: stop rather than loop
-                break
-            offset += size
-    if first:
-        raise InputError(f"{str(path)!r} is not an MP4/ISO-BMFF file (too short)")
-    return False

@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the golden data copied from ../shared/fixtures into tests/data."""
+"""Shared test fixtures: paths to the golden data in tests/data (how it was made: docs/fixtures.md)."""
 from __future__ import annotations
 
 import lzma

@@ -14,7 +14,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from talkhead.cli import app
-from talkhead.video import probe
+from probe import probe
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).parents[1] / "examples"

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from talkhead.cli import app
 from talkhead.mssync import load_mssync
+from talkhead.train.engine import read_run_checkpoint
 from talkhead.train.synthetic import make_synthetic_dataset
 from tiny_train import TINY_GENERATOR, TINY_SYNCERS, tiny
 
@@ -90,7 +92,12 @@ def test_train_generator_cli_model_animates(runs, tiny_models_dir, tmp_path):
                  "--quiet")
     assert result.exit_code == 0, result.output
     model = load_mssync(run_dir / "mssync")
-    assert sum(p.numel() for p in model.parameters()) > 0
+    # the exported model is the generator of the last checkpoint (written by the task's on_checkpoint)
+    ckpt = read_run_checkpoint(run_dir)
+    saved = ckpt["models"]["generator"]
+    assert set(model.state_dict()) == set(saved)
+    assert all(torch.equal(v.cpu(), saved[k]) for k, v in model.state_dict().items())
+    assert torch.load(run_dir / "mssync" / "model_chkpt.pt", weights_only=True)["steps"] == ckpt["step"] == 2
     # the trained generator drops into a models directory and drives `animate`
     models = tmp_path / "models"
     shutil.copytree(tiny_models_dir / "fomm", models / "fomm")
@@ -124,3 +131,25 @@ def test_preprocess_cli_skips_clip_without_face(tiny_models_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "face" in result.output
     assert json.loads((out / "manifest.json").read_text())["clips"] == []
+
+
+def test_preprocess_cli_bad_shard_is_one_line(tmp_path):
+    result = run("preprocess", tmp_path, "-o", tmp_path / "data", "--shard", "3/2")
+    assert result.exit_code == 2
+    assert "--shard must be I/N" in result.output and "Traceback" not in result.output
+
+
+def test_merge_shards_cli(tmp_path):
+    for i in range(2):
+        make_synthetic_dataset(tmp_path / f"s{i}", num_clips=2, num_frames=30, val_clips=0, seed=i)
+        manifest = json.loads((tmp_path / f"s{i}" / "manifest.json").read_text())
+        for clip in manifest["clips"]:   # distinct clip ids per shard, as preprocess's shards have
+            (tmp_path / f"s{i}" / "clips" / f"{clip['id']}.npz").rename(tmp_path / f"s{i}" / "clips" / f"s{i}-{clip['id']}.npz")
+            clip["id"] = f"s{i}-{clip['id']}"
+        (tmp_path / f"s{i}" / "manifest.json").write_text(json.dumps(manifest))
+    result = run("merge-shards", tmp_path / "s0", tmp_path / "s1", "-o", tmp_path / "all")
+    assert result.exit_code == 0, result.output
+    ids = [c["id"] for c in json.loads((tmp_path / "all" / "manifest.json").read_text())["clips"]]
+    assert sorted(ids) == ["s0-synth_0000", "s0-synth_0001", "s1-synth_0000", "s1-synth_0001"] and "4 clips" in result.output
+    result = run("merge-shards", tmp_path / "missing", "-o", tmp_path / "all")
+    assert result.exit_code == 2 and "shard folder not found" in result.output

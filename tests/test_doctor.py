@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import talkhead.video
+import talkhead.ffmpeg
 from talkhead.doctor import doctor_report, has_problems, render_report
 from talkhead.errors import FFmpegError
 
@@ -28,8 +28,8 @@ def registered(tiny_models_dir) -> Path:
 def fake_ffmpeg(monkeypatch):
     """A deterministic ffmpeg probe; the returned dict can be edited by the test."""
     caps = dict(GOOD_FFMPEG)
-    monkeypatch.setattr(talkhead.video, "ffmpeg_exe", lambda: caps["exe"])
-    monkeypatch.setattr(talkhead.video, "ffmpeg_capabilities", lambda: dict(caps))
+    monkeypatch.setattr(talkhead.ffmpeg, "ffmpeg_exe", lambda: caps["exe"])
+    monkeypatch.setattr(talkhead.ffmpeg, "ffmpeg_capabilities", lambda: dict(caps))
     return caps
 
 
@@ -60,9 +60,9 @@ def test_report_on_ready_install(registered, fake_ffmpeg):
 def test_real_ffmpeg_probe(registered):
     """The binary talkhead really uses (imageio-ffmpeg's) is reported with its encoders."""
     report = doctor_report(registered)
-    exe = talkhead.video.ffmpeg_exe()
+    exe = talkhead.ffmpeg.ffmpeg_exe()
     assert report["ffmpeg"]["exe"] == exe and os.path.isfile(exe)
-    assert report["ffmpeg"]["has_libx264"] == ("libx264" in talkhead.video.ffmpeg_capabilities()["encoders"])
+    assert report["ffmpeg"]["has_libx264"] == ("libx264" in talkhead.ffmpeg.ffmpeg_capabilities()["encoders"])
 
 
 def test_corrupt_checkpoint_is_a_problem_even_with_mtime_kept(registered, tmp_path, fake_ffmpeg):
@@ -106,7 +106,7 @@ def test_ffmpeg_missing(registered, monkeypatch):
     def broken():
         raise FFmpegError("ffmpeg is not available (install imageio-ffmpeg)")
 
-    monkeypatch.setattr(talkhead.video, "ffmpeg_exe", broken)
+    monkeypatch.setattr(talkhead.ffmpeg, "ffmpeg_exe", broken)
     report = doctor_report(registered)
     assert report["ffmpeg"]["ok"] is False and "imageio-ffmpeg" in report["ffmpeg"]["error"]
     assert has_problems(report)

@@ -3,7 +3,7 @@
 From the speech FILE (our decoder + logfbank) and the fixture source image, through the FOMM keypoint
 detector, the MS-Sync generator (``seq_len=50``, the ``s50`` run) and the FOMM generator, to the
 first five frames in ``tests/data/e2e/parity.npz``. The fixture ran under a modern torch, so the
-renderer uses ``align_corners=False`` here (see the fixture README, "Reference behaviours" 1).
+renderer uses ``align_corners=False`` here (see docs/fixtures.md, "Reference behaviours" 1).
 """
 from __future__ import annotations
 

@@ -171,3 +171,24 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):
         run_training(_Regression(nan_at=99), tmp_path, cfg, resume=True)
+
+
+def test_run_configs_are_typed_and_checked_once():
+    from talkhead.train.engine import EngineConfig, typed_config
+    from talkhead.train.generator import GeneratorRunConfig, default_config as generator_defaults
+    from talkhead.train.syncers import SyncerRunConfig, default_config as syncer_defaults
+
+    cfg = SyncerRunConfig.from_config(syncer_defaults())
+    assert cfg.betas == (0.9, 0.999) and isinstance(cfg.lr, float) and cfg.model.levels == 4
+    gen = generator_defaults()
+    gen["discriminator"] = {"windows": [5, 10]}
+    g = GeneratorRunConfig.from_config(gen)
+    assert g.discriminator_windows == (5, 10) and g.losses.sync == 8.0 and g.augment.scale == 0.1
+    assert GeneratorRunConfig.from_config(generator_defaults()).discriminator_windows is None
+    assert typed_config(EngineConfig, {"seed": 1, "steps": 2.0}).steps == 2      # an integral float is an int
+    with pytest.raises(ConfigError, match="'negatives' must be an integer"):
+        SyncerRunConfig.from_config({**syncer_defaults(), "negatives": "many"})
+    with pytest.raises(ConfigError, match="'betas' must be a list of 2"):
+        SyncerRunConfig.from_config({**syncer_defaults(), "betas": [0.9]})
+    with pytest.raises(ConfigError, match="lacks 'steps'"):
+        EngineConfig.from_config({"seed": 0})

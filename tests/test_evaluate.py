@@ -10,7 +10,8 @@ import torch
 from talkhead.errors import InputError
 from talkhead.train.evaluate import EvalClip, av_sync_clip, evaluate, format_table, lmd, offset_search
 from talkhead.train.synthetic import make_synthetic_dataset, synthetic_clip
-from talkhead.train.syncers import level_name, load_syncers, train_syncers
+from talkhead.mssync.syncers import level_name
+from talkhead.train.syncers import load_syncers, train_syncers
 
 SHIFT = 10  # frames (400 ms at 25 fps)
 

@@ -133,7 +133,7 @@ def test_exif_rotated_jpeg_same_face(tmp_path, astro_face):
 
 # ============================================================================================ detection
 def test_dlib_finds_the_astronaut(astro_faces, astro_face):
-    confident = [f for f in astro_faces if f.score >= F.CONFIDENT_SCORE["dlib"]]
+    confident = [f for f in astro_faces if f.score >= F.confident_score("dlib")]
     assert len(confident) == 1 and confident[0] is astro_face
     x0, y0, x1, y1 = astro_face.box
     assert 140 <= x0 < x1 <= 320 and 20 <= y0 < y1 <= 200
@@ -170,7 +170,7 @@ def test_no_face(tmp_path, name):
     path = tmp_path / f"{name}.png"
     Image.fromarray(img).save(path)
     faces = F.detect_faces(F.load_image(path), backend="dlib")
-    assert not [f for f in faces if f.score >= F.CONFIDENT_SCORE["dlib"]]
+    assert not [f for f in faces if f.score >= F.confident_score("dlib")]
     with pytest.raises(NoFaceError, match=f"{name}.png"):
         F.select_face(faces, source=str(path))
 
@@ -372,4 +372,49 @@ def test_fan_wrapper_scales_boxes_and_keeps_scores():
     assert faces[0].landmarks.shape == (68, 2) and faces[0].landmarks.dtype == np.float32
     np.testing.assert_allclose(faces[0].landmarks[0], (201, 101))
     assert faces[1].backend == "fan"
-    assert F.select_face(faces) is faces[0]            # 0.55 < CONFIDENT_SCORE["fan"]
+    assert F.select_face(faces) is faces[0]            # 0.55 < confident_score("fan")
+
+
+# ------------------------------------------------------------------------- the backend registry, auto
+def test_registry_is_the_one_list_of_backends():
+    from talkhead.options import LANDMARKERS
+
+    assert F.BACKENDS == tuple(F.LANDMARK_BACKENDS) == ("fan", "dlib")
+    assert LANDMARKERS == F.LANDMARKER_CHOICES == ("auto", "fan", "dlib")
+    assert F.confident_score("fan") == 0.8 and F.confident_score("dlib") == 0.5
+    assert F.confident_score("custom") == F.DEFAULT_CONFIDENT_SCORE
+    face = _dummy_face((10, 10, 60, 60), 0.6, backend="fan")
+    assert not F.is_confident(face) and F.is_confident(face, min_score=0.5)
+    assert F.is_confident(_dummy_face((10, 10, 60, 60), 0.6, backend="dlib"))
+    status = F.landmark_backend_status()
+    assert set(status) == set(F.BACKENDS)
+    assert all({"offline", "importable", "reason"} <= set(s) for s in status.values())
+    assert status["dlib"]["offline"] and F.dlib_predictor_path() is not None
+
+
+def test_auto_landmarker_falls_back_to_dlib_with_a_note(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))   # an empty hub cache
+    backend, note = F.resolve_landmarker("auto", offline=True)
+    assert backend == "dlib" and "dlib" in note and "fan" in note and "offline mode" in note
+    assert "\n" not in note
+    assert F.resolve_landmarker("fan", offline=True) == ("fan", None)     # explicit names are kept
+    assert F.resolve_landmarker("dlib") == ("dlib", None)
+    with pytest.raises(F.LandmarkerUnavailableError, match="auto, fan, dlib"):
+        F.resolve_landmarker("mediapipe")
+    # with both FAN weight files cached, auto picks fan (no network needed)
+    for path in F._fan_weight_paths().values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"weights")
+    assert F.resolve_landmarker("auto", offline=True) == ("fan", None)
+
+
+def test_pipeline_logs_the_auto_fallback_once(monkeypatch, tmp_path):
+    from talkhead.options import AnimateOptions
+    from talkhead.pipeline import Pipeline
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    lines = []
+    pipe = Pipeline(AnimateOptions(offline=True, device="cpu"), renderer=object(), motion=object(), log=lines.append)
+    assert AnimateOptions().landmarker == "auto"
+    assert pipe.landmark_backend() == "dlib" and pipe.landmark_backend() == "dlib"
+    assert len(lines) == 1 and lines[0].startswith("landmarker auto: using dlib")

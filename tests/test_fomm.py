@@ -1,8 +1,8 @@
 """FOMM renderer: golden parity with the official first-order-model modules, checkpoint layout, loading.
 
 Golden data: ``tests/data/fomm/parity.npz`` (tiny random-weight FOMM run through the reference code,
-see ``../shared/fixtures/README.md`` section 2) and ``vox-adv-256.keys.json`` (section 1).
-Tolerances are the fixture README's recommendations (rtol = 0).
+see ``docs/fixtures.md``) and ``vox-adv-256.keys.json``.
+Tolerances are docs/fixtures.md's recommendations (rtol = 0).
 """
 from __future__ import annotations
 

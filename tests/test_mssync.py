@@ -148,15 +148,15 @@ def test_generate_keypoints_splits_out_kp_and_reports_progress(tiny_model, mssyn
     value = kp0.value
     calls = []
     kp = generate_keypoints(tiny_model, kp0, torch.from_numpy(logfbank), seq_len=20,
-                            progress=lambda d, t: calls.append((d, t)))
+                            progress=lambda stage, d, t: calls.append((stage, d, t)))
     kp_value, kp_jacobian = kp.value, kp.jacobian
     assert kp_value.shape == (21, 10, 2) and kp_jacobian.shape == (21, 10, 2, 2)
     # seq_len=20 differs from the fixture runs; check the split against our own out_kp instead.
     out_kp = generate_keypoints_trace(tiny_model, kp0, logfbank, seq_len=20)["out_kp"][0]
     torch.testing.assert_close(kp_value, out_kp[..., :2], rtol=0, atol=0)
     torch.testing.assert_close(kp_jacobian[:, :, 1, 0], out_kp[..., 4], rtol=0, atol=0)   # j10 is entry 4
-    assert calls[0] == (2, 21) and calls[-1] == (21, 21)
-    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert calls[0] == ("keypoints", 2, 21) and calls[-1] == ("keypoints", 21, 21)
+    assert [d for _, d, _ in calls] == sorted(d for _, d, _ in calls)
     assert not torch.allclose(kp_value[0], value[0])        # frame 0 is kp0 plus a velocity
 
 

@@ -17,7 +17,7 @@ from talkhead.keypoints import Keypoints
 from talkhead.options import AnimateOptions
 from talkhead.pipeline import Pipeline
 from talkhead.renderers import RendererEntry, get_renderer, register_renderer, renderer_names, _RENDERERS
-from talkhead.video import probe
+from probe import probe
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
@@ -56,7 +56,7 @@ def toy_motion(kp_source, logfbank, progress=None):
     value = kp_source.value.repeat(t, 1, 1)
     value[:, 0, 0] = torch.linspace(-0.4, 0.4, t)
     if progress:
-        progress(t, t)
+        progress("keypoints", t, t)
     return Keypoints(value, kp_source.jacobian.repeat(t, 1, 1, 1))
 
 

@@ -19,7 +19,9 @@ import soundfile as sf
 import torch
 
 from talkhead.constants import FPS, NUM_KP
+from talkhead.errors import InputError
 from talkhead.fomm import FOMM, FOMMConfig, load_fomm
+from talkhead.options import AnimateOptions, PreprocessOptions
 from talkhead.train import preprocess as pp
 from talkhead.train.data import DataFormatError, DatasetWriter, load_clip, read_manifest
 
@@ -133,7 +135,7 @@ def centroid_fomm(fomm_tiny_files) -> FOMM:
 def run_all(videos, tiny_fomm, tmp_path_factory):
     """One preprocess run over the four videos (a folder input) with the tiny FOMM and dlib."""
     out = tmp_path_factory.mktemp("data")
-    report = pp.preprocess([videos["talk"].parent.parent], out, fomm=tiny_fomm, landmarker="dlib")
+    report = pp.preprocess([videos["talk"].parent.parent], out, PreprocessOptions(landmarker="dlib"), fomm=tiny_fomm)
     return report, out
 
 
@@ -197,7 +199,7 @@ def test_crop_box_covers_the_moving_face(run_all):
 def test_keypoints_follow_the_applied_motion(videos, centroid_fomm, tmp_path, crop):
     """With a detector of known geometry, the keypoints' mean x follows the face's translation, with
     the sign (x = column) and the scale ``2 / crop side`` of the fixed crop - at 25 fps."""
-    report = pp.preprocess([videos["talk"]], tmp_path, fomm=centroid_fomm, landmarker="dlib", crop=crop)
+    report = pp.preprocess([videos["talk"]], tmp_path, PreprocessOptions(landmarker="dlib", crop=crop), fomm=centroid_fomm)
     (outcome,) = report.done
     kp, _ = load_clip(tmp_path, outcome.clip_id)
     d = applied_dx(np.arange(len(kp)) / FPS)
@@ -240,7 +242,7 @@ def test_resume_does_not_redo_work(run_all, videos, tiny_fomm, tmp_path, monkeyp
     assert [c.id for c in read_manifest(resumed)] == ["spk-1_talk"]
 
     # retry_skipped looks at the no-face video again (and still skips it); the done clip stays untouched
-    report = pp.preprocess([videos["noface"]], resumed, fomm=tiny_fomm, landmarker=landmarker, retry_skipped=True,
+    report = pp.preprocess([videos["noface"]], resumed, PreprocessOptions(retry_skipped=True), fomm=tiny_fomm, landmarker=landmarker,
                            root=videos["talk"].parent.parent)
     assert calls["faces"] > 0 and calls["detect"] == 0
     assert "no face" in report.skipped[0].reason and not report.skipped[0].reason.startswith("(earlier")
@@ -269,7 +271,7 @@ def test_preprocess_touches_only_its_shard(videos, tiny_fomm, tmp_path):
     inputs = [videos["silent"], videos["short"], broken]
     seen, ticks = [], []
     for i in range(2):
-        report = pp.preprocess(inputs, tmp_path / f"shard-{i}", fomm=tiny_fomm, landmarker="dlib", shard=(i, 2),
+        report = pp.preprocess(inputs, tmp_path / f"shard-{i}", PreprocessOptions(landmarker="dlib", shard=f"{i}/2"), fomm=tiny_fomm,
                                root=root.parent, on_clip=seen.append, progress=lambda *a: ticks.append(a))
         assert [o.clip_id for o in report.outcomes] == [j.clip_id for j in pp.plan_jobs(inputs, root=root.parent,
                                                                                         shard=(i, 2))]
@@ -333,3 +335,19 @@ def test_merge_shards(tmp_path):
         w.add("a", *clip(5))
     with pytest.raises(DataFormatError):
         pp.merge_shards([tmp_path / "s2"], tmp_path / "all")
+
+
+def test_preprocess_options_share_animate_fields_and_check_values():
+    import dataclasses
+
+    anim = {f.name: f for f in dataclasses.fields(AnimateOptions)}
+    for f in dataclasses.fields(PreprocessOptions):
+        if f.name in ("models_dir", "landmarker", "offline"):
+            assert f.metadata == anim[f.name].metadata and f.default == anim[f.name].default
+    assert PreprocessOptions().device == "cpu" and PreprocessOptions(shard=(1, 3)).shard_index == (1, 3)
+    with pytest.raises(InputError, match="--shard must be I/N"):
+        PreprocessOptions(shard="2/2")
+    with pytest.raises(InputError, match="--landmarker must be one of auto, fan, dlib"):
+        PreprocessOptions(landmarker="hog")
+    with pytest.raises(InputError, match="--min-frames must be at least 1"):
+        PreprocessOptions(min_frames=0)

@@ -16,9 +16,9 @@ from talkhead.train.data import (DataFormatError, DatasetWriter, StepBatchSample
 from talkhead.train.engine import CHECKPOINT_NAME, METRICS_NAME, read_run_checkpoint
 from talkhead.train.evaluate import av_sync_clip
 from talkhead.train.synthetic import make_synthetic_dataset, synthetic_clip
-from talkhead.train.syncers import (LEVEL_MS, PyramidSegments, SyncerPyramid, blur_halve, build_pyramid, info_nce,
-                                    level_name, load_syncers, pyramid_sync_loss, save_syncers, sliding_windows,
-                                    train_syncers)
+from talkhead.mssync.syncers import (LEVEL_MS, SyncerPyramid, blur_halve, build_pyramid, level_name, save_syncers,
+                                     sliding_windows)
+from talkhead.train.syncers import PyramidSegments, info_nce, load_syncers, pyramid_sync_loss, train_syncers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

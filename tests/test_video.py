@@ -1,4 +1,4 @@
-"""talkhead.video: streaming frames to ffmpeg (H.264 + AAC MP4), atomic output, probing."""
+"""talkhead.video and talkhead.ffmpeg: streaming frames to ffmpeg (H.264 + AAC MP4), atomic output, commands."""
 from __future__ import annotations
 
 import shutil
@@ -13,7 +13,9 @@ import pytest
 import soundfile as sf
 
 from talkhead.errors import FFmpegError, InputError, OutputError
-from talkhead.video import VideoWriter, ffmpeg_capabilities, ffmpeg_exe, moov_before_mdat, probe, to_uint8_frames
+from probe import moov_before_mdat, probe
+from talkhead.ffmpeg import ffmpeg_capabilities, ffmpeg_exe, flags
+from talkhead.video import VideoWriter, to_uint8_frames
 
 DATA = Path(__file__).parent / "data"
 
@@ -302,3 +304,39 @@ def test_probe_audio_only(speech_2s):
     assert info.audio_codec == "pcm_s16le" and info.audio_sample_rate == 16000
     assert info.audio_duration_s == pytest.approx(2.0, abs=1e-6)
     assert info.faststart is None
+
+
+def test_flags_builds_options_in_order():
+    assert flags({"f": "mp4", "crf": 18, "y": True, "an": False, "vf": None, "map_metadata": -1}) == \
+        ["-f", "mp4", "-crf", "18", "-y", "-map_metadata", "-1"]
+
+
+def test_writer_command_is_the_argument_vector_it_runs(tmp_path):
+    """The command ffmpeg-python used to compile for us, built by talkhead.ffmpeg.flags instead."""
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"x")
+    argv = VideoWriter(tmp_path / "o.mp4", size=(31, 32), audio_path=audio).command(tmp_path / "t.mp4")
+    assert argv[0] == ffmpeg_exe()
+    assert argv[1:] == ["-f", "rawvideo", "-framerate", "25", "-pix_fmt", "rgb24", "-s", "32x32", "-i", "pipe:",
+                        "-i", f"file:{audio.resolve()}", "-map", "0", "-map", "1:a:0",
+                        "-f", "mp4", "-b:a", "128k", "-acodec", "aac", "-crf", "18", "-movflags", "+faststart",
+                        "-pix_fmt", "yuv420p", "-preset", "medium", "-vcodec", "libx264",
+                        "-vf", "scale=out_color_matrix=bt709:out_range=tv,"
+                               "setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709",
+                        f"file:{(tmp_path / 't.mp4').resolve()}", "-hide_banner", "-nostats", "-loglevel", "error", "-y"]
+    silent = VideoWriter(tmp_path / "o.mkv", size=(32, 32)).command(tmp_path / "t.mkv")
+    assert "-map" not in silent and "-movflags" not in silent and silent[silent.index("-i") + 2:][:2] == ["-f", "matroska"]
+
+
+def test_read_frames_decodes_what_the_writer_wrote(tmp_path):
+    from talkhead.ffmpeg import read_frames, video_meta
+
+    out = tmp_path / "v.mp4"
+    with VideoWriter(out, size=(32, 32), crf=0) as writer:
+        for t in range(10):
+            writer.write(pattern(t, 32, 32))
+    meta = video_meta(out)
+    assert tuple(meta["size"]) == (32, 32) and meta["fps"] == 25
+    _, frames = read_frames(out, "format=rgb24,scale=16:16:flags=area", size=(16, 16))
+    got = list(frames)
+    assert len(got) == 10 and got[0].shape == (16, 16, 3) and got[0].dtype == np.uint8

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, MutableMapping
+from typing import MutableMapping
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from torch import nn
 from ..checkpoints import load_checkpoint, load_state_dict_checked, require_finite
 from ..constants import NUM_KP
 from ..errors import CheckpointError
+from ..progress import Progress
 from .blocks import AudioPyramidEncoder, DeepMLP, frame_encoder
 from .config import MSSyncConfig
 
@@ -42,7 +43,6 @@ ENCODER_WIDTH = 272
 TRANSFORMER_FF_DIM = 1024
 """Hard-coded ``dim_feedforward`` of the temporal transformer (reference constant)."""
 
-ProgressCallback = Callable[[int, int], None]
 
 
 def _causal_mask(n: int, device: torch.device) -> torch.Tensor:
@@ -229,7 +229,7 @@ class MSSyncGenerator(nn.Module):
         return self.rollout(inpt, audio)
 
     def rollout(self, inpt: torch.Tensor, audio: torch.Tensor, *, trace: MutableMapping | None = None,
-                progress: ProgressCallback | None = None,
+                progress: Progress | None = None,
                 incremental: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` with options: intermediates, progress, incremental temporal module.
 
@@ -241,7 +241,7 @@ class MSSyncGenerator(nn.Module):
                 ``vel_obs`` ``(B*obs_len, 60)``, and per decoding step i (seq_len - 1 steps)
                 ``encoder_x_decode`` ``(S-1, B, coord_dim)``, ``temporal_decode`` ``(S-1, B, hidden)``,
                 ``vel_decode`` ``(S-1, B, 60)``, ``context_len_decode`` ``(S-1,)`` int64.
-            progress: ``progress(done, seq_len)`` after the warm-up (done = 1) and after each
+            progress: ``progress("keypoints", done, seq_len)`` after the warm-up (done = 1) and after each
                 decoding step (x_pred frames produced so far).
             incremental: compute the transformer only at the last context position (with cached
                 key/value projections for one layer) instead of re-running it over the whole
@@ -278,7 +278,7 @@ class MSSyncGenerator(nn.Module):
             x_rec = inpt.new_empty(0, 0, 0, 0)
         last_pos = positions[:, -1]
         if progress is not None:
-            progress(1, seq_len)
+            progress("keypoints", 1, seq_len)
 
         # Autoregressive decoding.
         kv_cache = [self._kv(coord[:, j]) for j in range(obs_len)] if incremental and cfg.nlayers_tf == 1 else None
@@ -305,7 +305,7 @@ class MSSyncGenerator(nn.Module):
                 steps["vel_decode"].append(vel_i.detach())
                 steps["context_len_decode"].append(coord.shape[1])
             if progress is not None:
-                progress(i + 2, seq_len)
+                progress("keypoints", i + 2, seq_len)
         if trace is not None:
             widths = {"encoder_x_decode": cfg.coord_dim, "temporal_decode": cfg.hidden_size,
                       "vel_decode": NUM_KP * cfg.data_dim}

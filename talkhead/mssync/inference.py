@@ -17,42 +17,22 @@ Reproduces the reference ``execute_model.execute_model`` (LouisBearing/HMo-audio
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
-
 import numpy as np
 import torch
 
-from ..constants import HOP_S, KP_DIM, LOGFBANK_PER_FRAME, N_FILT, NUM_KP, SAMPLE_RATE
+from ..audio import MIN_NUM_SAMPLES, num_logfbank_frames
+from ..constants import HOP_S, KP_DIM, N_FILT, NUM_KP, REFERENCE_LOGFBANK_PER_FRAME, SAMPLE_RATE
 from ..errors import AudioTooShortError, ConfigError
 from ..keypoints import Keypoints
+from ..progress import Progress
 from .generator import MSSyncGenerator
-
-MIN_NUM_SAMPLES = 1361
-"""Fewest 16-kHz samples the reference procedure accepts (85.1 ms, 8 logfbank rows, 2 frames).
-
-With 1360 samples or fewer the reference fails (a reflect-pad RuntimeError, or an IndexError when
-M <= 3 logfbank rows)."""
 
 REFLECT_PAD_ROWS = 5
 """Logfbank rows reflect-padded at the end by the reference (``F.pad(..., (0, 0, 0, 5), 'reflect')``)."""
 
-ProgressCallback = Callable[[int, int], None]
-
-
-def num_logfbank_frames(num_samples: int) -> int:
-    """Logfbank rows for ``num_samples`` at 16 kHz: ``1 + ceil((n - 400) / 160)``, or 1 if n <= 400.
-
-    The python_speech_features framing (25 ms window, 10 ms hop, zero-padded last frame).
-    """
-    win, hop = round(0.025 * SAMPLE_RATE), round(HOP_S * SAMPLE_RATE)
-    if num_samples <= win:
-        return 1
-    return 1 + -(-(num_samples - win) // hop)
-
-
 def required_len(num_rows: int, seq_len: int = 0) -> int:
     """Reference ``required_len``: ``int(M / 3.9943)``, capped at ``1 + seq_len`` if ``seq_len > 0``."""
-    n = int(num_rows / LOGFBANK_PER_FRAME)
+    n = int(num_rows / REFERENCE_LOGFBANK_PER_FRAME)
     if seq_len > 0:
         n = min(1 + seq_len, n)
     return n
@@ -60,7 +40,7 @@ def required_len(num_rows: int, seq_len: int = 0) -> int:
 
 def _kept_rows(req_len: int) -> int:
     """Logfbank rows the reference keeps: ``np.round(R * 3.9943)`` (half to even)."""
-    return int(np.round(req_len * LOGFBANK_PER_FRAME))
+    return int(np.round(req_len * REFERENCE_LOGFBANK_PER_FRAME))
 
 
 def frames_for_logfbank(num_rows: int, seq_len: int = 0) -> int:
@@ -154,7 +134,7 @@ def build_warmup_input(kp_source: Keypoints, *, obs_len: int) -> torch.Tensor:
 
 
 def generate_keypoints_trace(model: MSSyncGenerator, kp_source: Keypoints, logfbank, *,
-                             seq_len: int = 0, progress: ProgressCallback | None = None,
+                             seq_len: int = 0, progress: Progress | None = None,
                              incremental: bool | None = None) -> dict[str, torch.Tensor]:
     """:func:`generate_keypoints` returning every intermediate (names of the golden fixture).
 
@@ -181,7 +161,7 @@ def generate_keypoints_trace(model: MSSyncGenerator, kp_source: Keypoints, logfb
         inpt = build_warmup_input(kp_source.to(device, dtype), obs_len=cfg.obs_len)
         total = int(audio_in.shape[1] / 4) - cfg.obs_len + (1 if cfg.obs_len > 1 else 0)
         offset = 1 if cfg.obs_len > 1 else 0
-        cb = (lambda done, _n: progress(done + offset, total)) if progress is not None else None
+        cb = (lambda stage, done, _n: progress(stage, done + offset, total)) if progress is not None else None
         trace: dict[str, torch.Tensor] = {}
         x_rec, x_pred = model.rollout(inpt, audio_in.to(dtype), trace=trace, progress=cb, incremental=incremental)
         out_kp = torch.cat([x_rec[:, -1:], x_pred], dim=1) if cfg.obs_len > 1 else x_pred
@@ -192,7 +172,7 @@ def generate_keypoints_trace(model: MSSyncGenerator, kp_source: Keypoints, logfb
 
 
 def generate_keypoints(model: MSSyncGenerator, kp_source: Keypoints, logfbank, *,
-                       seq_len: int = 0, progress: ProgressCallback | None = None) -> Keypoints:
+                       seq_len: int = 0, progress: Progress | None = None) -> Keypoints:
     """Driving keypoints for speech: the reference ``execute_model.execute_model``, exactly.
 
     Runs under ``torch.inference_mode()`` on the model's device (inputs are moved there).
@@ -204,8 +184,8 @@ def generate_keypoints(model: MSSyncGenerator, kp_source: Keypoints, logfbank, *
         logfbank: ``(M, 26)`` log filterbank of the speech at 100 Hz (array or tensor; float64 is
             cast to float32 as the reference's ``torch.Tensor(melspec)``).
         seq_len: if > 0, generate at most ``1 + seq_len`` frames (the reference ``max_l``
-            behaviour; the result then differs slightly from a full run, see the fixture README).
-        progress: ``progress(done, total)`` in frames during the autoregressive decoding.
+            behaviour; the result then differs slightly from a full run, see docs/fixtures.md, "Reference behaviours" 3).
+        progress: ``progress("keypoints", done, total)`` in frames during the autoregressive decoding.
 
     Returns:
         kp_driving :class:`~talkhead.keypoints.Keypoints` at 25 fps, value ``(T, 10, 2)`` and jacobian
@@ -261,10 +241,10 @@ class MSSyncMotion:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def __call__(self, kp_source: Keypoints, logfbank, progress: ProgressCallback | None = None) -> Keypoints:
+    def __call__(self, kp_source: Keypoints, logfbank, progress: Progress | None = None) -> Keypoints:
         with _single_cpu_thread(self.device):
             return generate_keypoints(self.model, kp_source, logfbank, progress=progress)
 
 
-__all__ = ["MSSyncMotion", "MIN_NUM_SAMPLES", "num_frames", "num_logfbank_frames", "required_len", "frames_for_logfbank",
+__all__ = ["MSSyncMotion", "MIN_NUM_SAMPLES", "num_frames", "required_len", "frames_for_logfbank",
            "build_audio_input", "build_warmup_input", "generate_keypoints", "generate_keypoints_trace"]

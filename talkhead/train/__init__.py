@@ -1,4 +1,6 @@
-"""Training: data format, the shared training engine, the MS-Sync syncer pyramid and the evaluation.
+"""Training: data format, the shared training engine, training the syncer pyramid and the generator, evaluation.
+
+The syncer pyramid model itself is :mod:`talkhead.mssync.syncers` (training and evaluation share it).
 
 Public entry points (the CLI calls these):
 
@@ -14,7 +16,8 @@ from .engine import NonFiniteLossError, TrainEvent, TrainingInterrupted, run_tra
 from .evaluate import EvalClip, evaluate, format_table
 from .synthetic import make_synthetic_dataset
 from .generator import train_generator
-from .syncers import SyncerPyramid, load_syncers, pyramid_sync_loss, train_syncers
+from ..mssync.syncers import SyncerPyramid
+from .syncers import load_syncers, pyramid_sync_loss, train_syncers
 
 __all__ = [
     "ClipInfo", "DataFormatError", "DatasetWriter", "WindowDataset", "read_manifest",

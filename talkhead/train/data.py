@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..constants import FPS, KP_DIM, N_FILT, NUM_KP
+from ..constants import FPS, KP_DIM, LOGFBANK_HZ, LOGFBANK_PER_VIDEO_FRAME, N_FILT, NUM_KP
 from ..errors import InputError
 from ..io import atomic_write
 
@@ -47,10 +47,6 @@ FORMAT_NAME = "talkhead-train-data"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 CLIPS_DIRNAME = "clips"
-LOGFBANK_HZ = 100
-"""logfbank rows per second (10 ms hop)."""
-LOGFBANK_PER_VIDEO_FRAME = LOGFBANK_HZ // FPS
-"""Exactly 4 logfbank rows per 25-fps video frame in training data (frame t <-> rows 4t..4t+3)."""
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -40,6 +41,8 @@ import random
 import signal
 import threading
 import time
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +189,90 @@ def resolve_run_config(defaults: str | Path | Mapping, run_dir: str | Path, *, r
     return load_run_config(base, config, overrides)
 
 
+# ============================================================================================ typed configs
+def _typed_value(path: str, hint: Any, value: Any) -> Any:
+    """``value`` checked against the annotation ``hint`` (int, float, str, bool, tuple[...], dict,
+    Optional[...], or a dataclass), converted where lossless (an integral float to int, an int to float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed_value(path, inner, value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {path!r} must be true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"config key {path!r} must be an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {path!r} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {path!r} must be a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or (args[-1:] != (Ellipsis,) and len(value) != len(args)):
+            raise ConfigError(f"config key {path!r} must be a list of {len(args)}, got {value!r}")
+        kinds = [args[0]] * len(value) if args[-1:] == (Ellipsis,) else list(args)
+        return tuple(_typed_value(f"{path}[{i}]", k, v) for i, (k, v) in enumerate(zip(kinds, value)))
+    if hint is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key {path!r} must be a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key {path!r} must be a mapping, got {value!r}")
+        from_mapping = getattr(hint, "from_mapping", None)
+        return from_mapping(value) if from_mapping is not None else typed_config(hint, value, f"{path}.")
+    return value
+
+
+def typed_config(cls: type, mapping: Mapping, where: str = ""):
+    """Build the frozen config dataclass ``cls`` from a merged run config, checking every value's type
+    once (keys of ``mapping`` that ``cls`` lacks are ignored: each reader takes its part).
+
+    Raises:
+        ConfigError: a key ``cls`` needs is missing, or a value has the wrong type.
+    """
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in mapping:
+            values[f.name] = _typed_value(f"{where}{f.name}", hints[f.name], mapping[f.name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"run config lacks {where}{f.name!r}")
+    return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """The run-config keys the engine itself reads (a task's config class extends it).
+
+    Attributes:
+        seed: RNG seed; steps: optimisation steps to reach; checkpoint_every / val_every /
+        log_every: steps between checkpoints, validations, ``metrics.jsonl`` train lines (0: only at
+        the end); num_workers: DataLoader workers per rank; device: ``auto | cpu | cuda | mps``.
+    """
+
+    seed: int
+    steps: int
+    checkpoint_every: int = 0
+    val_every: int = 0
+    log_every: int = 1
+    num_workers: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def from_config(cls, mapping: Mapping):
+        """:func:`typed_config` of ``cls``. Raises ConfigError."""
+        return typed_config(cls, mapping)
+
+
 # ============================================================================================ distributed
 @dataclass
 class DistInfo:
@@ -305,7 +392,8 @@ class RunContext:
     """What a task gets from the engine.
 
     Attributes:
-        config: the merged run config (plain dict).
+        config: the merged run config (plain dict, as saved in ``config.yaml``); a task reads it
+            once into its typed config (an :class:`EngineConfig` subclass, :func:`typed_config`).
         run_dir: run folder (exists; only rank 0 writes into it).
         device: the torch device of this rank.
         dist: rank/world size/backend.
@@ -407,6 +495,10 @@ class TrainTask(abc.ABC):
     def load_extra_state(self, state: dict) -> None:
         """Inverse of :meth:`extra_state`."""
 
+    def on_checkpoint(self, step: int) -> None:
+        """Called on rank 0 right after ``checkpoint.pt`` of ``step`` was written (atomically, after the
+        step's losses were found finite): the place to export models in other formats."""
+
 
 @dataclass
 class TrainEvent:
@@ -463,6 +555,7 @@ class _Runner:
     def __init__(self, task: TrainTask, run_dir: Path, config: dict, dist_info: DistInfo, device: torch.device,
                  progress: ProgressFn | None):
         self.task, self.run_dir, self.config = task, run_dir, config
+        self.settings = EngineConfig.from_config(config)
         self.dist, self.device, self.progress = dist_info, device, progress
         self.ckpt_path = run_dir / CHECKPOINT_NAME
         self.metrics_path = run_dir / METRICS_NAME
@@ -477,7 +570,7 @@ class _Runner:
 
     def emit(self, kind: str, step: int, metrics: dict | None = None) -> None:
         if self.progress is not None and self.dist.is_main:
-            self.progress(TrainEvent(kind, step, int(self.config["steps"]), dict(metrics or {})))
+            self.progress(TrainEvent(kind, step, self.settings.steps, dict(metrics or {})))
 
     # ---- checkpoints
     def _gather_rng(self) -> list:
@@ -501,6 +594,7 @@ class _Runner:
                 "rng": rng, "extra": self.task.extra_state(),
             }
             atomic_torch_save(payload, self.ckpt_path)
+            self.task.on_checkpoint(int(step))
             self.log({"event": "checkpoint", "step": int(step), "path": str(self.ckpt_path)})
             self.emit("checkpoint", step)
 
@@ -524,7 +618,7 @@ class _Runner:
         if self.dist.rank < len(rng):
             set_rng_state(rng[self.dist.rank])
         else:
-            seed_everything(int(self.config["seed"]) + 7919 * self.dist.rank + int(ckpt["step"]))
+            seed_everything(self.settings.seed + 7919 * self.dist.rank + int(ckpt["step"]))
         return int(ckpt["step"])
 
     # ---- collective helpers
@@ -549,10 +643,10 @@ class _Runner:
 
     # ---- main loop
     def run(self, start_step: int) -> dict:
-        cfg, task = self.config, self.task
-        total = int(cfg["steps"])
-        ckpt_every, val_every = int(cfg.get("checkpoint_every", 0)), int(cfg.get("val_every", 0))
-        log_every = max(1, int(cfg.get("log_every", 1)))
+        cfg, task = self.settings, self.task
+        total = cfg.steps
+        ckpt_every, val_every = cfg.checkpoint_every, cfg.val_every
+        log_every = max(1, cfg.log_every)
         step = start_step
         last_saved = start_step if start_step > 0 else -1
         self.emit("start", step)
@@ -656,10 +750,7 @@ def run_training(task: TrainTask, run_dir: str | Path, config: Mapping, *, resum
     """
     run_dir = Path(run_dir)
     config = copy.deepcopy(dict(config))
-    for key in ("seed", "steps"):
-        if key not in config:
-            raise ConfigError(f"run config lacks {key!r}")
-    info = init_distributed(str(config.get("device", "auto")))
+    info = init_distributed(EngineConfig.from_config(config).device)
     try:
         ckpt_path = run_dir / CHECKPOINT_NAME
         ckpt = None
@@ -673,7 +764,7 @@ def run_training(task: TrainTask, run_dir: str | Path, config: Mapping, *, resum
                 raise ConfigError(f"cannot resume with a different config for {', '.join(changed)} "
                                   f"(only {', '.join(sorted(RESUMABLE_KEYS))} may change)")
             config = {**config, **saved, **{k: config[k] for k in RESUMABLE_KEYS if k in config}}
-            if int(config["steps"]) < int(ckpt["step"]):
+            if EngineConfig.from_config(config).steps < int(ckpt["step"]):
                 raise ConfigError(f"steps={config['steps']} is below the checkpoint's step {ckpt['step']}")
         elif ckpt_path.exists():
             raise OutputError(f"{run_dir} already holds a training checkpoint; pass resume=True (--resume) "
@@ -690,12 +781,12 @@ def run_training(task: TrainTask, run_dir: str | Path, config: Mapping, *, resum
                 (run_dir / METRICS_NAME).unlink()
         if info.distributed:
             dist.barrier()
-        device = resolve_device(str(config.get("device", "auto")), cuda_index=info.local_rank,
-                            allow_mps=not info.distributed)
+        settings = EngineConfig.from_config(config)
+        device = resolve_device(settings.device, cuda_index=info.local_rank, allow_mps=not info.distributed)
         ctx = RunContext(config=config, run_dir=run_dir, device=device, dist=info)
-        seed_everything(int(config["seed"]))
+        seed_everything(settings.seed)
         task.setup(ctx)
-        seed_everything(int(config["seed"]) + 7919 * info.rank)
+        seed_everything(settings.seed + 7919 * info.rank)
         runner = _Runner(task, run_dir, config, info, device, progress)
         start = 0
         if ckpt is not None:

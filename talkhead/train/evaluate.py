@@ -35,8 +35,8 @@ import torch
 
 from ..constants import FPS, KP_DIM, NUM_KP
 from ..errors import InputError
-from .data import LOGFBANK_PER_VIDEO_FRAME
-from .syncers import WINDOW_FRAMES, SyncerPyramid, blur_halve, level_name, pyramid_frames
+from ..constants import LOGFBANK_PER_VIDEO_FRAME
+from ..mssync.syncers import WINDOW_FRAMES, SyncerPyramid, level_name, pyramid_frames
 
 DEFAULT_MAX_SHIFT = 15
 """SyncNet's offset search range (``vshift``), in frames of each pyramid level."""
@@ -121,14 +121,7 @@ def av_sync_clip(syncers: SyncerPyramid, keypoints: np.ndarray | torch.Tensor, l
     if n < 1:
         return out
     kp, lf = kp[None, :n].to(dev), lf[None, :n * LOGFBANK_PER_VIDEO_FRAME].to(dev)
-    levels = []
-    k, a = kp, lf
-    for l in range(syncers.levels):
-        if l > 0:
-            if k.shape[1] <= syncers.config.kernel_size // 2:
-                break
-            k, a = blur_halve(k, syncers.config.kernel_size), blur_halve(a, syncers.config.kernel_size)
-        levels.append((k, a))
+    levels = syncers.pyramid(kp, lf, partial=True)
     was_training = syncers.training
     syncers.eval()
     for l, (k, a) in enumerate(levels):

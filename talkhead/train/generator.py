@@ -54,7 +54,9 @@ format in ``RUN_DIR/mssync/``: ``args`` (one JSON line, :meth:`MSSyncConfig.to_a
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -71,6 +73,7 @@ from ..mssync.config import DISCRIMINATOR_WINDOWS
 from ..mssync.discriminators import ProjectionDisc
 from .data import ClipStore, DataFormatError, WindowDataset
 from .engine import (
+    EngineConfig,
     ProgressFn,
     RunContext,
     TrainTask,
@@ -78,8 +81,10 @@ from .engine import (
     read_yaml,
     resolve_run_config,
     run_training,
+    typed_config,
 )
-from .syncers import WINDOW_FRAMES, SyncerPyramid, load_syncers, pyramid_sync_loss
+from ..mssync.syncers import WINDOW_FRAMES, SyncerPyramid
+from .syncers import load_syncers, pyramid_sync_loss
 
 DEFAULTS_PATH = Path(__file__).with_name("configs") / "generator.yaml"
 MSSYNC_DIRNAME = "mssync"
@@ -200,12 +205,76 @@ class PairedSequenceDiscriminator(nn.Module):
 
 
 # ============================================================================================ config
+@dataclass(frozen=True, kw_only=True)
+class AugmentConfig:
+    """The ``augment`` section: per-sequence random scale, translation and logfbank shift."""
+
+    scale: float
+    translate: float
+    audio_shift: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossWeights:
+    """The ``losses`` section: weights of the generator's terms (see ``configs/generator.yaml``)."""
+
+    adv: float
+    window: float
+    frame: float
+    paired: float
+    sync: float
+    sup: float
+    reco: float
+    first_order: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneratorRunConfig(EngineConfig):
+    """The ``train generator`` run config, typed and checked once (defaults and meaning of every key:
+    ``talkhead/train/configs/generator.yaml``, the one place they are declared). ``model`` stays a
+    mapping: :func:`build_mssync_config` turns it into a validated :class:`~talkhead.mssync.MSSyncConfig`."""
+
+    syncers: str
+    batch_size: int
+    seq_len: int
+    window_hop: int
+    kp_smoothing: int
+    augment: AugmentConfig
+    lr_g: float
+    lr_d: float
+    betas: tuple[float, float]
+    lr_decay_step: int
+    lr_decay_gamma: float
+    grad_clip: float
+    losses: LossWeights
+    model: dict
+    discriminator_windows: Optional[tuple[int, ...]] = None
+    val_windows: int
+
+    @classmethod
+    def from_config(cls, mapping: Mapping) -> "GeneratorRunConfig":
+        """Typed view of a merged run config (``discriminator.windows`` becomes ``discriminator_windows``).
+
+        Raises:
+            ConfigError: a missing key or a value of the wrong type.
+        """
+        flat = dict(mapping)
+        windows = dict(flat.pop("discriminator", None) or {}).get("windows")
+        if windows is not None:
+            flat["discriminator_windows"] = windows
+        return typed_config(cls, flat)
+
+
+def _typed(cfg) -> GeneratorRunConfig:
+    return cfg if isinstance(cfg, GeneratorRunConfig) else GeneratorRunConfig.from_config(cfg)
+
+
 def default_config() -> dict:
     """The default run config (``configs/generator.yaml``, paper values) as a dict."""
     return read_yaml(DEFAULTS_PATH)
 
 
-def build_mssync_config(cfg: Mapping, *, data_dir: str | Path | None = None, run_dir: str | Path | None = None
+def build_mssync_config(cfg: GeneratorRunConfig | Mapping, *, data_dir: str | Path | None = None, run_dir: str | Path | None = None
                         ) -> MSSyncConfig:
     """The MS-Sync ``args`` of a generator run: released defaults, the run's ``model`` section and
     its training facts (``seq_len``, ``batch_size``, learning rates, ``adam_beta_1``, loss weights,
@@ -214,17 +283,16 @@ def build_mssync_config(cfg: Mapping, *, data_dir: str | Path | None = None, run
     Raises:
         ConfigError: bad architecture values (see :class:`~talkhead.mssync.MSSyncConfig`).
     """
+    cfg = _typed(cfg)
     args = MSSyncConfig.default().to_args_dict()
-    args.update({k: cfg["model"][k] for k in MODEL_KEYS})
-    losses = cfg["losses"]
+    args.update({k: cfg.model[k] for k in MODEL_KEYS})
+    w = cfg.losses
     args.update({
-        "keypoints": True, "data_dim": KP_DIM, "seq_len": int(cfg["seq_len"]), "batch_size": int(cfg["batch_size"]),
-        "learning_rate_g": float(cfg["lr_g"]), "learning_rate_d": float(cfg["lr_d"]),
-        "adam_beta_1": float(cfg["betas"][0]), "adv_loss_weight": float(losses["adv"]),
-        "seq_stream_weight": float(losses["window"]), "frame_weight": float(losses["frame"]),
-        "lip_loss_weight": float(losses["sync"]), "sup_loss_weight": float(losses["sup"]),
-        "reco_loss_weight": float(losses["reco"]), "first_order_loss_weight": float(losses["first_order"]),
-        "syncer_pyramid": True, "lip_syncer_path": str(cfg.get("syncers", "")),
+        "keypoints": True, "data_dim": KP_DIM, "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
+        "learning_rate_g": cfg.lr_g, "learning_rate_d": cfg.lr_d, "adam_beta_1": cfg.betas[0],
+        "adv_loss_weight": w.adv, "seq_stream_weight": w.window, "frame_weight": w.frame,
+        "lip_loss_weight": w.sync, "sup_loss_weight": w.sup, "reco_loss_weight": w.reco,
+        "first_order_loss_weight": w.first_order, "syncer_pyramid": True, "lip_syncer_path": cfg.syncers,
     })
     if data_dir is not None:
         args["data_dir"] = str(data_dir)
@@ -233,9 +301,9 @@ def build_mssync_config(cfg: Mapping, *, data_dir: str | Path | None = None, run
     return MSSyncConfig.from_dict(args, source="generator run config")
 
 
-def _check_config(cfg: Mapping, mcfg: MSSyncConfig, syncers: SyncerPyramid) -> tuple[int, ...]:
+def _check_config(cfg: GeneratorRunConfig, mcfg: MSSyncConfig, syncers: SyncerPyramid) -> tuple[int, ...]:
     """Validate sizes that only fail deep inside a step; return the discriminator windows."""
-    obs, seq, bs = mcfg.obs_len, int(cfg["seq_len"]), int(cfg["batch_size"])
+    obs, seq, bs = mcfg.obs_len, cfg.seq_len, cfg.batch_size
     if obs < 2:
         raise ConfigError(f"model.obs_len={obs}: training needs at least 2 warm-up frames (the discriminators "
                           "are conditioned on frames 1 .. obs_len-1)")
@@ -243,8 +311,8 @@ def _check_config(cfg: Mapping, mcfg: MSSyncConfig, syncers: SyncerPyramid) -> t
         raise ConfigError(f"seq_len={seq} must be >= 2")
     if bs < 2 or bs % 2:
         raise ConfigError(f"batch_size={bs} must be even: the paired discriminator packs sequences 2k and 2k+1")
-    windows = cfg["discriminator"]["windows"]
-    windows = tuple(DISCRIMINATOR_WINDOWS[str(mcfg.dis_config)]) if windows is None else tuple(int(w) for w in windows)
+    windows = cfg.discriminator_windows
+    windows = tuple(DISCRIMINATOR_WINDOWS[str(mcfg.dis_config)]) if windows is None else windows
     if not windows or min(windows) < 2:
         raise ConfigError(f"discriminator.windows={list(windows)} must be sizes >= 2 frames")
     too_long = [w for w in windows if len(window_starts(obs - 1, seq, w)) == 0]
@@ -256,7 +324,7 @@ def _check_config(cfg: Mapping, mcfg: MSSyncConfig, syncers: SyncerPyramid) -> t
     if obs + seq < need:
         raise ConfigError(f"obs_len + seq_len = {obs + seq} frames are too few for the {syncers.levels}-level syncer "
                           f"pyramid (needs {need})")
-    k = int(cfg["kp_smoothing"])
+    k = cfg.kp_smoothing
     if k < 1 or k % 2 == 0:
         raise ConfigError(f"kp_smoothing={k} must be an odd number of frames (1: off)")
     return windows
@@ -376,37 +444,35 @@ class GeneratorTask(TrainTask):
 
     def __init__(self, data_dir: str | Path):
         self.data_dir = Path(data_dir)
-        self.last_step = 0
 
     # ---- setup
     def setup(self, ctx: RunContext) -> None:
-        cfg = ctx.config
+        cfg = self.cfg = GeneratorRunConfig.from_config(ctx.config)
         self.ctx = ctx
-        if not cfg.get("syncers"):
+        if not cfg.syncers:
             raise ConfigError("no syncer pyramid: pass syncers_dir (a `talkhead train syncers` run directory)")
-        self.syncers = load_syncers(cfg["syncers"], device=ctx.device)
+        self.syncers = load_syncers(cfg.syncers, device=ctx.device)
         self.mcfg = build_mssync_config(cfg, data_dir=self.data_dir, run_dir=ctx.run_dir)
         self.windows = _check_config(cfg, self.mcfg, self.syncers)
-        self.obs_len, self.seq_len = self.mcfg.obs_len, int(cfg["seq_len"])
+        self.obs_len, self.seq_len = self.mcfg.obs_len, cfg.seq_len
         self.generator = MSSyncGenerator(self.mcfg).to(ctx.device)
         self.discriminator = MSSyncDiscriminator(self.mcfg).to(ctx.device)
         self.discriminator.windows = self.windows
         self.paired = PairedSequenceDiscriminator(KP_DIM, self.mcfg.coord_dim_D, self.mcfg.hidden_size_D,
                                                   self.windows).to(ctx.device)
-        betas = tuple(float(b) for b in cfg["betas"])
         self.g_params = list(self.generator.parameters())
         self.d_params = list(self.discriminator.parameters()) + list(self.paired.parameters())
-        self.opt_g = torch.optim.Adam(self.g_params, lr=float(cfg["lr_g"]), betas=betas)
-        self.opt_d = torch.optim.Adam(self.d_params, lr=float(cfg["lr_d"]), betas=betas)
+        self.opt_g = torch.optim.Adam(self.g_params, lr=cfg.lr_g, betas=cfg.betas)
+        self.opt_d = torch.optim.Adam(self.d_params, lr=cfg.lr_d, betas=cfg.betas)
         frames = self.obs_len + self.seq_len
-        k = int(cfg["kp_smoothing"])
-        self.train_set = make_windows(self.data_dir, "train", frames, int(cfg["window_hop"]), k)
+        k = cfg.kp_smoothing
+        self.train_set = make_windows(self.data_dir, "train", frames, cfg.window_hop, k)
         try:
             val = make_windows(self.data_dir, "val", frames, frames, k)
         except DataFormatError:
             self.val_items: list[dict] = []
         else:
-            n = min(len(val), int(cfg["val_windows"]))
+            n = min(len(val), cfg.val_windows)
             idx = np.linspace(0, len(val) - 1, n).round().astype(int) if n < len(val) else np.arange(len(val))
             self.val_items = [val[int(i)] for i in idx]
         self.last_val: dict = {}
@@ -419,19 +485,17 @@ class GeneratorTask(TrainTask):
         return {"gen": self.opt_g, "dis": self.opt_d}
 
     def batches(self, start_step: int) -> Iterator[dict]:
-        cfg = self.ctx.config
-        return iter(self.ctx.make_loader(self.train_set, int(cfg["batch_size"]), start_step=start_step,
-                                         total_steps=int(cfg["steps"]), seed=int(cfg["seed"]),
-                                         num_workers=int(cfg["num_workers"])))
+        cfg = self.cfg
+        return iter(self.ctx.make_loader(self.train_set, cfg.batch_size, start_step=start_step,
+                                         total_steps=cfg.steps, seed=cfg.seed, num_workers=cfg.num_workers))
 
     # ---- one step
     def learning_rates(self, step: int) -> tuple[float, float]:
         """``(lr_g, lr_d)`` of 1-based ``step``: the base rates, times ``lr_decay_gamma`` once
         ``step > lr_decay_step`` (when ``lr_decay_step > 0``)."""
-        cfg = self.ctx.config
-        decay = int(cfg["lr_decay_step"])
-        factor = float(cfg["lr_decay_gamma"]) if 0 < decay < step else 1.0
-        return float(cfg["lr_g"]) * factor, float(cfg["lr_d"]) * factor
+        cfg = self.cfg
+        factor = cfg.lr_decay_gamma if 0 < cfg.lr_decay_step < step else 1.0
+        return cfg.lr_g * factor, cfg.lr_d * factor
 
     def _sync_loss(self, x: torch.Tensor, x_rec: torch.Tensor, x_pred: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Multi-scale AV synchrony loss on ``[x_0, x_rec, x_pred]`` ``(B, O+S, 10, 6)`` vs ``audio (B, 4(O+S), 26)``."""
@@ -443,22 +507,22 @@ class GeneratorTask(TrainTask):
         loss.backward()
         if self.ctx.world_size > 1:
             _average_gradients(params, self.ctx.world_size)
-        clip = float(self.ctx.config["grad_clip"])
+        clip = self.cfg.grad_clip
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
 
     def train_step(self, batch: dict, step: int) -> dict[str, float]:
-        cfg, dev = self.ctx.config, self.ctx.device
+        cfg, dev = self.cfg, self.ctx.device
         lr_g, lr_d = self.learning_rates(step)
         for opt, lr in ((self.opt_g, lr_g), (self.opt_d, lr_d)):
             for group in opt.param_groups:
                 group["lr"] = lr
-        aug = cfg["augment"]
-        x, audio = augment_batch(batch["keypoints"].to(dev), batch["logfbank"].to(dev), scale=float(aug["scale"]),
-                                 translate=float(aug["translate"]), audio_shift=float(aug["audio_shift"]))
+        aug = cfg.augment
+        x, audio = augment_batch(batch["keypoints"].to(dev), batch["logfbank"].to(dev), scale=aug.scale,
+                                 translate=aug.translate, audio_shift=aug.audio_shift)
         obs = self.obs_len
-        w = cfg["losses"]
+        w = cfg.losses
         self.generator.train()
         self.discriminator.train()
         self.paired.train()
@@ -473,7 +537,7 @@ class GeneratorTask(TrainTask):
         fake = x_pred.detach()
         d_main, d_win, d_frame, f_mean, r_mean = self.discriminator.compute_dis_loss(x, fake)
         d_pair = hinge_d_loss(self.paired(x_cond, x_gt), self.paired(x_cond, fake))
-        d_loss = d_main + float(w["paired"]) * d_pair
+        d_loss = d_main + w.paired * d_pair
         self._step_optimizer(self.opt_d, self.d_params, d_loss)
         if self.ctx.world_size > 1:  # spectral-norm power-iteration vectors: keep rank 0's
             for buf in list(self.discriminator.buffers()) + list(self.paired.buffers()):
@@ -484,17 +548,15 @@ class GeneratorTask(TrainTask):
         self.paired.requires_grad_(False)
         g_main, g_win, g_frame = self.discriminator.compute_gen_loss(x, x_pred)
         g_pair = hinge_g_loss(self.paired(x_cond, x_pred))
-        adv = g_main + float(w["paired"]) * g_pair
+        adv = g_main + w.paired * g_pair
         sync = self._sync_loss(x, x_rec, x_pred, audio)
         sup = l2_loss(x_pred, x_gt)
         reco = l2_loss(x_rec, x_cond)
         fo = first_order_loss(x_pred)
-        g_loss = (float(w["adv"]) * adv + float(w["sync"]) * sync + float(w["sup"]) * sup + float(w["reco"]) * reco
-                  + float(w["first_order"]) * fo)
+        g_loss = w.adv * adv + w.sync * sync + w.sup * sup + w.reco * reco + w.first_order * fo
         self._step_optimizer(self.opt_g, self.g_params, g_loss)
         self.discriminator.requires_grad_(True)
         self.paired.requires_grad_(True)
-        self.last_step = step
         return {"loss": g_loss.item(), "g_adv": adv.item(), "g_window": g_win.item(), "g_frame": g_frame.item(),
                 "g_paired": g_pair.item(), "sync": sync.item(), "sup": sup.item(), "reco": reco.item(),
                 "first_order": fo.item(), "d_loss": d_loss.item(), "d_window": d_win.item(),
@@ -510,7 +572,7 @@ class GeneratorTask(TrainTask):
             return {}
         self.generator.eval()
         dev, obs = self.ctx.device, self.obs_len
-        bs = max(2, int(self.ctx.config["batch_size"]))
+        bs = max(2, self.cfg.batch_size)
         sums, count = np.zeros(4), 0
         for i in range(0, len(self.val_items), bs):
             chunk = self.val_items[i:i + bs]
@@ -527,14 +589,9 @@ class GeneratorTask(TrainTask):
                          "first_order": float(sums[3]), "loss": float(sums[0])}
         return dict(self.last_val)
 
-    def extra_state(self) -> dict:
-        """Called by the engine on rank 0 when it writes ``checkpoint.pt`` (after the step's losses were
-        found finite): also rewrites the released-format model in ``RUN_DIR/mssync/``."""
-        export_mssync(self.generator, mssync_export_dir(self.ctx.run_dir), step=self.last_step)
-        return {"mssync_step": int(self.last_step)}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.last_step = int(state.get("mssync_step", 0))
+    def on_checkpoint(self, step: int) -> None:
+        """After each ``checkpoint.pt``: rewrite the released-format model in ``RUN_DIR/mssync/``."""
+        export_mssync(self.generator, mssync_export_dir(self.ctx.run_dir), step=step)
 
     def final_metrics(self) -> dict:
         return {"val": dict(self.last_val), "mssync_dir": str(mssync_export_dir(self.ctx.run_dir)),

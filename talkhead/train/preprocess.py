@@ -11,7 +11,7 @@ and ``logfbank (M, 26)``). Per video:
 2. **Face track** (``crop="auto"``): frames sampled every ``detect_every_s`` seconds (at most
    ``max_detections``, spread over the clip) go through :func:`talkhead.face.detect_faces` (which
    detects on a copy downscaled like FOMM's ``crop-video.py``). As for a still photo, only confident
-   faces count (``talkhead.face.CONFIDENT_SCORE``) and a face's box is its detector box joined with
+   faces count (:func:`talkhead.face.is_confident`) and a face's box is its detector box joined with
    its 68 landmarks (:func:`talkhead.face.face_extent`). Boxes are grouped into tracks by IoU with
    each track's first box (> 0.25, ``crop-video.py``'s ``iou_with_initial``); the track seen in most
    sampled frames is the speaker (ties: the larger face). If fewer than ``min_face_fraction`` of the
@@ -57,7 +57,6 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import json
-import logging
 import math
 import os
 import re
@@ -66,18 +65,23 @@ import time
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..constants import FPS, KP_DIM, NUM_KP
+from ..constants import FPS, KP_DIM, LOGFBANK_PER_VIDEO_FRAME, NUM_KP
 from ..errors import ConfigError, FFmpegError, InputError, NoFaceError, TalkheadError
-from .data import (LOGFBANK_PER_VIDEO_FRAME, ClipInfo, DataFormatError, DatasetWriter, clip_path, read_manifest,
+from ..devices import resolve_device
+from ..face import FOMM_INCREASE_AREA
+from ..ffmpeg import read_frames, video_meta
+from ..options import PreprocessOptions
+from ..progress import Progress
+from .data import (ClipInfo, DataFormatError, DatasetWriter, clip_path, read_manifest,
                    write_manifest)
 
 __all__ = [
-    "VIDEO_EXTS", "SKIPPED_NAME", "ID_PATTERN", "MIN_FRAMES", "VideoJob", "ClipOutcome", "PreprocessReport",
+    "VIDEO_EXTS", "SKIPPED_NAME", "ID_PATTERN", "VideoJob", "ClipOutcome", "PreprocessReport",
     "preprocess", "plan_jobs", "list_videos", "clip_ids", "shard_jobs", "fixed_crop_box", "face_track",
     "merge_shards", "read_skipped",
 ]
@@ -86,17 +90,13 @@ VIDEO_EXTS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", 
 """File extensions (lower case) picked up when a folder is given to :func:`preprocess`."""
 SKIPPED_NAME = "preprocess-skipped.json"
 """Sidecar in the output directory: ``{"clips": {id: {"source", "reason"}}}`` of skipped videos."""
-INCREASE_AREA = 0.1
-"""FOMM ``crop-video.py`` ``--increase``: the box grows by this fraction of its size on each side."""
 IOU_WITH_INITIAL = 0.25
 """FOMM ``crop-video.py`` ``--iou_with_initial``: a detection joins a track above this IoU."""
-MIN_FRAMES = 50
-"""Default shortest clip kept, frames at 25 fps (2 s: MS-Sync trains on 3 observed + 40..120 frames)."""
 
-ProgressCallback = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``; stages ``"videos"`` (videos of this shard handled) and
-``"frames"`` (frames of the current video through the keypoint detector; ``total`` is estimated
-from the container's duration)."""
+PROGRESS_STAGES = ("videos", "frames")
+"""Stages of preprocess's :data:`talkhead.progress.Progress` calls: ``"videos"`` (videos of this shard
+handled) and ``"frames"`` (frames of the current video through the keypoint detector; ``total`` is
+estimated from the container's duration)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -287,7 +287,7 @@ def face_track(detections: Sequence[np.ndarray], *, iou_min: float = IOU_WITH_IN
 
 
 def fixed_crop_box(boxes: np.ndarray, frame_hw: tuple[int, int], *,
-                   increase_area: float = INCREASE_AREA) -> tuple[int, int, int, int]:
+                   increase_area: float = FOMM_INCREASE_AREA) -> tuple[int, int, int, int]:
     """One square crop for a whole clip, covering every face box (FOMM ``crop-video.py`` rule).
 
     The union ("tube", ``crop-video.py``'s ``join``) of ``boxes``, of width ``w`` and height ``h``, is
@@ -314,62 +314,6 @@ def fixed_crop_box(boxes: np.ndarray, frame_hw: tuple[int, int], *,
         raise ValueError("fixed_crop_box needs at least one face box")
     union = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
     return fomm_square_box(union, (int(frame_hw[0]), int(frame_hw[1])), increase_area)
-
-
-# ============================================================================== video decoding
-class _QuietResize(logging.Filter):
-    """Drop imageio-ffmpeg's warning that filtered frames differ in size from the source (intended here)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "is different from the source frame size" not in record.getMessage()
-
-
-_QUIET = _QuietResize()
-
-
-def _open_frames(path: Path, vf: str) -> tuple[dict, Iterator[bytes]]:
-    """Start ffmpeg on ``path`` with video filter ``vf``; return ``(meta, raw rgb24 frame iterator)``."""
-    import imageio_ffmpeg
-
-    logger = logging.getLogger("imageio_ffmpeg")
-    if _QUIET not in logger.filters:
-        logger.addFilter(_QUIET)
-    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24",
-                                     output_params=["-map", "0:v:0", "-an", "-sn", "-vf", vf])
-    try:
-        meta = next(gen)
-    except (OSError, RuntimeError, StopIteration, ValueError, IndexError) as exc:
-        gen.close()
-        text = str(exc)
-        if "matches no streams" in text:
-            raise FFmpegError(f"{str(path)!r} has no video stream") from None
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        raise FFmpegError(f"cannot decode video {str(path)!r}: {lines[-1] if lines else type(exc).__name__}") from None
-    return meta, gen
-
-
-def _iter_frames(path: Path, vf: str, size: Optional[tuple[int, int]] = None) -> tuple[dict, Iterator[np.ndarray]]:
-    """Decoded RGB frames ``(H, W, 3)`` uint8 after filter ``vf`` (``size`` = ``(W, H)`` if known)."""
-    meta, gen = _open_frames(path, vf)
-    width, height = size if size is not None else meta["size"]
-
-    def frames():
-        try:
-            for raw in gen:
-                yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
-        except (OSError, RuntimeError) as exc:
-            raise FFmpegError(f"decoding {str(path)!r} failed: {exc}") from None
-        finally:
-            gen.close()
-
-    return meta, frames()
-
-
-def _video_meta(path: Path) -> dict:
-    """Container metadata of the first video stream (``size`` (W, H) after rotation, ``duration`` s)."""
-    meta, gen = _open_frames(path, "null")
-    gen.close()
-    return meta
 
 
 # ============================================================================== report
@@ -471,10 +415,10 @@ def _face_detector(landmarker, device: str, min_score: Optional[float]) -> Calla
 
     ``landmarker`` is a backend name of :func:`talkhead.face.detect_faces` or a callable returning
     :class:`talkhead.face.Face` objects. As for a still (:func:`talkhead.face.select_face`), faces
-    scoring below ``min_score`` (``None``: ``CONFIDENT_SCORE`` of the face's backend) are dropped, and
+    that are not confident (:func:`talkhead.face.is_confident` with ``min_score``) are dropped, and
     each box is the detector box joined with the 68 landmarks (:func:`talkhead.face.face_extent`).
     """
-    from ..face import CONFIDENT_SCORE, detect_faces, face_extent
+    from ..face import detect_faces, face_extent, is_confident
 
     if callable(landmarker):
         fn = landmarker
@@ -492,8 +436,7 @@ def _face_detector(landmarker, device: str, min_score: Optional[float]) -> Calla
             if not hasattr(f, "box"):  # a plain (x0, y0, x1, y1) box from a custom landmarker
                 boxes.append(f)
                 continue
-            threshold = min_score if min_score is not None else CONFIDENT_SCORE.get(getattr(f, "backend", ""), 0.5)
-            if float(getattr(f, "score", 1.0)) >= threshold:
+            if not hasattr(f, "score") or is_confident(f, min_score):
                 boxes.append(face_extent(f) if getattr(f, "landmarks", None) is not None else f.box)
         return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
@@ -503,13 +446,13 @@ def _face_detector(landmarker, device: str, min_score: Optional[float]) -> Calla
 def _detect_crop(path: Path, detect, *, detect_every_s: float, max_detections: int, min_face_fraction: float
                  ) -> tuple[int, int, int, int]:
     """Sample frames, track the speaker's face, return the fixed crop box (see module docstring)."""
-    meta = _video_meta(path)
+    meta = video_meta(path)
     width, height = meta["size"]
     duration = float(meta.get("duration") or 0.0)
     rate = 1.0 / detect_every_s
     if duration > 0:
         rate = min(rate, max_detections / duration)
-    _, frames = _iter_frames(path, f"fps={rate:.6f}", (width, height))
+    _, frames = read_frames(path, f"fps={rate:.6f}", (width, height))
     detections = []
     try:
         for frame in frames:
@@ -530,9 +473,9 @@ def _detect_crop(path: Path, detect, *, detect_every_s: float, max_detections: i
 
 
 def _keypoints(path: Path, fomm, vf: str, size: int, batch_size: int, est_frames: int,
-               progress: Optional[ProgressCallback]) -> np.ndarray:
+               progress: Optional[Progress]) -> np.ndarray:
     """Stream the filtered 25-fps frames through ``fomm.detect`` -> ``(T, 10, 6)`` float32."""
-    _, frames = _iter_frames(path, vf, (size, size))
+    _, frames = read_frames(path, vf, (size, size))
     out: list[np.ndarray] = []
     batch: list[np.ndarray] = []
     count = 0
@@ -577,15 +520,11 @@ def _resolve_fomm(fomm, fomm_config, fomm_checkpoint, models_dir, offline: bool,
     return load_fomm(fomm_config, fomm_checkpoint, device=device)
 
 
-def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike, *,
-               fomm=None, fomm_config: str | os.PathLike | None = None,
-               fomm_checkpoint: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None,
-               offline: bool = False, landmarker="fan", crop: str = "auto", shard: tuple[int, int] = (0, 1),
-               root: str | os.PathLike | None = None, min_frames: int = MIN_FRAMES,
-               max_av_mismatch_frames: int = 12, split: str = "train", detect_every_s: float = 0.5,
-               max_detections: int = 24, min_face_fraction: float = 0.5, min_score: Optional[float] = None,
-               batch_size: int = 32, retry_skipped: bool = False, flush_every: int = 20,
-               device: str | torch.device = "cpu", progress: Optional[ProgressCallback] = None,
+def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike,
+               options: PreprocessOptions = PreprocessOptions(), *, fomm=None,
+               fomm_config: str | os.PathLike | None = None, fomm_checkpoint: str | os.PathLike | None = None,
+               landmarker: Optional[Callable[[np.ndarray], Sequence]] = None, root: str | os.PathLike | None = None,
+               progress: Optional[Progress] = None,
                on_clip: Optional[Callable[[ClipOutcome], None]] = None) -> PreprocessReport:
     """Turn talking-head videos into MS-Sync training clips in ``out_dir`` (see the module docstring).
 
@@ -593,28 +532,17 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
         videos: video files (mp4, mkv, avi, webm, ... any fps; anything ffmpeg decodes) and/or folders
             (searched recursively for :data:`VIDEO_EXTS`).
         out_dir: the data directory (created; an existing one is resumed).
+        options: the run's :class:`~talkhead.options.PreprocessOptions` (landmark backend, crop,
+            shard, split, thresholds, device, models folder; the CLI builds it from its flags).
         fomm: a loaded :class:`talkhead.fomm.FOMM` (its keypoint detector is used, on its device).
             Otherwise ``fomm_config`` + ``fomm_checkpoint`` (official YAML + ``vox-adv-cpk.pth.tar``) are
-            loaded, or else the models folder (``models_dir``, ``offline``) through ``talkhead.store``.
-        landmarker: face backend of :func:`talkhead.face.detect_faces` (``"fan"`` or ``"dlib"``), or a
-            callable ``image (H, W, 3) uint8 -> faces`` (:class:`talkhead.face.Face` objects, or plain
-            ``(x0, y0, x1, y1)`` boxes, which are used as they are).
-        crop: ``"auto"`` (fixed FOMM crop around the tracked face) or ``"none"`` (videos already face
-            crops: whole frames resized to the FOMM frame size).
-        shard: ``(i, n)``: process only shard ``i`` of ``n`` (see :func:`shard_jobs`).
+            loaded, or else the models folder (``options.models_dir``, ``options.offline``) through
+            ``talkhead.store``.
+        landmarker: a callable ``image (H, W, 3) uint8 -> faces`` (:class:`talkhead.face.Face`
+            objects, or plain ``(x0, y0, x1, y1)`` boxes, which are used as they are) replacing the
+            ``options.landmarker`` backend.
         root: folder clip ids are relative to (default: see :func:`list_videos`).
-        min_frames: skip clips with fewer usable frames (25 fps) than this.
-        max_av_mismatch_frames: skip clips whose audio and video durations differ by more frames.
-        split: ``split`` label stored in the manifest for every new clip.
-        detect_every_s: seconds between frames sampled for face detection.
-        max_detections: at most this many sampled frames per video (spread over its duration).
-        min_face_fraction: skip unless the speaker's face is in at least this fraction of samples.
-        min_score: detector score a face needs (``None``: ``talkhead.face.CONFIDENT_SCORE`` of its backend).
-        batch_size: frames per keypoint-detector batch.
-        retry_skipped: also retry videos an earlier run skipped.
-        flush_every: rewrite the manifest after this many new clips.
-        device: device for loading FOMM and for the face detector.
-        progress: ``progress(stage, done, total)`` callback (see :data:`ProgressCallback`).
+        progress: ``progress(stage, done, total)`` callback (see :data:`PROGRESS_STAGES`).
         on_clip: called with each :class:`ClipOutcome` as soon as it is known.
 
     Returns:
@@ -622,30 +550,29 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
 
     Raises:
         InputError: a missing input path, or no videos at all.
-        ValueError: a bad ``shard``, ``crop`` or numeric option.
         LandmarkerUnavailableError: the face backend cannot be loaded (checked before any video).
         ConfigError / CheckpointError: FOMM cannot be loaded.
         DataFormatError: an existing, malformed data directory.
         Problems of single videos (no face, no audio, too short, undecodable) are never raised:
         they are reported as skipped, with the reason.
     """
-    if crop not in ("auto", "none"):
-        raise ValueError(f"crop must be 'auto' or 'none', got {crop!r}")
-    if min_frames < 1 or batch_size < 1 or max_detections < 1 or detect_every_s <= 0:
-        raise ValueError("min_frames, batch_size, max_detections and detect_every_s must be positive")
+    o = options
+    crop, min_frames, max_av_mismatch_frames = o.crop, o.min_frames, o.max_av_mismatch_frames
+    shard = o.shard_index
     jobs = plan_jobs(videos, root=root, shard=shard)
-    shard = (int(shard[0]), int(shard[1]))
     out_dir = Path(out_dir)
-    device = str(device)
-    fomm = _resolve_fomm(fomm, fomm_config, fomm_checkpoint, models_dir, offline, device)
+    device = str(resolve_device(o.device))
+    fomm = _resolve_fomm(fomm, fomm_config, fomm_checkpoint, o.models_dir, o.offline, device)
     size = int(fomm.frame_size)
     detect = None
     if crop == "auto":
-        if not callable(landmarker):
-            from ..face import get_landmarker
+        if landmarker is None:
+            from ..face import get_landmarker, resolve_landmarker
 
-            get_landmarker(landmarker, device)  # fail fast (LandmarkerUnavailableError) before any video
-        detect = _face_detector(landmarker, device, min_score)
+            backend, _ = resolve_landmarker(o.landmarker, offline=o.offline)
+            get_landmarker(backend, device, offline=o.offline)  # fail fast (LandmarkerUnavailableError)
+            landmarker = backend
+        detect = _face_detector(landmarker, device, o.min_score)
     from ..audio import load_speech, logfbank
 
     report = PreprocessReport(out_dir=out_dir, shard=shard)
@@ -656,7 +583,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
         if on_clip:
             on_clip(outcome)
 
-    with DatasetWriter(out_dir, flush_every=flush_every, max_mismatch_frames=max_av_mismatch_frames) as writer:
+    with DatasetWriter(out_dir, flush_every=o.flush_every, max_mismatch_frames=max_av_mismatch_frames) as writer:
         for n, job in enumerate(jobs):
             if progress:
                 progress("videos", n, len(jobs))
@@ -664,7 +591,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
             if writer.has(job.clip_id):
                 record(ClipOutcome(job.clip_id, src, "resumed"))
                 continue
-            if job.clip_id in skipped and not retry_skipped:
+            if job.clip_id in skipped and not o.retry_skipped:
                 record(ClipOutcome(job.clip_id, src, "skipped", f"(earlier run) {skipped[job.clip_id]['reason']}"))
                 continue
             t0 = time.perf_counter()
@@ -679,15 +606,15 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
                                 f"(< {min_frames} frames at {FPS} fps)")
                 feats = logfbank(speech.samples, speech.sample_rate)
                 if crop == "auto":
-                    box = _detect_crop(job.path, detect, detect_every_s=detect_every_s,
-                                          max_detections=max_detections, min_face_fraction=min_face_fraction)
+                    box = _detect_crop(job.path, detect, detect_every_s=o.detect_every_s,
+                                       max_detections=o.max_detections, min_face_fraction=o.min_face_fraction)
                     side = box[2] - box[0]
                     vf = (f"fps={FPS},format=rgb24,crop={side}:{side}:{box[0]}:{box[1]},"
                           f"scale={size}:{size}:flags=area")
                 else:
                     vf = f"fps={FPS},format=rgb24,scale={size}:{size}:flags=area"
                 est = int(math.ceil(speech.duration_s * FPS))
-                kp = _keypoints(job.path, fomm, vf, size, batch_size, est, progress)
+                kp = _keypoints(job.path, fomm, vf, size, o.batch_size, est, progress)
                 num_t, num_m = len(kp), len(feats)
                 if abs(num_m / LOGFBANK_PER_VIDEO_FRAME - num_t) > max_av_mismatch_frames:
                     raise _Skip(f"audio ({num_m / 100:.2f} s) and video ({num_t / FPS:.2f} s) durations differ "
@@ -696,7 +623,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
                 if usable < min_frames:
                     raise _Skip(f"too few frames: {usable} usable frames at {FPS} fps (< {min_frames})")
                 info = writer.add(job.clip_id, kp[:usable], feats[:usable * LOGFBANK_PER_VIDEO_FRAME],
-                                  source=src, split=split)
+                                  source=src, split=o.split)
             except (_Skip, FFmpegError, DataFormatError) as exc:
                 reason = str(exc) if isinstance(exc, _Skip) else f"{type(exc).__name__}: {exc}"
                 skipped[job.clip_id] = {"source": src, "reason": reason}

@@ -1,40 +1,26 @@
-"""The MS-Sync syncer pyramid (paper sec. 3.1, eq. 2-5): models, InfoNCE training, checkpoint I/O.
+"""Training the MS-Sync syncer pyramid (paper sec. 3.1, eq. 3-5): InfoNCE, data, the training task.
 
-A *syncer* embeds a short window of keypoint motion and the speech heard during it into a shared
-space where aligned pairs have a high cosine similarity. The *pyramid* has 4 syncers, one per time
-scale (:data:`LEVEL_MS` = 200, 400, 800, 1600 ms):
+The model (pyramid ops, :class:`~talkhead.mssync.syncers.SyncerPyramid`, the pyramid file) lives in
+:mod:`talkhead.mssync.syncers`; this module keeps what training needs.
 
-* level 1 sees the raw streams: 5 video frames (25 fps) of keypoints ``(5, 10, 6)`` and the 20
-  logfbank rows ``(20, 26)`` heard during them (frame t <-> rows 4t..4t+3);
-* level ``l > 1`` sees the same number of frames of both streams after ``l - 1`` blur-and-halve
-  steps (:func:`blur_halve`: centred 7-tap moving average with reflect padding, then every 2nd
-  sample; reference ``moving_avg_with_reflect_pad_torch(a, 7)[::2]`` in ``nets/utils.py``, applied
-  to keypoints and to logfbank alike as in ``nets/trainer.py`` ``lip_sync_pyramid_loss``), so its
-  5-frame windows span 400, 800, 1600 ms.
-
-Score (eq. 2): ``s(x, a) = cos(E_x(x), E_a(a))``. Loss (eq. 3-5, InfoNCE): for an aligned pair
-``(x, a+)`` and ``N = 48`` negatives ``a-_1..N`` (windows of the same clip at other offsets, and
-windows of other clips)::
+Loss (eq. 3-5, InfoNCE): for an aligned pair ``(x, a+)`` and ``N = 48`` negatives ``a-_1..N``
+(windows of the same clip at other offsets, and windows of other clips)::
 
     L = -log( exp(s(x, a+) / tau) / (exp(s(x, a+) / tau) + sum_n exp(s(x, a-_n) / tau)) )
 
-with temperature ``tau = 0.1`` (our choice; config ``temperature``), averaged over anchors and
-summed over levels (the 4 syncers share no parameters, so this trains them independently on the
-same batches).
-
-The reference repository lacks its syncer module (``lip_syncer_train``), so the encoders are ours:
-1-D convolutions over time that keep the 5-step order, then an MLP, then L2 normalisation. The
-keypoint encoder sees each window minus its temporal mean (invariant to where the face is, i.e. to
-identity and framing); the audio encoder sees each window minus its mean (invariant to recording
-gain).
+with ``s`` the syncer's cosine score (eq. 2), temperature ``tau = 0.1`` (our choice; config
+``temperature``), averaged over anchors and summed over levels (the 4 syncers share no parameters,
+so this trains them independently on the same batches). :func:`pyramid_sync_loss` is the
+generator's multi-scale sync loss over a frozen pyramid.
 
 Files: training writes ``RUN_DIR/checkpoint.pt`` through :mod:`talkhead.train.engine`;
-:func:`load_syncers` reads the pyramid back from a run directory or checkpoint file.
+:func:`load_syncers` reads the pyramid back from a run directory, a training checkpoint or a
+pyramid file (:func:`talkhead.mssync.syncers.save_syncers`).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -43,235 +29,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoints import load_state_dict_checked
-from ..constants import KP_DIM, N_FILT, NUM_KP
+from ..constants import LOGFBANK_PER_VIDEO_FRAME
 from ..errors import CheckpointError, ConfigError
-from .data import LOGFBANK_PER_VIDEO_FRAME, DataFormatError, WindowDataset
-from .engine import (CHECKPOINT_NAME, ProgressFn, RunContext, TrainTask, read_run_checkpoint, resolve_run_config,
-                     run_training)
+from ..mssync.syncers import (WINDOW_FRAMES, SyncerConfig, SyncerPyramid, build_pyramid, level_name, read_syncer_file,
+                              syncers_from_state)
+from .data import DataFormatError, WindowDataset
+from .evaluate import av_sync_clips
+from .engine import CHECKPOINT_NAME, EngineConfig, ProgressFn, RunContext, TrainTask, read_run_checkpoint, resolve_run_config, run_training
 
-WINDOW_FRAMES = 5
-"""Video frames per syncer window (200 ms at 25 fps at level 1)."""
-WINDOW_ROWS = WINDOW_FRAMES * LOGFBANK_PER_VIDEO_FRAME
-"""logfbank rows per syncer window (20 at 100 Hz)."""
-LEVEL_MS = (200, 400, 800, 1600)
-"""Time span of one window at each pyramid level, milliseconds."""
 DEFAULTS_PATH = Path(__file__).with_name("configs") / "syncers.yaml"
-PYRAMID_FORMAT = "talkhead-syncer-pyramid"
-
-
-def level_name(level: int) -> str:
-    """``"200ms"``, ``"400ms"``, ... for 0-based pyramid ``level``."""
-    return f"{WINDOW_FRAMES * 40 * 2 ** level}ms"
-
-
-# ============================================================================================ pyramid ops
-def blur_halve(x: torch.Tensor, kernel_size: int = 7, dim: int = 1) -> torch.Tensor:
-    """Blur-and-halve along ``dim``: centred moving average of ``kernel_size`` (odd) with reflect
-    padding, keeping samples ``0, 2, 4, ...``.
-
-    Output sample ``j`` is ``mean(x[2j - h .. 2j + h])`` with ``h = kernel_size // 2`` and
-    ``x[-i] = x[i]``, ``x[L-1+i] = x[L-1-i]`` (reflection without repeating the edge); output length
-    ``ceil(L / 2)``. Equals the reference ``moving_avg_with_reflect_pad_torch(x, n)[::2]``.
-
-    Args:
-        x: any shape with ``L = x.shape[dim] > kernel_size // 2``.
-
-    Raises:
-        ValueError: even kernel or a sequence too short to reflect.
-    """
-    if kernel_size % 2 != 1:
-        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-    h = kernel_size // 2
-    length = x.shape[dim]
-    if length <= h:
-        raise ValueError(f"sequence of length {length} is too short for a {kernel_size}-tap reflect-padded blur")
-    moved = x.movedim(dim, -1)
-    shape = moved.shape
-    flat = moved.reshape(-1, 1, length)
-    padded = F.pad(flat, (h, h), mode="reflect")
-    out = F.avg_pool1d(padded, kernel_size, stride=2)
-    return out.reshape(*shape[:-1], out.shape[-1]).movedim(-1, dim)
-
-
-def pyramid_frames(num_frames: int, levels: int) -> int:
-    """Largest multiple of ``2**(levels-1)`` not above ``num_frames`` (what :func:`build_pyramid` keeps)."""
-    unit = 2 ** (levels - 1)
-    return (num_frames // unit) * unit
-
-
-def build_pyramid(keypoints: torch.Tensor, logfbank: torch.Tensor, levels: int = 4,
-                  kernel_size: int = 7) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Multi-scale inputs of the syncer pyramid.
-
-    Args:
-        keypoints: ``(B, F, 10, 6)`` keypoint sequences at 25 fps.
-        logfbank: ``(B, 4F', 26)`` aligned logfbank (frame t <-> rows 4t..4t+3), ``F' >= F``.
-        levels: pyramid depth (4 in the paper).
-
-    Returns:
-        ``levels`` pairs ``(kp_l (B, F / 2**l, 10, 6), lf_l (B, 4F / 2**l, 26))`` for ``l = 0..levels-1``
-        after cropping both streams to ``F = pyramid_frames(F, levels)`` frames, so every level keeps
-        exactly 4 logfbank rows per frame.
-
-    Raises:
-        ValueError: fewer than ``5 * 2**(levels-1)`` frames (the top level would have no window).
-    """
-    n = pyramid_frames(keypoints.shape[1], levels)
-    if n < WINDOW_FRAMES * 2 ** (levels - 1):
-        raise ValueError(f"{keypoints.shape[1]} frames are too few for a {levels}-level syncer pyramid "
-                         f"(need {WINDOW_FRAMES * 2 ** (levels - 1)})")
-    if logfbank.shape[1] < LOGFBANK_PER_VIDEO_FRAME * n:
-        raise ValueError(f"logfbank has {logfbank.shape[1]} rows, need {LOGFBANK_PER_VIDEO_FRAME * n}")
-    kp, lf = keypoints[:, :n], logfbank[:, :LOGFBANK_PER_VIDEO_FRAME * n]
-    out = [(kp, lf)]
-    for _ in range(levels - 1):
-        kp, lf = blur_halve(kp, kernel_size, dim=1), blur_halve(lf, kernel_size, dim=1)
-        out.append((kp, lf))
-    return out
-
-
-def sliding_windows(kp: torch.Tensor, lf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All aligned windows of one level, one per start frame ``p = 0 .. P-1`` with ``P = F - 4``.
-
-    Args:
-        kp: ``(B, F, 10, 6)``; lf: ``(B, 4F, 26)``.
-
-    Returns:
-        ``(x (B, P, 5, 10, 6), a (B, P, 20, 26))``: ``x[:, p] = kp[:, p:p+5]``,
-        ``a[:, p] = lf[:, 4p:4p+20]`` (start-aligned, as the reference ``lip_sync_pyramid_loss``).
-    """
-    x = kp.unfold(1, WINDOW_FRAMES, 1).permute(0, 1, 4, 2, 3)
-    a = lf.unfold(1, WINDOW_ROWS, LOGFBANK_PER_VIDEO_FRAME).permute(0, 1, 3, 2)
-    p = min(x.shape[1], a.shape[1])
-    return x[:, :p], a[:, :p]
-
-
-# ============================================================================================ models
-@dataclass(frozen=True)
-class SyncerConfig:
-    """Syncer-pyramid hyper-parameters (the ``model`` section of the run config)."""
-
-    levels: int = 4
-    kernel_size: int = 7
-    hidden: int = 256
-    embed_dim: int = 128
-    kp_scale: float = 10.0
-
-    @classmethod
-    def from_mapping(cls, m: Mapping) -> "SyncerConfig":
-        """Build from a mapping, ignoring unknown keys. Raises ConfigError on bad values."""
-        try:
-            cfg = cls(**{k: (float(m[k]) if k == "kp_scale" else int(m[k]))
-                         for k in cls.__dataclass_fields__ if k in m})
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad syncer model config {dict(m)!r}: {exc}") from None
-        if not 1 <= cfg.levels <= 6 or cfg.kernel_size % 2 != 1 or min(cfg.hidden, cfg.embed_dim) < 1:
-            raise ConfigError(f"bad syncer model config {cfg}")
-        return cfg
-
-
-class KeypointEncoder(nn.Module):
-    """``(N, 5, 10, 6)`` keypoint window -> ``(N, D)`` unit-norm embedding.
-
-    The window minus its temporal mean, times ``kp_scale`` (keypoint motion is a few hundredths of
-    the [-1, 1] grid; the factor brings encoder inputs to order 1), is read as a 60-channel
-    sequence of 5 steps by two 3-tap convolutions, flattened (keeping the order of the 5 steps) and
-    mapped by a 2-layer MLP.
-    """
-
-    def __init__(self, hidden: int, embed_dim: int, kp_scale: float = 10.0):
-        super().__init__()
-        self.kp_scale = float(kp_scale)
-        c = NUM_KP * KP_DIM
-        self.conv = nn.Sequential(nn.Conv1d(c, hidden, 3, padding=1), nn.LeakyReLU(0.2),
-                                  nn.Conv1d(hidden, hidden, 3, padding=1), nn.LeakyReLU(0.2))
-        self.head = nn.Sequential(nn.Linear(hidden * WINDOW_FRAMES, hidden), nn.LeakyReLU(0.2),
-                                  nn.Linear(hidden, embed_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - x.mean(dim=1, keepdim=True)) * self.kp_scale
-        h = self.conv(x.flatten(2).transpose(1, 2))  # (N, 60, 5)
-        return F.normalize(self.head(h.flatten(1)), dim=-1)
-
-
-class AudioEncoder(nn.Module):
-    """``(N, 20, 26)`` logfbank window -> ``(N, D)`` unit-norm embedding.
-
-    The window minus its mean is read as 26 channels over 20 rows; two stride-2 convolutions bring
-    the 20 rows (10 ms) to 5 steps (40 ms, one per video frame), then flatten + 2-layer MLP.
-    """
-
-    def __init__(self, hidden: int, embed_dim: int):
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv1d(N_FILT, hidden, 3, padding=1), nn.LeakyReLU(0.2),
-                                  nn.Conv1d(hidden, hidden, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
-                                  nn.Conv1d(hidden, hidden, 4, stride=2, padding=1), nn.LeakyReLU(0.2))
-        self.head = nn.Sequential(nn.Linear(hidden * WINDOW_FRAMES, hidden), nn.LeakyReLU(0.2),
-                                  nn.Linear(hidden, embed_dim))
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        a = a - a.mean(dim=(1, 2), keepdim=True)
-        h = self.conv(a.transpose(1, 2))  # (N, hidden, 5)
-        return F.normalize(self.head(h.flatten(1)), dim=-1)
-
-
-class Syncer(nn.Module):
-    """One pyramid level: ``(x (N, 5, 10, 6), a (N, 20, 26)) -> (e_x (N, D), e_a (N, D))``, unit norm.
-
-    The sync score of a pair is ``(e_x * e_a).sum(-1)`` (cosine similarity, paper eq. 2).
-    """
-
-    def __init__(self, hidden: int = 256, embed_dim: int = 128, kp_scale: float = 10.0):
-        super().__init__()
-        self.kp_encoder = KeypointEncoder(hidden, embed_dim, kp_scale)
-        self.audio_encoder = AudioEncoder(hidden, embed_dim)
-
-    def forward(self, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.kp_encoder(x), self.audio_encoder(a)
-
-
-class SyncerPyramid(nn.Module):
-    """Four (``config.levels``) independent syncers over the blur-and-halve pyramid.
-
-    ``forward(keypoints (B, F, 10, 6), logfbank (B, 4F, 26))`` returns, per level ``l``, the
-    embeddings of every window: ``(e_x (B, P_l, D), e_a (B, P_l, D))`` with
-    ``P_l = F / 2**l - 4`` (``F`` cropped to a multiple of ``2**(levels-1)``); window ``p`` of
-    level ``l`` starts at original frame ``p * 2**l``.
-    """
-
-    def __init__(self, config: SyncerConfig | Mapping | None = None):
-        super().__init__()
-        cfg = config if isinstance(config, SyncerConfig) else SyncerConfig.from_mapping(config or {})
-        self.config = cfg
-        self.syncers = nn.ModuleList(Syncer(cfg.hidden, cfg.embed_dim, cfg.kp_scale) for _ in range(cfg.levels))
-
-    @property
-    def levels(self) -> int:
-        return self.config.levels
-
-    def pyramid(self, keypoints: torch.Tensor, logfbank: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """:func:`build_pyramid` with this pyramid's depth and kernel."""
-        return build_pyramid(keypoints, logfbank, self.config.levels, self.config.kernel_size)
-
-    def embed_level(self, level: int, kp: torch.Tensor, lf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings of all windows of one level's inputs ``kp (B, F_l, 10, 6)``, ``lf (B, 4F_l, 26)``."""
-        x, a = sliding_windows(kp, lf)
-        b, p = x.shape[:2]
-        e_x, e_a = self.syncers[level](x.reshape(b * p, *x.shape[2:]), a.reshape(b * p, *a.shape[2:]))
-        return e_x.reshape(b, p, -1), e_a.reshape(b, p, -1)
-
-    def embed_pyramid(self, pyramid: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Embeddings of every window of pre-built pyramid levels (see :func:`build_pyramid`)."""
-        return [self.embed_level(l, kp, lf) for l, (kp, lf) in enumerate(pyramid)]
-
-    def forward(self, keypoints: torch.Tensor, logfbank: torch.Tensor | None = None
-                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``forward(keypoints (B, F, 10, 6), logfbank (B, 4F, 26))``, or ``forward(pyramid)`` with a
-        pre-built list of levels."""
-        if logfbank is None:
-            return self.embed_pyramid(keypoints)
-        return self.embed_pyramid(self.pyramid(keypoints, logfbank))
 
 
 def pyramid_sync_loss(pyramid: SyncerPyramid, keypoints: torch.Tensor, logfbank: torch.Tensor,
@@ -295,6 +61,8 @@ def pyramid_sync_loss(pyramid: SyncerPyramid, keypoints: torch.Tensor, logfbank:
         e_x, e_a = pyramid.embed_level(l, *pyr[l])
         losses.append(-(e_x * e_a).sum(-1).mean())
     return torch.stack(losses).mean()
+
+
 
 
 # ============================================================================================ InfoNCE
@@ -427,6 +195,30 @@ def collate_segments(items: list[dict]) -> dict:
 # ============================================================================================ training task
 
 
+@dataclass(frozen=True, kw_only=True)
+class SyncerRunConfig(EngineConfig):
+    """The ``train syncers`` run config, typed and checked once (defaults and meaning of every key:
+    ``talkhead/train/configs/syncers.yaml``, the one place they are declared)."""
+
+    batch_size: int
+    segment_frames: int
+    segment_hop: int
+    anchors_per_segment: int
+    negatives: int
+    same_clip_negatives: int
+    temperature: float
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    lr_step: int
+    lr_gamma: float
+    grad_clip: float
+    val_segments: int
+    eval_max_shift: int
+    cache_clips: int
+    model: SyncerConfig
+
+
 class SyncerTask(TrainTask):
     """:class:`~talkhead.train.engine.TrainTask` training a :class:`SyncerPyramid` with InfoNCE.
 
@@ -442,27 +234,27 @@ class SyncerTask(TrainTask):
         self.data_dir = Path(data_dir)
 
     def setup(self, ctx: RunContext) -> None:
-        cfg = ctx.config
+        cfg = self.cfg = SyncerRunConfig.from_config(ctx.config)
         self.ctx = ctx
-        self.model_cfg = SyncerConfig.from_mapping(cfg["model"])
+        self.model_cfg = cfg.model
         unit = 2 ** (self.model_cfg.levels - 1)
-        f = int(cfg["segment_frames"])
+        f = cfg.segment_frames
         if f % unit or f < WINDOW_FRAMES * unit + unit:
             raise ConfigError(f"segment_frames={f} must be a multiple of {unit} and at least "
                               f"{WINDOW_FRAMES * unit + unit} for a {self.model_cfg.levels}-level pyramid")
         self.model = SyncerPyramid(self.model_cfg).to(ctx.device)
         self.ddp_model = ctx.wrap_ddp(self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(cfg["lr"]), betas=tuple(cfg["betas"]),
-                                          weight_decay=float(cfg["weight_decay"]))
-        step = int(cfg["lr_step"])
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                          weight_decay=cfg.weight_decay)
+        step = cfg.lr_step
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=max(step, 1),
-                                                         gamma=float(cfg["lr_gamma"]) if step > 0 else 1.0)
+                                                         gamma=cfg.lr_gamma if step > 0 else 1.0)
         levels, kernel = self.model_cfg.levels, self.model_cfg.kernel_size
-        self.train_set = PyramidSegments(self.data_dir, "train", f, int(cfg["segment_hop"]), levels=levels,
-                                         kernel_size=kernel, cache_clips=int(cfg["cache_clips"]))
+        self.train_set = PyramidSegments(self.data_dir, "train", f, cfg.segment_hop, levels=levels,
+                                         kernel_size=kernel, cache_clips=cfg.cache_clips)
         try:
             val = PyramidSegments(self.data_dir, "val", f, f, levels=levels, kernel_size=kernel, cache_clips=0)
-            n = min(len(val), int(cfg["val_segments"]))
+            n = min(len(val), cfg.val_segments)
             idx = np.linspace(0, len(val) - 1, n).round().astype(int) if n < len(val) else np.arange(len(val))
             self.val_items = [val[int(i)] for i in idx]
             self.val_store = val.windows.store
@@ -479,21 +271,21 @@ class SyncerTask(TrainTask):
         return {"step_lr": self.scheduler}
 
     def batches(self, start_step: int) -> Iterator[dict]:
-        cfg = self.ctx.config
-        return iter(self.ctx.make_loader(self.train_set, int(cfg["batch_size"]), start_step=start_step,
-                                         total_steps=int(cfg["steps"]), seed=int(cfg["seed"]),
-                                         num_workers=int(cfg["num_workers"]), collate_fn=collate_segments))
+        cfg = self.cfg
+        return iter(self.ctx.make_loader(self.train_set, cfg.batch_size, start_step=start_step,
+                                         total_steps=cfg.steps, seed=cfg.seed, num_workers=cfg.num_workers,
+                                         collate_fn=collate_segments))
 
     def _losses(self, model: nn.Module, batch: dict, generator: torch.Generator | None):
-        cfg = self.ctx.config
+        cfg = self.cfg
         dev = self.ctx.device
         levels = model([(kp.to(dev), lf.to(dev)) for kp, lf in batch["levels"]])
         out = []
         for l, (e_x, e_a) in enumerate(levels):
-            out.append(info_nce(e_x, e_a, batch["clip"], batch["start"], l, negatives=int(cfg["negatives"]),
-                                same_clip_negatives=int(cfg["same_clip_negatives"]),
-                                anchors_per_segment=int(cfg["anchors_per_segment"]),
-                                temperature=float(cfg["temperature"]), generator=generator))
+            out.append(info_nce(e_x, e_a, batch["clip"], batch["start"], l, negatives=cfg.negatives,
+                                same_clip_negatives=cfg.same_clip_negatives,
+                                anchors_per_segment=cfg.anchors_per_segment,
+                                temperature=cfg.temperature, generator=generator))
         return out
 
     def train_step(self, batch: dict, step: int) -> dict[str, float]:
@@ -502,7 +294,7 @@ class SyncerTask(TrainTask):
         loss = torch.stack([l for l, _ in per_level]).sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip = float(self.ctx.config["grad_clip"])
+        clip = self.cfg.grad_clip
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
@@ -519,8 +311,8 @@ class SyncerTask(TrainTask):
         if not self.val_items:
             return {}
         self.model.eval()
-        gen = torch.Generator().manual_seed(int(self.ctx.config["seed"]) + 12345)
-        bs = max(2, int(self.ctx.config["batch_size"]))
+        gen = torch.Generator().manual_seed(self.cfg.seed + 12345)
+        bs = max(2, self.cfg.batch_size)
         sums = np.zeros((self.model.levels, 2))
         count = 0
         for i in range(0, len(self.val_items), bs):
@@ -542,13 +334,11 @@ class SyncerTask(TrainTask):
     def final_metrics(self) -> dict:
         out: dict = {"val": dict(getattr(self, "last_val", {}))}
         if self.val_store is not None:
-            from .evaluate import av_sync_clips
-
-            n = min(len(self.val_store), int(self.ctx.config["val_segments"]))
+            n = min(len(self.val_store), self.cfg.val_segments)
             clips = [self.val_store.get(i) for i in range(n)]
             out["av_sync"] = av_sync_clips(self.model, [c[0] for c in clips], [c[1] for c in clips],
-                                           max_shift=int(self.ctx.config["eval_max_shift"]))
-        out["chance_accuracy"] = 1.0 / (1 + int(self.ctx.config["negatives"]))
+                                           max_shift=self.cfg.eval_max_shift)
+        out["chance_accuracy"] = 1.0 / (1 + self.cfg.negatives)
         return out
 
 
@@ -591,42 +381,18 @@ def load_syncers(path: str | Path, *, device: str | torch.device = "cpu") -> Syn
 
     Args:
         path: a run directory (its ``checkpoint.pt``), a training checkpoint, or a file written by
-            :func:`save_syncers`.
+            :func:`talkhead.mssync.syncers.save_syncers`.
 
     Raises:
         CheckpointError: missing/corrupt file, not a syncer checkpoint; StateDictMismatchError: layout differs.
     """
-    from ..checkpoints import load_checkpoint
-
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise CheckpointError(f"no syncer checkpoint at {path}")
-    try:
-        raw = load_checkpoint(path)
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"cannot load syncer checkpoint {path}: {exc}") from None
-    if isinstance(raw, dict) and raw.get("format") == PYRAMID_FORMAT:
-        model_cfg, state = raw["config"], raw["state_dict"]
-    else:
-        ckpt = read_run_checkpoint(path)
-        if ckpt.get("task") != SyncerTask.name:
-            raise CheckpointError(f"{path} is a {ckpt.get('task')!r} checkpoint, not a syncer pyramid")
-        model_cfg, state = ckpt["config"]["model"], ckpt["models"]["syncers"]
-    model = SyncerPyramid(SyncerConfig.from_mapping(model_cfg))
-    load_state_dict_checked(model, state, f"syncer pyramid {path}")
-    model.eval().requires_grad_(False)
-    return model.to(device)
-
-
-def save_syncers(model: SyncerPyramid, path: str | Path) -> Path:
-    """Write a weights-only syncer file ``{"format", "config", "state_dict"}`` (atomic)."""
-    from .engine import atomic_torch_save
-
-    path = Path(path)
-    atomic_torch_save({"format": PYRAMID_FORMAT, "version": 1, "config": asdict(model.config),
-                       "state_dict": model.state_dict()}, path)
-    return path
+    raw = read_syncer_file(path)
+    if raw is not None:
+        return syncers_from_state(raw["config"], raw["state_dict"], str(path), device=device)
+    ckpt = read_run_checkpoint(path)
+    if ckpt.get("task") != SyncerTask.name:
+        raise CheckpointError(f"{path} is a {ckpt.get('task')!r} checkpoint, not a syncer pyramid")
+    return syncers_from_state(ckpt["config"]["model"], ckpt["models"]["syncers"], str(path), device=device)

@@ -27,7 +27,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from ..constants import KP_DIM, N_FILT, NUM_KP
-from .data import LOGFBANK_HZ, LOGFBANK_PER_VIDEO_FRAME, ClipInfo, DatasetWriter
+from ..constants import LOGFBANK_HZ, LOGFBANK_PER_VIDEO_FRAME
+from .data import ClipInfo, DatasetWriter
 
 MOUTH_KP = (0, 1, 2)
 """Keypoints that play the mouth: 0 = lower lip, 1 = upper lip, 2 = mouth corner."""
