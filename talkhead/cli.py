@@ -2,12 +2,16 @@
 
 Each command parses its options, calls one API function, and renders progress with Rich. Expected
 errors (:class:`talkhead.errors.TalkheadError`) become one red line on stderr and exit code 2; the
-traceback is shown only with ``--debug``. Ctrl-C exits with 130 and leaves nothing half-written.
+traceback is shown only with ``--debug``; any other exception is named as an unexpected error in one
+line (exit 1; the traceback with ``--debug``). Ctrl-C (exit 130), SIGTERM (143) and SIGHUP (129) run
+the same cleanup - ffmpeg is killed and reaped, temporary files removed - and leave nothing half-written.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .cli_options import with_options
-from .errors import TalkheadError
+from .errors import TalkheadError, unexpected_reason
 from .options import AnimateOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -39,24 +43,77 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _State.debug = debug or _State.debug_anywhere
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException, exit_code: int | None = None, prefix: str = "") -> None:
+    from rich.markup import escape
+
+    from .io import printable
+
     if _State.debug:
         err_console.print_exception()
-    msg = str(exc) or exc.__class__.__name__
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(getattr(exc, "exit_code", 2))
+    msg = printable(str(exc) or exc.__class__.__name__)
+    err_console.print(f"[bold red]error:[/] {escape(prefix + msg)}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(exit_code if exit_code is not None else getattr(exc, "exit_code", 2))
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM / SIGHUP, so they unwind like Ctrl-C (every ``finally``,
+    ``VideoWriter.abort`` and ``AtomicOutput.discard`` runs). ``signum`` is the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _raise_terminated(signum, frame):  # signal handler
+    for sig in _SIGNALS:  # a second signal during cleanup must not interrupt the cleanup
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt():
+    """While the block runs (main thread only), SIGTERM and SIGHUP raise :class:`Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_terminated) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
 def _errors():
-    """Map TalkheadError -> one line + exit 2; Ctrl-C -> exit 130."""
+    """Map TalkheadError -> one line + exit 2; any other exception -> one line naming it as
+    unexpected + exit 1 (traceback with --debug); Ctrl-C -> 130; SIGTERM -> 143; SIGHUP -> 129."""
+    import click
+
     try:
-        yield
+        with _termination_as_interrupt():
+            yield
     except TalkheadError as exc:
         _fail(exc)
+    except Terminated as exc:
+        name = signal.Signals(exc.signum).name
+        err_console.print(f"[yellow]terminated[/] by {name}: nothing partial was left behind")
+        raise typer.Exit(128 + exc.signum)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: nothing partial was left behind")
         raise typer.Exit(130)
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise
+    except Exception as exc:  # a bug or an unhandled case: one line, not a traceback
+        from rich.markup import escape
+
+        if _State.debug:
+            err_console.print_exception()
+        err_console.print(f"[bold red]error:[/] {escape(unexpected_reason(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _progress(quiet: bool) -> Progress:
@@ -106,49 +163,56 @@ def animate(
     quiet: bool = Quiet, *, options,
 ) -> None:
     """Animate IMAGE with the speech in AUDIO into an MP4 (H.264 + AAC, 25 fps)."""
-    from .io import check_output_path
+    from .io import check_not_input, check_output_path, printable
     from .pipeline import Pipeline
 
     with _errors():
         opts = options()
         output = output or audio.with_suffix(".mp4")
+        check_not_input(output, image, audio)  # even with --overwrite
         check_output_path(output, opts.overwrite)  # before loading any model
         pipeline = Pipeline(opts, log=_log(quiet))
         with _progress(quiet) as progress:
             result = pipeline.animate(image, audio, output, save_keypoints=save_keypoints, progress=_Bars(progress))
         if not quiet:
-            err_console.print(f"[green]wrote[/] {result.output}  ({result.num_frames} frames, {result.duration_s:.2f} s)",
-                              highlight=False)
+            err_console.print(f"[green]wrote[/] {printable(result.output)}  ({result.num_frames} frames, "
+                              f"{result.duration_s:.2f} s)", highlight=False)
 
 
 # ----------------------------------------------------------------------------------------------- batch
 @app.command()
 @with_options(AnimateOptions)
 def batch(
-    images_dir: Optional[Path] = typer.Argument(None, help="Folder of face photos."),
-    audio_dir: Optional[Path] = typer.Argument(None, help="Folder of speech files (paired with images by file stem)."),
+    images: Optional[Path] = typer.Argument(None, help="Folder of face photos, or one photo."),
+    audio: Optional[Path] = typer.Argument(None, help="Folder of speech files, or one speech file."),
     out_dir: Path = typer.Option(..., "--output", "-o", help="Folder for the MP4s."),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image,audio[,output] rows instead of the two folders."),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave pairs whose output exists (resume)."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image,audio[,output] rows instead of PHOTOS SPEECH."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave pairs whose output exists from an earlier run (resume)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write one row per pair to this .jsonl or .csv "
+                                          "file (replaced), as the batch goes."),
     quiet: bool = Quiet, *, options,
 ) -> None:
-    """Animate every image/audio pair (matched by file stem, or listed in --pairs); models load once.
+    """Animate many pairs; models load once. PHOTOS and SPEECH are each a folder or one file:
 
-    A failing pair is reported and skipped. Ends with a summary; exit code 1 if any pair failed.
+    folder + one speech: every photo says it (output: the photo's name); one photo + folder: it says
+    every speech file (the speech's name); two folders: files paired by name (alice.png + alice.wav);
+    --pairs CSV: listed rows (photo__speech names where both vary).
+
+    A failing pair is reported and the batch goes on. Ends with a summary; exit code 1 if any pair failed.
     """
-    from .batch import find_pairs, read_pairs_csv, run_batch
+    from rich.markup import escape
+
+    from .batch import BatchReport, collect_pairs, plan_outputs, run_batch
     from .pipeline import Pipeline
 
     with _errors():
         opts = options()
-        if pairs is not None:
-            jobs = read_pairs_csv(pairs)
-        elif images_dir is not None and audio_dir is not None:
-            jobs = find_pairs(images_dir, audio_dir)
-        else:
-            raise typer.BadParameter("give IMAGES_DIR and AUDIO_DIR, or --pairs FILE.csv")
+        jobs, naming = collect_pairs(images, audio, pairs)
+        plan_outputs(jobs, out_dir, naming)  # collisions are an error before any model loads
         pipeline = Pipeline(opts, log=_log(quiet))
-        with _progress(quiet) as progress:
+        with contextlib.ExitStack() as stack:
+            sink = stack.enter_context(BatchReport(report)) if report is not None else None
+            progress = stack.enter_context(_progress(quiet))
             bars = _Bars(progress)
             overall = progress.add_task("pairs", total=len(jobs), unit="pairs")
 
@@ -156,21 +220,38 @@ def batch(
                 bars.reset()
                 progress.advance(overall)
                 if item.status == "failed" and not quiet:
-                    progress.console.print(f"[red]failed[/] {item.pair.name}: {item.reason}", highlight=False)
+                    progress.console.print(f"[red]failed[/] {escape(item.pair.label)}: {escape(item.reason)}",
+                                           highlight=False)
+                if item.status == "failed" and _State.debug and item.error is not None \
+                        and not isinstance(item.error, TalkheadError):
+                    import traceback
 
-            items = run_batch(pipeline, jobs, out_dir, skip_existing=skip_existing, on_item=on_item, progress=bars)
-        table = Table(title="talkhead batch")
-        for col in ("pair", "status", "output / reason"):
-            table.add_column(col)
-        colours = {"done": "green", "skipped": "yellow", "failed": "red"}
-        for item in items:
-            table.add_row(item.pair.name, f"[{colours[item.status]}]{item.status}[/]",
-                          item.reason if item.status != "done" else str(item.output))
-        out_console.print(table)
-        counts = {s: sum(i.status == s for i in items) for s in ("done", "skipped", "failed")}
-        out_console.print(f"done {counts['done']}, skipped {counts['skipped']}, failed {counts['failed']}")
-        if counts["failed"]:
+                    progress.console.print(escape("".join(traceback.format_exception(item.error))), highlight=False)
+
+            items = run_batch(pipeline, jobs, out_dir, skip_existing=skip_existing, naming=naming, on_item=on_item,
+                              progress=bars, report=sink)
+        _print_summary(items)
+        if any(i.status == "failed" for i in items):
             raise typer.Exit(1)
+
+
+def _print_summary(items) -> None:
+    from rich.markup import escape
+
+    from .io import printable
+
+    table = Table(title="talkhead batch")
+    for col in ("photo", "speech", "status", "output / reason"):
+        table.add_column(col)
+    colours = {"done": "green", "skipped": "yellow", "failed": "red"}
+    for item in items:
+        show = (lambda p: escape(printable(p.name)) if p is not None else "-")
+        detail = printable(item.output) if item.status == "done" else item.reason
+        table.add_row(show(item.pair.image), show(item.pair.audio), f"[{colours[item.status]}]{item.status}[/]",
+                      escape(detail))
+    out_console.print(table)
+    counts = {s: sum(i.status == s for i in items) for s in ("done", "skipped", "failed")}
+    out_console.print(f"done {counts['done']}, skipped {counts['skipped']}, failed {counts['failed']}")
 
 
 # ----------------------------------------------------------------------------------------------- download
