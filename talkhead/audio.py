@@ -170,7 +170,7 @@ def _decode_soundfile(path: Path) -> tuple[np.ndarray, int, int]:
     """Decode with libsndfile. Raises ``soundfile.SoundFileError`` (a RuntimeError) if it cannot."""
     import soundfile as sf
 
-    with sf.SoundFile(str(path)) as f:
+    with sf.SoundFile(os.fsencode(path)) as f:  # bytes: names that are not UTF-8 work too
         out = _ToMono16k(path, f.samplerate, f.channels)
         for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
             out.feed(block)
@@ -205,12 +205,14 @@ def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int, int]:
     """
     import ffmpeg  # ffmpeg-python: builds the argument list
 
+    slot = "file:talkhead-input-path"  # ffmpeg-python hashes names as UTF-8: put the real one in after
     argv = (
-        ffmpeg.input("file:" + str(path.resolve()))
+        ffmpeg.input(slot)
         .output("pipe:", format="au", acodec="pcm_f32be", map="0:a:0", map_metadata=-1)
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
         .compile(cmd=ffmpeg_exe())
     )
+    argv = [f"file:{path.resolve()}" if a == slot else a for a in argv]
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
         try:

@@ -91,8 +91,6 @@ def _termination_as_interrupt():
 def _errors():
     """Map TalkheadError -> one line + exit 2; any other exception -> one line naming it as
     unexpected + exit 1 (traceback with --debug); Ctrl-C -> 130; SIGTERM -> 143; SIGHUP -> 129."""
-    import click
-
     try:
         with _termination_as_interrupt():
             yield
@@ -105,9 +103,9 @@ def _errors():
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: nothing partial was left behind")
         raise typer.Exit(130)
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-        raise
     except Exception as exc:  # a bug or an unhandled case: one line, not a traceback
+        if isinstance(exc, (typer.Exit, typer.Abort)) or type(exc).__module__.split(".")[0] in ("click", "typer"):
+            raise  # exits and usage errors of the CLI framework itself
         from rich.markup import escape
 
         if _State.debug:

@@ -287,20 +287,30 @@ class VideoWriter:
             kwargs["movflags"] = "+faststart"
         return kwargs
 
-    def _spec(self, tmp_path: str | os.PathLike):
-        """The ffmpeg-python graph: raw rgb24 on stdin (+ audio file) -> ``tmp_path``."""
+    _AUDIO_SLOT = "file:talkhead-audio-path"
+    _OUTPUT_SLOT = "file:talkhead-output-path"
+
+    def _spec(self):
+        """The ffmpeg-python graph: raw rgb24 on stdin (+ audio file) -> output. File names are
+        placeholders (:meth:`command` puts the real ones in): ffmpeg-python hashes its nodes as UTF-8,
+        which a name with undecodable bytes (PEP 383 surrogates) would break."""
         w, h = self.encoded_size
         streams = [ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=self.fps)]
         if self.audio_path is not None:
-            # "file:" keeps ffmpeg from reading a protocol out of the name; the path is absolute.
-            streams.append(ffmpeg.input(f"file:{self.audio_path}")["a:0"])
-        return (ffmpeg.output(*streams, f"file:{os.path.abspath(tmp_path)}", **self._output_kwargs())
+            streams.append(ffmpeg.input(self._AUDIO_SLOT)["a:0"])
+        return (ffmpeg.output(*streams, self._OUTPUT_SLOT, **self._output_kwargs())
                 .global_args("-hide_banner", "-nostats", "-loglevel", "error")
                 .overwrite_output())  # the atomic temp file already exists (empty)
 
     def command(self, tmp_path: str | os.PathLike) -> list[str]:
-        """The ffmpeg argument vector that writes ``tmp_path`` (for logging and tests)."""
-        return self._spec(tmp_path).compile(cmd=ffmpeg_exe())
+        """The ffmpeg argument vector that writes ``tmp_path`` (for logging and tests).
+
+        Paths are absolute and prefixed with ``file:`` (so ffmpeg reads no protocol out of a name).
+        """
+        slots = {self._OUTPUT_SLOT: f"file:{os.path.abspath(tmp_path)}"}
+        if self.audio_path is not None:
+            slots[self._AUDIO_SLOT] = f"file:{self.audio_path}"
+        return [slots.get(arg, arg) for arg in self._spec().compile(cmd=ffmpeg_exe())]
 
     # -- lifecycle --------------------------------------------------------------------------------
     def __enter__(self) -> "VideoWriter":
@@ -319,7 +329,7 @@ class VideoWriter:
         tmp = self._atomic.__enter__()
         try:
             try:
-                self._proc = self._spec(tmp).run_async(cmd=ffmpeg_exe(), pipe_stdin=True, pipe_stderr=True)
+                self._proc = subprocess.Popen(self.command(tmp), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
             except OSError as err:
                 raise FFmpegError(f"cannot start ffmpeg: {err}") from err
             self._drain = _StderrDrain(self._proc.stderr)
