@@ -43,7 +43,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _State.debug = debug or _State.debug_anywhere
 
 
-def _fail(exc: BaseException, exit_code: int | None = None, prefix: str = "") -> None:
+def _fail(exc: BaseException) -> None:
     from rich.markup import escape
 
     from .io import printable
@@ -51,8 +51,8 @@ def _fail(exc: BaseException, exit_code: int | None = None, prefix: str = "") ->
     if _State.debug:
         err_console.print_exception()
     msg = printable(str(exc) or exc.__class__.__name__)
-    err_console.print(f"[bold red]error:[/] {escape(prefix + msg)}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(exit_code if exit_code is not None else getattr(exc, "exit_code", 2))
+    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(getattr(exc, "exit_code", 2))
 
 
 class Terminated(KeyboardInterrupt):
