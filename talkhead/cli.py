@@ -206,7 +206,11 @@ def batch(
     with _errors():
         opts = options()
         jobs, naming = collect_pairs(images, audio, pairs)
-        plan_outputs(jobs, out_dir, naming)  # collisions are an error before any model loads
+        planned = plan_outputs(jobs, out_dir, naming)  # collisions are an error before any model loads
+        if report is not None:
+            from .io import check_not_input
+
+            check_not_input(report, *(x for p in planned for x in (p.image, p.audio, p.output)))
         pipeline = Pipeline(opts, log=_log(quiet))
         with contextlib.ExitStack() as stack:
             sink = stack.enter_context(BatchReport(report)) if report is not None else None
