@@ -93,7 +93,8 @@ _BLOCK_FRAMES = 1 << 18
 """Frames per decoded block (about 6 s at 44.1 kHz)."""
 
 _FFT_CHUNK = 8192
-"""logfbank frames per rfft batch (bounds the temporary complex spectrum to about 34 MB)."""
+"""logfbank frames per chunk (signal normalisation, framing and rfft batch; bounds the temporary
+complex spectrum to about 34 MB)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,7 +172,7 @@ def _decode_soundfile(path: Path) -> tuple[np.ndarray, int, int]:
     """Decode with libsndfile. Raises ``soundfile.SoundFileError`` (a RuntimeError) if it cannot."""
     import soundfile as sf
 
-    with sf.SoundFile(str(path)) as f:
+    with sf.SoundFile(os.fsencode(path)) as f:  # bytes: names that are not UTF-8 work too
         out = _ToMono16k(path, f.samplerate, f.channels)
         for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
             out.feed(block)
@@ -372,6 +373,11 @@ def logfbank(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         ``(M, 26)`` float64 logfbank, 100 frames per second; row m covers samples
         ``[160 m, 160 m + 400)``. The model input is this cast to float32.
 
+    Memory: the signal is normalised, pre-emphasised and framed per chunk of :data:`_FFT_CHUNK`
+    frames (with their exact sample ranges, so every value is computed as in one pass): beyond the
+    input and the ``(M, 26)`` output, temporary memory is about 60 MB whatever the length (one hour
+    of audio: 58 M samples, no full-length float64 copy).
+
     Raises:
         ValueError: ``samples`` is not 1-D or ``sample_rate`` is not 16000.
         AudioError: no samples, non-finite samples, or all samples equal (silent: the reference
@@ -383,33 +389,53 @@ def logfbank(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     x = np.asarray(samples)
     if x.ndim != 1:
         raise ValueError(f"logfbank needs mono samples of shape (N,), got shape {x.shape}")
-    if x.shape[0] == 0:
+    n = x.shape[0]
+    if n == 0:
         raise AudioError("cannot compute the logfbank of empty audio (0 samples)")
-    x = x.astype(np.float64)  # copy
-    if not np.isfinite(x).all():
-        raise AudioError("cannot compute the logfbank: audio holds non-finite samples")
-    x -= np.mean(x)
-    peak = np.max(np.abs(x))
+    if x.dtype.kind not in "fiu":
+        raise ValueError(f"logfbank needs real samples, got dtype {x.dtype}")
+    step = _FFT_CHUNK * HOP_LEN  # samples per chunk of frames
+    for start in range(0, n, step):
+        if not np.isfinite(x[start:start + step]).all():
+            raise AudioError("cannot compute the logfbank: audio holds non-finite samples")
+    # Mean in float64 (pairwise summation; the same as the mean of a float64 copy to within an ulp).
+    mean = np.mean(x, dtype=np.float64)
+    peak = 0.0
+    for start in range(0, n, step):
+        chunk = x[start:start + step].astype(np.float64)
+        chunk -= mean
+        peak = max(peak, float(np.max(np.abs(chunk))))
     if peak == 0:
         raise AudioError("cannot compute the logfbank of silent audio (all samples equal)")
-    x /= peak
 
-    n = x.shape[0]
     m = num_logfbank_frames(n)
-    padded = np.zeros((m - 1) * HOP_LEN + WIN_LEN)
-    padded[0] = x[0]
-    padded[1:n] = x[1:] - PREEMPH * x[:-1]
-    frames = np.lib.stride_tricks.sliding_window_view(padded, WIN_LEN)[::HOP_LEN]  # (M, 400) view
-
     fb_t = mel_filterbank().T  # (257, 26)
     eps = np.finfo(np.float64).eps
     out = np.empty((m, N_FILT))
-    for start in range(0, m, _FFT_CHUNK):
-        spec = np.fft.rfft(frames[start:start + _FFT_CHUNK], NFFT)
-        power = np.square(np.abs(spec)) * (1.0 / NFFT)
+    for f0 in range(0, m, _FFT_CHUNK):
+        f1 = min(f0 + _FFT_CHUNK, m)
+        lo, hi = f0 * HOP_LEN, (f1 - 1) * HOP_LEN + WIN_LEN  # padded-signal samples these frames cover
+        seg = np.zeros(hi - lo)  # pre-emphasised, normalised signal on [lo, hi); zeros past the end
+        src_lo = max(lo - 1, 0)  # one sample before lo feeds the pre-emphasis of sample lo
+        xs = x[src_lo:min(hi, n)].astype(np.float64)
+        xs -= mean
+        xs /= peak
+        if lo == 0:
+            seg[0] = xs[0]
+            seg[1:xs.shape[0]] = xs[1:] - PREEMPH * xs[:-1]
+        else:
+            seg[:xs.shape[0] - 1] = xs[1:] - PREEMPH * xs[:-1]
+        frames = np.lib.stride_tricks.sliding_window_view(seg, WIN_LEN)[::HOP_LEN]  # (f1 - f0, 400) view
+        spec = np.fft.rfft(frames, NFFT)
+        del frames, seg, xs
+        power = np.abs(spec)
+        del spec
+        np.square(power, out=power)
+        power *= 1.0 / NFFT
         feat = power @ fb_t
+        del power
         feat[feat == 0] = eps
-        out[start:start + _FFT_CHUNK] = np.log(feat)
+        out[f0:f1] = np.log(feat)
     return out
 
 

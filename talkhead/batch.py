@@ -1,123 +1,453 @@
-"""Batch animation: pair images with audio files and render each pair with one loaded :class:`Pipeline`.
+"""Batch animation: pair photos with speech files and render each pair with one loaded :class:`Pipeline`.
 
-Pairing follows the reference tool (``execute_model.main``): an audio file ``<stem>.<ext>`` goes with
-the image of the same stem in the images folder. A CSV with ``image,audio[,output]`` rows may be given
-instead. A failing pair is reported and skipped, never fatal.
+Four ways to say what to render (see :func:`collect_pairs`):
+
+* ``PHOTOS_DIR SPEECH_FILE``: every photo of the folder with the one speech file (output: the photo's
+  stem) - "these five photos, this one announcement";
+* ``PHOTO_FILE SPEECH_DIR``: the one photo with every speech file of the folder (the speech's stem);
+* ``PHOTOS_DIR SPEECH_DIR``: files paired by stem, as the reference tool does (``execute_model.main``:
+  ``<stem>.wav`` goes with ``<stem>.png``); unmatched files are listed as skipped, not failed;
+* ``--pairs CSV``: ``image,audio[,output]`` rows.
+
+Output names never collide: they are unique within a run and depend only on the inputs, so a rerun
+with ``--skip-existing`` finds exactly the outputs of the pairs already done (:func:`plan_outputs`). Two
+pairs that would still write one file (e.g. ``a.png`` and ``a.jpg``) are an error before any work, and
+no pair's output is ever replaced by another pair of the same run, with or without ``overwrite``.
+
+A failing pair - whatever the exception - is recorded with a one-line reason and the batch goes on
+(:func:`run_batch`); only Ctrl-C / SIGTERM stop it. :class:`BatchReport` writes one JSON-lines or CSV
+row per pair as the batch goes.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import json
+import os
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from .errors import InputError, TalkheadError
+from .errors import InputError, TalkheadError, unexpected_reason
+from .io import _same_file, check_not_input, printable
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")
+REPORT_SUFFIXES = (".jsonl", ".csv")
+REPORT_FIELDS = ("image", "audio", "output", "status", "reason", "seconds", "frames")
+"""Columns of a batch report, in order (see :class:`BatchReport`)."""
+
+NAMINGS = ("auto", "image", "audio", "stem")
+"""Output naming rules of :func:`plan_outputs`."""
 
 
 @dataclass(frozen=True)
 class Pair:
-    """One job: ``image`` + ``audio`` -> ``output`` (``None`` = ``OUT_DIR/<audio stem>.mp4``)."""
+    """One job: ``image`` + ``audio`` -> ``output``.
+
+    Attributes:
+        image / audio: the inputs; one is ``None`` for a file left unmatched in the folders-by-stem
+            mode (such a pair is reported as skipped with ``note`` as its reason).
+        output: the MP4; ``None`` until :func:`plan_outputs` names it (a CSV ``output`` column sets it).
+        note: why an unmatched pair is skipped.
+    """
 
     image: Optional[Path]
     audio: Optional[Path]
     output: Optional[Path] = None
+    note: str = ""
+
+    @property
+    def runnable(self) -> bool:
+        """Both inputs are present."""
+        return self.image is not None and self.audio is not None
 
     @property
     def name(self) -> str:
-        """The pair's name in reports and its default output stem: the audio's stem (else the image's)."""
-        return (self.audio or self.image).stem
+        """The pair's name in reports: the output's stem once named, else the audio's (else the image's)."""
+        return printable((self.output or self.audio or self.image).stem)
+
+    @property
+    def label(self) -> str:
+        """``photo.png + speech.wav`` (printable), for messages."""
+        parts = [p.name for p in (self.image, self.audio) if p is not None]
+        return printable(" + ".join(parts))
 
 
 @dataclass
 class BatchItem:
-    """Outcome of one pair: ``status`` is ``done``, ``skipped`` or ``failed``; ``reason`` says why."""
+    """Outcome of one pair.
+
+    Attributes:
+        pair: the job.
+        output: the MP4 path (``None`` for unmatched files).
+        status: ``done``, ``skipped`` or ``failed``.
+        reason: one printable line saying why (empty when done).
+        seconds: wall time spent on the pair, seconds.
+        frames: frames written (25 fps), ``None`` unless done.
+        error: the exception of a failed pair (for ``--debug`` tracebacks); not reported.
+    """
 
     pair: Pair
     output: Optional[Path]
     status: str
     reason: str = ""
+    seconds: float = 0.0
+    frames: Optional[int] = None
+    error: Optional[BaseException] = None
+
+    def row(self) -> dict:
+        """The report row: :data:`REPORT_FIELDS` -> printable strings / numbers (``None`` when absent)."""
+        def show(p):
+            return printable(p) if p is not None else None
+
+        return {"image": show(self.pair.image), "audio": show(self.pair.audio), "output": show(self.output),
+                "status": self.status, "reason": self.reason, "seconds": round(self.seconds, 3),
+                "frames": self.frames}
 
 
-def _files(folder: Path, exts: Iterable[str]) -> dict[str, Path]:
+# ------------------------------------------------------------------------------------------- finding
+def _files(folder: Path, exts: Iterable[str], what: str) -> list[Path]:
+    """Visible regular files of ``folder`` whose suffix is in ``exts``, sorted by name (file-system bytes)."""
     if not folder.is_dir():
-        raise InputError(f"not a folder: {folder}")
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."):
-            found.setdefault(p.stem, p)
-    return found
+        raise InputError(f"{what} folder not found: {printable(folder)}")
+    try:
+        entries = list(folder.iterdir())
+    except OSError as err:
+        raise InputError(f"cannot list the {what} folder {printable(folder)}: {err.strerror or err}") from err
+    found = [p for p in entries if p.suffix.lower() in exts and not p.name.startswith(".") and p.is_file()]
+    return sorted(found, key=lambda p: os.fsencode(p.name))
 
 
 def find_pairs(images_dir: str | Path, audio_dir: str | Path) -> list[Pair]:
-    """Pair files by stem. Returns every stem seen, sorted; an unmatched one has ``image`` or ``audio`` None.
+    """Pair files by stem (``alice.png`` with ``alice.wav``), sorted by stem.
+
+    A stem with several photos or speech files gives every combination (which then collide in
+    :func:`plan_outputs`, an error naming them). A file without a partner becomes a Pair with
+    ``image`` or ``audio`` ``None`` and a ``note``, reported as skipped.
 
     Raises:
-        InputError: a folder does not exist.
+        InputError: a folder does not exist, or neither holds a single usable file.
     """
-    images = _files(Path(images_dir), IMAGE_EXTS)
-    audios = _files(Path(audio_dir), AUDIO_EXTS)
-    return [Pair(images.get(stem), audios.get(stem)) for stem in sorted(set(images) | set(audios))]
+    images, audios = Path(images_dir), Path(audio_dir)
+    by_stem: dict[str, tuple[list[Path], list[Path]]] = {}
+    for p in _files(images, IMAGE_EXTS, "photos"):
+        by_stem.setdefault(p.stem, ([], []))[0].append(p)
+    for p in _files(audios, AUDIO_EXTS, "speech"):
+        by_stem.setdefault(p.stem, ([], []))[1].append(p)
+    if not by_stem:
+        raise InputError(f"no photos ({', '.join(IMAGE_EXTS)}) in {printable(images)} and no speech files "
+                         f"({', '.join(AUDIO_EXTS)}) in {printable(audios)}")
+    pairs = []
+    for stem in sorted(by_stem, key=os.fsencode):
+        imgs, auds = by_stem[stem]
+        if not auds:
+            pairs += [Pair(i, None, note=f"no speech file named {printable(stem)}.* in {printable(audios)}")
+                      for i in imgs]
+        elif not imgs:
+            pairs += [Pair(None, a, note=f"no photo named {printable(stem)}.* in {printable(images)}")
+                      for a in auds]
+        else:
+            pairs += [Pair(i, a) for i in imgs for a in auds]
+    return pairs
+
+
+def photos_with_speech(photos_dir: str | Path, speech: str | Path) -> list[Pair]:
+    """Every photo of ``photos_dir`` with the one ``speech`` file (named after each photo).
+
+    Raises:
+        InputError: the folder does not exist or holds no photo.
+    """
+    photos = _files(Path(photos_dir), IMAGE_EXTS, "photos")
+    if not photos:
+        raise InputError(f"no photos ({', '.join(IMAGE_EXTS)}) in {printable(photos_dir)}")
+    return [Pair(p, Path(speech)) for p in photos]
+
+
+def photo_with_speeches(photo: str | Path, speech_dir: str | Path) -> list[Pair]:
+    """The one ``photo`` with every speech file of ``speech_dir`` (named after each speech file).
+
+    Raises:
+        InputError: the folder does not exist or holds no speech file.
+    """
+    speeches = _files(Path(speech_dir), AUDIO_EXTS, "speech")
+    if not speeches:
+        raise InputError(f"no speech files ({', '.join(AUDIO_EXTS)}) in {printable(speech_dir)}")
+    return [Pair(Path(photo), a) for a in speeches]
 
 
 def read_pairs_csv(path: str | Path) -> list[Pair]:
     """Read ``image,audio[,output]`` rows (a header row naming ``image`` is skipped; relative paths are
-    taken relative to the CSV's folder).
+    taken relative to the CSV's folder; ``#`` starts a comment row). The file is UTF-8; bytes that are
+    not (a file name in another encoding) pass through to the paths unchanged (PEP 383).
 
     Raises:
         InputError: missing file or a row with fewer than two fields.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"pairs file not found: {path}")
+        raise InputError(f"pairs file not found: {printable(path)}")
     pairs = []
-    with open(path, newline="", encoding="utf-8") as fh:
+
+    def resolve(s: str) -> Optional[Path]:
+        return (Path(s) if Path(s).is_absolute() else path.parent / s) if s else None
+
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         for lineno, row in enumerate(csv.reader(fh), 1):
             row = [c.strip() for c in row]
             if not row or not any(row) or row[0].startswith("#"):
                 continue
             if lineno == 1 and row[0].lower() == "image":
                 continue
-            if len(row) < 2:
-                raise InputError(f"{path}:{lineno}: expected image,audio[,output], got {','.join(row)!r}")
-            resolve = lambda s: (Path(s) if Path(s).is_absolute() else path.parent / s) if s else None
+            if len(row) < 2 or not row[0] or not row[1]:
+                raise InputError(f"{printable(path)}:{lineno}: expected image,audio[,output], "
+                                 f"got {printable(','.join(row))!r}")
             pairs.append(Pair(resolve(row[0]), resolve(row[1]), resolve(row[2]) if len(row) > 2 else None))
+    if not pairs:
+        raise InputError(f"pairs file {printable(path)} lists no pairs")
     return pairs
 
 
-def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing: bool = False,
-              on_item: Callable[[BatchItem], None] | None = None, progress=None) -> list[BatchItem]:
-    """Animate every pair with one loaded ``pipeline`` (a :class:`talkhead.pipeline.Pipeline`).
+def collect_pairs(images: Optional[Path], audio: Optional[Path], pairs_csv: Optional[Path] = None
+                  ) -> tuple[list[Pair], str]:
+    """The batch's pairs from the command line, and the naming rule that fits them.
 
-    Args:
-        out_dir: where ``<stem>.mp4`` goes for pairs without an explicit output (created if missing).
-        skip_existing: leave pairs whose output already exists (resume an interrupted batch).
-        on_item: called with each finished :class:`BatchItem`.
-        progress: passed to ``Pipeline.animate`` for each pair.
+    ``pairs_csv`` wins; otherwise ``images``/``audio`` are each a folder or a file:
+    folder + file -> :func:`photos_with_speech` (naming ``"image"``); file + folder ->
+    :func:`photo_with_speeches` (``"audio"``); folder + folder -> :func:`find_pairs` (``"stem"``);
+    file + file -> that one pair (``"audio"``, like ``animate``).
 
     Returns:
-        One :class:`BatchItem` per pair. Bad pairs are ``failed`` with the error's message; only
-        ``KeyboardInterrupt`` stops the batch.
+        ``(pairs, naming)``, naming one of :data:`NAMINGS`.
+
+    Raises:
+        InputError: arguments missing, a path that does not exist, or an empty folder.
     """
+    if pairs_csv is not None:
+        if images is not None or audio is not None:
+            raise InputError("give either PHOTOS SPEECH or --pairs FILE.csv, not both")
+        return read_pairs_csv(pairs_csv), "auto"
+    if images is None or audio is None:
+        raise InputError("give PHOTOS (a folder or one photo) and SPEECH (a folder or one speech file), "
+                         "or --pairs FILE.csv")
+    for p, what in ((images, "photo"), (audio, "speech")):
+        if not p.exists():
+            raise InputError(f"{what} path not found: {printable(p)}")
+    if images.is_dir() and audio.is_dir():
+        return find_pairs(images, audio), "stem"
+    if images.is_dir():
+        return photos_with_speech(images, audio), "image"
+    if audio.is_dir():
+        return photo_with_speeches(images, audio), "audio"
+    return [Pair(images, audio)], "audio"
+
+
+# ------------------------------------------------------------------------------------------- naming
+def _key(path: Path) -> str:
+    """Identity of an output path for collision checks: absolute, normalised and case-folded (two
+    names differing only in case are one file on macOS/Windows file systems)."""
+    return os.path.normcase(os.path.abspath(path)).casefold()
+
+
+def default_stem(pair: Pair, naming: str, shared_audio: bool, shared_image: bool) -> str:
+    """Output stem of a runnable pair without an explicit output.
+
+    ``"image"``: the photo's stem; ``"audio"``: the speech's; ``"stem"``: the common stem (folders
+    by stem). ``"auto"`` (CSV): the common stem when photo and speech stems are equal; the photo's
+    stem when every pair shares one speech file (``shared_audio``); the speech's stem when every
+    pair shares one photo (``shared_image``); else ``<photo stem>__<speech stem>``.
+    """
+    img, aud = pair.image.stem, pair.audio.stem
+    if naming == "image":
+        return img
+    if naming in ("audio", "stem"):
+        return aud
+    if img == aud:
+        return img
+    if shared_audio:
+        return img
+    if shared_image:
+        return aud
+    return f"{img}__{aud}"
+
+
+def plan_outputs(pairs: list[Pair], out_dir: str | Path, naming: str = "auto") -> list[Pair]:
+    """Give every runnable pair its output (``out_dir/<stem>.mp4``, see :func:`default_stem`; an
+    explicit ``output`` is kept) and check, before any work, that no two pairs write one file and
+    that no output is an input of the batch.
+
+    Names depend only on the pairs, so the same inputs give the same names on every run (what
+    ``--skip-existing`` relies on).
+
+    Returns:
+        The pairs with ``output`` set (unmatched ones unchanged).
+
+    Raises:
+        InputError: two or more pairs map to one output (each collision is listed with its pairs),
+            or an output is one of the batch's photos or speech files.
+    """
+    if naming not in NAMINGS:
+        raise ValueError(f"naming must be one of {NAMINGS}, not {naming!r}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    items = []
-    for pair in pairs:
-        output = pair.output or out_dir / f"{pair.name}.mp4"
-        if pair.image is None or pair.audio is None:
-            item = BatchItem(pair, output, "failed", "no audio with this stem" if pair.audio is None
-                             else "no image with this stem")
-        elif skip_existing and output.exists():
-            item = BatchItem(pair, output, "skipped", "output exists")
+    runnable = [p for p in pairs if p.runnable]
+    one = len(runnable) == 1
+    shared_audio = not one and len({_key(p.audio) for p in runnable}) == 1
+    shared_image = not one and len({_key(p.image) for p in runnable}) == 1
+    planned = []
+    for p in pairs:
+        if p.runnable and p.output is None:
+            stem = p.audio.stem if one and naming == "auto" else default_stem(p, naming, shared_audio, shared_image)
+            p = replace(p, output=out_dir / f"{stem}.mp4")
+        planned.append(p)
+
+    by_output: dict[str, list[Pair]] = {}
+    for p in planned:
+        if p.runnable:
+            by_output.setdefault(_key(p.output), []).append(p)
+    clashes = [group for group in by_output.values() if len(group) > 1]
+    if clashes:
+        lines = "; ".join(f"{printable(g[0].output.name)} <- " + ", ".join(q.label for q in g) for g in clashes)
+        raise InputError(f"{len(clashes)} output name(s) would be written by more than one pair: {lines}. "
+                         "Rename the inputs or give each pair an output in a --pairs CSV")
+    inputs = {_key(x): x for p in planned for x in (p.image, p.audio) if x is not None}
+    for p in planned:
+        if p.runnable and _key(p.output) in inputs:
+            check_not_input(p.output, inputs[_key(p.output)])  # raises OutputError naming both
+        if p.runnable:
+            for x in (p.image, p.audio):  # same file through a link
+                if _same_file(p.output, x):
+                    check_not_input(p.output, x)
+    return planned
+
+
+# ------------------------------------------------------------------------------------------- report
+class BatchReport:
+    """Rows of a batch as they finish: JSON lines (``.jsonl``) or CSV (``.csv``) with the columns
+    :data:`REPORT_FIELDS`; each row is flushed and fsync-ed at once, so a crash keeps the rows so far.
+
+    The file is created (replaced if present) when the report is opened. Use as a context manager or
+    call :meth:`close`.
+
+    Raises:
+        InputError: (constructor) another suffix, or the folder does not exist.
+        OutputError: (constructor) the file cannot be created.
+    """
+
+    def __init__(self, path: str | Path):
+        from .errors import OutputError
+
+        self.path = Path(path)
+        self.kind = self.path.suffix.lower()
+        if self.kind not in REPORT_SUFFIXES:
+            raise InputError(f"--report must end in .jsonl or .csv, not {printable(self.path.name)!r}")
+        if not self.path.parent.is_dir():
+            raise InputError(f"--report folder does not exist: {printable(self.path.parent)}")
+        try:
+            self._fh = open(self.path, "w", encoding="utf-8", newline="")
+        except OSError as err:
+            raise OutputError(f"cannot write the report {printable(self.path)!r}: {err.strerror or err}") from err
+        self._csv = None
+        if self.kind == ".csv":
+            self._csv = csv.DictWriter(self._fh, fieldnames=REPORT_FIELDS)
+            self._csv.writeheader()
+            self._sync()
+
+    def write(self, item: BatchItem) -> None:
+        """Append ``item``'s row and push it to disk."""
+        row = item.row()
+        if self._csv is not None:
+            self._csv.writerow({k: "" if v is None else v for k, v in row.items()})
         else:
+            self._fh.write(json.dumps(row) + "\n")
+        self._sync()
+
+    def _sync(self) -> None:
+        self._fh.flush()
+        try:
+            os.fsync(self._fh.fileno())
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> "BatchReport":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------- running
+def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing: bool = False,
+              naming: str = "auto", on_item: Callable[[BatchItem], None] | None = None,
+              on_start: Callable[[Pair], None] | None = None, progress=None,
+              report: BatchReport | None = None) -> list[BatchItem]:
+    """Animate every pair with one loaded ``pipeline`` (a :class:`talkhead.pipeline.Pipeline`).
+
+    Outputs are planned first (:func:`plan_outputs`: collisions are an error before any work).
+
+    Args:
+        pairs: the jobs (unmatched ones are reported as ``skipped`` with their note).
+        out_dir: where pairs without an explicit output go (created if missing).
+        skip_existing: leave pairs whose output existed *before this run* (resume an interrupted
+            batch); a file this run wrote is never a reason to skip.
+        naming: see :func:`plan_outputs`.
+        on_item: called with each finished :class:`BatchItem`; on_start: with each pair before it runs.
+        progress: passed to ``Pipeline.animate`` for each pair.
+        report: receives each item as it finishes.
+
+    Returns:
+        One :class:`BatchItem` per pair. A pair's error of any type - a :class:`TalkheadError` or an
+        unexpected one (named as such) - makes it ``failed`` and the batch goes on; only
+        ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM through the CLI) stops it.
+
+    Raises:
+        InputError / OutputError: colliding outputs, an output that is an input, or an ``out_dir``
+            that cannot be created.
+    """
+    from .errors import OutputError
+
+    out_dir = Path(out_dir)
+    planned = plan_outputs(pairs, out_dir, naming)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the output folder {printable(out_dir)!r}: {err.strerror or err}") from err
+    existed = {_key(p.output) for p in planned if p.runnable and os.path.lexists(p.output)}
+    written: set[str] = set()
+    items = []
+    for pair in planned:
+        t0 = time.perf_counter()
+        if not pair.runnable:
+            item = BatchItem(pair, None, "skipped", pair.note or "unmatched file")
+        elif _key(pair.output) in written:  # unreachable after plan_outputs; kept as the last guard
+            item = BatchItem(pair, pair.output, "failed", "another pair of this run already wrote "
+                             f"{printable(pair.output)!r}; it is not replaced")
+        elif skip_existing and _key(pair.output) in existed and os.path.lexists(pair.output):
+            item = BatchItem(pair, pair.output, "skipped", "output exists from an earlier run (--skip-existing)")
+        else:
+            if on_start:
+                on_start(pair)
             try:
-                pipeline.animate(pair.image, pair.audio, output, progress=progress)
-                item = BatchItem(pair, output, "done")
+                result = pipeline.animate(pair.image, pair.audio, pair.output, progress=progress)
+                item = BatchItem(pair, pair.output, "done", frames=int(result.num_frames))
             except TalkheadError as exc:
-                item = BatchItem(pair, output, "failed", str(exc))
+                item = BatchItem(pair, pair.output, "failed", printable(str(exc) or type(exc).__name__), error=exc)
+            except Exception as exc:  # noqa: BLE001 - any error of one pair must not end the batch
+                item = BatchItem(pair, pair.output, "failed", unexpected_reason(exc), error=exc)
+            if os.path.lexists(pair.output):
+                written.add(_key(pair.output))
+        item.seconds = time.perf_counter() - t0
         items.append(item)
+        if report is not None:
+            report.write(item)
         if on_item:
             on_item(item)
     return items
+
+
+__all__ = ["Pair", "BatchItem", "BatchReport", "IMAGE_EXTS", "AUDIO_EXTS", "REPORT_FIELDS", "NAMINGS",
+           "find_pairs", "photos_with_speech", "photo_with_speeches", "read_pairs_csv", "collect_pairs",
+           "default_stem", "plan_outputs", "run_batch"]

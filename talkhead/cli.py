@@ -2,11 +2,16 @@
 
 Each command parses its options, calls one API function, and renders progress with Rich. Expected
 errors (:class:`talkhead.errors.TalkheadError`) become one red line on stderr and exit code 2; the
-traceback is shown only with ``--debug``. Ctrl-C exits with 130 and leaves nothing half-written.
+traceback is shown only with ``--debug``; any other exception is named as an unexpected error in one
+line (exit 1; the traceback with ``--debug``). Ctrl-C (exit 130), SIGTERM (143) and SIGHUP (129) run
+the same cleanup - ffmpeg is killed and reaped, temporary files removed - and leave nothing half-written.
 """
 from __future__ import annotations
 
 import json
+import contextlib
+import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,6 +22,7 @@ from rich.table import Table
 from . import cli_train
 from .cli_common import State, StageBars, err_console, errors, out_console, progress_bars
 from .cli_options import with_options
+from .errors import TalkheadError
 from .options import AnimateOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -48,6 +54,13 @@ ModelsDir = typer.Option(None, "--models-dir", file_okay=False, help=escape(
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
+def _print_path(path: Path) -> None:
+    """The output path on stdout, exactly (its bytes, so undecodable names survive), for scripts."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(os.fsencode(path) + b"\n")
+    sys.stdout.flush()
+
+
 def _log(quiet: bool):
     return None if quiet else (lambda msg: err_console.print(msg, highlight=False))
 
@@ -73,6 +86,7 @@ def animate(
 
       talkhead animate photo.jpg speech.m4a --landmarker dlib --device cpu --save-keypoints kp.npz
     """
+    from .io import printable
     from .pipeline import Pipeline
 
     with errors():
@@ -82,45 +96,59 @@ def animate(
         with progress_bars(quiet) as progress:
             result = pipeline.animate(image, audio, output, save_keypoints=save_keypoints, progress=StageBars(progress))
         if not quiet:
-            err_console.print(f"[green]wrote[/] {result.output}  ({result.num_frames} frames, {result.duration_s:.2f} s)",
-                              highlight=False)
-        print(result.output)
+            err_console.print(f"[green]wrote[/] {printable(result.output)}  ({result.num_frames} frames, "
+                              f"{result.duration_s:.2f} s)", highlight=False)
+        _print_path(result.output)
 
 
 # ----------------------------------------------------------------------------------------------- batch
 @app.command()
 @with_options(AnimateOptions)
 def batch(
-    images_dir: Optional[Path] = typer.Argument(None, help="Folder of face photos."),
-    audio_dir: Optional[Path] = typer.Argument(None, help="Folder of speech files (paired with images by file stem)."),
+    images: Optional[Path] = typer.Argument(None, help="Folder of face photos, or one photo."),
+    audio: Optional[Path] = typer.Argument(None, help="Folder of speech files, or one speech file."),
     out_dir: Path = typer.Option(..., "--output", "-o", help="Folder for the MP4s."),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image,audio[,output] rows instead of the two folders."),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave pairs whose output exists (resume)."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image,audio[,output] rows instead of PHOTOS SPEECH."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave pairs whose output exists from an earlier run (resume)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write one row per pair to this .jsonl or .csv "
+                                          "file (replaced), as the batch goes."),
     quiet: bool = Quiet, *, options,
 ) -> None:
-    """Animate every image/audio pair (matched by file stem, or listed in --pairs); models load once.
+    """Animate many pairs; models load once. PHOTOS and SPEECH are each a folder or one file:
 
-    A failing pair is reported and skipped. Ends with a summary; exit code 1 if any pair failed.
+    folder + one speech: every photo says it (output: the photo's name); one photo + folder: it says
+    every speech file (the speech's name); two folders: files paired by name (alice.png + alice.wav);
+    --pairs CSV: listed rows (photo__speech names where both vary).
+
+    A failing pair is reported and the batch goes on. Ends with a summary; exit code 1 if any pair failed.
 
     [bold]Examples[/]
 
-      talkhead batch photos/ speeches/ -o videos/
+      talkhead batch photos/ announcement.wav -o videos/ --report run.jsonl
 
-      talkhead batch --pairs jobs.csv -o videos/ --skip-existing
+      talkhead batch me.png speeches/ -o videos/
+
+      talkhead batch photos/ speeches/ -o videos/ --skip-existing
+
+      talkhead batch --pairs jobs.csv -o videos/
     """
-    from .batch import find_pairs, read_pairs_csv, run_batch
+    from rich.markup import escape
+
+    from .batch import BatchReport, collect_pairs, plan_outputs, run_batch
     from .pipeline import Pipeline
 
     with errors():
         opts = options()
-        if pairs is not None:
-            jobs = read_pairs_csv(pairs)
-        elif images_dir is not None and audio_dir is not None:
-            jobs = find_pairs(images_dir, audio_dir)
-        else:
-            raise typer.BadParameter("give IMAGES_DIR and AUDIO_DIR, or --pairs FILE.csv")
+        jobs, naming = collect_pairs(images, audio, pairs)
+        planned = plan_outputs(jobs, out_dir, naming)  # collisions are an error before any model loads
+        if report is not None:
+            from .io import check_not_input
+
+            check_not_input(report, *(x for p in planned for x in (p.image, p.audio, p.output)))
         pipeline = Pipeline(opts, log=_log(quiet))
-        with progress_bars(quiet) as progress:
+        with contextlib.ExitStack() as stack:
+            sink = stack.enter_context(BatchReport(report)) if report is not None else None
+            progress = stack.enter_context(progress_bars(quiet))
             bars = StageBars(progress)
             overall = progress.add_task("pairs", total=len(jobs), unit="pairs")
 
@@ -128,21 +156,38 @@ def batch(
                 bars.reset()
                 progress.advance(overall)
                 if item.status == "failed" and not quiet:
-                    progress.console.print(f"[red]failed[/] {item.pair.name}: {item.reason}", highlight=False)
+                    progress.console.print(f"[red]failed[/] {escape(item.pair.label)}: {escape(item.reason)}",
+                                           highlight=False)
+                if item.status == "failed" and State.debug and item.error is not None \
+                        and not isinstance(item.error, TalkheadError):
+                    import traceback
 
-            items = run_batch(pipeline, jobs, out_dir, skip_existing=skip_existing, on_item=on_item, progress=bars)
-        table = Table(title="talkhead batch")
-        for col in ("pair", "status", "output / reason"):
-            table.add_column(col)
-        colours = {"done": "green", "skipped": "yellow", "failed": "red"}
-        for item in items:
-            table.add_row(item.pair.name, f"[{colours[item.status]}]{item.status}[/]",
-                          item.reason if item.status != "done" else str(item.output))
-        out_console.print(table)
-        counts = {s: sum(i.status == s for i in items) for s in ("done", "skipped", "failed")}
-        out_console.print(f"done {counts['done']}, skipped {counts['skipped']}, failed {counts['failed']}")
-        if counts["failed"]:
+                    progress.console.print(escape("".join(traceback.format_exception(item.error))), highlight=False)
+
+            items = run_batch(pipeline, jobs, out_dir, skip_existing=skip_existing, naming=naming, on_item=on_item,
+                              progress=bars, report=sink)
+        _print_summary(items)
+        if any(i.status == "failed" for i in items):
             raise typer.Exit(1)
+
+
+def _print_summary(items) -> None:
+    from rich.markup import escape
+
+    from .io import printable
+
+    table = Table(title="talkhead batch")
+    for col in ("photo", "speech", "status", "output / reason"):
+        table.add_column(col)
+    colours = {"done": "green", "skipped": "yellow", "failed": "red"}
+    for item in items:
+        show = (lambda p: escape(printable(p.name)) if p is not None else "-")
+        detail = printable(item.output) if item.status == "done" else item.reason
+        table.add_row(show(item.pair.image), show(item.pair.audio), f"[{colours[item.status]}]{item.status}[/]",
+                      escape(detail))
+    out_console.print(table)
+    counts = {s: sum(i.status == s for i in items) for s in ("done", "skipped", "failed")}
+    out_console.print(f"done {counts['done']}, skipped {counts['skipped']}, failed {counts['failed']}")
 
 
 # ----------------------------------------------------------------------------------------------- download
@@ -175,7 +220,8 @@ def download(
         if from_dir is not None:
             store.install_from(from_dir, root, names=names or None)
         else:
-            from rich.progress import DownloadColumn, TransferSpeedColumn
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
 
             bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                             TimeRemainingColumn(), console=err_console, disable=quiet, transient=False)

@@ -1,20 +1,24 @@
 """What every talkhead CLI module shares: the two consoles, the error mapping and the progress bars.
 
 Expected errors (:class:`talkhead.errors.TalkheadError`) become one red line on stderr and their
-``exit_code`` (2); the traceback is shown only with ``--debug``; Ctrl-C exits with 130.
+``exit_code`` (2); any other exception one line naming it as unexpected (exit 1); the traceback is
+shown only with ``--debug``. Ctrl-C exits with 130, SIGTERM with 143 and SIGHUP with 129, all after the
+same cleanup (outputs discarded, ffmpeg reaped).
 :mod:`talkhead.cli` (animate, batch, download, doctor) and :mod:`talkhead.cli_train` (preprocess,
 merge-shards, train, evaluate) both use these, so there is one console pair and one error rule.
 """
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from typing import Mapping
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .errors import TalkheadError
+from .errors import TalkheadError, unexpected_reason
 
 err_console = Console(stderr=True)
 """Progress bars, status lines and errors (stderr)."""
@@ -30,24 +34,74 @@ class State:
 
 
 def fail(exc: BaseException) -> None:
-    """Print ``exc`` as one error line (traceback first with ``--debug``) and exit with its ``exit_code``."""
+    from rich.markup import escape
+
+    from .io import printable
+
     if State.debug:
         err_console.print_exception()
-    msg = str(exc) or exc.__class__.__name__
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
+    msg = printable(str(exc) or exc.__class__.__name__)
+    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(getattr(exc, "exit_code", 2))
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM / SIGHUP, so they unwind like Ctrl-C (every ``finally``,
+    ``VideoWriter.abort`` and ``AtomicOutput.discard`` runs). ``signum`` is the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _raise_terminated(signum, frame):  # signal handler
+    for sig in _SIGNALS:  # a second signal during cleanup must not interrupt the cleanup
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt():
+    """While the block runs (main thread only), SIGTERM and SIGHUP raise :class:`Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_terminated) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
 def errors():
-    """Map TalkheadError -> one line + exit 2; Ctrl-C -> exit 130."""
+    """Map TalkheadError -> one line + exit 2; any other exception -> one line naming it as
+    unexpected + exit 1 (traceback with --debug); Ctrl-C -> 130; SIGTERM -> 143; SIGHUP -> 129."""
     try:
-        yield
+        with _termination_as_interrupt():
+            yield
     except TalkheadError as exc:
         fail(exc)
+    except Terminated as exc:
+        name = signal.Signals(exc.signum).name
+        err_console.print(f"[yellow]terminated[/] by {name}: nothing partial was left behind")
+        raise typer.Exit(128 + exc.signum)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: nothing partial was left behind")
         raise typer.Exit(130)
+    except Exception as exc:  # a bug or an unhandled case: one line, not a traceback
+        if isinstance(exc, (typer.Exit, typer.Abort)) or type(exc).__module__.split(".")[0] in ("click", "typer"):
+            raise  # exits and usage errors of the CLI framework itself
+        from rich.markup import escape
+
+        if State.debug:
+            err_console.print_exception()
+        err_console.print(f"[bold red]error:[/] {escape(unexpected_reason(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 class _LazyProgress(Progress):
@@ -99,4 +153,4 @@ class StageBars:
         self.tasks.clear()
 
 
-__all__ = ["err_console", "out_console", "State", "fail", "errors", "progress_bars", "StageBars"]
+__all__ = ["err_console", "out_console", "State", "Terminated", "fail", "errors", "progress_bars", "StageBars"]

@@ -34,6 +34,15 @@ class NoFaceError(ImageError):
     """No (confident) face was found in the image."""
 
 
+class NonFiniteError(TalkheadError):
+    """A stage produced NaN or infinite values (extreme input or bad weights). ``stage`` names it:
+    ``"keypoints"`` (source detection or generation) or ``"render"``. Nothing is written."""
+
+    def __init__(self, message: str, stage: str = ""):
+        super().__init__(message)
+        self.stage = stage
+
+
 # --- output ------------------------------------------------------------------------------------
 class OutputError(TalkheadError):
     """The output cannot be written: it exists (no ``--overwrite``) or its folder is not writable."""
@@ -59,3 +68,13 @@ class DownloadError(CheckpointError):
 # --- tools -------------------------------------------------------------------------------------
 class FFmpegError(TalkheadError):
     """ffmpeg is missing, lacks a codec, or failed while encoding/decoding."""
+
+
+def unexpected_reason(exc: BaseException) -> str:
+    """One printable line for an exception that is not a :class:`TalkheadError` (a bug, or a case
+    not handled yet): its type and first message line, and a pointer to ``--debug``."""
+    from .io import printable
+
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return printable(f"unexpected error ({what}); rerun with --debug for the traceback")

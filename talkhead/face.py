@@ -85,6 +85,12 @@ crop margin of animate's photos and of preprocess's videos alike."""
 DEFAULT_CONFIDENT_SCORE = 0.5
 """Confidence threshold for a face whose backend is unknown (a custom landmarker's)."""
 
+LANDMARK_MAX_SIDE = 1280
+"""Landmarks are predicted on a copy whose longest side is at most this (pixels) and mapped back to
+full-resolution pixels, so a 4000-8000 px photo costs about what a 1280 px one does (FAN would
+otherwise turn the whole photo into a tensor). A face filling a tenth of such a copy still spans
+~128 px, more than the 68-point models' own input resolution (FAN: 256 px crops of the face box)."""
+
 _DLIB_UPSAMPLE = 1
 _DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
 _PROBE_TIMEOUT_S = 5.0
@@ -196,6 +202,14 @@ class Landmarker(Protocol):
     def __call__(self, image: np.ndarray) -> list[Face]: ...
 
 
+def _to_full(points: np.ndarray, s: float) -> np.ndarray:
+    """Map pixel-centre coordinates ``(..., 2)`` of a copy downscaled by ``s`` back to full resolution:
+    ``full = (small + 0.5) s - 0.5`` (cv2.resize's pixel-centre alignment). Float32."""
+    if s == 1.0:
+        return np.asarray(points, dtype=np.float32)
+    return ((np.asarray(points, dtype=np.float64) + 0.5) * s - 0.5).astype(np.float32)
+
+
 def _detection_copy(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """Downscale ``image`` so its longest side is at most ``max_side``; return it and the factor
     ``s`` with ``full-resolution pixel = s * small pixel`` (1.0 when not resized)."""
@@ -281,20 +295,22 @@ class _DlibLandmarker:
 
     def __call__(self, image: np.ndarray) -> list[Face]:
         dlib = self._dlib
-        small, s = _detection_copy(image, LANDMARK_BACKENDS["dlib"].detect_max_side)
+        work, sw = _detection_copy(image, LANDMARK_MAX_SIDE)  # landmarks: bounded copy, mapped back
+        small, s = _detection_copy(work, LANDMARK_BACKENDS["dlib"].detect_max_side)
+        work = np.ascontiguousarray(work)
         with self._lock:  # dlib objects are not documented as thread-safe
             rects, scores, _ = self._detector.run(np.ascontiguousarray(small), _DLIB_UPSAMPLE, 0.0)
             faces = []
             for r, score in zip(rects, scores):
                 # dlib rectangles are inclusive: right/bottom are the last pixel inside.
-                box = (r.left() * s, r.top() * s, (r.right() + 1) * s, (r.bottom() + 1) * s)
-                full = dlib.rectangle(int(round(box[0])), int(round(box[1])),
+                box = (r.left() * s, r.top() * s, (r.right() + 1) * s, (r.bottom() + 1) * s)  # work pixels
+                rect = dlib.rectangle(int(round(box[0])), int(round(box[1])),
                                       int(round(box[2])) - 1, int(round(box[3])) - 1)
-                shape = self._predictor(image, full)
+                shape = self._predictor(work, rect)
                 pts = np.array([(shape.part(i).x, shape.part(i).y) for i in range(shape.num_parts)],
                                dtype=np.float32)
-                faces.append(Face(box=tuple(float(v) for v in box), score=float(score), landmarks=pts,
-                                  backend="dlib"))
+                faces.append(Face(box=tuple(float(v) * sw for v in box), score=float(score),
+                                  landmarks=_to_full(pts, sw), backend="dlib"))
         return faces
 
 
@@ -414,16 +430,17 @@ class _FanLandmarker:
         self._lock = threading.Lock()
 
     def __call__(self, image: np.ndarray) -> list[Face]:
-        small, s = _detection_copy(image, LANDMARK_BACKENDS["fan"].detect_max_side)
+        work, sw = _detection_copy(image, LANDMARK_MAX_SIDE)  # landmarks: bounded copy, mapped back
+        small, s = _detection_copy(work, LANDMARK_BACKENDS["fan"].detect_max_side)
         with self._lock:
             dets = self._fa.face_detector.detect_from_image(np.ascontiguousarray(small))
             if len(dets) == 0:
                 return []
             dets = np.asarray(dets, dtype=np.float64).reshape(-1, 5)
-            boxes = dets[:, :4] * s
-            lms = self._fa.get_landmarks_from_image(image, detected_faces=list(boxes))
-        return [Face(box=tuple(float(v) for v in b), score=float(d[4]),
-                     landmarks=np.asarray(lm, dtype=np.float32)[:, :2].reshape(68, 2), backend="fan")
+            boxes = dets[:, :4] * s  # work pixels
+            lms = self._fa.get_landmarks_from_image(np.ascontiguousarray(work), detected_faces=list(boxes))
+        return [Face(box=tuple(float(v) * sw for v in b), score=float(d[4]),
+                     landmarks=_to_full(np.asarray(lm, dtype=np.float32)[:, :2].reshape(68, 2), sw), backend="fan")
                 for b, d, lm in zip(boxes, dets, lms or [])]
 
 
@@ -549,8 +566,9 @@ def detect_faces(image: np.ndarray, backend: str = "fan", device: str = "cpu", *
                  offline: bool = False) -> list[Face]:
     """All faces in ``image`` with their 68 landmarks, largest box first.
 
-    Detection runs on a copy downscaled to the backend's ``detect_max_side`` (FOMM ``extract_bbox``
-    uses 640 px), landmarks on the full-resolution image. Backend instances are cached (see
+    Detection runs on a copy downscaled to the backend's ``detect_max_side`` (FOMM ``extract_bbox`` uses 640
+    px), landmarks on a copy of at most :data:`LANDMARK_MAX_SIDE` px; boxes and landmarks are mapped
+    back to full-resolution pixels, so very large photos cost a bounded time and memory. Backend instances are cached (see
     :func:`get_landmarker`), so calling this per image of a batch loads the models once.
 
     Args:

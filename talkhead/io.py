@@ -13,17 +13,123 @@ so names with spaces, quotes, unicode, a leading dash or ``$(...)`` are ordinary
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import secrets
+import socket
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Callable
 
 from .errors import OutputError
 
-__all__ = ["atomic_output", "check_output_path", "AtomicOutput"]
+__all__ = ["atomic_output", "check_output_path", "check_not_input", "sweep_stale_partials", "printable",
+           "AtomicOutput"]
 
 _TMP_MARK = ".partial"
+_PROBE_MARK = ".probe"
+
+_HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:6]
+"""6 hex digits of sha1(hostname) in every hidden name: a sweep only judges pids of this host."""
+
+_HIDDEN_RE = re.compile(rb"^\..*\.(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{6})-[0-9a-f]{16}(?:\.partial|\.probe)[^/]*$")
+"""Hidden temporary names written by :func:`_create_hidden_sibling` (as bytes: any file name matches)."""
+
+
+def printable(text: object) -> str:
+    """``str(text)`` safe to print on a UTF-8 terminal: undecodable bytes of a file name (held by
+    Python as lone surrogates, PEP 383) are shown as ``\\xNN`` escapes instead of raising."""
+    s = str(text)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape" if _only_escapes(s) else "backslashreplace") \
+            .decode("utf-8", "backslashreplace")
+
+
+def _only_escapes(s: str) -> bool:
+    try:
+        s.encode("utf-8", "surrogateescape")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_input(output: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
+    """Refuse an output that is one of the inputs (same path, or the same file through a link).
+
+    ``--overwrite`` does not lift this: replacing the user's recording or photo with the MP4 is never
+    what was meant.
+
+    Raises:
+        OutputError: ``output`` names the same file as one of ``inputs`` (``None`` entries are skipped).
+    """
+    out = Path(os.path.abspath(Path(output).expanduser()))
+    for inp in inputs:
+        if inp is not None and _same_file(out, Path(os.path.abspath(Path(inp).expanduser()))):
+            raise OutputError(f"output {printable(out)!r} is the input file {printable(inp)!r}; "
+                              "choose another output path (--overwrite never replaces an input)")
+
+
+def sweep_stale_partials(folder: str | os.PathLike) -> list[Path]:
+    """Delete hidden temporary files (``.partial``/``.probe``) in ``folder`` left by dead processes.
+
+    Only names made by :func:`_create_hidden_sibling` on this host are considered; the owner pid
+    encoded in the name is checked with ``os.kill(pid, 0)`` and the file is removed only when no
+    such process exists (``ProcessLookupError``). Files of live processes (including this one), of
+    other users' processes (``PermissionError``) and of other hosts are left alone. Never raises
+    for an unreadable folder or a file that vanished meanwhile.
+
+    Returns:
+        The paths removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = os.listdir(os.fsencode(os.fspath(folder)))
+    except OSError:
+        return removed
+    alive: dict[int, bool] = {}
+    for name in entries:
+        m = _HIDDEN_RE.match(name)
+        if m is None or m.group("host").decode() != _HOST_TAG:
+            continue
+        pid = int(m.group("pid"))
+        if pid not in alive:
+            alive[pid] = _pid_alive(pid)
+        if alive[pid]:
+            continue
+        path = Path(os.fsdecode(os.path.join(os.fsencode(os.fspath(folder)), name)))
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if pid <= 0:
+        return True  # not a real owner: keep
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -58,7 +164,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
     if not parent.is_dir():
         raise OutputError(f"output folder {str(parent)!r} is not a directory (for {str(target)!r})")
     try:
-        probe = _create_hidden_sibling(target, ".probe")
+        probe = _create_hidden_sibling(target, _PROBE_MARK)
     except OSError as err:
         raise OutputError(f"output folder {str(parent)!r} is not writable: {err.strerror or err}") from err
     probe.unlink(missing_ok=True)
@@ -68,16 +174,20 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
 def _create_hidden_sibling(target: Path, mark: str) -> Path:
     """Create (O_EXCL, mode 0666 & ~umask) and return an empty hidden file beside ``target``.
 
-    Name: ``.<target stem>.<16 hex>.<mark><target suffix>``, e.g. ``.out.3f9c...partial.mp4``; the
-    stem is shortened so the name stays under the usual 255-byte limit.
+    Name: ``.<target stem>.<pid>-<host tag>-<16 hex><mark><target suffix>``, e.g.
+    ``.out.4242-a1b2c3-3f9c....partial.mp4``: the owner pid (and a tag of this host's name) lets
+    :func:`sweep_stale_partials` remove the file once its owner is gone (SIGKILL, power loss). The
+    stem is shortened so the name stays under the usual 255-byte limit; lengths are counted in
+    file-system bytes (``os.fsencode``), so undecodable names (PEP 383 surrogates) work.
     """
     stem, suffix = target.stem, target.suffix
-    budget = 200 - len(suffix.encode()) - len(mark.encode())
-    while len(stem.encode()) > budget:
+    tag = f"{os.getpid()}-{_HOST_TAG}"
+    budget = 200 - len(os.fsencode(suffix)) - len(mark) - len(tag)
+    while len(os.fsencode(stem)) > budget:
         stem = stem[:-1]
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
-        candidate = target.with_name(f".{stem}.{secrets.token_hex(8)}{mark}{suffix}")
+        candidate = target.with_name(f".{stem}.{tag}-{secrets.token_hex(8)}{mark}{suffix}")
         try:
             fd = os.open(candidate, flags, 0o666)
         except FileExistsError:
@@ -110,6 +220,7 @@ class AtomicOutput:
         if self.tmp_path is not None:
             raise RuntimeError("AtomicOutput is not re-entrant")
         check_output_path(self.target, self.overwrite)  # the world may have changed since __init__
+        sweep_stale_partials(self.target.parent)  # leftovers of runs killed by SIGKILL / power loss
         try:
             self.tmp_path = _create_hidden_sibling(self.target, _TMP_MARK)
         except OSError as err:

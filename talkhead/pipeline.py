@@ -20,14 +20,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from .constants import FPS
 from .devices import resolve_device
-from .errors import InputError, TalkheadError
+from .errors import InputError, NonFiniteError, TalkheadError
 from .keypoints import Keypoints, scale_head_motion
 from .options import AnimateOptions
 from .progress import Progress
@@ -100,6 +100,14 @@ def num_video_frames(duration_s: float) -> int:
     pose for the missing frames so the MP4 lasts as long as the audio, within one frame.
     """
     return max(1, int(round(duration_s * FPS)))
+
+
+def _check_finite(stage: str, what: str, *tensors: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteError` naming ``stage`` when any tensor holds NaN or infinity."""
+    for t in tensors:
+        if not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"{stage} stage produced NaN or infinite values ({what}); nothing was written "
+                                 "(extreme input or bad weights)", stage=stage)
 
 
 def _check_file(path: Path, what: str) -> Path:
@@ -238,9 +246,14 @@ class Pipeline:
 
         Returns:
             ``(kp_source (1, 10, ...), kp_driving (T, 10, ...))`` Keypoints on the device (25 fps).
+
+        Raises:
+            NonFiniteError: ``stage="keypoints"``: kp_source or kp_driving holds NaN/inf.
         """
         kp_source = self.renderer.detect(source)
+        _check_finite("keypoints", "keypoints of the source photo", kp_source.value, kp_source.jacobian)
         kp_driving = self.motion(kp_source, logfbank, progress=progress).to(self.device)
+        _check_finite("keypoints", "generated driving keypoints", kp_driving.value, kp_driving.jacobian)
         if self.options.motion_scale != 1.0:
             kp_driving = scale_head_motion(kp_driving, kp_source, self.options.motion_scale)
         return kp_source, kp_driving
@@ -282,16 +295,20 @@ class Pipeline:
             :class:`AnimateInputs`.
 
         Raises:
-            InputError / AudioError / AudioTooShortError / ImageError / NoFaceError / OutputError.
+            InputError / AudioError / AudioTooShortError / ImageError / NoFaceError.
+            OutputError: an output exists (without ``overwrite``), cannot be written, or is one of the
+                inputs (refused even with ``overwrite``).
         """
         from .audio import load_speech, logfbank
         from .face import load_image
-        from .io import check_output_path
+        from .io import check_not_input, check_output_path
 
         image_path = _check_file(Path(image_path), "image")
         audio_path = _check_file(Path(audio_path), "audio")
+        check_not_input(output_path, image_path, audio_path)
         output_path = check_output_path(Path(output_path), self.options.overwrite)
         if save_keypoints is not None:
+            check_not_input(save_keypoints, image_path, audio_path, output_path)
             check_output_path(Path(save_keypoints), self.options.overwrite)
         t0 = time.perf_counter()
         speech = load_speech(audio_path)
@@ -321,7 +338,9 @@ class Pipeline:
 
         Raises:
             InputError / AudioError / AudioTooShortError / ImageError / NoFaceError: bad input.
-            OutputError: the output exists (without ``overwrite``) or cannot be written.
+            OutputError: the output exists (without ``overwrite``), cannot be written, or is one of
+                the inputs (refused even with ``overwrite``).
+            NonFiniteError: NaN/inf keypoints or frames (``stage`` keypoints / render).
             FFmpegError: encoding failed.
         """
         from .io import atomic_output
@@ -375,6 +394,10 @@ class Pipeline:
         needs more frames than the generator made (see :func:`num_video_frames`). With a
         ``compositor`` each rendered ``(b, S, S, 3)`` batch is pasted into the photo
         (``(b, H, W, 3)`` uint8, one reused buffer) before it is written.
+
+        Raises:
+            NonFiniteError: ``stage="render"``: a rendered batch holds NaN/inf (checked before it
+                reaches the encoder, so the writer aborts and nothing is written).
         """
         T = len(kp_driving)
         bs = self.options.batch_size
@@ -382,6 +405,7 @@ class Pipeline:
         for start in range(0, total, bs):
             idx = torch.arange(start, min(start + bs, total), device=kp_driving.device).clamp_(max=T - 1)
             frames = self.renderer.render(source, kp_source, kp_driving[idx])  # (b, 3, S, S) in [0, 1]
+            _check_finite("render", f"frames {start}-{start + int(idx.numel()) - 1}", frames)
             frames = frames.permute(0, 2, 3, 1).float().cpu().numpy()
             if compositor is not None:
                 if buffer is None or buffer.shape[0] != len(frames):

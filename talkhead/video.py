@@ -25,6 +25,35 @@ from .io import AtomicOutput, check_output_path
 
 __all__ = ["to_uint8_frames", "VideoWriter"]
 
+_MP4_SUFFIXES = {".mp4", ".m4v", ".mov"}
+
+MIN_FREE_BYTES = 64 * 1024
+"""The encoder stops at once when the output's file system has less than this free (bytes): the
+muxer buffers packets and x264 holds ~40 frames of lookahead, so ffmpeg itself notices a full disk
+only late (for short or small clips: at the very end)."""
+
+_CAUSES = ("No space left on device", "Disk quota exceeded", "File too large", "Broken pipe",
+           "Input/output error", "Read-only file system", "Permission denied", "Invalid data found")
+"""Phrases of ffmpeg's stderr that name a failure's cause; the first one found is the message."""
+
+
+def _cause(tail: str) -> str:
+    """The one-line cause of an ffmpeg failure: a known phrase (:data:`_CAUSES`) or its first line."""
+    for phrase in _CAUSES:
+        if phrase in tail:
+            return phrase
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and "Last message repeated" not in ln]
+    return lines[0][:300] if lines else "(ffmpeg printed nothing on stderr)"
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes available to this user on ``folder``'s file system (``statvfs``), None if unknown."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
+        return None
+    return st.f_bavail * st.f_frsize
+
 
 # ------------------------------------------------------------------------------------------ frames
 def to_uint8_frames(frames: Any) -> np.ndarray:
@@ -91,8 +120,11 @@ class VideoWriter:
 
     Failure: an exception inside the ``with`` block (``KeyboardInterrupt`` included) or a failing
     ffmpeg kills ffmpeg and deletes the temporary file; the target is never created (or, with
-    ``overwrite``, left as it was). ffmpeg's stderr is drained in a thread (no pipe deadlock) and its
-    tail ends up in the :class:`FFmpegError` message.
+    ``overwrite``, left as it was). ffmpeg's stderr is drained in a thread (no pipe deadlock); the
+    :class:`FFmpegError` message is one line naming the cause (e.g. ``No space left on device``) and
+    the path, the stderr tail is in its ``detail``. Each :meth:`write` first checks that ffmpeg is
+    still running and that the disk has :data:`MIN_FREE_BYTES` free, so a full disk stops rendering
+    within one batch instead of at the end.
 
     Args:
         path: output file; checked at construction, before ffmpeg starts.
@@ -177,17 +209,22 @@ class VideoWriter:
             raise FFmpegError(f"ffmpeg {caps['exe']!r} (version {caps['version']}) has no libx264 encoder")
         if self.audio_path is not None and not caps["has_aac"]:
             raise FFmpegError(f"ffmpeg {caps['exe']!r} (version {caps['version']}) has no aac encoder")
+        free = _free_bytes(self.path.parent)
+        if free is not None and free < MIN_FREE_BYTES:
+            raise FFmpegError(f"No space left on device for {str(self.path)!r}: {free // 1024} KiB free in "
+                              f"{str(self.path.parent)!r}")
         self._atomic = AtomicOutput(self.path, overwrite=self.overwrite)
-        tmp = self._atomic.__enter__()
         try:
+            tmp = self._atomic.__enter__()
             try:
                 self._proc = subprocess.Popen(self.command(tmp), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
             except OSError as err:
                 raise FFmpegError(f"cannot start ffmpeg: {err}") from err
             self._drain = _ff.StderrDrain(self._proc.stderr)
         except BaseException:
-            self._atomic.discard()
-            self._atomic = None
+            # also on SIGTERM/Ctrl-C right after ffmpeg started: kill it (it would recreate the temp file
+            # when its stdin closes) and delete the temp file
+            self.abort()
             raise
         return self
 
@@ -211,14 +248,29 @@ class VideoWriter:
         if (w, h) != self.encoded_size:
             batch = np.pad(batch, ((0, 0), (0, self.encoded_size[1] - h), (0, self.encoded_size[0] - w), (0, 0)),
                            mode="edge")
+        self._check_encoder()
         try:
             self._proc.stdin.write(memoryview(batch).cast("B"))
         except (BrokenPipeError, ValueError, OSError) as err:
             raise self._failure(f"ffmpeg stopped accepting frames after {self.num_frames}") from err
         self.num_frames += batch.shape[0]
 
+    def _check_encoder(self) -> None:
+        """Stop at once when ffmpeg has exited or the output's disk is full (before more frames).
+
+        Raises:
+            FFmpegError: one line naming the cause and the output path.
+        """
+        if self._proc.poll() is not None:
+            raise self._failure(f"ffmpeg exited after {self.num_frames} frames")
+        free = _free_bytes(self.path.parent)
+        if free is not None and free < MIN_FREE_BYTES:
+            raise FFmpegError(f"No space left on device while writing {str(self.path)!r}: {free // 1024} KiB free "
+                              f"in {str(self.path.parent)!r}; stopped after {self.num_frames} frames")
+
     def _failure(self, what: str) -> FFmpegError:
-        """Wait (briefly) for ffmpeg to exit and build an error carrying its stderr tail."""
+        """Wait (briefly) for ffmpeg to exit and build a one-line error naming the cause; the stderr
+        tail is kept in the error's ``detail`` attribute."""
         rc = None
         if self._proc is not None:
             try:
@@ -229,7 +281,9 @@ class VideoWriter:
         if self._drain is not None:
             self._drain.join()
         tail = self._drain.tail() if self._drain else ""
-        return FFmpegError(f"{what} while writing {str(self.path)!r} (ffmpeg exit code {rc}): {tail}")
+        err = FFmpegError(f"{_cause(tail)}: {what} while writing {str(self.path)!r} (ffmpeg exit code {rc})")
+        err.detail = tail
+        return err
 
     def _finish(self) -> None:
         """Close stdin, wait for ffmpeg, check its exit code."""
@@ -242,7 +296,10 @@ class VideoWriter:
         rc = self._proc.wait()
         self._drain.join()
         if rc != 0:
-            raise FFmpegError(f"ffmpeg failed (exit code {rc}) while writing {str(self.path)!r}: {self._drain.tail()}")
+            tail = self._drain.tail()
+            err = FFmpegError(f"{_cause(tail)}: ffmpeg failed (exit code {rc}) while writing {str(self.path)!r}")
+            err.detail = tail
+            raise err
 
     def abort(self) -> None:
         """Kill ffmpeg and delete the temporary file; the target is left untouched. Idempotent."""

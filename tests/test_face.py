@@ -418,3 +418,25 @@ def test_pipeline_logs_the_auto_fallback_once(monkeypatch, tmp_path):
     assert AnimateOptions().landmarker == "auto"
     assert pipe.landmark_backend() == "dlib" and pipe.landmark_backend() == "dlib"
     assert len(lines) == 1 and lines[0].startswith("landmarker auto: using dlib")
+
+
+def test_8000px_photo_finds_its_face_on_a_bounded_copy(astro_face):
+    """The astronaut upscaled 15.6x to 8000x8000: the same face (score, box and landmarks scaled),
+    found on a copy of at most LANDMARK_MAX_SIDE px and mapped back to full resolution."""
+    import cv2
+
+    scale = 8000 / ASTRO.shape[0]
+    big = cv2.resize(ASTRO, (8000, 8000), interpolation=cv2.INTER_LINEAR)
+    face = F.select_face(F.detect_faces(big, backend="dlib"), source="8000 px astronaut")
+    del big
+    assert face.score >= F.confident_score("dlib")
+    size = (astro_face.box[2] - astro_face.box[0]) * scale
+    np.testing.assert_allclose(np.asarray(face.box), np.asarray(astro_face.box) * scale, atol=0.1 * size)
+    err = np.abs(face.landmarks - (astro_face.landmarks + 0.5) * scale + 0.5).mean()
+    assert err < 0.03 * size, err  # mean landmark error within 3 % of the face size
+
+
+def test_to_full_maps_pixel_centres():
+    pts = np.array([[0.0, 0.0], [9.0, 4.0]], np.float32)
+    np.testing.assert_allclose(F._to_full(pts, 2.0), [[0.5, 0.5], [18.5, 8.5]])
+    np.testing.assert_array_equal(F._to_full(pts, 1.0), pts)

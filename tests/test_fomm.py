@@ -360,3 +360,18 @@ def test_render_reproduces_e2e_frames(fomm_tiny_files, e2e_parity):
     kp_driving = kp_from(p, "driving")
     frames = fomm.render(source, kp_source, kp_driving).permute(0, 2, 3, 1)
     assert_close(frames, p["frames"], 2e-5, "e2e frames")
+
+
+@pytest.mark.parametrize("edit, needles", [
+    (lambda c: c["model_params"]["common_params"].__setitem__("num_kp", None), ("common_params", "num_kp", "null")),
+    (lambda c: c["model_params"]["generator_params"].__setitem__("max_features", "16"), ("max_features", "str")),
+    (lambda c: c["model_params"]["kp_detector_params"].__setitem__("temperature", None), ("temperature", "null")),
+    (lambda c: c["model_params"]["common_params"].__setitem__("estimate_jacobian", "yes"), ("estimate_jacobian",)),
+    (lambda c: c["dataset_params"].__setitem__("frame_shape", ["64", 64, 3]), ("frame_shape",)),
+])
+def test_config_null_or_wrong_type(data_dir, edit, needles):
+    cfg = tiny_yaml_dict(data_dir)
+    edit(cfg)
+    with pytest.raises(ConfigError) as err:
+        FOMMConfig.from_dict(cfg, origin="edited tiny.yaml")
+    assert "edited tiny.yaml" in str(err.value) and all(n in str(err.value) for n in needles), str(err.value)

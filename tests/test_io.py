@@ -139,3 +139,56 @@ def test_weird_names(tmp_path, monkeypatch, name):
         assert z["v"].sum() == 3
     assert names(tmp_path) == [name]
     assert not (tmp_path / "pwned").exists()
+
+
+# ------------------------------------------------------------------------------------------- stale temporaries
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process has this pid now (reuse within the test is vanishingly unlikely)
+
+
+def test_hidden_name_carries_owner_pid(tmp_path):
+    from talkhead.io import _HIDDEN_RE
+
+    with atomic_output(tmp_path / "clip.mp4") as tmp:
+        m = _HIDDEN_RE.match(os.fsencode(tmp.name))
+        assert m is not None and int(m.group("pid")) == os.getpid()
+        assert tmp.name.startswith(".clip.") and tmp.name.endswith(".partial.mp4")
+
+
+def test_stale_partial_of_dead_process_is_swept_on_next_run(tmp_path):
+    from talkhead.io import _HOST_TAG
+
+    dead = tmp_path / f".old.{_dead_pid()}-{_HOST_TAG}-0123456789abcdef.partial.mp4"
+    live = tmp_path / f".mine.{os.getpid()}-{_HOST_TAG}-0123456789abcdef.partial.mp4"
+    other_host = tmp_path / f".far.{_dead_pid()}-zzzzzz-0123456789abcdef.partial.mp4"
+    legacy = tmp_path / ".legacy.0123456789abcdef.partial.mp4"  # no pid: cannot be judged, kept
+    for p in (dead, live, other_host, legacy):
+        p.write_bytes(b"half a video")
+    with atomic_output(tmp_path / "new.mp4") as tmp:
+        tmp.write_bytes(b"video")
+    assert names(tmp_path) == sorted([live.name, other_host.name, legacy.name, "new.mp4"])
+
+
+def test_undecodable_target_name(tmp_path):
+    target = tmp_path / os.fsdecode(b"clip\xe9.mp4")
+    with atomic_output(target) as tmp:
+        tmp.write_bytes(b"video")
+    assert [os.fsencode(n) for n in os.listdir(tmp_path)] == [b"clip\xe9.mp4"]
+
+
+def test_output_equal_to_input_refused(tmp_path):
+    from talkhead.io import check_not_input
+
+    audio = tmp_path / "talk.wav"
+    audio.write_bytes(b"RIFF")
+    link = tmp_path / "link.wav"
+    link.symlink_to(audio)
+    for out in (audio, link, tmp_path / "." / "talk.wav"):
+        with pytest.raises(OutputError, match="is the input file"):
+            check_not_input(out, None, audio)
+    check_not_input(tmp_path / "talk.mp4", audio)

@@ -283,3 +283,22 @@ def test_incremental_transformer_with_two_layers_matches_full_rerun(tiny_args, l
         _, inc = model.rollout(inpt, audio, incremental=True, trace=trace)
     assert int(trace["context_len_decode"].max()) == 40
     torch.testing.assert_close(inc, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("change, needles", [
+    ({"audio_dim": None}, ("audio_dim", "null")),
+    ({"hidden_size": "8"}, ("hidden_size", "str")),
+    ({"obs_len": 3.0}, ("obs_len", "float")),
+    ({"data_dim": True}, ("data_dim", "bool")),
+    ({"streams_merging_activation": 1}, ("streams_merging_activation",)),
+    ({"hidden_size_D": "1024"}, ("hidden_size_D",)),
+])
+def test_null_or_wrongly_typed_args_are_config_errors_naming_args(tiny_args, tmp_path, change, needles):
+    import json
+
+    path = tmp_path / "args"
+    path.write_text(json.dumps({**tiny_args, **change}))
+    with pytest.raises(ConfigError) as err:
+        MSSyncConfig.from_args_file(path)
+    msg = str(err.value)
+    assert str(path) in msg and all(n in msg for n in needles), msg

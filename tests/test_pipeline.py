@@ -304,3 +304,57 @@ def test_tiny_photo_is_refused_for_full_frame(tmp_path):
     pipe = Pipeline(AnimateOptions(), renderer=IdentityRenderer(), motion=toy_motion, landmarker=astronaut_face)
     with pytest.raises(InputError, match="48x48 pixels, smaller than the 256x256 frame"):
         pipe.prepare(small, SPEECH, tmp_path / "o.mp4")
+
+
+# ------------------------------------------------------------------------------------------- non-finite values
+class _NaNDetect(ToyRenderer):
+    def detect(self, source):
+        kp = super().detect(source)
+        kp.value[0, 3, 1] = float("nan")
+        return kp
+
+
+class _InfRender(ToyRenderer):
+    def render(self, source, kp_source, kp_driving):
+        frames = super().render(source, kp_source, kp_driving)
+        if sum(self.calls) > 10:  # a later batch goes bad
+            frames[0, 1, 2, 3] = float("inf")
+        return frames
+
+
+def _nan_motion(kp_source, logfbank, progress=None):
+    kp = toy_motion(kp_source, logfbank, progress)
+    kp.jacobian[5, 2, 0, 1] = float("nan")
+    return kp
+
+
+@pytest.mark.parametrize("renderer, motion, stage, what", [
+    (_NaNDetect, toy_motion, "keypoints", "source photo"),
+    (ToyRenderer, _nan_motion, "keypoints", "generated"),
+    (_InfRender, toy_motion, "render", "frames"),
+])
+def test_non_finite_values_name_the_stage_and_write_nothing(tmp_path, renderer, motion, stage, what):
+    from talkhead.errors import NonFiniteError
+
+    pipe = Pipeline(AnimateOptions(batch_size=4), renderer=renderer(), motion=motion, landmarker=astronaut_face)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(NonFiniteError) as err:
+        pipe.animate(ASTRONAUT, SPEECH, out)
+    assert err.value.stage == stage and what in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_is_one_line_exit_2_at_the_cli(tmp_path, monkeypatch):
+    import talkhead.pipeline as pipeline_mod
+
+    real_init = Pipeline.__init__
+
+    def init(self, options, **kwargs):
+        real_init(self, options, renderer=ToyRenderer(), motion=_nan_motion, landmarker=astronaut_face)
+
+    monkeypatch.setattr(pipeline_mod.Pipeline, "__init__", init)
+    result = CliRunner().invoke(app, ["animate", str(ASTRONAUT), str(SPEECH), "-o", str(tmp_path / "o.mp4"),
+                                      "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "keypoints stage produced NaN" in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,7 @@
 """talkhead.video and talkhead.ffmpeg: streaming frames to ffmpeg (H.264 + AAC MP4), atomic output, commands."""
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
@@ -340,3 +341,55 @@ def test_read_frames_decodes_what_the_writer_wrote(tmp_path):
     _, frames = read_frames(out, "format=rgb24,scale=16:16:flags=area", size=(16, 16))
     got = list(frames)
     assert len(got) == 10 and got[0].shape == (16, 16, 3) and got[0].dtype == np.uint8
+
+
+# ------------------------------------------------------------------------------------------- encoder failure
+def _noise(t: int, n: int = 4) -> np.ndarray:
+    return np.random.default_rng(t).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)  # incompressible
+
+
+def test_full_disk_faked_stops_within_a_batch_one_line(tmp_path, monkeypatch):
+    import talkhead.video as video
+
+    out = tmp_path / "out.mp4"
+    calls = {"n": 0}
+    real = video._free_bytes
+
+    def free(folder):
+        calls["n"] += 1
+        return 0 if calls["n"] > 3 else real(folder)  # the disk fills up after a few batches
+
+    monkeypatch.setattr(video, "_free_bytes", free)
+    with pytest.raises(FFmpegError) as info:
+        with VideoWriter(out, size=(64, 64)) as w:
+            for t in range(100):
+                w.write(_noise(t))
+    msg = str(info.value)
+    assert "No space left on device" in msg and str(out) in msg and "\n" not in msg
+    assert w.num_frames <= 12
+    assert names(tmp_path) == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_real_tmpfs_fails_within_a_few_frames(small_tmpfs):
+    out = small_tmpfs / "out.mp4"
+    with pytest.raises(FFmpegError) as info:
+        with VideoWriter(out, size=(64, 64), audio_path=DATA / "audio" / "speech_16k.wav") as w:
+            for t in range(250):  # 1000 frames of noise: several MB, the disk holds 256 KiB
+                w.write(_noise(t))
+    msg = str(info.value)
+    assert "No space left on device" in msg and str(out) in msg and "\n" not in msg
+    assert w.num_frames < 200
+    assert os.listdir(small_tmpfs) == []

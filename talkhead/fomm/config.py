@@ -68,6 +68,46 @@ def _check_section(section: str, params: Mapping, cls, provided_elsewhere: set[s
         raise ConfigError(f"{source}: {section} has unknown key(s): {', '.join(unknown)}")
 
 
+_INT_KEYS = frozenset({"num_kp", "num_channels", "block_expansion", "max_features", "num_blocks",
+                       "num_down_blocks", "num_bottleneck_blocks", "pad"})
+_FLOAT_KEYS = frozenset({"temperature", "scale_factor", "kp_variance"})
+_BOOL_KEYS = frozenset({"estimate_jacobian", "single_jacobian_map", "estimate_occlusion_map", "use_kp", "sn"})
+
+
+def _check_types(section: str, params: Mapping, source: str) -> None:
+    """Refuse null or wrongly-typed values of the known keys of one YAML section.
+
+    Integers must be YAML integers (not ``"8"``, ``8.0`` or ``true``), floats numbers, flags booleans;
+    ``scales`` a list of numbers.
+
+    Raises:
+        ConfigError: naming the section, every bad key and its value.
+    """
+    problems = []
+    for key, value in params.items():
+        kind = ("an integer" if key in _INT_KEYS else "a number" if key in _FLOAT_KEYS
+                else "true or false" if key in _BOOL_KEYS else "a list of numbers" if key == "scales" else None)
+        if kind is None or isinstance(value, Mapping):
+            continue
+        if value is None:
+            problems.append(f"{key} is null (expected {kind})")
+            continue
+        if key in _INT_KEYS:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif key in _FLOAT_KEYS:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif key in _BOOL_KEYS:
+            ok = isinstance(value, bool)
+        else:
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not ok:
+            what = "non-numeric" if key in _INT_KEYS | _FLOAT_KEYS else "of the wrong type"
+            problems.append(f"{key}={value!r} is {what} ({type(value).__name__}; expected {kind})")
+    if problems:
+        raise ConfigError(f"{source}: {section}: " + "; ".join(problems))
+
+
 @dataclass(frozen=True)
 class FOMMConfig:
     """FOMM architecture settings (the YAML's ``model_params`` + ``dataset_params.frame_shape``).
@@ -137,6 +177,8 @@ class FOMMConfig:
 
         shape = dataset["frame_shape"]
         try:
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in shape):
+                raise TypeError("frame_shape entries must be integers")
             shape = tuple(int(v) for v in shape)
         except (TypeError, ValueError):
             raise ConfigError(f"{origin}: dataset_params.frame_shape must be [H, W, C], not {shape!r}") from None
@@ -179,11 +221,19 @@ class FOMMConfig:
         """Check keys and sizes.
 
         Raises:
-            ConfigError: missing/unknown keys in a section, a scale factor that is not ``1/n``, or a frame
+            ConfigError: missing/unknown keys in a section, a null or wrongly-typed value (an integer
+                written as a string, ...), a scale factor that is not ``1/n``, or a frame
                 size not divisible as the hourglasses and the generator encoder need.
         """
         src = self.origin
         common = set(self.common_params)
+        for section, params in (("model_params.common_params", self.common_params),
+                                ("model_params.kp_detector_params", self.kp_detector_params),
+                                ("model_params.generator_params", self.generator_params),
+                                ("model_params.generator_params.dense_motion_params",
+                                 self.generator_params.get("dense_motion_params") or {}),
+                                ("model_params.discriminator_params", self.discriminator_params or {})):
+            _check_types(section, params, src)
         _check_section("model_params.common_params", self.common_params, _CommonParams, set(), src)
         _check_section("model_params.kp_detector_params", self.kp_detector_params, KPDetector, common, src)
         gen = {k: v for k, v in self.generator_params.items() if k != "dense_motion_params"}

@@ -86,16 +86,36 @@ _INT_KEYS = ("data_dim", "obs_len", "audio_dim", "coord_dim", "hidden_size", "ex
 
 
 def _as_int(value: Any) -> int | None:
-    """``value`` as an int if it is an int (not a bool) or a decimal string of one, else None."""
-    if isinstance(value, bool):
+    """``value`` if it is a JSON integer (an ``int``, not a bool), else None. Numbers written as
+    strings (``"8"``) or floats are refused: ``train.py`` writes argparse ``int`` options as ints."""
+    if isinstance(value, bool) or not isinstance(value, int):
         return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
+    return value
+
+
+def _type_problems(args: Mapping[str, Any]) -> list[str]:
+    """Null or wrongly-typed values of the keys MSSyncConfig reads, one message per key."""
+    problems = []
+    for key in GENERATOR_KEYS + DISCRIMINATOR_KEYS:
+        if key not in args:
+            continue
+        value = args[key]
+        if key in GENERATOR_KEYS and value is None:
+            problems.append(f"key {key!r} is null")
+        elif value is None:
+            continue
+        elif key == "nblocks_do":  # the reference looks it up as a string: "4" and 4 are both valid
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                problems.append(f"key {key!r} = {value!r} is a {type(value).__name__} (expected an integer)")
+        elif key == "streams_merging_activation":
+            if not isinstance(value, str):
+                problems.append(f"key {key!r} = {value!r} is a {type(value).__name__} (expected a string)")
+        elif key in ("seq_stream_weight", "frame_weight"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                problems.append(f"key {key!r} = {value!r} is a {type(value).__name__} (expected a number)")
+        elif _as_int(value) is None:
+            problems.append(f"key {key!r} = {value!r} is a {type(value).__name__} (expected an integer)")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -155,13 +175,16 @@ class MSSyncConfig:
         for key in _INT_KEYS:
             value = getattr(self, key)
             if value is None:
+                if key in GENERATOR_KEYS:
+                    problems.append(f"{key}=None (expected a positive integer)")
                 continue
             as_int = _as_int(value)
             if as_int is None or as_int < 1:
                 problems.append(f"{key}={value!r} (expected a positive integer)")
             else:
                 object.__setattr__(self, key, as_int)
-        nblocks = _as_int(self.nblocks_do)
+        nblocks = self.nblocks_do if isinstance(self.nblocks_do, int) and not isinstance(self.nblocks_do, bool) \
+            else int(self.nblocks_do) if isinstance(self.nblocks_do, str) and self.nblocks_do.strip().isdigit() else None
         if nblocks is None or str(nblocks) not in DEEP_MLP_LAYERS:
             problems.append(f"nblocks_do={self.nblocks_do!r} (expected one of {', '.join(DEEP_MLP_LAYERS)})")
         else:
@@ -198,14 +221,18 @@ class MSSyncConfig:
             source: what to call it in error messages (e.g. the file path).
 
         Raises:
-            ConfigError: ``args`` is not a mapping, lacks keys (all missing keys are named), or
-                holds bad values.
+            ConfigError: ``args`` is not a mapping, lacks keys (all missing keys are named), holds
+                a null or wrongly-typed value (each key is named; numbers written as strings are
+                refused, except ``nblocks_do``, which the reference looks up as a string), or bad values.
         """
         if not isinstance(args, Mapping):
             raise ConfigError(f"{source}: expected a JSON object, got {type(args).__name__}")
         missing = [k for k in GENERATOR_KEYS if k not in args]
         if missing:
             raise ConfigError(f"{source}: missing key(s) {', '.join(missing)} needed by the MS-Sync generator")
+        problems = _type_problems(args)
+        if problems:
+            raise ConfigError(f"{source}: invalid MS-Sync args: " + "; ".join(problems))
         values = {k: args[k] for k in GENERATOR_KEYS}
         values.update({k: args[k] for k in DISCRIMINATOR_KEYS if k in args and args[k] is not None})
         try:

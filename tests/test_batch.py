@@ -1,0 +1,393 @@
+"""Batch runs: the four ways to list pairs, collision-free output names, the report, every pair's
+failure recorded (the batch goes on), --skip-existing resuming a killed batch, SIGTERM cleanup.
+
+Fast tests drive :func:`talkhead.batch.run_batch` with a fake pipeline; the end-to-end ones run the
+CLI on real photos (examples/astronaut.png and variants) and real speech with the tiny models.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from talkhead.batch import (BatchReport, Pair, collect_pairs, find_pairs, plan_outputs, read_pairs_csv,
+                            run_batch)
+from talkhead.cli import app
+from talkhead.errors import InputError, OutputError
+from probe import probe
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).parents[1]
+PHOTO = ROOT / "examples" / "astronaut.png"
+SPEECH = DATA / "audio" / "speech_16k.wav"
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def common(models_dir: Path) -> list[str]:
+    return ["--models-dir", str(models_dir), "--landmarker", "dlib", "--offline", "--quiet"]
+
+
+def rows(report: Path) -> list[dict]:
+    return [json.loads(line) for line in report.read_text().splitlines()]
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def speech_1s(tmp_path_factory) -> Path:
+    """The first second of the real speech clip (25 frames: keeps the end-to-end tests short)."""
+    samples, sr = sf.read(SPEECH, dtype="int16")
+    path = tmp_path_factory.mktemp("speech") / "announcement.wav"
+    sf.write(path, samples[:sr], sr, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Real-photo variants of skimage's astronaut: the original, mirrored, and slightly darker."""
+    import imageio.v3 as iio
+
+    img = iio.imread(PHOTO)[..., :3]
+    d = tmp_path_factory.mktemp("photos")
+    iio.imwrite(d / "front.png", img)
+    iio.imwrite(d / "mirror.png", img[:, ::-1])
+    iio.imwrite(d / "dark.jpg", (img * 0.8).astype(np.uint8), quality=95)
+    return d
+
+
+# ------------------------------------------------------------------------------------------- naming (fast)
+def test_shared_speech_names_outputs_after_photos(tmp_path):
+    pairs = [Pair(Path("/p/a.png"), Path("/s/talk.wav")), Pair(Path("/p/b.jpg"), Path("/s/talk.wav"))]
+    planned = plan_outputs(pairs, tmp_path, "auto")
+    assert [p.output.name for p in planned] == ["a.mp4", "b.mp4"]
+
+
+def test_shared_photo_names_outputs_after_speech(tmp_path):
+    pairs = [Pair(Path("/p/me.png"), Path("/s/one.wav")), Pair(Path("/p/me.png"), Path("/s/two.flac"))]
+    assert [p.output.name for p in plan_outputs(pairs, tmp_path, "auto")] == ["one.mp4", "two.mp4"]
+
+
+def test_both_varying_gives_photo__speech_and_csv_output_wins(tmp_path):
+    pairs = [Pair(Path("/p/a.png"), Path("/s/x.wav")), Pair(Path("/p/b.png"), Path("/s/y.wav")),
+             Pair(Path("/p/c.png"), Path("/s/c.wav")), Pair(Path("/p/a.png"), Path("/s/y.wav"), tmp_path / "mine.mp4")]
+    assert [p.output.name for p in plan_outputs(pairs, tmp_path, "auto")] == \
+        ["a__x.mp4", "b__y.mp4", "c.mp4", "mine.mp4"]
+
+
+def test_names_are_stable_across_runs(tmp_path):
+    pairs = [Pair(Path("/p/a.png"), Path("/s/x.wav")), Pair(Path("/p/b.png"), Path("/s/x.wav"))]
+    assert plan_outputs(pairs, tmp_path) == plan_outputs(list(pairs), tmp_path)
+
+
+def test_collision_is_refused_up_front_listing_the_pairs(tmp_path):
+    pairs = [Pair(Path("/p/a.png"), Path("/s/talk.wav")), Pair(Path("/q/a.jpg"), Path("/s/talk.wav")),
+             Pair(Path("/p/b.png"), Path("/s/talk.wav"))]
+    with pytest.raises(InputError) as err:
+        plan_outputs(pairs, tmp_path)
+    msg = str(err.value)
+    assert "a.mp4" in msg and "a.png + talk.wav" in msg and "a.jpg + talk.wav" in msg and "b.png" not in msg
+
+
+def test_output_equal_to_an_input_is_refused(tmp_path):
+    audio = tmp_path / "talk.wav"
+    audio.write_bytes(b"RIFF")
+    with pytest.raises(OutputError, match="is the input"):
+        plan_outputs([Pair(tmp_path / "a.png", audio, audio)], tmp_path)
+
+
+def test_collect_pairs_modes(tmp_path, photos, speech_1s):
+    speeches = tmp_path / "speeches"
+    speeches.mkdir()
+    shutil.copy(speech_1s, speeches / "hello.wav")
+    shutil.copy(speech_1s, speeches / "bye.flac")
+    (speeches / "notes.txt").write_text("ignored")
+    pairs, naming = collect_pairs(photos, speech_1s)
+    assert naming == "image" and [p.image.name for p in pairs] == ["dark.jpg", "front.png", "mirror.png"]
+    pairs, naming = collect_pairs(photos / "front.png", speeches)
+    assert naming == "audio" and [p.audio.name for p in pairs] == ["bye.flac", "hello.wav"]
+    with pytest.raises(InputError, match="--pairs"):
+        collect_pairs(photos, None)
+
+
+def test_find_pairs_lists_unmatched_files_with_a_reason(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "aud").mkdir()
+    for name in ("alice.png", "carol.png"):
+        (tmp_path / "img" / name).write_bytes(b"x")
+    for name in ("alice.wav", "dave.wav"):
+        (tmp_path / "aud" / name).write_bytes(b"x")
+    pairs = find_pairs(tmp_path / "img", tmp_path / "aud")
+    assert [(p.image and p.image.name, p.audio and p.audio.name) for p in pairs] == \
+        [("alice.png", "alice.wav"), ("carol.png", None), (None, "dave.wav")]
+    assert "no speech file named carol" in pairs[1].note and "no photo named dave" in pairs[2].note
+
+
+def test_csv_with_non_utf8_bytes_and_quoted_commas(tmp_path):
+    csv = tmp_path / "pairs.csv"
+    csv.write_bytes(b'image,audio\n"a, b.png",caf\xe9.wav\n')
+    (pair,) = read_pairs_csv(csv)
+    assert pair.image.name == "a, b.png"
+    assert os.fsencode(pair.audio.name) == b"caf\xe9.wav"
+
+
+# ------------------------------------------------------------------------------------------- running (fast)
+class FakePipeline:
+    """``animate`` writes a small file, or raises what ``fail`` maps the image's stem to."""
+
+    def __init__(self, fail=None):
+        self.fail = fail or {}
+        self.calls = []
+
+    def animate(self, image, audio, output, progress=None):
+        self.calls.append(Path(output).name)
+        exc = self.fail.get(Path(image).stem)
+        if exc is not None:
+            raise exc
+        Path(output).write_bytes(b"mp4")
+        return type("Result", (), {"num_frames": 25})()
+
+
+def test_every_failure_is_recorded_and_the_batch_goes_on(tmp_path):
+    from talkhead.errors import NoFaceError
+
+    pairs = [Pair(Path(f"/p/{s}.png"), Path("/s/talk.wav")) for s in "abcde"]
+    fake = FakePipeline({"b": NoFaceError("no face in b.png"), "c": RuntimeError("boom\nsecond line"),
+                         "d": ValueError("array must not contain infs or NaNs")})
+    report = tmp_path / "report.jsonl"
+    with BatchReport(report) as sink:
+        items = run_batch(fake, pairs, tmp_path / "out", naming="image", report=sink)
+    assert [i.status for i in items] == ["done", "failed", "failed", "failed", "done"]
+    assert items[1].reason == "no face in b.png"
+    assert items[2].reason.startswith("unexpected error (RuntimeError: boom)") and "--debug" in items[2].reason
+    assert "ValueError" in items[3].reason
+    got = rows(report)
+    assert [r["status"] for r in got] == ["done", "failed", "failed", "failed", "done"]
+    assert got[0]["output"].endswith("a.mp4") and got[0]["frames"] == 25 and got[1]["frames"] is None
+    assert set(got[0]) == {"image", "audio", "output", "status", "reason", "seconds", "frames"}
+
+
+def test_report_keeps_rows_of_an_interrupted_batch_csv(tmp_path):
+    import csv
+
+    pairs = [Pair(Path(f"/p/{s}.png"), Path("/s/talk.wav")) for s in "abc"]
+    fake = FakePipeline({"b": KeyboardInterrupt()})
+    report = tmp_path / "report.csv"
+    with pytest.raises(KeyboardInterrupt), BatchReport(report) as sink:
+        run_batch(fake, pairs, tmp_path / "out", naming="image", report=sink)
+    with open(report, newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert [(Path(r["output"]).name, r["status"]) for r in got] == [("a.mp4", "done")]
+    assert fake.calls == ["a.mp4", "b.mp4"]
+
+
+def test_skip_existing_only_skips_outputs_of_earlier_runs(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.mp4").write_bytes(b"earlier run")
+    pairs = [Pair(Path(f"/p/{s}.png"), Path("/s/talk.wav")) for s in "ab"]
+    fake = FakePipeline()
+    items = run_batch(fake, pairs, out, naming="image", skip_existing=True)
+    assert [i.status for i in items] == ["skipped", "done"]
+    assert (out / "a.mp4").read_bytes() == b"earlier run" and fake.calls == ["b.mp4"]
+
+
+def test_report_suffix_checked(tmp_path):
+    with pytest.raises(InputError, match="jsonl"):
+        BatchReport(tmp_path / "report.txt")
+
+
+# ------------------------------------------------------------------------------------------- CLI, real models
+def test_photos_dir_with_one_speech_non_utf8_name_and_unexpected_error(tiny_models_dir, photos, speech_1s,
+                                                                       tmp_path, monkeypatch):
+    """Four photos, one speech: the 2nd has a non-UTF-8 name, the 3rd hits an unexpected error; the
+    4th still renders, the summary is printed, the report has one row per pair."""
+    from talkhead import pipeline as pipeline_mod
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(photos / "front.png", folder / "1_front.png")
+    odd = os.fsdecode(b"2_caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    shutil.copy(photos / "mirror.png", folder / odd)
+    shutil.copy(photos / "front.png", folder / "3_broken.png")
+    shutil.copy(photos / "dark.jpg", folder / "4_dark.jpg")
+    real = pipeline_mod.Pipeline.face_crop
+
+    def face_crop(self, image, source="image"):
+        if source.endswith("3_broken.png"):
+            raise ZeroDivisionError("float division by zero")
+        return real(self, image, source)
+
+    monkeypatch.setattr(pipeline_mod.Pipeline, "face_crop", face_crop)
+    out, report = tmp_path / "out", tmp_path / "report.jsonl"
+    result = run("batch", folder, speech_1s, "-o", out, "--report", report, *common(tiny_models_dir))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    got = rows(report)
+    assert "done 3, skipped 0, failed 1" in result.output, [r["reason"] for r in got]
+    assert [r["status"] for r in got] == ["done", "done", "failed", "done"]
+    assert "unexpected error (ZeroDivisionError" in got[2]["reason"]
+    assert [r["frames"] for r in got] == [25, 25, None, 25]
+    assert sorted(os.fsencode(p.name) for p in out.iterdir()) == \
+        [b"1_front.mp4", b"2_caf\xe9.mp4", b"4_dark.mp4"]  # named after the photos; nothing hidden left
+    assert probe(out / "4_dark.mp4").num_frames == 25
+    assert probe(out / os.fsdecode(b"2_caf\xe9.mp4")).num_frames == 25
+
+
+def test_one_photo_with_speech_dir_named_after_speech(tiny_models_dir, photos, speech_1s, tmp_path):
+    speeches = tmp_path / "speeches"
+    speeches.mkdir()
+    shutil.copy(speech_1s, speeches / "hello.wav")
+    samples, sr = sf.read(speech_1s)
+    sf.write(speeches / "bye.flac", samples[::-1], sr)  # other words, same length
+    out, report = tmp_path / "out", tmp_path / "report.csv"
+    result = run("batch", photos / "front.png", speeches, "-o", out, "--report", report, *common(tiny_models_dir))
+    assert result.exit_code == 0, result.output
+    assert "done 2, skipped 0, failed 0" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["bye.mp4", "hello.mp4"]
+    assert report.read_text().splitlines()[0] == "image,audio,output,status,reason,seconds,frames"
+
+
+def test_cli_collision_refused_before_models_load(photos, speech_1s, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(photos / "front.png", folder / "me.png")
+    shutil.copy(photos / "dark.jpg", folder / "me.jpg")
+    # an empty models dir: loading models would fail offline; the collision must be reported first
+    result = run("batch", folder, speech_1s, "-o", tmp_path / "out", *common(tmp_path / "no-models"))
+    assert result.exit_code == 2, result.output
+    assert "me.mp4" in result.output and "me.png" in result.output and "me.jpg" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_animate_output_equal_to_input_audio_refused_even_with_overwrite(photos, speech_1s, tmp_path):
+    audio = tmp_path / "talk.wav"
+    shutil.copy(speech_1s, audio)
+    before = audio.read_bytes()
+    result = run("animate", photos / "front.png", audio, "-o", audio, "--overwrite", *common(tmp_path / "none"))
+    assert result.exit_code == 2, result.output
+    assert "is the input file" in result.output and "Traceback" not in result.output
+    assert audio.read_bytes() == before
+
+
+def test_unexpected_error_is_one_line_not_a_traceback(photos, speech_1s, tmp_path, monkeypatch):
+    from talkhead import pipeline as pipeline_mod
+
+    def broken(self, *args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(pipeline_mod.Pipeline, "__init__", broken)
+    result = run("animate", photos / "front.png", speech_1s, "-o", tmp_path / "o.mp4", "--quiet")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "unexpected error (ValueError: operands could not be broadcast together)" in result.output
+
+
+# ------------------------------------------------------------------------------------------- processes
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _wait_for(cond, timeout: float = 120.0, proc=None) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process ended early (rc {proc.returncode}): {err.decode()[-2000:]}")
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.02)
+
+
+def _ffmpeg_writing_into(folder: Path) -> list[int]:
+    """Pids of live (non-zombie) processes whose command line mentions ``folder``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if os.fsencode(str(folder)) in cmd and b"ffmpeg" in cmd and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def speech_8s(tmp_path_factory) -> Path:
+    samples, sr = sf.read(SPEECH, dtype="int16")
+    path = tmp_path_factory.mktemp("long") / "long.wav"
+    sf.write(path, np.tile(samples, 2)[: 8 * sr], sr, subtype="PCM_16")
+    return path
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_during_rendering_leaves_nothing_and_exits_143(tiny_models_dir, photos, speech_8s, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    cmd = [sys.executable, "-m", "talkhead", "animate", str(photos / "front.png"), str(speech_8s),
+           "-o", str(out_dir / "clip.mp4"), "--batch-size", "1", *common(tiny_models_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    try:
+        _wait_for(lambda: any(".partial" in n for n in os.listdir(out_dir)), proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err.decode()
+    lines = [ln for ln in err.decode().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "terminated by SIGTERM" in lines[0], lines
+    assert os.listdir(out_dir) == []
+    assert _ffmpeg_writing_into(out_dir) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_killed_batch_resumes_only_missing_pairs_and_sweeps_its_partial(tiny_models_dir, photos, speech_1s,
+                                                                        tmp_path):
+    out, report = tmp_path / "out", tmp_path / "report.jsonl"
+    cmd = [sys.executable, "-m", "talkhead", "batch", str(photos), str(speech_1s), "-o", str(out),
+           "--batch-size", "1", *common(tiny_models_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    try:
+        # dark.jpg renders first; kill -9 while the second pair (front.png) is being written
+        _wait_for(lambda: out.is_dir() and "dark.mp4" in os.listdir(out)
+                  and any(".partial" in n for n in os.listdir(out)), proc=proc)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert any(".partial" in n for n in os.listdir(out))  # SIGKILL leaves the hidden file...
+    finished = {n for n in os.listdir(out) if not n.startswith(".")}
+    assert "mirror.mp4" not in finished  # (the kill came while front.png or mirror.png was rendering)
+    mtimes = {n: (out / n).stat().st_mtime_ns for n in finished}
+    result = run("batch", photos, speech_1s, "-o", out, "--skip-existing", "--report", report,
+                 *common(tiny_models_dir))
+    assert result.exit_code == 0, result.output
+    got = {Path(r["output"]).name: r["status"] for r in rows(report)}
+    assert got == {n: "skipped" if n in finished else "done" for n in ("dark.mp4", "front.mp4", "mirror.mp4")}
+    assert {n: (out / n).stat().st_mtime_ns for n in finished} == mtimes
+    assert hidden(out) == []  # ...which the next run into the folder sweeps (its owner is dead)
+    assert sorted(os.listdir(out)) == ["dark.mp4", "front.mp4", "mirror.mp4"]
