@@ -76,7 +76,7 @@ from .io import atomic_write
 __all__ = [
     "CORRUPT", "MISSING", "PACKAGED", "UNVERIFIED", "VERIFIED",
     "DOWNLOAD_RETRIES", "DOWNLOAD_TIMEOUT_S", "MANIFEST_NAME", "MIRROR_ENV", "MODELS_ENV", "REGISTRY",
-    "ModelFile", "ModelPaths", "ModelSpec", "ModelState", "Pin", "Source",
+    "Attempt", "ModelFile", "ModelPaths", "ModelSpec", "ModelState", "Pin", "Source",
     "cards_dir", "check_layout", "clear_hash_memo", "download", "ensure_models", "install_from", "model_card",
     "model_paths", "read_store_manifest", "register_local", "resolve_mirror", "resolve_models_dir", "verify",
 ]

@@ -669,6 +669,9 @@ class FakeDrive:
 
         monkeypatch.setattr(gdown, "download", self.download)
         monkeypatch.setattr(gdown, "download_folder", self.download_folder)
+        real = store.socket.getaddrinfo  # drive.google.com "resolves"; other hosts as they really do
+        monkeypatch.setattr(store.socket, "getaddrinfo", lambda host, *a, **k: [()] if host == "drive.google.com"
+                            else real(host, *a, **k))
         return self
 
 
