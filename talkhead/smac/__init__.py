@@ -10,12 +10,14 @@ and decoded by a VQGAN-style decoder. Typical use::
     kp_source = smac.detect(source)                        # source (1, 3, 256, 256) in [0, 1]
     frames = smac.render(source, kp_source, kp_driving)    # Keypoints (b, 15, 2) + (b, 15, 2, 2)
 
-Relative motion: the reference demo's ``normalize_kp`` is FOMM's, so use :func:`talkhead.fomm.relative_kp`.
+Relative motion: :func:`relative_kp` (the reference demo's ``normalize_kp``, which is FOMM's, evaluated
+with ``torch.inverse`` as the reference does; see :mod:`talkhead.smac.motion`).
 Images are in ``[0, 1]`` at this interface; the networks see ``[-1, 1]`` (converted inside).
 """
 from .config import SMACConfig, default_config_path
 from .generator import AppMotionCompFormer
 from .model import SMAC, from_model_range, load_smac, to_model_range
+from .motion import relative_kp
 from .motion_estimator import DenseMotionNetwork, MotionEstimator
 
 __all__ = [
@@ -27,5 +29,6 @@ __all__ = [
     "default_config_path",
     "from_model_range",
     "load_smac",
+    "relative_kp",
     "to_model_range",
 ]

@@ -163,8 +163,8 @@ class SMAC:
         The source is encoded once (generator encoder + dense-motion downsampling) and reused while the
         same source and kp_source (by value) come back. Gives the reference
         ``net_g(source, motion_estimator.estimate_motion_w_kp(kp_source, kp_driving, source))['out']``
-        per frame, mapped to ``[0, 1]`` (absolute keypoints: apply :func:`talkhead.fomm.relative_kp`,
-        which is the reference demo's ``normalize_kp``, first for relative motion).
+        per frame, mapped to ``[0, 1]`` (absolute keypoints: apply :func:`talkhead.smac.relative_kp`,
+        the reference demo's ``normalize_kp``, first for relative motion).
 
         Args:
             source: ``(1, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
