@@ -33,7 +33,8 @@ def relative_kp(kp_source: Keypoints, kp_driving: Keypoints, kp_driving_initial:
             (its demo sets all three from ``--relative`` / ``--adapt_scale``).
 
     Returns:
-        New :class:`Keypoints` ``(T, K, ...)``; the inputs are not modified.
+        :class:`Keypoints` ``(T, K, ...)`` (``kp_driving`` itself when ``use_relative_movement`` is off;
+        its jacobians when ``use_relative_jacobian`` is off); the inputs are not modified.
 
     Raises:
         ValueError: keypoints without jacobians where they are needed, or ``adapt_movement_scale``
