@@ -264,6 +264,11 @@ def compare(golden: dict, name: str, ours, atol: float, *, rtol: float = 0.0, nh
     return forms
 
 
+def compare_gen(golden: dict, name: str, ours, *, nhwc: bool = False) -> int:
+    """:func:`compare` with the generator tolerance (``TOL_GEN`` + ``REL_GEN`` x the array's scale)."""
+    return compare(golden, name, ours, TOL_GEN, rtol=REL_GEN, nhwc=nhwc)
+
+
 def tokens_nchw(t: torch.Tensor, b: int) -> torch.Tensor:
     """(L, B, D) tokens -> (B, D, 32, 32) as the fixture stores them (reference reshape)."""
     return t.permute(1, 2, 0).reshape(t.shape[1], t.shape[2], 32, 32)[b:b + 1]
@@ -356,20 +361,27 @@ def test_load_released_layout_strictly(tmp_path, tiny_g_state, tiny_me_path, tin
         assert all(torch.equal(v, ref_sd[k]) for k, v in ours.state_dict().items())
 
 
-def test_load_falls_back_to_params_and_refuses_code(tmp_path, tiny_g_state, tiny_me_path):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "net_g_latest.pth"
+@pytest.fixture(scope="module")
+def params_only_g_path(tmp_path_factory, tiny_g_state) -> tuple[Path, Path]:
+    """(net_g file with ``params`` only and a pickled ``os.system`` call, marker that call would create)."""
+    d = tmp_path_factory.mktemp("smac_g")
+    path, marker = d / "net_g_latest.pth", d / "pwned"
     torch.save({"params": tiny_g_state, "exploit": _Exploit(marker)}, path)  # no params_ema
+    return path, marker
+
+
+def test_load_falls_back_to_params_and_refuses_code(params_only_g_path, tiny_g_state, tiny_me_path):
+    path, marker = params_only_g_path
     smac = load_smac(DATA / "tiny.yml", path, tiny_me_path)
     assert not marker.exists()  # the allow-list unpickler never called os.system
     key = "quantize_app.embedding.weight"
     assert torch.equal(smac.generator.state_dict()[key], tiny_g_state[key])
 
 
-def test_load_errors_name_the_problem(tmp_path, tiny_g_state, tiny_me_path):
+def test_load_errors_name_the_problem(tmp_path, tiny_g_state, tiny_me_path, params_only_g_path):
     no_entry = tmp_path / "no_entry.pth"
-    torch.save({"state_dict": tiny_g_state}, no_entry)
-    with pytest.raises(CheckpointError, match="lacks params_ema or params"):
+    torch.save({"state_dict": {"conv.weight": torch.zeros(1)}}, no_entry)
+    with pytest.raises(CheckpointError, match=r"lacks params_ema or params \(top-level keys: state_dict\)"):
         load_smac(DATA / "tiny.yml", no_entry, tiny_me_path)
     broken = dict(tiny_g_state)
     broken.pop("refine.conv2.weight")
@@ -379,14 +391,12 @@ def test_load_errors_name_the_problem(tmp_path, tiny_g_state, tiny_me_path):
     with pytest.raises(StateDictMismatchError) as info:
         load_smac(DATA / "tiny.yml", bad, tiny_me_path)
     assert "refine.conv2.weight" in str(info.value) and "to_context.0.weight" in str(info.value)
-    good = tmp_path / "good.pth"
-    torch.save({"params_ema": tiny_g_state}, good)
     me_state = torch.load(tiny_me_path, weights_only=True)["params"]
     me_state.pop("kp_detector.kp.bias")
     bad_me = tmp_path / "bad_me.pth"
     torch.save({"params": me_state}, bad_me)
     with pytest.raises(StateDictMismatchError, match="(?s)net_motion_estimator.*kp_detector.kp.bias"):
-        load_smac(DATA / "tiny.yml", good, bad_me)
+        load_smac(DATA / "tiny.yml", params_only_g_path[0], bad_me)
     with pytest.raises(CheckpointError, match="not found"):
         load_smac(DATA / "tiny.yml", tmp_path / "absent.pth", tiny_me_path)
 
@@ -477,7 +487,7 @@ def test_parity_dense_motion(run, golden, frame):
 def test_parity_source_encoder(run, golden):
     rec = run["rec"]
     for i in range(19):
-        assert compare(golden, f"encoder/block{i}", rec[f"encoder.{i}"][0], TOL_GEN, rtol=REL_GEN), i
+        assert compare_gen(golden, f"encoder/block{i}", rec[f"encoder.{i}"][0]), i
 
 
 @pytest.mark.parametrize("frame", list(FRAMES))
@@ -487,24 +497,24 @@ def test_parity_motion_codebook_compensation(run, golden, frame):
     for k, s in enumerate(SCALES):
         call = rec["motion_codebook_compensation"][4 * c + k]
         p = f"{frame}/motion_comp.{s}"
-        assert compare(golden, f"{p}/m_res", call["m_res"][b:b + 1], TOL_GEN, rtol=REL_GEN, nhwc=True)
+        assert compare_gen(golden, f"{p}/m_res", call["m_res"][b:b + 1], nhwc=True)
         if frame != "absolute/f0":
             continue
-        assert compare(golden, f"{p}/in_motion_px", call["motion"][b:b + 1], TOL_GEN, rtol=REL_GEN, nhwc=True)
-        assert compare(golden, f"{p}/in_query_feat", call["query"][b:b + 1], TOL_GEN, rtol=REL_GEN)
-        assert compare(golden, f"{p}/in_warp_source_feat", call["warp"][b:b + 1], TOL_GEN, rtol=REL_GEN)
-        assert compare(golden, f"{p}/motion_emb", rec["motion_emb"][k][b:b + 1], TOL_GEN, rtol=REL_GEN)
-        assert compare(golden, f"{p}/query_emb_before_transformer", rec["motion_query_enc_2"][k][b:b + 1], TOL_GEN, rtol=REL_GEN)
+        assert compare_gen(golden, f"{p}/in_motion_px", call["motion"][b:b + 1], nhwc=True)
+        assert compare_gen(golden, f"{p}/in_query_feat", call["query"][b:b + 1])
+        assert compare_gen(golden, f"{p}/in_warp_source_feat", call["warp"][b:b + 1])
+        assert compare_gen(golden, f"{p}/motion_emb", rec["motion_emb"][k][b:b + 1])
+        assert compare_gen(golden, f"{p}/query_emb_before_transformer", rec["motion_query_enc_2"][k][b:b + 1])
         for layer in (0, 1):
-            assert compare(golden, f"{p}/motion_block.{layer}:nchw", tokens_nchw(rec[f"motion_block.{layer}"][k], b),
-                           TOL_GEN, rtol=REL_GEN)
-        assert compare(golden, f"{p}/BasicMotionEncoder", rec["BasicMotionEncoder"][k][b:b + 1], TOL_GEN, rtol=REL_GEN)
-        assert compare(golden, f"{p}/to_context.{k}", rec[f"to_context.{k}"][c][b:b + 1], TOL_GEN, rtol=REL_GEN)
-        assert compare(golden, f"{p}/refine", rec["refine"][k][b:b + 1], TOL_GEN, rtol=REL_GEN)
-        assert compare(golden, f"{frame}/motion_query_enc_1.{s}", rec["motion_query_enc_1"][k][b:b + 1], TOL_GEN, rtol=REL_GEN)
-        assert compare(golden, f"{frame}/warped_source_enc_{s}", rec[f"warped_source_enc_{s}"][c][b:b + 1], TOL_GEN, rtol=REL_GEN)
+            tokens = tokens_nchw(rec[f"motion_block.{layer}"][k], b)
+            assert compare_gen(golden, f"{p}/motion_block.{layer}:nchw", tokens)
+        assert compare_gen(golden, f"{p}/BasicMotionEncoder", rec["BasicMotionEncoder"][k][b:b + 1])
+        assert compare_gen(golden, f"{p}/to_context.{k}", rec[f"to_context.{k}"][c][b:b + 1])
+        assert compare_gen(golden, f"{p}/refine", rec["refine"][k][b:b + 1])
+        assert compare_gen(golden, f"{frame}/motion_query_enc_1.{s}", rec["motion_query_enc_1"][k][b:b + 1])
+        assert compare_gen(golden, f"{frame}/warped_source_enc_{s}", rec[f"warped_source_enc_{s}"][c][b:b + 1])
     if frame == "absolute/f0":
-        assert compare(golden, f"{frame}/driving_kp_enc", rec["driving_kp_enc"][c][b:b + 1], TOL_GEN, rtol=REL_GEN)
+        assert compare_gen(golden, f"{frame}/driving_kp_enc", rec["driving_kp_enc"][c][b:b + 1])
 
 
 def test_parity_appearance_codebook_compensation(run, golden):
@@ -516,10 +526,9 @@ def test_parity_appearance_codebook_compensation(run, golden):
         np.testing.assert_array_equal(mask, golden[f"{p}/key_padding_mask"])
         assert 0 < mask.sum() < mask.size  # some tokens are masked, most are not
         emb = rec[f"app_feat_emb_{s}"][0][b:b + 1]
-        assert compare(golden, f"{p}/app_feat_emb:nchw", emb.reshape(1, emb.shape[1], 32, 32), TOL_GEN, rtol=REL_GEN)
+        assert compare_gen(golden, f"{p}/app_feat_emb:nchw", emb.reshape(1, emb.shape[1], 32, 32))
         for layer in (0, 1):
-            assert compare(golden, f"{p}/app_block.{layer}:nchw", tokens_nchw(rec[f"app_block.{layer}"][k], b),
-                           TOL_GEN, rtol=REL_GEN)
+            assert compare_gen(golden, f"{p}/app_block.{layer}:nchw", tokens_nchw(rec[f"app_block.{layer}"][k], b))
 
 
 @pytest.mark.parametrize("frame", list(FRAMES))
@@ -528,13 +537,12 @@ def test_parity_generator_outputs(run, golden, frame):
     out = run["rec"]["net_g"][c]
     p = f"{frame}/net_g"
     assert compare(golden, f"{p}/out", out["out"][b:b + 1], TOL_OUT)
-    assert compare(golden, f"{p}/lq_feat", out["lq_feat"][b:b + 1], TOL_GEN, rtol=REL_GEN)
+    assert compare_gen(golden, f"{p}/lq_feat", out["lq_feat"][b:b + 1])
     for i in range(4):
-        assert compare(golden, f"{p}/out_occ.{i}", out["out_occ"][i][b:b + 1], TOL_GEN, rtol=REL_GEN)
-        assert compare(golden, f"{p}/res_deform_list.{i}", out["res_deform_list"][i][b:b + 1], TOL_GEN, rtol=REL_GEN,
-                       nhwc=True)
+        assert compare_gen(golden, f"{p}/out_occ.{i}", out["out_occ"][i][b:b + 1])
+        assert compare_gen(golden, f"{p}/res_deform_list.{i}", out["res_deform_list"][i][b:b + 1], nhwc=True)
         for name in ("app_before_comp_list", "app_comp_list", "deform_feat_list"):
-            assert compare(golden, f"{p}/{name}.{i}", out[name][i][b:b + 1], TOL_GEN, rtol=REL_GEN), name
+            assert compare_gen(golden, f"{p}/{name}.{i}", out[name][i][b:b + 1]), name
     for i in range(5):
         tol = TOL_DENSE if i == 0 else TOL_GEN  # entry 0 is the dense motion, the others are compensated
         assert compare(golden, f"{p}/deformation_list.{i}", out["deformation_list"][i][b:b + 1], tol, nhwc=True)
@@ -547,17 +555,18 @@ def test_parity_decoder_blocks(run, golden, frame):
     fused = {9: (64, 10), 12: (128, 13), 15: (256, 16)}  # block output before fusion -> (size, next block)
     for i in range(19):
         ours = rec[f"generator.{i}"][c][b:b + 1]
-        found = compare(golden, f"{frame}/dec/block{i}_out", ours, TOL_GEN, rtol=REL_GEN)
+        found = compare_gen(golden, f"{frame}/dec/block{i}_out", ours)
         if i in fused:  # the absolute run stores these as ..._before_fusion
-            found += compare(golden, f"{frame}/dec/block{i}_out_before_fusion", ours, TOL_GEN, rtol=REL_GEN)
+            found += compare_gen(golden, f"{frame}/dec/block{i}_out_before_fusion", ours)
             size, after = fused[i]
-            assert compare(golden, f"{frame}/dec/fused{size}_input_of_block{after}",
-                           rec[f"generator_in.{after}"][c][b:b + 1], TOL_GEN, rtol=REL_GEN)
+            assert compare_gen(golden, f"{frame}/dec/fused{size}_input_of_block{after}",
+                               rec[f"generator_in.{after}"][c][b:b + 1])
         assert found, i
 
 
 def test_parity_uint8_prediction(run, golden):
-    for name, frames in (("absolute/pred_uint8", run["frames"][0]), ("relative/pred_uint8", torch.cat(run["frames"][1:]))):
+    runs = {"absolute/pred_uint8": run["frames"][0], "relative/pred_uint8": torch.cat(run["frames"][1:])}
+    for name, frames in runs.items():
         ours = (frames * 255.0).round().permute(0, 2, 3, 1).numpy().astype(np.int16)  # reference tensor2img
         ref = golden[f"{name}@sub2"].astype(np.int16)
         assert np.abs(ours[:, ::2, ::2] - ref).max() <= 1, name

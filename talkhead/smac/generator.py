@@ -412,7 +412,8 @@ class AppMotionCompFormer(nn.Module):
         return getattr(self, f"to_app_feat_{size}")(tokens.permute(1, 0, 2))
 
     def _compensate_motion(self, deformation: torch.Tensor, grid: torch.Tensor, source_feat: torch.Tensor,
-                           driving_kp_feat: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           driving_kp_feat: torch.Tensor,
+                           scale: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One motion step: returns (compensated deformation, residual in grid units, occlusion logit)."""
         half = (deformation.shape[1] - 1.0) / 2.0  # 31.5: grid units -> pixels of the 64x64 motion grid
         warped = deform_input(source_feat, deformation)
