@@ -524,6 +524,7 @@ def test_parity_appearance_codebook_compensation(run, golden):
         p = f"absolute/f0/app_comp.{s}"
         mask = rec["key_padding_mask"][k][b:b + 1].numpy()
         np.testing.assert_array_equal(mask, golden[f"{p}/key_padding_mask"])
+        MAX_DIFF[f"{p}/key_padding_mask"] = 0.0  # equal
         assert 0 < mask.sum() < mask.size  # some tokens are masked, most are not
         emb = rec[f"app_feat_emb_{s}"][0][b:b + 1]
         assert compare_gen(golden, f"{p}/app_feat_emb:nchw", emb.reshape(1, emb.shape[1], 32, 32))
@@ -569,4 +570,6 @@ def test_parity_uint8_prediction(run, golden):
     for name, frames in runs.items():
         ours = (frames * 255.0).round().permute(0, 2, 3, 1).numpy().astype(np.int16)  # reference tensor2img
         ref = golden[f"{name}@sub2"].astype(np.int16)
-        assert np.abs(ours[:, ::2, ::2] - ref).max() <= 1, name
+        diff = int(np.abs(ours[:, ::2, ::2] - ref).max())
+        MAX_DIFF[name] = diff
+        assert diff <= 1, name
