@@ -46,13 +46,11 @@ def bench(name: str, frames: int) -> dict:
     s = model.frame_size
     source = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(1))
     kp = model.detect(source)
-    kp = kp if isinstance(kp, Keypoints) else Keypoints.from_dict(kp)
     driving = [Keypoints(kp.value + 0.02 * (i + 1), kp.jacobian) for i in range(frames + 1)]
-    as_arg = (lambda k: k) if name.startswith("smac") else (lambda k: k.as_dict())
-    model.render(source, as_arg(kp), as_arg(driving[0]))  # encodes the source (not timed)
+    model.render(source, kp, driving[0])  # encodes the source (not timed)
     cpu, wall = time.process_time(), time.perf_counter()
     for k in driving[1:]:
-        model.render(source, as_arg(kp), as_arg(k))
+        model.render(source, kp, k)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     params = sum(p.numel() for m in vars(model).values() if isinstance(m, torch.nn.Module) for p in m.parameters())
     return {"model": name, "frame_size": s, "parameters": params, "frames": frames,

@@ -22,6 +22,7 @@ import torch
 
 from talkhead.errors import CheckpointError, ConfigError, StateDictMismatchError
 from talkhead.keypoints import Keypoints
+from talkhead.renderers import Renderer
 from talkhead.smac import SMAC, SMACConfig, default_config_path, load_smac, relative_kp
 
 DATA = Path(__file__).parent / "data" / "smac"
@@ -403,6 +404,7 @@ def test_load_errors_name_the_problem(tmp_path, tiny_g_state, tiny_me_path, para
 
 # ----------------------------------------------------------------------------------------- interface
 def test_interface_input_checks(tiny_smac):
+    assert isinstance(tiny_smac, Renderer)  # the pipeline's renderer seam
     with pytest.raises(ValueError, match=r"\(B, 3, 256, 256\)"):
         tiny_smac.detect(torch.zeros(1, 3, 64, 64))
     kp = Keypoints(torch.zeros(1, 15, 2), torch.eye(2).expand(1, 15, 2, 2))
@@ -412,6 +414,8 @@ def test_interface_input_checks(tiny_smac):
         tiny_smac.render(torch.zeros(1, 3, 256, 256), kp, Keypoints(torch.zeros(1, 10, 2)))
     with pytest.raises(ValueError, match="jacobians"):
         tiny_smac.render(torch.zeros(1, 3, 256, 256), kp, Keypoints(torch.zeros(1, 15, 2)))
+    with pytest.raises(ValueError, match="Keypoints"):
+        tiny_smac.render(torch.zeros(1, 3, 256, 256), kp, kp.as_dict())
 
 
 def test_render_frames_and_cache(run):

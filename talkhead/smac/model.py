@@ -102,8 +102,6 @@ class SMAC:
         return x
 
     def _kp(self, kp: Any, what: str, batch: Optional[int] = None) -> Keypoints:
-        if isinstance(kp, Mapping):
-            kp = Keypoints.from_dict(kp)
         if not isinstance(kp, Keypoints):
             raise ValueError(f"{what} must be talkhead.keypoints.Keypoints, not {type(kp).__name__}")
         k = self.num_kp
@@ -168,16 +166,15 @@ class SMAC:
 
         Args:
             source: ``(1, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
-            kp_source: :class:`~talkhead.keypoints.Keypoints` ``(1, 15, ...)`` from :meth:`detect`
-                (a ``{"value", "jacobian"}`` dict is accepted too).
+            kp_source: :class:`~talkhead.keypoints.Keypoints` ``(1, 15, ...)`` from :meth:`detect`.
             kp_driving: :class:`~talkhead.keypoints.Keypoints` ``(b, 15, ...)``.
 
         Returns:
             Frames ``(b, 3, S, S)`` float in ``[0, 1]`` on ``device``.
 
         Raises:
-            ValueError: a tensor of the wrong shape, keypoints without jacobians, or a source batch
-                other than 1.
+            ValueError: a tensor of the wrong shape, keypoints that are not :class:`Keypoints` or lack
+                jacobians, or a source batch other than 1.
         """
         with torch.inference_mode():
             return from_model_range(self.render_outputs(source, kp_source, kp_driving)[1]["out"])

@@ -42,7 +42,7 @@ def relative_kp(kp_source: Keypoints, kp_driving: Keypoints, kp_driving_initial:
     """
     if not use_relative_movement:
         return kp_driving
-    scale = movement_scale(kp_source.as_dict(), kp_driving_initial.as_dict()) if adapt_movement_scale else 1.0
+    scale = movement_scale(kp_source, kp_driving_initial) if adapt_movement_scale else 1.0
     value = (kp_driving.value - kp_driving_initial.value) * scale + kp_source.value
     jacobian = kp_driving.jacobian
     if use_relative_jacobian:
