@@ -23,7 +23,7 @@ from . import cli_train
 from .cli_common import State, StageBars, err_console, errors, out_console, progress_bars
 from .cli_options import with_options
 from .errors import TalkheadError
-from .options import AnimateOptions
+from .options import AnimateOptions, ReenactOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Talking-head video from one face photo and a speech recording (MS-Sync + FOMM).")
@@ -188,6 +188,45 @@ def _print_summary(items) -> None:
     out_console.print(table)
     counts = {s: sum(i.status == s for i in items) for s in ("done", "skipped", "failed")}
     out_console.print(f"done {counts['done']}, skipped {counts['skipped']}, failed {counts['failed']}")
+
+
+# ----------------------------------------------------------------------------------------------- reenact
+@app.command()
+@with_options(ReenactOptions, exclude=("motion_scale", "still"))  # speech-motion options: not used here
+def reenact(
+    photo: Path = typer.Argument(..., help="Face photo (PNG, JPEG, WebP, BMP)."),
+    driving_video: Path = typer.Argument(..., help="Video of a face whose head motion drives the photo (its audio is kept)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help=escape("Output MP4 [default: <video stem>-<photo stem>.mp4 beside the video].")),
+    save_keypoints: Optional[Path] = typer.Option(None, "--save-keypoints", help="Also write the driving and transferred keypoints and the crop boxes (.npz)."),
+    quiet: bool = Quiet, *, options,
+) -> None:
+    """Move the face in PHOTO like the face in DRIVING_VIDEO (FOMM relative motion transfer), with its audio.
+
+    The driving face is cropped with one box fixed over the clip; keypoints are detected on every
+    frame and their motion is transferred to the photo's. The MP4 has the video's frame rate (or
+    --fps) and audio track. Inputs are checked before the renderer loads. The path of the written
+    MP4 is printed on stdout, even with -q.
+
+    [bold]Examples[/]
+
+      talkhead reenact photo.png driving.mp4 -o moved.mp4
+
+      talkhead reenact photo.jpg driving.mp4 --find-best-frame --frame crop --landmarker dlib
+    """
+    from .reenact import default_output, load_reenact_pipeline
+    from .reenact import reenact as run
+
+    with errors():
+        opts = options()
+        output = output or default_output(photo, driving_video)
+        pipeline = load_reenact_pipeline(opts, log=_log(quiet))
+        with progress_bars(quiet) as progress:
+            result = run(pipeline, photo, driving_video, output, save_keypoints=save_keypoints,
+                         progress=StageBars(progress))
+        if not quiet:
+            err_console.print(f"[green]wrote[/] {result.output}  ({result.num_frames} frames at {result.fps:g} fps, "
+                              f"{result.duration_s:.2f} s{'' if result.has_audio else ', no audio'})", highlight=False)
+        _print_path(result.output)
 
 
 # ----------------------------------------------------------------------------------------------- download

@@ -151,6 +151,47 @@ def parse_shard(value) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class ReenactOptions(AnimateOptions):
+    """Every option of a ``reenact`` run (photo + driving video -> MP4): :class:`AnimateOptions`'
+    fields (same meaning; ``crop`` applies to the photo and to the driving video; ``renderer`` picks
+    the renderer; ``motion_scale``/``still`` are not used) plus these.
+
+    Attributes:
+        relative: FOMM demo ``--relative``: transfer the driving *motion* (each frame's keypoints
+            relative to the initial driving frame's) onto the photo's keypoints, relative jacobians
+            included; ``False`` (``--absolute``) drives the renderer with the driving keypoints as
+            they are (the photo then takes the driving face's shape and place).
+        adapt_scale: FOMM demo ``--adapt_scale``: scale the relative movement by
+            ``sqrt(area(kp_source) / area(kp_driving_initial))`` (convex hulls of the keypoints).
+            Ignored with ``relative=False``.
+        find_best_frame: FOMM demo ``--find_best_frame``: the initial driving frame is the one whose
+            face is closest to the photo's (normalised 68 landmarks), not the first.
+        fps: output frame rate (frames per second); ``None`` = the driving video's own.
+        max_seconds: refuse a driving video longer than this (seconds); ``None`` = no limit.
+
+    Raises:
+        InputError: a value out of range or not among the choices (quoted in the message).
+    """
+
+    relative: bool = opt(True, "Relative motion transfer (FOMM demo --relative); --absolute uses the driving "
+                         "keypoints as they are.", "--relative/--absolute")
+    adapt_scale: bool = opt(True, "Scale the relative movement by the keypoint hulls' size ratio (FOMM demo "
+                            "--adapt_scale).", "--adapt-scale/--no-adapt-scale")
+    find_best_frame: bool = opt(False, "Start from the driving frame whose face is closest to the photo's "
+                                "(by landmarks), not from the first (FOMM demo --find_best_frame).",
+                                "--find-best-frame")
+    fps: Optional[float] = opt(None, "Output frame rate [default: the driving video's].")
+    max_seconds: Optional[float] = opt(None, "Refuse driving videos longer than this many seconds.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fps is not None and not 0 < self.fps <= 240:
+            raise InputError(f"--fps must be in (0, 240], not {self.fps}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise InputError(f"--max-seconds must be more than 0, not {self.max_seconds}")
+
+
+@dataclass(frozen=True)
 class PreprocessOptions:
     """Every option of a ``preprocess`` run (videos -> training clips; :func:`talkhead.train.preprocess.preprocess`).
 
@@ -217,5 +258,5 @@ class PreprocessOptions:
         return parse_shard(self.shard)
 
 
-__all__ = ["AnimateOptions", "PreprocessOptions", "DEVICES", "LANDMARKERS", "CROPS", "FRAMES", "DEFAULT_MAX_SIZE", "opt",
+__all__ = ["AnimateOptions", "ReenactOptions", "PreprocessOptions", "DEVICES", "LANDMARKERS", "CROPS", "FRAMES", "DEFAULT_MAX_SIZE", "opt",
            "same_as", "check_choice", "parse_shard"]
