@@ -261,16 +261,18 @@ class AudioPyramidEncoder(nn.Module):
         if chunk == 0 or length <= chunk + 2 * halo:
             return self._one_pass(x)
         strides = self.strides
-        parts: list[list[torch.Tensor]] = [[] for _ in strides]
+        outputs: list[torch.Tensor] | None = None  # filled in place: no list of parts + concatenation
         for start in range(0, length, chunk):
             stop = min(start + chunk, length)
             lo, hi = max(0, start - halo), min(length, stop + halo)
             levels = self._one_pass(x[..., lo:hi])
-            for i, (s, level) in enumerate(zip(strides, levels)):
+            if outputs is None:
+                outputs = [level.new_empty(*level.shape[:-1], -(-length // s)) for s, level in zip(strides, levels)]
+            for s, level, out in zip(strides, levels, outputs):
                 # global outputs j with j * s in [start, stop); lo is a multiple of s
                 first, last = start // s, -(-stop // s)
-                parts[i].append(level[..., first - lo // s:last - lo // s])
-        return [torch.cat(p, dim=-1) for p in parts]
+                out[..., first:last] = level[..., first - lo // s:last - lo // s]
+        return outputs
 
 
 def frame_encoder(in_dim: int, width: int, out_dim: int) -> nn.Sequential:
