@@ -56,11 +56,21 @@ def build(seed: int = 0):
     fomm.clear_cache()
     img = Image.open(ROOT / "examples" / "astronaut.png").convert("RGB").resize((256, 256))
     source = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None].contiguous()
-    kp_source = fomm.detect(source)
+    detected = fomm.detect(source)  # a dict, or talkhead.keypoints.Keypoints once FOMM.detect returns that
+    kp_source = detected.as_dict() if hasattr(detected, "as_dict") else dict(detected)
     g = torch.Generator().manual_seed(seed + 1)
     kp_driving = {"value": kp_source["value"] + 0.05 * torch.randn(1, 10, 2, generator=g),
                   "jacobian": kp_source["jacobian"] + 0.05 * torch.randn(1, 10, 2, 2, generator=g)}
     return fomm, source, kp_source, kp_driving
+
+
+def _render(fomm, source, kp_source: dict, kp_driving: dict):
+    """``FOMM.render`` with dict keypoints, converted to ``Keypoints`` where render wants those."""
+    try:
+        return fomm.render(source, kp_source, kp_driving)
+    except ValueError:
+        from talkhead.keypoints import Keypoints
+        return fomm.render(source, Keypoints.from_dict(kp_source), Keypoints.from_dict(kp_driving))
 
 
 def make_engines(names, fomm, source, kp_source, kp_driving) -> tuple[dict, dict]:
@@ -71,13 +81,13 @@ def make_engines(names, fomm, source, kp_source, kp_driving) -> tuple[dict, dict
 
     def plain():
         with fused_inference(False):
-            return fomm.render(source, kp_source, kp_driving)
+            return _render(fomm, source, kp_source, kp_driving)
 
     def fused():
         with fused_inference(True):
-            return fomm.render(source, kp_source, kp_driving)
+            return _render(fomm, source, kp_source, kp_driving)
 
-    fomm.render(source, kp_source, kp_driving)  # encode the source once
+    _render(fomm, source, kp_source, kp_driving)  # encode the source once
     enc = fomm._cache
     gen = fomm.generator
     dm = gen.dense_motion_network

@@ -77,12 +77,22 @@ def fomm(fomm_tiny_files):
     return load_fomm(*fomm_tiny_files)
 
 
+def _as_dict(kp) -> dict:
+    return kp.as_dict() if hasattr(kp, "as_dict") else dict(kp)
+
+
+def _like(kp, d: dict):
+    """``d`` in the keypoint type that ``FOMM.detect`` returned (a dict or ``Keypoints``)."""
+    return type(kp).from_dict(d) if hasattr(type(kp), "from_dict") else d
+
+
 def _inputs(fomm, fomm_parity):
     source = torch.tensor(fomm_parity["source"][None]).permute(0, 3, 1, 2)
     kp_source = fomm.detect(source)
+    src = _as_dict(kp_source)
     g = torch.Generator().manual_seed(0)
-    kp_driving = {"value": kp_source["value"] + 0.1 * torch.randn(3, 10, 2, generator=g),
-                  "jacobian": kp_source["jacobian"] + 0.1 * torch.randn(3, 10, 2, 2, generator=g)}
+    kp_driving = _like(kp_source, {"value": src["value"] + 0.1 * torch.randn(3, 10, 2, generator=g),
+                                   "jacobian": src["jacobian"] + 0.1 * torch.randn(3, 10, 2, 2, generator=g)})
     return source, kp_source, kp_driving
 
 
@@ -180,6 +190,7 @@ def test_render_frames_agree_between_batch_sizes(fomm, fomm_parity):
     # the default batch differs per device: frames must not depend on it
     source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
     batched = fomm.render(source, kp_source, kp_driving)
-    single = torch.cat([fomm.render(source, kp_source, {k: v[i:i + 1] for k, v in kp_driving.items()})
+    drv = _as_dict(kp_driving)
+    single = torch.cat([fomm.render(source, kp_source, _like(kp_driving, {k: v[i:i + 1] for k, v in drv.items()}))
                         for i in range(3)])
     np.testing.assert_allclose(single.numpy(), batched.numpy(), rtol=0, atol=1e-5)
