@@ -12,11 +12,24 @@ same state-dict entries (``weight``, ``bias``, ``running_mean``, ``running_var``
 
 Coordinate convention: every grid lives in ``[-1, 1]``; channel 0 is x (column), channel 1 is y (row),
 as ``F.grid_sample`` expects.
+
+Fused inference. In ``eval()`` mode with autograd off (``torch.no_grad``/``inference_mode``) the blocks
+take a faster path with the same maths (see :func:`fused_inference`): each batch norm that follows a
+convolution is folded into it (``W' = W * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``),
+ReLUs and residual additions run in place, weights and activations are ``channels_last`` (NHWC, what
+oneDNN convolutions run fastest on), and a nearest x2 upsampling followed by a 3x3 convolution is
+computed as one 2x2 convolution per output phase on the low-resolution input (the sub-pixel form:
+4/9 of the multiply-adds). Only the float rounding differs from the plain path (full-size frames
+agree to 6.4e-6, the same as merely switching the plain path to channels_last; ``tests/test_fomm.py``
+holds the fused path to the reference tolerances, ``tests/test_fast_paths.py`` to the plain path). Folded weights are cached on the
+module and rebuilt when a parameter or running statistic changes (in-place updates included).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+import threading
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +82,173 @@ def inverse_2x2(m: torch.Tensor) -> torch.Tensor:
     return adj / det[..., None, None]
 
 
+_FUSED = threading.local()
+CHANNELS_LAST = torch.channels_last
+
+
+def fused_enabled() -> bool:
+    """Whether the fused inference path is switched on (it is by default; see :func:`fused_inference`)."""
+    return getattr(_FUSED, "enabled", True)
+
+
+@contextlib.contextmanager
+def fused_inference(enabled: bool = True) -> Iterator[None]:
+    """Switch the fused inference path of the FOMM blocks on or off in this thread (a context manager).
+
+    The fused path (module docstring) is taken by a module in ``eval()`` mode while autograd is off;
+    ``with fused_inference(False):`` forces the plain, reference-shaped path, e.g. to compare the two.
+    """
+    previous = fused_enabled()
+    _FUSED.enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        _FUSED.enabled = previous
+
+
+def use_fused(module: nn.Module) -> bool:
+    """True when ``module`` should take the fused path: eval mode, autograd off, the switch on."""
+    return not module.training and not torch.is_grad_enabled() and fused_enabled()
+
+
+def _version_key(tensors: Sequence[Optional[torch.Tensor]]) -> tuple:
+    """Identity of parameter values: storage, in-place version, device and dtype of each tensor.
+
+    Inference tensors (made under ``torch.inference_mode``) have no version counter; they can only be
+    modified in place inside inference mode, which this key cannot see (call ``clear_fused_cache``).
+    """
+    return tuple(None if t is None else (t.data_ptr(), None if t.is_inference() else t._version, t.device, t.dtype)
+                 for t in tensors)
+
+
+def cache_on_module(module: nn.Module, name: str, sources: Sequence[Optional[torch.Tensor]], build):
+    """``build()`` memoised on ``module`` under ``name`` until one of ``sources`` changes."""
+    key = _version_key(sources)
+    entry = module.__dict__.get(name)
+    if entry is None or entry[0] != key:
+        # built outside inference mode so that derived caches can key on these tensors' versions
+        with torch.inference_mode(False), torch.no_grad():
+            entry = (key, build())
+        module.__dict__[name] = entry
+    return entry[1]
+
+
+def clear_fused_cache(module: nn.Module) -> None:
+    """Drop the cached fused weights of ``module`` and its children (rebuilt on the next fused call)."""
+    for m in module.modules():
+        for name in [n for n in m.__dict__ if n.startswith("_fused_")]:
+            del m.__dict__[name]
+
+
+def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode batch norm as a per-channel affine map: ``bn(x) = x * scale + shift``, each ``(C,)``."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight ``(Cout, Cin/g, kh, kw)`` (channels_last) and bias ``(Cout,)`` of ``bn(conv(x))`` as one conv.
+
+    Cached on ``conv``; requires ``bn`` in eval mode (running statistics).
+    """
+    sources = [conv.weight, conv.bias]
+    if bn is not None:
+        sources += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+
+    def build():
+        weight, bias = conv.weight, conv.bias
+        if bias is None:
+            bias = weight.new_zeros(weight.shape[0])
+        if bn is not None:
+            scale, shift = bn_scale_shift(bn)
+            weight = weight * scale[:, None, None, None]
+            bias = bias * scale + shift
+        return weight.contiguous(memory_format=CHANNELS_LAST), bias.contiguous()
+
+    return cache_on_module(conv, "_fused_conv_bn", sources, build)
+
+
+_PACKED_OPS = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+               and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+"""Whether this torch has the oneDNN ops for convolutions on pre-packed weights (those inductor uses)."""
+
+
+def conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 relu: bool = False, *, padding: Optional[Sequence[int]] = None,
+                 cache: str = "_fused_packed") -> torch.Tensor:
+    """``conv`` (its stride/dilation/groups and zero padding) applied with another ``weight``/``bias``.
+
+    Args:
+        conv: the module whose settings are used (and on which the packed weight is cached).
+        x: ``(B, Cin, H, W)``.
+        weight, bias: ``(Cout, Cin / groups, kh, kw)``, ``(Cout,)``.
+        relu: apply a ReLU to the result.
+        padding: overrides ``conv.padding``; ``cache``: the cache slot name (one per weight).
+
+    On CPU (float32, oneDNN available) the weight is reordered once into oneDNN's blocked layout
+    (cached on ``conv`` for the input shape) and the ReLU is fused into the convolution: the same
+    oneDNN kernel as ``F.conv2d`` on channels_last tensors (bit-identical results), without
+    re-packing the weight on every call, which dominates the deep hourglass levels (2048 x 512 x 3 x 3
+    weights on 8x8 maps). Anywhere else: ``F.conv2d`` (+ in-place ReLU).
+    """
+    padding = list(conv.padding if padding is None else padding)
+    if (_PACKED_OPS and torch.backends.mkldnn.enabled and x.device.type == "cpu" and x.dtype == torch.float32
+            and conv.padding_mode == "zeros"):
+        shape = tuple(x.shape)
+        try:
+            packed = cache_on_module(conv, cache, (weight,), lambda: {})
+            if shape not in packed:
+                packed.clear()  # one input shape at a time (a render's batches share it)
+                with torch.inference_mode(False), torch.no_grad():
+                    packed[shape] = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                        weight.contiguous().to_mkldnn(), padding, list(conv.stride), list(conv.dilation),
+                        conv.groups, list(shape))
+            return torch.ops.mkldnn._convolution_pointwise(
+                x.contiguous(memory_format=CHANNELS_LAST), packed[shape], bias, padding, list(conv.stride),
+                list(conv.dilation), conv.groups, "relu" if relu else "none", [], "")
+        except (RuntimeError, NotImplementedError):  # an unsupported case: the plain oneDNN call below
+            pass
+    out = F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
+    return out.relu_() if relu else out
+
+
+def fused_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` with its weight cached in channels_last (the output is channels_last)."""
+    weight, bias = fold_conv_bn(conv, None)
+    return conv_forward(conv, x, weight, bias)
+
+
+def _subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
+    """3x3 kernels ``(Cout, Cin, 3, 3)`` of a conv after nearest x2 upsampling -> ``(4 Cout, Cin, 2, 2)``.
+
+    Output pixel ``(2i + p, 2j + q)`` of ``conv3x3(upsample2x(x))`` reads upsampled rows
+    ``2i + p - 1 .. 2i + p + 1``, i.e. input rows ``(i - 1, i)`` for ``p = 0`` with kernel rows
+    ``(k0, k1 + k2)`` and ``(i, i + 1)`` for ``p = 1`` with ``(k0 + k1, k2)``; columns likewise. Phase
+    ``(p, q)`` is the 2x2 kernel block ``(2p + q) * Cout .. (2p + q + 1) * Cout`` of the result.
+    """
+    def halves(w: torch.Tensor, dim: int) -> list[torch.Tensor]:
+        k0, k1, k2 = w.unbind(dim)
+        return [torch.stack([k0, k1 + k2], dim), torch.stack([k0 + k1, k2], dim)]
+
+    return torch.cat([col for row in halves(weight, 2) for col in halves(row, 3)], dim=0)
+
+
+SUBPIXEL_MIN_PIXELS = 256
+"""Smallest input (H * W pixels) an up block computes in the sub-pixel form. Below 16x16 the 2x2
+phase convolutions' one-pixel border ((H + 1)(W + 1) outputs) and their 16/9 larger weights outweigh
+the saved multiply-adds (those layers are bound by reading the weights, not by arithmetic)."""
+
+
+def _is_subpixel_conv(conv: nn.Conv2d) -> bool:
+    return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.padding) == (1, 1) and tuple(conv.stride) == (1, 1)
+            and tuple(conv.dilation) == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+
+
 class ResBlock2d(nn.Module):
     """Pre-activation residual block, resolution preserving: ``x + conv2(relu(bn2(conv1(relu(bn1(x))))))``.
 
@@ -84,9 +264,20 @@ class ResBlock2d(nn.Module):
         self.norm2 = nn.BatchNorm2d(in_features, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_fused(self):
+            return self._fused(x)
         h = self.conv1(F.relu(self.norm1(x)))
         h = self.conv2(F.relu(self.norm2(h)))
         return h + x
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        # norm1 acts on the residual stream (which is also added back), so it stays a batch norm;
+        # norm2 directly follows conv1 and is folded into it.
+        h = F.batch_norm(x, self.norm1.running_mean, self.norm1.running_var, self.norm1.weight, self.norm1.bias,
+                         False, 0.0, self.norm1.eps).relu_()
+        weight, bias = fold_conv_bn(self.conv1, self.norm2)
+        h = conv_forward(self.conv1, h, weight, bias, relu=True)
+        return fused_conv(self.conv2, h).add_(x)
 
 
 class UpBlock2d(nn.Module):
@@ -100,9 +291,40 @@ class UpBlock2d(nn.Module):
         self.conv = nn.Conv2d(in_features, out_features, kernel_size=kernel_size, padding=padding, groups=groups)
         self.norm = nn.BatchNorm2d(out_features, affine=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x`` ``(B, Cin, H, W)`` -> ``(B, Cout, 2H, 2W)``.
+
+        ``out`` (fused path only): a ``(B, Cout, 2H, 2W)`` tensor (e.g. a channel slice of a larger
+        buffer) to write the result into; it is returned.
+        """
+        if use_fused(self):
+            return self._fused(x, out)
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return F.relu(self.norm(self.conv(x)))
+        result = F.relu(self.norm(self.conv(x)))
+        if out is not None:
+            return out.copy_(result)
+        return result
+
+    def _fused(self, x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+        conv = self.conv
+        weight, bias = fold_conv_bn(conv, self.norm)
+        if not _is_subpixel_conv(conv) or x.shape[2] * x.shape[3] < SUBPIXEL_MIN_PIXELS:
+            result = conv_forward(conv, F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, relu=True)
+            return out.copy_(result) if out is not None else result
+        weight4, bias4 = cache_on_module(conv, "_fused_subpixel", (weight, bias),
+                                 lambda: (_subpixel_weight(weight).contiguous(memory_format=CHANNELS_LAST),
+                                          bias.repeat(4)))
+        b, _, h, w = x.shape
+        cout = weight.shape[0]
+        phases = conv_forward(conv, x, weight4, bias4, relu=True, padding=(1, 1),
+                              cache="_fused_packed_subpixel")  # (B, 4 Cout, H + 1, W + 1)
+        if out is None:
+            out = torch.empty(b, cout, 2 * h, 2 * w, dtype=x.dtype, device=x.device, memory_format=CHANNELS_LAST)
+        for p in range(2):
+            for q in range(2):
+                k = 2 * p + q
+                out[:, :, p::2, q::2] = phases[:, k * cout:(k + 1) * cout, p:p + h, q:q + w]
+        return out
 
 
 class DownBlock2d(nn.Module):
@@ -117,6 +339,9 @@ class DownBlock2d(nn.Module):
         self.norm = nn.BatchNorm2d(out_features, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_fused(self):
+            weight, bias = fold_conv_bn(self.conv, self.norm)
+            return F.avg_pool2d(conv_forward(self.conv, x, weight, bias, relu=True), kernel_size=2)
         return F.avg_pool2d(F.relu(self.norm(self.conv(x))), kernel_size=2)
 
 
@@ -132,6 +357,9 @@ class SameBlock2d(nn.Module):
         self.norm = nn.BatchNorm2d(out_features, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_fused(self):
+            weight, bias = fold_conv_bn(self.conv, self.norm)
+            return conv_forward(self.conv, x, weight, bias, relu=True)
         return F.relu(self.norm(self.conv(x)))
 
 
@@ -179,8 +407,17 @@ class Decoder(nn.Module):
 
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
         out = skips[-1]
+        fused = use_fused(self)
         for block, skip in zip(self.up_blocks, reversed(skips[:-1])):
-            out = torch.cat([block(out), skip], dim=1)
+            if fused:  # the up block writes straight into the concatenation buffer
+                b, c, h, w = skip.shape
+                cout = block.conv.out_channels
+                buf = torch.empty(b, cout + c, h, w, dtype=skip.dtype, device=skip.device, memory_format=CHANNELS_LAST)
+                block(out, out=buf[:, :cout])
+                buf[:, cout:] = skip
+                out = buf
+            else:
+                out = torch.cat([block(out), skip], dim=1)
         return out
 
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import AntiAliasInterpolation2d, Hourglass, inverse_2x2, kp2gaussian, make_coordinate_grid
+from .blocks import (CHANNELS_LAST, AntiAliasInterpolation2d, Hourglass, cache_on_module, conv_forward, fold_conv_bn,
+                     inverse_2x2, kp2gaussian, make_coordinate_grid, use_fused)
 
 
 class DenseMotionNetwork(nn.Module):
@@ -101,16 +102,41 @@ class DenseMotionNetwork(nn.Module):
         heatmap = self.heatmap_representation((h, w), kp_driving, kp_source)
         sparse = self.sparse_motions((h, w), kp_driving, kp_source)
         deformed = self.deformed_source(source_down, sparse)
-        prediction = self.hourglass(torch.cat([heatmap, deformed], dim=2).view(b, -1, h, w))
-        mask = F.softmax(self.mask(prediction), dim=1)  # (b, K+1, h, w)
+        hourglass_in = torch.cat([heatmap, deformed], dim=2).view(b, -1, h, w)
+        if use_fused(self):
+            prediction = self.hourglass(hourglass_in.contiguous(memory_format=CHANNELS_LAST))
+            mask_logits, occlusion_logits = self._heads_fused(prediction)
+        else:
+            prediction = self.hourglass(hourglass_in)
+            mask_logits = self.mask(prediction)
+            occlusion_logits = self.occlusion(prediction) if self.occlusion is not None else None
+        mask = F.softmax(mask_logits, dim=1)  # (b, K+1, h, w)
         out = {
             "sparse_deformed": deformed,
             "mask": mask,
             "deformation": (sparse * mask[..., None]).sum(dim=1),  # (b, h, w, 2)
         }
-        if self.occlusion is not None:
-            out["occlusion_map"] = torch.sigmoid(self.occlusion(prediction))
+        if occlusion_logits is not None:
+            out["occlusion_map"] = torch.sigmoid(occlusion_logits)
         return out
+
+    def _heads_fused(self, prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mask and occlusion logits ``(b, K+1, h, w)``, ``(b, 1, h, w)`` from one 7x7 convolution.
+
+        Both heads read the same hourglass output with the same kernel size, so their weights are
+        stacked (cached) into one ``K+2``-channel convolution; returns contiguous NCHW tensors.
+        """
+        if self.occlusion is None:
+            weight, bias = fold_conv_bn(self.mask, None)
+        else:
+            mw, mb = fold_conv_bn(self.mask, None)
+            ow, ob = fold_conv_bn(self.occlusion, None)
+            weight, bias = cache_on_module(self, "_fused_heads", (mw, mb, ow, ob),
+                                   lambda: (torch.cat([mw, ow]).contiguous(memory_format=CHANNELS_LAST),
+                                            torch.cat([mb, ob])))
+        logits = conv_forward(self.mask, prediction, weight, bias, cache="_fused_packed_heads").contiguous()
+        k = self.mask.out_channels
+        return logits[:, :k], (logits[:, k:] if self.occlusion is not None else None)
 
     def forward(self, source_image: torch.Tensor, kp_driving: dict, kp_source: dict) -> dict[str, torch.Tensor]:
         """Dense motion for ``b`` driving keypoint sets.

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
+from .blocks import CHANNELS_LAST, DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, fused_conv, use_fused
 from .dense_motion import DenseMotionNetwork
 
 
@@ -82,10 +82,18 @@ class OcclusionAwareGenerator(nn.Module):
         return out
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:
-        """Bottleneck, up blocks, final 7x7 conv and sigmoid: features -> image ``(B, C, H, W)`` in ``(0, 1)``."""
-        out = self.bottleneck(features)
+        """Bottleneck, up blocks, final 7x7 conv and sigmoid: features -> image ``(B, C, H, W)`` in ``(0, 1)``.
+
+        In eval mode without autograd the fused path runs channels_last (see
+        :func:`~talkhead.fomm.blocks.fused_inference`); the image is returned contiguous either way.
+        """
+        fused = use_fused(self)
+        out = features.contiguous(memory_format=CHANNELS_LAST) if fused else features
+        out = self.bottleneck(out)
         for block in self.up_blocks:
             out = block(out)
+        if fused:
+            return torch.sigmoid_(fused_conv(self.final, out)).contiguous()
         return torch.sigmoid(self.final(out))
 
     def deform_input(self, inp: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:

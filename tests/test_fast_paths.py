@@ -1,0 +1,196 @@
+"""Inference fast paths keep the numbers: fused FOMM blocks == plain blocks, chunked MS-Sync audio
+encoder == one pass, and the ``--batch-size auto`` default per device.
+
+The golden parity tests (``test_fomm.py``, ``test_mssync.py``, ``test_e2e_parity.py``) run the default
+(fast) paths against the reference; these tests pin each fast path to the plain computation directly,
+on inputs where the two differ only by float rounding, and check that the caches follow the weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from talkhead.devices import default_batch_size
+from talkhead.fomm import load_fomm
+from talkhead.fomm.blocks import Hourglass, ResBlock2d, UpBlock2d, fused_inference, use_fused
+from talkhead.mssync import load_mssync
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _randomise_batch_norms(module: torch.nn.Module, seed: int) -> None:
+    """Non-trivial eval statistics, so that folding a batch norm into its conv is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+
+
+def _plain_and_fused(module: torch.nn.Module, *args):
+    with torch.inference_mode():
+        with fused_inference(False):
+            plain = module(*args)
+        fused = module(*args)
+    return plain, fused
+
+
+# --- FOMM fused blocks ------------------------------------------------------------------------------
+def test_fused_path_only_in_eval_without_grad():
+    block = ResBlock2d(4)
+    assert not use_fused(block)  # training mode
+    block.eval()
+    assert not use_fused(block)  # autograd on
+    with torch.no_grad():
+        assert use_fused(block)
+        with fused_inference(False):
+            assert not use_fused(block)
+        assert use_fused(block)
+
+
+@pytest.mark.parametrize("size", [8, 16, 24])  # below, at and above the sub-pixel threshold (16x16)
+def test_up_block_fused_equals_upsample_then_conv(size):
+    torch.manual_seed(0)
+    block = UpBlock2d(6, 5).eval()
+    _randomise_batch_norms(block, 1)
+    x = torch.randn(2, 6, size, size)
+    plain, fused = _plain_and_fused(block, x)
+    assert fused.shape == plain.shape == (2, 5, 2 * size, 2 * size)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
+    assert plain.abs().max() > 0.5  # a real signal, not an all-zero ReLU output
+
+
+def test_hourglass_fused_equals_plain():
+    torch.manual_seed(0)
+    hourglass = Hourglass(block_expansion=8, in_features=5, num_blocks=3, max_features=32).eval()
+    _randomise_batch_norms(hourglass, 2)
+    plain, fused = _plain_and_fused(hourglass, torch.randn(1, 5, 32, 32))
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
+
+
+@pytest.fixture()
+def fomm(fomm_tiny_files):
+    return load_fomm(*fomm_tiny_files)
+
+
+def _as_dict(kp) -> dict:
+    return kp.as_dict() if hasattr(kp, "as_dict") else dict(kp)
+
+
+def _like(kp, d: dict):
+    """``d`` in the keypoint type that ``FOMM.detect`` returned (a dict or ``Keypoints``)."""
+    return type(kp).from_dict(d) if hasattr(type(kp), "from_dict") else d
+
+
+def _inputs(fomm, fomm_parity):
+    source = torch.tensor(fomm_parity["source"][None]).permute(0, 3, 1, 2)
+    kp_source = fomm.detect(source)
+    src = _as_dict(kp_source)
+    g = torch.Generator().manual_seed(0)
+    kp_driving = _like(kp_source, {"value": src["value"] + 0.1 * torch.randn(3, 10, 2, generator=g),
+                                   "jacobian": src["jacobian"] + 0.1 * torch.randn(3, 10, 2, 2, generator=g)})
+    return source, kp_source, kp_driving
+
+
+def test_fomm_render_fused_equals_plain(fomm, fomm_parity):
+    source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
+    with fused_inference(False):
+        plain = fomm.render(source, kp_source, kp_driving)
+    fused = fomm.render(source, kp_source, kp_driving)
+    assert fused.is_contiguous() and fused.shape == plain.shape == (3, 3, 64, 64)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
+    assert (plain - plain.mean()).abs().max() > 1e-3  # frames with content
+
+
+def test_fused_weights_follow_in_place_weight_changes(fomm, fomm_parity):
+    source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
+    before = fomm.render(source, kp_source, kp_driving)  # builds the fused-weight caches
+    state = fomm.generator.state_dict()
+    g = torch.Generator().manual_seed(3)
+    changed = {k: (v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() and "running_var" not in k
+                   else v) for k, v in state.items()}
+    fomm.generator.load_state_dict(changed)  # copies in place: same storages, new versions
+    fomm.clear_cache()  # the source encoding (features) depends on the weights too
+    after = fomm.render(source, kp_source, kp_driving)
+    with fused_inference(False):
+        plain_after = fomm.render(source, kp_source, kp_driving)
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, plain_after, rtol=0, atol=1e-5)
+
+
+# --- MS-Sync chunked audio encoder -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def audio_encoder(mssync_tiny_dir):
+    return load_mssync(mssync_tiny_dir).encoder_a
+
+
+def test_audio_encoder_receptive_field(audio_encoder):
+    assert audio_encoder.strides == [4, 8, 16, 32]
+    # 1 + 1 + 2 + 2 (conv0 kernels 3) + 3 * (4 + 8 + 16) (pyramid kernels 7) = 90 rows -> 96
+    assert audio_encoder.halo == 96
+
+
+@pytest.mark.parametrize("length", [1000, 1017])  # a multiple of the stride and a ragged end
+def test_chunked_audio_encoder_equals_one_pass(audio_encoder, length):
+    torch.manual_seed(0)
+    logfbank = torch.randn(2, length, 26)
+    with torch.no_grad():
+        one_pass = audio_encoder(logfbank, chunk_rows=0)
+        chunked = audio_encoder(logfbank, chunk_rows=64)  # 16 chunks, every one with a halo
+    assert [t.shape for t in chunked] == [t.shape for t in one_pass]
+    assert one_pass[0].shape[-1] == -(-length // 4)
+    for a, b in zip(chunked, one_pass):
+        # float32: different chunk lengths round differently in the point-wise GEMMs (~1e-6 measured)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_chunked_audio_encoder_is_exact_in_float64(audio_encoder):
+    import copy
+
+    enc = copy.deepcopy(audio_encoder).double()
+    logfbank = torch.randn(1, 900, 26, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        one_pass = enc(logfbank, chunk_rows=0)
+        chunked = enc(logfbank, chunk_rows=96)
+    for a, b in zip(chunked, one_pass):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_chunks_without_enough_halo_would_differ(audio_encoder, monkeypatch):
+    # the equality above depends on the halo: one stride too little and the deepest level changes
+    logfbank = torch.randn(1, 900, 26, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        one_pass = audio_encoder(logfbank, chunk_rows=0)
+        monkeypatch.setattr(type(audio_encoder), "halo", property(lambda self: 64))
+        short = audio_encoder(logfbank, chunk_rows=96)
+    assert (short[-1] - one_pass[-1]).abs().max() > 1e-3
+    torch.testing.assert_close(short[0], one_pass[0], rtol=0, atol=1e-5)  # level 0 needs only 6 rows
+
+
+def test_chunked_audio_encoder_default_and_bad_chunk(audio_encoder):
+    assert audio_encoder.chunk_rows % audio_encoder.stride == 0
+    with pytest.raises(ValueError, match="multiple of 32"):
+        audio_encoder(torch.zeros(1, 3000, 26), chunk_rows=100)
+
+
+# --- --batch-size auto --------------------------------------------------------------------------------
+def test_default_batch_size_per_device():
+    assert default_batch_size("cpu") == 1
+    assert default_batch_size(torch.device("cpu")) == 1
+    assert default_batch_size("cuda:1") == 8  # torch.device needs no GPU to be present
+    assert default_batch_size("mps") == 4
+    assert all(isinstance(default_batch_size(d), int) for d in ("cpu", "cuda", "mps"))
+
+
+def test_render_frames_agree_between_batch_sizes(fomm, fomm_parity):
+    # the default batch differs per device: frames must not depend on it
+    source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
+    batched = fomm.render(source, kp_source, kp_driving)
+    drv = _as_dict(kp_driving)
+    single = torch.cat([fomm.render(source, kp_source, _like(kp_driving, {k: v[i:i + 1] for k, v in drv.items()}))
+                        for i in range(3)])
+    np.testing.assert_allclose(single.numpy(), batched.numpy(), rtol=0, atol=1e-5)
