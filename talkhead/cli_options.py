@@ -28,19 +28,25 @@ def _numeric(annotation: Any) -> type | None:
 
 
 def _convert(cls: type, values: dict) -> dict:
-    """CLI strings of numeric fields -> numbers, or :class:`InputError` quoting the flag and the value."""
+    """CLI strings of numeric fields -> numbers (``auto`` -> ``None`` where the field allows it), or
+    :class:`InputError` quoting the flag and the value."""
     from .errors import InputError
 
     hints = typing.get_type_hints(cls)
+    autos = {f.name for f in dataclasses.fields(cls) if f.metadata.get("auto")}
     out = dict(values)
     for name, value in values.items():
         kind = _numeric(hints.get(name))
         if kind is None or not isinstance(value, str):
             continue
+        if name in autos and value.strip().lower() == "auto":
+            out[name] = None
+            continue
         try:
             out[name] = kind(value)
         except ValueError:
             what = "a whole number" if kind is int else "a number"
+            what += " or auto" if name in autos else ""
             raise InputError(f"{_flag(name)} must be {what}, not {value!r}") from None
     return out
 
@@ -69,7 +75,11 @@ def option_parameters(cls: type, *, exclude: Iterable[str] = (),
         if _numeric(annotation) is not None:
             # parsed by us (see _convert), so a bad number is the same one-line error as a bad range
             annotation, kwargs["metavar"] = Optional[str], _numeric(annotation).__name__.upper()
-            default = None if default is None else str(default)
+            if meta.get("auto"):
+                kwargs["metavar"] += "|auto"
+                default = "auto" if default is None else str(default)
+            else:
+                default = None if default is None else str(default)
         option = typer.Option(default, *flags, **kwargs)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=annotation))

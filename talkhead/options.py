@@ -32,9 +32,11 @@ DEFAULT_MAX_SIZE = 1920
 """``--max-size`` default: longest side of the output video, pixels."""
 
 
-def opt(default, help: str, *flags: str, cli: bool = True, choices: tuple[str, ...] | None = None):
-    """A dataclass field with CLI metadata (see the module docstring)."""
-    meta = {"help": help, "flags": flags, "cli": cli, "choices": choices}
+def opt(default, help: str, *flags: str, cli: bool = True, choices: tuple[str, ...] | None = None,
+        auto: bool = False):
+    """A dataclass field with CLI metadata (see the module docstring); ``auto``: the CLI value ``auto``
+    means ``None`` (a numeric option whose default is chosen at run time)."""
+    meta = {"help": help, "flags": flags, "cli": cli, "choices": choices, "auto": auto}
     return field(default=default, metadata=meta)
 
 
@@ -69,7 +71,8 @@ class AnimateOptions:
         crop: ``"auto"`` crops around the detected face with FOMM's rule; ``"none"`` uses the whole
             image (it must already be a face crop framed like FOMM's VoxCeleb data).
         face_index: which face when several are found (0 = largest); ``None`` = largest confident.
-        batch_size: frames per render pass.
+        batch_size: frames per render pass; ``None`` (``--batch-size auto``) = the device's default,
+            :func:`talkhead.devices.default_batch_size` (1 on CPU, measured fastest there; 8 on CUDA).
         overwrite: replace an existing output; otherwise an existing output is an error.
         offline: never download; missing checkpoints are an error with by-hand instructions.
         align_corners: FOMM ``grid_sample`` convention; ``True`` is vox-adv's training-time behaviour.
@@ -94,7 +97,8 @@ class AnimateOptions:
                     choices=CROPS)
     face_index: Optional[int] = opt(None, "Which face when several are found (0 = largest) "
                                     "[default: the largest confident face].")
-    batch_size: int = opt(8, "Frames per render pass.")
+    batch_size: Optional[int] = opt(None, "Frames per render pass, or auto [default: auto = 1 on CPU (measured "
+                                    "fastest there), 8 on CUDA].", auto=True)
     overwrite: bool = opt(False, "Replace existing outputs.")
     offline: bool = opt(False, "Never download checkpoints.")
     align_corners: bool = opt(True, "FOMM grid_sample convention: on = the torch-1.0 behaviour vox-adv was "
@@ -112,8 +116,8 @@ class AnimateOptions:
         check_choice("device", self.device, DEVICES)
         check_choice("landmarker", self.landmarker, LANDMARKERS)
         check_choice("crop", self.crop, CROPS)
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1 or auto, not {self.batch_size}")
         if self.face_index is not None and self.face_index < 0:
             raise InputError(f"--face-index must be 0 or more, not {self.face_index}")
         check_choice("frame", self.frame, FRAMES)

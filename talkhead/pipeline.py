@@ -200,6 +200,14 @@ class Pipeline:
             return int(self._renderer.frame_size)
         return int(get_renderer("fomm").frame_size(self.models_dir))
 
+    @property
+    def batch_size(self) -> int:
+        """Frames per render pass: ``options.batch_size``, or for ``auto`` the device's
+        :func:`talkhead.devices.default_batch_size` (1 on CPU, 8 on CUDA)."""
+        from .devices import default_batch_size
+
+        return self.options.batch_size or default_batch_size(self.device)
+
     # -- stages -------------------------------------------------------------------------------------
     def face_crop(self, image: np.ndarray, source: str = "image"):
         """Landmarks + FOMM crop of an RGB image ``(H, W, 3)`` uint8 -> ``talkhead.face.FaceCrop``.
@@ -388,7 +396,7 @@ class Pipeline:
 
     def render_into(self, writer, source: torch.Tensor, kp_source: Keypoints, kp_driving: Keypoints,
                     total: int, progress: Progress | None = None, *, compositor=None) -> None:
-        """Render ``total`` frames in batches of ``options.batch_size`` and stream them into ``writer``.
+        """Render ``total`` frames in batches of :attr:`batch_size` and stream them into ``writer``.
 
         Frame ``t`` uses kp_driving ``min(t, T-1)``: the last generated pose is held when the video
         needs more frames than the generator made (see :func:`num_video_frames`). With a
@@ -400,7 +408,7 @@ class Pipeline:
                 reaches the encoder, so the writer aborts and nothing is written).
         """
         T = len(kp_driving)
-        bs = self.options.batch_size
+        bs = self.batch_size
         buffer = None
         for start in range(0, total, bs):
             idx = torch.arange(start, min(start + bs, total), device=kp_driving.device).clamp_(max=T - 1)

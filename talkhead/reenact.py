@@ -585,7 +585,7 @@ def reenact(pipeline, photo: str | Path, video: str | Path, output: str | Path |
                      overwrite=opts.overwrite) as writer:
         _, frames = iter_frames(video, vf, (size, size))
         try:
-            for batch in _batches(frames, opts.batch_size):
+            for batch in _batches(frames, pipeline.batch_size):
                 x = _to_tensor(batch, device)
                 kp_detected = renderer.detect(x)
                 if kp_initial is None:
