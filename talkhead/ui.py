@@ -245,8 +245,9 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
         with gr.Tab("Animate"):
             with gr.Row():
                 with gr.Column():
-                    image = _photo_input(gr)(type="filepath", image_mode=None, label="Face photo",
-                                             sources=["upload", "clipboard"], elem_id="photo", height=280)
+                    image = _pass_unreadable_images(gr.Image(
+                        type="filepath", image_mode=None, label="Face photo", sources=["upload", "clipboard"],
+                        elem_id="photo", height=280))
                     audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="Speech",
                                      elem_id="speech")
                     with gr.Accordion("Options", open=True):
@@ -284,25 +285,26 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
     return demo
 
 
-def _photo_input(gr):
-    """``gr.Image`` whose upload of a file Pillow cannot open reaches the pipeline unchanged.
+def _pass_unreadable_images(component):
+    """Let an upload that Pillow cannot open reach the pipeline unchanged (returns ``component``).
 
-    Gradio's own preprocessing opens every uploaded image and fails with a generic error on a
-    non-image; passing the path through lets :func:`talkhead.face.load_image` raise the CLI's
-    :class:`~talkhead.errors.ImageError` line instead. ``is_template`` keeps the Image front end.
+    Gradio's image preprocessing opens every upload and fails with a generic error on a non-image;
+    passing the path through lets :func:`talkhead.face.load_image` raise the CLI's
+    :class:`~talkhead.errors.ImageError` line instead. Done on the instance: a ``gr.Image`` subclass
+    would make Gradio write a ``.pyi`` stub next to this module at import time.
     """
     from PIL import UnidentifiedImageError
 
-    class PhotoInput(gr.Image):
-        is_template = True
+    preprocess = component.preprocess
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except (UnidentifiedImageError, OSError, ValueError):
-                return str(payload.path) if payload is not None and payload.path else None
+    def tolerant(payload):
+        try:
+            return preprocess(payload)
+        except (UnidentifiedImageError, OSError, ValueError):
+            return str(payload.path) if payload is not None and payload.path else None
 
-    return PhotoInput
+    component.preprocess = tolerant
+    return component
 
 
 def _frame_label(value: str) -> str:

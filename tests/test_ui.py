@@ -300,3 +300,4 @@ def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch
         thread.join(60)
     assert not thread.is_alive() and not errors
     assert list(tmp_path.glob("talkhead-ui-*")) == []
+    assert not (ROOT / "talkhead" / "ui.pyi").exists()  # Gradio writes stubs beside modules that subclass components
