@@ -28,7 +28,6 @@ import shutil
 import signal
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -140,13 +139,16 @@ class Animator:
 
         The message is the error's own one line(s) (e.g. a missing checkpoint and the
         ``talkhead download`` command that fixes it); the page shows it and every request returns it.
+
+        Raises:
+            InputError: the base device is not available (before anything is served).
         """
         from .face import get_landmarker
         from .pipeline import Pipeline
 
+        if self._pipeline is None:  # a bad --device is the command line's error, not the page's
+            self._pipeline = Pipeline(self.base, log=self.log)
         try:
-            if self._pipeline is None:
-                self._pipeline = Pipeline(self.base, log=self.log)
             self._pipeline.load()
             if self.base.crop != "none":
                 get_landmarker(self.base.landmarker, str(self._pipeline.device), offline=self.base.offline)
@@ -211,7 +213,8 @@ class Animator:
                 try:
                     pipeline.animate(image, audio, output, progress=progress)
                 except TalkheadError as exc:
-                    raise type(exc)(_short_paths(str(exc), image, audio)) from None
+                    exc.args = (_short_paths(str(exc), image, audio),)
+                    raise
                 return keep(output)
 
 
@@ -226,10 +229,10 @@ def _short_paths(message: str, *paths: str) -> str:
 def build_app(animator: Animator, *, title: str = "talkhead"):
     """The Gradio page over ``animator``: an *Animate* tab whose button is the ``/animate`` endpoint.
 
-    Endpoint ``/animate(image, audio, motion_scale=1.0, frame="full photo", face_index=None,
-    device=<--device>) -> video`` (defaults: the command line's options; ``frame`` is ``"face crop"``
-    where :class:`AnimateOptions` has no ``frame`` field); elements have ids for scripted browsers: ``photo``, ``speech``,
-    ``animate-button``, ``result``, ``status``.
+    Endpoint ``/animate(image, audio, motion_scale=1.0, frame="full photo", face_index=0,
+    device=<--device>) -> MP4 path``; the defaults are the command line's options (``frame`` is
+    ``"face crop"`` where :class:`AnimateOptions` has no ``frame`` field). Element ids for scripted
+    browsers: ``photo``, ``speech``, ``animate-button``, ``result``, ``status``.
 
     Returns:
         The ``gradio.Blocks`` (not launched; call ``.queue(...).launch(...)`` or use :func:`serve`).

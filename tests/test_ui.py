@@ -6,7 +6,6 @@ and finally stopped with Ctrl-C (SIGINT), after which its temporary folder must 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -74,6 +73,23 @@ def test_ui_without_gradio_says_what_to_install(monkeypatch):
     result = CliRunner().invoke(app, ["ui", "--device", "cpu"])
     assert result.exit_code == 2
     assert "pip install 'talkhead[ui]'" in result.output and "Traceback" not in result.output
+
+
+def test_ui_with_an_unavailable_device_fails_before_serving(tmp_path, monkeypatch):
+    import tempfile
+
+    import torch
+    from typer.testing import CliRunner
+
+    from talkhead.cli import app
+
+    _need_ui_extra()
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = CliRunner().invoke(app, ["ui", "--device", "cuda", "--port", "1"])
+    assert result.exit_code == 2 and "device cuda was asked for" in result.output
+    assert list(tmp_path.glob("talkhead-ui-*")) == []  # its temporary root is gone too
 
 
 # --------------------------------------------------------------------------------------- the server
