@@ -95,6 +95,8 @@ def request_options(base: AnimateOptions, *, motion_scale: float | None = None, 
     if motion_scale is not None:
         if "motion_scale" in fields:
             changes["motion_scale"] = float(motion_scale)
+            if "still" in fields:  # the page's slider decides (--still only set its starting value, 0)
+                changes["still"] = False
         elif float(motion_scale) != 1.0:
             raise InputError("--motion-scale is not available in this version of talkhead")
     return dataclasses.replace(base, **changes)

@@ -50,6 +50,10 @@ def test_motion_scale_and_frame_pass_only_where_the_options_have_them():
     fields = option_fields()
     if "motion_scale" in fields:
         assert request_options(base, motion_scale=0.0).motion_scale == 0.0
+        if "still" in fields:  # --still sets the slider's start; the slider then decides
+            still = AnimateOptions(still=True)
+            assert still.motion_scale == 0.0
+            assert request_options(still, motion_scale=0.5).motion_scale == 0.5
     else:
         assert request_options(base, motion_scale=1.0) == request_options(base)  # what this version does
         with pytest.raises(InputError, match="--motion-scale is not available"):
@@ -169,9 +173,17 @@ def test_api_animates_the_astronaut_with_real_speech(server, client, tmp_path):
     assert video.is_file() and video.suffix == ".mp4" and tmp_path in video.parents
     info = probe(video)
     assert (info.video_codec, info.pix_fmt, info.audio_codec) == ("h264", "yuv420p", "aac")
-    assert info.fps == pytest.approx(25.0) and (info.width, info.height) == (64, 64)  # the tiny FOMM's frames
+    assert info.fps == pytest.approx(25.0)
     assert info.num_frames == 120  # round(4.8 s * 25): as long as the speech
     assert info.audio_duration_s == pytest.approx(4.8, abs=0.04)
+    if "frame" in option_fields():
+        assert (info.width, info.height) == (512, 512)  # the whole photo (frame "full photo", the default)
+        crop = client.predict(handle_file(str(ASTRONAUT)), handle_file(str(SPEECH)), motion_scale=0.0,
+                              frame="face crop", api_name="/animate")
+        info = probe(crop["video"] if isinstance(crop, dict) else crop)
+        assert (info.width, info.height, info.num_frames) == (64, 64, 120)  # the tiny FOMM's square, still head
+    else:
+        assert (info.width, info.height) == (64, 64)  # the tiny FOMM's frames
     # the request's own temporary folder is gone once the answer is back
     (root,) = server.temp_roots()
     assert not list((root / "requests").glob("request-*"))
