@@ -333,7 +333,7 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
     Args:
         base: the command line's options.
         host: interface to listen on; the default serves this computer only.
-        port: TCP port (0 = a free one).
+        port: TCP port (0 = the first free one from 7860 up, Gradio's search).
         share: also open a public Gradio share link (off by default).
         log: status lines (loading, the URL, shutdown).
         ready: called with the local URL once the server accepts requests.
