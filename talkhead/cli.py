@@ -315,6 +315,35 @@ def doctor(models_dir: Optional[Path] = ModelsDir,
             raise typer.Exit(1)
 
 
+# ----------------------------------------------------------------------------------------------- ui
+@app.command()
+@with_options(AnimateOptions, exclude=("face_index", "overwrite"))
+def ui(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 = every network)."),
+    port: int = typer.Option(7860, "--port", min=0, max=65535, help="TCP port (0 = the first free one from 7860 up)."),
+    share: bool = typer.Option(False, "--share/--no-share", help="Also open a public Gradio share link."),
+    quiet: bool = Quiet, *, options,
+) -> None:
+    """Serve a local web page (and HTTP API) for animate: drop a photo and a speech file, get the MP4.
+
+    Needs the ui extra: pip install 'talkhead[ui]'. The models load once at start-up; requests run one
+    at a time. The options below are the page's defaults. Ctrl-C stops it and removes its temporary files.
+
+    [bold]Examples[/]
+
+      talkhead ui
+
+      talkhead ui --port 8080 --landmarker dlib --device cpu
+    """
+    from . import ui as web
+
+    with errors():
+        opts = options()
+        web.require_gradio()
+        web.serve(opts, host=host, port=port, share=share, log=_log(quiet),
+                  ready=lambda url: print(url, flush=True))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point. ``--debug`` is accepted anywhere on the command line."""
     import sys

@@ -1,0 +1,390 @@
+"""``talkhead ui``: a local web page (Gradio) over :class:`talkhead.pipeline.Pipeline`, also an HTTP API.
+
+The page: drop a face photo and a speech file (or record from the microphone), pick the options
+users reach for (motion scale, full photo or crop, face index, device), press *Animate*, watch the
+progress bar (the pipeline's ``progress(stage, done, total)`` callback: ``keypoints`` then ``render``
+frames), get the MP4 in a player with a download button. The same event is the API endpoint
+``/animate``, so another program can call it::
+
+    from gradio_client import Client, handle_file
+    client = Client("http://127.0.0.1:7860/")
+    video = client.predict(handle_file("photo.png"), handle_file("speech.wav"), api_name="/animate")
+
+Life cycle (:func:`serve`): the models load once at start-up (a failure, such as a missing checkpoint,
+becomes a message on the page naming the command that fixes it); requests run one at a time on the
+loaded components (Gradio's queue, concurrency 1), each in its own temporary folder removed when
+the request ends; every file the app keeps (uploads, results) lives under one temporary root that is
+removed when the server stops (Ctrl-C or SIGTERM).
+
+Gradio is an optional extra (``pip install 'talkhead[ui]'``) and is imported only in this module,
+inside its functions, so ``import talkhead.ui`` works without it and :func:`require_gradio` can say
+what to install.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .errors import InputError, TalkheadError
+from .options import DEVICES, AnimateOptions
+
+INSTALL_HINT = "pip install 'talkhead[ui]'"
+"""The command that installs the page's dependencies (the ``ui`` extra: gradio)."""
+
+FRAMES = {"full photo": "full", "face crop": "crop"}
+"""Page labels of ``AnimateOptions.frame``: the whole photo with the face animated in place, or the crop."""
+
+API_NAME = "animate"
+"""Name of the page's event and HTTP endpoint (``Client.predict(..., api_name="/animate")``)."""
+
+
+def require_gradio():
+    """Import and return the ``gradio`` module.
+
+    Raises:
+        TalkheadError: gradio is not installed (the message is the one-line install command).
+    """
+    try:
+        import gradio
+    except ImportError as exc:  # ModuleNotFoundError, or a broken install of one of its dependencies
+        raise TalkheadError(f"talkhead ui needs the web-page extra: {INSTALL_HINT}  ({exc})") from None
+    return gradio
+
+
+def option_fields() -> set[str]:
+    """Names of :class:`AnimateOptions`' fields (the page passes an option only where it exists)."""
+    return {f.name for f in dataclasses.fields(AnimateOptions)}
+
+
+def request_options(base: AnimateOptions, *, motion_scale: float | None = None, frame: str | None = None,
+                    face_index: float | int | None = None, device: str | None = None) -> AnimateOptions:
+    """The options of one request: ``base`` (the command line's) with the page's choices applied.
+
+    ``motion_scale`` (0 = still head) and ``frame`` (a :data:`FRAMES` label or ``"full"``/``"crop"``)
+    are applied only if :class:`AnimateOptions` has those fields; where it does not, a value other
+    than what this version does (1.0, the face crop) is an error rather than silently ignored. ``None`` keeps the
+    base value; a blank face index means "the largest confident face". The run always writes a fresh
+    file in its own folder, so ``overwrite`` is on.
+
+    Raises:
+        InputError: a value out of range or not among the choices (AnimateOptions' own checks), or
+            an option this version does not have.
+    """
+    fields = option_fields()
+    changes: dict[str, Any] = {"overwrite": True}
+    if device is not None:
+        changes["device"] = device
+    if face_index is not None and face_index != "":
+        if float(face_index) != int(float(face_index)):
+            raise InputError(f"--face-index must be a whole number, not {face_index}")
+        changes["face_index"] = int(float(face_index))
+    else:
+        changes["face_index"] = None
+    if frame is not None:
+        frame = FRAMES.get(frame, frame)
+        if "frame" in fields:
+            changes["frame"] = frame
+        elif frame != "crop":
+            raise InputError("--frame is not available in this version of talkhead (it renders the face crop)")
+    if motion_scale is not None:
+        if "motion_scale" in fields:
+            changes["motion_scale"] = float(motion_scale)
+            if "still" in fields:  # the page's slider decides (--still only set its starting value, 0)
+                changes["still"] = False
+        elif float(motion_scale) != 1.0:
+            raise InputError("--motion-scale is not available in this version of talkhead")
+    return dataclasses.replace(base, **changes)
+
+
+class _ProgressBridge:
+    """The pipeline's ``progress(stage, done, total)`` -> Gradio's progress bar (``gr.Progress``)."""
+
+    LABELS = {"keypoints": "keypoints (MS-Sync)", "render": "frames (FOMM + ffmpeg)"}
+
+    def __init__(self, progress: Callable):
+        self.progress = progress
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        self.progress((done, total), desc=self.LABELS.get(stage, stage), unit="frames")
+
+
+class Animator:
+    """The loaded pipeline(s) and the request handler behind the page and the ``/animate`` endpoint.
+
+    Args:
+        base: the command line's options (models dir, device, landmarker, ...); the page's
+            controls start at these values.
+        workdir: folder for the per-request temporary folders (removed after each request).
+        pipeline: an already built :class:`~talkhead.pipeline.Pipeline` (tests); default: built
+            from ``base``.
+        log: one-line status messages (model loading), e.g. printed to the terminal.
+    """
+
+    def __init__(self, base: AnimateOptions, workdir: Path, *, pipeline=None,
+                 log: Callable[[str], None] | None = None):
+        self.base = base
+        self.workdir = Path(workdir)
+        self.log = log or (lambda msg: None)
+        self.load_error: Optional[str] = None
+        self._pipeline = pipeline
+        self._by_device: dict[str, Any] = {}
+        self._lock = threading.Lock()  # the queue runs one request at a time; this guards direct callers too
+
+    def load(self) -> "Animator":
+        """Load the models (and the landmark backend) once; a failure is kept in :attr:`load_error`.
+
+        The message is the error's own one line(s) (e.g. a missing checkpoint and the
+        ``talkhead download`` command that fixes it); the page shows it and every request returns it.
+
+        Raises:
+            InputError: the base device is not available (before anything is served).
+        """
+        from .face import get_landmarker
+        from .pipeline import Pipeline
+
+        if self._pipeline is None:  # a bad --device is the command line's error, not the page's
+            self._pipeline = Pipeline(self.base, log=self.log)
+        try:
+            self._pipeline.load()
+            if self.base.crop != "none":
+                get_landmarker(self.base.landmarker, str(self._pipeline.device), offline=self.base.offline)
+            self._by_device[str(self._pipeline.device)] = self._pipeline
+            self.load_error = None
+        except TalkheadError as exc:
+            self.load_error = str(exc)
+        return self
+
+    def pipeline_for(self, options: AnimateOptions):
+        """A :class:`~talkhead.pipeline.Pipeline` for one request's options, sharing the loaded components.
+
+        Options are frozen, so each request gets its own ``Pipeline(options, renderer=..., motion=...)``
+        over the components loaded at start-up. A device other than the start-up one loads the
+        models once more, on that device, and keeps them.
+
+        Raises:
+            InputError: the requested device is not available.
+            CheckpointError / DownloadError: loading for a new device failed.
+        """
+        from .devices import resolve_device
+        from .pipeline import Pipeline
+
+        key = str(resolve_device(options.device))
+        loaded = self._by_device.get(key)
+        if loaded is None:
+            self.log(f"loading the models on {key}")
+            loaded = Pipeline(dataclasses.replace(self.base, device=options.device), log=self.log).load()
+            self._by_device[key] = loaded
+        return Pipeline(options, renderer=loaded.renderer, motion=loaded.motion, landmarker=loaded.landmarker,
+                        log=self.log)
+
+    def run(self, image: str | None, audio: str | None, *, keep: Callable[[Path], str],
+            progress: Callable | None = None, **choices) -> str:
+        """Animate one (photo, speech) upload; return the kept MP4's path.
+
+        The MP4 is written in a fresh temporary folder under :attr:`workdir`; ``keep(path)`` copies
+        it to where the server serves it from (Gradio's cache) before that folder is removed.
+
+        Args:
+            image / audio: paths of the uploaded files (``None`` = nothing uploaded).
+            keep: ``path -> served path``.
+            progress: the pipeline's ``progress(stage, done, total)`` callback.
+            **choices: the page's options, see :func:`request_options`.
+
+        Raises:
+            TalkheadError: the message the CLI would print for the same input (upload paths shown
+                by file name only), the start-up load error, or a missing upload.
+        """
+        if self.load_error is not None:
+            raise TalkheadError(self.load_error)
+        if not image:
+            raise InputError("no photo: drop a face photo (PNG, JPEG, WebP, BMP) first")
+        if not audio:
+            raise InputError("no speech: drop a speech file or record one first")
+        options = request_options(self.base, **choices)
+        with self._lock:
+            pipeline = self.pipeline_for(options)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="request-", dir=self.workdir) as work:
+                output = Path(work) / f"{Path(image).stem or 'talkhead'}-talking.mp4"
+                try:
+                    pipeline.animate(image, audio, output, progress=progress)
+                except TalkheadError as exc:
+                    exc.args = (_short_paths(str(exc), image, audio),)
+                    raise
+                return keep(output)
+
+
+def _short_paths(message: str, *paths: str) -> str:
+    """``message`` with each upload's server-side path replaced by its file name."""
+    for path in paths:
+        if path:
+            message = message.replace(str(path), Path(path).name)
+    return message
+
+
+def build_app(animator: Animator, *, title: str = "talkhead"):
+    """The Gradio page over ``animator``: an *Animate* tab whose button is the ``/animate`` endpoint.
+
+    Endpoint ``/animate(image, audio, motion_scale=1.0, frame="full photo", face_index=0,
+    device=<--device>) -> MP4 path``; the defaults are the command line's options (``frame`` is
+    ``"face crop"`` where :class:`AnimateOptions` has no ``frame`` field). Element ids for scripted
+    browsers: ``photo``, ``speech``, ``animate-button``, ``result``, ``status``.
+
+    Returns:
+        The ``gradio.Blocks`` (not launched; call ``.queue(...).launch(...)`` or use :func:`serve`).
+    """
+    gr = require_gradio()
+    fields = option_fields()
+    base = animator.base
+
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(f"# {title}\nOne face photo + speech → a talking-head video (MS-Sync keypoints, FOMM "
+                    "renderer). Everything runs on this computer.")
+        gr.Markdown(_status_markdown(animator.load_error), elem_id="status")
+        with gr.Tab("Animate"):
+            with gr.Row():
+                with gr.Column():
+                    image = _pass_unreadable_images(gr.Image(
+                        type="filepath", image_mode=None, label="Face photo", sources=["upload", "clipboard"],
+                        elem_id="photo", height=280))
+                    audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="Speech",
+                                     elem_id="speech")
+                    with gr.Accordion("Options", open=True):
+                        motion = gr.Slider(0.0, 2.0, value=float(getattr(base, "motion_scale", 1.0)), step=0.05,
+                                           label="Motion scale", info="0 = still head, 1 = as generated"
+                                           + ("" if "motion_scale" in fields else " (needs a newer talkhead)"),
+                                           interactive="motion_scale" in fields)
+                        frame = gr.Radio(list(FRAMES), value=_frame_label(getattr(base, "frame", "crop")),
+                                         label="Frame", info="the whole photo, or the square face crop"
+                                         + ("" if "frame" in fields else " (needs a newer talkhead)"),
+                                         interactive="frame" in fields)
+                        face = gr.Number(value=base.face_index or 0, precision=0, minimum=0, label="Face index",
+                                         info="when several faces are found: 0 = the largest, 1 = the next, ...")
+                        device = gr.Dropdown(list(DEVICES), value=base.device, label="Device",
+                                             info="auto = cuda > mps > cpu; another device loads the models again")
+                    button = gr.Button("Animate", variant="primary", elem_id="animate-button",
+                                       interactive=animator.load_error is None)
+                with gr.Column():
+                    video = gr.Video(label="Talking head (MP4)", elem_id="result", buttons=["download"],
+                                     interactive=False, height=420)
+
+        def animate(image: str | None, audio: str | None, motion_scale: float = motion.value,
+                    frame: str = frame.value, face_index: float | None = face.value, device: str = base.device,
+                    progress=gr.Progress()) -> str:
+            """Animate the photo with the speech; returns the MP4 (H.264 + AAC, 25 fps)."""
+            try:
+                return animator.run(image, audio, keep=video.move_resource_to_block_cache,
+                                    progress=_ProgressBridge(progress), motion_scale=motion_scale, frame=frame,
+                                    face_index=face_index, device=device)
+            except TalkheadError as exc:
+                raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
+
+        button.click(animate, inputs=[image, audio, motion, frame, face, device], outputs=video,
+                     api_name=API_NAME, concurrency_limit=1)
+    return demo
+
+
+def _pass_unreadable_images(component):
+    """Let an upload that Pillow cannot open reach the pipeline unchanged (returns ``component``).
+
+    Gradio's image preprocessing opens every upload and fails with a generic error on a non-image;
+    passing the path through lets :func:`talkhead.face.load_image` raise the CLI's
+    :class:`~talkhead.errors.ImageError` line instead. Done on the instance: a ``gr.Image`` subclass
+    would make Gradio write a ``.pyi`` stub next to this module at import time.
+    """
+    from PIL import UnidentifiedImageError
+
+    preprocess = component.preprocess
+
+    def tolerant(payload):
+        try:
+            return preprocess(payload)
+        except (UnidentifiedImageError, OSError, ValueError):
+            return str(payload.path) if payload is not None and payload.path else None
+
+    component.preprocess = tolerant
+    return component
+
+
+def _frame_label(value: str) -> str:
+    return next((label for label, v in FRAMES.items() if v == value), "full photo")
+
+
+def _status_markdown(load_error: str | None) -> str:
+    if load_error is None:
+        return ""
+    return "### ⚠ The models could not be loaded\n```\n" + load_error + "\n```\nFix it, then restart `talkhead ui`."
+
+
+def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+          log: Callable[[str], None] | None = None, ready: Callable[[str], None] | None = None,
+          stop: threading.Event | None = None) -> None:
+    """Load the models, start the page on ``http://host:port/`` and block until Ctrl-C (or SIGTERM).
+
+    Every file the app writes (Gradio's uploads and results, the per-request folders) lives under
+    one temporary root (``talkhead-ui-*`` in the system temp folder), removed on the way out.
+
+    Args:
+        base: the command line's options.
+        host: interface to listen on; the default serves this computer only.
+        port: TCP port (0 = the first free one from 7860 up, Gradio's search).
+        share: also open a public Gradio share link (off by default).
+        log: status lines (loading, the URL, shutdown).
+        ready: called with the local URL once the server accepts requests.
+        stop: setting this event stops the server like Ctrl-C (for callers that run it in a thread;
+            signal handlers are installed only in the main thread).
+
+    Raises:
+        TalkheadError: gradio is missing, or the port cannot be opened.
+    """
+    gr = require_gradio()
+    say = log or (lambda msg: None)
+    root = Path(tempfile.mkdtemp(prefix="talkhead-ui-"))
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # read when the components are built
+    demo = None
+    stop = stop or threading.Event()
+    handlers: dict = {}
+    try:
+        animator = Animator(base, root / "requests", log=say).load()
+        if animator.load_error:
+            say(f"models not loaded (shown on the page): {animator.load_error}")
+        demo = build_app(animator)
+        demo.queue(default_concurrency_limit=1)
+        theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+        try:
+            _, url, share_url = demo.launch(server_name=host, server_port=port or None, share=share,
+                                            prevent_thread_lock=True, quiet=True, show_error=True,
+                                            ssr_mode=False, theme=theme, footer_links=["api"])
+        except OSError as exc:
+            raise TalkheadError(f"cannot serve on {host}:{port}: {exc}") from None
+        url = f"http://{host}:{demo.server_port}/"
+        say(f"talkhead ui running on {url}" + (f" and {share_url}" if share_url else "") + "  (Ctrl-C to stop)")
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C / kill: leave the wait loop below, then clean up
+                handlers[sig] = signal.signal(sig, lambda *_: stop.set())
+        if ready:
+            ready(url)
+        while not stop.is_set() and demo.is_running:
+            stop.wait(0.2)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if demo is not None:
+            demo.close(verbose=False)
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+        shutil.rmtree(root, ignore_errors=True)
+        say("stopped; temporary files removed")
+
+
+__all__ = ["Animator", "build_app", "serve", "request_options", "require_gradio", "INSTALL_HINT", "API_NAME",
+           "FRAMES"]

@@ -1,0 +1,331 @@
+"""``talkhead ui``: the Gradio page and its ``/animate`` API, served by a real ``talkhead ui`` process.
+
+One server (tiny models, dlib landmarks, CPU) is started on a free loopback port for the module; it
+is called through ``gradio_client`` (the README's example), driven in headless Chromium (Selenium),
+and finally stopped with Ctrl-C (SIGINT), after which its temporary folder must be gone.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from talkhead.errors import InputError
+from talkhead.options import AnimateOptions
+from talkhead.ui import FRAMES, option_fields, request_options
+
+ROOT = Path(__file__).parent.parent
+ASTRONAUT = ROOT / "examples" / "astronaut.png"
+SPEECH = Path(__file__).parent / "data" / "audio" / "speech_16k.wav"
+STARTUP_TIMEOUT_S = 300  # torch + gradio imports and model loading on a loaded 2-core machine
+
+
+# --------------------------------------------------------------------------------------- request options
+def test_request_options_apply_the_page_choices_over_the_command_line():
+    base = AnimateOptions(landmarker="dlib", device="cpu", batch_size=4)
+    opts = request_options(base, face_index=1.0, device="cpu")
+    assert (opts.face_index, opts.device, opts.landmarker, opts.batch_size) == (1, "cpu", "dlib", 4)
+    assert opts.overwrite  # each request writes a fresh file in its own folder
+    assert request_options(base, face_index=None).face_index is None  # blank = the largest confident face
+    with pytest.raises(InputError, match="--face-index must be 0 or more"):
+        request_options(base, face_index=-1)
+    with pytest.raises(InputError, match="--face-index must be a whole number"):
+        request_options(base, face_index=1.5)
+    with pytest.raises(InputError, match="--device must be one of"):
+        request_options(base, device="tpu")
+
+
+def test_motion_scale_and_frame_pass_only_where_the_options_have_them():
+    base = AnimateOptions()
+    fields = option_fields()
+    if "motion_scale" in fields:
+        assert request_options(base, motion_scale=0.0).motion_scale == 0.0
+        if "still" in fields:  # --still sets the slider's start; the slider then decides
+            still = AnimateOptions(still=True)
+            assert still.motion_scale == 0.0
+            assert request_options(still, motion_scale=0.5).motion_scale == 0.5
+    else:
+        assert request_options(base, motion_scale=1.0) == request_options(base)  # what this version does
+        with pytest.raises(InputError, match="--motion-scale is not available"):
+            request_options(base, motion_scale=0.0)
+    if "frame" in fields:
+        assert request_options(base, frame="face crop").frame == "crop"
+        assert request_options(base, frame="full photo").frame == "full"
+    else:
+        assert request_options(base, frame="face crop") == request_options(base)
+        with pytest.raises(InputError, match="--frame is not available"):
+            request_options(base, frame="full photo")
+    assert set(FRAMES.values()) == {"full", "crop"}
+
+
+def test_ui_without_gradio_says_what_to_install(monkeypatch):
+    from typer.testing import CliRunner
+
+    from talkhead.cli import app
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
+    result = CliRunner().invoke(app, ["ui", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "pip install 'talkhead[ui]'" in result.output and "Traceback" not in result.output
+
+
+def test_ui_with_an_unavailable_device_fails_before_serving(tmp_path, monkeypatch):
+    import tempfile
+
+    import torch
+    from typer.testing import CliRunner
+
+    from talkhead.cli import app
+
+    _need_ui_extra()
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = CliRunner().invoke(app, ["ui", "--device", "cuda", "--port", "1"])
+    assert result.exit_code == 2 and "device cuda was asked for" in result.output
+    assert list(tmp_path.glob("talkhead-ui-*")) == []  # its temporary root is gone too
+
+
+# --------------------------------------------------------------------------------------- the server
+def _need_ui_extra():
+    pytest.importorskip("gradio", reason="the ui extra (gradio) is not installed")
+    return pytest.importorskip("gradio_client", reason="the ui extra (gradio_client) is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A ``talkhead ui`` subprocess; its temp files go under ``tmpdir`` (``TMPDIR``)."""
+
+    def __init__(self, models_dir: Path, tmpdir: Path, *extra: str):
+        self.tmpdir = tmpdir
+        self.port = _free_port()
+        env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False"}
+        cmd = [sys.executable, "-m", "talkhead", "ui", "--port", str(self.port), "--models-dir", str(models_dir),
+               "--offline", "--landmarker", "dlib", "--device", "cpu", "--batch-size", "4", *extra]  # batch 4: 30 render progress steps
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        self.stderr: list[str] = []
+        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
+        line = self._readline(STARTUP_TIMEOUT_S)
+        if not line.startswith("http://"):
+            self.proc.kill()
+            raise AssertionError(f"the server did not start: {line!r}\n{''.join(self.stderr)}")
+        self.url = line.strip()
+        assert self.url == f"http://127.0.0.1:{self.port}/"
+
+    def _readline(self, timeout: float) -> str:
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        return out[0] if out else ""
+
+    def temp_roots(self) -> list[Path]:
+        return sorted(self.tmpdir.glob("talkhead-ui-*"))
+
+    def stop(self, sig=signal.SIGINT, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models_dir, tmp_path_factory):
+    _need_ui_extra()
+    srv = Server(tiny_models_dir, tmp_path_factory.mktemp("ui-tmp"))
+    yield srv
+    srv.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def client(server, tmp_path):
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False, download_files=str(tmp_path))
+
+
+def test_api_animates_the_astronaut_with_real_speech(server, client, tmp_path):
+    from gradio_client import handle_file
+
+    from talkhead.video import probe
+
+    video = client.predict(handle_file(str(ASTRONAUT)), handle_file(str(SPEECH)), api_name="/animate")
+    video = Path(video["video"] if isinstance(video, dict) else video)
+    assert video.is_file() and video.suffix == ".mp4" and tmp_path in video.parents
+    info = probe(video)
+    assert (info.video_codec, info.pix_fmt, info.audio_codec) == ("h264", "yuv420p", "aac")
+    assert info.fps == pytest.approx(25.0)
+    assert info.num_frames == 120  # round(4.8 s * 25): as long as the speech
+    assert info.audio_duration_s == pytest.approx(4.8, abs=0.04)
+    if "frame" in option_fields():
+        assert (info.width, info.height) == (512, 512)  # the whole photo (frame "full photo", the default)
+        crop = client.predict(handle_file(str(ASTRONAUT)), handle_file(str(SPEECH)), motion_scale=0.0,
+                              frame="face crop", api_name="/animate")
+        info = probe(crop["video"] if isinstance(crop, dict) else crop)
+        assert (info.width, info.height, info.num_frames) == (64, 64, 120)  # the tiny FOMM's square, still head
+    else:
+        assert (info.width, info.height) == (64, 64)  # the tiny FOMM's frames
+    # the request's own temporary folder is gone once the answer is back
+    (root,) = server.temp_roots()
+    assert not list((root / "requests").glob("request-*"))
+
+
+def test_api_reports_bad_uploads_with_the_cli_message(server, client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    wall = tmp_path / "wall.png"
+    Image.fromarray(np.full((300, 400, 3), 128, np.uint8)).save(wall)
+    with pytest.raises(AppError, match=r"no face found in 'wall\.png'"):  # the upload's name, not its server path
+        client.predict(handle_file(str(wall)), handle_file(str(SPEECH)), api_name="/animate")
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture\n")
+    with pytest.raises(AppError, match=r"'notes\.png' is not an image"):
+        client.predict(handle_file(str(notes)), handle_file(str(SPEECH)), api_name="/animate")
+
+    silent = tmp_path / "silent.wav"
+    import soundfile as sf
+
+    sf.write(silent, np.zeros(16000, np.float32), 16000)
+    with pytest.raises(AppError, match="silent"):
+        client.predict(handle_file(str(ASTRONAUT)), handle_file(str(silent)), api_name="/animate")
+
+    with pytest.raises(AppError, match=r"face index 3 requested but only 1 confident face\(s\) found in 'astronaut\.png'"):
+        client.predict(handle_file(str(ASTRONAUT)), handle_file(str(SPEECH)), face_index=3, api_name="/animate")
+    (root,) = server.temp_roots()
+    assert not list((root / "requests").glob("request-*"))
+
+
+def _chromium():
+    """(chromium, chromedriver) paths, or skip when the browser test's dependencies are absent."""
+    pytest.importorskip("selenium", reason="selenium is not installed")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("no chromium + chromedriver (apt-get install chromium chromium-driver)")
+    return browser, driver
+
+
+def test_page_in_headless_chromium(server, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = _chromium()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1200", "--mute-audio"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        wait = WebDriverWait(driver, 120)
+        driver.get(server.url)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+        assert "talkhead" in driver.title
+        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
+        driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))  # uploaded and previewed
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
+        # record every text the result panel shows while the request runs (the progress bar's labels)
+        driver.execute_script("""
+            window.__seen = [];
+            new MutationObserver(() => {
+                const panel = document.querySelector('#result');
+                const text = panel ? panel.innerText : '';
+                if (text && window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
+            }).observe(document.body, {subtree: true, childList: true, characterData: true});""")
+        wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
+        video = wait.until(lambda d: next((v for v in d.find_elements(By.CSS_SELECTOR, "#result video")
+                                           if v.get_attribute("src")), None))
+        assert video.get_attribute("src").split("?")[0].endswith(".mp4")
+        wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1 && arguments[0].duration",
+                                              video))  # the player has the file's metadata
+        seen = "\n".join(driver.execute_script("return window.__seen"))
+        assert "keypoints (MS-Sync)" in seen and "frames (FOMM + ffmpeg)" in seen  # progress: keypoints, then frames
+        assert seen.index("keypoints (MS-Sync)") < seen.index("frames (FOMM + ffmpeg)")
+        assert "/120 frames" in seen and "Error" not in seen
+        duration = driver.execute_script("return arguments[0].duration", video)
+        assert duration == pytest.approx(4.8, abs=0.1)
+        driver.execute_script("window.scrollTo(0, 0)")
+        shot = tmp_path / "ui-screenshot.png"
+        driver.save_screenshot(str(shot))
+        with Image.open(shot) as im:
+            assert im.size[0] >= 1000
+        if os.environ.get("TALKHEAD_UI_SCREENSHOT"):
+            shutil.copy(shot, os.environ["TALKHEAD_UI_SCREENSHOT"])
+    finally:
+        driver.quit()
+
+
+def test_ctrl_c_stops_the_server_and_removes_its_temporary_files(server):
+    assert server.temp_roots()  # uploads, results, request folders while serving
+    assert server.stop(signal.SIGINT) == 0, "".join(server.stderr)
+    assert server.temp_roots() == []
+    assert "stopped; temporary files removed" in "".join(server.stderr)
+
+
+def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch):
+    """In-process serve() with an empty models dir: the page says what failed and how to fix it."""
+    import tempfile
+    import urllib.request
+
+    _need_ui_extra()
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from talkhead.ui import serve
+
+    empty = tmp_path / "models"
+    empty.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stop, urls, errors = threading.Event(), [], []
+
+    def run():
+        try:
+            serve(AnimateOptions(models_dir=empty, offline=True, landmarker="dlib", device="cpu"),
+                  port=_free_port(), ready=urls.append, stop=stop)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not urls and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert urls and not errors, errors
+        assert len(list(tmp_path.glob("talkhead-ui-*"))) == 1
+        config = urllib.request.urlopen(urls[0] + "config", timeout=30).read().decode()
+        assert "could not be loaded" in config and "talkhead download" in config and "Traceback" not in config
+        page = Client(urls[0], verbose=False, download_files=str(tmp_path))
+        with pytest.raises(AppError, match="talkhead download"):
+            page.predict(handle_file(str(ASTRONAUT)), handle_file(str(SPEECH)), api_name="/animate")
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive() and not errors
+    assert list(tmp_path.glob("talkhead-ui-*")) == []
+    assert not (ROOT / "talkhead" / "ui.pyi").exists()  # Gradio writes stubs beside modules that subclass components
