@@ -135,7 +135,7 @@ def build_warmup_input(kp_source: Keypoints, *, obs_len: int) -> torch.Tensor:
 
 def generate_keypoints_trace(model: MSSyncGenerator, kp_source: Keypoints, logfbank, *,
                              seq_len: int = 0, progress: Progress | None = None,
-                             incremental: bool | None = None) -> dict[str, torch.Tensor]:
+                             incremental: bool | None = None, keep_trace: bool = True) -> dict[str, torch.Tensor]:
     """:func:`generate_keypoints` returning every intermediate (names of the golden fixture).
 
     Returns:
@@ -146,6 +146,9 @@ def generate_keypoints_trace(model: MSSyncGenerator, kp_source: Keypoints, logfb
         ``temporal_obs``, ``vel_obs`` ``(obs_len, 60)``, ``encoder_x_decode`` ``(S-1, coord_dim)``,
         ``temporal_decode`` ``(S-1, hidden)``, ``vel_decode`` ``(S-1, 60)``, ``context_len_decode``
         ``(S-1,)``. All tensors are on the model's device.
+
+    ``keep_trace=False`` records only the five inputs/outputs above (what :func:`generate_keypoints`
+    needs: the per-step intermediates grow with the clip, ~0.1 MiB per second of audio).
 
     Raises:
         as :func:`generate_keypoints`.
@@ -163,10 +166,12 @@ def generate_keypoints_trace(model: MSSyncGenerator, kp_source: Keypoints, logfb
         offset = 1 if cfg.obs_len > 1 else 0
         cb = (lambda stage, done, _n: progress(stage, done + offset, total)) if progress is not None else None
         trace: dict[str, torch.Tensor] = {}
-        x_rec, x_pred = model.rollout(inpt, audio_in.to(dtype), trace=trace, progress=cb, incremental=incremental)
+        x_rec, x_pred = model.rollout(inpt, audio_in.to(dtype), trace=trace if keep_trace else None, progress=cb,
+                                      incremental=incremental)
         out_kp = torch.cat([x_rec[:, -1:], x_pred], dim=1) if cfg.obs_len > 1 else x_pred
-    for name in ("encoder_x_decode", "temporal_decode", "vel_decode"):
-        trace[name] = trace[name][:, 0]
+    if keep_trace:
+        for name in ("encoder_x_decode", "temporal_decode", "vel_decode"):
+            trace[name] = trace[name][:, 0]
     trace.update(audio_in=audio_in, inpt=inpt, x_rec=x_rec, x_pred=x_pred, out_kp=out_kp)
     return trace
 
@@ -197,7 +202,8 @@ def generate_keypoints(model: MSSyncGenerator, kp_source: Keypoints, logfbank, *
         ConfigError: the model's ``data_dim`` is not 6.
         ValueError: bad shapes or a negative ``seq_len``.
     """
-    out_kp = generate_keypoints_trace(model, kp_source, logfbank, seq_len=seq_len, progress=progress)["out_kp"]
+    out_kp = generate_keypoints_trace(model, kp_source, logfbank, seq_len=seq_len, progress=progress,
+                                      keep_trace=False)["out_kp"]
     return Keypoints.unpack(out_kp[0])
 
 
