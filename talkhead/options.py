@@ -109,7 +109,8 @@ class AnimateOptions:
     motion_scale: float = opt(1.0, "Head motion: 0 = still head (lips and expression kept), 0.5 calmer, 1 as "
                               "generated, 1.5 livelier.")
     still: bool = opt(False, "Hold the head still (= --motion-scale 0).")
-    renderer: str = opt("fomm", "Renderer (fomm).")
+    renderer: str = opt("fomm", "Renderer: fomm (First Order Motion Model), or smac for reenact (non-commercial "
+                        "licence).")
     crf: int = opt(18, "H.264 constant rate factor (lower = better quality, bigger file).", cli=False)
 
     def __post_init__(self) -> None:

@@ -172,7 +172,7 @@ class Pipeline:
         self.log(f"loading models from {self.models_dir}")
         ensure_models(self.models_dir, offline=self.options.offline, log=self._log)
         if self._renderer is None:
-            self._renderer = get_renderer("fomm").load(self.models_dir, self.device, self.options)
+            self._renderer = get_renderer(self.options.renderer).load(self.models_dir, self.device, self.options)
         if self._motion is None:
             from .mssync import MSSyncMotion, load_mssync
 
@@ -198,7 +198,7 @@ class Pipeline:
         """
         if self._renderer is not None:
             return int(self._renderer.frame_size)
-        return int(get_renderer("fomm").frame_size(self.models_dir))
+        return int(get_renderer(self.options.renderer).frame_size(self.models_dir))
 
     @property
     def batch_size(self) -> int:
@@ -354,6 +354,11 @@ class Pipeline:
         from .io import atomic_output
         from .video import VideoWriter
 
+        entry = get_renderer(self.options.renderer)
+        if not entry.audio_driven and self._renderer is None:
+            raise InputError(f"--renderer {entry.name} cannot be driven by speech: the released MS-Sync generates "
+                             f"FOMM's 10-keypoint space, {entry.name} uses {entry.num_kp} keypoints; use it with "
+                             f"`talkhead reenact --renderer {entry.name}`")
         inputs = self.prepare(image_path, audio_path, output_path, save_keypoints=save_keypoints)
         speech, features, crop, output_path = inputs.speech, inputs.logfbank, inputs.crop, inputs.output
         timings = {"landmarks": inputs.seconds}

@@ -358,3 +358,17 @@ def test_non_finite_is_one_line_exit_2_at_the_cli(tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     assert "keypoints stage produced NaN" in result.output and "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_smac_is_registered_for_reenact_and_refused_for_animate(tmp_path):
+    from talkhead.errors import CheckpointError
+
+    entry = get_renderer("smac")
+    assert entry.num_kp == 15 and not entry.audio_driven and "non-commercial" in entry.licence
+    assert entry.frame_size(tmp_path) == 256  # the packaged release config, no weights needed
+    with pytest.raises(CheckpointError, match="SMAC weights missing.*models/smac.md"):
+        entry.load(tmp_path, torch.device("cpu"), AnimateOptions(renderer="smac"))
+    result = CliRunner().invoke(app, ["animate", str(ASTRONAUT), str(SPEECH), "-o", str(tmp_path / "o.mp4"),
+                                      "--renderer", "smac", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "cannot be driven by speech" in result.output
+    assert "talkhead reenact --renderer smac" in result.output and not (tmp_path / "o.mp4").exists()
