@@ -113,7 +113,8 @@ def doctor_report(models_dir: str | os.PathLike | None = None) -> dict[str, Any]
         "ffmpeg": {"ok", "exe", "version", "has_libx264", "has_aac", "error"},
         "models": {"dir", "exists", "writable", "files": {relpath: ModelState.to_dict()}, "error"},
         "landmarkers": {"fan": {"offline", "importable", "weights", "cache_dir", "reason"},
-        "dlib": {"offline", "importable", "model_path", "reason"}}, "problems": [str], "warnings": [str],
+        "dlib": {"offline", "importable", "model_path", "reason"}}, "renderers": {name: {"summary",
+        "audio_driven", "licence"}}, "problems": [str], "warnings": [str],
         "ready": bool}`` (``ready``: no problems), with one ``landmarkers`` entry per registered backend
         (:data:`talkhead.face.LANDMARK_BACKENDS`).
     """
@@ -130,6 +131,7 @@ def doctor_report(models_dir: str | os.PathLike | None = None) -> dict[str, Any]
         "ffmpeg": _ffmpeg(),
         "models": _models(root),
         "landmarkers": _landmarkers(),
+        "renderers": _renderers(),
     }
     report["problems"], report["warnings"] = _findings(report)
     report["ready"] = not report["problems"]
@@ -178,6 +180,15 @@ def has_problems(report: dict[str, Any]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ render
+def _renderers() -> dict[str, dict[str, Any]]:
+    """The registered renderers: ``{name: {"summary", "audio_driven", "licence"}}`` (licences are
+    shown because one of them, SMAC, is for non-commercial use only)."""
+    from .renderers import get_renderer, renderer_names
+
+    return {n: {"summary": get_renderer(n).summary, "audio_driven": get_renderer(n).audio_driven,
+                "licence": get_renderer(n).licence} for n in renderer_names()}
+
+
 def render_report(report: dict[str, Any], console=None) -> None:
     """Print ``report`` as Rich tables (``console``: a ``rich.console.Console``; default stdout)."""
     from rich.console import Console
@@ -222,6 +233,13 @@ def render_report(report: dict[str, Any], console=None) -> None:
         detail = (info.get("model_path") or info.get("cache_dir") or "") if info.get("offline") else info.get("reason", "")
         lm.add_row(name, yes(info.get("offline")), str(detail))
     console.print(lm)
+
+    rend = Table(title="renderers")
+    for col in ("renderer", "drives", "licence"):
+        rend.add_column(col)
+    for name, info in report.get("renderers", {}).items():
+        rend.add_row(name, "animate + reenact" if info["audio_driven"] else "reenact only", info["licence"])
+    console.print(rend)
 
     for msg in report.get("problems", []):
         console.print(f"[bold red]problem:[/] {msg}", highlight=False, soft_wrap=True)
