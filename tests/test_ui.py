@@ -166,7 +166,7 @@ def client(server, tmp_path):
 def test_api_animates_the_astronaut_with_real_speech(server, client, tmp_path):
     from gradio_client import handle_file
 
-    from talkhead.video import probe
+    from probe import probe
 
     video = client.predict(handle_file(str(ASTRONAUT)), handle_file(str(SPEECH)), api_name="/animate")
     video = Path(video["video"] if isinstance(video, dict) else video)
