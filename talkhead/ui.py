@@ -3,8 +3,9 @@
 The page: drop a face photo and a speech file (or record from the microphone), pick the options
 users reach for (motion scale, full photo or crop, face index, device), press *Animate*, watch the
 progress bar (the pipeline's ``progress(stage, done, total)`` callback: ``keypoints`` then ``render``
-frames), get the MP4 in a player with a download button. The same event is the API endpoint
-``/animate``, so another program can call it::
+frames), get the MP4 in a player with a download button. A *Reenact* tab moves the photo like the
+face in a driving video (:func:`talkhead.reenact.reenact`, endpoint ``/reenact``). The animate event
+is the API endpoint ``/animate``, so another program can call it::
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
@@ -42,6 +43,9 @@ FRAMES = {"full photo": "full", "face crop": "crop"}
 
 API_NAME = "animate"
 """Name of the page's event and HTTP endpoint (``Client.predict(..., api_name="/animate")``)."""
+
+REENACT_API_NAME = "reenact"
+"""The Reenact tab's endpoint: ``/reenact(photo, driving_video, ...)`` (photo + driving video -> MP4)."""
 
 
 def require_gradio():
@@ -171,17 +175,24 @@ class Animator:
             InputError: the requested device is not available.
             CheckpointError / DownloadError: loading for a new device failed.
         """
+        from .pipeline import Pipeline
+
+        loaded = self._loaded_for(options.device)
+        return Pipeline(options, renderer=loaded.renderer, motion=loaded.motion, landmarker=loaded.landmarker,
+                        log=self.log)
+
+    def _loaded_for(self, device: str):
+        """The loaded pipeline on ``device`` (loading it once for a device other than the start-up one)."""
         from .devices import resolve_device
         from .pipeline import Pipeline
 
-        key = str(resolve_device(options.device))
+        key = str(resolve_device(device))
         loaded = self._by_device.get(key)
         if loaded is None:
             self.log(f"loading the models on {key}")
-            loaded = Pipeline(dataclasses.replace(self.base, device=options.device), log=self.log).load()
+            loaded = Pipeline(dataclasses.replace(self.base, device=device), log=self.log).load()
             self._by_device[key] = loaded
-        return Pipeline(options, renderer=loaded.renderer, motion=loaded.motion, landmarker=loaded.landmarker,
-                        log=self.log)
+        return loaded
 
     def run(self, image: str | None, audio: str | None, *, keep: Callable[[Path], str],
             progress: Callable | None = None, **choices) -> str:
@@ -216,6 +227,51 @@ class Animator:
                     pipeline.animate(image, audio, output, progress=progress)
                 except TalkheadError as exc:
                     exc.args = (_short_paths(str(exc), image, audio),)
+                    raise
+                return keep(output)
+
+    def run_reenact(self, photo: str | None, video: str | None, *, keep: Callable[[Path], str],
+                    progress: Callable | None = None, relative: bool = True, find_best_frame: bool = False,
+                    **choices) -> str:
+        """Move the face in one uploaded photo like the face in an uploaded driving video; return the MP4.
+
+        :func:`talkhead.reenact.reenact` with :class:`~talkhead.options.ReenactOptions` built from the
+        command line's options and the page's choices, on the renderer loaded at start-up (FOMM
+        relative motion transfer; the MP4 keeps the driving video's frame rate and audio).
+
+        Args:
+            photo / video: paths of the uploaded files (``None`` = nothing uploaded).
+            keep: ``path -> served path`` (see :meth:`run`).
+            progress: the ``progress(stage, done, total)`` callback.
+            relative: FOMM ``--relative`` (otherwise the driving keypoints are used as they are).
+            find_best_frame: start from the driving frame whose face is closest to the photo's.
+            **choices: ``frame``, ``face_index``, ``device``, see :func:`request_options`.
+
+        Raises:
+            TalkheadError: as :meth:`run`.
+        """
+        from .options import ReenactOptions
+        from .reenact import load_reenact_pipeline, reenact
+
+        if self.load_error is not None:
+            raise TalkheadError(self.load_error)
+        if not photo:
+            raise InputError("no photo: drop a face photo (PNG, JPEG, WebP, BMP) first")
+        if not video:
+            raise InputError("no driving video: drop a video of a moving face first")
+        options = request_options(self.base, **choices)
+        common = {f.name: getattr(options, f.name) for f in dataclasses.fields(AnimateOptions)}
+        reenact_options = ReenactOptions(**common, relative=bool(relative), find_best_frame=bool(find_best_frame))
+        with self._lock:
+            loaded = self._loaded_for(options.device)
+            pipeline = load_reenact_pipeline(reenact_options, renderer=loaded.renderer, log=self.log)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="request-", dir=self.workdir) as work:
+                output = Path(work) / f"{Path(photo).stem or 'talkhead'}-reenacted.mp4"
+                try:
+                    reenact(pipeline, photo, video, output, progress=progress)
+                except TalkheadError as exc:
+                    exc.args = (_short_paths(str(exc), photo, video),)
                     raise
                 return keep(output)
 
@@ -287,6 +343,45 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
 
         button.click(animate, inputs=[image, audio, motion, frame, face, device], outputs=video,
                      api_name=API_NAME, concurrency_limit=1)
+
+        with gr.Tab("Reenact"):
+            with gr.Row():
+                with gr.Column():
+                    r_photo = _pass_unreadable_images(gr.Image(
+                        type="filepath", image_mode=None, label="Face photo", sources=["upload", "clipboard"],
+                        elem_id="reenact-photo", height=280))
+                    r_driving = gr.Video(label="Driving video (a moving face; its audio is kept)",
+                                         sources=["upload"], elem_id="reenact-video", height=280)
+                    with gr.Accordion("Options", open=True):
+                        r_frame = gr.Radio(list(FRAMES), value=frame.value, label="Frame",
+                                           info="the whole photo, or the square face crop",
+                                           interactive="frame" in fields)
+                        r_relative = gr.Checkbox(value=True, label="Relative motion",
+                                                 info="move the photo's own face by the driving motion (FOMM --relative)")
+                        r_best = gr.Checkbox(value=False, label="Find the best starting frame",
+                                             info="start from the driving frame closest to the photo's pose")
+                        r_face = gr.Number(value=base.face_index or 0, precision=0, minimum=0, label="Face index")
+                        r_device = gr.Dropdown(list(DEVICES), value=base.device, label="Device")
+                    r_button = gr.Button("Reenact", variant="primary", elem_id="reenact-button",
+                                         interactive=animator.load_error is None)
+                with gr.Column():
+                    r_video = gr.Video(label="Reenacted (MP4)", elem_id="reenact-result", buttons=["download"],
+                                       interactive=False, height=420)
+
+        def reenact(photo: str | None, driving_video: str | None, frame: str = r_frame.value,
+                    relative: bool = True, find_best_frame: bool = False, face_index: float | None = r_face.value,
+                    device: str = base.device, progress=gr.Progress()) -> str:
+            """Move the face in the photo like the face in the driving video; returns the MP4."""
+            try:
+                return animator.run_reenact(photo, driving_video, keep=r_video.move_resource_to_block_cache,
+                                            progress=_ProgressBridge(progress), relative=relative,
+                                            find_best_frame=find_best_frame, frame=frame, face_index=face_index,
+                                            device=device)
+            except TalkheadError as exc:
+                raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
+
+        r_button.click(reenact, inputs=[r_photo, r_driving, r_frame, r_relative, r_best, r_face, r_device],
+                       outputs=r_video, api_name=REENACT_API_NAME, concurrency_limit=1)
     return demo
 
 
@@ -387,4 +482,4 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
 
 
 __all__ = ["Animator", "build_app", "serve", "request_options", "require_gradio", "INSTALL_HINT", "API_NAME",
-           "FRAMES"]
+           "REENACT_API_NAME", "FRAMES"]

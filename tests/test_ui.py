@@ -216,6 +216,24 @@ def test_api_reports_bad_uploads_with_the_cli_message(server, client, tmp_path):
     assert not list((root / "requests").glob("request-*"))
 
 
+def test_reenact_endpoint_moves_the_photo_like_a_driving_video(server, client, tmp_path):
+    from gradio_client import handle_file
+    from probe import probe
+
+    from talkhead.ffmpeg import ffmpeg_exe
+
+    driving = tmp_path / "driving.mp4"  # the astronaut's head panning for 1 s, with 1 s of the speech
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-loop", "1", "-framerate", "25", "-i", str(ASTRONAUT),
+                    "-i", str(SPEECH), "-t", "1", "-vf", "crop=400:400:'40+20*sin(2*PI*t)':40,scale=256:256",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(driving)], check=True)
+    video = client.predict(handle_file(str(ASTRONAUT)), handle_file(str(driving)), api_name="/reenact")
+    info = probe(video["video"] if isinstance(video, dict) else video)
+    assert (info.video_codec, info.audio_codec) == ("h264", "aac")  # the driving video's audio is kept
+    assert info.fps == pytest.approx(25.0) and info.num_frames == 25
+    expected = (512, 512) if "frame" in option_fields() else (64, 64)  # full photo / the tiny FOMM's square
+    assert (info.width, info.height) == expected
+
+
 def _chromium():
     """(chromium, chromedriver) paths, or skip when the browser test's dependencies are absent."""
     pytest.importorskip("selenium", reason="selenium is not installed")
