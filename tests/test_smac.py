@@ -364,19 +364,23 @@ def test_load_released_layout_strictly(tmp_path, tiny_g_state, tiny_me_path, tin
 
 @pytest.fixture(scope="module")
 def params_only_g_path(tmp_path_factory, tiny_g_state) -> tuple[Path, Path]:
-    """(net_g file with ``params`` only and a pickled ``os.system`` call, marker that call would create)."""
+    """(net_g file with ``params`` only, and a copy that also holds a pickled ``os.system`` call, and the
+    marker file that call would create)."""
     d = tmp_path_factory.mktemp("smac_g")
-    path, marker = d / "net_g_latest.pth", d / "pwned"
-    torch.save({"params": tiny_g_state, "exploit": _Exploit(marker)}, path)  # no params_ema
-    return path, marker
+    path, payload, marker = d / "net_g_latest.pth", d / "net_g_payload.pth", d / "pwned"
+    torch.save({"params": tiny_g_state}, path)  # no params_ema
+    torch.save({"params": tiny_g_state, "exploit": _Exploit(marker)}, payload)
+    return path, marker, payload
 
 
 def test_load_falls_back_to_params_and_refuses_code(params_only_g_path, tiny_g_state, tiny_me_path):
-    path, marker = params_only_g_path
+    path, marker, payload = params_only_g_path
     smac = load_smac(DATA / "tiny.yml", path, tiny_me_path)
-    assert not marker.exists()  # the allow-list unpickler never called os.system
     key = "quantize_app.embedding.weight"
     assert torch.equal(smac.generator.state_dict()[key], tiny_g_state[key])
+    with pytest.raises(CheckpointError, match="refused checkpoint .*posix.system"):
+        load_smac(DATA / "tiny.yml", payload, tiny_me_path)
+    assert not marker.exists()  # the allow-list unpickler never called os.system
 
 
 def test_load_errors_name_the_problem(tmp_path, tiny_g_state, tiny_me_path, params_only_g_path):
