@@ -212,15 +212,19 @@ def _driving_crop_box(video: Path, detect) -> tuple[int, int, int, int]:
     rate = 1.0 / DETECT_EVERY_S
     if duration > 0:
         rate = min(rate, MAX_DETECTIONS / duration)
-    _, frames = read_frames(video, f"fps={rate:.6f}", (width, height))
     detections = []
-    try:
-        for frame in frames:
-            detections.append(detect(np.ascontiguousarray(frame)))
-            if len(detections) >= MAX_DETECTIONS:
-                break
-    finally:
-        frames.close()
+    # the fps filter yields nothing for a clip shorter than one sampling step: then take its first frame
+    for vf, limit in ((f"fps={rate:.6f}", MAX_DETECTIONS), ("null", 1)):
+        _, frames = read_frames(video, vf, (width, height))
+        try:
+            for frame in frames:
+                detections.append(detect(np.ascontiguousarray(frame)))
+                if len(detections) >= limit:
+                    break
+        finally:
+            frames.close()
+        if detections:
+            break
     if not detections:
         raise InputError(f"driving video '{video}' has no decodable video frames")
     boxes, seen = face_track(detections)
