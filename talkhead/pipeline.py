@@ -110,7 +110,8 @@ def _check_finite(stage: str, what: str, *tensors: torch.Tensor) -> None:
                                  "(extreme input or bad weights)", stage=stage)
 
 
-def _check_file(path: Path, what: str) -> Path:
+def check_input_file(path: Path, what: str) -> Path:
+    """``path`` as a Path if it is an existing regular file; else :class:`InputError` naming ``what``."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} not found: {path}")
@@ -311,8 +312,8 @@ class Pipeline:
         from .face import load_image
         from .io import check_not_input, check_output_path
 
-        image_path = _check_file(Path(image_path), "image")
-        audio_path = _check_file(Path(audio_path), "audio")
+        image_path = check_input_file(Path(image_path), "image")
+        audio_path = check_input_file(Path(audio_path), "audio")
         check_not_input(output_path, image_path, audio_path)
         output_path = check_output_path(Path(output_path), self.options.overwrite)
         if save_keypoints is not None:

@@ -355,15 +355,6 @@ def load_reenact_pipeline(options: ReenactOptions = ReenactOptions(), *, rendere
 
 
 # ============================================================================== helpers
-def _check_file(path: Path, what: str) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise InputError(f"{what} is not a file: {path}")
-    return path
-
-
 def _photo_face(pipeline, image: np.ndarray, source: str):
     """``(FaceCrop, Face or None)`` of the photo: as :meth:`Pipeline.face_crop`, keeping the face
     (its landmarks serve :func:`find_best_frame`)."""
@@ -508,12 +499,13 @@ def reenact(pipeline, photo: str | Path, video: str | Path, output: str | Path |
     from .train.preprocess import _face_detector  # the training data's face filter
     from .fomm import movement_scale, relative_kp
     from .io import atomic_output, check_output_path
+    from .pipeline import check_input_file
     from .video import VideoWriter
 
     opts = pipeline.options
     if not isinstance(opts, ReenactOptions):
         opts = ReenactOptions(**{k: getattr(opts, k) for k in opts.__dataclass_fields__})
-    photo = _check_file(Path(photo), "photo")
+    photo = check_input_file(Path(photo), "photo")
     video = Path(video)
     output = Path(output) if output is not None else default_output(photo, video)
     if video.exists() and output.exists() and output.resolve() == video.resolve():
