@@ -13,11 +13,14 @@ so names with spaces, quotes, unicode, a leading dash or ``$(...)`` are ordinary
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import secrets
+import signal
 import socket
+import threading
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Callable
@@ -171,6 +174,24 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return target
 
 
+_DEFERRED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold Ctrl-C, SIGTERM and SIGHUP back (POSIX, main thread) while the block runs; a signal that
+    arrives meanwhile is delivered when it ends. Used where a file or a child process is created and
+    must be recorded before an interrupt can unwind (else the cleanup would not know it exists)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _create_hidden_sibling(target: Path, mark: str) -> Path:
     """Create (O_EXCL, mode 0666 & ~umask) and return an empty hidden file beside ``target``.
 
@@ -222,7 +243,8 @@ class AtomicOutput:
         check_output_path(self.target, self.overwrite)  # the world may have changed since __init__
         sweep_stale_partials(self.target.parent)  # leftovers of runs killed by SIGKILL / power loss
         try:
-            self.tmp_path = _create_hidden_sibling(self.target, _TMP_MARK)
+            with signals_deferred():  # the name is recorded before an interrupt can unwind
+                self.tmp_path = _create_hidden_sibling(self.target, _TMP_MARK)
         except OSError as err:
             raise OutputError(f"cannot create a temporary file beside {str(self.target)!r}: {err}") from err
         return self.tmp_path

@@ -21,7 +21,7 @@ import numpy as np
 from . import ffmpeg as _ff
 from .constants import FPS
 from .errors import FFmpegError, InputError
-from .io import AtomicOutput, check_output_path
+from .io import AtomicOutput, check_output_path, signals_deferred
 
 __all__ = ["to_uint8_frames", "VideoWriter"]
 
@@ -217,7 +217,8 @@ class VideoWriter:
         try:
             tmp = self._atomic.__enter__()
             try:
-                self._proc = subprocess.Popen(self.command(tmp), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+                with signals_deferred():  # the child is recorded before an interrupt can unwind
+                    self._proc = subprocess.Popen(self.command(tmp), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
             except OSError as err:
                 raise FFmpegError(f"cannot start ffmpeg: {err}") from err
             self._drain = _ff.StderrDrain(self._proc.stderr)
