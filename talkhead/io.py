@@ -174,6 +174,31 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return target
 
 
+def read_yaml_config(path: str | os.PathLike, what: str):
+    """The parsed YAML of a config file (``yaml.safe_load``), for the model configs (FOMM, SMAC).
+
+    Args:
+        path: the file.
+        what: its name in messages (``"FOMM config"``).
+
+    Raises:
+        ConfigError: the file cannot be read, or is not valid YAML (both name the file).
+    """
+    import yaml
+
+    from .errors import ConfigError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+
+
 _DEFERRED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 

@@ -24,7 +24,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-import yaml
 
 from ..errors import ConfigError
 from .blocks import check_scale
@@ -139,16 +138,9 @@ class FOMMConfig:
             ConfigError: unreadable file, invalid YAML, missing sections/keys (named in the message),
                 unknown keys, or sizes the networks cannot handle.
         """
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read FOMM config {path}: {exc.strerror or exc}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"FOMM config {path} is not valid YAML: {exc}") from None
-        return cls.from_dict(data, origin=str(path))
+        from ..io import read_yaml_config
+
+        return cls.from_dict(read_yaml_config(path, "FOMM config"), origin=str(path))
 
     @classmethod
     def from_dict(cls, data: Any, origin: str = "<dict>") -> "FOMMConfig":

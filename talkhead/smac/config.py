@@ -28,7 +28,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from ..errors import ConfigError
 from ..fomm.blocks import check_scale
@@ -104,16 +103,9 @@ class SMACConfig:
             ConfigError: unreadable file, invalid YAML, a missing section, unknown keys, or values the
                 implementation does not support (all named in the message).
         """
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read SMAC config {path}: {exc.strerror or exc}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"SMAC config {path} is not valid YAML: {exc}") from None
-        return cls.from_dict(data, origin=str(path))
+        from ..io import read_yaml_config
+
+        return cls.from_dict(read_yaml_config(path, "SMAC config"), origin=str(path))
 
     @classmethod
     def from_dict(cls, data: Any, origin: str = "<dict>") -> "SMACConfig":
