@@ -232,7 +232,7 @@ def reenact(
 # ----------------------------------------------------------------------------------------------- download
 @app.command()
 def download(
-    names: Optional[List[str]] = typer.Argument(None, help=escape("Models to fetch (fomm, mssync) [default: all].")),
+    names: Optional[List[str]] = typer.Argument(None, help=escape("Models to fetch (fomm, mssync, smac) [default: fomm and mssync, what animate needs].")),
     models_dir: Optional[Path] = ModelsDir,
     from_dir: Optional[Path] = typer.Option(None, "--from-dir", help="Install files you downloaded by hand from this folder instead."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help=escape("Base URL serving a models directory (URL/fomm/vox-adv-cpk.pth.tar, ...), tried after the public sources [default: $TALKHEAD_MIRROR].")),
@@ -242,13 +242,17 @@ def download(
     """Fetch every checkpoint the pipeline needs, verify it and record its sha256 in the models folder.
 
     Sources, in order: the authors' Google Drive folders, public mirrors (see models/*.md), then
-    --mirror URL / $TALKHEAD_MIRROR.
+    --mirror URL / $TALKHEAD_MIRROR. The optional SMAC renderer (reenact --renderer smac;
+    non-commercial licence) is shared by its authors through a browser link only: download its two
+    files by hand and install them with --from-dir.
 
     [bold]Examples[/]
 
       talkhead download
 
       talkhead download fomm --from-dir ~/Downloads
+
+      talkhead download smac --from-dir ~/Downloads/smac
 
       talkhead download --mirror https://cache.example.com/talkhead
     """
@@ -273,7 +277,12 @@ def download(
 
             with bars:
                 store.download(names or None, root, mirror=mirror, force=force, progress=on_bytes, log=_log(quiet))
-        _print_states(store.verify(root, hash_check="stat"), root)
+        states = store.verify(root, names or None, hash_check="stat")
+        _print_states(states, root)
+        for name in dict.fromkeys(st.model for st in states.values()):
+            notice = store.REGISTRY[name].notice
+            if notice and not quiet and any(st.ok for st in states.values() if st.model == name):
+                err_console.print(f"[yellow]note:[/] {notice}", highlight=False, soft_wrap=True)
 
 
 def _print_states(states: dict, root: Path) -> None:

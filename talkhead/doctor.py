@@ -151,15 +151,26 @@ def _findings(report: dict[str, Any]) -> tuple[list[str], list[str]]:
     models = report["models"]
     if models.get("error"):
         problems.append(f"models: {models['error']}")
+    from .store import REGISTRY
+
     files = models.get("files", {})
     for rel, st in files.items():
-        if st["state"] == "corrupt":
-            problems.append(f"{rel} is corrupt: {st['reason']} (replace it: `talkhead download --force {st['model']}`)")
+        optional = REGISTRY[st["model"]].optional if st["model"] in REGISTRY else False
+        if st["state"] == "corrupt":  # an optional renderer's file does not stop animate
+            (warnings if optional else problems).append(
+                f"{rel} is corrupt: {st['reason']} (replace it: "
+                + (f"`talkhead download {st['model']} --from-dir FOLDER`)" if optional
+                   else f"`talkhead download --force {st['model']}`)"))
         elif st["state"] == "unverified":
             warnings.append(f"{rel} is not recorded yet: it is checked and recorded on first use")
-    missing = [rel for rel, st in files.items() if st["state"] == "missing"]
+    missing = [rel for rel, st in files.items() if st["state"] == "missing"
+               and not (st["model"] in REGISTRY and REGISTRY[st["model"]].optional)]
     if missing:
         problems.append(f"checkpoints missing: {', '.join(missing)}: run `talkhead download`")
+    partial = [rel for rel, st in files.items() if st["state"] == "missing" and rel not in missing]
+    if partial:
+        warnings.append(f"optional renderer files missing: {', '.join(partial)} (models/smac.md: install by hand "
+                        "with `talkhead download smac --from-dir FOLDER`)")
     if not models.get("writable"):
         warnings.append(f"models directory {models['dir']} is not writable")
     marks = report["landmarkers"]

@@ -171,9 +171,12 @@ class Pipeline:
         from .store import ensure_models, model_paths
 
         self.log(f"loading models from {self.models_dir}")
-        ensure_models(self.models_dir, offline=self.options.offline, log=self._log)
+        entry = get_renderer(self.options.renderer)
+        needed = (*(entry.store_names if self._renderer is None else ()), *(("mssync",) if self._motion is None else ()))
+        if needed:
+            ensure_models(self.models_dir, names=needed, offline=self.options.offline, log=self._log)
         if self._renderer is None:
-            self._renderer = get_renderer(self.options.renderer).load(self.models_dir, self.device, self.options)
+            self._renderer = entry.load(self.models_dir, self.device, self.options)
         if self._motion is None:
             from .mssync import MSSyncMotion, load_mssync
 

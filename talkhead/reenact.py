@@ -315,7 +315,8 @@ def _pipeline_class():
                 entry = get_renderer(self.options.renderer)
                 if entry.store_names:
                     self.log(f"loading the {entry.name} renderer from {self.models_dir}")
-                    ensure_models(self.models_dir, offline=self.options.offline, log=self._log)
+                    ensure_models(self.models_dir, names=entry.store_names, offline=self.options.offline,
+                                  log=self._log)
                 self._renderer = entry.load(self.models_dir, self.device, self.options)
             return self
 

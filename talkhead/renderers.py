@@ -116,36 +116,34 @@ register_renderer(RendererEntry(
     licence="MIT code; weights published without a separate licence (models/fomm.md)"))
 
 
-SMAC_FILES = ("smac/net_g_latest.pth", "smac/net_motion_estimator_latest.pth")
-"""SMAC's released weight files in the models directory (installed by hand, see ``models/smac.md``);
-``smac/config.yml`` optionally overrides the packaged release config."""
-
-
 def _load_smac(models_dir: Path, device, options) -> Renderer:
     from .errors import CheckpointError
     from .smac import default_config_path, load_smac
+    from .store import model_paths
 
-    root = Path(models_dir)
-    config = root / "smac" / "config.yml"
-    generator, estimator = (root / rel for rel in SMAC_FILES)
-    missing = [str(p) for p in (generator, estimator) if not p.is_file()]
+    paths = model_paths(models_dir)
+    missing = [str(p) for p in (paths.smac_generator, paths.smac_motion_estimator) if not p.is_file()]
     if missing:
         raise CheckpointError(f"SMAC weights missing: {', '.join(missing)}; download them by hand from the authors' "
-                              "OneDrive (models/smac.md) and put them there (licence: CC BY-NC 4.0, non-commercial)")
-    return load_smac(config if config.is_file() else default_config_path(), generator, estimator, device=device)
+                              "OneDrive (models/smac.md) and run `talkhead download smac --from-dir FOLDER` "
+                              "(licence: CC BY-NC 4.0, non-commercial)")
+    config = paths.smac_config if paths.smac_config.is_file() else default_config_path()
+    return load_smac(config, paths.smac_generator, paths.smac_motion_estimator, device=device)
 
 
 def _smac_frame_size(models_dir: Optional[Path]) -> int:
     from .smac import SMACConfig, default_config_path
 
-    config = Path(models_dir) / "smac" / "config.yml" if models_dir is not None else None
+    from .store import model_paths
+
+    config = model_paths(models_dir).smac_config if models_dir is not None else None
     return int(SMACConfig.from_yaml(config if config is not None and config.is_file() else default_config_path()).frame_size)
 
 
 register_renderer(RendererEntry(
     name="smac", summary="SMAC, multi-scale motion/appearance codebooks (Zhao et al., CVPR 2025); reenact only",
-    num_kp=15, store_names=(), load=_load_smac, frame_size=_smac_frame_size, audio_driven=False,
+    num_kp=15, store_names=("smac",), load=_load_smac, frame_size=_smac_frame_size, audio_driven=False,
     licence="CC BY-NC 4.0 code and weights, NTU S-Lab licence parts: non-commercial use only (models/smac.md)"))
 
 
-__all__ = ["SMAC_FILES", "Renderer", "MotionGenerator", "RendererEntry", "register_renderer", "renderer_names", "get_renderer"]
+__all__ = ["Renderer", "MotionGenerator", "RendererEntry", "register_renderer", "renderer_names", "get_renderer"]

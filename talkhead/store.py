@@ -8,7 +8,15 @@ Layout of a models directory (``--models-dir`` > ``$TALKHEAD_MODELS`` >
     fomm/vox-adv-cpk.pth.tar     FOMM vox-adv-256 checkpoint
     mssync/args                  MS-Sync generator config, JSON
     mssync/model_chkpt.pt        MS-Sync generator checkpoint
+    smac/config.yml              SMAC config (optional renderer; ships with talkhead, copied into place)
+    smac/net_g_latest.pth        SMAC generator (installed by hand: ``talkhead download smac --from-dir DIR``)
+    smac/net_motion_estimator_latest.pth   SMAC keypoint detector + dense motion (by hand, likewise)
     manifest.json                sha256, size, mtime, pin and source of every recorded file
+
+``fomm`` and ``mssync`` are what ``animate`` needs (the default set of ``talkhead download``); ``smac``
+is an optional renderer (``reenact --renderer smac``) whose weights are shared through a browser link
+only, so it has no download source: it is installed by hand and recorded on its first verified
+install, like any file placed by hand.
 
 One card per model (sources in order, pinned digests, layout, licence, citation) is in the
 repository's ``models/`` folder and ships as ``talkhead/cards/<name>.md`` (:func:`model_card`).
@@ -26,12 +34,15 @@ allows it, and reports progress through a callback).
 * *Pins.* A file with known-good copies (:class:`Pin`: the FOMM checkpoint as published, by
   sha256; avatarify's trimmed copy, by md5) is downloaded only if its digest matches one of them.
   A file placed by hand need not match; the manifest records which pin it matched (``pin``), if
-  any. Files without a published digest (MS-Sync) are trusted on first use.
+  any. Files without a published digest (MS-Sync, SMAC) are trusted on first use: their sha256 is
+  recorded from the first copy that passes the layout check, and every later use is compared with it.
 * *Layout.* The checkpoint is read with the safe loader
   (:func:`talkhead.checkpoints.load_checkpoint`: ``weights_only=True`` or the allow-list
   unpickler, which refuses tampered files), every state dict inference uses is compared, key by
   key and shape by shape, with the listing its model package derives from the config
-  (``talkhead.fomm.layout`` / ``talkhead.mssync.layout``, computed on the ``meta`` device), and
+  (``talkhead.fomm.layout`` / ``talkhead.mssync.layout`` / ``talkhead.smac.layout``, computed on the
+  ``meta`` device; for an entry with alternatives, such as SMAC's ``params_ema`` else ``params``,
+  the one inference reads), and
   every floating tensor must be finite. Only then is the file moved into place (atomically, from a
   staging folder ``<root>/.incoming-*`` that is always removed) and recorded.
 
@@ -180,7 +191,17 @@ class ModelFile:
         sources: where to download it, in the order they are tried (empty for a packaged file).
         pins: known-good copies; a downloaded file must match one when any are given.
         packaged: ``"module:function"`` returning the path of the copy that ships with talkhead
-            (the FOMM YAML), or ``None``.
+            (the FOMM and SMAC YAMLs), or ``None``.
+        layout: for a checkpoint, ``"module:function"``; ``function(config_path) -> {entry: {key:
+            shape}}`` gives its expected state dicts for a config file (the model package computes
+            it on the ``meta`` device; the store never imports it at module level).
+        entries: for a checkpoint, the top-level entries inference reads, each a tuple of
+            alternatives in order of preference (the first present is read and checked against
+            the layout's listing of whichever alternative it names).
+        strip_prefix: a key prefix the loader removes before matching (SMAC's DataParallel
+            ``"module."``), or ``""``.
+        by_hand: where a person downloads the file when it has no download source (a browser
+            share), or ``None``.
     """
 
     relpath: str
@@ -189,6 +210,10 @@ class ModelFile:
     sources: tuple[Source, ...] = ()
     pins: tuple[Pin, ...] = ()
     packaged: Optional[str] = None
+    layout: Optional[str] = None
+    entries: tuple[tuple[str, ...], ...] = ()
+    strip_prefix: str = ""
+    by_hand: Optional[str] = None
 
     @property
     def basename(self) -> str:
@@ -204,29 +229,48 @@ class ModelSpec:
     """A model: its files and how to check them.
 
     Attributes:
-        name: registry key and subfolder of the models directory (``"fomm"``, ``"mssync"``).
+        name: registry key and subfolder of the models directory (``"fomm"``, ``"mssync"``, ``"smac"``).
         title: human-readable name.
-        files: the model's files, config first.
-        layout: ``"module:function"``; ``function(config_path) -> {entry: {key: shape}}`` gives the
-            expected state dicts of the checkpoint for a config file (the model package computes
-            it on the ``meta`` device; the store never imports it at module level).
-        entries: the checkpoint's top-level entries that inference reads.
+        files: the model's files: one config first, then one or more checkpoints (each with its
+            ``layout`` and ``entries``).
+        optional: not needed by ``animate``: left out of the default set of :func:`download` and
+            :func:`ensure_models`, and reported by :func:`verify` only once one of its files is there.
+        notice: one line users must see when the model is installed (SMAC's non-commercial licence).
     """
 
     name: str
     title: str
     files: tuple[ModelFile, ...]
-    layout: str
-    entries: tuple[str, ...]
+    optional: bool = False
+    notice: str = ""
 
     def file(self, role: str) -> ModelFile:
+        """The first file with ``role`` (``"config"`` or ``"checkpoint"``)."""
         return next(f for f in self.files if f.role == role)
+
+    @property
+    def config(self) -> ModelFile:
+        """The config file."""
+        return self.file("config")
+
+    @property
+    def checkpoints(self) -> tuple[ModelFile, ...]:
+        """The checkpoint files, in registry order."""
+        return tuple(f for f in self.files if f.role == "checkpoint")
 
 
 FOMM_CONFIG = "fomm/vox-adv-256.yaml"
 FOMM_CHECKPOINT = "fomm/vox-adv-cpk.pth.tar"
 MSSYNC_ARGS = "mssync/args"
 MSSYNC_CHECKPOINT = "mssync/model_chkpt.pt"
+SMAC_CONFIG = "smac/config.yml"
+SMAC_GENERATOR = "smac/net_g_latest.pth"
+SMAC_MOTION_ESTIMATOR = "smac/net_motion_estimator_latest.pth"
+
+SMAC_SHARE = ("https://hkustconnect-my.sharepoint.com/:f:/g/personal/szhaoax_connect_ust_hk/"
+              "Euur-8TShbNJr_i4yTMjtNUBFxm1OLaF2ndt2IymB6pC0w?e=cmZHYA")
+"""The SMAC authors' OneDrive folder (README of ShaelynZ/synergize-motion-appearance): a browser share,
+so its files are downloaded by hand."""
 
 FOMM_DRIVE_FOLDER = "1PyQJmkdCsAkOYwUyaj_l-l0as-iLDgeH"
 """The FOMM authors' checkpoint folder (README of AliaksandrSiarohin/first-order-model)."""
@@ -259,10 +303,9 @@ REGISTRY: dict[str, ModelSpec] = {
                 Source("url", "https://openavatarify.s3-avatarify.com/weights/vox-adv-cpk.pth.tar",
                        "avatarify's S3 bucket"),
                 Source("drive-file", "1coUCdyRXDbpWnEkA99NLNY60mb9dQ_n3", "Google Drive file of avatarify"),
-            ), pins=FOMM_PINS),
+            ), pins=FOMM_PINS, layout="talkhead.fomm.layout:layout_for_config_file",
+                entries=(("kp_detector",), ("generator",))),
         ),
-        layout="talkhead.fomm.layout:layout_for_config_file",
-        entries=("kp_detector", "generator"),
     ),
     "mssync": ModelSpec(
         name="mssync",
@@ -272,10 +315,26 @@ REGISTRY: dict[str, ModelSpec] = {
                 Source("drive-folder", MSSYNC_DRIVE_FOLDER, "Google Drive folder of the MS-Sync authors", "args"),)),
             ModelFile(MSSYNC_CHECKPOINT, "checkpoint", "MS-Sync generator checkpoint", sources=(
                 Source("drive-folder", MSSYNC_DRIVE_FOLDER, "Google Drive folder of the MS-Sync authors",
-                       "model_chkpt.pt"),)),
+                       "model_chkpt.pt"),), layout="talkhead.mssync.layout:layout_for_config_file",
+                entries=(("checkpoints",),)),
         ),
-        layout="talkhead.mssync.layout:layout_for_config_file",
-        entries=("checkpoints",),
+    ),
+    "smac": ModelSpec(
+        name="smac",
+        title="SMAC renderer",
+        files=(
+            ModelFile(SMAC_CONFIG, "config", "SMAC config, options/test.yml schema (ships with talkhead)",
+                      packaged="talkhead.smac:default_config_path"),
+            ModelFile(SMAC_GENERATOR, "checkpoint", "SMAC generator (net_g)", by_hand=SMAC_SHARE,
+                      layout="talkhead.smac.layout:generator_layout", entries=(("params_ema", "params"),),
+                      strip_prefix="module."),
+            ModelFile(SMAC_MOTION_ESTIMATOR, "checkpoint", "SMAC motion estimator (keypoints + dense motion)",
+                      by_hand=SMAC_SHARE, layout="talkhead.smac.layout:motion_estimator_layout",
+                      entries=(("params",),), strip_prefix="module."),
+        ),
+        optional=True,
+        notice="SMAC's code and weights are licensed CC BY-NC 4.0 (parts NTU S-Lab License 1.0): "
+               "non-commercial use only (models/smac.md)",
     ),
 }
 """Every model, by name. Sources and pins are documented, with who hosts each, in ``models/*.md``."""
@@ -284,14 +343,27 @@ SourceMap = Mapping[str, Sequence[Source]]
 PinMap = Mapping[str, Sequence[Pin]]
 
 
-def _specs(names: str | Iterable[str] | None) -> list[ModelSpec]:
-    """The specs for ``names`` (``None``: all), in registry order.
+DEFAULT_MODELS: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if not s.optional)
+"""The models ``animate`` needs and ``talkhead download`` fetches by default (``fomm``, ``mssync``)."""
+
+
+def _present(root: Path, spec: ModelSpec) -> bool:
+    """Whether any file of ``spec`` other than a packaged one is in ``root``."""
+    return any((root / f.relpath).exists() for f in spec.files if not f.packaged)
+
+
+def _specs(names: str | Iterable[str] | None, root: Optional[Path] = None, *,
+           every: bool = False) -> list[ModelSpec]:
+    """The specs for ``names``, in registry order. ``None``: every model with ``every``; otherwise
+    the default ones (:data:`DEFAULT_MODELS`) plus, when ``root`` is given, the optional models
+    with a file in it.
 
     Raises:
         InputError: an unknown model name.
     """
     if names is None:
-        return list(REGISTRY.values())
+        return [s for s in REGISTRY.values()
+                if every or not s.optional or (root is not None and _present(root, s))]
     wanted = [names] if isinstance(names, str) else list(names)
     unknown = [n for n in wanted if n not in REGISTRY]
     if unknown:
@@ -358,12 +430,17 @@ class ModelPaths:
         fomm_config: FOMM YAML (``talkhead.fomm.load_fomm``'s ``config_path``).
         fomm_checkpoint: ``vox-adv-cpk.pth.tar`` (its ``checkpoint_path``).
         mssync_dir: folder with ``args`` + ``model_chkpt.pt`` (``talkhead.mssync.load_mssync``'s ``model_dir``).
+        smac_config / smac_generator / smac_motion_estimator: SMAC's ``config.yml``,
+            ``net_g_latest.pth`` and ``net_motion_estimator_latest.pth`` (``talkhead.smac.load_smac``).
     """
 
     root: Path
     fomm_config: Path
     fomm_checkpoint: Path
     mssync_dir: Path
+    smac_config: Path
+    smac_generator: Path
+    smac_motion_estimator: Path
 
 
 def model_paths(models_dir: str | os.PathLike | None = None) -> ModelPaths:
@@ -371,7 +448,8 @@ def model_paths(models_dir: str | os.PathLike | None = None) -> ModelPaths:
     whether or not it exists."""
     root = resolve_models_dir(models_dir)
     return ModelPaths(root=root, fomm_config=root / FOMM_CONFIG, fomm_checkpoint=root / FOMM_CHECKPOINT,
-                      mssync_dir=root / "mssync")
+                      mssync_dir=root / "mssync", smac_config=root / SMAC_CONFIG, smac_generator=root / SMAC_GENERATOR,
+                      smac_motion_estimator=root / SMAC_MOTION_ESTIMATOR)
 
 
 # ---------------------------------------------------------------------------------------- cards
@@ -575,7 +653,8 @@ def verify(models_dir: str | os.PathLike | None = None, names: str | Iterable[st
 
     Args:
         models_dir: resolved with :func:`resolve_models_dir`.
-        names: model names (``"fomm"``, ``"mssync"``) or ``None`` for all.
+        names: model names (``"fomm"``, ``"mssync"``, ``"smac"``) or ``None``: the default models
+            plus each optional one (SMAC) with a file in the directory.
         hash_check: ``"once"`` (default): re-hash a recorded file unless this process already
             hashed it with the same size and ``mtime_ns``; ``"always"``: re-hash every file;
             ``"stat"``: trust size + ``mtime_ns`` (re-hash only when the mtime changed).
@@ -591,7 +670,7 @@ def verify(models_dir: str | os.PathLike | None = None, names: str | Iterable[st
     if hash_check not in HASH_CHECKS:
         raise InputError(f"hash_check must be one of {', '.join(HASH_CHECKS)}, not {hash_check!r}")
     root = resolve_models_dir(models_dir)
-    specs = _specs(names)
+    specs = _specs(names, root)
     try:
         manifest, problem = read_store_manifest(root), ""
     except CheckpointError as exc:
@@ -619,15 +698,16 @@ def verify(models_dir: str | os.PathLike | None = None, names: str | Iterable[st
 
 # ---------------------------------------------------------------------------------------- layout
 def check_layout(name: str, files: Mapping[str, str | os.PathLike]) -> None:
-    """Check model ``name``'s files before they are recorded: config readable, checkpoint loads
-    safely, its state dicts match the expected listing key by key and shape by shape, and every
-    floating tensor is finite. Networks are not built (the listing comes from the ``meta`` device).
+    """Check model ``name``'s files before they are recorded: config readable, every checkpoint
+    loads safely, the state dicts inference reads match the expected listing key by key and shape
+    by shape, and every floating tensor is finite. Networks are not built (the listing comes from
+    the ``meta`` device).
 
     Args:
-        name: ``"fomm"`` or ``"mssync"``.
-        files: ``{relpath: path}``, any subset of the model's files. A FOMM checkpoint without a
-            config is checked against the packaged YAML; an MS-Sync checkpoint without ``args``
-            only for safe loading, its ``checkpoints`` entry and finite weights.
+        name: ``"fomm"``, ``"mssync"`` or ``"smac"``.
+        files: ``{relpath: path}``, any subset of the model's files. A checkpoint without its config
+            is checked against the packaged config (FOMM, SMAC); an MS-Sync checkpoint without
+            ``args`` only for safe loading, its ``checkpoints`` entry and finite weights.
 
     Raises:
         ConfigError: a bad config. CheckpointError: unreadable, tampered with, an entry missing,
@@ -636,47 +716,72 @@ def check_layout(name: str, files: Mapping[str, str | os.PathLike]) -> None:
     _check_layout(_specs(name)[0], {rel: Path(p) for rel, p in files.items()})
 
 
+def _strip(state_dict: Mapping, prefix: str) -> Mapping:
+    if not prefix:
+        return state_dict
+    return {(k[len(prefix):] if isinstance(k, str) and k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def _check_checkpoint(spec: ModelSpec, f: ModelFile, path: Path, config_path: Optional[Path]) -> None:
+    """Check one checkpoint file ``f`` at ``path`` against its layout for ``config_path``."""
+    expected = _resolve(f.layout)(config_path) if config_path is not None and f.layout else None
+    data = load_checkpoint(path)
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{path}: a {spec.title} checkpoint is a dict, not {type(data).__name__}")
+    for alternatives in f.entries:
+        name = next((n for n in alternatives if isinstance(data.get(n), Mapping)), None)
+        if name is None:
+            present = ", ".join(map(str, data)) or "none"
+            raise CheckpointError(f"{path}: {spec.title} checkpoint lacks the {' or '.join(map(repr, alternatives))} "
+                                  f"state dict (top-level keys: {present})")
+        state_dict = _strip(data[name], f.strip_prefix)
+        if expected is not None:
+            listing = next((expected[n] for n in alternatives if n in expected), None)
+            if listing is None:
+                raise ConfigError(f"{f.layout} gives no listing for {' or '.join(alternatives)}")
+            diff = state_dict_diff(listing, state_dict)
+            if diff:
+                raise StateDictMismatchError(diff.report(f"{path} [{name}]"))
+        require_finite(state_dict, path, name)
+
+
 def _check_layout(spec: ModelSpec, group: Mapping[str, Path]) -> None:
-    cfg, ckpt = spec.file("config"), spec.file("checkpoint")
+    """:func:`check_layout` on the files of ``group``; an error names the blamed file in its
+    ``model_file`` attribute (a relpath) when it is a checkpoint's."""
+    cfg = spec.config
     config_path = group.get(cfg.relpath)
     if config_path is None and cfg.packaged:
         config_path = _packaged_path(cfg)
-    ckpt_path = group.get(ckpt.relpath)
+    current: Optional[ModelFile] = None
     try:
-        layout_for = _resolve(spec.layout)
-        if ckpt_path is None:
+        checkpoints = [f for f in spec.checkpoints if f.relpath in group]
+        if not checkpoints:
             if config_path is not None and cfg.relpath in group:
-                layout_for(config_path)  # the config alone: it must parse and describe a buildable model
+                for f in spec.checkpoints:  # the config alone: it must parse and describe a buildable model
+                    if f.layout:
+                        _resolve(f.layout)(config_path)
             return
-        expected = layout_for(config_path) if config_path is not None else None
-        data = load_checkpoint(ckpt_path)
-        if not isinstance(data, Mapping):
-            raise CheckpointError(f"{ckpt_path}: a {spec.title} checkpoint is a dict, not {type(data).__name__}")
-        for entry in (expected or dict.fromkeys(spec.entries)):
-            state_dict = data.get(entry)
-            if not isinstance(state_dict, Mapping):
-                present = ", ".join(map(str, data)) or "none"
-                raise CheckpointError(f"{ckpt_path}: {spec.title} checkpoint lacks the {entry!r} state dict "
-                                      f"(top-level keys: {present})")
-            if expected is not None:
-                diff = state_dict_diff(expected[entry], state_dict)
-                if diff:
-                    raise StateDictMismatchError(diff.report(f"{ckpt_path} [{entry}]"))
-            require_finite(state_dict, ckpt_path, entry)
-    except TalkheadError:
+        for current in checkpoints:
+            _check_checkpoint(spec, current, group[current.relpath], config_path)
+    except TalkheadError as exc:
+        if current is not None and not isinstance(exc, ConfigError):
+            exc.model_file = current.relpath
         raise
     except Exception as exc:  # a verification gate: whatever the check trips on, the file is bad
-        where = ckpt_path or config_path or spec.name
+        where = group.get(current.relpath) if current is not None else (config_path or spec.name)
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{where}: cannot be checked ({type(exc).__name__}: {first})") from exc
+        err = CheckpointError(f"{where}: cannot be checked ({type(exc).__name__}: {first})")
+        if current is not None:
+            err.model_file = current.relpath
+        raise err from exc
 
 
 def _blame(spec: ModelSpec, fresh: Sequence[str], exc: BaseException) -> list[str]:
-    """Which of the ``fresh`` (new or unrecorded) files a failed check is blamed on."""
+    """Which of the ``fresh`` (new or unrecorded) files a failed check is blamed on: the checkpoint
+    it names, the config for a config error, else all of them."""
     if len(fresh) <= 1:
         return list(fresh)
-    role = "config" if isinstance(exc, ConfigError) else "checkpoint"
-    rel = spec.file(role).relpath
+    rel = spec.config.relpath if isinstance(exc, ConfigError) else getattr(exc, "model_file", None)
     return [rel] if rel in fresh else list(fresh)
 
 
@@ -761,7 +866,7 @@ def register_local(models_dir: str | os.PathLike | None = None, *, names: str | 
 
     Args:
         models_dir: resolved with :func:`resolve_models_dir`.
-        names: model names or ``None`` for all.
+        names: model names or ``None``: the default models and every optional one with a file there.
         accept_changed: also re-record files whose bytes differ from the record (the explicit
             "I replaced it" action). :func:`ensure_models` passes ``False``.
         pins: known-good copies per relpath, replacing the registry's (tests).
@@ -773,16 +878,16 @@ def register_local(models_dir: str | os.PathLike | None = None, *, names: str | 
         InputError: an unknown model name. CheckpointError: the manifest cannot be written.
     """
     root = resolve_models_dir(models_dir)
-    specs = _specs(names)
+    specs = _specs(names, root)
     states = verify(root, [s.name for s in specs], check_layout=False, pins=pins)
     takes = (UNVERIFIED, CORRUPT) if accept_changed else (UNVERIFIED,)
     failed: dict[str, str] = {}
     unrecorded: dict[str, str] = {}
     for spec in specs:
         pending = {f.relpath: root / f.relpath for f in spec.files if states[f.relpath].state in takes}
-        cfg, ckpt = spec.file("config"), spec.file("checkpoint")
+        cfg = spec.config
         needs_config = (states[cfg.relpath].state == PACKAGED
-                        and (ckpt.relpath in pending or states[ckpt.relpath].state == VERIFIED))
+                        and any(c.relpath in pending or states[c.relpath].state == VERIFIED for c in spec.checkpoints))
         if not pending and not needs_config:
             continue
         with _staging(root) if needs_config else contextlib.nullcontext() as staging:
@@ -811,8 +916,11 @@ def register_local(models_dir: str | os.PathLike | None = None, *, names: str | 
     return out
 
 
-def _find_in(folder: Path, f: ModelFile) -> Optional[Path]:
-    candidates = [folder / f.relpath, folder / f.basename, *sorted(folder.glob(f"*/{f.basename}"))]
+def _find_in(folder: Path, spec: ModelSpec, f: ModelFile) -> Optional[Path]:
+    if spec.optional and f.role == "config":  # a generic name (config.yml): only DIR/smac/config.yml
+        candidates = [folder / f.relpath]
+    else:
+        candidates = [folder / f.relpath, folder / f.basename, *sorted(folder.glob(f"*/{f.basename}"))]
     return next((c for c in candidates if c.is_file()), None)
 
 
@@ -823,9 +931,11 @@ def install_from(source: str | os.PathLike | Iterable[str | os.PathLike],
 
     Each file is looked up by name: in a folder ``source`` as ``<relpath>``, ``<file name>`` or
     ``*/<file name>`` (e.g. ``DIR/fomm/vox-adv-cpk.pth.tar``, ``DIR/vox-adv-cpk.pth.tar`` or
-    ``DIR/checkpoint/model_chkpt.pt``); in a list of files by file name. Per model the found files
-    are copied into a staging folder, checked (:func:`check_layout`) with their partner (present or
-    copied along; the FOMM config falls back to the packaged one), and only then moved into place
+    ``DIR/checkpoint/model_chkpt.pt``); in a list of files by file name. SMAC's config override is
+    taken only from ``DIR/smac/config.yml`` (or given by path), and without ``names`` SMAC is
+    considered only when one of its weight files is found. Per model the found files
+    are copied into a staging folder, checked (:func:`check_layout`) with their partners (present or
+    copied along; the FOMM and SMAC configs fall back to the packaged ones), and only then moved into place
     and recorded (``how: "install"``, with the pin they match, if any: a hand-installed file need
     not match one). A model that fails leaves the directory as it was.
 
@@ -844,11 +954,11 @@ def install_from(source: str | os.PathLike | Iterable[str | os.PathLike],
             other models are still installed), or the directory is not writable.
     """
     root = resolve_models_dir(models_dir)
-    specs = _specs(names)
+    specs = _specs(names, every=True)
     if isinstance(source, (str, os.PathLike)):
         src = Path(source).expanduser()
         if src.is_dir():
-            found = {f.relpath: p for spec in specs for f in spec.files if (p := _find_in(src, f))}
+            found = {f.relpath: p for spec in specs for f in spec.files if (p := _find_in(src, spec, f))}
         elif src.is_file():
             found = {f.relpath: src for spec in specs for f in spec.files if f.basename == src.name}
         else:
@@ -861,6 +971,10 @@ def install_from(source: str | os.PathLike | Iterable[str | os.PathLike],
             raise InputError(f"not a file: {', '.join(missing)}")
         found = {f.relpath: p for spec in specs for f in spec.files for p in paths if p.name == f.basename}
         where = ", ".join(map(str, paths))
+    if names is None:  # an optional model is installed from a folder only when its weights are there
+        for spec in specs:
+            if spec.optional and not any(c.relpath in found for c in spec.checkpoints):
+                found = {rel: p for rel, p in found.items() if not rel.startswith(spec.name + "/")}
     if not found:
         wanted = ", ".join(f.basename for spec in specs for f in spec.files if not f.packaged)
         raise InputError(f"none of the model files ({wanted}) found in {where}")
@@ -880,7 +994,7 @@ def install_from(source: str | os.PathLike | Iterable[str | os.PathLike],
                 except OSError as exc:
                     raise CheckpointError(f"cannot copy {p} into {root}: {exc.strerror or exc}") from None
                 new[rel] = dst
-            cfg = spec.file("config")
+            cfg = spec.config
             if cfg.packaged and cfg.relpath not in new and not (root / cfg.relpath).is_file():
                 new[cfg.relpath] = _stage_packaged(cfg, staging)
             group = {f.relpath: root / f.relpath for f in spec.files if (root / f.relpath).is_file()}
@@ -1078,7 +1192,10 @@ def _fetch_checked(spec: ModelSpec, f: ModelFile, srcs: Sequence[Source], pins: 
 def _failure_message(failures: Mapping[str, Optional[list[Attempt]]], skipped: Mapping[str, str]) -> str:
     parts = []
     for rel, attempts in failures.items():
-        tried = "; ".join(f"{a.source.host}: {a.reason}" for a in attempts) if attempts else "no source configured"
+        f = _file_of(rel)
+        tried = "; ".join(f"{a.source.host}: {a.reason}" for a in attempts) if attempts else (
+            f"no download source: the authors share it through a browser link, {f.by_hand}" if f.by_hand
+            else "no source configured")
         parts.append(f"{rel} ({tried})")
     parts.extend(f"{rel} (not tried: {why})" for rel, why in skipped.items())
     offline = " (no network?)" if all("cannot resolve" in a.reason for v in failures.values() for a in v or []) \
@@ -1105,7 +1222,10 @@ def download(names: str | Iterable[str] | None = None, models_dir: str | os.Path
     and no empty model folder, also on Ctrl-C.
 
     Args:
-        names: ``"fomm"``, ``"mssync"``, a list of them, or ``None`` for all.
+        names: ``"fomm"``, ``"mssync"``, ``"smac"``, a list of them, or ``None`` for the default
+            models (:data:`DEFAULT_MODELS`, what ``animate`` needs). SMAC's weights have no download
+            source (a browser share): they come from ``mirror`` or are installed with
+            :func:`install_from`; otherwise it fails with the by-hand instructions.
         models_dir: destination, resolved with :func:`resolve_models_dir` (created if needed).
         mirror: base URL tried last for every file (default ``$TALKHEAD_MIRROR``).
         sources: ``{relpath: [Source, ...]}`` replacing the registry's sources of those files.
@@ -1169,8 +1289,9 @@ def download(names: str | Iterable[str] | None = None, models_dir: str | os.Path
                 try:
                     _check_layout(spec, group)
                 except TalkheadError as exc:
+                    fitted = ", ".join(str(root / f.relpath) for f in spec.checkpoints if f.relpath in group)
                     raise DownloadError(f"the packaged {', '.join(f.relpath for f in packaged)} does not fit "
-                                        f"{root / spec.file('checkpoint').relpath}: {exc}") from exc
+                                        f"{fitted}: {exc}") from exc
             _commit(root, accepted, how="download" if need else "packaged")
     if failures or skipped:
         err = DownloadError(_failure_message(failures, skipped))
@@ -1180,11 +1301,12 @@ def download(names: str | Iterable[str] | None = None, models_dir: str | os.Path
 
 
 # ---------------------------------------------------------------------------------------- ensure
-def ensure_models(models_dir: str | os.PathLike | None = None, *, offline: bool = False,
-                  progress: Optional[ProgressCallback] = None, log: Optional[Callable[[str], None]] = None,
+def ensure_models(models_dir: str | os.PathLike | None = None, *, names: str | Iterable[str] | None = None,
+                  offline: bool = False, progress: Optional[ProgressCallback] = None, log: Optional[Callable[[str], None]] = None,
                   mirror: Optional[str] = None, sources: Optional[SourceMap] = None, pins: Optional[PinMap] = None,
                   timeout: float = DOWNLOAD_TIMEOUT_S) -> ModelPaths:
-    """Make sure every model file is present and verified; what ``animate`` calls before loading.
+    """Make sure every file of the models ``names`` is present and verified; what ``animate`` and
+    ``reenact`` call before loading.
 
     Steps: recorded files -> size, pin and sha256 checked (sha256 once per process and file, see
     the module docstring); corrupt files -> error (never replaced silently); files placed by hand
@@ -1195,6 +1317,8 @@ def ensure_models(models_dir: str | os.PathLike | None = None, *, offline: bool 
 
     Args:
         models_dir: resolved with :func:`resolve_models_dir`.
+        names: the models to check (``None``: :data:`DEFAULT_MODELS`, what ``animate`` needs); a
+            renderer's are in its registry entry (``talkhead.renderers``, ``store_names``).
         offline: never touch the network.
         progress: download progress, see :func:`download`.
         log: receives one-line status messages (``None``: silent).
@@ -1209,7 +1333,8 @@ def ensure_models(models_dir: str | os.PathLike | None = None, *, offline: bool 
     """
     root = resolve_models_dir(models_dir)
     say = log or (lambda msg: None)
-    states = verify(root, check_layout=False, pins=pins)
+    wanted = [s.name for s in _specs(DEFAULT_MODELS if names is None else names)]
+    states = verify(root, wanted, check_layout=False, pins=pins)
     fresh = sorted({s.model for s in states.values() if s.state == UNVERIFIED})
     if fresh:
         say(f"checking model files placed by hand in {root}")
@@ -1227,11 +1352,17 @@ def ensure_models(models_dir: str | os.PathLike | None = None, *, offline: bool 
                               "in a folder and run `talkhead download --from-dir FOLDER`.")
     missing = [s.name for s in states.values() if s.state == MISSING]
     if missing and offline:
-        where = "; ".join(f"{rel} from {_file_of(rel).sources[0].url}" if _file_of(rel).sources else rel
-                          for rel in missing)
+        def origin(rel: str) -> str:
+            f = _file_of(rel)
+            return f"{rel} from {f.sources[0].url}" if f.sources else f"{rel} from {f.by_hand}" if f.by_hand else rel
+
+        where = "; ".join(map(origin, missing))
+        models = " ".join(sorted({s.model for s in states.values() if s.state == MISSING}))
+        downloadable = all(_file_of(rel).sources for rel in missing)
         raise DownloadError(f"model files missing in {root} and downloads are off (--offline): {where}; get them "
-                            "by hand and run `talkhead download --from-dir FOLDER` (or put them at those paths "
-                            "in the models directory), or run `talkhead download` with network")
+                            f"by hand and run `talkhead download {models} --from-dir FOLDER` (or put them at those "
+                            "paths in the models directory)"
+                            + (f", or run `talkhead download {models}` with network" if downloadable else ""))
     need = sorted({s.model for s in states.values() if s.state in (MISSING, PACKAGED)})
     if need:
         if missing:

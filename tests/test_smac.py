@@ -31,7 +31,11 @@ DATA = Path(__file__).parent / "data" / "smac"
 TOL_KP = 1e-5
 TOL_DENSE = 1e-5
 TOL_OUT = 1e-4  # the float prediction (values in about [-8, 9])
-TOL_GEN = 1e-4  # generator intermediates: |diff| <= TOL_GEN + REL_GEN * max|reference| (some reach ~400)
+# generator intermediates: |diff| <= TOL_GEN + REL_GEN * max|reference| (some reach ~400). The fixture README
+# proposes no figure for them; measured: 0.0 on an AVX2 machine like the fixture's, up to 1.2e-4 on an
+# AVX-512 EPYC (motion_comp.32/m_res of relative/f0, |ref| <= 0.7: oneDNN picks other kernels there), while
+# the float prediction `out` stays within 6e-5 (TOL_OUT) on both.
+TOL_GEN = 2e-4
 REL_GEN = 1e-5
 SCALES = (32, 64, 128, 256)
 # (render call, batch index): one call per frame as the reference demo (the 2nd and 3rd reuse the cached source)
@@ -617,3 +621,11 @@ def test_reenact_with_the_smac_renderer_end_to_end(tmp_path, tiny_g_state, tiny_
     info = probe(out)
     assert info.num_frames == 3 and (info.width, info.height) == (256, 256)
     assert info.fps == pytest.approx(25.0) and info.has_audio
+    # the hand-placed files were checked and recorded on this first use (the store's SMAC model)
+    from talkhead.store import read_store_manifest
+
+    manifest = read_store_manifest(tmp_path / "models")
+    assert {rel: manifest[rel]["how"] for rel in ("smac/config.yml", "smac/net_g_latest.pth",
+                                                  "smac/net_motion_estimator_latest.pth")} == dict.fromkeys(
+        ("smac/config.yml", "smac/net_g_latest.pth", "smac/net_motion_estimator_latest.pth"), "register")
+    assert not (tmp_path / "models" / "fomm").exists()  # reenact --renderer smac needs no FOMM or MS-Sync files
