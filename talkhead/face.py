@@ -405,7 +405,7 @@ def _probe(host: str, port: int = 443, timeout: float = _PROBE_TIMEOUT_S) -> str
     t = threading.Thread(target=attempt, daemon=True)
     t.start()
     t.join(timeout)
-    return result[0] if result else f"no answer within {timeout:.0f} s"
+    return result[0] if result else f"no answer within {timeout:g} s"
 
 
 class _FanLandmarker:

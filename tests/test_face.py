@@ -6,7 +6,7 @@ cols ~140-320) and ``skimage.data.coffee()`` (no face).
 from __future__ import annotations
 
 import socket
-import time
+import threading
 from urllib.parse import urlparse
 
 import cv2
@@ -314,32 +314,57 @@ def test_dlib_unavailable_says_what_to_install(monkeypatch):
     assert isinstance(info.value, TalkheadError)
 
 
-def test_fan_offline_fails_fast(monkeypatch, tmp_path):
+def _no_network(monkeypatch) -> list:
+    """Make every connection attempt fail at once (recorded), as on a machine without network."""
+    calls: list = []
+
+    def refuse(address, timeout=None, *a, **k):
+        calls.append((address, timeout))
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return calls
+
+
+def test_fan_offline_never_touches_the_network(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))   # an empty hub cache
     assert not F.fan_weights_cached()
-    t0 = time.perf_counter()
-    with pytest.raises(F.LandmarkerUnavailableError, match="--landmarker dlib"):
+    calls = _no_network(monkeypatch)
+    with pytest.raises(F.LandmarkerUnavailableError, match="--landmarker dlib") as info:
         F.detect_faces(ASTRO, backend="fan", offline=True)
-    assert time.perf_counter() - t0 < 5.0
+    assert "offline mode" in str(info.value)
+    assert calls == []  # offline: not even a probe
 
 
-def _fan_host_reachable() -> bool:
-    host = urlparse(F._fan_weight_urls()["s3fd"]).hostname
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
+def test_fan_without_network_probes_once_then_says_what_to_use(monkeypatch, tmp_path):
+    """No network: one bounded probe of the weight server (no download attempt, no retries), then
+    a readable error naming the files, the host and the offline backend."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    calls = _no_network(monkeypatch)
+    import face_alignment
 
-
-@pytest.mark.skipif(F.fan_weights_cached(), reason="FAN weights are cached here: fan works offline")
-def test_fan_without_network_fails_fast():
-    if _fan_host_reachable():
-        pytest.skip("the FAN weight server is reachable: fan would download its weights")
-    t0 = time.perf_counter()
-    with pytest.raises(F.LandmarkerUnavailableError, match="--landmarker dlib"):
+    monkeypatch.setattr(face_alignment, "FaceAlignment", lambda *a, **k: pytest.fail("tried to build FAN"))
+    with pytest.raises(F.LandmarkerUnavailableError, match="--landmarker dlib") as info:
         F.detect_faces(ASTRO, backend="fan")
-    assert time.perf_counter() - t0 < 15.0
+    host = urlparse(F._fan_weight_urls()["s3fd"]).hostname
+    assert calls == [((host, 443), F._PROBE_TIMEOUT_S)]
+    assert host in str(info.value) and "Network is unreachable" in str(info.value)
+
+
+def test_probe_gives_up_on_a_hanging_connection(monkeypatch):
+    """A connection that never answers (DNS hanging, which socket timeouts do not bound) is abandoned
+    after the probe's timeout, with that reason."""
+    release = threading.Event()
+
+    def hang(*a, **k):
+        release.wait()
+        raise OSError("released by the test")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    try:
+        assert F._probe("weights.example", timeout=0.05) == "no answer within 0.05 s"
+    finally:
+        release.set()
 
 
 def test_fan_wrapper_scales_boxes_and_keeps_scores():
