@@ -5,7 +5,7 @@ This is what FOMM's ``demo.py`` (and avatarify) does, streamed. Data path::
     photo  -> load_image (H,W,3 uint8) -> landmarker / select_face -> fomm_crop (S,S,3 [0,1])
            -> renderer.detect -> kp_source Keypoints (1,K,2) + (1,K,2,2)
     video  -> probe (fps, frames, audio) -> faces on frames sampled every 0.5 s -> speaker's track
-           -> ONE fixed square crop for the clip (talkhead.train.preprocess's rule, as the training data)
+           -> ONE fixed square crop for the clip (talkhead.facetrack, the training data's rule)
            -> ffmpeg: crop + scale to S x S, frame by frame
            -> renderer.detect per batch -> kp_detected (b,K,...)
            -> relative_kp(kp_source, kp_detected, kp_driving_initial) -> kp_driving (b,K,...)
@@ -198,13 +198,13 @@ def default_output(photo: str | Path, video: str | Path) -> Path:
 def _driving_crop_box(video: Path, detect) -> tuple[int, int, int, int]:
     """The driving video's fixed crop: faces on frames sampled every :data:`DETECT_EVERY_S` s (at most
     :data:`MAX_DETECTIONS`, spread over the clip), the speaker's track and its FOMM-grown union -
-    the training data's rule (:func:`talkhead.train.preprocess.face_track` / ``fixed_crop_box``).
+    the training data's rule (:func:`talkhead.facetrack.face_track` / ``fixed_crop_box``).
 
     Raises:
         InputError: no frame decodes. NoFaceError: no face in any sampled frame.
     """
     from .ffmpeg import read_frames, video_meta
-    from .train.preprocess import face_track, fixed_crop_box
+    from .facetrack import face_track, fixed_crop_box
 
     meta = video_meta(video)
     width, height = meta["size"]
@@ -497,7 +497,7 @@ def reenact(pipeline, photo: str | Path, video: str | Path, output: str | Path |
     """
     from .face import load_image
     from .ffmpeg import read_frames as iter_frames
-    from .train.preprocess import _face_detector  # the training data's face filter
+    from .facetrack import face_detector  # the training data's face filter
     from .fomm import movement_scale, relative_kp
     from .io import atomic_output, check_output_path
     from .pipeline import check_input_file
@@ -526,7 +526,7 @@ def reenact(pipeline, photo: str | Path, video: str | Path, output: str | Path |
     # -- the driving video's face and fixed crop -----------------------------------------------------
     box = None
     if opts.crop == "auto":
-        detect = _face_detector(pipeline.landmarker if pipeline.landmarker is not None else opts.landmarker,
+        detect = face_detector(pipeline.landmarker if pipeline.landmarker is not None else opts.landmarker,
                                 str(device), None)
         box = _driving_crop_box(video, detect)
     vf = _driving_filter(box, size, opts.fps)

@@ -71,9 +71,9 @@ import numpy as np
 import torch
 
 from ..constants import FPS, KP_DIM, LOGFBANK_PER_VIDEO_FRAME, NUM_KP
-from ..errors import ConfigError, FFmpegError, InputError, NoFaceError, TalkheadError
+from ..errors import ConfigError, FFmpegError, InputError, TalkheadError
 from ..devices import resolve_device
-from ..face import FOMM_INCREASE_AREA
+from ..facetrack import face_detector, face_track, fixed_crop_box  # noqa: F401 (face_track, fixed_crop_box: public here too)
 from ..ffmpeg import read_frames, video_meta
 from ..options import PreprocessOptions
 from ..progress import Progress
@@ -90,8 +90,6 @@ VIDEO_EXTS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", 
 """File extensions (lower case) picked up when a folder is given to :func:`preprocess`."""
 SKIPPED_NAME = "preprocess-skipped.json"
 """Sidecar in the output directory: ``{"clips": {id: {"source", "reason"}}}`` of skipped videos."""
-IOU_WITH_INITIAL = 0.25
-"""FOMM ``crop-video.py`` ``--iou_with_initial``: a detection joins a track above this IoU."""
 
 PROGRESS_STAGES = ("videos", "frames")
 """Stages of preprocess's :data:`talkhead.progress.Progress` calls: ``"videos"`` (videos of this shard
@@ -233,89 +231,6 @@ def plan_jobs(videos: Sequence[str | os.PathLike] | str | os.PathLike, *, root: 
     return shard_jobs([VideoJob(f, i) for f, i in zip(files, ids)], shard)
 
 
-# ============================================================================== crop geometry
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two ``(x0, y0, x1, y1)`` boxes (continuous pixel coordinates)."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0.0, w) * max(0.0, h)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def face_track(detections: Sequence[np.ndarray], *, iou_min: float = IOU_WITH_INITIAL) -> tuple[np.ndarray, int]:
-    """The speaker's boxes among per-frame face detections.
-
-    Each detection joins the track whose *first* box overlaps it most, if that IoU exceeds
-    ``iou_min`` (at most one box per track and frame; larger boxes are placed first), else it starts
-    a new track - the tube rule of FOMM's ``crop-video.py``. The track present in the most frames
-    wins; ties go to the larger mean box area.
-
-    Args:
-        detections: per sampled frame, an ``(k, 4)`` array of ``(x0, y0, x1, y1)`` boxes, pixels
-            (``k`` may be 0).
-        iou_min: IoU with a track's first box needed to join it.
-
-    Returns:
-        ``(boxes (n, 4) float64, n)``: the chosen track's boxes, one per frame it was seen in;
-        ``(0, 4)`` and 0 when no frame holds a face.
-    """
-    tracks: list[dict] = []
-    for boxes in detections:
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
-        used: set[int] = set()
-        for box in boxes[order]:
-            best, best_iou = None, iou_min
-            for ti, tr in enumerate(tracks):
-                if ti in used:
-                    continue
-                iou = _iou(tr["init"], box)
-                if iou > best_iou:
-                    best, best_iou = ti, iou
-            if best is None:
-                tracks.append({"init": box, "boxes": [box]})
-                used.add(len(tracks) - 1)
-            else:
-                tracks[best]["boxes"].append(box)
-                used.add(best)
-    if not tracks:
-        return np.zeros((0, 4)), 0
-    area = lambda tr: float(np.mean([(b[2] - b[0]) * (b[3] - b[1]) for b in tr["boxes"]]))
-    best = max(tracks, key=lambda tr: (len(tr["boxes"]), area(tr)))
-    return np.stack(best["boxes"]), len(best["boxes"])
-
-
-def fixed_crop_box(boxes: np.ndarray, frame_hw: tuple[int, int], *,
-                   increase_area: float = FOMM_INCREASE_AREA) -> tuple[int, int, int, int]:
-    """One square crop for a whole clip, covering every face box (FOMM ``crop-video.py`` rule).
-
-    The union ("tube", ``crop-video.py``'s ``join``) of ``boxes``, of width ``w`` and height ``h``, is
-    grown by ``compute_bbox``'s rule to a square of side ``(1 + 2 * increase_area) * max(w, h)``
-    about its centre, then moved inside the frame (side capped at ``min(H, W)``) instead of being
-    clipped - exactly :func:`talkhead.face.fomm_square_box`, the rule the inference crop uses, applied
-    to the union.
-
-    Args:
-        boxes: ``(n, 4)`` face boxes ``(x0, y0, x1, y1)`` (``x1, y1`` exclusive), full-resolution pixels.
-        frame_hw: ``(H, W)`` of the frame, pixels.
-        increase_area: growth per side, a fraction of the longer side (FOMM default 0.1).
-
-    Returns:
-        ``(x0, y0, x1, y1)`` integer pixels with ``x1 - x0 == y1 - y0``, inside the frame.
-
-    Raises:
-        ValueError: no boxes.
-    """
-    from ..face import fomm_square_box
-
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    if len(boxes) == 0:
-        raise ValueError("fixed_crop_box needs at least one face box")
-    union = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
-    return fomm_square_box(union, (int(frame_hw[0]), int(frame_hw[1])), increase_area)
-
-
 # ============================================================================== report
 @dataclass
 class ClipOutcome:
@@ -410,39 +325,6 @@ def _write_skipped(out_dir: Path, skipped: dict[str, dict]) -> None:
 
 
 # ============================================================================== the work
-def _face_detector(landmarker, device: str, min_score: Optional[float]) -> Callable[[np.ndarray], np.ndarray]:
-    """``detect(frame (H, W, 3) uint8) -> (k, 4)`` boxes of the confident faces in a frame.
-
-    ``landmarker`` is a backend name of :func:`talkhead.face.detect_faces` or a callable returning
-    :class:`talkhead.face.Face` objects. As for a still (:func:`talkhead.face.select_face`), faces
-    that are not confident (:func:`talkhead.face.is_confident` with ``min_score``) are dropped, and
-    each box is the detector box joined with the 68 landmarks (:func:`talkhead.face.face_extent`).
-    """
-    from ..face import detect_faces, face_extent, is_confident
-
-    if callable(landmarker):
-        fn = landmarker
-    else:
-        def fn(image):
-            return detect_faces(image, backend=landmarker, device=device)
-
-    def detect(image: np.ndarray) -> np.ndarray:
-        try:
-            faces = fn(image)
-        except NoFaceError:
-            faces = []
-        boxes = []
-        for f in faces or []:
-            if not hasattr(f, "box"):  # a plain (x0, y0, x1, y1) box from a custom landmarker
-                boxes.append(f)
-                continue
-            if not hasattr(f, "score") or is_confident(f, min_score):
-                boxes.append(face_extent(f) if getattr(f, "landmarks", None) is not None else f.box)
-        return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-
-    return detect
-
-
 def _detect_crop(path: Path, detect, *, detect_every_s: float, max_detections: int, min_face_fraction: float
                  ) -> tuple[int, int, int, int]:
     """Sample frames, track the speaker's face, return the fixed crop box (see module docstring)."""
@@ -572,7 +454,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
             backend, _ = resolve_landmarker(o.landmarker, offline=o.offline)
             get_landmarker(backend, device, offline=o.offline)  # fail fast (LandmarkerUnavailableError)
             landmarker = backend
-        detect = _face_detector(landmarker, device, o.min_score)
+        detect = face_detector(landmarker, device, o.min_score)
     from ..audio import load_speech, logfbank
 
     report = PreprocessReport(out_dir=out_dir, shard=shard)
