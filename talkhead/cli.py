@@ -241,10 +241,9 @@ def download(
 ) -> None:
     """Fetch every checkpoint the pipeline needs, verify it and record its sha256 in the models folder.
 
-    Sources, in order: the authors' Google Drive folders, public mirrors (see models/*.md), then
-    --mirror URL / $TALKHEAD_MIRROR. The optional SMAC renderer (reenact --renderer smac;
-    non-commercial licence) is shared by its authors through a browser link only: download its two
-    files by hand and install them with --from-dir.
+    Sources, in order: the authors' Google Drive folders, public mirrors (see models/*.md), then --mirror URL / $TALKHEAD_MIRROR.
+
+    The optional SMAC renderer (reenact --renderer smac; non-commercial licence) is shared by its authors through a browser link only: download its two files by hand and install them with --from-dir.
 
     [bold]Examples[/]
 

@@ -1189,20 +1189,28 @@ def _fetch_checked(spec: ModelSpec, f: ModelFile, srcs: Sequence[Source], pins: 
     raise _FileFailed(attempts, cause)
 
 
-def _failure_message(failures: Mapping[str, Optional[list[Attempt]]], skipped: Mapping[str, str]) -> str:
+def _by_hand_message(name: str, files: Sequence[ModelFile]) -> str:
+    """What to do for a model whose missing files have no download source (SMAC: a browser share)."""
+    where = " and ".join(dict.fromkeys(f.by_hand for f in files if f.by_hand)) or f"models/{name}.md"
+    return (f"{name} has no download source: download {' and '.join(f.basename for f in files)} by hand from "
+            f"{where} (a browser link; see models/{name}.md), then run `talkhead download {name} --from-dir DIR`")
+
+
+def _failure_message(failures: Mapping[str, Optional[list[Attempt]]], skipped: Mapping[str, str],
+                     by_hand: Mapping[str, Sequence[ModelFile]] = {}) -> str:
+    manual = "; ".join(_by_hand_message(name, files) for name, files in by_hand.items())
+    if not failures and not skipped:
+        return manual
     parts = []
     for rel, attempts in failures.items():
-        f = _file_of(rel)
-        tried = "; ".join(f"{a.source.host}: {a.reason}" for a in attempts) if attempts else (
-            f"no download source: the authors share it through a browser link, {f.by_hand}" if f.by_hand
-            else "no source configured")
+        tried = "; ".join(f"{a.source.host}: {a.reason}" for a in attempts) if attempts else "no source configured"
         parts.append(f"{rel} ({tried})")
     parts.extend(f"{rel} (not tried: {why})" for rel, why in skipped.items())
-    offline = " (no network?)" if all("cannot resolve" in a.reason for v in failures.values() for a in v or []) \
-        and failures else ""
+    reasons = [a.reason for v in failures.values() for a in v or []]
+    offline = " (no network?)" if reasons and all("cannot resolve" in r for r in reasons) else ""
     return ("could not download " + ", ".join(parts) + offline + "; get the files by hand (sources in models/*.md) and run "
             "`talkhead download --from-dir DIR`, or serve a copy of a models directory and use "
-            f"`talkhead download --mirror URL` (or ${MIRROR_ENV})")
+            f"`talkhead download --mirror URL` (or ${MIRROR_ENV})" + (f". {manual}" if manual else ""))
 
 
 def download(names: str | Iterable[str] | None = None, models_dir: str | os.PathLike | None = None, *,
@@ -1254,11 +1262,16 @@ def download(names: str | Iterable[str] | None = None, models_dir: str | os.Path
     states = verify(root, [s.name for s in specs], check_layout=False, pins=pins)
     failures: dict[str, Optional[list[Attempt]]] = {}
     skipped: dict[str, str] = {}
+    by_hand: dict[str, list[ModelFile]] = {}
     cause: Optional[BaseException] = None
     for spec in specs:
         need = [f for f in spec.files if not f.packaged and (force or states[f.relpath].state != VERIFIED)]
         packaged = [f for f in spec.files if f.packaged and (force or states[f.relpath].state != VERIFIED)]
         if not need and not packaged:
+            continue
+        manual = [f for f in need if f.by_hand and not _sources_of(f, sources, mirror)]
+        if manual:  # nothing to try: say where a person gets the files, touch nothing
+            by_hand[spec.name] = manual
             continue
         with _staging(root) as staging:
             transfers = _Transfers(staging, timeout, retries, progress)
@@ -1293,8 +1306,8 @@ def download(names: str | Iterable[str] | None = None, models_dir: str | os.Path
                     raise DownloadError(f"the packaged {', '.join(f.relpath for f in packaged)} does not fit "
                                         f"{fitted}: {exc}") from exc
             _commit(root, accepted, how="download" if need else "packaged")
-    if failures or skipped:
-        err = DownloadError(_failure_message(failures, skipped))
+    if failures or skipped or by_hand:
+        err = DownloadError(_failure_message(failures, skipped, by_hand))
         err.attempts = failures
         raise err from cause
     return verify(root, [s.name for s in specs], hash_check="stat", check_layout=False, pins=pins)
