@@ -68,3 +68,64 @@ def default_batch_size(device: torch.device | str) -> int:
     if kind == "cuda":
         return 8
     return 4
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16), as torch sees it.
+
+    Without it oneDNN emulates bf16 convolutions, which measured ~10x *slower* than float32 on an
+    AVX2 CPU; with it (an AMD EPYC with AVX512-BF16) a FOMM frame rendered 1.6-1.7x faster at
+    ``--precision bf16`` (``benchmarks/bench_precision.py``, ``benchmarks/README.md``).
+    """
+    caps = getattr(torch.cpu, "get_capabilities", None)
+    if caps is not None:
+        try:
+            found = caps()
+            return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
+        except Exception:  # a private torch API: a failure means "unknown", i.e. no
+            return False
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def check_precision(precision: str, device: torch.device | str) -> None:
+    """Refuse a ``--precision`` that cannot run well on ``device`` (before any model loads).
+
+    - ``fp32``: everywhere.
+    - ``fp16``: CUDA only. On CPU it measured 4-10x slower than fp32, even on a CPU with native
+      bf16 (no CPU measured had fp16 arithmetic); MPS is untested.
+    - ``bf16``: CUDA, or a CPU with native bf16 (:func:`cpu_has_native_bf16`; 1.6-1.7x faster per
+      frame there); refused on other CPUs (emulated, ~10x slower) and on MPS (untested).
+
+    The library itself (:attr:`talkhead.fomm.FOMM.precision`) allows every precision on every
+    device, e.g. to measure the deviation; this check is for runs that want speed.
+
+    Raises:
+        InputError: ``precision`` is unknown or refused on ``device`` (one line, naming the choice
+            that works).
+    """
+    from .options import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    kind = torch.device(device).type
+    if precision == "fp32" or kind == "cuda":
+        return
+    if kind == "cpu" and precision == "bf16":
+        if cpu_has_native_bf16():
+            return
+        raise InputError("--precision bf16 needs a CUDA device or a CPU with native bf16 (AVX512-BF16/AMX); this "
+                         "CPU would emulate it, ~10x slower than fp32: use --precision fp32")
+    where = "on CPU it runs 4-10x slower than fp32" if kind == "cpu" else f"it is untested on {kind}"
+    alt = "bf16 (this CPU has native bf16) or fp32" if kind == "cpu" and cpu_has_native_bf16() else "fp32"
+    raise InputError(f"--precision {precision} needs a CUDA device ({where}): use --precision {alt}")
+
+
+def default_writer_thread(device: torch.device | str) -> bool:
+    """Whether paste-back and encoding run in a background thread by default on ``device``.
+
+    - CUDA / MPS: yes. The GPU renders while the host would otherwise wait on it; in the thread the
+      host composites and feeds ffmpeg during the next batch's rendering.
+    - CPU: no. Rendering already keeps every core busy, so a thread only moves work around
+      (measured at batch 1 on 2 cores, ``benchmarks/bench_writer.py``: see ``benchmarks/README.md``).
+    """
+    return torch.device(device).type != "cpu"

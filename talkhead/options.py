@@ -28,6 +28,9 @@ CROPS = ("auto", "none")
 FRAMES = ("full", "crop")
 """``--frame`` choices: ``full`` = the whole photo with the face pasted back; ``crop`` = the renderer's square."""
 
+PRECISIONS = ("fp32", "fp16", "bf16")
+"""``--precision`` choices: the renderer's arithmetic (see :func:`talkhead.devices.check_precision`)."""
+
 DEFAULT_MAX_SIZE = 1920
 """``--max-size`` default: longest side of the output video, pixels."""
 
@@ -73,6 +76,16 @@ class AnimateOptions:
         face_index: which face when several are found (0 = largest); ``None`` = largest confident.
         batch_size: frames per render pass; ``None`` (``--batch-size auto``) = the device's default,
             :func:`talkhead.devices.default_batch_size` (1 on CPU, measured fastest there; 8 on CUDA).
+        precision: the renderer's arithmetic, one of :data:`PRECISIONS`: ``"fp32"`` (exact, the
+            default); ``"fp16"``/``"bf16"`` run FOMM's decoder (bottleneck, up blocks, final conv:
+            ~85 % of its time on CPU) in that precision under ``torch.autocast``, while keypoints,
+            jacobians, the dense motion and the warp grids stay float32
+            (:attr:`talkhead.fomm.FOMM.precision`). Where each may run:
+            :func:`talkhead.devices.check_precision` (fp16: CUDA only; bf16: CUDA, or a CPU with
+            native bf16 arithmetic).
+        writer_thread: paste-back and encoding in a background thread while the next batch renders
+            (:class:`talkhead.video.WriterThread`); ``None`` = the device's default,
+            :func:`talkhead.devices.default_writer_thread` (on for CUDA/MPS, off on CPU). API only.
         overwrite: replace an existing output; otherwise an existing output is an error.
         offline: never download; missing checkpoints are an error with by-hand instructions.
         align_corners: FOMM ``grid_sample`` convention; ``True`` is vox-adv's training-time behaviour.
@@ -99,6 +112,10 @@ class AnimateOptions:
                                     "[default: the largest confident face].")
     batch_size: Optional[int] = opt(None, "Frames per render pass, or auto [default: auto = 1 on CPU (measured "
                                     "fastest there), 8 on CUDA].", auto=True)
+    precision: str = opt("fp32", "Renderer arithmetic: fp32 (exact); fp16 or bf16 (faster, frames within a few "
+                         "8-bit levels) on CUDA; bf16 also on CPUs with native bf16 (AVX512-BF16/AMX).",
+                         choices=PRECISIONS)
+    writer_thread: Optional[bool] = opt(None, "Paste-back + encoding in a background thread.", cli=False)
     overwrite: bool = opt(False, "Replace existing outputs.")
     offline: bool = opt(False, "Never download checkpoints.")
     align_corners: bool = opt(True, "FOMM grid_sample convention: on = the torch-1.0 behaviour vox-adv was "
@@ -119,6 +136,7 @@ class AnimateOptions:
         check_choice("crop", self.crop, CROPS)
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1 or auto, not {self.batch_size}")
+        check_choice("precision", self.precision, PRECISIONS)
         if self.face_index is not None and self.face_index < 0:
             raise InputError(f"--face-index must be 0 or more, not {self.face_index}")
         check_choice("frame", self.frame, FRAMES)
@@ -263,5 +281,5 @@ class PreprocessOptions:
         return parse_shard(self.shard)
 
 
-__all__ = ["AnimateOptions", "ReenactOptions", "PreprocessOptions", "DEVICES", "LANDMARKERS", "CROPS", "FRAMES", "DEFAULT_MAX_SIZE", "opt",
+__all__ = ["AnimateOptions", "ReenactOptions", "PreprocessOptions", "DEVICES", "LANDMARKERS", "CROPS", "FRAMES", "PRECISIONS", "DEFAULT_MAX_SIZE", "opt",
            "same_as", "check_choice", "parse_shard"]

@@ -120,6 +120,31 @@ def check_input_file(path: Path, what: str) -> Path:
     return path
 
 
+def host_frames(frames: torch.Tensor, *, uint8: bool, own: bool = False) -> np.ndarray:
+    """Rendered frames ``(b, 3, S, S)`` (any device, float in [0, 1]) -> host ``(b, S, S, 3)`` numpy.
+
+    Args:
+        frames: the renderer's output.
+        uint8: convert to uint8 on the frames' device first (:func:`talkhead.video.to_uint8_frames`,
+            bit-identical to converting on the host), so only bytes cross; else float32 (the
+            paste-back colour-matches in float), transposed on the device before the copy.
+        own: the result must not share memory with ``frames`` (it will wait in a queue while the
+            renderer makes the next batch); only CPU float frames need the copy.
+
+    Raises:
+        ValueError: NaN/inf frames (``uint8``).
+    """
+    from .video import to_uint8_frames
+
+    frames, on_host = frames.permute(0, 2, 3, 1), frames.device.type == "cpu"
+    if uint8:
+        return to_uint8_frames(frames)  # a fresh array
+    if not on_host:
+        frames = frames.contiguous()
+    out = frames.float().cpu().numpy()
+    return out.copy() if own and on_host else out
+
+
 class Pipeline:
     """Components + options; call :meth:`animate` once per (image, audio) pair.
 
@@ -138,14 +163,18 @@ class Pipeline:
 
     Raises:
         DownloadError / CheckpointError / ConfigError: missing or bad checkpoints.
-        InputError: an unavailable device.
+        InputError: an unavailable device, or a ``precision`` refused on it
+            (:func:`talkhead.devices.check_precision`).
     """
 
     def __init__(self, options: AnimateOptions = AnimateOptions(), *, renderer: Renderer | None = None,
                  motion: MotionGenerator | None = None, landmarker: Callable | None = None,
                  log: Callable[[str], None] | None = None):
+        from .devices import check_precision
+
         self.options = options
         self.device = resolve_device(options.device)
+        check_precision(options.precision, self.device)  # one line, before any model loads
         self.landmarker = landmarker
         self._log = log
         self.log = log or (lambda msg: None)
@@ -157,6 +186,7 @@ class Pipeline:
             self.models_dir = resolve_models_dir(options.models_dir)
         self._renderer = renderer
         self._motion = motion
+        self._precision_applied: object = None
 
     def load(self) -> "Pipeline":
         """Load the components not given to the constructor (downloading missing checkpoints unless
@@ -185,8 +215,22 @@ class Pipeline:
 
     @property
     def renderer(self) -> Renderer:
-        """The renderer (loaded on first use, see :meth:`load`)."""
-        return self.load()._renderer
+        """The renderer (loaded on first use, see :meth:`load`), set to ``options.precision``.
+
+        Raises:
+            InputError: ``precision`` other than fp32 for a renderer without a ``precision``
+                attribute (only FOMM has one).
+        """
+        renderer = self.load()._renderer
+        if self._precision_applied is not renderer:
+            precision = self.options.precision
+            if hasattr(renderer, "precision"):
+                renderer.precision = precision
+            elif precision != "fp32":
+                raise InputError(f"--precision {precision} is not supported by the {self.options.renderer} renderer; "
+                                 "use --precision fp32")
+            self._precision_applied = renderer
+        return renderer
 
     @property
     def motion(self) -> MotionGenerator:
@@ -211,6 +255,16 @@ class Pipeline:
         from .devices import default_batch_size
 
         return self.options.batch_size or default_batch_size(self.device)
+
+    @property
+    def writer_thread(self) -> bool:
+        """Whether paste-back and encoding run in a background thread (:class:`talkhead.video.WriterThread`):
+        ``options.writer_thread``, or by default :func:`talkhead.devices.default_writer_thread`
+        (on for CUDA/MPS, off on CPU)."""
+        from .devices import default_writer_thread
+
+        wt = self.options.writer_thread
+        return default_writer_thread(self.device) if wt is None else bool(wt)
 
     # -- stages -------------------------------------------------------------------------------------
     def face_crop(self, image: np.ndarray, source: str = "image"):
@@ -412,25 +466,44 @@ class Pipeline:
         ``compositor`` each rendered ``(b, S, S, 3)`` batch is pasted into the photo
         (``(b, H, W, 3)`` uint8, one reused buffer) before it is written.
 
+        Device traffic: the frames stay on the renderer's device until they are bytes: without a
+        compositor they are converted to uint8 there (:func:`talkhead.video.to_uint8_frames`) and
+        only those cross to the host; with one, the float32 crops ``(b, S, S, 3)`` do (the paste-back
+        colour-matches in float on the host, :class:`talkhead.compose.Compositor`), never a
+        full-size frame. With :attr:`writer_thread` the paste-back and ``writer.write`` run in a
+        background thread (:class:`talkhead.video.WriterThread`, 2 batches queued) while the next
+        batch renders; the frames written are the same either way.
+
+        Progress is reported per rendered batch (with the writer thread, up to 3 batches before
+        they are encoded).
+
         Raises:
             NonFiniteError: ``stage="render"``: a rendered batch holds NaN/inf (checked before it
                 reaches the encoder, so the writer aborts and nothing is written).
+            Whatever ``writer.write`` or the compositor raise (the same exception, also from the thread).
         """
+        from .video import WriterThread
+
         T = len(kp_driving)
         bs = self.batch_size
+        threaded = self.writer_thread
+        hint = "; with --precision fp16 it may have overflowed, try bf16 or fp32" if self.options.precision == "fp16" else ""
         buffer = None
-        for start in range(0, total, bs):
-            idx = torch.arange(start, min(start + bs, total), device=kp_driving.device).clamp_(max=T - 1)
-            frames = self.renderer.render(source, kp_source, kp_driving[idx])  # (b, 3, S, S) in [0, 1]
-            _check_finite("render", f"frames {start}-{start + int(idx.numel()) - 1}", frames)
-            frames = frames.permute(0, 2, 3, 1).float().cpu().numpy()
-            if compositor is not None:
-                if buffer is None or buffer.shape[0] != len(frames):
-                    buffer = compositor.new_buffer(len(frames))
-                frames = compositor.paste(frames, out=buffer)
-            writer.write(frames)
-            if progress:
-                progress("render", int(idx.numel()) + start, total)
+
+        def paste(frames: np.ndarray) -> np.ndarray:
+            nonlocal buffer
+            if buffer is None or buffer.shape[0] != len(frames):
+                buffer = compositor.new_buffer(len(frames))
+            return compositor.paste(frames, out=buffer)
+
+        with WriterThread(writer.write, paste if compositor is not None else None, threaded=threaded) as out:
+            for start in range(0, total, bs):
+                idx = torch.arange(start, min(start + bs, total), device=kp_driving.device).clamp_(max=T - 1)
+                frames = self.renderer.render(source, kp_source, kp_driving[idx])  # (b, 3, S, S) in [0, 1]
+                _check_finite("render", f"frames {start}-{start + int(idx.numel()) - 1}{hint}", frames)
+                out.put(host_frames(frames, uint8=compositor is None, own=threaded))
+                if progress:
+                    progress("render", int(idx.numel()) + start, total)
 
 
 def animate(image: str | Path, audio: str | Path, output: str | Path, options: AnimateOptions = AnimateOptions(),
@@ -444,4 +517,4 @@ def animate(image: str | Path, audio: str | Path, output: str | Path, options: A
 
 
 __all__ = ["AnimateOptions", "AnimateResult", "Pipeline", "animate", "resolve_device", "num_video_frames",
-           "TalkheadError"]
+           "host_frames", "TalkheadError"]

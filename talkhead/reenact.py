@@ -500,8 +500,8 @@ def reenact(pipeline, photo: str | Path, video: str | Path, output: str | Path |
     from .facetrack import face_detector  # the training data's face filter
     from .fomm import movement_scale, relative_kp
     from .io import atomic_output, check_output_path
-    from .pipeline import check_input_file
-    from .video import VideoWriter
+    from .pipeline import check_input_file, host_frames
+    from .video import VideoWriter, WriterThread
 
     opts = pipeline.options
     if not isinstance(opts, ReenactOptions):
@@ -579,7 +579,8 @@ def reenact(pipeline, photo: str | Path, video: str | Path, output: str | Path |
     done = 0
     audio = video if driving.has_audio else None
     with VideoWriter(output, size=sink.size, fps=out_fps, audio_path=audio, crf=opts.crf,
-                     overwrite=opts.overwrite) as writer:
+                     overwrite=opts.overwrite) as writer, \
+            WriterThread(writer.write, sink, threaded=pipeline.writer_thread) as out:  # paste + encode
         _, frames = iter_frames(video, vf, (size, size))
         try:
             for batch in _batches(frames, pipeline.batch_size):
@@ -596,7 +597,7 @@ def reenact(pipeline, photo: str | Path, video: str | Path, output: str | Path |
                                          adapt_movement_scale=opts.relative and opts.adapt_scale,
                                          use_relative_movement=opts.relative, use_relative_jacobian=opts.relative)
                 rendered = renderer.render(source, kp_source, kp_driving)  # (b, 3, S, S) in [0, 1]
-                writer.write(sink(rendered.permute(0, 2, 3, 1).float().cpu().numpy()))
+                out.put(host_frames(rendered, uint8=sink.frame == "crop", own=out.threaded))
                 if keep:
                     kept_driving.append(kp_driving.to("cpu"))
                     kept_detected.append(kp_detected.to("cpu"))

@@ -11,10 +11,12 @@ remains.
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
+import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -23,7 +25,7 @@ from .constants import FPS
 from .errors import FFmpegError, InputError
 from .io import AtomicOutput, check_output_path, signals_deferred
 
-__all__ = ["to_uint8_frames", "VideoWriter"]
+__all__ = ["to_uint8_frames", "VideoWriter", "WriterThread"]
 
 _MP4_SUFFIXES = {".mp4", ".m4v", ".mov"}
 
@@ -60,11 +62,13 @@ def to_uint8_frames(frames: Any) -> np.ndarray:
     """Convert frames to a C-contiguous uint8 batch ``(b, H, W, 3)`` (RGB).
 
     Args:
-        frames: ``(H, W, 3)`` or ``(b, H, W, 3)``; a numpy array or a torch tensor (any device; it is
-            detached and copied to CPU). uint8 is passed through. Floats are images in [0, 1] and are
-            converted like ``skimage.img_as_ubyte`` (what FOMM's ``demo.py`` uses): ``rint(x * 255)``
-            computed in the input's float precision, then clipped to [0, 255] (skimage would raise
-            for values above 1; we clip).
+        frames: ``(H, W, 3)`` or ``(b, H, W, 3)``; a numpy array or a torch tensor (any device: a
+            float tensor is converted *on its device* and only the uint8 result is copied to the
+            host, a quarter of the float bytes). uint8 is passed through. Floats are images in
+            [0, 1] and are converted like ``skimage.img_as_ubyte`` (what FOMM's ``demo.py`` uses):
+            ``rint(x * 255)`` computed in the input's float precision (float32 for narrower floats),
+            then clipped to [0, 255] (skimage would raise for values above 1; we clip). numpy and
+            torch give identical bytes (one IEEE multiply, round-half-to-even in both).
 
     Returns:
         uint8 array ``(b, H, W, 3)``; a view of the input when it already was one.
@@ -74,7 +78,7 @@ def to_uint8_frames(frames: Any) -> np.ndarray:
             non-finite float value.
     """
     if hasattr(frames, "detach") and hasattr(frames, "cpu"):  # torch.Tensor without importing torch
-        frames = frames.detach().cpu().numpy()
+        frames = _tensor_to_uint8(frames.detach())
     arr = np.asarray(frames)
     if arr.ndim == 3:
         arr = arr[None]
@@ -90,6 +94,19 @@ def to_uint8_frames(frames: Any) -> np.ndarray:
     np.rint(work, out=work)
     np.clip(work, 0, 255, out=work)
     return work.astype(np.uint8, order="C")  # C order: the frames go to a pipe as raw bytes
+
+
+def _tensor_to_uint8(t):
+    """A torch tensor -> numpy on the host: floats converted to uint8 first on their own device
+    (the arithmetic of :func:`to_uint8_frames`); others copied as they are (checked by the caller)."""
+    import torch
+
+    if t.is_floating_point() and t.dim() in (3, 4) and t.shape[-1] == 3:
+        work = t.mul(255) if t.dtype in (torch.float32, torch.float64) else t.float().mul(255)
+        if not bool(torch.isfinite(work).all()):
+            raise ValueError("frames contain NaN or infinite values")
+        t = work.round_().clamp_(0, 255).to(torch.uint8).contiguous()
+    return t.cpu().numpy()
 
 
 # ------------------------------------------------------------------------------------------ writer
@@ -341,4 +358,131 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+        return False
+
+
+# ------------------------------------------------------------------------------------ writer thread
+class WriterThread:
+    """``write(prepare(item))`` for every :meth:`put` item, in one background thread (or inline).
+
+    The render loop puts each rendered batch (host arrays) and goes on rendering the next one while
+    this thread pastes the previous one into the photo (``prepare``, e.g.
+    :meth:`talkhead.compose.Compositor.paste`) and pipes it to ffmpeg (``write``, e.g.
+    :meth:`VideoWriter.write`). Items are handled one at a time, in order, by one thread, so
+    ``prepare`` may reuse one output buffer.
+
+    Usage::
+
+        with VideoWriter(...) as video, WriterThread(video.write, compositor.paste) as out:
+            for batch in render():
+                out.put(batch)             # blocks while `depth` items wait: memory stays flat
+
+    Errors: the first exception raised in the thread (``FFmpegError`` for a full disk or a dead
+    ffmpeg, a ``ValueError`` of the compositor, ...) is re-raised - the same object, so the CLI
+    prints the same one line - by the next :meth:`put` or by the exit of the ``with`` block; the
+    items after it are dropped unwritten. A full disk therefore stops rendering within
+    ``depth + 1`` batches. Leaving the block with an exception (Ctrl-C, SIGTERM, a render error)
+    stops the thread after the item in hand and joins it, before the enclosing
+    :class:`VideoWriter` kills ffmpeg and deletes the temporary output. Signals are only ever
+    handled in the main thread; this thread never installs or blocks them.
+
+    Args:
+        write: called with each prepared item, in the thread.
+        prepare: optional ``item -> item`` run in the thread before ``write``.
+        depth: items that may wait in the queue (2: one being rendered, two waiting, one written).
+        threaded: ``False`` runs ``write(prepare(item))`` inside :meth:`put`: the same code path
+            without a thread (what CPU runs use by default, :func:`talkhead.devices.default_writer_thread`).
+
+    Raises:
+        ValueError: (constructor) ``depth < 1``.
+        RuntimeError: :meth:`put` outside the ``with`` block.
+    """
+
+    JOIN_TIMEOUT_S = 30.0
+    """How long an aborting exit waits for the item in hand; after that the enclosing writer's
+    abort (killing ffmpeg) ends the thread's blocked write."""
+
+    def __init__(self, write: Callable[[Any], Any], prepare: Optional[Callable[[Any], Any]] = None, *,
+                 depth: int = 2, threaded: bool = True):
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth!r}")
+        self.write, self.prepare, self.depth, self.threaded = write, prepare, int(depth), bool(threaded)
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._open = False
+
+    _END = object()
+
+    def __enter__(self) -> "WriterThread":
+        if self._open:
+            raise RuntimeError("WriterThread is already open")
+        self._open = True
+        if self.threaded:
+            self._queue = queue.Queue(maxsize=self.depth)
+            self._thread = threading.Thread(target=self._run, name="talkhead-writer", daemon=True)
+            self._thread.start()
+        return self
+
+    def _handle(self, item: Any) -> None:
+        self.write(self.prepare(item) if self.prepare is not None else item)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if self._error is not None or self._stop.is_set():
+                continue  # drop: the main thread raises or is unwinding
+            try:
+                self._handle(item)
+            except BaseException as exc:  # handed to the main thread, which raises it
+                self._error = exc
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, item: Any) -> None:
+        """Hand one item over (inline: handle it now).
+
+        Raises:
+            the thread's first exception (see the class docstring); RuntimeError outside the block.
+        """
+        if not self._open:
+            raise RuntimeError("WriterThread.put() outside its with-block")
+        self._raise_error()
+        if not self.threaded:
+            self._handle(item)
+            return
+        self._queue.put(item)
+
+    def _join(self, timeout: float | None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._open = False
+        if self._thread is None:
+            return False
+        if exc_type is None:
+            try:
+                self._queue.put(self._END)  # everything queued is written first
+                self._join(None)
+            except BaseException:  # Ctrl-C / SIGTERM while waiting: stop after the item in hand
+                self._stop.set()
+                raise
+            self._thread = None
+            self._raise_error()
+            return False
+        self._stop.set()
+        try:
+            while True:  # drop what waits, so the end marker fits
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        self._queue.put_nowait(self._END)  # the main thread is the only producer: there is room
+        self._join(self.JOIN_TIMEOUT_S)
+        self._thread = None
         return False

@@ -396,3 +396,18 @@ def test_memory_does_not_grow_with_the_driving_video(tmp_path):
         tracemalloc.stop()
         assert result.num_frames == 30 * seconds and result.kp_driving is None
     assert peaks[6] < peaks[1] + 500_000, peaks  # measured: 0.57 MB both (6 s and 12 s alike)
+
+
+@pytest.mark.parametrize("frame", ["full", "crop"])
+def test_writer_thread_writes_the_same_frames(clips, tiny_fomm, tmp_path, frame):
+    """reenact's paste-back + encoding in the writer thread (the CUDA default) gives the same MP4 frames."""
+    from talkhead.ffmpeg import read_frames
+
+    decoded = {}
+    for threaded in (False, True):
+        pipe = load_reenact_pipeline(ReenactOptions(frame=frame, landmarker="dlib", device="cpu", batch_size=3,
+                                                    writer_thread=threaded), renderer=tiny_fomm)
+        assert pipe.writer_thread is threaded
+        out = reenact(pipe, PHOTO, clips["silent"], tmp_path / f"{frame}-{threaded}.mp4").output
+        decoded[threaded] = np.stack(list(read_frames(out, "null")[1]))
+    assert len(decoded[True]) > 3 and np.array_equal(decoded[True], decoded[False])

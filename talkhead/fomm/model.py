@@ -20,6 +20,9 @@ from .config import FOMMConfig
 from .generator import OcclusionAwareGenerator
 from .keypoint_detector import KPDetector
 
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+""":attr:`FOMM.precision` names -> the dtype FOMM's decoder computes in."""
+
 @dataclass
 class _SourceEncoding:
     """Per-source tensors reused across :meth:`FOMM.render` calls (keyed by the values they came from)."""
@@ -45,6 +48,9 @@ class FOMM:
         align_corners: ``F.grid_sample`` convention of every warp (assignable). ``True`` (default)
             reproduces torch <= 1.2, which vox-adv was trained with; ``False`` is the torch >= 1.3
             default that a modern run of the reference code gets.
+        precision: ``"fp32"`` (default), ``"fp16"`` or ``"bf16"`` (assignable): the arithmetic of
+            the generator's decoder in :meth:`render` (see there). Allowed on every device here;
+            :func:`talkhead.devices.check_precision` says where it is worth it.
     """
 
     def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareGenerator, config: FOMMConfig, *,
@@ -57,6 +63,7 @@ class FOMM:
         self.kp_detector = kp_detector.to(self.device).eval().requires_grad_(False)
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         self.align_corners = align_corners
+        self.precision = "fp32"
         self._cache: Optional[_SourceEncoding] = None
 
     @classmethod
@@ -75,6 +82,17 @@ class FOMM:
     @align_corners.setter
     def align_corners(self, value: bool) -> None:
         self.generator.align_corners = bool(value)
+
+    @property
+    def precision(self) -> str:
+        """Arithmetic of the decoder in :meth:`render`: ``"fp32"``, ``"fp16"`` or ``"bf16"``."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISION_DTYPES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_DTYPES)}, not {value!r}")
+        self._precision = value
 
     @property
     def dtype(self) -> torch.dtype:
@@ -141,6 +159,13 @@ class FOMM:
         ``OcclusionAwareGenerator.forward(source, kp_driving=..., kp_source=...)["prediction"]`` per frame
         (absolute keypoints: apply :func:`~talkhead.fomm.relative_kp` first for relative motion).
 
+        Precision: with :attr:`precision` ``"fp16"``/``"bf16"`` the decoder (bottleneck, up blocks,
+        final conv and sigmoid: ~85 % of a frame's time on CPU, ``benchmarks/README.md``) runs under
+        ``torch.autocast`` on an input cast to that dtype; the source encoding, the dense motion
+        (keypoint gaussians, ``J_s J_d^-1`` with its 2x2 inverse, the hourglass, softmax) and both
+        ``grid_sample`` warps stay float32, since a reduced-precision jacobian product alone moved
+        frames by up to 14/255 (bf16, full-size random weights). The frames come back float32.
+
         Args:
             source: ``(1, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
             kp_source: :class:`~talkhead.keypoints.Keypoints` ``(1, 10, 2)`` + ``(1, 10, 2, 2)`` (from
@@ -162,7 +187,15 @@ class FOMM:
             enc = self._encode(src, kp_s)
             gen = self.generator
             motion = gen.dense_motion_network.motion(enc.source_down, kp_d.as_dict(), kp_s.as_dict())
-            return gen.decode(gen.warp(enc.features, motion))
+            warped = gen.warp(enc.features, motion)
+            if self._precision == "fp32":
+                return gen.decode(warped)
+            dtype = PRECISION_DTYPES[self._precision]
+            # the cast input also keeps the decoder off CPU code paths that autocast does not see
+            # (the pre-packed oneDNN float32 convolutions of talkhead.fomm.blocks.conv_forward)
+            with torch.autocast(self.device.type, dtype=dtype):
+                frames = gen.decode(warped.to(dtype))
+            return frames.float()
 
 
 def load_fomm(config_path: str | Path, checkpoint_path: str | Path, *, device: torch.device | str = "cpu",
