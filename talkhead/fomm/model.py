@@ -16,6 +16,7 @@ import torch
 from ..checkpoints import load_checkpoint, load_state_dict_checked, require_finite
 from ..errors import CheckpointError
 from ..keypoints import Keypoints
+from .blocks import clear_fused_cache
 from .config import FOMMConfig
 from .generator import OcclusionAwareGenerator
 from .keypoint_detector import KPDetector
@@ -58,6 +59,7 @@ class FOMM:
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         self.align_corners = align_corners
         self._cache: Optional[_SourceEncoding] = None
+        self._detections = 0
 
     @classmethod
     def from_config(cls, config: FOMMConfig, *, device: torch.device | str = "cpu",
@@ -116,11 +118,20 @@ class FOMM:
             :class:`~talkhead.keypoints.Keypoints` value ``(B, 10, 2)``, jacobian ``(B, 10, 2, 2)`` on
             ``device``; values in ``[-1, 1]`` (x = column, y = row) of the keypoint heatmap grid.
 
+        The detector's derived (packed) weights, about as large as its own weights (54 MiB for
+        vox-adv-256), are dropped after the first call and kept from the second on: one photo per run
+        (``animate``) needs them once, many calls (driving videos, batches) pay their packing once more.
+        The keypoints are the same either way.
+
         Raises:
             ValueError: a tensor of the wrong shape.
         """
         with torch.inference_mode():
-            return Keypoints.from_dict(self.kp_detector(self._image(source)))
+            kp = Keypoints.from_dict(self.kp_detector(self._image(source)))
+        self._detections += 1
+        if self._detections == 1:
+            clear_fused_cache(self.kp_detector)
+        return kp
 
     def _encode(self, source: torch.Tensor, kp_source: Keypoints) -> _SourceEncoding:
         if self._cache is not None and self._cache.matches(source, kp_source):
@@ -186,7 +197,7 @@ def load_fomm(config_path: str | Path, checkpoint_path: str | Path, *, device: t
         StateDictMismatchError: weights that do not fit the config.
     """
     config = FOMMConfig.from_yaml(config_path)
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path, mmap=True)  # copied into the modules, then dropped
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{checkpoint_path}: a FOMM checkpoint must be a dict, not {type(checkpoint).__name__}")
     missing = [k for k in ("generator", "kp_detector") if not isinstance(checkpoint.get(k), Mapping)]
