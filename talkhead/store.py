@@ -649,7 +649,7 @@ def _check_layout(spec: ModelSpec, group: Mapping[str, Path]) -> None:
                 layout_for(config_path)  # the config alone: it must parse and describe a buildable model
             return
         expected = layout_for(config_path) if config_path is not None else None
-        data = load_checkpoint(ckpt_path)
+        data = load_checkpoint(ckpt_path, mmap=True)  # shapes + finiteness: mapped, not read into memory
         if not isinstance(data, Mapping):
             raise CheckpointError(f"{ckpt_path}: a {spec.title} checkpoint is a dict, not {type(data).__name__}")
         for entry in (expected or dict.fromkeys(spec.entries)):

@@ -487,11 +487,14 @@ class AntiAliasInterpolation2d(nn.Module):
         size = 2 * round(sigma * 4) + 1
         self.ka = size // 2
         self.kb = self.ka - 1 if size % 2 == 0 else self.ka
-        coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+        # computed on the CPU and then moved to the default device: under ``torch.device("meta")`` (the
+        # store's layout listing) ``arange`` would run through torch's Python decompositions, which
+        # import torch._dynamo and sympy (~800 modules, 77 MiB, 1.5-3.7 s) for a 13x13 kernel
+        coords = torch.arange(size, dtype=torch.float32, device="cpu") - (size - 1) / 2
         g = torch.exp(-coords ** 2 / (2 * sigma ** 2)) if sigma > 0 else (coords == 0).float()
         kernel = g[:, None] * g[None, :]
         kernel = kernel / kernel.sum()
-        self.register_buffer("weight", kernel.expand(channels, 1, size, size).clone())
+        self.register_buffer("weight", kernel.expand(channels, 1, size, size).clone().to(torch.get_default_device()))
         self.groups = channels
         self.scale = scale
         self.stride = int(1 / scale)

@@ -6,6 +6,7 @@ layout: top-level ``generator``, ``discriminator``, ``kp_detector``, ``optimizer
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from ..checkpoints import load_checkpoint, load_state_dict_checked, require_finite
 from ..errors import CheckpointError
 from ..keypoints import Keypoints
+from ..memory import separate_large_allocations
 from .blocks import clear_fused_cache
 from .config import FOMMConfig
 from .generator import OcclusionAwareGenerator
@@ -60,6 +62,7 @@ class FOMM:
         self.align_corners = align_corners
         self._cache: Optional[_SourceEncoding] = None
         self._detections = 0
+        self._rendered_batches: set[int] = set()
 
     @classmethod
     def from_config(cls, config: FOMMConfig, *, device: torch.device | str = "cpu",
@@ -152,6 +155,9 @@ class FOMM:
         ``OcclusionAwareGenerator.forward(source, kp_driving=..., kp_source=...)["prediction"]`` per frame
         (absolute keypoints: apply :func:`~talkhead.fomm.relative_kp` first for relative motion).
 
+        On CPU the first batch of each size, which builds the packed weights, runs under
+        :func:`talkhead.memory.separate_large_allocations` (a lower peak RSS; same frames).
+
         Args:
             source: ``(1, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
             kp_source: :class:`~talkhead.keypoints.Keypoints` ``(1, 10, 2)`` + ``(1, 10, 2, 2)`` (from
@@ -164,6 +170,14 @@ class FOMM:
         Raises:
             ValueError: a tensor of the wrong shape, or a source batch other than 1.
         """
+        b = len(kp_driving) if isinstance(kp_driving, Keypoints) else 0
+        first = self.device.type == "cpu" and b not in self._rendered_batches
+        with separate_large_allocations() if first else contextlib.nullcontext():
+            frames = self._render(source, kp_source, kp_driving)
+        self._rendered_batches.add(b)
+        return frames
+
+    def _render(self, source, kp_source: Keypoints, kp_driving: Keypoints) -> torch.Tensor:
         with torch.inference_mode():
             src = self._image(source)
             if src.shape[0] != 1:
