@@ -124,12 +124,14 @@ class FOMM:
         The detector's derived (packed) weights, about as large as its own weights (54 MiB for
         vox-adv-256), are dropped after the first call and kept from the second on: one photo per run
         (``animate``) needs them once, many calls (driving videos, batches) pay their packing once more.
-        The keypoints are the same either way.
+        On CPU that first call runs under :func:`talkhead.memory.separate_large_allocations`. The
+        keypoints are the same either way.
 
         Raises:
             ValueError: a tensor of the wrong shape.
         """
-        with torch.inference_mode():
+        first = self._detections == 0 and self.device.type == "cpu"
+        with torch.inference_mode(), separate_large_allocations() if first else contextlib.nullcontext():
             kp = Keypoints.from_dict(self.kp_detector(self._image(source)))
         self._detections += 1
         if self._detections == 1:
