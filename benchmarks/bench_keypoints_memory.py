@@ -41,6 +41,7 @@ def run_one(logfbank_path: Path, chunk_rows: int | None, stage: str = "full") ->
     import numpy as np
     import torch
 
+    from talkhead.keypoints import Keypoints
     from talkhead.mssync import MSSyncConfig, MSSyncGenerator
     from talkhead.mssync.inference import build_audio_input, generate_keypoints
 
@@ -54,7 +55,7 @@ def run_one(logfbank_path: Path, chunk_rows: int | None, stage: str = "full") ->
     before = _rss_mib()
     t = time.perf_counter()
     if stage == "full":
-        frames = int(generate_keypoints(model, value, jac, feats)[0].shape[0])
+        frames = len(generate_keypoints(model, Keypoints(value, jac), feats))
     else:
         with torch.inference_mode():
             audio = build_audio_input(torch.as_tensor(feats), obs_len=model.config.obs_len).float()

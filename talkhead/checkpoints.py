@@ -306,7 +306,16 @@ def _quiet_torch_load():
         yield
 
 
-def load_checkpoint(path: Union[str, os.PathLike], *, map_location: MapLocation = "cpu") -> Any:
+def _is_zip_format(path: Path) -> bool:
+    """Whether ``path`` starts like torch's zip serialization format (a local zip file header)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def load_checkpoint(path: Union[str, os.PathLike], *, map_location: MapLocation = "cpu", mmap: bool = False) -> Any:
     """Load a PyTorch checkpoint without running code from it.
 
     Tries ``torch.load(path, map_location, weights_only=True)``; if torch refuses the file, loads
@@ -317,6 +326,12 @@ def load_checkpoint(path: Union[str, os.PathLike], *, map_location: MapLocation 
         path: a ``torch.save`` file (e.g. FOMM ``vox-adv-cpk.pth.tar``, MS-Sync ``model_chkpt.pt``).
         map_location: where tensors go, as for ``torch.load`` (default ``"cpu"``: a checkpoint
             saved on a GPU loads on a CPU-only machine).
+        mmap: for a zip-format file, map it instead of reading it (``torch.load(mmap=True)``): CPU
+            tensors are views of a private (copy-on-write) mapping of the file, read from disk only
+            where touched, and the memory is the page cache's, returned when the last tensor goes.
+            For a caller that copies what it needs (``load_state_dict``) and drops the rest soon: the
+            file must not be rewritten in place while they live. The values are the same as without;
+            legacy (non-zip) files are read as usual.
 
     Returns:
         The unpickled object, typically a dict of state dicts (``OrderedDict[str, Tensor]``).
@@ -334,9 +349,10 @@ def load_checkpoint(path: Union[str, os.PathLike], *, map_location: MapLocation 
         raise CheckpointError(f"checkpoint path is not a file: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
+    mmap = bool(mmap) and _is_zip_format(path)
     try:
         with _quiet_torch_load():
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -345,7 +361,8 @@ def load_checkpoint(path: Union[str, os.PathLike], *, map_location: MapLocation 
     replaced: set[str] = set()
     try:
         with _quiet_torch_load():
-            result = torch.load(path, map_location=map_location, pickle_module=_restricted_pickle_module(replaced))
+            result = torch.load(path, map_location=map_location, pickle_module=_restricted_pickle_module(replaced),
+                                mmap=mmap)
     except (MemoryError, KeyboardInterrupt):
         raise
     except RefusedGlobal as exc:

@@ -705,7 +705,7 @@ def _crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) -
 
     A box reaching past the image takes its outside pixels from the image mirrored at its edges
     (:func:`_reflect_indices`, ``cv2.BORDER_REFLECT``)."""
-    from skimage.transform import resize
+    from skimage.util import img_as_float
 
     if int(size) < 1:
         raise ValueError(f"crop size must be a positive number of pixels, not {size}")
@@ -718,7 +718,14 @@ def _crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) -
         rows = _reflect_indices(y0, y1, h_img)
         cols = _reflect_indices(x0, x1, w_img)
         patch = image[rows[:, None], cols[None, :], :3]
-    crop = resize(patch, (size, size), order=1, mode="reflect").astype(np.float32)
+    if patch.shape[:2] == (size, size):
+        # already the frame size: what ``resize`` returns here (an identity zoom of the image as float,
+        # exactly), without the ~35 MiB and 0.5 s of scipy.ndimage it would import to compute it
+        crop = img_as_float(patch.astype(np.float32) if patch.dtype == np.float16 else patch).astype(np.float32)
+    else:
+        from skimage.transform import resize  # imports scipy.ndimage
+
+        crop = resize(patch, (size, size), order=1, mode="reflect").astype(np.float32)
     crop = np.clip(crop, 0.0, 1.0)
     # Pixel centres: image x = x0 + (u + 0.5) * (x1 - x0) / S - 0.5 (skimage/OpenCV resize mapping).
     sx, sy = (x1 - x0) / size, (y1 - y0) / size

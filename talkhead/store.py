@@ -725,7 +725,7 @@ def _strip(state_dict: Mapping, prefix: str) -> Mapping:
 def _check_checkpoint(spec: ModelSpec, f: ModelFile, path: Path, config_path: Optional[Path]) -> None:
     """Check one checkpoint file ``f`` at ``path`` against its layout for ``config_path``."""
     expected = _resolve(f.layout)(config_path) if config_path is not None and f.layout else None
-    data = load_checkpoint(path)
+    data = load_checkpoint(path, mmap=True)  # shapes + finiteness: mapped, not read into memory
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: a {spec.title} checkpoint is a dict, not {type(data).__name__}")
     for alternatives in f.entries:

@@ -304,3 +304,56 @@ def test_require_finite_names_file_and_tensor(weights, bad):
         require_finite(broken, "/models/x.pt", "generator")
     msg = str(info.value)
     assert msg.startswith("/models/x.pt: generator tensor '1.running_var' (4,) holds 1 non-finite value")
+
+
+# ------------------------------------------------------------------------------------------------
+# memory-mapped loading
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize("trainer", [False, True], ids=["weights_only", "restricted"])
+def test_mmap_load_gives_identical_tensors(tmp_path, weights, legacy, trainer):
+    """``mmap=True`` maps a zip-format file (both loaders) and reads a legacy one as usual: same values."""
+    path = tmp_path / "ckpt.pt"
+    obj = {"generator": weights, "epoch": 3}
+    if trainer:
+        obj["loader"] = _loader()
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    plain, mapped = load_checkpoint(path), load_checkpoint(path, mmap=True)
+    assert mapped["epoch"] == 3 and list(mapped["generator"]) == list(weights)
+    for key, tensor in plain["generator"].items():
+        got = mapped["generator"][key]
+        assert got.dtype == tensor.dtype and got.shape == tensor.shape and torch.equal(got, tensor)
+    if trainer:
+        assert isinstance(mapped["loader"], UnloadedObject)
+    got = mapped["generator"]["0.weight"]
+    got.add_(1.0)  # a private mapping: writable, and the file is untouched
+    assert torch.equal(load_checkpoint(path)["generator"]["0.weight"], weights["0.weight"])
+
+
+@pytest.mark.parametrize("name", ["os.system", "exec"])
+def test_mmap_load_still_refuses_payloads(tmp_path, weights, name):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"generator": weights, "x": payloads(marker)[name]}, path)
+    with pytest.raises(CheckpointError, match="refused checkpoint"):
+        load_checkpoint(path, mmap=True)
+    assert not marker.exists()
+
+
+def test_mmap_truncated_zip_is_a_checkpoint_error(tmp_path, weights):
+    path = tmp_path / "cut.pt"
+    torch.save({"generator": weights}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {path}") as info:
+        load_checkpoint(path, mmap=True)
+    assert "\n" not in str(info.value)
+
+
+def test_mmap_non_finite_weights_still_refused(tmp_path, weights):
+    weights["0.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save({"generator": weights}, path)
+    with pytest.raises(CheckpointError, match="non-finite"):
+        require_finite(load_checkpoint(path, mmap=True)["generator"], path, "generator")

@@ -294,6 +294,28 @@ def test_no_crop_matches_fixture_source(fomm_parity):
     assert wide.box == (0, 0, 300, 100)
 
 
+@pytest.mark.parametrize("kind", ["uint8", "rgba", "float64", "float32", "float16", "out_of_range", "padded"])
+def test_frame_sized_crop_equals_skimage_resize(kind):
+    """A crop already at the frame size skips ``skimage.transform.resize`` (scipy.ndimage): same values."""
+    from skimage.transform import resize
+
+    rng = np.random.default_rng(1)
+    img = {"uint8": lambda: rng.integers(0, 256, (40, 40, 3), dtype=np.uint8),
+           "rgba": lambda: rng.integers(0, 256, (40, 40, 4), dtype=np.uint8),
+           "float64": lambda: rng.random((40, 40, 3)),
+           "float32": lambda: rng.random((40, 40, 3)).astype(np.float32),
+           "float16": lambda: rng.random((40, 40, 3)).astype(np.float16),
+           "out_of_range": lambda: rng.random((40, 40, 3)) * 1.4 - 0.2,
+           "padded": lambda: rng.integers(0, 256, (30, 36, 3), dtype=np.uint8)}[kind]()
+    box = (-3, -5, 37, 35) if kind == "padded" else (0, 0, 40, 40)
+    got = F._crop_resize(img, box, 40)
+    rows, cols = F._reflect_indices(box[1], box[3], img.shape[0]), F._reflect_indices(box[0], box[2], img.shape[1])
+    patch = img[rows[:, None], cols[None, :], :3]
+    want = np.clip(resize(patch, (40, 40), order=1, mode="reflect").astype(np.float32), 0.0, 1.0)
+    assert got.crop.dtype == np.float32
+    np.testing.assert_array_equal(got.crop, want)
+
+
 # ============================================================================================ backends
 def test_dlib_unavailable_says_what_to_install(monkeypatch):
     import importlib.metadata

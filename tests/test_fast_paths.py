@@ -194,3 +194,44 @@ def test_render_frames_agree_between_batch_sizes(fomm, fomm_parity):
     single = torch.cat([fomm.render(source, kp_source, _like(kp_driving, {k: v[i:i + 1] for k, v in drv.items()}))
                         for i in range(3)])
     np.testing.assert_allclose(single.numpy(), batched.numpy(), rtol=0, atol=1e-5)
+
+
+# --- what the fused path keeps ---------------------------------------------------------------------
+def _fused_states(module: torch.nn.Module) -> list:
+    return [v for m in module.modules() for k, v in m.__dict__.items() if k.startswith("_fused_")]
+
+
+def test_fused_path_keeps_only_the_packed_weight_on_cpu(fomm, fomm_parity):
+    """On CPU each fused conv keeps its oneDNN-packed weight, not also the folded copy it came from; a
+    new batch size re-derives and re-packs it, giving the same frames as a fresh model."""
+    from talkhead.fomm.blocks import _PACKED_OPS
+
+    if not (_PACKED_OPS and torch.backends.mkldnn.enabled):
+        pytest.skip("this torch has no packed oneDNN convolutions")
+    source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
+    batch3 = fomm.render(source, kp_source, kp_driving)
+    states = _fused_states(fomm.generator)
+    assert states and all(s.packed is not None and s.weight is None for s in states)
+    single = fomm.render(source, kp_source, kp_driving[torch.arange(1, 2)])  # new shape: re-packed
+    torch.testing.assert_close(single, batch3[1:2], rtol=0, atol=1e-5)
+    again = fomm.render(source, kp_source, kp_driving)
+    assert torch.equal(again, batch3)
+
+
+def test_detector_weights_dropped_after_first_detect(fomm, fomm_parity):
+    source = torch.tensor(fomm_parity["source"][None]).permute(0, 3, 1, 2)
+    first = fomm.detect(source)
+    assert _fused_states(fomm.kp_detector) == []  # one photo per run: not kept
+    second = fomm.detect(source)
+    assert _fused_states(fomm.kp_detector)  # called again: kept from now on
+    third = fomm.detect(source)
+    for kp in (second, third):
+        assert torch.equal(kp.value, first.value) and torch.equal(kp.jacobian, first.jacobian)
+
+
+def test_separate_large_allocations_is_harmless():
+    from talkhead.memory import separate_large_allocations
+
+    with separate_large_allocations() as applied:
+        x = torch.ones(1 << 20)
+    assert isinstance(applied, bool) and float(x.sum()) == float(1 << 20)

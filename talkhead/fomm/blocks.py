@@ -21,8 +21,10 @@ oneDNN convolutions run fastest on), and a nearest x2 upsampling followed by a 3
 computed as one 2x2 convolution per output phase on the low-resolution input (the sub-pixel form:
 4/9 of the multiply-adds). Only the float rounding differs from the plain path (full-size frames
 agree to 6.4e-6, the same as merely switching the plain path to channels_last; ``tests/test_fomm.py``
-holds the fused path to the reference tolerances, ``tests/test_fast_paths.py`` to the plain path). Folded weights are cached on the
-module and rebuilt when a parameter or running statistic changes (in-place updates included).
+holds the fused path to the reference tolerances, ``tests/test_fast_paths.py`` to the plain path). The derived
+weights are cached on the module (on CPU only the oneDNN-packed copy, not the folded weight it was made
+from: one extra copy of the weights, not two) and rebuilt when a parameter or running statistic changes
+(in-place updates included).
 """
 from __future__ import annotations
 
@@ -121,18 +123,6 @@ def _version_key(tensors: Sequence[Optional[torch.Tensor]]) -> tuple:
                  for t in tensors)
 
 
-def cache_on_module(module: nn.Module, name: str, sources: Sequence[Optional[torch.Tensor]], build):
-    """``build()`` memoised on ``module`` under ``name`` until one of ``sources`` changes."""
-    key = _version_key(sources)
-    entry = module.__dict__.get(name)
-    if entry is None or entry[0] != key:
-        # built outside inference mode so that derived caches can key on these tensors' versions
-        with torch.inference_mode(False), torch.no_grad():
-            entry = (key, build())
-        module.__dict__[name] = entry
-    return entry[1]
-
-
 def clear_fused_cache(module: nn.Module) -> None:
     """Drop the cached fused weights of ``module`` and its children (rebuilt on the next fused call)."""
     for m in module.modules():
@@ -151,26 +141,28 @@ def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
-def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> tuple[torch.Tensor, torch.Tensor]:
+def folded_weights(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight ``(Cout, Cin/g, kh, kw)`` (channels_last) and bias ``(Cout,)`` of ``bn(conv(x))`` as one conv.
 
-    Cached on ``conv``; requires ``bn`` in eval mode (running statistics).
+    Computed afresh (not cached; :func:`conv_forward` keeps what it needs). Requires ``bn`` in eval
+    mode (running statistics).
     """
+    weight, bias = conv.weight, conv.bias
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    if bn is not None:
+        scale, shift = bn_scale_shift(bn)
+        weight = weight * scale[:, None, None, None]
+        bias = bias * scale + shift
+    return weight.contiguous(memory_format=CHANNELS_LAST), bias.contiguous()
+
+
+def conv_bn_sources(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> list[Optional[torch.Tensor]]:
+    """The tensors :func:`folded_weights` reads (the cache key of a folded convolution)."""
     sources = [conv.weight, conv.bias]
     if bn is not None:
         sources += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
-
-    def build():
-        weight, bias = conv.weight, conv.bias
-        if bias is None:
-            bias = weight.new_zeros(weight.shape[0])
-        if bn is not None:
-            scale, shift = bn_scale_shift(bn)
-            weight = weight * scale[:, None, None, None]
-            bias = bias * scale + shift
-        return weight.contiguous(memory_format=CHANNELS_LAST), bias.contiguous()
-
-    return cache_on_module(conv, "_fused_conv_bn", sources, build)
+    return sources
 
 
 _PACKED_OPS = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -178,49 +170,92 @@ _PACKED_OPS = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn
 """Whether this torch has the oneDNN ops for convolutions on pre-packed weights (those inductor uses)."""
 
 
-def conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+class _FusedConvState:
+    """What :func:`conv_forward` keeps per convolution and weight slot.
+
+    ``bias`` always; ``packed``, the oneDNN-reordered weight for input ``shape``, on CPU; ``weight``, the
+    channels_last weight, only while no packed copy replaces it (another device or dtype, or a case
+    oneDNN refuses): keeping both would hold every convolution's weights twice. A new input shape
+    re-derives the weight from the module's tensors to pack it again (once per render shape).
+    """
+
+    __slots__ = ("key", "weight", "bias", "packed", "shape", "unpackable")
+
+    def __init__(self, key: tuple, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        self.key, self.weight, self.bias = key, weight, bias
+        self.packed: Optional[torch.Tensor] = None
+        self.shape: Optional[tuple] = None
+        self.unpackable: set = set()
+
+
+def _built(build) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    # built outside inference mode (plain tensors, like the module's own), without autograd
+    with torch.inference_mode(False), torch.no_grad():
+        return build()
+
+
+def conv_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[Optional[torch.Tensor]],
                  relu: bool = False, *, padding: Optional[Sequence[int]] = None,
-                 cache: str = "_fused_packed") -> torch.Tensor:
-    """``conv`` (its stride/dilation/groups and zero padding) applied with another ``weight``/``bias``.
+                 cache: str = "_fused_conv") -> torch.Tensor:
+    """``conv`` (its stride/dilation/groups and zero padding) applied with derived weights.
 
     Args:
-        conv: the module whose settings are used (and on which the packed weight is cached).
+        conv: the module whose settings are used (and on which the weights are cached, under ``cache``).
         x: ``(B, Cin, H, W)``.
-        weight, bias: ``(Cout, Cin / groups, kh, kw)``, ``(Cout,)``.
+        build: ``build() -> (weight (Cout, Cin / groups, kh, kw), bias (Cout,))``, the weights to apply
+            (e.g. :func:`folded_weights`); called again only when one of ``sources`` changes (in place
+            included) or a new input shape must be packed.
+        sources: the tensors ``build`` reads (cache key: storage, version, device, dtype).
         relu: apply a ReLU to the result.
         padding: overrides ``conv.padding``; ``cache``: the cache slot name (one per weight).
 
     On CPU (float32, oneDNN available) the weight is reordered once into oneDNN's blocked layout
-    (cached on ``conv`` for the input shape) and the ReLU is fused into the convolution: the same
-    oneDNN kernel as ``F.conv2d`` on channels_last tensors (bit-identical results), without
-    re-packing the weight on every call, which dominates the deep hourglass levels (2048 x 512 x 3 x 3
-    weights on 8x8 maps). Anywhere else: ``F.conv2d`` (+ in-place ReLU).
+    (cached on ``conv`` for the input shape, replacing the built weight) and the ReLU is fused into
+    the convolution: the same oneDNN kernel as ``F.conv2d`` on channels_last tensors (bit-identical
+    results), without re-packing the weight on every call, which dominates the deep hourglass levels
+    (2048 x 512 x 3 x 3 weights on 8x8 maps). Anywhere else: ``F.conv2d`` (+ in-place ReLU).
     """
+    key = _version_key(sources)
+    state = conv.__dict__.get(cache)
+    if state is None or state.key != key:
+        conv.__dict__.pop(cache, None)  # release the stale copies before building new ones
+        state = _FusedConvState(key, *_built(build))
+        conv.__dict__[cache] = state
     padding = list(conv.padding if padding is None else padding)
+    shape = tuple(x.shape)
     if (_PACKED_OPS and torch.backends.mkldnn.enabled and x.device.type == "cpu" and x.dtype == torch.float32
-            and conv.padding_mode == "zeros"):
-        shape = tuple(x.shape)
+            and conv.padding_mode == "zeros" and state.bias is not None and state.bias.dtype == torch.float32
+            and shape not in state.unpackable):
         try:
-            packed = cache_on_module(conv, cache, (weight,), lambda: {})
-            if shape not in packed:
-                packed.clear()  # one input shape at a time (a render's batches share it)
+            if state.shape != shape:  # one input shape at a time (a render's batches share it)
+                weight = state.weight if state.weight is not None else _built(build)[0]
+                state.packed, state.shape = None, None
                 with torch.inference_mode(False), torch.no_grad():
-                    packed[shape] = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    state.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                         weight.contiguous().to_mkldnn(), padding, list(conv.stride), list(conv.dilation),
                         conv.groups, list(shape))
+                state.shape, state.weight = shape, None
+                del weight
             return torch.ops.mkldnn._convolution_pointwise(
-                x.contiguous(memory_format=CHANNELS_LAST), packed[shape], bias, padding, list(conv.stride),
+                x.contiguous(memory_format=CHANNELS_LAST), state.packed, state.bias, padding, list(conv.stride),
                 list(conv.dilation), conv.groups, "relu" if relu else "none", [], "")
         except (RuntimeError, NotImplementedError):  # an unsupported case: the plain oneDNN call below
-            pass
-    out = F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
+            state.unpackable.add(shape)
+    if state.weight is None:
+        state.weight = _built(build)[0]
+    out = F.conv2d(x, state.weight, state.bias, conv.stride, padding, conv.dilation, conv.groups)
     return out.relu_() if relu else out
+
+
+def fused_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """``bn(conv(x))`` (``bn`` folded into ``conv``; ``None``: the conv alone), then an optional ReLU;
+    channels_last output. ``(B, Cin, H, W) -> (B, Cout, H', W')``."""
+    return conv_forward(conv, x, lambda: folded_weights(conv, bn), conv_bn_sources(conv, bn), relu=relu)
 
 
 def fused_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` with its weight cached in channels_last (the output is channels_last)."""
-    weight, bias = fold_conv_bn(conv, None)
-    return conv_forward(conv, x, weight, bias)
+    return fused_conv_bn(conv, None, x)
 
 
 def _subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -275,8 +310,7 @@ class ResBlock2d(nn.Module):
         # norm2 directly follows conv1 and is folded into it.
         h = F.batch_norm(x, self.norm1.running_mean, self.norm1.running_var, self.norm1.weight, self.norm1.bias,
                          False, 0.0, self.norm1.eps).relu_()
-        weight, bias = fold_conv_bn(self.conv1, self.norm2)
-        h = conv_forward(self.conv1, h, weight, bias, relu=True)
+        h = fused_conv_bn(self.conv1, self.norm2, h, relu=True)
         return fused_conv(self.conv2, h).add_(x)
 
 
@@ -306,18 +340,19 @@ class UpBlock2d(nn.Module):
         return result
 
     def _fused(self, x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
-        conv = self.conv
-        weight, bias = fold_conv_bn(conv, self.norm)
+        conv, norm = self.conv, self.norm
         if not _is_subpixel_conv(conv) or x.shape[2] * x.shape[3] < SUBPIXEL_MIN_PIXELS:
-            result = conv_forward(conv, F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, relu=True)
+            result = fused_conv_bn(conv, norm, F.interpolate(x, scale_factor=2, mode="nearest"), relu=True)
             return out.copy_(result) if out is not None else result
-        weight4, bias4 = cache_on_module(conv, "_fused_subpixel", (weight, bias),
-                                 lambda: (_subpixel_weight(weight).contiguous(memory_format=CHANNELS_LAST),
-                                          bias.repeat(4)))
+
+        def subpixel():
+            weight, bias = folded_weights(conv, norm)
+            return _subpixel_weight(weight).contiguous(memory_format=CHANNELS_LAST), bias.repeat(4)
+
         b, _, h, w = x.shape
-        cout = weight.shape[0]
-        phases = conv_forward(conv, x, weight4, bias4, relu=True, padding=(1, 1),
-                              cache="_fused_packed_subpixel")  # (B, 4 Cout, H + 1, W + 1)
+        cout = conv.out_channels
+        phases = conv_forward(conv, x, subpixel, conv_bn_sources(conv, norm), relu=True, padding=(1, 1),
+                              cache="_fused_conv_subpixel")  # (B, 4 Cout, H + 1, W + 1)
         if out is None:
             out = torch.empty(b, cout, 2 * h, 2 * w, dtype=x.dtype, device=x.device, memory_format=CHANNELS_LAST)
         for p in range(2):
@@ -340,8 +375,7 @@ class DownBlock2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_fused(self):
-            weight, bias = fold_conv_bn(self.conv, self.norm)
-            return F.avg_pool2d(conv_forward(self.conv, x, weight, bias, relu=True), kernel_size=2)
+            return F.avg_pool2d(fused_conv_bn(self.conv, self.norm, x, relu=True), kernel_size=2)
         return F.avg_pool2d(F.relu(self.norm(self.conv(x))), kernel_size=2)
 
 
@@ -358,8 +392,7 @@ class SameBlock2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_fused(self):
-            weight, bias = fold_conv_bn(self.conv, self.norm)
-            return conv_forward(self.conv, x, weight, bias, relu=True)
+            return fused_conv_bn(self.conv, self.norm, x, relu=True)
         return F.relu(self.norm(self.conv(x)))
 
 
@@ -454,11 +487,14 @@ class AntiAliasInterpolation2d(nn.Module):
         size = 2 * round(sigma * 4) + 1
         self.ka = size // 2
         self.kb = self.ka - 1 if size % 2 == 0 else self.ka
-        coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+        # computed on the CPU and then moved to the default device: under ``torch.device("meta")`` (the
+        # store's layout listing) ``arange`` would run through torch's Python decompositions, which
+        # import torch._dynamo and sympy (~800 modules, 77 MiB, 1.5-3.7 s) for a 13x13 kernel
+        coords = torch.arange(size, dtype=torch.float32, device="cpu") - (size - 1) / 2
         g = torch.exp(-coords ** 2 / (2 * sigma ** 2)) if sigma > 0 else (coords == 0).float()
         kernel = g[:, None] * g[None, :]
         kernel = kernel / kernel.sum()
-        self.register_buffer("weight", kernel.expand(channels, 1, size, size).clone())
+        self.register_buffer("weight", kernel.expand(channels, 1, size, size).clone().to(torch.get_default_device()))
         self.groups = channels
         self.scale = scale
         self.stride = int(1 / scale)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import (CHANNELS_LAST, AntiAliasInterpolation2d, Hourglass, cache_on_module, conv_forward, fold_conv_bn,
+from .blocks import (CHANNELS_LAST, AntiAliasInterpolation2d, Hourglass, conv_forward, folded_weights, fused_conv_bn,
                      inverse_2x2, kp2gaussian, make_coordinate_grid, use_fused)
 
 
@@ -126,15 +126,17 @@ class DenseMotionNetwork(nn.Module):
         Both heads read the same hourglass output with the same kernel size, so their weights are
         stacked (cached) into one ``K+2``-channel convolution; returns contiguous NCHW tensors.
         """
-        if self.occlusion is None:
-            weight, bias = fold_conv_bn(self.mask, None)
+        mask, occlusion = self.mask, self.occlusion
+        if occlusion is None:
+            logits = fused_conv_bn(mask, None, prediction)
         else:
-            mw, mb = fold_conv_bn(self.mask, None)
-            ow, ob = fold_conv_bn(self.occlusion, None)
-            weight, bias = cache_on_module(self, "_fused_heads", (mw, mb, ow, ob),
-                                   lambda: (torch.cat([mw, ow]).contiguous(memory_format=CHANNELS_LAST),
-                                            torch.cat([mb, ob])))
-        logits = conv_forward(self.mask, prediction, weight, bias, cache="_fused_packed_heads").contiguous()
+            def heads():
+                (mw, mb), (ow, ob) = folded_weights(mask, None), folded_weights(occlusion, None)
+                return torch.cat([mw, ow]).contiguous(memory_format=CHANNELS_LAST), torch.cat([mb, ob])
+
+            logits = conv_forward(mask, prediction, heads, [mask.weight, mask.bias, occlusion.weight, occlusion.bias],
+                                  cache="_fused_conv_heads")
+        logits = logits.contiguous()
         k = self.mask.out_channels
         return logits[:, :k], (logits[:, k:] if self.occlusion is not None else None)
 

@@ -6,6 +6,7 @@ layout: top-level ``generator``, ``discriminator``, ``kp_detector``, ``optimizer
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import torch
 from ..checkpoints import load_checkpoint, load_state_dict_checked, require_finite
 from ..errors import CheckpointError
 from ..keypoints import Keypoints
+from ..memory import separate_large_allocations
+from .blocks import clear_fused_cache
 from .config import FOMMConfig
 from .generator import OcclusionAwareGenerator
 from .keypoint_detector import KPDetector
@@ -65,6 +68,8 @@ class FOMM:
         self.align_corners = align_corners
         self.precision = "fp32"
         self._cache: Optional[_SourceEncoding] = None
+        self._detections = 0
+        self._rendered_batches: set[int] = set()
 
     @classmethod
     def from_config(cls, config: FOMMConfig, *, device: torch.device | str = "cpu",
@@ -134,11 +139,22 @@ class FOMM:
             :class:`~talkhead.keypoints.Keypoints` value ``(B, 10, 2)``, jacobian ``(B, 10, 2, 2)`` on
             ``device``; values in ``[-1, 1]`` (x = column, y = row) of the keypoint heatmap grid.
 
+        The detector's derived (packed) weights, about as large as its own weights (54 MiB for
+        vox-adv-256), are dropped after the first call and kept from the second on: one photo per run
+        (``animate``) needs them once, many calls (driving videos, batches) pay their packing once more.
+        On CPU that first call runs under :func:`talkhead.memory.separate_large_allocations`. The
+        keypoints are the same either way.
+
         Raises:
             ValueError: a tensor of the wrong shape.
         """
-        with torch.inference_mode():
-            return Keypoints.from_dict(self.kp_detector(self._image(source)))
+        first = self._detections == 0 and self.device.type == "cpu"
+        with torch.inference_mode(), separate_large_allocations() if first else contextlib.nullcontext():
+            kp = Keypoints.from_dict(self.kp_detector(self._image(source)))
+        self._detections += 1
+        if self._detections == 1:
+            clear_fused_cache(self.kp_detector)
+        return kp
 
     def _encode(self, source: torch.Tensor, kp_source: Keypoints) -> _SourceEncoding:
         if self._cache is not None and self._cache.matches(source, kp_source):
@@ -166,6 +182,9 @@ class FOMM:
         ``grid_sample`` warps stay float32, since a reduced-precision jacobian product alone moved
         frames by up to 14/255 (bf16, full-size random weights). The frames come back float32.
 
+        On CPU the first batch of each size, which builds the packed weights, runs under
+        :func:`talkhead.memory.separate_large_allocations` (a lower peak RSS; same frames).
+
         Args:
             source: ``(1, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
             kp_source: :class:`~talkhead.keypoints.Keypoints` ``(1, 10, 2)`` + ``(1, 10, 2, 2)`` (from
@@ -178,6 +197,14 @@ class FOMM:
         Raises:
             ValueError: a tensor of the wrong shape, or a source batch other than 1.
         """
+        b = len(kp_driving) if isinstance(kp_driving, Keypoints) else 0
+        first = self.device.type == "cpu" and b not in self._rendered_batches
+        with separate_large_allocations() if first else contextlib.nullcontext():
+            frames = self._render(source, kp_source, kp_driving)
+        self._rendered_batches.add(b)
+        return frames
+
+    def _render(self, source, kp_source: Keypoints, kp_driving: Keypoints) -> torch.Tensor:
         with torch.inference_mode():
             src = self._image(source)
             if src.shape[0] != 1:
@@ -219,7 +246,7 @@ def load_fomm(config_path: str | Path, checkpoint_path: str | Path, *, device: t
         StateDictMismatchError: weights that do not fit the config.
     """
     config = FOMMConfig.from_yaml(config_path)
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path, mmap=True)  # copied into the modules, then dropped
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{checkpoint_path}: a FOMM checkpoint must be a dict, not {type(checkpoint).__name__}")
     missing = [k for k in ("generator", "kp_detector") if not isinstance(checkpoint.get(k), Mapping)]

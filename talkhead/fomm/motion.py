@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.spatial import ConvexHull, QhullError
 
 from ..keypoints import Keypoints
 from .blocks import inverse_2x2
@@ -21,6 +20,8 @@ def movement_scale(kp_source: Keypoints, kp_driving_initial: Keypoints) -> float
     Raises:
         ValueError: the keypoints of either set are degenerate (all collinear: no 2-D convex hull).
     """
+    from scipy.spatial import ConvexHull, QhullError  # here: ~28 MiB and 0.3 s that rendering never needs
+
     areas = []
     for name, kp in (("kp_source", kp_source), ("kp_driving_initial", kp_driving_initial)):
         points = kp.value[0].detach().to("cpu", torch.float64).numpy()

@@ -341,7 +341,7 @@ def load_mssync(model_dir: str | Path, *, device: str | torch.device = "cpu") ->
         if not path.is_file():
             raise CheckpointError(f"MS-Sync model directory {model_dir} lacks {path.name!r} (expected {path})")
     config = MSSyncConfig.from_args_file(args_path)
-    checkpoint = load_checkpoint(ckpt_path)
+    checkpoint = load_checkpoint(ckpt_path, mmap=True)  # copied into the model, then dropped
     if not isinstance(checkpoint, dict) or "checkpoints" not in checkpoint:
         keys = list(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{ckpt_path}: expected a dict with a 'checkpoints' entry (the generator "
