@@ -64,6 +64,7 @@ __all__ = [
     "TRAINER_NAMESPACES",
     "allowed_globals",
     "file_digests",
+    "strip_key_prefix",
     "load_checkpoint",
     "require_finite",
     "load_state_dict_checked",
@@ -577,6 +578,14 @@ def sha256_file(path: Union[str, os.PathLike]) -> str:
         CheckpointError: the file is missing or unreadable.
     """
     return file_digests(path)["sha256"]
+
+
+def strip_key_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``state_dict`` with a leading ``prefix`` removed from every key that has it (DataParallel's
+    ``"module."``, as the reference BasicSR ``load_network`` does); other keys unchanged."""
+    if not prefix:
+        return dict(state_dict)
+    return {(k[len(prefix):] if isinstance(k, str) and k.startswith(prefix) else k): v for k, v in state_dict.items()}
 
 
 def require_finite(state_dict: Mapping[str, Any], path: Union[str, os.PathLike], what: str) -> None:

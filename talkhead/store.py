@@ -79,7 +79,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
-from .checkpoints import file_digests, load_checkpoint, require_finite, state_dict_diff
+from .checkpoints import file_digests, load_checkpoint, require_finite, state_dict_diff, strip_key_prefix
 from .errors import (CheckpointError, ConfigError, DownloadError, InputError, OutputError, StateDictMismatchError,
                      TalkheadError)
 from .io import atomic_write
@@ -716,12 +716,6 @@ def check_layout(name: str, files: Mapping[str, str | os.PathLike]) -> None:
     _check_layout(_specs(name)[0], {rel: Path(p) for rel, p in files.items()})
 
 
-def _strip(state_dict: Mapping, prefix: str) -> Mapping:
-    if not prefix:
-        return state_dict
-    return {(k[len(prefix):] if isinstance(k, str) and k.startswith(prefix) else k): v for k, v in state_dict.items()}
-
-
 def _check_checkpoint(spec: ModelSpec, f: ModelFile, path: Path, config_path: Optional[Path]) -> None:
     """Check one checkpoint file ``f`` at ``path`` against its layout for ``config_path``."""
     expected = _resolve(f.layout)(config_path) if config_path is not None and f.layout else None
@@ -734,7 +728,7 @@ def _check_checkpoint(spec: ModelSpec, f: ModelFile, path: Path, config_path: Op
             present = ", ".join(map(str, data)) or "none"
             raise CheckpointError(f"{path}: {spec.title} checkpoint lacks the {' or '.join(map(repr, alternatives))} "
                                   f"state dict (top-level keys: {present})")
-        state_dict = _strip(data[name], f.strip_prefix)
+        state_dict = strip_key_prefix(data[name], f.strip_prefix)
         if expected is not None:
             listing = next((expected[n] for n in alternatives if n in expected), None)
             if listing is None:

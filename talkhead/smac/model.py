@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..checkpoints import load_checkpoint, load_state_dict_checked
+from ..checkpoints import load_checkpoint, load_state_dict_checked, strip_key_prefix
 from ..errors import CheckpointError
 from ..keypoints import Keypoints
 from .config import SMACConfig
@@ -49,12 +49,6 @@ class _SourceEncoding:
 
     def matches(self, source: torch.Tensor, kp_source: Keypoints) -> bool:
         return self.kp_source.equal(kp_source) and torch.equal(self.source, source)
-
-
-def _strip_module(state_dict: Mapping) -> dict:
-    """Keys without a leading ``module.`` (reference ``load_network``)."""
-    return {(k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k): v
-            for k, v in state_dict.items()}
 
 
 class SMAC:
@@ -213,11 +207,11 @@ def load_smac(config_path: str | Path, generator_path: str | Path, motion_estima
     motion_estimator = config.build_motion_estimator()
     g_path, me_path = Path(generator_path), Path(motion_estimator_path)
     ckpt = load_checkpoint(g_path)
-    load_state_dict_checked(generator, _strip_module(_entry(ckpt, g_path, ("params_ema", "params"), "net_g")),
+    load_state_dict_checked(generator, strip_key_prefix(_entry(ckpt, g_path, ("params_ema", "params"), "net_g"), "module."),
                             "SMAC net_g")
     del ckpt
     ckpt = load_checkpoint(me_path)
-    load_state_dict_checked(motion_estimator, _strip_module(_entry(ckpt, me_path, ("params",), "motion estimator")),
+    load_state_dict_checked(motion_estimator, strip_key_prefix(_entry(ckpt, me_path, ("params",), "motion estimator"), "module."),
                             "SMAC net_motion_estimator")
     del ckpt
     return SMAC(motion_estimator, generator, config, device=device)
