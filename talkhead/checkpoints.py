@@ -64,6 +64,7 @@ __all__ = [
     "TRAINER_NAMESPACES",
     "allowed_globals",
     "file_digests",
+    "state_dict_shapes",
     "strip_key_prefix",
     "load_checkpoint",
     "require_finite",
@@ -478,6 +479,13 @@ class StateDictDiff:
                     f"entries ({', '.join(self.unexpected)}): is this a whole checkpoint instead of "
                     "one of its state dicts?")
         return None
+
+
+def state_dict_shapes(module: torch.nn.Module) -> dict[str, Shape]:
+    """``{key: shape}`` of ``module.state_dict()`` in its order, buffers included: the expected
+    listing :func:`state_dict_diff` compares a checkpoint with (build ``module`` on the ``meta``
+    device to get it without memory)."""
+    return {key: tuple(int(s) for s in value.shape) for key, value in module.state_dict().items()}
 
 
 def _shape_of(value: Any) -> Optional[Shape]:

@@ -318,6 +318,16 @@ def _wait_for(cond, timeout: float = 120.0, proc=None) -> None:
         time.sleep(0.02)
 
 
+def assert_terminated_cleanly(returncode: int, err: bytes, out_dir: Path) -> None:
+    """A SIGTERM'd talkhead run: exit 143, one stderr line saying so, nothing left in ``out_dir`` and no
+    ffmpeg child still writing there."""
+    assert returncode == 143, err.decode()
+    lines = [ln for ln in err.decode().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "terminated by SIGTERM" in lines[0], lines
+    assert os.listdir(out_dir) == []
+    assert _ffmpeg_writing_into(out_dir) == []
+
+
 def _ffmpeg_writing_into(folder: Path) -> list[int]:
     """Pids of live (non-zombie) processes whose command line mentions ``folder``."""
     pids = []
@@ -356,11 +366,7 @@ def test_sigterm_during_rendering_leaves_nothing_and_exits_143(tiny_models_dir, 
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, err.decode()
-    lines = [ln for ln in err.decode().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "terminated by SIGTERM" in lines[0], lines
-    assert os.listdir(out_dir) == []
-    assert _ffmpeg_writing_into(out_dir) == []
+    assert_terminated_cleanly(proc.returncode, err, out_dir)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

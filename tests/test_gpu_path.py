@@ -151,17 +151,23 @@ def test_pipeline_sets_the_renderers_precision(native_bf16, fomm_tiny_files):
     assert pipe.renderer is fomm and fomm.precision == "bf16"
 
 
+def _render_inputs(fomm, n: int):
+    """A seeded random source ``(1, 3, S, S)``, its detected kp_source and ``n`` kp_driving sets near it."""
+    g = torch.Generator().manual_seed(0)
+    src = torch.rand(1, 3, fomm.frame_size, fomm.frame_size, generator=g)
+    kp = fomm.detect(src)
+    kp_d = Keypoints(kp.value + 0.05 * torch.randn(n, 10, 2, generator=g),
+                     kp.jacobian + 0.05 * torch.randn(n, 10, 2, 2, generator=g))
+    return src, kp, kp_d
+
+
 @pytest.mark.parametrize("precision, max_abs, min_psnr", [("bf16", BF16_MAX_ABS, BF16_MIN_PSNR),
                                                           ("fp16", FP16_MAX_ABS, FP16_MIN_PSNR)])
 def test_reduced_precision_stays_near_fp32_and_keeps_keypoints_exact(tiny_fomm, precision, max_abs, min_psnr):
     """The decoder runs in bf16/fp16 (the frames differ), within a stated tolerance of fp32; keypoint
     detection and the float32 parts are untouched (detect is bit-identical; frames come back float32)."""
     fomm = tiny_fomm
-    g = torch.Generator().manual_seed(0)
-    src = torch.rand(1, 3, fomm.frame_size, fomm.frame_size, generator=g)
-    kp = fomm.detect(src)
-    kp_d = Keypoints(kp.value + 0.05 * torch.randn(4, 10, 2, generator=g),
-                     kp.jacobian + 0.05 * torch.randn(4, 10, 2, 2, generator=g))
+    src, kp, kp_d = _render_inputs(fomm, 4)
     ref = fomm.render(src, kp, kp_d)
     try:
         fomm.precision = precision
@@ -382,7 +388,7 @@ _THREADED_CLI = ("import sys, talkhead.devices as d; d.default_writer_thread = l
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_with_the_writer_thread_leaves_nothing_and_exits_143(tiny_models_dir, tmp_path):
-    from test_batch import _env, _ffmpeg_writing_into, _wait_for
+    from test_batch import _env, _wait_for, assert_terminated_cleanly
 
     speech = _speech_seconds(tmp_path, 8.0)
     out_dir = tmp_path / "out"
@@ -399,11 +405,7 @@ def test_sigterm_with_the_writer_thread_leaves_nothing_and_exits_143(tiny_models
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, err.decode()
-    lines = [ln for ln in err.decode().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "terminated by SIGTERM" in lines[0], lines
-    assert os.listdir(out_dir) == []
-    assert _ffmpeg_writing_into(out_dir) == []
+    assert_terminated_cleanly(proc.returncode, err, out_dir)
 
 
 def test_writer_thread_defaults_by_device():
@@ -421,11 +423,7 @@ def test_cuda_render_matches_cpu_fp32(fomm_tiny_files, precision, max_abs, min_p
     cpu = load_fomm(*fomm_tiny_files)
     gpu = load_fomm(*fomm_tiny_files, device="cuda")
     gpu.precision = precision
-    g = torch.Generator().manual_seed(0)
-    src = torch.rand(1, 3, cpu.frame_size, cpu.frame_size, generator=g)
-    kp = cpu.detect(src)
-    kp_d = Keypoints(kp.value + 0.05 * torch.randn(8, 10, 2, generator=g),
-                     kp.jacobian + 0.05 * torch.randn(8, 10, 2, 2, generator=g))
+    src, kp, kp_d = _render_inputs(cpu, 8)
     ref = cpu.render(src, kp, kp_d)
     out = gpu.render(src, kp, kp_d)
     assert out.device.type == "cuda" and out.dtype == torch.float32

@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from ..checkpoints import state_dict_shapes
 from .config import FOMMConfig, default_config_path
 
 Shape = tuple[int, ...]
@@ -20,10 +21,6 @@ Shape = tuple[int, ...]
 CHECKPOINT_ENTRIES = ("kp_detector", "generator")
 """The top-level entries of ``vox-adv-cpk.pth.tar`` that inference reads (as the reference
 ``demo.load_checkpoints``); ``discriminator``, ``optimizer_*`` and ``epoch`` are ignored."""
-
-
-def _shapes(module: torch.nn.Module) -> dict[str, Shape]:
-    return {key: tuple(int(s) for s in value.shape) for key, value in module.state_dict().items()}
 
 
 def expected_layout(config: FOMMConfig) -> dict[str, dict[str, Shape]]:
@@ -36,7 +33,7 @@ def expected_layout(config: FOMMConfig) -> dict[str, dict[str, Shape]]:
     with torch.device("meta"):
         kp_detector = config.build_kp_detector()
         generator = config.build_generator()
-    return {"kp_detector": _shapes(kp_detector), "generator": _shapes(generator)}
+    return {"kp_detector": state_dict_shapes(kp_detector), "generator": state_dict_shapes(generator)}
 
 
 def layout_for_config_file(config_path: Optional[str | Path]) -> dict[str, dict[str, Shape]]:

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from ..checkpoints import state_dict_shapes
 from ..errors import ConfigError
 from .config import MSSyncConfig
 from .generator import MSSyncGenerator
@@ -28,7 +29,7 @@ def expected_layout(config: MSSyncConfig) -> dict[str, dict[str, Shape]]:
     order (264 entries, 35,410,254 parameters for :meth:`MSSyncConfig.default`)."""
     with torch.device("meta"):
         model = MSSyncGenerator(config)
-    return {"checkpoints": {key: tuple(int(s) for s in value.shape) for key, value in model.state_dict().items()}}
+    return {"checkpoints": state_dict_shapes(model)}
 
 
 def layout_for_config_file(config_path: Optional[str | Path]) -> dict[str, dict[str, Shape]]:

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from ..checkpoints import state_dict_shapes
 from .config import SMACConfig, default_config_path
 
 Shape = tuple[int, ...]
@@ -22,10 +23,6 @@ demo's ``param_key_g: params_ema``, falling back to ``params``): the first prese
 
 MOTION_ESTIMATOR_ENTRIES = ("params",)
 """The top-level entry of ``net_motion_estimator_latest.pth`` (BasicSR ``save_network``)."""
-
-
-def _shapes(module: torch.nn.Module) -> dict[str, Shape]:
-    return {key: tuple(int(s) for s in value.shape) for key, value in module.state_dict().items()}
 
 
 def _config(config_path: Optional[str | Path]) -> SMACConfig:
@@ -42,7 +39,7 @@ def generator_layout(config_path: Optional[str | Path]) -> dict[str, dict[str, S
     """
     config = _config(config_path)
     with torch.device("meta"):
-        return {"params": _shapes(config.build_generator())}
+        return {"params": state_dict_shapes(config.build_generator())}
 
 
 def motion_estimator_layout(config_path: Optional[str | Path]) -> dict[str, dict[str, Shape]]:
@@ -54,4 +51,4 @@ def motion_estimator_layout(config_path: Optional[str | Path]) -> dict[str, dict
     """
     config = _config(config_path)
     with torch.device("meta"):
-        return {"params": _shapes(config.build_motion_estimator())}
+        return {"params": state_dict_shapes(config.build_motion_estimator())}
