@@ -15,7 +15,8 @@ plain eager path, and the largest absolute difference of its frames from the pla
     python benchmarks/bench_render.py --threads 1 --clock cpu   # CPU seconds: robust on a busy machine
 
 Engines: ``plain`` (the reference-shaped eager path, ``fused_inference(False)``), ``fused`` (default
-eager path), ``plain_cl`` (plain path on channels_last weights/inputs only), ``compile``
+eager path: Winograd bottleneck on CPU), ``fused_direct`` (the fused path with
+``winograd_inference(False)``: oneDNN's direct convolutions in the bottleneck too), ``plain_cl`` (plain path on channels_last weights/inputs only), ``compile``
 (``torch.compile`` of the fused decode, inductor; compile time reported), ``jit_freeze``
 (``torch.jit.trace`` + ``torch.jit.freeze`` of the plain path: conv/BN folding by TorchScript),
 ``onnxruntime`` (if installed: the plain render graph exported with ``torch.onnx``).
@@ -75,7 +76,7 @@ def _render(fomm, source, kp_source: dict, kp_driving: dict):
 
 def make_engines(names, fomm, source, kp_source, kp_driving) -> tuple[dict, dict]:
     """name -> zero-argument render callable returning frames (1, 3, 256, 256); and setup seconds."""
-    from talkhead.fomm.blocks import fused_inference
+    from talkhead.fomm.blocks import fused_inference, winograd_inference
 
     engines, setup = {}, {}
 
@@ -85,6 +86,10 @@ def make_engines(names, fomm, source, kp_source, kp_driving) -> tuple[dict, dict
 
     def fused():
         with fused_inference(True):
+            return _render(fomm, source, kp_source, kp_driving)
+
+    def fused_direct():
+        with fused_inference(True), winograd_inference(False):
             return _render(fomm, source, kp_source, kp_driving)
 
     _render(fomm, source, kp_source, kp_driving)  # encode the source once
@@ -98,6 +103,8 @@ def make_engines(names, fomm, source, kp_source, kp_driving) -> tuple[dict, dict
             engines[name] = plain
         elif name == "fused":
             engines[name] = fused
+        elif name == "fused_direct":
+            engines[name] = fused_direct
         elif name == "plain_cl":
             import copy
             g2 = copy.deepcopy(gen).to(memory_format=torch.channels_last)

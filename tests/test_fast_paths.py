@@ -13,7 +13,9 @@ import torch
 
 from talkhead.devices import default_batch_size
 from talkhead.fomm import load_fomm
-from talkhead.fomm.blocks import Hourglass, ResBlock2d, UpBlock2d, fused_inference, use_fused
+from talkhead.fomm.blocks import (Hourglass, ResBlock2d, UpBlock2d, fused_inference, use_fused, winograd_enabled,
+                                  winograd_inference)
+from talkhead.fomm.winograd import winograd_applies, winograd_conv3x3, winograd_weight
 from talkhead.mssync import load_mssync
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,6 +74,56 @@ def test_hourglass_fused_equals_plain():
     torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
 
 
+# --- Winograd F(2x2, 3x3) -----------------------------------------------------------------------------
+@pytest.mark.parametrize("batch,cin,cout,size,tile_rows", [(1, 16, 24, 16, 16), (2, 8, 8, 10, 2), (1, 5, 7, 4, 1)])
+def test_winograd_conv_equals_conv2d(batch, cin, cout, size, tile_rows):
+    g = torch.Generator().manual_seed(cin)
+    conv = torch.nn.Conv2d(cin, cout, 3, padding=1)
+    x = torch.randn(batch, cin, size, size, generator=g)
+    residual = torch.randn(batch, cout, size, size, generator=g)
+    assert winograd_applies(conv, x)
+    with torch.no_grad():
+        u = winograd_weight(conv.weight)
+        assert u.shape == (16, cin, cout)
+        want = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+        got = winograd_conv3x3(x, u, conv.bias, tile_rows=tile_rows)
+        assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6)
+        # the whole image at once gives the same numbers as tile-row chunks
+        assert torch.equal(winograd_conv3x3(x, u, conv.bias, tile_rows=size), got)
+        fused = winograd_conv3x3(x, u, conv.bias, residual=residual, relu=True)
+        torch.testing.assert_close(fused.double(), (want + residual.double()).relu(), rtol=0, atol=2e-6)
+
+
+def test_winograd_is_only_for_what_it_computes():
+    x = torch.randn(1, 4, 8, 8)
+    assert winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1), x)
+    assert not winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1), torch.randn(1, 4, 7, 8))  # odd height
+    assert not winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1), x.double())
+    assert not winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1, stride=2), x)
+    assert not winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1, groups=2), x)
+    assert not winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), x)
+    assert not winograd_applies(torch.nn.Conv2d(4, 4, 5, padding=2), x)
+
+
+@pytest.mark.parametrize("size", [12, 9])  # Winograd at an even size; the direct fallback at an odd one
+def test_res_block_fused_equals_plain_with_and_without_winograd(size):
+    torch.manual_seed(0)
+    block = ResBlock2d(12).eval()
+    _randomise_batch_norms(block, 3)
+    x = torch.randn(2, 12, size, size)
+    assert winograd_enabled()
+    plain, fused = _plain_and_fused(block, x)
+    with torch.inference_mode(), winograd_inference(False):
+        direct = block(x)
+        assert not winograd_enabled()
+    assert winograd_enabled()
+    assert ("_fused_winograd" in block.conv1.__dict__) == (size % 2 == 0)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(direct, plain, rtol=0, atol=1e-5)
+    assert plain.abs().max() > 0.5
+
+
 @pytest.fixture()
 def fomm(fomm_tiny_files):
     return load_fomm(*fomm_tiny_files)
@@ -100,7 +152,11 @@ def test_fomm_render_fused_equals_plain(fomm, fomm_parity):
     source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
     with fused_inference(False):
         plain = fomm.render(source, kp_source, kp_driving)
+    with winograd_inference(False):
+        direct = fomm.render(source, kp_source, kp_driving)
     fused = fomm.render(source, kp_source, kp_driving)
+    assert any("_fused_winograd" in b.conv1.__dict__ for b in fomm.generator.bottleneck)  # it ran
+    torch.testing.assert_close(direct, plain, rtol=0, atol=1e-5)
     assert fused.is_contiguous() and fused.shape == plain.shape == (3, 3, 64, 64)
     torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
     assert (plain - plain.mean()).abs().max() > 1e-3  # frames with content
@@ -211,7 +267,12 @@ def test_fused_path_keeps_only_the_packed_weight_on_cpu(fomm, fomm_parity):
     source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
     batch3 = fomm.render(source, kp_source, kp_driving)
     states = _fused_states(fomm.generator)
-    assert states and all(s.packed is not None and s.weight is None for s in states)
+    convs = [s for s in states if hasattr(s, "packed")]
+    assert convs and all(s.packed is not None and s.weight is None for s in convs)
+    # the bottleneck's convolutions keep their Winograd transform instead (and nothing else)
+    bottleneck = [c for b in fomm.generator.bottleneck for c in (b.conv1, b.conv2)]
+    assert all(set(k for k in c.__dict__ if k.startswith("_fused_")) == {"_fused_winograd"} for c in bottleneck)
+    assert len(states) == len(convs) + len(bottleneck)
     single = fomm.render(source, kp_source, kp_driving[torch.arange(1, 2)])  # new shape: re-packed
     torch.testing.assert_close(single, batch3[1:2], rtol=0, atol=1e-5)
     again = fomm.render(source, kp_source, kp_driving)
@@ -235,3 +296,15 @@ def test_separate_large_allocations_is_harmless():
     with separate_large_allocations() as applied:
         x = torch.ones(1 << 20)
     assert isinstance(applied, bool) and float(x.sum()) == float(1 << 20)
+
+
+def test_winograd_is_left_to_the_direct_convs_under_autocast():
+    # --precision bf16/fp16 runs the decoder under torch.autocast: its measured deviation is the direct path's
+    block = ResBlock2d(8).eval()
+    x = torch.randn(1, 8, 8, 8)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        block(x)
+    assert "_fused_winograd" not in block.conv1.__dict__ and "_fused_winograd" not in block.conv2.__dict__
+    with torch.inference_mode():
+        block(x)
+    assert "_fused_winograd" in block.conv1.__dict__

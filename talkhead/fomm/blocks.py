@@ -25,6 +25,11 @@ holds the fused path to the reference tolerances, ``tests/test_fast_paths.py`` t
 weights are cached on the module (on CPU only the oneDNN-packed copy, not the folded weight it was made
 from: one extra copy of the weights, not two) and rebuilt when a parameter or running statistic changes
 (in-place updates included).
+
+On CPU in float32 the 3x3 convolutions of the residual blocks (the generator's bottleneck: 12 of them at
+256 channels and 64x64, ~70 % of a frame's multiply-adds) run as Winograd F(2x2, 3x3)
+(:mod:`talkhead.fomm.winograd`: 2.25x fewer multiplies, rounding error no larger than the direct
+kernel's); :func:`winograd_inference` switches that part off.
 """
 from __future__ import annotations
 
@@ -106,6 +111,24 @@ def fused_inference(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _FUSED.enabled = previous
+
+
+def winograd_enabled() -> bool:
+    """Whether the fused path computes the residual blocks' convolutions by Winograd F(2x2, 3x3) where it
+    applies (CPU, float32, even sizes; on by default; see :func:`winograd_inference`)."""
+    return getattr(_FUSED, "winograd", True)
+
+
+@contextlib.contextmanager
+def winograd_inference(enabled: bool = True) -> Iterator[None]:
+    """Switch the Winograd convolutions of the fused path on or off in this thread (a context manager);
+    off, the residual blocks use the same oneDNN convolutions as the other blocks."""
+    previous = winograd_enabled()
+    _FUSED.winograd = bool(enabled)
+    try:
+        yield
+    finally:
+        _FUSED.winograd = previous
 
 
 def use_fused(module: nn.Module) -> bool:
@@ -247,6 +270,45 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[Opti
     return out.relu_() if relu else out
 
 
+class _WinogradState:
+    """What :func:`winograd_forward` keeps per convolution: the source key, ``u`` ``(16, Cin, Cout)`` and the bias."""
+
+    __slots__ = ("key", "u", "bias")
+
+    def __init__(self, key: tuple, u: torch.Tensor, bias: torch.Tensor):
+        self.key, self.u, self.bias = key, u, bias
+
+
+def winograd_forward(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: torch.Tensor, *, relu: bool = False,
+                     residual: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """``relu?(bn(conv(x)) + residual)`` by Winograd F(2x2, 3x3) (:func:`talkhead.fomm.winograd.winograd_conv3x3`),
+    or ``None`` where it does not apply (switched off, not a 3x3 stride-1 pad-1 convolution, not float32 on
+    CPU, odd sizes, under ``torch.autocast`` as ``--precision bf16`` runs): the caller then takes the direct path.
+
+    The transformed folded weight ``(16, Cin, Cout)`` is cached on ``conv`` (16/9 of the weight's size,
+    in place of the oneDNN-packed copy the direct path would keep) and rebuilt when a source tensor
+    changes, as in :func:`conv_forward`.
+    """
+    from .winograd import winograd_applies, winograd_conv3x3, winograd_weight
+
+    if not (winograd_enabled() and torch.backends.mkldnn.enabled and winograd_applies(conv, x)) \
+            or torch.is_autocast_enabled(x.device.type):  # --precision bf16/fp16: the direct convs, as measured
+        return None
+    sources = conv_bn_sources(conv, bn)
+    key = _version_key(sources)
+    state = conv.__dict__.get("_fused_winograd")
+    if state is None or state.key != key:
+        conv.__dict__.pop("_fused_winograd", None)
+        with torch.inference_mode(False), torch.no_grad():
+            weight, bias = folded_weights(conv, bn)
+            state = _WinogradState(key, winograd_weight(weight), bias)
+            del weight
+        conv.__dict__["_fused_winograd"] = state
+    if state.bias.dtype != torch.float32:
+        return None
+    return winograd_conv3x3(x, state.u, state.bias, relu=relu, residual=residual)
+
+
 def fused_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: torch.Tensor, relu: bool = False) -> torch.Tensor:
     """``bn(conv(x))`` (``bn`` folded into ``conv``; ``None``: the conv alone), then an optional ReLU;
     channels_last output. ``(B, Cin, H, W) -> (B, Cout, H', W')``."""
@@ -310,8 +372,10 @@ class ResBlock2d(nn.Module):
         # norm2 directly follows conv1 and is folded into it.
         h = F.batch_norm(x, self.norm1.running_mean, self.norm1.running_var, self.norm1.weight, self.norm1.bias,
                          False, 0.0, self.norm1.eps).relu_()
-        h = fused_conv_bn(self.conv1, self.norm2, h, relu=True)
-        return fused_conv(self.conv2, h).add_(x)
+        y = winograd_forward(self.conv1, self.norm2, h, relu=True)
+        h = fused_conv_bn(self.conv1, self.norm2, h, relu=True) if y is None else y
+        y = winograd_forward(self.conv2, None, h, residual=x)
+        return fused_conv(self.conv2, h).add_(x) if y is None else y
 
 
 class UpBlock2d(nn.Module):
