@@ -92,7 +92,7 @@ def animate(
     with errors():
         opts = options()
         output = output or audio.with_suffix(".mp4")
-        pipeline = Pipeline(opts, log=_log(quiet))
+        pipeline = Pipeline(opts, log=_log(quiet), single_use=True)
         with progress_bars(quiet) as progress:
             result = pipeline.animate(image, audio, output, save_keypoints=save_keypoints, progress=StageBars(progress))
         if not quiet:

@@ -60,3 +60,17 @@ def separate_large_allocations() -> Iterator[bool]:
         yield True
     finally:
         libc.mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)
+
+
+def return_freed_memory() -> bool:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim(0)``, which also releases
+    whole free pages in the middle of the heap); returns whether it applied (glibc on Linux).
+
+    For after dropping a large long-lived object (a model's weights): without it the freed pages stay
+    in the process's resident set until malloc reuses them.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True

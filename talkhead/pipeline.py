@@ -148,8 +148,8 @@ def host_frames(frames: torch.Tensor, *, uint8: bool, own: bool = False) -> np.n
 class Pipeline:
     """Components + options; call :meth:`animate` once per (image, audio) pair.
 
-    Components not given are loaded once in the constructor from the models directory (checkpoints
-    are downloaded on first use unless ``options.offline``), so a batch of pairs pays for it once.
+    Components not given are loaded once, on first use (:meth:`load`), from the models directory
+    (checkpoints are downloaded then unless ``options.offline``), so a batch of pairs pays for it once.
 
     Args:
         options: the run's :class:`~talkhead.options.AnimateOptions`.
@@ -160,6 +160,11 @@ class Pipeline:
         landmarker: a callable ``image (H, W, 3) uint8 -> list[talkhead.face.Face]``; default: the
             ``options.landmarker`` backend.
         log: receives one-line status messages (model loading, downloads).
+        single_use: the pipeline makes one video (what ``talkhead animate`` and :func:`animate` do):
+            the motion generator it loaded itself is released once the keypoints are generated, and its
+            memory returned to the system before rendering (:func:`talkhead.memory.return_freed_memory`;
+            135 MiB for the released MS-Sync), which lowers the run's peak RSS. A later :meth:`animate`
+            call loads it again. A ``motion`` given to the constructor is never released.
 
     Raises:
         DownloadError / CheckpointError / ConfigError: missing or bad checkpoints.
@@ -169,7 +174,7 @@ class Pipeline:
 
     def __init__(self, options: AnimateOptions = AnimateOptions(), *, renderer: Renderer | None = None,
                  motion: MotionGenerator | None = None, landmarker: Callable | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, single_use: bool = False):
         from .devices import check_precision
 
         self.options = options
@@ -186,31 +191,36 @@ class Pipeline:
             self.models_dir = resolve_models_dir(options.models_dir)
         self._renderer = renderer
         self._motion = motion
+        self._release_motion = bool(single_use)
+        self._owns_motion = False  # loaded by load(), so it can be released and loaded again
         self._precision_applied: object = None
 
-    def load(self) -> "Pipeline":
+    def load(self, *, motion: bool = True) -> "Pipeline":
         """Load the components not given to the constructor (downloading missing checkpoints unless
         ``options.offline``); a no-op once loaded. :meth:`animate` calls it after checking its inputs,
-        so bad input never waits for (or triggers) a download.
+        so bad input never waits for (or triggers) a download. ``motion=False``: the renderer only
+        (what rendering needs, so a released motion generator is not loaded again for it).
 
         Raises:
             DownloadError / CheckpointError / ConfigError: missing or bad checkpoints.
         """
-        if self._renderer is not None and self._motion is not None:
+        if self._renderer is not None and (self._motion is not None or not motion):
             return self
         from .store import ensure_models, model_paths
 
         self.log(f"loading models from {self.models_dir}")
         entry = get_renderer(self.options.renderer)
-        needed = (*(entry.store_names if self._renderer is None else ()), *(("mssync",) if self._motion is None else ()))
+        load_motion = motion and self._motion is None
+        needed = (*(entry.store_names if self._renderer is None else ()), *(("mssync",) if load_motion else ()))
         if needed:
             ensure_models(self.models_dir, names=needed, offline=self.options.offline, log=self._log)
         if self._renderer is None:
             self._renderer = entry.load(self.models_dir, self.device, self.options)
-        if self._motion is None:
+        if load_motion:
             from .mssync import MSSyncMotion, load_mssync
 
             self._motion = MSSyncMotion(load_mssync(model_paths(self.models_dir).mssync_dir, device=self.device))
+            self._owns_motion = True
         return self
 
     @property
@@ -221,7 +231,7 @@ class Pipeline:
             InputError: ``precision`` other than fp32 for a renderer without a ``precision``
                 attribute (only FOMM has one).
         """
-        renderer = self.load()._renderer
+        renderer = self.load(motion=False)._renderer
         if self._precision_applied is not renderer:
             precision = self.options.precision
             if hasattr(renderer, "precision"):
@@ -231,6 +241,19 @@ class Pipeline:
                                  "use --precision fp32")
             self._precision_applied = renderer
         return renderer
+
+    def release_motion(self) -> None:
+        """Drop the motion generator this pipeline loaded (reloaded on next use) and return its memory to
+        the system (:func:`talkhead.memory.return_freed_memory`); a no-op for one given to the constructor."""
+        if not self._owns_motion or self._motion is None:
+            return
+        import gc
+
+        from .memory import return_freed_memory
+
+        self._motion, self._owns_motion = None, False
+        gc.collect()
+        return_freed_memory()
 
     @property
     def motion(self) -> MotionGenerator:
@@ -426,6 +449,8 @@ class Pipeline:
         source = self.source_tensor(crop.crop)
         kp_source, kp_driving = self.keypoints(source, features, progress)
         timings["keypoints"] = time.perf_counter() - t0
+        if self._release_motion:
+            self.release_motion()
 
         total = num_video_frames(speech.duration_s)
         compositor = self.compositor(inputs)
@@ -513,7 +538,8 @@ def animate(image: str | Path, audio: str | Path, output: str | Path, options: A
     See :meth:`Pipeline.animate` for formats, outputs and errors. For many pairs, build one
     :class:`Pipeline` and call its ``animate`` repeatedly (models load once).
     """
-    return Pipeline(options).animate(image, audio, output, save_keypoints=save_keypoints, progress=progress)
+    return Pipeline(options, single_use=True).animate(image, audio, output, save_keypoints=save_keypoints,
+                                                      progress=progress)
 
 
 __all__ = ["AnimateOptions", "AnimateResult", "Pipeline", "animate", "resolve_device", "num_video_frames",

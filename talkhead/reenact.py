@@ -307,7 +307,7 @@ def _pipeline_class():
         """A :class:`~talkhead.pipeline.Pipeline` whose only model is the ``options.renderer``
         renderer (no speech model), loaded lazily - after :func:`reenact` has checked its inputs."""
 
-        def load(self) -> "ReenactPipeline":
+        def load(self, *, motion: bool = False) -> "ReenactPipeline":  # no motion generator here
             if self._renderer is None:
                 from .store import ensure_models
                 from .renderers import get_renderer

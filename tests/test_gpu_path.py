@@ -75,7 +75,7 @@ def test_precision_option_is_checked_with_its_flag():
 def test_cli_precision_reaches_the_pipeline_and_a_bad_one_is_one_line(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_pipeline(options, log=None):
+    def fake_pipeline(options, log=None, single_use=False):
         seen["options"] = options
         raise InputError("stop here")
 

@@ -152,7 +152,7 @@ def test_cli_declares_every_animate_option_once(command):
 def test_cli_option_values_reach_the_pipeline(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_pipeline(options, log=None):
+    def fake_pipeline(options, log=None, single_use=False):
         seen["options"] = options
         raise InputError("stop here")
 
@@ -372,3 +372,30 @@ def test_smac_is_registered_for_reenact_and_refused_for_animate(tmp_path):
                                       "--renderer", "smac", "--models-dir", str(tmp_path)])
     assert result.exit_code == 2 and "cannot be driven by speech" in result.output
     assert "talkhead reenact --renderer smac" in result.output and not (tmp_path / "o.mp4").exists()
+
+
+def test_single_use_releases_the_motion_generator_before_rendering(tiny_models_dir, tmp_path, monkeypatch):
+    """``single_use`` (what `talkhead animate` runs) drops the MS-Sync model it loaded once the keypoints
+    exist, before any frame renders, without changing the video; the next animate loads it again."""
+    import talkhead.mssync as mssync
+
+    loads = []
+    real_load = mssync.load_mssync
+    monkeypatch.setattr(mssync, "load_mssync", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    opts = AnimateOptions(models_dir=str(tiny_models_dir), device="cpu", offline=True, frame="crop")
+    pipe = Pipeline(opts, landmarker=astronaut_face, single_use=True)
+    seen_at_render = []
+    render = pipe.render_into
+    monkeypatch.setattr(pipe, "render_into", lambda *a, **k: seen_at_render.append(pipe._motion) or render(*a, **k))
+    first = pipe.animate(ASTRONAUT, SPEECH, tmp_path / "a.mp4")
+    assert seen_at_render == [None] and pipe._motion is None and len(loads) == 1
+    second = pipe.animate(ASTRONAUT, SPEECH, tmp_path / "b.mp4")  # loads it again
+    assert len(loads) == 2 and seen_at_render == [None, None]
+    kept = Pipeline(opts, landmarker=astronaut_face).animate(ASTRONAUT, SPEECH, tmp_path / "c.mp4")
+    for result in (second, kept):
+        assert torch.equal(result.kp_driving.value, first.kp_driving.value)
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "c.mp4").read_bytes()
+    # an injected motion generator is the caller's: never released
+    given = Pipeline(opts, motion=toy_motion, landmarker=astronaut_face, single_use=True)
+    given.animate(ASTRONAUT, SPEECH, tmp_path / "d.mp4")
+    assert given._motion is toy_motion
