@@ -191,7 +191,7 @@ class Pipeline:
             self.models_dir = resolve_models_dir(options.models_dir)
         self._renderer = renderer
         self._motion = motion
-        self._release_motion = bool(single_use)
+        self._single_use = bool(single_use)
         self._owns_motion = False  # loaded by load(), so it can be released and loaded again
         self._precision_applied: object = None
 
@@ -454,7 +454,7 @@ class Pipeline:
         audio_file = inputs.audio
         # rendering needs neither the samples nor the logfbank (38 + 12.5 MiB at 10 minutes of speech)
         del inputs, speech, features
-        if self._release_motion:
+        if self._single_use:
             self.release_motion()
 
         size = (compositor.shape[1], compositor.shape[0]) if compositor else (self.frame_size, self.frame_size)

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .winograd import winograd_applies, winograd_conv3x3, winograd_weight
+
 
 def make_coordinate_grid(height: int, width: int, *, dtype: torch.dtype = torch.float32,
                          device: torch.device | str | None = None) -> torch.Tensor:
@@ -211,6 +213,18 @@ class _FusedConvState:
         self.unpackable: set = set()
 
 
+def _cached_state(conv: nn.Conv2d, slot: str, sources: Sequence[Optional[torch.Tensor]], make):
+    """The derived-weight state cached on ``conv`` under ``slot``, made afresh by ``make(key)`` when the
+    :func:`_version_key` of ``sources`` changed (the stale state is dropped first, so its copies are
+    released before new ones are built)."""
+    key = _version_key(sources)
+    state = conv.__dict__.get(slot)
+    if state is None or state.key != key:
+        conv.__dict__.pop(slot, None)
+        state = conv.__dict__[slot] = make(key)
+    return state
+
+
 def _built(build) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     # built outside inference mode (plain tensors, like the module's own), without autograd
     with torch.inference_mode(False), torch.no_grad():
@@ -238,12 +252,7 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[Opti
     results), without re-packing the weight on every call, which dominates the deep hourglass levels
     (2048 x 512 x 3 x 3 weights on 8x8 maps). Anywhere else: ``F.conv2d`` (+ in-place ReLU).
     """
-    key = _version_key(sources)
-    state = conv.__dict__.get(cache)
-    if state is None or state.key != key:
-        conv.__dict__.pop(cache, None)  # release the stale copies before building new ones
-        state = _FusedConvState(key, *_built(build))
-        conv.__dict__[cache] = state
+    state = _cached_state(conv, cache, sources, lambda key: _FusedConvState(key, *_built(build)))
     padding = list(conv.padding if padding is None else padding)
     shape = tuple(x.shape)
     if (_PACKED_OPS and torch.backends.mkldnn.enabled and x.device.type == "cpu" and x.dtype == torch.float32
@@ -282,30 +291,23 @@ class _WinogradState:
 def winograd_forward(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: torch.Tensor, *, relu: bool = False,
                      residual: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """``relu?(bn(conv(x)) + residual)`` by Winograd F(2x2, 3x3) (:func:`talkhead.fomm.winograd.winograd_conv3x3`),
-    or ``None`` where it does not apply (switched off, not a 3x3 stride-1 pad-1 convolution, not float32 on
-    CPU, odd sizes, under ``torch.autocast`` as ``--precision bf16`` runs): the caller then takes the direct path.
+    or ``None`` where it does not apply (switched off, not a 3x3 stride-1 pad-1 convolution, input or weight
+    not float32 on CPU, odd sizes, under ``torch.autocast`` as ``--precision bf16`` runs): the caller then
+    takes the direct path. Shapes: ``x (B, Cin, H, W)``, ``residual (B, Cout, H, W)`` -> ``(B, Cout, H, W)``
+    channels_last.
 
     The transformed folded weight ``(16, Cin, Cout)`` is cached on ``conv`` (16/9 of the weight's size,
     in place of the oneDNN-packed copy the direct path would keep) and rebuilt when a source tensor
     changes, as in :func:`conv_forward`.
     """
-    from .winograd import winograd_applies, winograd_conv3x3, winograd_weight
+    if not (winograd_enabled() and winograd_applies(conv, x)) or torch.is_autocast_enabled(x.device.type):
+        return None  # under autocast (--precision bf16/fp16): the direct convs, whose deviation was measured
 
-    if not (winograd_enabled() and torch.backends.mkldnn.enabled and winograd_applies(conv, x)) \
-            or torch.is_autocast_enabled(x.device.type):  # --precision bf16/fp16: the direct convs, as measured
-        return None
-    sources = conv_bn_sources(conv, bn)
-    key = _version_key(sources)
-    state = conv.__dict__.get("_fused_winograd")
-    if state is None or state.key != key:
-        conv.__dict__.pop("_fused_winograd", None)
-        with torch.inference_mode(False), torch.no_grad():
-            weight, bias = folded_weights(conv, bn)
-            state = _WinogradState(key, winograd_weight(weight), bias)
-            del weight
-        conv.__dict__["_fused_winograd"] = state
-    if state.bias.dtype != torch.float32:
-        return None
+    def make(key: tuple) -> _WinogradState:
+        weight, bias = _built(lambda: folded_weights(conv, bn))
+        return _WinogradState(key, winograd_weight(weight), bias)
+
+    state = _cached_state(conv, "_fused_winograd", conv_bn_sources(conv, bn), make)
     return winograd_conv3x3(x, state.u, state.bias, relu=relu, residual=residual)
 
 

@@ -9,8 +9,8 @@ CPU) falls 2.25x, for transforms that are additions only (the input and output t
 transform done once per weight.
 
 Numerics: F(2x2, 3x3) has transform entries 0, +-1 and +-1/2 only, so its rounding error stays at the
-level of a direct float32 convolution (measured: 3.4e-6 max abs from float64 on a 256 -> 256 layer
-at 64x64, where oneDNN's direct kernel is at 1.3e-5; see ``benchmarks/README.md``). The larger tiles
+level of a direct float32 convolution (measured on a 256 -> 256 layer at 64x64, random weights: 1.25e-6
+max abs from float64, where oneDNN's direct kernel is at 5.7e-6; see ``benchmarks/README.md``). The larger tiles
 (F(4x4, 3x3)) are not used: their transforms have entries up to 8 and lose about a digit.
 
 Not in the reference (FOMM uses ``nn.Conv2d``); the result is the same convolution up to float32
@@ -28,7 +28,7 @@ TILE_ROWS = 16
 """Default rows of output tiles per step of :func:`winograd_conv3x3` (measured: see ``benchmarks/README.md``)."""
 
 
-def winograd_weight(weight: torch.Tensor, bias_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     """3x3 kernels ``(Cout, Cin, 3, 3)`` -> their F(2x2, 3x3) transforms ``U = G g G^T``, ``(16, Cin, Cout)``.
 
     ``U[4 i + j]`` is the ``(Cin, Cout)`` matrix the input-transform entry ``(i, j)`` of every tile
@@ -47,8 +47,9 @@ def winograd_weight(weight: torch.Tensor, bias_scale: Optional[torch.Tensor] = N
 
 def winograd_applies(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether :func:`winograd_conv3x3` computes ``conv`` on ``x``: a 3x3 stride-1 dilation-1 ungrouped
-    convolution with zero padding 1, float32 on CPU, input ``(B, C, H, W)`` with even H and W."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.shape[2] % 2 == 0
+    convolution with zero padding 1, float32 input and weight on CPU, input ``(B, C, H, W)`` with even H and W."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
+            and x.dim() == 4 and x.shape[2] % 2 == 0
             and x.shape[3] % 2 == 0 and tuple(conv.kernel_size) == (3, 3) and tuple(conv.padding) == (1, 1)
             and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros")
@@ -63,8 +64,9 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, *, re
         u: ``(16, Cin, Cout)`` from :func:`winograd_weight`.
         bias: ``(Cout,)``.
         residual: optional ``(B, Cout, H, W)`` added to the result (before the ReLU).
-        tile_rows: rows of 2x2 output tiles transformed and multiplied at a time (bounds the
-            temporaries: ~``64 * B * tile_rows * W * max(Cin, Cout)`` bytes).
+        tile_rows: rows of 2x2 output tiles transformed and multiplied at a time; bounds the
+            temporaries at ~``48 * B * tile_rows * W * (Cin + Cout)`` bytes (float32), besides the padded
+            input and the output (24 MiB for 256 channels at 64x64, the default 16 rows).
 
     Returns:
         ``(B, Cout, H, W)`` in channels_last memory format.
