@@ -66,7 +66,7 @@ def run_one(seconds: float, models_dir: Path, workdir: Path) -> dict:
 
     from talkhead.audio import load_speech, logfbank
     from talkhead.face import load_image
-    from talkhead.pipeline import AnimateOptions, Pipeline, num_video_frames
+    from talkhead.pipeline import AnimateOptions, Pipeline, held_batches, num_video_frames, speech_keypoints
     from talkhead.video import VideoWriter
 
     audio = workdir / f"speech_{seconds:g}s.wav"
@@ -84,7 +84,8 @@ def run_one(seconds: float, models_dir: Path, workdir: Path) -> dict:
     feats = logfbank(speech.samples, speech.sample_rate)
     source = pipe.source_tensor(crop.crop)
     t = time.perf_counter()
-    kp_source, kp_driving = pipe.keypoints(source, feats)
+    kp_source = pipe.detect_source(source)
+    kp_driving = speech_keypoints(pipe, kp_source, feats)
     out["keypoints_s"] = time.perf_counter() - t
     total = num_video_frames(speech.duration_s)
     out["frames"] = total
@@ -95,7 +96,7 @@ def run_one(seconds: float, models_dir: Path, workdir: Path) -> dict:
             pass
 
     t = time.perf_counter()
-    pipe.render_into(_Null(), source, kp_source, kp_driving, total)
+    pipe.render_into(_Null(), source, kp_source, held_batches(kp_driving, total, pipe.batch_size), total)
     out["render_s"] = time.perf_counter() - t
     t = time.perf_counter()
     with VideoWriter(workdir / f"out_{seconds:g}.mp4", size=(pipe.frame_size,) * 2, audio_path=audio,

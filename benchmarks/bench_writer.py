@@ -55,7 +55,7 @@ def main() -> None:
     from talkhead.ffmpeg import read_frames
     from talkhead.keypoints import Keypoints
     from talkhead.options import AnimateOptions
-    from talkhead.pipeline import Pipeline
+    from talkhead.pipeline import Pipeline, held_batches
     from talkhead.video import VideoWriter
 
     fomm, source, kp_s, kp_d = build()
@@ -87,7 +87,7 @@ def main() -> None:
                 comp = Compositor(photo, crop) if args.frame == "full" else None
                 t, c = time.perf_counter(), _cpu_seconds()
                 with VideoWriter(out, size=size, fps=25, overwrite=True) as w:
-                    pipe.render_into(w, src, kp_source, kp_driving, n, compositor=comp)
+                    pipe.render_into(w, src, kp_source, held_batches(kp_driving, n, pipe.batch_size), n, compositor=comp)
                 times[name].append(time.perf_counter() - t)
                 cpu[name].append(_cpu_seconds() - c)
                 if r == 0:

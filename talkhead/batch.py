@@ -1,4 +1,5 @@
-"""Batch animation: pair photos with speech files and render each pair with one loaded :class:`Pipeline`.
+"""Batch rendering: pair photos with speech files (or, with ``--reenact``, driving videos) and render each
+pair with one loaded :class:`Pipeline`.
 
 Four ways to say what to render (see :func:`collect_pairs`):
 
@@ -33,6 +34,11 @@ from .io import _same_file, check_not_input, printable
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")
+VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+"""Driving videos ``batch --reenact`` pairs with the photos."""
+DRIVINGS = {"speech": (AUDIO_EXTS, "speech", "speech file"), "video": (VIDEO_EXTS, "driving videos", "driving video")}
+"""What moves the faces of a batch -> ``(file suffixes, folder word, file word)``: speech (``animate``) or a
+driving video (``--reenact``)."""
 REPORT_SUFFIXES = (".jsonl", ".csv")
 REPORT_FIELDS = ("image", "audio", "output", "status", "reason", "seconds", "frames")
 """Columns of a batch report, in order (see :class:`BatchReport`)."""
@@ -119,8 +125,9 @@ def _files(folder: Path, exts: Iterable[str], what: str) -> list[Path]:
     return sorted(found, key=lambda p: os.fsencode(p.name))
 
 
-def find_pairs(images_dir: str | Path, audio_dir: str | Path) -> list[Pair]:
-    """Pair files by stem (``alice.png`` with ``alice.wav``), sorted by stem.
+def find_pairs(images_dir: str | Path, audio_dir: str | Path, driving: str = "speech") -> list[Pair]:
+    """Pair files by stem (``alice.png`` with ``alice.wav``, or with ``alice.mp4`` for
+    ``driving="video"``), sorted by stem.
 
     A stem with several photos or speech files gives every combination (which then collide in
     :func:`plan_outputs`, an error naming them). A file without a partner becomes a Pair with
@@ -129,20 +136,21 @@ def find_pairs(images_dir: str | Path, audio_dir: str | Path) -> list[Pair]:
     Raises:
         InputError: a folder does not exist, or neither holds a single usable file.
     """
+    exts, folder_word, file_word = DRIVINGS[driving]
     images, audios = Path(images_dir), Path(audio_dir)
     by_stem: dict[str, tuple[list[Path], list[Path]]] = {}
     for p in _files(images, IMAGE_EXTS, "photos"):
         by_stem.setdefault(p.stem, ([], []))[0].append(p)
-    for p in _files(audios, AUDIO_EXTS, "speech"):
+    for p in _files(audios, exts, folder_word):
         by_stem.setdefault(p.stem, ([], []))[1].append(p)
     if not by_stem:
-        raise InputError(f"no photos ({', '.join(IMAGE_EXTS)}) in {printable(images)} and no speech files "
-                         f"({', '.join(AUDIO_EXTS)}) in {printable(audios)}")
+        raise InputError(f"no photos ({', '.join(IMAGE_EXTS)}) in {printable(images)} and no {file_word}s "
+                         f"({', '.join(exts)}) in {printable(audios)}")
     pairs = []
     for stem in sorted(by_stem, key=os.fsencode):
         imgs, auds = by_stem[stem]
         if not auds:
-            pairs += [Pair(i, None, note=f"no speech file named {printable(stem)}.* in {printable(audios)}")
+            pairs += [Pair(i, None, note=f"no {file_word} named {printable(stem)}.* in {printable(audios)}")
                       for i in imgs]
         elif not imgs:
             pairs += [Pair(None, a, note=f"no photo named {printable(stem)}.* in {printable(images)}")
@@ -164,15 +172,17 @@ def photos_with_speech(photos_dir: str | Path, speech: str | Path) -> list[Pair]
     return [Pair(p, Path(speech)) for p in photos]
 
 
-def photo_with_speeches(photo: str | Path, speech_dir: str | Path) -> list[Pair]:
-    """The one ``photo`` with every speech file of ``speech_dir`` (named after each speech file).
+def photo_with_speeches(photo: str | Path, speech_dir: str | Path, driving: str = "speech") -> list[Pair]:
+    """The one ``photo`` with every speech file (``driving="video"``: driving video) of ``speech_dir``
+    (named after each of them).
 
     Raises:
-        InputError: the folder does not exist or holds no speech file.
+        InputError: the folder does not exist or holds no such file.
     """
-    speeches = _files(Path(speech_dir), AUDIO_EXTS, "speech")
+    exts, folder_word, file_word = DRIVINGS[driving]
+    speeches = _files(Path(speech_dir), exts, folder_word)
     if not speeches:
-        raise InputError(f"no speech files ({', '.join(AUDIO_EXTS)}) in {printable(speech_dir)}")
+        raise InputError(f"no {file_word}s ({', '.join(exts)}) in {printable(speech_dir)}")
     return [Pair(Path(photo), a) for a in speeches]
 
 
@@ -208,9 +218,12 @@ def read_pairs_csv(path: str | Path) -> list[Pair]:
     return pairs
 
 
-def collect_pairs(images: Optional[Path], audio: Optional[Path], pairs_csv: Optional[Path] = None
-                  ) -> tuple[list[Pair], str]:
+def collect_pairs(images: Optional[Path], audio: Optional[Path], pairs_csv: Optional[Path] = None,
+                  driving: str = "speech") -> tuple[list[Pair], str]:
     """The batch's pairs from the command line, and the naming rule that fits them.
+
+    ``driving`` (a key of :data:`DRIVINGS`): what ``audio`` holds, speech files or (``"video"``,
+    ``batch --reenact``) driving videos; each pair's ``audio`` is then that file.
 
     ``pairs_csv`` wins; otherwise ``images``/``audio`` are each a folder or a file:
     folder + file -> :func:`photos_with_speech` (naming ``"image"``); file + folder ->
@@ -227,18 +240,19 @@ def collect_pairs(images: Optional[Path], audio: Optional[Path], pairs_csv: Opti
         if images is not None or audio is not None:
             raise InputError("give either PHOTOS SPEECH or --pairs FILE.csv, not both")
         return read_pairs_csv(pairs_csv), "auto"
+    _, folder_word, file_word = DRIVINGS[driving]
     if images is None or audio is None:
-        raise InputError("give PHOTOS (a folder or one photo) and SPEECH (a folder or one speech file), "
-                         "or --pairs FILE.csv")
-    for p, what in ((images, "photo"), (audio, "speech")):
+        raise InputError(f"give PHOTOS (a folder or one photo) and {folder_word.upper().replace(' ', '_')} (a folder "
+                         f"or one {file_word}), or --pairs FILE.csv")
+    for p, what in ((images, "photo"), (audio, file_word)):
         if not p.exists():
             raise InputError(f"{what} path not found: {printable(p)}")
     if images.is_dir() and audio.is_dir():
-        return find_pairs(images, audio), "stem"
+        return find_pairs(images, audio, driving), "stem"
     if images.is_dir():
         return photos_with_speech(images, audio), "image"
     if audio.is_dir():
-        return photo_with_speeches(images, audio), "audio"
+        return photo_with_speeches(images, audio, driving), "audio"
     return [Pair(images, audio)], "audio"
 
 
@@ -383,8 +397,10 @@ class BatchReport:
 def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing: bool = False,
               naming: str = "auto", on_item: Callable[[BatchItem], None] | None = None,
               on_start: Callable[[Pair], None] | None = None, progress=None,
-              report: BatchReport | None = None) -> list[BatchItem]:
-    """Animate every pair with one loaded ``pipeline`` (a :class:`talkhead.pipeline.Pipeline`).
+              report: BatchReport | None = None, driving: str = "speech") -> list[BatchItem]:
+    """Render every pair with one loaded ``pipeline`` (a :class:`talkhead.pipeline.Pipeline`): each
+    pair's ``audio`` drives its photo as speech (:class:`talkhead.pipeline.SpeechMotion`) or, with
+    ``driving="video"``, as a driving video (:class:`talkhead.reenact.VideoMotion`).
 
     Outputs are planned first (:func:`plan_outputs`: collisions are an error before any work).
 
@@ -395,7 +411,8 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
             batch); a file this run wrote is never a reason to skip.
         naming: see :func:`plan_outputs`.
         on_item: called with each finished :class:`BatchItem`; on_start: with each pair before it runs.
-        progress: passed to ``Pipeline.animate`` for each pair.
+        progress: passed to ``Pipeline.run`` for each pair.
+        driving: ``"speech"`` or ``"video"`` (:data:`DRIVINGS`).
         report: receives each item as it finishes.
 
     Returns:
@@ -408,7 +425,10 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
             that cannot be created.
     """
     from .errors import OutputError
+    from .pipeline import SpeechMotion
+    from .reenact import VideoMotion
 
+    motion_of = {"speech": SpeechMotion, "video": VideoMotion}[driving]
     out_dir = Path(out_dir)
     planned = plan_outputs(pairs, out_dir, naming)
     try:
@@ -431,7 +451,8 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
             if on_start:
                 on_start(pair)
             try:
-                result = pipeline.animate(pair.image, pair.audio, pair.output, progress=progress)
+                result = pipeline.run(pair.image, motion_of(pair.audio), pair.output, keep_keypoints=False,
+                                      progress=progress)
                 item = BatchItem(pair, pair.output, "done", frames=int(result.num_frames))
             except TalkheadError as exc:
                 item = BatchItem(pair, pair.output, "failed", printable(str(exc) or type(exc).__name__), error=exc)
@@ -448,6 +469,6 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
     return items
 
 
-__all__ = ["Pair", "BatchItem", "BatchReport", "IMAGE_EXTS", "AUDIO_EXTS", "REPORT_FIELDS", "NAMINGS",
+__all__ = ["Pair", "BatchItem", "BatchReport", "IMAGE_EXTS", "AUDIO_EXTS", "VIDEO_EXTS", "DRIVINGS", "REPORT_FIELDS", "NAMINGS",
            "find_pairs", "photos_with_speech", "photo_with_speeches", "read_pairs_csv", "collect_pairs",
            "default_stem", "plan_outputs", "run_batch"]

@@ -103,12 +103,16 @@ def animate(
 
 # ----------------------------------------------------------------------------------------------- batch
 @app.command()
-@with_options(AnimateOptions)
+@with_options(ReenactOptions)
 def batch(
     images: Optional[Path] = typer.Argument(None, help="Folder of face photos, or one photo."),
-    audio: Optional[Path] = typer.Argument(None, help="Folder of speech files, or one speech file."),
+    audio: Optional[Path] = typer.Argument(None, help="Folder of speech files, or one speech file (with --reenact: "
+                                           "driving videos)."),
     out_dir: Path = typer.Option(..., "--output", "-o", help="Folder for the MP4s."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image,audio[,output] rows instead of PHOTOS SPEECH."),
+    reenact_mode: bool = typer.Option(False, "--reenact", help="The second argument holds driving videos: each "
+                                      "photo moves like its video's face (as `talkhead reenact`; --relative, "
+                                      "--find-best-frame, --fps, --max-seconds apply)."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave pairs whose output exists from an earlier run (resume)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write one row per pair to this .jsonl or .csv "
                                           "file (replaced), as the batch goes."),
@@ -118,7 +122,8 @@ def batch(
 
     folder + one speech: every photo says it (output: the photo's name); one photo + folder: it says
     every speech file (the speech's name); two folders: files paired by name (alice.png + alice.wav);
-    --pairs CSV: listed rows (photo__speech names where both vary).
+    --pairs CSV: listed rows (photo__speech names where both vary). With --reenact the second argument
+    (and the CSV's second column) holds driving videos instead of speech, paired the same way.
 
     A failing pair is reported and the batch goes on. Ends with a summary; exit code 1 if any pair failed.
 
@@ -131,6 +136,8 @@ def batch(
       talkhead batch photos/ speeches/ -o videos/ --skip-existing
 
       talkhead batch --pairs jobs.csv -o videos/
+
+      talkhead batch photos/ drivers/ --reenact -o videos/
     """
     from rich.markup import escape
 
@@ -139,7 +146,8 @@ def batch(
 
     with errors():
         opts = options()
-        jobs, naming = collect_pairs(images, audio, pairs)
+        driving = "video" if reenact_mode else "speech"
+        jobs, naming = collect_pairs(images, audio, pairs, driving)
         planned = plan_outputs(jobs, out_dir, naming)  # collisions are an error before any model loads
         if report is not None:
             from .io import check_not_input
@@ -165,7 +173,7 @@ def batch(
                     progress.console.print(escape("".join(traceback.format_exception(item.error))), highlight=False)
 
             items = run_batch(pipeline, jobs, out_dir, skip_existing=skip_existing, naming=naming, on_item=on_item,
-                              progress=bars, report=sink)
+                              progress=bars, report=sink, driving=driving)
         _print_summary(items)
         if any(i.status == "failed" for i in items):
             raise typer.Exit(1)

@@ -196,9 +196,7 @@ def load_eval_pairs(generated: Path, ground_truth: Path, split: Optional[str] = 
     Raises:
         InputError: a folder is missing, or no generated sequence matches a ground-truth clip.
     """
-    import torch
-
-    from .keypoints import Keypoints
+    from .keypoints import load_keypoints_npz
     from .train.data import iter_clips
 
     truth = {info.id: {"keypoints": kp, "logfbank": lf} for info, kp, lf in iter_clips(ground_truth, split)}
@@ -208,11 +206,12 @@ def load_eval_pairs(generated: Path, ground_truth: Path, split: Optional[str] = 
         gen = {}
         for path in sorted(generated.glob("*.npz")):
             with np.load(path) as z:
-                if "keypoints" in z:
-                    gen[path.stem] = z["keypoints"]
-                elif "kp_driving_value" in z:
-                    kp = Keypoints(torch.from_numpy(z["kp_driving_value"]), torch.from_numpy(z["kp_driving_jacobian"]))
-                    gen[path.stem] = kp.pack().numpy()
+                packed = np.array(z["keypoints"]) if "keypoints" in z else None
+                saved = "kp_driving_value" in z
+            if packed is not None:
+                gen[path.stem] = packed
+            elif saved:
+                gen[path.stem] = load_keypoints_npz(path).pack().numpy()
     else:
         raise InputError(f"generated keypoints folder not found: {generated}")
     ids = [i for i in truth if i in gen]

@@ -44,3 +44,10 @@ NUM_KP = 10
 
 KP_DIM = 6
 """Numbers per keypoint in MS-Sync sequences: ``[x, y, j00, j01, j10, j11]``."""
+
+DETECT_EVERY_S = 0.5
+"""Seconds between the video frames a face is looked for in (``preprocess``'s training clips and
+``reenact``'s driving video; :func:`talkhead.facetrack.sample_faces`)."""
+
+MAX_DETECTIONS = 24
+"""The most video frames sampled for a face track (spread over the clip)."""

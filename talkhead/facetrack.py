@@ -13,10 +13,12 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .constants import DETECT_EVERY_S, MAX_DETECTIONS
 from .errors import NoFaceError
+from .ffmpeg import probe, read_frames
 from .face import FOMM_INCREASE_AREA, detect_faces, face_extent, fomm_square_box, is_confident
 
-__all__ = ["IOU_WITH_INITIAL", "face_detector", "face_track", "fixed_crop_box"]
+__all__ = ["IOU_WITH_INITIAL", "face_detector", "sample_faces", "face_track", "fixed_crop_box"]
 
 IOU_WITH_INITIAL = 0.25
 """FOMM ``crop-video.py`` ``--iou_with_initial``: a detection joins a track above this IoU."""
@@ -131,3 +133,43 @@ def face_detector(landmarker, device: str, min_score: Optional[float]) -> Callab
         return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
     return detect
+
+
+def sample_faces(path, detect: Callable[[np.ndarray], np.ndarray], *, every_s: float = DETECT_EVERY_S,
+                 max_detections: int = MAX_DETECTIONS) -> tuple[list[np.ndarray], tuple[int, int], float]:
+    """Face boxes on frames sampled over a video: the one sampling loop of ``preprocess`` and ``reenact``.
+
+    Frames are taken every ``every_s`` seconds from the start (fewer, spread over the clip, when that
+    would exceed ``max_detections``); a clip shorter than one sampling step gives its first frame.
+
+    Args:
+        path: the video.
+        detect: ``frame (H, W, 3) uint8 -> (k, 4)`` boxes (:func:`face_detector`).
+        every_s: seconds between samples. max_detections: the most frames sampled.
+
+    Returns:
+        ``(detections, (H, W), step_s)``: one ``(k, 4)`` array per sampled frame (empty list when no
+        frame decodes), the frame size in pixels, and the sampling step used, seconds.
+
+    Raises:
+        FFmpegError: the video cannot be opened or decoded.
+    """
+    info = probe(path)
+    width, height = info.size
+    rate = 1.0 / every_s
+    if info.duration_s > 0:
+        rate = min(rate, max_detections / info.duration_s)
+    detections: list[np.ndarray] = []
+    # the fps filter yields nothing for a clip shorter than one sampling step: then take its first frame
+    for vf, limit in ((f"fps={rate:.6f}", max_detections), ("null", 1)):
+        _, frames = read_frames(path, vf, (width, height))
+        try:
+            for frame in frames:
+                detections.append(detect(np.ascontiguousarray(frame)))
+                if len(detections) >= limit:
+                    break
+        finally:
+            frames.close()
+        if detections:
+            break
+    return detections, (int(height), int(width)), 1.0 / rate

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -28,7 +29,7 @@ import numpy as np
 from .errors import FFmpegError
 
 __all__ = ["ffmpeg_exe", "ffmpeg_capabilities", "flags", "run", "decode_tail", "StderrDrain", "read_frames",
-           "video_meta"]
+           "MediaInfo", "probe", "count_frames"]
 
 STDERR_TAIL_BYTES = 16_384
 """How much of ffmpeg's stderr is kept for error messages (the tail; the rest is discarded)."""
@@ -215,13 +216,53 @@ def read_frames(path: str | os.PathLike, vf: str, size: Optional[tuple[int, int]
     return meta, frames()
 
 
-def video_meta(path: str | os.PathLike) -> dict:
-    """Metadata of the first video stream (imageio-ffmpeg's: ``size`` (W, H) after rotation, ``fps``,
-    ``duration`` seconds), without decoding frames.
+@dataclass(frozen=True)
+class MediaInfo:
+    """What :func:`probe` reads of a media file without decoding frames.
+
+    Attributes:
+        size: ``(W, H)`` of the first video stream in pixels, rotation applied.
+        fps: its frame rate, frames per second (25.0 when ffmpeg reports none).
+        duration_s: the file's duration, seconds (0.0 when unknown).
+        has_audio: whether the file has an audio stream.
+    """
+
+    size: tuple[int, int]
+    fps: float
+    duration_s: float
+    has_audio: bool
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """The one media prober: the first video stream's size, frame rate and duration, and whether an
+    audio stream exists, read from ffmpeg's stream listing (imageio-ffmpeg's parser; no ffprobe is
+    bundled).
 
     Raises:
-        FFmpegError: as :func:`read_frames`.
+        FFmpegError: the file has no video stream or ffmpeg cannot open it (one line).
     """
     meta, gen = _open_frames(Path(path), "null")
     gen.close()
-    return meta
+    fps = float(meta.get("fps") or 0.0)
+    return MediaInfo(size=tuple(int(v) for v in meta["size"]), fps=fps if fps > 0 else 25.0,
+                     duration_s=float(meta.get("duration") or 0.0), has_audio=bool(meta.get("audio_codec")))
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Frames in the first video stream of ``path``, counted by demuxing it into the null muxer (no
+    decoding).
+
+    Raises:
+        FFmpegError: no video stream (``"... has no video stream"``), or ffmpeg failed (its last line).
+    """
+    proc = run(["-nostats", "-loglevel", "error", "-i", f"file:{os.path.abspath(path)}", "-map", "0:v:0",
+                "-c", "copy", "-f", "null", "-", "-progress", "pipe:1"])
+    if proc.returncode != 0:
+        text = decode_tail(proc.stderr)
+        if "matches no streams" in text:
+            raise FFmpegError(f"{str(path)!r} has no video stream")
+        lines = text.splitlines()
+        raise FFmpegError(lines[-1] if lines else f"ffmpeg exited with {proc.returncode}")
+    frames = [ln.split("=", 1)[1] for ln in proc.stdout.decode("utf-8", "replace").splitlines()
+              if ln.startswith("frame=")]
+    return int(frames[-1]) if frames and frames[-1].strip().isdigit() else 0

@@ -23,11 +23,11 @@ import socket
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Sequence
 
-from .errors import OutputError
+from .errors import InputError, OutputError
 
-__all__ = ["atomic_output", "check_output_path", "check_not_input", "sweep_stale_partials", "printable",
+__all__ = ["atomic_output", "check_output_path", "check_outputs", "check_input_file", "check_not_input", "sweep_stale_partials", "printable",
            "AtomicOutput"]
 
 _TMP_MARK = ".partial"
@@ -135,15 +135,66 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
+def check_input_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path if it names an existing regular file (the one check of every input file).
+
+    Args:
+        path: the input.
+        what: its role in messages (``"photo"``, ``"speech"``, ``"driving video"``).
+
+    Raises:
+        InputError: ``"<what> not found: <path>"`` or ``"<what> is not a file: <path>"``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} not found: {printable(path)}")
+    if not path.is_file():
+        raise InputError(f"{what} is not a file: {printable(path)}")
+    return path
+
+
+def check_outputs(outputs: Sequence[str | os.PathLike | None], inputs: Sequence[str | os.PathLike | None], *,
+                  overwrite: bool = False) -> list[Path | None]:
+    """The one up-front check of a run's outputs: none is an input (:func:`check_not_input`, even with
+    ``overwrite``), no two are the same file, and each can be written (:func:`check_output_path`).
+
+    Args:
+        outputs: the files the run will write (``None`` entries: not asked for, kept as ``None``).
+        inputs: every file the run reads (``None`` entries skipped).
+        overwrite: allow replacing existing outputs.
+
+    Returns:
+        ``outputs`` made absolute (``None`` kept).
+
+    Raises:
+        OutputError: see :func:`check_not_input` and :func:`check_output_path`; two outputs naming the
+            same file.
+    """
+    checked: list[Path | None] = []
+    for out in outputs:
+        if out is None:
+            checked.append(None)
+            continue
+        check_not_input(out, *inputs)
+        for earlier in checked:
+            if earlier is not None and _same_file(Path(os.path.abspath(Path(out).expanduser())), earlier):
+                raise OutputError(f"two outputs name the same file {printable(earlier)!r}; choose different paths")
+        checked.append(check_output_path(out, overwrite))
+    return checked
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = False, *, probe: bool = True) -> Path:
     """Check, before any heavy work, that ``path`` can be written; return it as an absolute Path.
 
-    Performs exactly the up-front checks of :func:`atomic_output`, so callers (CLI, pipeline) can
-    fail fast - before loading models or rendering frames.
+    Performs the up-front checks of :func:`atomic_output`, so callers (CLI, pipeline) can fail fast -
+    before loading models or rendering frames.
 
     Args:
         path: the output file (any name; it is never passed through a shell).
         overwrite: allow replacing an existing file.
+        probe: also prove the folder writable by creating and removing a hidden probe file; without
+            it only the path and its folder are looked at (:class:`AtomicOutput` proves writability by
+            creating its temporary file instead).
 
     Returns:
         ``path`` made absolute (``~`` expanded; symlinks in the parent folder are not resolved).
@@ -166,11 +217,12 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
         raise OutputError(f"output folder {str(parent)!r} does not exist (for {str(target)!r})")
     if not parent.is_dir():
         raise OutputError(f"output folder {str(parent)!r} is not a directory (for {str(target)!r})")
-    try:
-        probe = _create_hidden_sibling(target, _PROBE_MARK)
-    except OSError as err:
-        raise OutputError(f"output folder {str(parent)!r} is not writable: {err.strerror or err}") from err
-    probe.unlink(missing_ok=True)
+    if probe:
+        try:
+            probe_file = _create_hidden_sibling(target, _PROBE_MARK)
+        except OSError as err:
+            raise OutputError(f"output folder {str(parent)!r} is not writable: {err.strerror or err}") from err
+        probe_file.unlink(missing_ok=True)
     return target
 
 
@@ -258,20 +310,22 @@ class AtomicOutput:
     """
 
     def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
-        self.target = check_output_path(path, overwrite)
+        self.target = check_output_path(path, overwrite, probe=False)
         self.overwrite = overwrite
         self.tmp_path: Path | None = None
 
     def __enter__(self) -> Path:
         if self.tmp_path is not None:
             raise RuntimeError("AtomicOutput is not re-entrant")
-        check_output_path(self.target, self.overwrite)  # the world may have changed since __init__
+        # the world may have changed since __init__; creating the temporary file proves the folder writable
+        check_output_path(self.target, self.overwrite, probe=False)
         sweep_stale_partials(self.target.parent)  # leftovers of runs killed by SIGKILL / power loss
         try:
             with signals_deferred():  # the name is recorded before an interrupt can unwind
                 self.tmp_path = _create_hidden_sibling(self.target, _TMP_MARK)
         except OSError as err:
-            raise OutputError(f"cannot create a temporary file beside {str(self.target)!r}: {err}") from err
+            raise OutputError(f"output folder {str(self.target.parent)!r} is not writable: "
+                              f"{err.strerror or err}") from err
         return self.tmp_path
 
     def discard(self) -> None:
@@ -323,7 +377,8 @@ class AtomicOutput:
 def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> AtomicOutput:
     """Write ``path`` atomically: ``with atomic_output(p) as tmp:`` write to ``tmp``, then it moves.
 
-    The target is checked immediately (at call time, before any work) and again on entering; the
+    The target is checked immediately (at call time, before any work) and again on entering (creating the
+    temporary file proves the folder writable); the
     yielded temporary path sits beside the target, is hidden (leading dot), already exists (empty)
     and ends with the target's suffix (``.mp4``, ``.npz``) so writers choose the same format. Tools
     that refuse to overwrite an existing file need their "overwrite" flag (ffmpeg ``-y``).

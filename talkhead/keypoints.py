@@ -271,4 +271,50 @@ def scale_head_motion(kp_driving: Keypoints, kp_source: Keypoints, scale: float,
     return Keypoints(value, jac)
 
 
-__all__ = ["Keypoints", "HeadMotion", "fit_head_motion", "scale_head_motion"]
+# ------------------------------------------------------------------------------ the --save-keypoints file
+def save_keypoints_npz(path, keypoints: "dict[str, Optional[Keypoints]]", extras: "dict[str, Any]", *,
+                       overwrite: bool = False):
+    """Write the ``--save-keypoints`` ``.npz`` atomically (the one writer of that schema).
+
+    Each ``keypoints[name]`` (``None`` entries skipped) becomes ``<name>_value (B, K, 2)`` float32 and,
+    when it has jacobians, ``<name>_jacobian (B, K, 2, 2)`` float32; ``extras`` are stored as given
+    (numpy arrays or scalars). ``animate`` writes ``kp_driving`` (T, K, ...) at the video's frame rate and
+    ``kp_source`` (1, K, ...), with ``crop_box (4,)``, ``crop_affine (2, 3)`` and ``fps``; ``reenact``
+    adds ``kp_detected``, ``kp_driving_initial`` and the driving crop.
+
+    Raises:
+        OutputError: the file cannot be written (see :func:`talkhead.io.atomic_output`).
+    """
+    from .io import atomic_output
+
+    arrays = {}
+    for name, kp in keypoints.items():
+        if kp is None:
+            continue
+        value, jacobian = kp.to("cpu").numpy()
+        arrays[f"{name}_value"] = value
+        if jacobian is not None:
+            arrays[f"{name}_jacobian"] = jacobian
+    arrays.update(extras)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return path
+
+
+def load_keypoints_npz(path, name: str = "kp_driving") -> Keypoints:
+    """Read ``name`` (``<name>_value`` [+ ``<name>_jacobian``]) from a ``--save-keypoints`` ``.npz``
+    (:func:`save_keypoints_npz`, the one reader of that schema).
+
+    Raises:
+        KeyError: the file holds no ``<name>_value``. OSError / ValueError: not a readable ``.npz``.
+    """
+    with np.load(path, allow_pickle=False) as z:
+        value = torch.from_numpy(np.array(z[f"{name}_value"]))
+        key = f"{name}_jacobian"
+        jacobian = torch.from_numpy(np.array(z[key])) if key in z else None
+    return Keypoints(value, jacobian)
+
+
+__all__ = ["Keypoints", "HeadMotion", "fit_head_motion", "scale_head_motion", "save_keypoints_npz",
+           "load_keypoints_npz"]

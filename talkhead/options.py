@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .constants import DETECT_EVERY_S, MAX_DETECTIONS
 from .errors import InputError
 from .face import LANDMARKER_CHOICES as LANDMARKERS
 
@@ -251,8 +252,8 @@ class PreprocessOptions:
     split: str = opt("train", "Split label recorded for these clips (train, val, test).")
     min_frames: int = opt(50, "Skip clips with fewer usable frames at 25 fps (2 s).")
     max_av_mismatch_frames: int = opt(12, "Skip clips whose audio and video lengths differ by more frames.")
-    detect_every_s: float = opt(0.5, "Seconds between frames sampled for face detection.")
-    max_detections: int = opt(24, "Most frames sampled for face detection per video.")
+    detect_every_s: float = opt(DETECT_EVERY_S, "Seconds between frames sampled for face detection.")
+    max_detections: int = opt(MAX_DETECTIONS, "Most frames sampled for face detection per video.")
     min_face_fraction: float = opt(0.5, "Skip unless the speaker's face is in this fraction of the samples.")
     min_score: Optional[float] = opt(None, "Detector score a face needs [default: the landmarker's own].")
     batch_size: int = opt(32, "Frames per keypoint-detector batch.")

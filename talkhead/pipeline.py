@@ -1,26 +1,28 @@
-"""The `animate` pipeline: photo + speech -> MP4, composed from the stage modules.
+"""The one orchestrator: a face photo + a motion source -> MP4, composed from the stage modules.
 
-Data path::
+Data path (every way a face is moved: ``animate``, ``reenact``, ``batch``, the web page)::
 
-    image  -> load_image (H,W,3 uint8) -> landmarker / select_face -> fomm_crop (S,S,3 float [0,1])
-    audio  -> load_speech (16 kHz mono) -> logfbank (M,26) at 100 Hz
-    crop   -> renderer.detect -> kp_source Keypoints (1,10,2) + (1,10,2,2)
-    kp_source + logfbank -> motion generator (MS-Sync) -> kp_driving Keypoints (T,...) at 25 fps
-    crop + kp_source + kp_driving[t0:t1] -> renderer.render (batched) -> frames -> ffmpeg (+ audio) -> MP4
+    photo  -> load_image (H,W,3 uint8) -> landmarker / select_face -> fomm_crop (S,S,3 float [0,1])
+    crop   -> renderer.detect -> kp_source Keypoints (1,K,2) + (1,K,2,2)
+    motion source -> kp_driving batches (b,K,...), yielded as they are ready:
+        SpeechMotion: audio -> load_speech (16 kHz) -> logfbank (M,26) at 100 Hz -> MS-Sync -> (T,10,...) at 25 fps
+        VideoMotion (talkhead.reenact): driving video -> fixed face track -> renderer.detect -> relative motion
+    crop + kp_source + each batch -> renderer.render -> [paste back into the photo] -> ffmpeg (+ audio) -> MP4
 
 Each stage is a plain function or a small object of the module that owns it; this module only composes
-them, owns the device, batching and progress reporting, and checks inputs before any heavy work. Its
-components (renderer, motion generator, landmarker) can be given to :class:`Pipeline` already built
-(tests, a second renderer); otherwise they are loaded from the models directory. The keypoints drive
-the renderer as absolute positions, as in the reference ``execute_model.make_animation`` (no relative
-motion transfer): MS-Sync generates them starting from the source's own keypoints.
+them (:meth:`Pipeline.run`), owns the device, batching and progress reporting, and checks inputs and
+outputs once, before any heavy work. Its components (renderer, motion generator, landmarker) can be
+given to :class:`Pipeline` already built (tests, a second renderer); otherwise they are loaded from
+the models directory. With speech the keypoints drive the renderer as absolute positions, as in the
+reference ``execute_model.make_animation`` (no relative motion transfer): MS-Sync generates them
+starting from the source's own keypoints.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Iterator, Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -36,27 +38,39 @@ from .renderers import MotionGenerator, Renderer, get_renderer
 
 
 @dataclass
-class AnimateResult:
-    """What one ``animate`` call produced.
+class Result:
+    """What one :meth:`Pipeline.run` produced (any motion source).
 
     Attributes:
-        output: the written MP4.
-        num_frames: frames in the video (25 fps).
-        duration_s: the audio's duration, seconds.
-        crop_box: ``(x0, y0, x1, y1)`` of the face crop in image pixels.
-        kp_source: the source crop's keypoints ``(1, 10, ...)`` (CPU).
-        kp_driving: the generated keypoints ``(T, 10, ...)`` at 25 fps (CPU), values in [-1, 1] of the
-            keypoint grid.
-        timings: seconds per stage (``landmarks``, ``keypoints``, ``render``).
+        output: the written MP4 (absolute path).
+        num_frames: frames in the video.
+        fps: its frame rate, frames per second.
+        duration_s: its duration, ``num_frames / fps`` seconds.
+        has_audio: whether an audio track was muxed in.
+        crop_box: ``(x0, y0, x1, y1)`` of the photo's face crop, photo pixels.
+        kp_source: the photo crop's keypoints ``(1, K, ...)`` (CPU).
+        kp_driving: the keypoints that drove the renderer ``(T, K, ...)`` (CPU), values in [-1, 1] of
+            the keypoint grid; ``None`` where the motion source does not keep them (see
+            :class:`MotionSource`).
+        timings: seconds per stage (``prepare``: inputs decoded and the photo's face found; ``load``:
+            models; ``render``: motion + rendering + encoding, streamed together).
     """
 
     output: Path
     num_frames: int
+    fps: float
     duration_s: float
+    has_audio: bool
     crop_box: tuple
-    kp_source: Keypoints
-    kp_driving: Keypoints
+    kp_source: Keypoints = field(repr=False)
+    kp_driving: Optional[Keypoints] = field(default=None, repr=False)
     timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class AnimateResult(Result):
+    """What one ``animate`` (speech-driven) run produced: a :class:`Result` at 25 fps whose
+    ``kp_driving`` is the generated sequence ``(T, 10, ...)``; ``duration_s`` is the speech's."""
 
     @property
     def keypoints(self) -> np.ndarray:
@@ -70,26 +84,86 @@ class AnimateResult:
 
 
 @dataclass
-class AnimateInputs:
-    """The checked inputs of one ``animate`` run (:meth:`Pipeline.prepare`), before any model runs.
+class SourcePhoto:
+    """The photo a run animates (:meth:`Pipeline.prepare_photo`), before any model runs.
 
     Attributes:
-        image / audio / output: the paths (output absolute).
-        speech: the decoded :class:`talkhead.audio.Speech` (16 kHz mono).
-        logfbank: ``(M, 26)`` float64 log filterbank at 100 Hz.
-        photo: ``(H, W, 3)`` uint8 RGB, EXIF-rotated.
+        path: the file.
+        image: ``(H, W, 3)`` uint8 RGB, EXIF-rotated; with ``frame="full"`` capped at ``max_size`` and
+            even-sized (:meth:`Pipeline.photo`): the picture the video is made of.
         crop: the :class:`talkhead.face.FaceCrop` at the renderer's frame size.
-        seconds: time spent decoding and finding the face.
+        face: the chosen :class:`talkhead.face.Face` (its 68 landmarks in ``image`` pixels), ``None``
+            with ``crop="none"``.
     """
 
-    image: Path
-    audio: Path
-    output: Path
-    speech: object
-    logfbank: np.ndarray
-    photo: np.ndarray
-    crop: object
-    seconds: float = 0.0
+    path: Path
+    image: np.ndarray = field(repr=False)
+    crop: object = field(repr=False)
+    face: object = field(default=None, repr=False)
+
+
+@dataclass
+class MotionRun:
+    """What a :class:`MotionSource` gets when the run starts (models loaded, the photo encoded).
+
+    Attributes:
+        pipeline: the running :class:`Pipeline` (its renderer, device, landmarker, options).
+        photo: the :class:`SourcePhoto`.
+        source: the photo's crop ``(1, 3, S, S)`` float32 in [0, 1] on the device.
+        kp_source: its keypoints ``(1, K, ...)`` on the device.
+        keep: keep the driving keypoints for the result / the ``--save-keypoints`` file.
+        progress: the run's ``progress(stage, done, total)`` callback.
+    """
+
+    pipeline: "Pipeline"
+    photo: SourcePhoto
+    source: torch.Tensor
+    kp_source: Keypoints
+    keep: bool = False
+    progress: Optional[Progress] = None
+
+
+@runtime_checkable
+class MotionSource(Protocol):
+    """Where the driving keypoints come from: the one seam between "what moves the face" and the stages.
+
+    :meth:`Pipeline.run` calls, in order: :meth:`check` (no file touched), then - after every input
+    file in :attr:`inputs` exists and the outputs are checked - :meth:`prepare` (decoding and checks
+    that need no model), then, with the models loaded and the photo encoded, iterates
+    :meth:`batches`, rendering and encoding each batch as soon as it is yielded (a source may yield
+    its batches as they become available: the first frame is written before the last keypoints
+    exist), and finally calls :meth:`finish`.
+
+    Implementations: :class:`SpeechMotion` (speech through MS-Sync, ``animate``) and
+    :class:`talkhead.reenact.VideoMotion` (a driving video's relative motion, ``reenact``).
+
+    Attributes:
+        inputs: ``((path, role), ...)`` the files it reads (checked to exist; never an output).
+        needs_generator: whether it needs the pipeline's speech motion generator (MS-Sync).
+        fps: output frame rate, frames per second (valid after :meth:`prepare`).
+        audio: the file whose first audio stream is muxed into the video, or ``None`` (after :meth:`prepare`).
+        num_frames: frames the video will have (an estimate for progress; after :meth:`prepare`).
+    """
+
+    inputs: tuple
+    needs_generator: bool
+    fps: float
+    audio: Optional[Path]
+    num_frames: int
+
+    def check(self, pipeline: "Pipeline") -> None:
+        """Refuse what can be refused before any file is read (e.g. a renderer it cannot drive)."""
+
+    def prepare(self, pipeline: "Pipeline") -> None:
+        """Decode and check the inputs (no model). Raises the input errors of its kind."""
+
+    def batches(self, run: MotionRun) -> Iterator[Keypoints]:
+        """kp_driving batches ``(b, K, ...)`` on the device, in frame order, ``sum(b)`` frames in all."""
+
+    def finish(self, run: MotionRun, result: dict) -> tuple[Result, dict, dict]:
+        """``(result, keypoints, extras)``: the :class:`Result` (built from the common fields in
+        ``result``), and the keypoint sets and extra arrays of the ``--save-keypoints`` file
+        (:func:`talkhead.keypoints.save_keypoints_npz`)."""
 
 
 def num_video_frames(duration_s: float) -> int:
@@ -108,16 +182,6 @@ def _check_finite(stage: str, what: str, *tensors: torch.Tensor) -> None:
         if not bool(torch.isfinite(t).all()):
             raise NonFiniteError(f"{stage} stage produced NaN or infinite values ({what}); nothing was written "
                                  "(extreme input or bad weights)", stage=stage)
-
-
-def check_input_file(path: Path, what: str) -> Path:
-    """``path`` as a Path if it is an existing regular file; else :class:`InputError` naming ``what``."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise InputError(f"{what} is not a file: {path}")
-    return path
 
 
 def host_frames(frames: torch.Tensor, *, uint8: bool, own: bool = False) -> np.ndarray:
@@ -146,7 +210,8 @@ def host_frames(frames: torch.Tensor, *, uint8: bool, own: bool = False) -> np.n
 
 
 class Pipeline:
-    """Components + options; call :meth:`animate` once per (image, audio) pair.
+    """Components + options; call :meth:`run` once per video (any :class:`MotionSource`), or its
+    speech-driven shorthand :meth:`animate`.
 
     Components not given are loaded once, on first use (:meth:`load`), from the models directory
     (checkpoints are downloaded then unless ``options.offline``), so a batch of pairs pays for it once.
@@ -163,7 +228,7 @@ class Pipeline:
         single_use: the pipeline makes one video (what ``talkhead animate`` and :func:`animate` do):
             the motion generator it loaded itself is released once the keypoints are generated, and its
             memory returned to the system before rendering (:func:`talkhead.memory.return_freed_memory`;
-            135 MiB for the released MS-Sync), which lowers the run's peak RSS. A later :meth:`animate`
+            measured in ``benchmarks/README.md``), which lowers the run's peak RSS. A later :meth:`animate`
             call loads it again. A ``motion`` given to the constructor is never released.
 
     Raises:
@@ -194,6 +259,7 @@ class Pipeline:
         self._single_use = bool(single_use)
         self._owns_motion = False  # loaded by load(), so it can be released and loaded again
         self._precision_applied: object = None
+        self._frame_size: Optional[int] = None
 
     def load(self, *, motion: bool = True) -> "Pipeline":
         """Load the components not given to the constructor (downloading missing checkpoints unless
@@ -256,6 +322,12 @@ class Pipeline:
         return_freed_memory()
 
     @property
+    def single_use(self) -> bool:
+        """Whether this pipeline makes one video (see the class docstring): a motion generator it loaded
+        is released once the keypoints exist."""
+        return self._single_use
+
+    @property
     def motion(self) -> MotionGenerator:
         """The motion generator (loaded on first use, see :meth:`load`)."""
         return self.load()._motion
@@ -269,7 +341,9 @@ class Pipeline:
         """
         if self._renderer is not None:
             return int(self._renderer.frame_size)
-        return int(get_renderer(self.options.renderer).frame_size(self.models_dir))
+        if self._frame_size is None:  # the config is parsed once per pipeline
+            self._frame_size = int(get_renderer(self.options.renderer).frame_size(self.models_dir))
+        return self._frame_size
 
     @property
     def batch_size(self) -> int:
@@ -290,8 +364,25 @@ class Pipeline:
         return default_writer_thread(self.device) if wt is None else bool(wt)
 
     # -- stages -------------------------------------------------------------------------------------
-    def face_crop(self, image: np.ndarray, source: str = "image"):
-        """Landmarks + FOMM crop of an RGB image ``(H, W, 3)`` uint8 -> ``talkhead.face.FaceCrop``.
+    def faces(self, image: np.ndarray) -> list:
+        """The faces in an RGB image ``(H, W, 3)`` uint8, largest first: the given landmarker's, else the
+        ``options.landmarker`` backend's (:func:`talkhead.face.detect_faces`).
+
+        Raises:
+            LandmarkerUnavailableError: the backend cannot run.
+        """
+        from .face import detect_faces
+
+        image = np.ascontiguousarray(image)
+        if self.landmarker is not None:
+            return sorted(self.landmarker(image), key=lambda f: f.area, reverse=True)
+        return detect_faces(image, backend=self.landmark_backend(), device=str(self.device),
+                            offline=self.options.offline)
+
+    def find_face(self, image: np.ndarray, source: str = "image"):
+        """``(FaceCrop, Face or None)``: the chosen face of ``image`` ``(H, W, 3)`` uint8
+        (:func:`talkhead.face.select_face` with ``options.face_index``) and its FOMM crop at the
+        renderer's frame size; ``(no_crop, None)`` with ``crop="none"``.
 
         With ``frame="full"`` the square stays centred on the face at FOMM's size even where it leaves
         the photo (mirrored padding, ``fomm_crop(pad=True)``); with ``frame="crop"`` it is shifted
@@ -300,17 +391,16 @@ class Pipeline:
         Raises:
             NoFaceError: no (confident) face, or ``face_index`` out of range.
         """
-        from .face import detect_faces, fomm_crop, no_crop, select_face
+        from .face import fomm_crop, no_crop, select_face
 
         if self.options.crop == "none":
-            return no_crop(image, self.frame_size)
-        if self.landmarker is not None:
-            faces = sorted(self.landmarker(np.ascontiguousarray(image)), key=lambda f: f.area, reverse=True)
-        else:
-            faces = detect_faces(image, backend=self.landmark_backend(), device=str(self.device),
-                                 offline=self.options.offline)
-        face = select_face(faces, index=self.options.face_index, source=source)
-        return fomm_crop(image, face, self.frame_size, pad=self.options.frame == "full")
+            return no_crop(image, self.frame_size), None
+        face = select_face(self.faces(image), index=self.options.face_index, source=source)
+        return fomm_crop(image, face, self.frame_size, pad=self.options.frame == "full"), face
+
+    def face_crop(self, image: np.ndarray, source: str = "image"):
+        """The :class:`talkhead.face.FaceCrop` of :meth:`find_face`."""
+        return self.find_face(image, source)[0]
 
     def landmark_backend(self) -> str:
         """``options.landmarker`` resolved once (``auto`` -> fan or dlib, with a log line on fallback)."""
@@ -326,26 +416,15 @@ class Pipeline:
         """``(S, S, 3)`` float [0,1] crop -> ``(1, 3, S, S)`` float32 tensor on the device."""
         return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).permute(2, 0, 1)[None].to(self.device)
 
-    def keypoints(self, source: torch.Tensor, logfbank: np.ndarray,
-                  progress: Progress | None = None) -> tuple[Keypoints, Keypoints]:
-        """kp_source of the source ``(1, 3, S, S)`` and the generated kp_driving for ``logfbank (M, 26)``.
-
-        The generated head motion is scaled by ``options.motion_scale``
-        (:func:`talkhead.keypoints.scale_head_motion`; 1 leaves the keypoints untouched).
-
-        Returns:
-            ``(kp_source (1, 10, ...), kp_driving (T, 10, ...))`` Keypoints on the device (25 fps).
+    def detect_source(self, source: torch.Tensor) -> Keypoints:
+        """kp_source ``(1, K, ...)`` of the source crop ``(1, 3, S, S)`` (the renderer's detector).
 
         Raises:
-            NonFiniteError: ``stage="keypoints"``: kp_source or kp_driving holds NaN/inf.
+            NonFiniteError: ``stage="keypoints"``: NaN/inf keypoints.
         """
         kp_source = self.renderer.detect(source)
         _check_finite("keypoints", "keypoints of the source photo", kp_source.value, kp_source.jacobian)
-        kp_driving = self.motion(kp_source, logfbank, progress=progress).to(self.device)
-        _check_finite("keypoints", "generated driving keypoints", kp_driving.value, kp_driving.jacobian)
-        if self.options.motion_scale != 1.0:
-            kp_driving = scale_head_motion(kp_driving, kp_source, self.options.motion_scale)
-        return kp_source, kp_driving
+        return kp_source
 
     def photo(self, image: np.ndarray, source: str = "image") -> np.ndarray:
         """The photo the video is made of: ``image`` ``(H, W, 3)`` uint8 as is for ``frame="crop"``; for
@@ -370,51 +449,116 @@ class Pipeline:
                              "renderer draws; use a larger photo or --frame crop")
         return even_size(limit_size(image, self.options.max_size))
 
-    # -- the whole job ------------------------------------------------------------------------------
-    def prepare(self, image_path: str | Path, audio_path: str | Path, output_path: str | Path, *,
-                save_keypoints: str | Path | None = None) -> "AnimateInputs":
-        """Every check and input stage that needs no checkpoint, before any model is loaded.
-
-        Paths exist; the outputs can be written (not existing unless ``overwrite``); the audio decodes,
-        is not silent and is long enough, and gives its logfbank; the image decodes and holds a face,
-        which is cropped (FOMM's rule) at the renderer's frame size; with ``frame="full"`` the photo is
-        first capped at ``max_size`` and made even-sized (:meth:`photo`).
-
-        Returns:
-            :class:`AnimateInputs`.
+    def prepare_photo(self, path: str | Path) -> SourcePhoto:
+        """Decode the photo (:func:`talkhead.face.load_image`), size it (:meth:`photo`) and find its face
+        (:meth:`find_face`); no model is loaded.
 
         Raises:
-            InputError / AudioError / AudioTooShortError / ImageError / NoFaceError.
-            OutputError: an output exists (without ``overwrite``), cannot be written, or is one of the
-                inputs (refused even with ``overwrite``).
+            InputError / ImageError / NoFaceError: bad photo.
         """
-        from .audio import load_speech, logfbank
         from .face import load_image
-        from .io import check_not_input, check_output_path
 
-        image_path = check_input_file(Path(image_path), "image")
-        audio_path = check_input_file(Path(audio_path), "audio")
-        check_not_input(output_path, image_path, audio_path)
-        output_path = check_output_path(Path(output_path), self.options.overwrite)
-        if save_keypoints is not None:
-            check_not_input(save_keypoints, image_path, audio_path, output_path)
-            check_output_path(Path(save_keypoints), self.options.overwrite)
+        path = Path(path)
+        image = self.photo(load_image(path), source=str(path))
+        self.log(f"finding the face in {path}")
+        crop, face = self.find_face(image, source=str(path))
+        return SourcePhoto(path=path, image=image, crop=crop, face=face)
+
+    def compositor(self, photo: SourcePhoto):
+        """The :class:`talkhead.compose.Compositor` pasting rendered crops into ``photo.image``
+        (``frame="full"``), or ``None`` (``frame="crop"``: the renderer's squares are the video)."""
+        if self.options.frame != "full":
+            return None
+        from .compose import Compositor
+
+        return Compositor(photo.image, photo.crop)
+
+    # -- the whole job ------------------------------------------------------------------------------
+    def run(self, photo: str | Path, motion: MotionSource, output: str | Path, *,
+            save_keypoints: str | Path | None = None, keep_keypoints: bool = True,
+            progress: Progress | None = None) -> Result:
+        """Render ``output`` (MP4: H.264 yuv420p [+ AAC]) of the face in ``photo`` moved by ``motion``.
+
+        The one orchestrator of every way a face is moved (``animate``, ``reenact``, ``batch``, the web
+        page): input files exist, the outputs are checked once (none is an input, even with
+        ``overwrite``), the motion source decodes its input and the photo's face is found - all before
+        any model loads; then photo -> kp_source, and for each kp_driving batch the motion source
+        yields: render -> [paste back into the photo] -> encode, streamed. The MP4 (and the keypoints
+        ``.npz``) are written atomically: on any error or Ctrl-C nothing partial remains.
+
+        Args:
+            photo: a face photo (PNG, JPEG, WebP, BMP).
+            motion: the :class:`MotionSource` (:class:`SpeechMotion`, :class:`talkhead.reenact.VideoMotion`).
+            output: the MP4 to write.
+            save_keypoints: optional ``.npz`` of the keypoints (:func:`talkhead.keypoints.save_keypoints_npz`;
+                the arrays each motion source documents).
+            keep_keypoints: return the driving keypoints in the result (``(T, K, ...)``, 240 bytes a
+                frame for K = 10).
+            progress: ``progress(stage, done, total)`` callback (stages ``keypoints``, ``best-frame``,
+                ``render``).
+
+        Returns:
+            The motion source's :class:`Result` (:class:`AnimateResult`, :class:`talkhead.reenact.ReenactResult`).
+
+        Raises:
+            InputError / AudioError / AudioTooShortError / ImageError / NoFaceError: bad input.
+            OutputError: an output exists (without ``overwrite``), cannot be written, is one of the
+                inputs (photo, speech, driving video; refused even with ``overwrite``), or the output
+                and ``save_keypoints`` are the same file.
+            NonFiniteError: NaN/inf keypoints or frames (``stage`` keypoints / render).
+            DownloadError / CheckpointError / ConfigError: missing or bad checkpoints.
+            FFmpegError: encoding failed.
+        """
+        from .io import check_input_file, check_outputs
+        from .keypoints import save_keypoints_npz
+        from .video import VideoWriter
+
+        motion.check(self)
+        photo = check_input_file(photo, "photo")
+        inputs = [check_input_file(path, role) for path, role in motion.inputs]
+        output, save_keypoints = check_outputs([output, save_keypoints], [photo, *inputs],
+                                               overwrite=self.options.overwrite)
+        timings = {}
         t0 = time.perf_counter()
-        speech = load_speech(audio_path)
-        features = logfbank(speech.samples, speech.sample_rate)
-        image = self.photo(load_image(image_path), source=str(image_path))
-        self.log(f"finding the face in {image_path}")
-        crop = self.face_crop(image, source=str(image_path))
-        return AnimateInputs(image=image_path, audio=audio_path, output=output_path, speech=speech,
-                             logfbank=features, photo=image, crop=crop, seconds=time.perf_counter() - t0)
+        motion.prepare(self)
+        source_photo = self.prepare_photo(photo)
+        timings["prepare"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        self.load(motion=motion.needs_generator)
+        source = self.source_tensor(source_photo.crop.crop)
+        kp_source = self.detect_source(source)
+        timings["load"] = time.perf_counter() - t0
+
+        run = MotionRun(pipeline=self, photo=source_photo, source=source, kp_source=kp_source,
+                        keep=keep_keypoints or save_keypoints is not None, progress=progress)
+        compositor = self.compositor(source_photo)
+        size = (compositor.shape[1], compositor.shape[0]) if compositor else (self.frame_size, self.frame_size)
+        t0 = time.perf_counter()
+        with VideoWriter(output, size=size, fps=motion.fps, audio_path=motion.audio, crf=self.options.crf,
+                         overwrite=self.options.overwrite) as writer:
+            done = self.render_into(writer, source, kp_source, motion.batches(run), motion.num_frames, progress,
+                                    compositor=compositor)
+        timings["render"] = time.perf_counter() - t0
+
+        common = dict(output=output, num_frames=done, fps=float(motion.fps), duration_s=done / motion.fps,
+                      has_audio=motion.audio is not None, crop_box=tuple(source_photo.crop.box),
+                      kp_source=kp_source.to("cpu"), timings=timings)
+        result, keypoints, extras = motion.finish(run, common)
+        if save_keypoints is not None:
+            extras = {"crop_box": np.asarray(source_photo.crop.box, dtype=np.float64),
+                      "crop_affine": np.asarray(source_photo.crop.affine, dtype=np.float64), **extras}
+            save_keypoints_npz(save_keypoints, {"kp_source": result.kp_source, **keypoints}, extras,
+                               overwrite=self.options.overwrite)
+        if not keep_keypoints:
+            result.kp_driving = None
+        return result
 
     def animate(self, image_path: str | Path, audio_path: str | Path, output_path: str | Path, *,
                 save_keypoints: str | Path | None = None,
                 progress: Progress | None = None) -> AnimateResult:
-        """Render ``output_path`` (MP4: H.264 yuv420p + AAC, 25 fps, faststart) from a photo and speech.
-
-        Inputs are checked before any heavy work; the MP4 (and the keypoints ``.npz``) are written
-        atomically: on any error or Ctrl-C nothing partial remains.
+        """Render ``output_path`` (MP4: H.264 yuv420p + AAC, 25 fps, faststart, as long as the speech)
+        from a photo and speech: :meth:`run` with :class:`SpeechMotion`.
 
         Args:
             image_path: a photo (PNG, JPEG, WebP, BMP) holding a face.
@@ -422,76 +566,21 @@ class Pipeline:
             output_path: the MP4 to write.
             save_keypoints: optional ``.npz`` receiving ``kp_driving_value (T,10,2)``,
                 ``kp_driving_jacobian (T,10,2,2)``, ``kp_source_value (1,10,2)``,
-                ``kp_source_jacobian (1,10,2,2)``, ``crop_box (4,)`` and ``crop_affine (2,3)``.
+                ``kp_source_jacobian (1,10,2,2)``, ``crop_box (4,)``, ``crop_affine (2,3)`` and ``fps``.
             progress: ``progress(stage, done, total)`` callback.
 
         Raises:
-            InputError / AudioError / AudioTooShortError / ImageError / NoFaceError: bad input.
-            OutputError: the output exists (without ``overwrite``), cannot be written, or is one of
-                the inputs (refused even with ``overwrite``).
-            NonFiniteError: NaN/inf keypoints or frames (``stage`` keypoints / render).
-            FFmpegError: encoding failed.
+            As :meth:`run`.
         """
-        from .io import atomic_output
-        from .video import VideoWriter
+        return self.run(image_path, SpeechMotion(audio_path), output_path, save_keypoints=save_keypoints,
+                        progress=progress)
 
-        entry = get_renderer(self.options.renderer)
-        if not entry.audio_driven and self._renderer is None:
-            raise InputError(f"--renderer {entry.name} cannot be driven by speech: the released MS-Sync generates "
-                             f"FOMM's 10-keypoint space, {entry.name} uses {entry.num_kp} keypoints; use it with "
-                             f"`talkhead reenact --renderer {entry.name}`")
-        inputs = self.prepare(image_path, audio_path, output_path, save_keypoints=save_keypoints)
-        speech, features, crop, output_path = inputs.speech, inputs.logfbank, inputs.crop, inputs.output
-        timings = {"landmarks": inputs.seconds}
-        self.load()
+    def render_into(self, writer, source: torch.Tensor, kp_source: Keypoints, batches: Iterable[Keypoints],
+                    total: int, progress: Progress | None = None, *, compositor=None) -> int:
+        """Render each kp_driving batch of ``batches`` and stream the frames into ``writer``; return the
+        number of frames written.
 
-        t0 = time.perf_counter()
-        source = self.source_tensor(crop.crop)
-        kp_source, kp_driving = self.keypoints(source, features, progress)
-        timings["keypoints"] = time.perf_counter() - t0
-        duration_s, total = speech.duration_s, num_video_frames(speech.duration_s)
-        compositor = self.compositor(inputs)
-        audio_file = inputs.audio
-        # rendering needs neither the samples nor the logfbank (38 + 12.5 MiB at 10 minutes of speech)
-        del inputs, speech, features
-        if self._single_use:
-            self.release_motion()
-
-        size = (compositor.shape[1], compositor.shape[0]) if compositor else (self.frame_size, self.frame_size)
-        t0 = time.perf_counter()
-        with VideoWriter(output_path, size=size, fps=FPS, audio_path=audio_file,
-                         crf=self.options.crf, overwrite=self.options.overwrite) as writer:
-            self.render_into(writer, source, kp_source, kp_driving, total, progress, compositor=compositor)
-        timings["render"] = time.perf_counter() - t0
-
-        kp_source, kp_driving = kp_source.to("cpu"), kp_driving.to("cpu")
-        if save_keypoints is not None:
-            (value, jacobian), (src_value, src_jacobian) = kp_driving.numpy(), kp_source.numpy()
-            with atomic_output(Path(save_keypoints), overwrite=self.options.overwrite) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, kp_driving_value=value, kp_driving_jacobian=jacobian,
-                             kp_source_value=src_value, kp_source_jacobian=src_jacobian,
-                             crop_box=np.asarray(crop.box, dtype=np.float64),
-                             crop_affine=np.asarray(crop.affine, dtype=np.float64), fps=np.int64(FPS))
-        return AnimateResult(output=output_path, num_frames=total, duration_s=duration_s,
-                             crop_box=tuple(crop.box), kp_source=kp_source, kp_driving=kp_driving, timings=timings)
-
-    def compositor(self, inputs: AnimateInputs):
-        """The :class:`talkhead.compose.Compositor` pasting rendered crops into ``inputs.photo``
-        (``frame="full"``), or ``None`` (``frame="crop"``: the renderer's squares are the video)."""
-        if self.options.frame != "full":
-            return None
-        from .compose import Compositor
-
-        return Compositor(inputs.photo, inputs.crop)
-
-    def render_into(self, writer, source: torch.Tensor, kp_source: Keypoints, kp_driving: Keypoints,
-                    total: int, progress: Progress | None = None, *, compositor=None) -> None:
-        """Render ``total`` frames in batches of :attr:`batch_size` and stream them into ``writer``.
-
-        Frame ``t`` uses kp_driving ``min(t, T-1)``: the last generated pose is held when the video
-        needs more frames than the generator made (see :func:`num_video_frames`). With a
-        ``compositor`` each rendered ``(b, S, S, 3)`` batch is pasted into the photo
+        With a ``compositor`` each rendered ``(b, S, S, 3)`` batch is pasted into the photo
         (``(b, H, W, 3)`` uint8, one reused buffer) before it is written.
 
         Device traffic: the frames stay on the renderer's device until they are bytes: without a
@@ -502,21 +591,27 @@ class Pipeline:
         background thread (:class:`talkhead.video.WriterThread`, 2 batches queued) while the next
         batch renders; the frames written are the same either way.
 
+        Args:
+            writer: has ``write(frames (b, H, W, 3) uint8)``.
+            source: the photo's crop ``(1, 3, S, S)``; kp_source: its keypoints ``(1, K, ...)``.
+            batches: kp_driving batches ``(b, K, ...)`` in frame order (e.g. :func:`held_batches`).
+            total: the expected number of frames (progress only).
+
         Progress is reported per rendered batch (with the writer thread, up to 3 batches before
         they are encoded).
 
         Raises:
             NonFiniteError: ``stage="render"``: a rendered batch holds NaN/inf (checked before it
                 reaches the encoder, so the writer aborts and nothing is written).
-            Whatever ``writer.write`` or the compositor raise (the same exception, also from the thread).
+            Whatever ``batches``, ``writer.write`` or the compositor raise (the same exception, also
+            from the thread).
         """
         from .video import WriterThread
 
-        T = len(kp_driving)
-        bs = self.batch_size
         threaded = self.writer_thread
         hint = "; with --precision fp16 it may have overflowed, try bf16 or fp32" if self.options.precision == "fp16" else ""
         buffer = None
+        renderer = self.renderer
 
         def paste(frames: np.ndarray) -> np.ndarray:
             nonlocal buffer
@@ -524,14 +619,114 @@ class Pipeline:
                 buffer = compositor.new_buffer(len(frames))
             return compositor.paste(frames, out=buffer)
 
+        done = 0
         with WriterThread(writer.write, paste if compositor is not None else None, threaded=threaded) as out:
-            for start in range(0, total, bs):
-                idx = torch.arange(start, min(start + bs, total), device=kp_driving.device).clamp_(max=T - 1)
-                frames = self.renderer.render(source, kp_source, kp_driving[idx])  # (b, 3, S, S) in [0, 1]
-                _check_finite("render", f"frames {start}-{start + int(idx.numel()) - 1}{hint}", frames)
+            for kp_driving in batches:
+                frames = renderer.render(source, kp_source, kp_driving)  # (b, 3, S, S) in [0, 1]
+                _check_finite("render", f"frames {done}-{done + len(kp_driving) - 1}{hint}", frames)
                 out.put(host_frames(frames, uint8=compositor is None, own=threaded))
+                done += len(kp_driving)
                 if progress:
-                    progress("render", int(idx.numel()) + start, total)
+                    progress("render", done, max(done, total))
+        return done
+
+
+def held_batches(kp_driving: Keypoints, total: int, batch_size: int) -> Iterator[Keypoints]:
+    """``total`` frames of ``kp_driving`` ``(T, K, ...)`` in batches of ``batch_size``: frame ``t`` is
+    ``kp_driving[min(t, T - 1)]``, so the last pose is held when the video needs more frames than
+    there are keypoint sets (see :func:`num_video_frames`) and the extra sets are dropped when it
+    needs fewer.
+
+    Raises:
+        ValueError: ``kp_driving`` is empty, or ``total``/``batch_size`` below 1.
+    """
+    T = len(kp_driving)
+    if T < 1 or total < 1 or batch_size < 1:
+        raise ValueError(f"held_batches needs keypoints, total >= 1 and batch_size >= 1 (T={T}, total={total}, "
+                         f"batch_size={batch_size})")
+    for start in range(0, total, batch_size):
+        idx = torch.arange(start, min(start + batch_size, total), device=kp_driving.device).clamp_(max=T - 1)
+        yield kp_driving[idx]
+
+
+def speech_keypoints(pipeline: Pipeline, kp_source: Keypoints, logfbank: np.ndarray,
+                     progress: Progress | None = None) -> Keypoints:
+    """kp_driving ``(T, 10, ...)`` on the pipeline's device, generated by its motion generator (MS-Sync)
+    from kp_source ``(1, 10, ...)`` and ``logfbank (M, 26)`` at 100 Hz, the head motion scaled by
+    ``options.motion_scale`` (:func:`talkhead.keypoints.scale_head_motion`; 1 leaves the keypoints
+    untouched). ``T`` is :func:`talkhead.mssync.num_frames` of the speech (25 fps).
+
+    Raises:
+        NonFiniteError: ``stage="keypoints"``: NaN/inf generated keypoints.
+    """
+    kp_driving = pipeline.motion(kp_source, logfbank, progress=progress).to(pipeline.device)
+    _check_finite("keypoints", "generated driving keypoints", kp_driving.value, kp_driving.jacobian)
+    if pipeline.options.motion_scale != 1.0:
+        kp_driving = scale_head_motion(kp_driving, kp_source, pipeline.options.motion_scale)
+    return kp_driving
+
+
+class SpeechMotion:
+    """A :class:`MotionSource` driven by speech: the audio -> 16 kHz logfbank -> the pipeline's motion
+    generator (MS-Sync) -> kp_driving at 25 fps, its head motion scaled by ``options.motion_scale``.
+
+    The video has :func:`num_video_frames` frames (as long as the speech within one frame); frame
+    ``t`` is drawn from kp_driving ``min(t, T-1)`` (:func:`held_batches`). The speech's own file is
+    muxed as the audio track. The keypoints are generated whole before the first batch is yielded;
+    with a single-use pipeline the motion generator it loaded is then released, and the decoded
+    samples and logfbank are dropped, before rendering starts.
+
+    ``--save-keypoints`` arrays: ``kp_driving_value (T,10,2)``, ``kp_driving_jacobian (T,10,2,2)``,
+    ``kp_source_*`` ``(1,10,...)``, ``crop_box (4,)``, ``crop_affine (2,3)``, ``fps`` (25).
+
+    Args:
+        audio: speech in any format ffmpeg or libsndfile reads.
+
+    Raises:
+        InputError (:meth:`check`): the renderer is not driven by the released MS-Sync's keypoint space.
+        AudioError / AudioTooShortError (:meth:`prepare`): undecodable, silent or too short speech.
+    """
+
+    needs_generator = True
+    fps = float(FPS)
+
+    def __init__(self, audio: str | Path):
+        self.path = Path(audio)
+        self.inputs = ((self.path, "audio"),)
+        self.audio: Optional[Path] = self.path
+        self.num_frames = 0
+        self.duration_s = 0.0
+        self._logfbank: Optional[np.ndarray] = None
+        self._kp_driving: Optional[Keypoints] = None
+
+    def check(self, pipeline: "Pipeline") -> None:
+        entry = get_renderer(pipeline.options.renderer)
+        if not entry.audio_driven and pipeline._renderer is None:
+            raise InputError(f"--renderer {entry.name} cannot be driven by speech: the released MS-Sync generates "
+                             f"FOMM's 10-keypoint space, {entry.name} uses {entry.num_kp} keypoints; use it with "
+                             f"`talkhead reenact --renderer {entry.name}`")
+
+    def prepare(self, pipeline: "Pipeline") -> None:
+        from .audio import load_speech, logfbank
+
+        speech = load_speech(self.path)
+        self._logfbank = logfbank(speech.samples, speech.sample_rate)
+        self.duration_s = speech.duration_s
+        self.num_frames = num_video_frames(speech.duration_s)
+
+    def batches(self, run: MotionRun) -> Iterator[Keypoints]:
+        pipeline = run.pipeline
+        self._kp_driving = speech_keypoints(pipeline, run.kp_source, self._logfbank, run.progress)
+        self._logfbank = None  # rendering needs neither the samples nor the logfbank
+        if pipeline.single_use:
+            pipeline.release_motion()
+        yield from held_batches(self._kp_driving, self.num_frames, pipeline.batch_size)
+
+    def finish(self, run: MotionRun, result: dict) -> tuple[Result, dict, dict]:
+        kp_driving = self._kp_driving.to("cpu")
+        self._kp_driving = None
+        out = AnimateResult(**{**result, "duration_s": self.duration_s}, kp_driving=kp_driving)
+        return out, {"kp_driving": kp_driving}, {"fps": np.int64(FPS)}
 
 
 def animate(image: str | Path, audio: str | Path, output: str | Path, options: AnimateOptions = AnimateOptions(),
@@ -545,5 +740,5 @@ def animate(image: str | Path, audio: str | Path, output: str | Path, options: A
                                                       progress=progress)
 
 
-__all__ = ["AnimateOptions", "AnimateResult", "Pipeline", "animate", "resolve_device", "num_video_frames",
-           "host_frames", "TalkheadError"]
+__all__ = ["AnimateOptions", "Result", "AnimateResult", "SourcePhoto", "MotionRun", "MotionSource", "SpeechMotion",
+           "speech_keypoints", "Pipeline", "animate", "held_batches", "resolve_device", "num_video_frames", "host_frames", "TalkheadError"]

@@ -174,7 +174,7 @@ class VideoWriter:
             raise ValueError(f"fps must be > 0, got {fps!r}")
         if not 0 <= crf <= 51:
             raise ValueError(f"crf must be within 0..51, got {crf!r}")
-        self.path = check_output_path(path, overwrite)
+        self.path = check_output_path(path, overwrite, probe=False)  # the temporary file proves writability
         self.overwrite = overwrite
         self.audio_path = None if audio_path is None else Path(os.path.abspath(Path(audio_path).expanduser()))
         if self.audio_path is not None and not self.audio_path.is_file():

@@ -149,13 +149,13 @@ def test_csv_with_non_utf8_bytes_and_quoted_commas(tmp_path):
 
 # ------------------------------------------------------------------------------------------- running (fast)
 class FakePipeline:
-    """``animate`` writes a small file, or raises what ``fail`` maps the image's stem to."""
+    """``run`` writes a small file, or raises what ``fail`` maps the image's stem to."""
 
     def __init__(self, fail=None):
         self.fail = fail or {}
         self.calls = []
 
-    def animate(self, image, audio, output, progress=None):
+    def run(self, image, motion, output, keep_keypoints=True, progress=None):
         self.calls.append(Path(output).name)
         exc = self.fail.get(Path(image).stem)
         if exc is not None:
@@ -227,14 +227,14 @@ def test_photos_dir_with_one_speech_non_utf8_name_and_unexpected_error(tiny_mode
     shutil.copy(photos / "mirror.png", folder / odd)
     shutil.copy(photos / "front.png", folder / "3_broken.png")
     shutil.copy(photos / "dark.jpg", folder / "4_dark.jpg")
-    real = pipeline_mod.Pipeline.face_crop
+    real = pipeline_mod.Pipeline.find_face
 
-    def face_crop(self, image, source="image"):
+    def find_face(self, image, source="image"):
         if source.endswith("3_broken.png"):
             raise ZeroDivisionError("float division by zero")
         return real(self, image, source)
 
-    monkeypatch.setattr(pipeline_mod.Pipeline, "face_crop", face_crop)
+    monkeypatch.setattr(pipeline_mod.Pipeline, "find_face", find_face)
     out, report = tmp_path / "out", tmp_path / "report.jsonl"
     result = run("batch", folder, speech_1s, "-o", out, "--report", report, *common(tiny_models_dir))
     assert result.exit_code == 1, result.output

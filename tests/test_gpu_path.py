@@ -25,7 +25,7 @@ from talkhead.ffmpeg import read_frames
 from talkhead.fomm import load_fomm
 from talkhead.keypoints import Keypoints
 from talkhead.options import AnimateOptions, ReenactOptions
-from talkhead.pipeline import Pipeline, host_frames
+from talkhead.pipeline import Pipeline, held_batches, host_frames, speech_keypoints
 from talkhead.video import VideoWriter, WriterThread, to_uint8_frames
 
 from test_pipeline import ASTRONAUT, SPEECH, ListWriter, ToyRenderer, astronaut_face, toy_motion
@@ -311,10 +311,11 @@ def test_writer_thread_gives_the_frames_of_the_synchronous_path(tiny_models_dir,
         crop = pipe.face_crop(image)
         source = pipe.source_tensor(crop.crop)
         speech = load_speech(SPEECH)
-        kp_source, kp_driving = pipe.keypoints(source, logfbank(speech.samples, speech.sample_rate))
+        kp_source = pipe.detect_source(source)
+        kp_driving = speech_keypoints(pipe, kp_source, logfbank(speech.samples, speech.sample_rate))
         comp = Compositor(image, crop) if frame == "full" else None
         sink = ListWriter()
-        pipe.render_into(sink, source, kp_source, kp_driving, 20, compositor=comp)
+        pipe.render_into(sink, source, kp_source, held_batches(kp_driving, 20, pipe.batch_size), 20, compositor=comp)
         written[threaded] = np.stack(sink.frames)
     assert written[True].dtype == np.uint8 and len(written[True]) == 20
     assert np.array_equal(written[True], written[False])

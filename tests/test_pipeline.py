@@ -15,7 +15,7 @@ from talkhead.errors import InputError
 from talkhead.face import Face
 from talkhead.keypoints import Keypoints
 from talkhead.options import AnimateOptions
-from talkhead.pipeline import Pipeline
+from talkhead.pipeline import Pipeline, held_batches, speech_keypoints
 from talkhead.renderers import RendererEntry, get_renderer, register_renderer, renderer_names, _RENDERERS
 from probe import probe
 
@@ -213,17 +213,18 @@ def test_full_frame_identity_renderer_gives_back_the_photo(tmp_path, cut):
     box = (175.0 - x0, 40.0 - y0, 290.0 - x0, 190.0 - y0)
     faces = lambda image: [Face(box=box, score=0.99, landmarks=np.zeros((0, 2), np.float32), backend="fan")]
     pipe = Pipeline(AnimateOptions(), renderer=IdentityRenderer(), motion=toy_motion, landmarker=faces)
-    inputs = pipe.prepare(path, SPEECH, tmp_path / "o.mp4")
+    inputs = pipe.prepare_photo(path)
     h, w = photo.shape[:2]
-    assert inputs.photo.shape == (h + h % 2, w + w % 2, 3)
+    assert inputs.image.shape == (h + h % 2, w + w % 2, 3)
     bx0, by0, bx1, by1 = inputs.crop.box
     assert bx1 - bx0 == by1 - by0  # square, centred on the face even where it leaves the photo
     assert abs((bx0 + bx1) / 2 - (box[0] + box[2]) / 2) <= 1 and abs((by0 + by1) / 2 - (box[1] + box[3]) / 2) <= 1
     source = pipe.source_tensor(inputs.crop.crop)
-    kp_source, kp_driving = pipe.keypoints(source, inputs.logfbank)
+    kp_source = pipe.detect_source(source)
+    kp_driving = speech_keypoints(pipe, kp_source, np.zeros((120, 26)))
     writer = ListWriter()
-    pipe.render_into(writer, source, kp_source, kp_driving, 3, compositor=pipe.compositor(inputs))
-    assert len(writer.frames) == 3 and writer.frames[0].shape == inputs.photo.shape
+    pipe.render_into(writer, source, kp_source, held_batches(kp_driving, 3, 1), 3, compositor=pipe.compositor(inputs))
+    assert len(writer.frames) == 3 and writer.frames[0].shape == inputs.image.shape
     assert _psnr(writer.frames[0][:h, :w], photo) >= 40.0
 
 
@@ -245,10 +246,11 @@ def test_motion_scale_one_leaves_keypoints_untouched_and_zero_stills_the_head(tm
     lf = np.zeros((120, 26))
     base = Pipeline(AnimateOptions(frame="crop"), renderer=Source(), motion=rolling_motion)
     src = base.source_tensor(crop)
-    _, generated = base.keypoints(src, lf)
+    generated = speech_keypoints(base, base.detect_source(src), lf)
     assert generated.equal(rolling_motion(None, lf))  # motion_scale 1: bit for bit what the generator made
     still = Pipeline(AnimateOptions(frame="crop", still=True), renderer=Source(), motion=rolling_motion)
-    kp_source, held = still.keypoints(src, lf)
+    kp_source = still.detect_source(src)
+    held = speech_keypoints(still, kp_source, lf)
     assert float((held.value - kp_source.value).abs().max()) < 1e-4  # the whole motion was head motion
     assert float((held.jacobian - kp_source.jacobian).abs().max()) < 1e-4
 
@@ -303,7 +305,7 @@ def test_tiny_photo_is_refused_for_full_frame(tmp_path):
     Image.open(ASTRONAUT).resize((48, 48)).save(small)
     pipe = Pipeline(AnimateOptions(), renderer=IdentityRenderer(), motion=toy_motion, landmarker=astronaut_face)
     with pytest.raises(InputError, match="48x48 pixels, smaller than the 256x256 frame"):
-        pipe.prepare(small, SPEECH, tmp_path / "o.mp4")
+        pipe.prepare_photo(small)
 
 
 # ------------------------------------------------------------------------------------------- non-finite values
@@ -384,13 +386,16 @@ def test_single_use_releases_the_motion_generator_before_rendering(tiny_models_d
     monkeypatch.setattr(mssync, "load_mssync", lambda *a, **k: loads.append(1) or real_load(*a, **k))
     opts = AnimateOptions(models_dir=str(tiny_models_dir), device="cpu", offline=True, frame="crop")
     pipe = Pipeline(opts, landmarker=astronaut_face, single_use=True)
-    seen_at_render = []
-    render = pipe.render_into
-    monkeypatch.setattr(pipe, "render_into", lambda *a, **k: seen_at_render.append(pipe._motion) or render(*a, **k))
+    seen_at_render = []  # the motion generator held by the pipeline when each batch renders
+    from talkhead.fomm import FOMM
+
+    render = FOMM.render
+    monkeypatch.setattr(FOMM, "render", lambda self, *a, **k: seen_at_render.append(pipe._motion) or render(self, *a, **k))
     first = pipe.animate(ASTRONAUT, SPEECH, tmp_path / "a.mp4")
-    assert seen_at_render == [None] and pipe._motion is None and len(loads) == 1
+    assert seen_at_render and set(seen_at_render) == {None} and pipe._motion is None and len(loads) == 1
+    del seen_at_render[:]
     second = pipe.animate(ASTRONAUT, SPEECH, tmp_path / "b.mp4")  # loads it again
-    assert len(loads) == 2 and seen_at_render == [None, None]
+    assert len(loads) == 2 and seen_at_render and set(seen_at_render) == {None}
     kept = Pipeline(opts, landmarker=astronaut_face).animate(ASTRONAUT, SPEECH, tmp_path / "c.mp4")
     for result in (second, kept):
         assert torch.equal(result.kp_driving.value, first.kp_driving.value)

@@ -73,8 +73,8 @@ import torch
 from ..constants import FPS, KP_DIM, LOGFBANK_PER_VIDEO_FRAME, NUM_KP
 from ..errors import ConfigError, FFmpegError, InputError, TalkheadError
 from ..devices import resolve_device
-from ..facetrack import face_detector, face_track, fixed_crop_box  # noqa: F401 (face_track, fixed_crop_box: public here too)
-from ..ffmpeg import read_frames, video_meta
+from ..facetrack import face_detector, face_track, fixed_crop_box, sample_faces  # noqa: F401 (face_track, fixed_crop_box: public here too)
+from ..ffmpeg import read_frames
 from ..options import PreprocessOptions
 from ..progress import Progress
 from .data import (ClipInfo, DataFormatError, DatasetWriter, clip_path, read_manifest,
@@ -328,21 +328,8 @@ def _write_skipped(out_dir: Path, skipped: dict[str, dict]) -> None:
 def _detect_crop(path: Path, detect, *, detect_every_s: float, max_detections: int, min_face_fraction: float
                  ) -> tuple[int, int, int, int]:
     """Sample frames, track the speaker's face, return the fixed crop box (see module docstring)."""
-    meta = video_meta(path)
-    width, height = meta["size"]
-    duration = float(meta.get("duration") or 0.0)
-    rate = 1.0 / detect_every_s
-    if duration > 0:
-        rate = min(rate, max_detections / duration)
-    _, frames = read_frames(path, f"fps={rate:.6f}", (width, height))
-    detections = []
-    try:
-        for frame in frames:
-            detections.append(detect(np.ascontiguousarray(frame)))
-            if len(detections) >= max_detections:
-                break
-    finally:
-        frames.close()
+    detections, (height, width), _ = sample_faces(path, detect, every_s=detect_every_s,
+                                                  max_detections=max_detections)
     if not detections:
         raise _Skip("no video frames decoded")
     boxes, seen = face_track(detections)
