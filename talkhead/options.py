@@ -16,20 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .constants import DEVICES, PRECISIONS
 from .errors import InputError
 from .face import LANDMARKER_CHOICES as LANDMARKERS
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-"""``--device`` choices; ``auto`` = cuda > mps > cpu (see :func:`talkhead.devices.resolve_device`)."""
 
 CROPS = ("auto", "none")
 """``--crop`` choices: ``auto`` crops around the face with FOMM's rule; ``none`` takes the image as a crop."""
 
 FRAMES = ("full", "crop")
 """``--frame`` choices: ``full`` = the whole photo with the face pasted back; ``crop`` = the renderer's square."""
-
-PRECISIONS = ("fp32", "fp16", "bf16")
-"""``--precision`` choices: the renderer's arithmetic (see :func:`talkhead.devices.check_precision`)."""
 
 DEFAULT_MAX_SIZE = 1920
 """``--max-size`` default: longest side of the output video, pixels."""
@@ -281,5 +276,5 @@ class PreprocessOptions:
         return parse_shard(self.shard)
 
 
-__all__ = ["AnimateOptions", "ReenactOptions", "PreprocessOptions", "DEVICES", "LANDMARKERS", "CROPS", "FRAMES", "PRECISIONS", "DEFAULT_MAX_SIZE", "opt",
-           "same_as", "check_choice", "parse_shard"]
+__all__ = ["AnimateOptions", "ReenactOptions", "PreprocessOptions", "LANDMARKERS", "CROPS", "FRAMES", "DEFAULT_MAX_SIZE",
+           "opt", "same_as", "check_choice", "parse_shard"]
