@@ -67,6 +67,12 @@ class DownloadError(CheckpointError):
     """A checkpoint could not be downloaded (offline, quota, network); nothing partial is left."""
 
 
+# --- components --------------------------------------------------------------------------------
+class LandmarkerUnavailableError(TalkheadError):
+    """A landmark backend cannot be used: its package or its weights are missing (the message says
+    which pip package to install, or to use ``--landmarker dlib``), or the backend name is unknown."""
+
+
 # --- tools -------------------------------------------------------------------------------------
 class FFmpegError(TalkheadError):
     """ffmpeg is missing, lacks a codec, or failed while encoding/decoding."""

@@ -78,7 +78,7 @@ class AnimateInputs:
         speech: the decoded :class:`talkhead.audio.Speech` (16 kHz mono).
         logfbank: ``(M, 26)`` float64 log filterbank at 100 Hz.
         photo: ``(H, W, 3)`` uint8 RGB, EXIF-rotated.
-        crop: the :class:`talkhead.face.FaceCrop` at the renderer's frame size.
+        crop: the :class:`talkhead.crop.FaceCrop` at the renderer's frame size.
         seconds: time spent decoding and finding the face.
     """
 
@@ -157,7 +157,7 @@ class Pipeline:
             interface); default: the registered ``fomm`` renderer loaded from the models directory.
         motion: a :class:`~talkhead.renderers.MotionGenerator`, ``motion(kp_source, logfbank,
             progress) -> kp_driving``; default: MS-Sync loaded from the models directory.
-        landmarker: a callable ``image (H, W, 3) uint8 -> list[talkhead.face.Face]``; default: the
+        landmarker: a callable ``image (H, W, 3) uint8 -> list[talkhead.landmarks.Face]``; default: the
             ``options.landmarker`` backend.
         log: receives one-line status messages (model loading, downloads).
         single_use: the pipeline makes one video (what ``talkhead animate`` and :func:`animate` do):
@@ -291,7 +291,7 @@ class Pipeline:
 
     # -- stages -------------------------------------------------------------------------------------
     def face_crop(self, image: np.ndarray, source: str = "image"):
-        """Landmarks + FOMM crop of an RGB image ``(H, W, 3)`` uint8 -> ``talkhead.face.FaceCrop``.
+        """Landmarks + FOMM crop of an RGB image ``(H, W, 3)`` uint8 -> ``talkhead.crop.FaceCrop``.
 
         With ``frame="full"`` the square stays centred on the face at FOMM's size even where it leaves
         the photo (mirrored padding, ``fomm_crop(pad=True)``); with ``frame="crop"`` it is shifted
@@ -300,7 +300,8 @@ class Pipeline:
         Raises:
             NoFaceError: no (confident) face, or ``face_index`` out of range.
         """
-        from .face import detect_faces, fomm_crop, no_crop, select_face
+        from .crop import fomm_crop, no_crop
+        from .landmarks import detect_faces, select_face
 
         if self.options.crop == "none":
             return no_crop(image, self.frame_size)
@@ -315,7 +316,7 @@ class Pipeline:
     def landmark_backend(self) -> str:
         """``options.landmarker`` resolved once (``auto`` -> fan or dlib, with a log line on fallback)."""
         if self._backend is None:
-            from .face import resolve_landmarker
+            from .landmarks import resolve_landmarker
 
             self._backend, note = resolve_landmarker(self.options.landmarker, offline=self.options.offline)
             if note:
@@ -350,7 +351,7 @@ class Pipeline:
     def photo(self, image: np.ndarray, source: str = "image") -> np.ndarray:
         """The photo the video is made of: ``image`` ``(H, W, 3)`` uint8 as is for ``frame="crop"``; for
         ``frame="full"`` downscaled to ``max_size`` (longest side) and made even-sized for yuv420p by one
-        mirrored row/column (:func:`talkhead.compose.limit_size`, :func:`~talkhead.compose.even_size`).
+        mirrored row/column (:func:`talkhead.image.limit_size`, :func:`~talkhead.image.even_size`).
 
         Raises:
             InputError: ``max_size`` below the renderer's frame size, or a photo smaller than that frame in
@@ -358,7 +359,7 @@ class Pipeline:
         """
         if self.options.frame != "full":
             return image
-        from .compose import even_size, limit_size
+        from .image import even_size, limit_size
 
         size = self.frame_size
         if self.options.max_size < size:
@@ -389,7 +390,7 @@ class Pipeline:
                 inputs (refused even with ``overwrite``).
         """
         from .audio import load_speech, logfbank
-        from .face import load_image
+        from .image import load_image
         from .io import check_not_input, check_output_path
 
         image_path = check_input_file(Path(image_path), "image")

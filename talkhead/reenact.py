@@ -359,7 +359,8 @@ def load_reenact_pipeline(options: ReenactOptions = ReenactOptions(), *, rendere
 def _photo_face(pipeline, image: np.ndarray, source: str):
     """``(FaceCrop, Face or None)`` of the photo: as :meth:`Pipeline.face_crop`, keeping the face
     (its landmarks serve :func:`find_best_frame`)."""
-    from .face import detect_faces, fomm_crop, no_crop, select_face
+    from .crop import fomm_crop, no_crop
+    from .landmarks import detect_faces, select_face
 
     opts = pipeline.options
     if opts.crop == "none":
@@ -375,7 +376,7 @@ def _photo_face(pipeline, image: np.ndarray, source: str):
 
 def _landmark_fn(pipeline) -> Callable[[np.ndarray], Optional[np.ndarray]]:
     """``image (H, W, 3) uint8 -> (68, 2)`` landmarks of its largest confident face, or ``None``."""
-    from .face import detect_faces, select_face
+    from .landmarks import detect_faces, select_face
 
     opts = pipeline.options
 
@@ -495,7 +496,7 @@ def reenact(pipeline, photo: str | Path, video: str | Path, output: str | Path |
         OutputError: an output exists (without ``overwrite``), is the driving video, or cannot be written.
         FFmpegError: encoding failed.
     """
-    from .face import load_image
+    from .image import load_image
     from .ffmpeg import read_frames as iter_frames
     from .facetrack import face_detector  # the training data's face filter
     from .fomm import movement_scale, relative_kp
