@@ -65,7 +65,7 @@ def run_one(seconds: float, models_dir: Path, workdir: Path) -> dict:
     import torch
 
     from talkhead.audio import load_speech, logfbank
-    from talkhead.face import load_image
+    from talkhead.image import load_image
     from talkhead.pipeline import AnimateOptions, Pipeline, held_batches, num_video_frames, speech_keypoints
     from talkhead.video import VideoWriter
 

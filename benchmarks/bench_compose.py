@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 import skimage.data
 
-from talkhead import face as F
+from talkhead.crop import FaceCrop, fomm_crop
+from talkhead.landmarks import Face
 from talkhead.compose import COLOUR_MATCHES, Compositor, seam_metrics
 
 S = 256
@@ -36,7 +37,7 @@ def photo_1080p() -> tuple[np.ndarray, float, int]:
     return cv2.copyMakeBorder(big, 0, 0, left, 1920 - 1080 - left, cv2.BORDER_REFLECT), k, left
 
 
-def frames_for(fc: F.FaceCrop, n: int) -> np.ndarray:
+def frames_for(fc: FaceCrop, n: int) -> np.ndarray:
     out = np.empty((n, S, S, 3), np.float32)
     for i in range(n):
         M = np.float32([[1, 0, 3 * np.sin(i / 5)], [0, 1, 2 * np.cos(i / 7)]])
@@ -85,9 +86,9 @@ def main() -> None:
     print(f"photo {photo.shape[1]}x{photo.shape[0]}, S = {S}, {args.frames} frames, "
           f"OpenCV threads: {default_threads} (default) and 1")
     for name, extent in cases.items():
-        face = F.Face(box=extent, score=2.0, landmarks=np.array([extent[:2], extent[2:]], np.float32) - 1,
+        face = Face(box=extent, score=2.0, landmarks=np.array([extent[:2], extent[2:]], np.float32) - 1,
                       backend="dlib")
-        fc = F.fomm_crop(photo, face, S, pad=True)
+        fc = fomm_crop(photo, face, S, pad=True)
         frames = frames_for(fc, args.frames)
         bx0, by0, bx1, by1 = fc.box
         print(f"\n{name}: FOMM square {bx1 - bx0} px, box {fc.box}")

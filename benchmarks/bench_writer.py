@@ -50,10 +50,11 @@ def main() -> None:
     from bench_compose import ASTRO_EXTENT, S, photo_1080p
     from bench_render import build
 
-    from talkhead import face as F
     from talkhead.compose import Compositor
+    from talkhead.crop import fomm_crop
     from talkhead.ffmpeg import read_frames
     from talkhead.keypoints import Keypoints
+    from talkhead.landmarks import Face
     from talkhead.options import AnimateOptions
     from talkhead.pipeline import Pipeline, held_batches
     from talkhead.video import VideoWriter
@@ -68,8 +69,8 @@ def main() -> None:
     photo, k, left = photo_1080p()
     x0, y0, x1, y1 = ASTRO_EXTENT
     extent = (x0 * k + left, y0 * k, x1 * k + left, y1 * k)
-    face = F.Face(box=extent, score=2.0, landmarks=np.array([extent[:2], extent[2:]], np.float32) - 1, backend="dlib")
-    crop = F.fomm_crop(photo, face, S, pad=True)
+    face = Face(box=extent, score=2.0, landmarks=np.array([extent[:2], extent[2:]], np.float32) - 1, backend="dlib")
+    crop = fomm_crop(photo, face, S, pad=True)
     src = torch.from_numpy(np.ascontiguousarray(crop.crop, dtype=np.float32)).permute(2, 0, 1)[None]
     fomm.render(src, kp_source, kp_driving[:1])  # encode the source once, warm up
     size = (photo.shape[1], photo.shape[0]) if args.frame == "full" else (S, S)

@@ -6,16 +6,17 @@ Public API::
     result = animate("photo.png", "speech.wav", "out.mp4", AnimateOptions(landmarker="dlib"))
 
 Stage functions live in their modules: :mod:`talkhead.audio` (``load_speech``, ``logfbank``),
-:mod:`talkhead.face` (``load_image``, ``detect_faces``, ``fomm_crop``), :mod:`talkhead.fomm`
-(``load_fomm``), :mod:`talkhead.mssync` (``load_mssync``, ``generate_keypoints``),
-:mod:`talkhead.video` (``VideoWriter``), :mod:`talkhead.ffmpeg`, :mod:`talkhead.store` (checkpoint files:
-sources, download, verification).
+:mod:`talkhead.image` (``load_image``), :mod:`talkhead.landmarks` (``detect_faces``),
+:mod:`talkhead.crop` (``fomm_crop``), :mod:`talkhead.fomm` (``load_fomm``), :mod:`talkhead.mssync`
+(``load_mssync``, ``generate_keypoints``), :mod:`talkhead.video` (``VideoWriter``), :mod:`talkhead.ffmpeg`,
+:mod:`talkhead.store` (checkpoint files: sources, download, verification).
 """
 
 __version__ = "0.1.0"
 
 from .errors import (AudioError, AudioTooShortError, CheckpointError, ConfigError, DownloadError, FFmpegError,
-                     ImageError, InputError, NoFaceError, OutputError, StateDictMismatchError, TalkheadError)
+                     ImageError, InputError, LandmarkerUnavailableError, NoFaceError, OutputError,
+                     StateDictMismatchError, TalkheadError)
 from .options import AnimateOptions
 
 _LAZY = {"AnimateResult": "pipeline", "Pipeline": "pipeline", "animate": "pipeline", "Keypoints": "keypoints"}
@@ -33,4 +34,5 @@ __all__ = [
     "__version__", "AnimateOptions", "AnimateResult", "Pipeline", "animate", "Keypoints",
     "TalkheadError", "InputError", "AudioError", "AudioTooShortError", "ImageError", "NoFaceError", "OutputError",
     "CheckpointError", "StateDictMismatchError", "ConfigError", "DownloadError", "FFmpegError",
+    "LandmarkerUnavailableError",
 ]

@@ -29,8 +29,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from .errors import InputError, TalkheadError, unexpected_reason
-from .io import _same_file, check_not_input, printable
+from .errors import InputError, TalkheadError
+from .io import _same_file, check_not_input, printable, unexpected_reason
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")

@@ -18,7 +18,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .errors import TalkheadError, unexpected_reason
+from .errors import TalkheadError
+from .io import printable, unexpected_reason
 
 err_console = Console(stderr=True)
 """Progress bars, status lines and errors (stderr)."""
@@ -35,8 +36,6 @@ class State:
 
 def fail(exc: BaseException) -> None:
     from rich.markup import escape
-
-    from .io import printable
 
     if State.debug:
         err_console.print_exception()

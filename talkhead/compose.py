@@ -23,13 +23,14 @@ pixels outside it are never touched and stay the photo's exactly):
    the band at the crop border, so the head may move inside the crop and the border band fades
    into the untouched photo (``cv2.blendLinear``).
 
-Faces near the image border: :func:`talkhead.face.fomm_crop` with ``pad=True`` keeps the crop square
+Faces near the image border: :func:`talkhead.crop.fomm_crop` with ``pad=True`` keeps the crop square
 and centred, mirroring the photo beyond its edge; the region is clipped to the photo, so only the
 part of the crop inside the photo is pasted (the mask does not fade at the photo's own edge: there
 is nothing beyond it to blend with).
 
-Output size: the video is the photo's size after EXIF rotation (:func:`talkhead.face.load_image`),
-:func:`limit_size` (``--max-size``) and :func:`even_size` (yuv420p needs even sides).
+Output size: the video is the photo's size after EXIF rotation (:func:`talkhead.image.load_image`),
+:func:`~talkhead.image.limit_size` (``--max-size``) and :func:`~talkhead.image.even_size` (yuv420p
+needs even sides).
 """
 from __future__ import annotations
 
@@ -38,10 +39,9 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import InputError
-from .face import FaceCrop
+from .crop import FaceCrop
 
-__all__ = ["COLOUR_MATCHES", "Compositor", "limit_size", "even_size", "seam_metrics"]
+__all__ = ["COLOUR_MATCHES", "Compositor", "seam_metrics"]
 
 COLOUR_MATCHES = ("lowfreq", "mean", "none")
 """Colour matching of the rendered crop to the photo (:class:`Compositor` ``colour=``). All three
@@ -88,7 +88,7 @@ class Compositor:
     Args:
         photo: ``(H, W, 3)`` uint8 RGB, the image ``face_crop`` was cut from (same size). It is
             copied; later changes to the caller's array do not matter.
-        face_crop: the :class:`talkhead.face.FaceCrop` FOMM animates (``affine`` maps crop pixels to
+        face_crop: the :class:`talkhead.crop.FaceCrop` FOMM animates (``affine`` maps crop pixels to
             photo pixels; its box may reach past the photo, see ``fomm_crop(..., pad=True)``).
         feather: width of the blending band, as a fraction of the crop side ``S`` (0.12: 31 crop
             pixels at ``S`` = 256). The outermost crop pixel (``margin``) always gets weight 0.
@@ -433,56 +433,3 @@ def seam_metrics(out: np.ndarray, photo: np.ndarray, comp: Compositor,
         if sel.sum() >= 8:
             tint = max(tint, float(np.abs(diff[sel].mean(axis=0)).max()))
     return {"gradient_ratio": ratio, "tint": tint}
-
-
-# ================================================================================== output size
-def limit_size(image: np.ndarray, max_size: Optional[int]) -> np.ndarray:
-    """``--max-size``: downscale so the longest side is at most ``max_size`` pixels.
-
-    Aspect ratio kept (each side rounded to the nearest pixel, at least 1), ``cv2.INTER_AREA``
-    (the anti-aliased downscale). Never upscales: an image already within the limit, or
-    ``max_size=None``, is returned as is (the same object).
-
-    Args:
-        image: ``(H, W, C)`` uint8.
-        max_size: the longest side allowed, pixels (>= 2), or ``None`` for no limit.
-
-    Returns:
-        ``(H', W', C)`` with ``max(H', W') <= max_size``.
-
-    Raises:
-        InputError: ``max_size`` is not an integer >= 2.
-    """
-    import cv2
-
-    if max_size is None:
-        return image
-    if isinstance(max_size, bool) or not isinstance(max_size, (int, np.integer)) or max_size < 2:
-        raise InputError(f"--max-size must be a whole number of pixels >= 2, not {max_size!r}")
-    h, w = image.shape[:2]
-    if max(h, w) <= max_size:
-        return image
-    s = max_size / float(max(h, w))
-    size = (max(1, min(max_size, round(w * s))), max(1, min(max_size, round(h * s))))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def even_size(image: np.ndarray) -> np.ndarray:
-    """Make both sides even (H.264 yuv420p subsamples chroma 2x2) by adding one mirrored row at the
-    bottom and/or one column at the right (``cv2.BORDER_REFLECT``: a copy of the last row/column).
-
-    Nothing is stretched or cut, and pixel coordinates are unchanged, so face boxes found on the
-    input stay valid. An image with even sides is returned as is (the same object).
-
-    Args:
-        image: ``(H, W, C)`` array.
-
-    Returns:
-        ``(H + H % 2, W + W % 2, C)``.
-    """
-    import cv2
-
-    h, w = image.shape[:2]
-    if h % 2 == 0 and w % 2 == 0:
-        return image
-    return cv2.copyMakeBorder(np.ascontiguousarray(image), 0, h % 2, 0, w % 2, cv2.BORDER_REFLECT)

@@ -1,4 +1,4 @@
-"""Named constants shared by every stage (time, audio features, keypoints).
+"""Named constants shared by every stage (time, audio features, keypoints) and the device choices.
 
 Sources: MS-Sync reference ``dataset/preprocess_audio.py`` and ``execute_model.py``
 (LouisBearing/HMo-audio), ``python_speech_features`` defaults, and FOMM ``vox-adv-256.yaml``.
@@ -51,3 +51,10 @@ DETECT_EVERY_S = 0.5
 
 MAX_DETECTIONS = 24
 """The most video frames sampled for a face track (spread over the clip)."""
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+"""``--device`` choices; ``auto`` = cuda > mps > cpu (see :func:`talkhead.devices.resolve_device`).
+Here, not in :mod:`talkhead.devices` (which imports torch), so the options can list them cheaply."""
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+"""``--precision`` choices: the renderer's arithmetic (see :func:`talkhead.devices.check_precision`)."""

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .constants import DEVICES, PRECISIONS
 from .errors import InputError
-from .options import DEVICES
 
 
 def mps_available() -> bool:
@@ -103,8 +103,6 @@ def check_precision(precision: str, device: torch.device | str) -> None:
         InputError: ``precision`` is unknown or refused on ``device`` (one line, naming the choice
             that works).
     """
-    from .options import PRECISIONS
-
     if precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     kind = torch.device(device).type

@@ -93,8 +93,8 @@ def _writable(path: Path) -> bool:
 
 
 def _landmarkers() -> dict[str, Any]:
-    """Each registered landmark backend's offline status (:func:`talkhead.face.landmark_backend_status`)."""
-    from .face import landmark_backend_status
+    """Each registered landmark backend's offline status (:func:`talkhead.landmarks.landmark_backend_status`)."""
+    from .landmarks import landmark_backend_status
 
     return landmark_backend_status()
 
@@ -116,7 +116,7 @@ def doctor_report(models_dir: str | os.PathLike | None = None) -> dict[str, Any]
         "dlib": {"offline", "importable", "model_path", "reason"}}, "renderers": {name: {"summary",
         "audio_driven", "licence"}}, "problems": [str], "warnings": [str],
         "ready": bool}`` (``ready``: no problems), with one ``landmarkers`` entry per registered backend
-        (:data:`talkhead.face.LANDMARK_BACKENDS`).
+        (:data:`talkhead.landmarks.LANDMARK_BACKENDS`).
     """
     from . import __version__
     from .store import resolve_models_dir

@@ -2,7 +2,9 @@
 
 Every error a user can cause (bad input, missing checkpoint, unwritable output) derives from
 :class:`TalkheadError`. The CLI maps these, once, to a one-line message and exit code 2; any other
-exception is a bug and is shown with its traceback only under ``--debug``.
+exception is a bug and is shown with its traceback only under ``--debug``
+(:func:`talkhead.io.unexpected_reason` words its one line). This module is the lowest layer: it
+imports nothing of talkhead's.
 """
 from __future__ import annotations
 
@@ -65,16 +67,12 @@ class DownloadError(CheckpointError):
     """A checkpoint could not be downloaded (offline, quota, network); nothing partial is left."""
 
 
+# --- components --------------------------------------------------------------------------------
+class LandmarkerUnavailableError(TalkheadError):
+    """A landmark backend cannot be used: its package or its weights are missing (the message says
+    which pip package to install, or to use ``--landmarker dlib``), or the backend name is unknown."""
+
+
 # --- tools -------------------------------------------------------------------------------------
 class FFmpegError(TalkheadError):
     """ffmpeg is missing, lacks a codec, or failed while encoding/decoding."""
-
-
-def unexpected_reason(exc: BaseException) -> str:
-    """One printable line for an exception that is not a :class:`TalkheadError` (a bug, or a case
-    not handled yet): its type and first message line, and a pointer to ``--debug``."""
-    from .io import printable
-
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
-    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return printable(f"unexpected error ({what}); rerun with --debug for the traceback")

@@ -15,8 +15,9 @@ import numpy as np
 
 from .constants import DETECT_EVERY_S, MAX_DETECTIONS
 from .errors import NoFaceError
+from .crop import FOMM_INCREASE_AREA, face_extent, fomm_square_box
 from .ffmpeg import probe, read_frames
-from .face import FOMM_INCREASE_AREA, detect_faces, face_extent, fomm_square_box, is_confident
+from .landmarks import detect_faces, is_confident
 
 __all__ = ["IOU_WITH_INITIAL", "face_detector", "sample_faces", "face_track", "fixed_crop_box"]
 
@@ -83,7 +84,7 @@ def fixed_crop_box(boxes: np.ndarray, frame_hw: tuple[int, int], *,
     The union ("tube", ``crop-video.py``'s ``join``) of ``boxes``, of width ``w`` and height ``h``, is
     grown by ``compute_bbox``'s rule to a square of side ``(1 + 2 * increase_area) * max(w, h)``
     about its centre, then moved inside the frame (side capped at ``min(H, W)``) instead of being
-    clipped - exactly :func:`talkhead.face.fomm_square_box`, the rule the inference crop uses, applied
+    clipped - exactly :func:`talkhead.crop.fomm_square_box`, the rule the inference crop uses, applied
     to the union.
 
     Args:
@@ -107,10 +108,10 @@ def fixed_crop_box(boxes: np.ndarray, frame_hw: tuple[int, int], *,
 def face_detector(landmarker, device: str, min_score: Optional[float]) -> Callable[[np.ndarray], np.ndarray]:
     """``detect(frame (H, W, 3) uint8) -> (k, 4)`` boxes of the confident faces in a frame.
 
-    ``landmarker`` is a backend name of :func:`talkhead.face.detect_faces` or a callable returning
-    :class:`talkhead.face.Face` objects. As for a still (:func:`talkhead.face.select_face`), faces
-    that are not confident (:func:`talkhead.face.is_confident` with ``min_score``) are dropped, and
-    each box is the detector box joined with the 68 landmarks (:func:`talkhead.face.face_extent`).
+    ``landmarker`` is a backend name of :func:`talkhead.landmarks.detect_faces` or a callable returning
+    :class:`talkhead.landmarks.Face` objects. As for a still (:func:`talkhead.landmarks.select_face`), faces
+    that are not confident (:func:`talkhead.landmarks.is_confident` with ``min_score``) are dropped, and
+    each box is the detector box joined with the 68 landmarks (:func:`talkhead.crop.face_extent`).
     """
     if callable(landmarker):
         fn = landmarker

@@ -25,10 +25,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Callable, Sequence
 
-from .errors import InputError, OutputError
+from .errors import ConfigError, InputError, OutputError
 
-__all__ = ["atomic_output", "check_output_path", "check_outputs", "check_input_file", "check_not_input", "sweep_stale_partials", "printable",
-           "AtomicOutput"]
+__all__ = ["atomic_output", "check_output_path", "check_outputs", "check_input_file", "check_not_input",
+           "sweep_stale_partials", "printable", "unexpected_reason", "AtomicOutput"]
 
 _TMP_MARK = ".partial"
 _PROBE_MARK = ".probe"
@@ -58,6 +58,15 @@ def _only_escapes(s: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
+
+
+def unexpected_reason(exc: BaseException) -> str:
+    """One printable line for an exception that is not a :class:`~talkhead.errors.TalkheadError` (a
+    bug, or a case not handled yet): its type and first message line (at most 300 characters), and a
+    pointer to ``--debug``."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return printable(f"unexpected error ({what}); rerun with --debug for the traceback")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -237,8 +246,6 @@ def read_yaml_config(path: str | os.PathLike, what: str):
         ConfigError: the file cannot be read, or is not valid YAML (both name the file).
     """
     import yaml
-
-    from .errors import ConfigError
 
     path = Path(path)
     try:

@@ -16,21 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .constants import DETECT_EVERY_S, MAX_DETECTIONS
+from .constants import DETECT_EVERY_S, DEVICES, MAX_DETECTIONS, PRECISIONS
 from .errors import InputError
-from .face import LANDMARKER_CHOICES as LANDMARKERS
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-"""``--device`` choices; ``auto`` = cuda > mps > cpu (see :func:`talkhead.devices.resolve_device`)."""
+from .landmarks import LANDMARKER_CHOICES as LANDMARKERS
 
 CROPS = ("auto", "none")
 """``--crop`` choices: ``auto`` crops around the face with FOMM's rule; ``none`` takes the image as a crop."""
 
 FRAMES = ("full", "crop")
 """``--frame`` choices: ``full`` = the whole photo with the face pasted back; ``crop`` = the renderer's square."""
-
-PRECISIONS = ("fp32", "fp16", "bf16")
-"""``--precision`` choices: the renderer's arithmetic (see :func:`talkhead.devices.check_precision`)."""
 
 DEFAULT_MAX_SIZE = 1920
 """``--max-size`` default: longest side of the output video, pixels."""
@@ -69,9 +63,9 @@ class AnimateOptions:
         models_dir: checkpoint directory; ``None`` -> ``$TALKHEAD_MODELS`` -> the platform cache dir.
         device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"`` or ``"mps"``.
         landmarker: 68-point landmark backend: ``"auto"`` (fan when its weights are cached or can be
-            fetched, else dlib with a note; :func:`talkhead.face.resolve_landmarker`), ``"fan"``
+            fetched, else dlib with a note; :func:`talkhead.landmarks.resolve_landmarker`), ``"fan"``
             (face-alignment) or ``"dlib"`` (offline). ``LANDMARKERS`` is
-            :data:`talkhead.face.LANDMARKER_CHOICES` (the backend registry).
+            :data:`talkhead.landmarks.LANDMARKER_CHOICES` (the backend registry).
         crop: ``"auto"`` crops around the detected face with FOMM's rule; ``"none"`` uses the whole
             image (it must already be a face crop framed like FOMM's VoxCeleb data).
         face_index: which face when several are found (0 = largest); ``None`` = largest confident.
@@ -233,7 +227,7 @@ class PreprocessOptions:
         detect_every_s: seconds between frames sampled for face detection.
         max_detections: at most this many sampled frames per video.
         min_face_fraction: skip unless the speaker's face is in at least this fraction of the samples.
-        min_score: detector score a face needs (``None``: its backend's, :func:`talkhead.face.confident_score`).
+        min_score: detector score a face needs (``None``: its backend's, :func:`talkhead.landmarks.confident_score`).
         batch_size: frames per keypoint-detector batch.
         retry_skipped: also retry videos an earlier run skipped.
         flush_every: rewrite the manifest after this many new clips.
@@ -282,5 +276,5 @@ class PreprocessOptions:
         return parse_shard(self.shard)
 
 
-__all__ = ["AnimateOptions", "ReenactOptions", "PreprocessOptions", "DEVICES", "LANDMARKERS", "CROPS", "FRAMES", "PRECISIONS", "DEFAULT_MAX_SIZE", "opt",
-           "same_as", "check_choice", "parse_shard"]
+__all__ = ["AnimateOptions", "ReenactOptions", "PreprocessOptions", "LANDMARKERS", "CROPS", "FRAMES", "DEFAULT_MAX_SIZE",
+           "opt", "same_as", "check_choice", "parse_shard"]

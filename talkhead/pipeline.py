@@ -91,8 +91,8 @@ class SourcePhoto:
         path: the file.
         image: ``(H, W, 3)`` uint8 RGB, EXIF-rotated; with ``frame="full"`` capped at ``max_size`` and
             even-sized (:meth:`Pipeline.photo`): the picture the video is made of.
-        crop: the :class:`talkhead.face.FaceCrop` at the renderer's frame size.
-        face: the chosen :class:`talkhead.face.Face` (its 68 landmarks in ``image`` pixels), ``None``
+        crop: the :class:`talkhead.crop.FaceCrop` at the renderer's frame size.
+        face: the chosen :class:`talkhead.landmarks.Face` (its 68 landmarks in ``image`` pixels), ``None``
             with ``crop="none"``.
     """
 
@@ -222,7 +222,7 @@ class Pipeline:
             interface); default: the registered ``fomm`` renderer loaded from the models directory.
         motion: a :class:`~talkhead.renderers.MotionGenerator`, ``motion(kp_source, logfbank,
             progress) -> kp_driving``; default: MS-Sync loaded from the models directory.
-        landmarker: a callable ``image (H, W, 3) uint8 -> list[talkhead.face.Face]``; default: the
+        landmarker: a callable ``image (H, W, 3) uint8 -> list[talkhead.landmarks.Face]``; default: the
             ``options.landmarker`` backend.
         log: receives one-line status messages (model loading, downloads).
         single_use: the pipeline makes one video (what ``talkhead animate`` and :func:`animate` do):
@@ -366,12 +366,12 @@ class Pipeline:
     # -- stages -------------------------------------------------------------------------------------
     def faces(self, image: np.ndarray) -> list:
         """The faces in an RGB image ``(H, W, 3)`` uint8, largest first: the given landmarker's, else the
-        ``options.landmarker`` backend's (:func:`talkhead.face.detect_faces`).
+        ``options.landmarker`` backend's (:func:`talkhead.landmarks.detect_faces`).
 
         Raises:
             LandmarkerUnavailableError: the backend cannot run.
         """
-        from .face import detect_faces
+        from .landmarks import detect_faces
 
         image = np.ascontiguousarray(image)
         if self.landmarker is not None:
@@ -381,7 +381,7 @@ class Pipeline:
 
     def find_face(self, image: np.ndarray, source: str = "image"):
         """``(FaceCrop, Face or None)``: the chosen face of ``image`` ``(H, W, 3)`` uint8
-        (:func:`talkhead.face.select_face` with ``options.face_index``) and its FOMM crop at the
+        (:func:`talkhead.landmarks.select_face` with ``options.face_index``) and its FOMM crop at the
         renderer's frame size; ``(no_crop, None)`` with ``crop="none"``.
 
         With ``frame="full"`` the square stays centred on the face at FOMM's size even where it leaves
@@ -391,7 +391,8 @@ class Pipeline:
         Raises:
             NoFaceError: no (confident) face, or ``face_index`` out of range.
         """
-        from .face import fomm_crop, no_crop, select_face
+        from .crop import fomm_crop, no_crop
+        from .landmarks import select_face
 
         if self.options.crop == "none":
             return no_crop(image, self.frame_size), None
@@ -399,13 +400,13 @@ class Pipeline:
         return fomm_crop(image, face, self.frame_size, pad=self.options.frame == "full"), face
 
     def face_crop(self, image: np.ndarray, source: str = "image"):
-        """The :class:`talkhead.face.FaceCrop` of :meth:`find_face`."""
+        """The :class:`talkhead.crop.FaceCrop` of :meth:`find_face`."""
         return self.find_face(image, source)[0]
 
     def landmark_backend(self) -> str:
         """``options.landmarker`` resolved once (``auto`` -> fan or dlib, with a log line on fallback)."""
         if self._backend is None:
-            from .face import resolve_landmarker
+            from .landmarks import resolve_landmarker
 
             self._backend, note = resolve_landmarker(self.options.landmarker, offline=self.options.offline)
             if note:
@@ -429,7 +430,7 @@ class Pipeline:
     def photo(self, image: np.ndarray, source: str = "image") -> np.ndarray:
         """The photo the video is made of: ``image`` ``(H, W, 3)`` uint8 as is for ``frame="crop"``; for
         ``frame="full"`` downscaled to ``max_size`` (longest side) and made even-sized for yuv420p by one
-        mirrored row/column (:func:`talkhead.compose.limit_size`, :func:`~talkhead.compose.even_size`).
+        mirrored row/column (:func:`talkhead.image.limit_size`, :func:`~talkhead.image.even_size`).
 
         Raises:
             InputError: ``max_size`` below the renderer's frame size, or a photo smaller than that frame in
@@ -437,7 +438,7 @@ class Pipeline:
         """
         if self.options.frame != "full":
             return image
-        from .compose import even_size, limit_size
+        from .image import even_size, limit_size
 
         size = self.frame_size
         if self.options.max_size < size:
@@ -450,13 +451,13 @@ class Pipeline:
         return even_size(limit_size(image, self.options.max_size))
 
     def prepare_photo(self, path: str | Path) -> SourcePhoto:
-        """Decode the photo (:func:`talkhead.face.load_image`), size it (:meth:`photo`) and find its face
+        """Decode the photo (:func:`talkhead.image.load_image`), size it (:meth:`photo`) and find its face
         (:meth:`find_face`); no model is loaded.
 
         Raises:
             InputError / ImageError / NoFaceError: bad photo.
         """
-        from .face import load_image
+        from .image import load_image
 
         path = Path(path)
         image = self.photo(load_image(path), source=str(path))

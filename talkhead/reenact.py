@@ -261,7 +261,7 @@ class VideoMotion:
         pipeline, size = run.pipeline, run.pipeline.frame_size
 
         def landmarks_of(image: np.ndarray) -> Optional[np.ndarray]:
-            from .face import select_face
+            from .landmarks import select_face
 
             try:
                 face = select_face(pipeline.faces(image))

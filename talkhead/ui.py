@@ -32,8 +32,9 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .constants import DEVICES
 from .errors import InputError, TalkheadError
-from .options import DEVICES, AnimateOptions
+from .options import AnimateOptions
 
 INSTALL_HINT = "pip install 'talkhead[ui]'"
 """The command that installs the page's dependencies (the ``ui`` extra: gradio)."""
@@ -149,7 +150,7 @@ class Animator:
         Raises:
             InputError: the base device is not available (before anything is served).
         """
-        from .face import get_landmarker
+        from .landmarks import get_landmarker
         from .pipeline import Pipeline
 
         if self._pipeline is None:  # a bad --device is the command line's error, not the page's
@@ -389,7 +390,7 @@ def _pass_unreadable_images(component):
     """Let an upload that Pillow cannot open reach the pipeline unchanged (returns ``component``).
 
     Gradio's image preprocessing opens every upload and fails with a generic error on a non-image;
-    passing the path through lets :func:`talkhead.face.load_image` raise the CLI's
+    passing the path through lets :func:`talkhead.image.load_image` raise the CLI's
     :class:`~talkhead.errors.ImageError` line instead. Done on the instance: a ``gr.Image`` subclass
     would make Gradio write a ``.pyi`` stub next to this module at import time.
     """

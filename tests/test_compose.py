@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 import skimage.data
 
-from talkhead import face as F
-from talkhead.compose import Compositor, even_size, limit_size, seam_metrics
-from talkhead.errors import InputError
+from talkhead import crop as C
+from talkhead.compose import Compositor, seam_metrics
+from talkhead.landmarks import Face
 
 ASTRO = skimage.data.astronaut()
 EXTENT = (175.0, 76.0, 273.0, 179.0)
 S = 256
 
 
-def _face(extent) -> F.Face:
+def _face(extent) -> Face:
     x0, y0, x1, y1 = extent
     pts = np.stack(np.meshgrid(np.linspace(x0 + 2, x1 - 3, 17), np.linspace(y0 + 2, y1 - 3, 4)), -1)
-    return F.Face(box=tuple(map(float, extent)), score=2.0, landmarks=pts.reshape(-1, 2)[:68].astype(np.float32),
+    return Face(box=tuple(map(float, extent)), score=2.0, landmarks=pts.reshape(-1, 2)[:68].astype(np.float32),
                   backend="dlib")
 
 
@@ -43,7 +43,7 @@ EDGE_CASES = {
 def _case(name):
     img, extent = EDGE_CASES[name]
     img = np.ascontiguousarray(img)
-    return img, F.fomm_crop(img, _face(extent), S, pad=True)
+    return img, C.fomm_crop(img, _face(extent), S, pad=True)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -72,7 +72,7 @@ def test_reflect_indices_match_opencv():
     img = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
     pad = 12                                                    # more than the image is wide/high
     ref = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REFLECT)
-    rows, cols = F._reflect_indices(-pad, 5 + pad, 5), F._reflect_indices(-pad, 7 + pad, 7)
+    rows, cols = C._reflect_indices(-pad, 5 + pad, 5), C._reflect_indices(-pad, 7 + pad, 7)
     np.testing.assert_array_equal(img[rows[:, None], cols[None, :]], ref)
 
 
@@ -88,19 +88,19 @@ def test_padded_crop_square_centred_and_mirrored(edge):
     # the crop is the reflect-padded photo's square, resized as FOMM's demo.py does
     p = 200
     padded = cv2.copyMakeBorder(img, p, p, p, p, cv2.BORDER_REFLECT)
-    want = F._crop_resize(padded, (x0 + p, y0 + p, x1 + p, y1 + p), S).crop
+    want = C._crop_resize(padded, (x0 + p, y0 + p, x1 + p, y1 + p), S).crop
     np.testing.assert_array_equal(fc.crop, want)
     # affine: crop corners -> the (partly outside) box corners
     np.testing.assert_allclose(fc.affine @ [-0.5, -0.5, 1.0], (x0 - 0.5, y0 - 0.5), atol=1e-9)
     np.testing.assert_allclose(fc.affine @ [S - 0.5, S - 0.5, 1.0], (x1 - 0.5, y1 - 0.5), atol=1e-9)
     # the default (pad=False) still shifts the square inside the image
-    inside = F.fomm_crop(img, _face(EDGE_CASES[edge][1]), S)
+    inside = C.fomm_crop(img, _face(EDGE_CASES[edge][1]), S)
     assert 0 <= inside.box[0] and 0 <= inside.box[1] and inside.box[2] <= w and inside.box[3] <= h
 
 
 def test_padded_crop_inside_image_is_the_plain_crop():
-    a = F.fomm_crop(ASTRO, _face(EXTENT), S, pad=True)
-    b = F.fomm_crop(ASTRO, _face(EXTENT), S)
+    a = C.fomm_crop(ASTRO, _face(EXTENT), S, pad=True)
+    b = C.fomm_crop(ASTRO, _face(EXTENT), S)
     assert a.box == b.box == (162, 66, 286, 190)
     np.testing.assert_array_equal(a.crop, b.crop)
 
@@ -248,7 +248,7 @@ def test_rotated_crop_general_warp():
     A[:, 2] = centre - A[:, :2] @ [(S - 1) / 2, (S - 1) / 2]
     crop = cv2.warpAffine(img, A, (S, S), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255
-    fc = F.FaceCrop(box=(162, 66, 286, 190), crop=crop, affine=A)
+    fc = C.FaceCrop(box=(162, 66, 286, 190), crop=crop, affine=A)
     comp = Compositor(img, fc)
     assert comp._resize_to is None and comp._interior is None
     out = comp.paste(crop[None])[0]
@@ -279,31 +279,6 @@ def test_bad_inputs(astro):
         Compositor(img, fc, colour="poisson")
     with pytest.raises(ValueError, match="photo"):
         Compositor(img.astype(np.float32), fc)
-    far = F._crop_resize(np.zeros((600, 600, 3), np.uint8), (550, 550, 600, 600), 32)
+    far = C._crop_resize(np.zeros((600, 600, 3), np.uint8), (550, 550, 600, 600), 32)
     with pytest.raises(ValueError, match="does not overlap"):
         Compositor(np.zeros((100, 100, 3), np.uint8), far)
-
-
-# ============================================================================== output size
-def test_limit_size():
-    img = np.zeros((600, 1000, 3), np.uint8)
-    img[:, 500:] = 200
-    small = limit_size(img, 500)
-    assert small.shape == (300, 500, 3)
-    assert small[:, :245].max() == 0 and small[:, 255:].min() == 200   # same content, no stretch
-    assert limit_size(img, 1000) is img and limit_size(img, None) is img
-    assert limit_size(np.zeros((1001, 333, 3), np.uint8), 100).shape == (100, 33, 3)
-    for bad in (0, 1, -5, 2.5, "100", True):
-        with pytest.raises(InputError, match="max-size"):
-            limit_size(img, bad)
-
-
-def test_even_size():
-    odd = np.ascontiguousarray(ASTRO[:511, :313])
-    even = even_size(odd)
-    assert even.shape == (512, 314, 3)
-    np.testing.assert_array_equal(even[:511, :313], odd)                   # nothing moved or cut
-    np.testing.assert_array_equal(even[511, :313], odd[510])               # one mirrored row
-    np.testing.assert_array_equal(even[:511, 313], odd[:, 312])            # one mirrored column
-    assert even_size(ASTRO) is ASTRO
-    assert even_size(np.ascontiguousarray(ASTRO[:, :301])).shape == (512, 302, 3)

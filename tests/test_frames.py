@@ -99,7 +99,7 @@ def decoded_codes(path: Path) -> np.ndarray:
 
 def whole_image(image):
     """A landmarker reporting the whole image as the face (the crop is then the image, resized)."""
-    from talkhead.face import Face
+    from talkhead.landmarks import Face
 
     h, w = image.shape[:2]
     return [Face(box=(0.0, 0.0, float(w), float(h)), score=0.99, landmarks=np.zeros((0, 2), np.float32),

@@ -301,7 +301,7 @@ def test_writer_thread_gives_the_frames_of_the_synchronous_path(tiny_models_dir,
     """Frames handed to the writer (pasted full frames, or uint8 crops) are identical either way."""
     from talkhead.audio import load_speech, logfbank
     from talkhead.compose import Compositor
-    from talkhead.face import load_image
+    from talkhead.image import load_image
 
     written = {}
     for threaded in (False, True):

@@ -98,3 +98,46 @@ def test_no_import_cycle_in_talkhead():
 @pytest.mark.parametrize("name", sorted(m for m in MODULES if m != "talkhead.__main__"))
 def test_every_module_imports(name):
     assert importlib.import_module(name).__name__ == name
+
+
+def _imports_anywhere(name: str) -> set[str]:
+    """Intra-package modules ``name`` imports anywhere in its file, inside functions too (a
+    function-level import is still an edge of the layering)."""
+    path = MODULES[name]
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    deps = set()
+    for imp in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(imp, ast.Import):
+            targets = [a.name for a in imp.names]
+        elif isinstance(imp, ast.ImportFrom):
+            base = package[:len(package) - imp.level + 1] if imp.level else []
+            mod = ".".join(base + ([imp.module] if imp.module else [])) if imp.level else imp.module
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in MODULES else mod for a in imp.names]
+        else:
+            continue
+        deps.update(t for t in targets if t in MODULES and t != name)
+    return deps
+
+
+LOW_LAYERS = {"talkhead.errors": set(), "talkhead.constants": set()}
+"""Layer-1 modules and what they may import of ours (nothing)."""
+
+FACE_STAGES = ["talkhead.image", "talkhead.crop", "talkhead.landmarks", "talkhead.landmarks.base",
+               "talkhead.landmarks.dlib", "talkhead.landmarks.fan"]
+"""Layer-3 photo stages: they may import layers 1-2 and each other, nothing above."""
+
+
+def test_lowest_layers_import_nothing_of_ours():
+    for name, allowed in LOW_LAYERS.items():
+        assert _imports_anywhere(name) <= allowed, name
+
+
+def test_devices_does_not_import_the_options():
+    assert "talkhead.options" not in _imports_anywhere("talkhead.devices")
+
+
+def test_photo_stages_import_only_lower_layers():
+    allowed = {"talkhead.errors", "talkhead.constants", "talkhead.progress", "talkhead.memory",
+               "talkhead.io", "talkhead.ffmpeg", "talkhead.checkpoints", *FACE_STAGES}
+    for name in FACE_STAGES:
+        assert _imports_anywhere(name) <= allowed, (name, _imports_anywhere(name) - allowed)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from talkhead.cli import app
 from talkhead.errors import InputError
-from talkhead.face import Face
+from talkhead.landmarks import Face
 from talkhead.keypoints import Keypoints
 from talkhead.options import AnimateOptions
 from talkhead.pipeline import Pipeline, held_batches, speech_keypoints

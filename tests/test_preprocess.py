@@ -231,7 +231,7 @@ def test_resume_does_not_redo_work(run_all, videos, tiny_fomm, tmp_path, monkeyp
 
     def landmarker(image):
         calls["faces"] += 1
-        from talkhead.face import detect_faces
+        from talkhead.landmarks import detect_faces
         return detect_faces(image, backend="dlib")
 
     report = pp.preprocess([videos["talk"].parent.parent], resumed, fomm=tiny_fomm, landmarker=landmarker)

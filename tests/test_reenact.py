@@ -201,7 +201,7 @@ def test_absolute_motion_uses_the_driving_keypoints(clips, centroid_fomm, tmp_pa
 
 
 def test_face_lost_mid_clip_does_not_stop_the_run(clips, tiny_fomm, tmp_path):
-    from talkhead.face import detect_faces
+    from talkhead.landmarks import detect_faces
 
     found = []
 

@@ -9,17 +9,17 @@ and ``logfbank (M, 26)``). Per video:
    :func:`talkhead.audio.load_speech`, then :func:`talkhead.audio.logfbank` - the very features
    inference feeds MS-Sync (100 rows per second).
 2. **Face track** (``crop="auto"``): frames sampled every ``detect_every_s`` seconds (at most
-   ``max_detections``, spread over the clip) go through :func:`talkhead.face.detect_faces` (which
+   ``max_detections``, spread over the clip) go through :func:`talkhead.landmarks.detect_faces` (which
    detects on a copy downscaled like FOMM's ``crop-video.py``). As for a still photo, only confident
-   faces count (:func:`talkhead.face.is_confident`) and a face's box is its detector box joined with
-   its 68 landmarks (:func:`talkhead.face.face_extent`). Boxes are grouped into tracks by IoU with
+   faces count (:func:`talkhead.landmarks.is_confident`) and a face's box is its detector box joined with
+   its 68 landmarks (:func:`talkhead.crop.face_extent`). Boxes are grouped into tracks by IoU with
    each track's first box (> 0.25, ``crop-video.py``'s ``iou_with_initial``); the track seen in most
    sampled frames is the speaker (ties: the larger face). If fewer than ``min_face_fraction`` of the
    sampled frames show that face, the clip is skipped.
 3. **Fixed crop** (:func:`fixed_crop_box`): the union of the track's boxes (``crop-video.py``'s
    "tube" ``join``), grown by the FOMM rule (``compute_bbox`` with ``increase_area = 0.1``: a square
    of side ``(1 + 2 * 0.1) * max(w, h)`` centred on the union), then moved - not cut - to lie inside
-   the frame (side capped at ``min(H, W)``): :func:`talkhead.face.fomm_square_box`, the inference
+   the frame (side capped at ``min(H, W)``): :func:`talkhead.crop.fomm_square_box`, the inference
    crop rule, applied to the union. The *same* box is used for every frame, so the head's motion
    within the clip is kept in the keypoints. ``crop="none"``: the video is already a face crop;
    whole frames are resized.
@@ -407,7 +407,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
             Otherwise ``fomm_config`` + ``fomm_checkpoint`` (official YAML + ``vox-adv-cpk.pth.tar``) are
             loaded, or else the models folder (``options.models_dir``, ``options.offline``) through
             ``talkhead.store``.
-        landmarker: a callable ``image (H, W, 3) uint8 -> faces`` (:class:`talkhead.face.Face`
+        landmarker: a callable ``image (H, W, 3) uint8 -> faces`` (:class:`talkhead.landmarks.Face`
             objects, or plain ``(x0, y0, x1, y1)`` boxes, which are used as they are) replacing the
             ``options.landmarker`` backend.
         root: folder clip ids are relative to (default: see :func:`list_videos`).
@@ -436,7 +436,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
     detect = None
     if crop == "auto":
         if landmarker is None:
-            from ..face import get_landmarker, resolve_landmarker
+            from ..landmarks import get_landmarker, resolve_landmarker
 
             backend, _ = resolve_landmarker(o.landmarker, offline=o.offline)
             get_landmarker(backend, device, offline=o.offline)  # fail fast (LandmarkerUnavailableError)
