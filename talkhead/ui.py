@@ -212,33 +212,21 @@ class Animator:
             TalkheadError: the message the CLI would print for the same input (upload paths shown
                 by file name only), the start-up load error, or a missing upload.
         """
-        if self.load_error is not None:
-            raise TalkheadError(self.load_error)
-        if not image:
-            raise InputError("no photo: drop a face photo (PNG, JPEG, WebP, BMP) first")
-        if not audio:
-            raise InputError("no speech: drop a speech file or record one first")
+        from .pipeline import SpeechMotion
+
+        self._check_uploads(image, audio, "no speech: drop a speech file or record one first")
         options = request_options(self.base, **choices)
-        with self._lock:
-            pipeline = self.pipeline_for(options)
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix="request-", dir=self.workdir) as work:
-                output = Path(work) / f"{Path(image).stem or 'talkhead'}-talking.mp4"
-                try:
-                    pipeline.animate(image, audio, output, progress=progress)
-                except TalkheadError as exc:
-                    exc.args = (_short_paths(str(exc), image, audio),)
-                    raise
-                return keep(output)
+        return self._render(image, SpeechMotion(audio), options, "talking", keep=keep, progress=progress)
 
     def run_reenact(self, photo: str | None, video: str | None, *, keep: Callable[[Path], str],
                     progress: Callable | None = None, relative: bool = True, find_best_frame: bool = False,
                     **choices) -> str:
         """Move the face in one uploaded photo like the face in an uploaded driving video; return the MP4.
 
-        :func:`talkhead.reenact.reenact` with :class:`~talkhead.options.ReenactOptions` built from the
-        command line's options and the page's choices, on the renderer loaded at start-up (FOMM
-        relative motion transfer; the MP4 keeps the driving video's frame rate and audio).
+        The same pipeline as :meth:`run` with a :class:`talkhead.reenact.VideoMotion` source and
+        :class:`~talkhead.options.ReenactOptions` built from the command line's options and the page's
+        choices, on the renderer loaded at start-up (FOMM relative motion transfer; the MP4 keeps the
+        driving video's frame rate and audio).
 
         Args:
             photo / video: paths of the uploaded files (``None`` = nothing uploaded).
@@ -252,27 +240,37 @@ class Animator:
             TalkheadError: as :meth:`run`.
         """
         from .options import ReenactOptions
-        from .reenact import load_reenact_pipeline, reenact
+        from .reenact import VideoMotion
 
+        self._check_uploads(photo, video, "no driving video: drop a video of a moving face first")
+        options = request_options(self.base, **choices)
+        common = {f.name: getattr(options, f.name) for f in dataclasses.fields(AnimateOptions)}
+        options = ReenactOptions(**common, relative=bool(relative), find_best_frame=bool(find_best_frame))
+        return self._render(photo, VideoMotion(video), options, "reenacted", keep=keep, progress=progress)
+
+    def _check_uploads(self, photo: str | None, driving: str | None, missing: str) -> None:
+        """The start-up load error, a missing photo, or a missing speech/video (``missing``), in that order."""
         if self.load_error is not None:
             raise TalkheadError(self.load_error)
         if not photo:
             raise InputError("no photo: drop a face photo (PNG, JPEG, WebP, BMP) first")
-        if not video:
-            raise InputError("no driving video: drop a video of a moving face first")
-        options = request_options(self.base, **choices)
-        common = {f.name: getattr(options, f.name) for f in dataclasses.fields(AnimateOptions)}
-        reenact_options = ReenactOptions(**common, relative=bool(relative), find_best_frame=bool(find_best_frame))
+        if not driving:
+            raise InputError(missing)
+
+    def _render(self, photo: str, motion, options: AnimateOptions, suffix: str, *, keep: Callable[[Path], str],
+                progress: Callable | None) -> str:
+        """One request through :meth:`talkhead.pipeline.Pipeline.run` on the loaded components, in a
+        per-request temporary folder; errors keep their type, with upload paths shortened to file names."""
+        uploads = (photo, *(path for path, _ in motion.inputs))
         with self._lock:
-            loaded = self._loaded_for(options.device)
-            pipeline = load_reenact_pipeline(reenact_options, renderer=loaded.renderer, log=self.log)
+            pipeline = self.pipeline_for(options)
             self.workdir.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix="request-", dir=self.workdir) as work:
-                output = Path(work) / f"{Path(photo).stem or 'talkhead'}-reenacted.mp4"
+                output = Path(work) / f"{Path(photo).stem or 'talkhead'}-{suffix}.mp4"
                 try:
-                    reenact(pipeline, photo, video, output, progress=progress)
+                    pipeline.run(photo, motion, output, keep_keypoints=False, progress=progress)
                 except TalkheadError as exc:
-                    exc.args = (_short_paths(str(exc), photo, video),)
+                    exc.args = (_short_paths(str(exc), *uploads),)
                     raise
                 return keep(output)
 
