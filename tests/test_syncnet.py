@@ -14,7 +14,8 @@ import torch
 
 from talkhead.errors import CheckpointError, InputError, StateDictMismatchError
 from talkhead.syncnet import (SyncNet, SyncNetConfig, distance_matrix, expected_layout, load_syncnet, mfcc,
-                              num_windows, pcm16_units, read_state_dict, score_clip, smooth_track, syncnet_crop)
+                              num_windows, pcm16_units, read_state_dict, score_clip, smooth_track, syncnet_crop,
+                              crop_track)
 from talkhead.syncnet.layout import check_state_dict
 from talkhead.syncnet.scoring import VSHIFT, audio_windows, video_windows
 
@@ -196,6 +197,8 @@ def test_distance_matrix_against_a_loop():
             a = audio[i + j - 4] if 0 <= i + j - 4 < 23 else torch.zeros(7)
             want[i, j] = torch.linalg.vector_norm(video[i] - a + 1e-6)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    same = distance_matrix(video, video, vshift=0)  # pairwise_distance's eps: ||0 + 1e-6|| over 7 dims
+    torch.testing.assert_close(same, torch.full((23, 1), 7 ** 0.5 * 1e-6), rtol=1e-3, atol=0)
 
 
 def test_windows_layout():
@@ -386,3 +389,16 @@ def test_smooth_track_removes_a_one_frame_jump():
     smoothed = smooth_track(boxes)
     assert smoothed.shape == (30, 3)
     np.testing.assert_allclose(smoothed[6:24], np.tile([70.0, 90.0, 40.0], (18, 1)))
+
+
+def test_crop_track_crops_each_frame_at_its_smoothed_box():
+    frames = np.stack([_coordinate_frame()] * 20)
+    frames[:, :, :, 2] = np.arange(20)[:, None, None]
+    boxes = np.tile([60.0, 50.0, 120.0, 110.0], (20, 1)) + np.arange(20)[:, None]
+    crops = crop_track(frames, boxes)
+    track = smooth_track(boxes)
+    assert crops.shape == (20, 224, 224, 3)
+    for t in (0, 9, 19):
+        np.testing.assert_array_equal(crops[t], syncnet_crop(frames[t], *track[t]))
+    with pytest.raises(ValueError, match="19 frames but 20 boxes"):
+        crop_track(frames[:19], boxes)

@@ -12,7 +12,7 @@ Modules: :mod:`.model` (the network), :mod:`.layout` (expected keys and shapes),
 distances, scores), :mod:`.crop` (the reference's face crop rule).
 """
 from .checkpoint import load_syncnet, read_state_dict
-from .crop import CROP_SCALE, smooth_track, syncnet_crop
+from .crop import CROP_SCALE, crop_track, smooth_track, syncnet_crop
 from .layout import expected_layout
 from .mfcc import mfcc, pcm16_units
 from .model import SyncNet, SyncNetConfig
@@ -20,7 +20,7 @@ from .scoring import (VSHIFT, EmbeddingModel, SyncScores, distance_matrix, embed
                       sync_scores)
 
 __all__ = [
-    "CROP_SCALE", "VSHIFT", "EmbeddingModel", "SyncNet", "SyncNetConfig", "SyncScores", "distance_matrix",
+    "CROP_SCALE", "VSHIFT", "crop_track", "EmbeddingModel", "SyncNet", "SyncNetConfig", "SyncScores", "distance_matrix",
     "embed_windows", "expected_layout", "load_syncnet", "mfcc", "num_windows", "pcm16_units", "read_state_dict",
     "score_clip", "smooth_track", "sync_scores", "syncnet_crop",
 ]

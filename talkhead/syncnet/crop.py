@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import medfilt
 
-__all__ = ["CROP_SCALE", "PAD_VALUE", "SMOOTH_KERNEL", "smooth_track", "syncnet_crop"]
+__all__ = ["CROP_SCALE", "PAD_VALUE", "SMOOTH_KERNEL", "crop_track", "smooth_track", "syncnet_crop"]
 
 CROP_SCALE = 0.4
 """The reference's ``--crop_scale``: the crop's half-side is ``s (1 + CROP_SCALE)``."""
@@ -91,3 +91,25 @@ def syncnet_crop(frame: np.ndarray, x: float, y: float, s: float, crop_scale: fl
         raise ValueError(f"syncnet_crop: the box centred at ({x:.1f}, {y:.1f}) with half-size {s:.1f} lies "
                          f"outside the {img.shape[1]}x{img.shape[0]} frame")
     return cv2.resize(face, (size, size))
+
+
+def crop_track(frames, boxes: np.ndarray, crop_scale: float = CROP_SCALE) -> np.ndarray:
+    """The SyncNet crops of a face track (the reference ``crop_video`` without its video file).
+
+    Args:
+        frames: ``T`` frames ``(H, W, 3)`` uint8 (an array ``(T, H, W, 3)`` or a sequence), RGB for
+            :func:`talkhead.syncnet.scoring.score_clip`.
+        boxes: ``(T, 4)`` face boxes ``(x1, y1, x2, y2)``, one per frame (missing detections already
+            filled in, e.g. interpolated as the reference does).
+        crop_scale: see :func:`syncnet_crop`.
+
+    Returns:
+        ``(T, 224, 224, 3)`` uint8: :func:`syncnet_crop` of each frame at its :func:`smooth_track` row.
+
+    Raises:
+        ValueError: a frame count other than the box count, or the errors of the two functions.
+    """
+    track = smooth_track(boxes)
+    if len(frames) != track.shape[0]:
+        raise ValueError(f"crop_track: {len(frames)} frames but {track.shape[0]} boxes")
+    return np.stack([syncnet_crop(frame, x, y, s, crop_scale) for frame, (x, y, s) in zip(frames, track)])

@@ -75,7 +75,7 @@ class EmbeddingModel(Protocol):
         """``(B, 1, 13, 20)`` float32 -> ``(B, E)``."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SyncScores:
     """Lip-sync scores of one clip.
 

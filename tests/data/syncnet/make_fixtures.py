@@ -2,7 +2,7 @@
 
 The reference is ``syncnet-python`` 0.2.3 from PyPI (joonson/syncnet_python's ``SyncNetModel.S`` and
 ``SyncNetInstance.evaluate``, device-agnostic), run unchanged on a real clip: 44 frames cut from
-``skimage.data.astronaut()`` with seeded jitter, and 1.69 s of real speech (``tests/data/audio/speech_16k.wav``),
+``skimage.data.astronaut()`` with seeded jitter, and 1.70 s of real speech (``tests/data/audio/speech_16k.wav``),
 with seeded random weights in the released ``syncnet_v2.model`` layout (:func:`seeded_state_dict`).
 The values the tests compare are recorded by wrapping the reference's ``python_speech_features.mfcc``,
 ``S.forward_lip``/``forward_aud``, ``calc_pdist`` and ``signal.medfilt`` (the per-frame confidence
@@ -16,8 +16,9 @@ Run it in a scratch environment, outside the repository (talkhead itself is not 
         ffmpeg-python future 'scenedetect>=0.6,<0.7'
     /tmp/syncref/venv/bin/python tests/data/syncnet/make_fixtures.py
 
-The tests import :func:`seeded_state_dict` and :func:`parity_frames` from this file to rebuild the
-same weights and frames (torch's and numpy's seeded generators are stable across versions).
+The tests import :func:`seeded_state_dict`, :func:`parity_frames`, :class:`LevelCode` and
+:func:`level_frames` from this file to rebuild the same weights, frames and injected model (torch's and
+numpy's seeded generators are stable across versions).
 """
 from __future__ import annotations
 
