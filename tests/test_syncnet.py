@@ -303,6 +303,24 @@ def test_layout_mismatch_is_refused(tmp_path, tiny_weights, case):
     assert (case if case in ("missing", "unexpected", "wrong shape") else "missing") in first
 
 
+def test_widths_read_from_the_file(tmp_path, tiny_weights):
+    """infer_widths: a tiny file in the released key layout loads without naming its config; the
+    default (released widths) refuses it; widths inferred, the rest is still checked strictly."""
+    path = _save(_without_counters(tiny_weights), tmp_path / "tiny.model")
+    assert SyncNetConfig.from_state_dict(tiny_weights) == TINY
+    with torch.device("meta"):
+        assert SyncNetConfig.from_state_dict(SyncNet().state_dict()) == SyncNetConfig.released()
+    assert load_syncnet(path, infer_widths=True).config == TINY
+    with pytest.raises(StateDictMismatchError, match="wrong shape"):
+        load_syncnet(path)
+    broken = dict(tiny_weights, **{"netcnnlip.5.weight": torch.ones(9)})
+    with pytest.raises(StateDictMismatchError, match="netcnnlip.5.weight"):
+        load_syncnet(_save(broken, tmp_path / "broken.model"), infer_widths=True)
+    gone = {k: v for k, v in tiny_weights.items() if k != "netfcaud.3.weight"}
+    with pytest.raises(StateDictMismatchError, match="netfcaud.3.weight is missing"):
+        read_state_dict(_save(gone, tmp_path / "gone.model"), infer_widths=True)
+
+
 def test_not_a_state_dict(tmp_path):
     with pytest.raises(StateDictMismatchError) as info:
         read_state_dict(_save([torch.zeros(2)], tmp_path / "list.model"), TINY)

@@ -24,7 +24,7 @@ Source: https://github.com/joonson/syncnet_python ``SyncNetModel.py`` (MIT), rea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -66,6 +66,27 @@ class SyncNetConfig:
         weights): channels 8-32, hidden 32, 16-d embeddings."""
         return cls(audio_channels=(8, 16, 16, 16, 16, 32), lip_channels=(8, 16, 16, 16, 16, 32), hidden=32,
                    embed_dim=16)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, Any]) -> "SyncNetConfig":
+        """The widths a state dict in the released key layout was saved with, read from the shapes of
+        its conv and linear weights (a tiny test file, or the release: :meth:`released`). Only those
+        10 tensors are read; a strict check against the returned config checks the rest.
+
+        Raises:
+            ValueError: a weight it reads is missing or not a tensor of the expected rank.
+        """
+        def out_width(key: str, rank: int) -> int:
+            value = state_dict.get(key) if isinstance(state_dict, Mapping) else None
+            shape = getattr(value, "shape", None)
+            if shape is None or len(shape) != rank:
+                raise ValueError(f"cannot read SyncNet widths: {key} is missing or not a {rank}-d tensor")
+            return int(shape[0])
+
+        convs = (0, 4, 8, 11, 14, 18)
+        return cls(audio_channels=tuple(out_width(f"netcnnaud.{i}.weight", 4) for i in convs),
+                   lip_channels=tuple(out_width(f"netcnnlip.{i}.weight", 5) for i in convs),
+                   hidden=out_width("netfcaud.0.weight", 2), embed_dim=out_width("netfcaud.3.weight", 2))
 
     def __post_init__(self) -> None:
         for name in ("audio_channels", "lip_channels"):
