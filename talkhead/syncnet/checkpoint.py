@@ -9,8 +9,8 @@ dict with exactly the released keys and shapes (BatchNorm counters optional, see
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
