@@ -23,7 +23,7 @@ from .verification import CORRUPT, MISSING, PACKAGED, UNVERIFIED, VERIFIED, Mode
 def _fetch_checked(spec: ModelSpec, f: ModelFile, srcs: Sequence[Source], pins: Sequence[Pin],
                    group: Mapping[str, Path], transfers: Transfers, say: Callable[[str], None]) -> Accepted:
     """Try ``srcs`` in order until one gives a file that matches a pin (when ``pins``) and passes
-    :func:`check_layout` with ``group``.
+    :func:`~talkhead.store.check_layout` with ``group``.
 
     Raises:
         FileFailed: every source failed (attempts with reasons; the first exception as cause).
@@ -94,10 +94,10 @@ def download(names: str | Iterable[str] | None = None, models_dir: str | os.Path
     """Fetch the checkpoints of ``names`` (default: all), check and record them.
 
     Per model: files already ``verified`` are kept (unless ``force``); ``unverified`` ones are
-    first checked and recorded instead of downloaded (:func:`register_local`); the rest are
+    first checked and recorded instead of downloaded (:func:`~talkhead.store.register_local`); the rest are
     downloaded, config first. For each file the sources are tried in order (the registry's, then
     ``<mirror>/<relpath>``) until one gives a file that matches a pin (when the file has pins)
-    and passes :func:`check_layout`; rejected copies are deleted at once. Only when every needed
+    and passes :func:`~talkhead.store.check_layout`; rejected copies are deleted at once. Only when every needed
     file of a model is accepted are they moved into place and recorded; the packaged FOMM YAML is
     copied in along. Every model is attempted. A failure leaves no partial file, no staging folder
     and no empty model folder, also on Ctrl-C.
@@ -106,8 +106,8 @@ def download(names: str | Iterable[str] | None = None, models_dir: str | os.Path
         names: ``"fomm"``, ``"mssync"``, ``"smac"``, a list of them, or ``None`` for the default
             models (:func:`~talkhead.store.registry.default_models`, what ``animate`` needs). SMAC's
             weights have no download source (a browser share): they come from ``mirror`` or are
-            installed with :func:`install_from`; otherwise it fails with the by-hand instructions.
-        models_dir: destination, resolved with :func:`resolve_models_dir` (created if needed).
+            installed with :func:`~talkhead.store.install_from`; otherwise it fails with the by-hand instructions.
+        models_dir: destination, resolved with :func:`~talkhead.store.resolve_models_dir` (created if needed).
         mirror: base URL tried last for every file (default ``$TALKHEAD_MIRROR``).
         sources: ``{relpath: [Source, ...]}`` replacing the registry's sources of those files.
         pins: ``{relpath: [Pin, ...]}`` replacing the registry's pins of those files.
@@ -201,7 +201,7 @@ def ensure_models(models_dir: str | os.PathLike | None = None, *, names: str | I
     one once.
 
     Args:
-        models_dir: resolved with :func:`resolve_models_dir`.
+        models_dir: resolved with :func:`~talkhead.store.resolve_models_dir`.
         names: the models to check (``None``: :func:`~talkhead.store.registry.default_models`, what ``animate`` needs); a
             renderer's are in its registry entry (``talkhead.renderers``, ``store_names``).
         offline: never touch the network.

@@ -102,17 +102,17 @@ def register_local(models_dir: str | os.PathLike | None = None, *, names: str | 
     """Check and record files already in place (put there by hand, or replaced on purpose).
 
     For each model, every present file that is ``unverified`` (and, with ``accept_changed``, every
-    ``corrupt`` one: a file changed since it was recorded) is checked (:func:`check_layout`)
+    ``corrupt`` one: a file changed since it was recorded) is checked (:func:`~talkhead.store.check_layout`)
     together with its partner; if that passes, its sha256, size, mtime and matching pin (if any)
     are recorded (``how: "register"``). The packaged FOMM config is copied into place when the
     checkpoint is there. Files that fail stay unrecorded and are returned as ``corrupt`` with the
     reason; nothing is raised for them.
 
     Args:
-        models_dir: resolved with :func:`resolve_models_dir`.
+        models_dir: resolved with :func:`~talkhead.store.resolve_models_dir`.
         names: model names or ``None``: the default models and every optional one with a file there.
         accept_changed: also re-record files whose bytes differ from the record (the explicit
-            "I replaced it" action). :func:`ensure_models` passes ``False``.
+            "I replaced it" action). :func:`~talkhead.store.ensure_models` passes ``False``.
         pins: known-good copies per relpath, replacing the registry's (tests).
 
     Returns:
@@ -179,14 +179,14 @@ def install_from(source: str | os.PathLike | Iterable[str | os.PathLike],
     ``DIR/checkpoint/model_chkpt.pt``); in a list of files by file name. SMAC's config override is
     taken only from ``DIR/smac/config.yml`` (or given by path), and without ``names`` SMAC is
     considered only when one of its weight files is found. Per model the found files
-    are copied into a staging folder, checked (:func:`check_layout`) with their partners (present or
+    are copied into a staging folder, checked (:func:`~talkhead.store.check_layout`) with their partners (present or
     copied along; the FOMM and SMAC configs fall back to the packaged ones), and only then moved into place
     and recorded (``how: "install"``, with the pin they match, if any: a hand-installed file need
     not match one). A model that fails leaves the directory as it was.
 
     Args:
         source: a folder, one file, or several files.
-        models_dir: the destination, resolved with :func:`resolve_models_dir`.
+        models_dir: the destination, resolved with :func:`~talkhead.store.resolve_models_dir`.
         names: restrict to these models (default: every model with a file in ``source``).
         pins: known-good copies per relpath, replacing the registry's (tests).
 
