@@ -272,7 +272,7 @@ class Pipeline:
         """
         if self._renderer is not None and (self._motion is not None or not motion):
             return self
-        from .store import ensure_models, model_paths
+        from .store import ensure_models, model_dir
 
         self.log(f"loading models from {self.models_dir}")
         entry = get_renderer(self.options.renderer)
@@ -285,7 +285,7 @@ class Pipeline:
         if load_motion:
             from .mssync import MSSyncMotion, load_mssync
 
-            self._motion = MSSyncMotion(load_mssync(model_paths(self.models_dir).mssync_dir, device=self.device))
+            self._motion = MSSyncMotion(load_mssync(model_dir(self.models_dir, "mssync"), device=self.device))
             self._owns_motion = True
         return self
 

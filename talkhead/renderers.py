@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, runtime_checkable
 
 from .errors import InputError
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from .store import ModelSpec
 
 
 @runtime_checkable
@@ -51,11 +54,15 @@ class RendererEntry:
         summary: one line for ``--help`` and ``doctor``.
         num_kp: keypoints per set in its motion space (FOMM vox-adv: 10).
         store_names: the checkpoint-store model names its files belong to (``talkhead download NAME``).
+            The files are located with :func:`talkhead.store.model_file` / :func:`talkhead.store.model_dir`.
         load: ``load(models_dir: Path, device: torch.device, options) -> Renderer`` (files already ensured).
         frame_size: ``frame_size(models_dir) -> int``, the crop side in pixels, read from config without
             loading any checkpoint (so inputs can be cropped and checked before models load).
         audio_driven: whether the released MS-Sync generator drives it (same keypoint space).
         licence: a short licence note (shown where it restricts use).
+        models: store models this renderer brings (:class:`talkhead.store.ModelSpec`, each named in
+            ``store_names``): :func:`register_renderer` registers them with the store, so a new
+            renderer is one module and this one entry; the built-in models need none.
     """
 
     name: str
@@ -66,15 +73,62 @@ class RendererEntry:
     frame_size: Callable[[Optional[Path]], int] = lambda models_dir: 256
     audio_driven: bool = True
     licence: str = ""
+    models: tuple["ModelSpec", ...] = ()
 
 
 _RENDERERS: dict[str, RendererEntry] = {}
 
 
 def register_renderer(entry: RendererEntry) -> RendererEntry:
-    """Add (or replace) a renderer under ``entry.name``."""
+    """Add (or replace) a renderer under ``entry.name``, with the store models it brings
+    (``entry.models``, :func:`talkhead.store.register_model`; a replaced entry's own models are
+    unregistered first).
+
+    Raises:
+        ValueError: a model in ``entry.models`` is not named in ``entry.store_names``, or another
+            model of its name is registered.
+    """
+    stray = [m.name for m in entry.models if m.name not in entry.store_names]
+    if stray:
+        raise ValueError(f"renderer {entry.name!r} brings model(s) {', '.join(stray)} not in its store_names")
+    old = _RENDERERS.get(entry.name)
+    _swap_models(old.models if old is not None else (), entry.models)
     _RENDERERS[entry.name] = entry
     return entry
+
+
+def unregister_renderer(name: str) -> RendererEntry:
+    """Remove renderer ``name`` and the store models it brought (files on disk are left alone).
+
+    Raises:
+        InputError: no renderer of that name.
+    """
+    entry = get_renderer(name)
+    _swap_models(entry.models, ())
+    del _RENDERERS[name]
+    return entry
+
+
+def _swap_models(old: tuple["ModelSpec", ...], new: tuple["ModelSpec", ...]) -> None:
+    """Unregister the store models ``old`` and register ``new``; on a conflict nothing changes."""
+    if not old and not new:
+        return
+    from .store import REGISTRY, register_model, unregister_model
+
+    for spec in old:
+        unregister_model(spec.name)
+    added = []
+    try:
+        for spec in new:
+            if spec.name not in REGISTRY:
+                added.append(spec)
+            register_model(spec)
+    except ValueError:
+        for spec in added:
+            unregister_model(spec.name)
+        for spec in old:
+            register_model(spec)
+        raise
 
 
 def renderer_names() -> tuple[str, ...]:
@@ -95,18 +149,17 @@ def get_renderer(name: str) -> RendererEntry:
 
 def _load_fomm(models_dir: Path, device, options) -> Renderer:
     from .fomm import load_fomm
-    from .store import model_paths
+    from .store import model_file
 
-    paths = model_paths(models_dir)
-    return load_fomm(paths.fomm_config, paths.fomm_checkpoint, device=device,
-                     align_corners=getattr(options, "align_corners", True))
+    return load_fomm(model_file(models_dir, "fomm", "config"), model_file(models_dir, "fomm", "checkpoint"),
+                     device=device, align_corners=getattr(options, "align_corners", True))
 
 
 def _fomm_frame_size(models_dir: Optional[Path]) -> int:
     from .fomm import FOMMConfig, default_config_path
-    from .store import model_paths
+    from .store import model_file
 
-    config = model_paths(models_dir).fomm_config if models_dir is not None else None
+    config = model_file(models_dir, "fomm", "config") if models_dir is not None else None
     return FOMMConfig.from_yaml(config if config is not None and config.is_file() else default_config_path()).frame_size
 
 
@@ -119,24 +172,24 @@ register_renderer(RendererEntry(
 def _load_smac(models_dir: Path, device, options) -> Renderer:
     from .errors import CheckpointError
     from .smac import default_config_path, load_smac
-    from .store import model_paths
+    from .store import model_file
 
-    paths = model_paths(models_dir)
-    missing = [str(p) for p in (paths.smac_generator, paths.smac_motion_estimator) if not p.is_file()]
+    config, generator, motion_estimator = (model_file(models_dir, "smac", key)
+                                           for key in ("config", "generator", "motion_estimator"))
+    missing = [str(p) for p in (generator, motion_estimator) if not p.is_file()]
     if missing:
         raise CheckpointError(f"SMAC weights missing: {', '.join(missing)}; download them by hand from the authors' "
                               "OneDrive (models/smac.md) and run `talkhead download smac --from-dir FOLDER` "
                               "(licence: CC BY-NC 4.0, non-commercial)")
-    config = paths.smac_config if paths.smac_config.is_file() else default_config_path()
-    return load_smac(config, paths.smac_generator, paths.smac_motion_estimator, device=device)
+    config = config if config.is_file() else default_config_path()
+    return load_smac(config, generator, motion_estimator, device=device)
 
 
 def _smac_frame_size(models_dir: Optional[Path]) -> int:
     from .smac import SMACConfig, default_config_path
+    from .store import model_file
 
-    from .store import model_paths
-
-    config = model_paths(models_dir).smac_config if models_dir is not None else None
+    config = model_file(models_dir, "smac", "config") if models_dir is not None else None
     return int(SMACConfig.from_yaml(config if config is not None and config.is_file() else default_config_path()).frame_size)
 
 
@@ -146,4 +199,5 @@ register_renderer(RendererEntry(
     licence="CC BY-NC 4.0 code and weights, NTU S-Lab licence parts: non-commercial use only (models/smac.md)"))
 
 
-__all__ = ["Renderer", "MotionGenerator", "RendererEntry", "register_renderer", "renderer_names", "get_renderer"]
+__all__ = ["Renderer", "MotionGenerator", "RendererEntry", "register_renderer", "unregister_renderer", "renderer_names",
+           "get_renderer"]

@@ -24,7 +24,7 @@ from talkhead.smac import SMACConfig
 from talkhead.store import CORRUPT, MISSING, PACKAGED, VERIFIED, install_from, read_store_manifest, verify
 from test_smac import DATA, rule_state_dict
 
-G, ME, CFG = store.SMAC_GENERATOR, store.SMAC_MOTION_ESTIMATOR, store.SMAC_CONFIG
+G, ME, CFG = (store.REGISTRY["smac"].file(key).relpath for key in ("generator", "motion_estimator", "config"))
 SMAC_FILES = [CFG, G, ME]
 
 
@@ -70,11 +70,11 @@ def smac_states(root: Path) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ registry
 def test_registry_entry_and_layouts_are_the_released_ones():
     spec = store.REGISTRY["smac"]
-    assert spec.optional and "non-commercial" in spec.notice and "smac" not in store.DEFAULT_MODELS
+    assert spec.optional and "non-commercial" in spec.notice and "smac" not in store.default_models()
     assert [f.relpath for f in spec.files] == SMAC_FILES
     for f in spec.checkpoints:  # no download source: a browser share, recorded for the by-hand message
-        assert f.sources == () and f.pins == () and f.by_hand == store.SMAC_SHARE
-    assert spec.file("checkpoint").entries == (("params_ema", "params"),)
+        assert f.sources == () and f.pins == () and f.by_hand == store.builtin.SMAC_SHARE
+    assert spec.file("generator").entries == (("params_ema", "params"),)
     # the store's full-size listings are the official key/shape lists (keys-full.json, cut into tests/data)
     import gzip
     import json
@@ -93,7 +93,7 @@ def test_smac_is_not_part_of_the_default_set(tmp_path):
     or doctor never asks for them."""
     root = tmp_path / "models"
     assert not any(rel.startswith("smac/") for rel in verify(root))
-    assert store.model_paths(root).smac_generator == root / G
+    assert store.model_file(root, "smac", "generator") == root / G
 
 
 # ------------------------------------------------------------------------------------------ install by hand
@@ -198,8 +198,7 @@ def test_hand_placed_files_are_recorded_on_first_use(tmp_path, released, package
         shutil.copyfile(released[rel], root / rel)
     assert smac_states(root) == {CFG: PACKAGED, G: "unverified", ME: "unverified"}
     logs: list[str] = []
-    paths = store.ensure_models(root, names="smac", offline=True, log=logs.append)
-    assert paths.smac_generator == root / G
+    assert store.ensure_models(root, names="smac", offline=True, log=logs.append) == root
     assert smac_states(root) == {CFG: VERIFIED, G: VERIFIED, ME: VERIFIED}
     assert read_store_manifest(root)[G]["how"] == "register"
     assert not (root / "fomm").exists() and not (root / "mssync").exists()  # only what was asked for
@@ -210,7 +209,7 @@ def test_offline_missing_names_the_share_and_the_install_command(tmp_path):
     with pytest.raises(DownloadError) as info:
         store.ensure_models(tmp_path / "models", names="smac", offline=True)
     message = str(info.value)
-    assert store.SMAC_SHARE in message and "talkhead download smac --from-dir FOLDER" in message
+    assert store.builtin.SMAC_SHARE in message and "talkhead download smac --from-dir FOLDER" in message
     assert "with network" not in message  # no network would help
     assert not (tmp_path / "models").exists()
 

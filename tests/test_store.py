@@ -224,11 +224,15 @@ def test_mirror_resolution(monkeypatch):
         store.resolve_mirror("/mnt/share/models")
 
 
-def test_model_paths_layout(tmp_path):
-    paths = store.model_paths(tmp_path)
-    assert paths.fomm_config == tmp_path / "fomm" / "vox-adv-256.yaml"
-    assert paths.fomm_checkpoint == tmp_path / "fomm" / "vox-adv-cpk.pth.tar"
-    assert paths.mssync_dir == tmp_path / "mssync"
+def test_model_file_and_dir_layout(tmp_path):
+    assert store.model_file(tmp_path, "fomm", "config") == tmp_path / "fomm" / "vox-adv-256.yaml"
+    assert store.model_file(tmp_path, "fomm", "checkpoint") == tmp_path / "fomm" / "vox-adv-cpk.pth.tar"
+    assert store.model_dir(tmp_path, "mssync") == tmp_path / "mssync"
+    assert store.model_file(tmp_path, "mssync", "checkpoint") == tmp_path / "mssync" / "model_chkpt.pt"
+    with pytest.raises(InputError, match="'generator'.*config, checkpoint"):
+        store.model_file(tmp_path, "fomm", "generator")
+    with pytest.raises(InputError, match="'vox'"):
+        store.model_dir(tmp_path, "vox")
 
 
 def test_unknown_model_name(tmp_path):
@@ -308,8 +312,8 @@ def test_hash_once_per_process(tmp_path, tiny_sources, monkeypatch):
     register_local(root)
     store.clear_hash_memo()  # a new process
     calls = []
-    real = store.file_digests
-    monkeypatch.setattr(store, "file_digests", lambda p, algos=("sha256",): calls.append(Path(p)) or real(p, algos))
+    real = store.manifest.file_digests
+    monkeypatch.setattr(store.manifest, "file_digests", lambda p, algos=("sha256",): calls.append(Path(p)) or real(p, algos))
     assert states(verify(root)) == dict.fromkeys(ALL, VERIFIED)
     assert sorted(calls) == sorted(root / rel for rel in ALL)  # first use: every file hashed
     calls.clear()
@@ -464,11 +468,10 @@ def test_ensure_models_ready_dir_hashes_once(tmp_path, tiny_sources, no_gdown, m
     root = arrange(tmp_path, tiny_sources)
     register_local(root)
     store.clear_hash_memo()
-    paths = ensure_models(root)  # first use in this process: hashed
-    assert paths == store.model_paths(root)
-    monkeypatch.setattr(store, "file_digests", lambda *a: pytest.fail("hashed twice in one process"))
-    monkeypatch.setattr(store, "load_checkpoint", lambda *a: pytest.fail("a recorded file must not be loaded"))
-    assert ensure_models(root) == paths
+    assert ensure_models(root) == root  # first use in this process: hashed
+    monkeypatch.setattr(store.manifest, "file_digests", lambda *a: pytest.fail("hashed twice in one process"))
+    monkeypatch.setattr(store.checks, "load_checkpoint", lambda *a: pytest.fail("a recorded file must not be loaded"))
+    assert ensure_models(root) == root
 
 
 def test_ensure_models_offline_missing(tmp_path, tiny_sources, no_gdown):
@@ -480,7 +483,7 @@ def test_ensure_models_offline_missing(tmp_path, tiny_sources, no_gdown):
     msg = str(err.value)
     assert "\n" not in msg
     for text in ("--offline", "mssync/model_chkpt.pt", "mssync/args", str(root),
-                 "https://drive.google.com/drive/folders/" + store.MSSYNC_DRIVE_FOLDER, "--from-dir"):
+                 "https://drive.google.com/drive/folders/" + store.builtin.MSSYNC_DRIVE_FOLDER, "--from-dir"):
         assert text in msg
     assert "vox-adv-cpk" not in msg  # only what is missing
     assert files_under(root) == before
@@ -514,9 +517,9 @@ def test_ensure_models_read_only_dir(tmp_path, tiny_sources, no_gdown, monkeypat
     def read_only(root, updates):
         raise CheckpointError(f"cannot write {root / 'manifest.json'}: Read-only file system")
 
-    monkeypatch.setattr(store, "_write_manifest", read_only)
+    monkeypatch.setattr(store.install, "write_manifest", read_only)
     logs = []
-    assert ensure_models(root, offline=True, log=logs.append) == store.model_paths(root)
+    assert ensure_models(root, offline=True, log=logs.append) == root
     assert any("cannot be recorded" in line and "Read-only" in line for line in logs)
     assert not (root / "manifest.json").exists()
 
@@ -611,7 +614,7 @@ def test_mirror_serves_the_models_directory_layout(tmp_path, tiny_sources, serve
     # the same through $TALKHEAD_MIRROR, via ensure_models (what animate calls)
     root2 = tmp_path / "models2"
     monkeypatch.setenv(store.MIRROR_ENV, server.url("/cache/talkhead"))
-    assert ensure_models(root2, sources=no_public, pins=tiny_pins(tiny_sources)) == store.model_paths(root2)
+    assert ensure_models(root2, sources=no_public, pins=tiny_pins(tiny_sources)) == root2
     assert states(verify(root2)) == dict.fromkeys(ALL, VERIFIED)
 
 
@@ -644,8 +647,8 @@ def test_layout_failure_rejects_a_download(tmp_path, tiny_sources, server):
 class FakeDrive:
     """Stands in for gdown's Drive calls: lists the two Drive folders and 'downloads' by id."""
 
-    FOLDERS = {store.FOMM_DRIVE_FOLDER: ["vox-adv-cpk.pth.tar", "vox-cpk.pth.tar", "taichi-cpk.pth.tar"],
-               store.MSSYNC_DRIVE_FOLDER: ["args", "model_chkpt.pt"]}
+    FOLDERS = {store.builtin.FOMM_DRIVE_FOLDER: ["vox-adv-cpk.pth.tar", "vox-cpk.pth.tar", "taichi-cpk.pth.tar"],
+               store.builtin.MSSYNC_DRIVE_FOLDER: ["args", "model_chkpt.pt"]}
 
     def __init__(self, sources: dict[str, Path]):
         self.by_name = {rel.rsplit("/", 1)[-1]: p for rel, p in sources.items()}
@@ -669,8 +672,8 @@ class FakeDrive:
 
         monkeypatch.setattr(gdown, "download", self.download)
         monkeypatch.setattr(gdown, "download_folder", self.download_folder)
-        real = store.socket.getaddrinfo  # drive.google.com "resolves"; other hosts as they really do
-        monkeypatch.setattr(store.socket, "getaddrinfo", lambda host, *a, **k: [()] if host == "drive.google.com"
+        real = store.transfer.socket.getaddrinfo  # drive.google.com "resolves"; other hosts as they really do
+        monkeypatch.setattr(store.transfer.socket, "getaddrinfo", lambda host, *a, **k: [()] if host == "drive.google.com"
                             else real(host, *a, **k))
         return self
 
@@ -684,7 +687,7 @@ def test_drive_folder_source_lists_once_and_fetches_only_what_is_needed(tmp_path
     result = download("mssync", root)
     assert drive.fetched == ["model_chkpt.pt"]  # the corrupt one is replaced, args kept
     assert states(result) == {"mssync/args": VERIFIED, "mssync/model_chkpt.pt": VERIFIED}
-    assert read_store_manifest(root)["mssync/model_chkpt.pt"]["source"].endswith(store.MSSYNC_DRIVE_FOLDER)
+    assert read_store_manifest(root)["mssync/model_chkpt.pt"]["source"].endswith(store.builtin.MSSYNC_DRIVE_FOLDER)
 
     # FOMM from its Drive folder: the tiny file is not the published copy, so the pin rejects it
     # (and every public mirror, which cannot be reached here or serves the real file)
@@ -693,12 +696,12 @@ def test_drive_folder_source_lists_once_and_fetches_only_what_is_needed(tmp_path
     with pytest.raises(DownloadError, match="not a known-good copy"):
         download("fomm", root, sources=drive_only)
     assert download("fomm", root, sources=drive_only, pins=tiny_pins(tiny_sources))[rel].state == VERIFIED
-    assert drive.listed == [store.MSSYNC_DRIVE_FOLDER, store.FOMM_DRIVE_FOLDER, store.FOMM_DRIVE_FOLDER]
+    assert drive.listed == [store.builtin.MSSYNC_DRIVE_FOLDER, store.builtin.FOMM_DRIVE_FOLDER, store.builtin.FOMM_DRIVE_FOLDER]
 
 
 def test_download_missing_from_drive_folder(tmp_path, tiny_sources, monkeypatch):
     drive = FakeDrive(tiny_sources)
-    drive.FOLDERS = {store.MSSYNC_DRIVE_FOLDER: ["args"]}
+    drive.FOLDERS = {store.builtin.MSSYNC_DRIVE_FOLDER: ["args"]}
     drive.install(monkeypatch)
     with pytest.raises(DownloadError, match="'model_chkpt.pt' is not in the folder"):
         download("mssync", tmp_path / "m")
@@ -805,7 +808,7 @@ def test_registry_pins_and_source_order():
         ("sha256", "6792d6810d7f46e3c5c487a1cfec916b96fad8912c3c6cc81baa1fc300c820d3"),
         ("md5", "8a45a24037871c045fbb8a6a8aa95ebc")}
     for f in store.REGISTRY["mssync"].files:  # MS-Sync: only the authors' Drive folder, nothing pinned
-        assert [s.location for s in f.sources] == [store.MSSYNC_DRIVE_FOLDER] and f.pins == ()
+        assert [s.location for s in f.sources] == [store.builtin.MSSYNC_DRIVE_FOLDER] and f.pins == ()
 
 
 @pytest.mark.parametrize("name", sorted(store.REGISTRY))
@@ -829,3 +832,129 @@ def test_model_cards(name):
 def test_cards_are_package_data():
     assert (store.cards_dir() / "fomm.md").is_file()
     assert store.cards_dir().parent.name == "talkhead"
+
+
+# ------------------------------------------------------------------------------------------ a renderer's own model
+def _toy_layout(config_path: Path) -> dict:
+    """The toy model's listing: ``weights`` = ``{w: (n, n), b: (n,)}`` for a config ``{"size": n}``."""
+    n = json.loads(Path(config_path).read_text())["size"]
+    return {"weights": {"w": (n, n), "b": (n,)}}
+
+
+def _toy_files(folder: Path, size: int = 3, weight_size: int | None = None) -> Path:
+    """A folder with the toy model's two files (``weight_size`` != ``size``: weights that do not fit)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "toy.json").write_text(json.dumps({"size": size}))
+    m = size if weight_size is None else weight_size
+    torch.save({"weights": {"w": torch.eye(m) * 2, "b": torch.ones(m)}}, folder / "toy.pt")
+    return folder
+
+
+def _toy_spec(sources: dict) -> store.ModelSpec:
+    return store.ModelSpec(name="toy", title="toy renderer", optional=True, files=(
+        store.ModelFile("toy/toy.json", "config", "toy config", sources=sources["toy/toy.json"]),
+        store.ModelFile("toy/toy.pt", "checkpoint", "toy weights", sources=sources["toy/toy.pt"],
+                        layout=_toy_layout, entries=(("weights",),), key="weights")))
+
+
+def _load_toy(models_dir: Path, device, options):
+    """The toy renderer's loader: finds its files through the store by the names its entry gives them."""
+    from talkhead.checkpoints import load_checkpoint
+
+    size = json.loads(store.model_file(models_dir, "toy", "config").read_text())["size"]
+    return SimpleNamespace(frame_size=size, weights=load_checkpoint(store.model_file(models_dir, "toy", "weights"))["weights"])
+
+
+def test_a_renderer_brings_its_own_model(tmp_path, server):
+    """One RendererEntry with its ModelSpec, registered from here (no store code edited): its files
+    are located, downloaded, checked by its layout callable, recorded and verified like FOMM's."""
+    from talkhead.renderers import RendererEntry, get_renderer, register_renderer, renderer_names, unregister_renderer
+
+    published = _toy_files(tmp_path / "published")
+    sources = {}
+    for name in ("toy.json", "toy.pt"):
+        server.routes[f"/toy/{name}"] = Route((published / name).read_bytes())
+        sources[f"toy/{name}"] = (Source("url", server.url(f"/toy/{name}"), "toy host"),)
+    entry = RendererEntry(name="toy", summary="a toy renderer", num_kp=2, store_names=("toy",), load=_load_toy,
+                          audio_driven=False, models=(_toy_spec(sources),))
+    root = tmp_path / "models"
+    register_renderer(entry)
+    try:
+        assert "toy" in store.REGISTRY and "toy" in renderer_names()
+        assert "toy" not in store.default_models()  # optional: animate and `talkhead download` never ask for it
+        assert store.model_file(root, "toy", "weights") == root / "toy" / "toy.pt"
+        assert store.model_dir(root, "toy") == root / "toy"
+        assert states(verify(root, "toy")) == {"toy/toy.json": MISSING, "toy/toy.pt": MISSING}
+        assert "toy/toy.pt" not in verify(root)  # not listed by default until a file of it is there
+
+        # what the pipeline does for a renderer: ensure its models, then load it
+        assert ensure_models(root, names=get_renderer("toy").store_names) == root
+        assert states(verify(root, "toy", hash_check="always")) == {"toy/toy.json": VERIFIED, "toy/toy.pt": VERIFIED}
+        manifest = read_store_manifest(root)
+        assert manifest["toy/toy.pt"]["sha256"] == sha(published / "toy.pt")
+        assert manifest["toy/toy.pt"]["source"] == server.url("/toy/toy.pt") and manifest["toy/toy.pt"]["how"] == "download"
+        toy = get_renderer("toy").load(root, "cpu", None)
+        assert toy.frame_size == 3 and torch.equal(toy.weights["w"], torch.eye(3) * 2)
+
+        # verified on use like a built-in model: a changed byte is caught, never used
+        flip_byte(root / "toy/toy.pt")
+        store.clear_hash_memo()
+        with pytest.raises(CheckpointError, match="toy/toy.pt"):
+            ensure_models(root, names="toy", offline=True)
+        # its layout callable is the check: weights that do not fit its config are refused
+        with pytest.raises(CheckpointError, match="not a valid toy renderer file") as err:
+            install_from(_toy_files(tmp_path / "bad", size=3, weight_size=4), root, names="toy")
+        assert "w: model expects (3, 3), checkpoint has (4, 4)" in str(err.value)
+        assert states(install_from(published, root, names="toy")) == {"toy/toy.json": VERIFIED, "toy/toy.pt": VERIFIED}
+    finally:
+        unregister_renderer("toy")
+    assert "toy" not in store.REGISTRY and "toy" not in renderer_names()
+    with pytest.raises(InputError, match="unknown model 'toy'"):
+        verify(root, "toy")
+    with pytest.raises(InputError, match="'toy'"):
+        store.model_file(root, "toy", "weights")
+    assert not any(rel.startswith("toy/") for rel in verify(root, check_layout=False))
+
+
+def test_model_registration_is_checked():
+    """Bad specs and clashes are refused at registration, and leave the registry as it was."""
+    from talkhead.renderers import RendererEntry, register_renderer, renderer_names
+
+    cfg, ckpt = store.ModelFile("toy/c.json", "config", "c"), store.ModelFile("toy/w.pt", "checkpoint", "w")
+    with pytest.raises(ValueError, match="config"):
+        store.ModelSpec("toy", "toy", (ckpt,))
+    with pytest.raises(ValueError, match="under toy/"):
+        store.ModelSpec("toy", "toy", (store.ModelFile("other/c.json", "config", "c"), ckpt))
+    with pytest.raises(ValueError, match="keys"):
+        store.ModelSpec("toy", "toy", (cfg, ckpt, store.ModelFile("toy/v.pt", "checkpoint", "v")))
+    with pytest.raises(ValueError, match="role"):
+        store.ModelFile("toy/x", "weights", "x")
+    with pytest.raises(ValueError, match="callable"):  # the registry holds functions, not dotted import strings
+        store.ModelFile("toy/w.pt", "checkpoint", "w", layout="talkhead.fomm.layout:layout_for_config_file")
+    other_fomm = store.ModelSpec("fomm", "not FOMM", (store.ModelFile("fomm/c.yaml", "config", "c"),))
+    with pytest.raises(ValueError, match="already registered"):
+        store.register_model(other_fomm)
+    with pytest.raises(TypeError):
+        store.REGISTRY["toy"] = store.ModelSpec("toy", "toy", (cfg, ckpt))  # read-only: register_model adds
+    spec = store.ModelSpec("toy", "toy", (cfg, ckpt))
+    entry = RendererEntry(name="toy", summary="toy", num_kp=2, store_names=(), load=_load_toy, models=(spec,))
+    with pytest.raises(ValueError, match="store_names"):
+        register_renderer(entry)
+    clash = dataclasses.replace(entry, store_names=("toy", "fomm"), models=(spec, other_fomm))
+    with pytest.raises(ValueError, match="already registered"):
+        register_renderer(clash)
+    assert "toy" not in store.REGISTRY and "toy" not in renderer_names()
+    assert store.REGISTRY["fomm"] is store.builtin.FOMM and list(store.REGISTRY) == ["fomm", "mssync", "smac"]
+
+
+def test_registry_holds_callables_that_import_their_model_package_when_called():
+    """No dotted import strings: each layout/packaged entry is a function of the store (layer 4) that
+    imports its model package (layer 3) inside its body, downward."""
+    for spec in store.REGISTRY.values():
+        for f in spec.files:
+            for fn in (f.layout, f.packaged):
+                if fn is not None:
+                    assert callable(fn) and fn.__module__ == "talkhead.store.builtin"
+    assert list(store.REGISTRY["mssync"].file("checkpoint").layout(store.model_file(DATA, "mssync", "config"))) \
+        == ["checkpoints"]
+    assert store.REGISTRY["fomm"].config.packaged() == talkhead.fomm.default_config_path()

@@ -19,6 +19,13 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 
+ARGS_NAME = "args"
+"""File name of the config in a released MS-Sync model directory (one line of JSON, see the module docstring)."""
+
+CHECKPOINT_NAME = "model_chkpt.pt"
+"""File name of the checkpoint in a released MS-Sync model directory (``{'checkpoints': generator state
+dict, ...}``)."""
+
 DEEP_MLP_LAYERS: Mapping[str, tuple[int, ...]] = MappingProxyType({
     "4": (4,),
     "6": (1, 1, 1, 1, 1, 1),

@@ -32,7 +32,7 @@ from ..constants import NUM_KP
 from ..errors import CheckpointError
 from ..progress import Progress
 from .blocks import AudioPyramidEncoder, DeepMLP, frame_encoder
-from .config import MSSyncConfig
+from .config import ARGS_NAME, CHECKPOINT_NAME, MSSyncConfig
 
 MAX_CONTEXT_LENGTH = 40
 """Most keypoint embeddings the temporal transformer sees (reference ``MAX_CONTEXT_LENGTH``), frames."""
@@ -336,7 +336,7 @@ def load_mssync(model_dir: str | Path, *, device: str | torch.device = "cpu") ->
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"MS-Sync model directory not found: {model_dir}")
-    args_path, ckpt_path = model_dir / "args", model_dir / "model_chkpt.pt"
+    args_path, ckpt_path = model_dir / ARGS_NAME, model_dir / CHECKPOINT_NAME
     for path in (args_path, ckpt_path):
         if not path.is_file():
             raise CheckpointError(f"MS-Sync model directory {model_dir} lacks {path.name!r} (expected {path})")

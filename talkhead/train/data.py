@@ -45,7 +45,8 @@ from ..io import atomic_write
 
 FORMAT_NAME = "talkhead-train-data"
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
+DATA_MANIFEST_NAME = "manifest.json"
+"""The data directory's clip list (not the checkpoint store's record, ``talkhead.store.STORE_MANIFEST_NAME``)."""
 CLIPS_DIRNAME = "clips"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -137,7 +138,7 @@ def write_manifest(data_dir: str | Path, clips: Sequence[ClipInfo]) -> Path:
     doc = _manifest_header()
     doc["clips"] = [asdict(c) for c in clips]
     text = json.dumps(doc, indent=1).encode()
-    path = data_dir / MANIFEST_NAME
+    path = data_dir / DATA_MANIFEST_NAME
     atomic_write(path, lambda f: f.write(text))
     return path
 
@@ -152,9 +153,9 @@ def read_manifest(data_dir: str | Path) -> list[ClipInfo]:
         DataFormatError: missing/unreadable manifest, wrong format name/version, constants that differ
             from this package's (fps, keypoints, bands), or malformed clip records.
     """
-    path = Path(data_dir) / MANIFEST_NAME
+    path = Path(data_dir) / DATA_MANIFEST_NAME
     if not path.is_file():
-        raise DataFormatError(f"no {MANIFEST_NAME} in data directory {Path(data_dir)}")
+        raise DataFormatError(f"no {DATA_MANIFEST_NAME} in data directory {Path(data_dir)}")
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -252,7 +253,7 @@ class DatasetWriter:
         self.flush_every = int(flush_every)
         self.max_mismatch_frames = max_mismatch_frames
         self._clips: dict[str, ClipInfo] = {}
-        if (self.data_dir / MANIFEST_NAME).is_file():
+        if (self.data_dir / DATA_MANIFEST_NAME).is_file():
             self._clips = {c.id: c for c in read_manifest(self.data_dir)}
         self._pending = 0
 

@@ -69,7 +69,7 @@ from ..constants import KP_DIM, NUM_KP
 from ..io import atomic_output
 from ..errors import ConfigError
 from ..mssync import MSSyncConfig, MSSyncDiscriminator, MSSyncGenerator
-from ..mssync.config import DISCRIMINATOR_WINDOWS
+from ..mssync.config import ARGS_NAME, CHECKPOINT_NAME, DISCRIMINATOR_WINDOWS
 from ..mssync.discriminators import ProjectionDisc
 from .data import ClipStore, DataFormatError, WindowDataset
 from .engine import (
@@ -89,8 +89,6 @@ from .syncers import load_syncers, pyramid_sync_loss
 DEFAULTS_PATH = Path(__file__).with_name("configs") / "generator.yaml"
 MSSYNC_DIRNAME = "mssync"
 """Sub-folder of the run directory holding the released-format model (``args`` + ``model_chkpt.pt``)."""
-ARGS_NAME = "args"
-MODEL_CHECKPOINT_NAME = "model_chkpt.pt"
 MODEL_KEYS = ("obs_len", "audio_dim", "coord_dim", "hidden_size", "nblocks_do", "expansion_fact_do", "nheads_tf",
               "nlayers_tf", "streams_merging_activation", "coord_dim_D", "hidden_size_D", "nblocks_frame_D",
               "dis_config")
@@ -408,7 +406,7 @@ def export_mssync(generator: MSSyncGenerator, out_dir: str | Path, *, step: int)
     with atomic_output(out_dir / ARGS_NAME, overwrite=True) as tmp:
         generator.config.to_args_file(tmp)
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
-    atomic_torch_save({"checkpoints": state, "steps": int(step)}, out_dir / MODEL_CHECKPOINT_NAME)
+    atomic_torch_save({"checkpoints": state, "steps": int(step)}, out_dir / CHECKPOINT_NAME)
     return out_dir
 
 

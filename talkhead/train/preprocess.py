@@ -382,10 +382,10 @@ def _resolve_fomm(fomm, fomm_config, fomm_checkpoint, models_dir, offline: bool,
     if (fomm_config is None) != (fomm_checkpoint is None):
         raise ConfigError("give both fomm_config and fomm_checkpoint, or neither (then models_dir is used)")
     if fomm_config is None:
-        from ..store import ensure_models
+        from ..store import ensure_models, model_file
 
-        paths = ensure_models(models_dir, offline=offline)
-        fomm_config, fomm_checkpoint = paths.fomm_config, paths.fomm_checkpoint
+        root = ensure_models(models_dir, offline=offline)
+        fomm_config, fomm_checkpoint = model_file(root, "fomm", "config"), model_file(root, "fomm", "checkpoint")
     return load_fomm(fomm_config, fomm_checkpoint, device=device)
 
 

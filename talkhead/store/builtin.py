@@ -1,0 +1,135 @@
+"""The models talkhead ships with: FOMM vox-adv-256 and the MS-Sync generator (what ``animate`` needs)
+and the optional SMAC renderer, registered with :func:`talkhead.store.registry.register_model` when
+the store is imported.
+
+Each layout and packaged-config callable imports its model package (layer 3) when it is called, never
+when the store is imported. One card per model (sources in order, pinned digests, layout, licence,
+citation) is in the repository's ``models/`` folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional
+
+from ..mssync.config import ARGS_NAME, CHECKPOINT_NAME
+from .registry import ModelFile, ModelSpec, Pin, Source, register_model
+
+SMAC_SHARE = ("https://hkustconnect-my.sharepoint.com/:f:/g/personal/szhaoax_connect_ust_hk/"
+              "Euur-8TShbNJr_i4yTMjtNUBFxm1OLaF2ndt2IymB6pC0w?e=cmZHYA")
+"""The SMAC authors' OneDrive folder (README of ShaelynZ/synergize-motion-appearance): a browser share,
+so its files are downloaded by hand."""
+
+FOMM_DRIVE_FOLDER = "1PyQJmkdCsAkOYwUyaj_l-l0as-iLDgeH"
+"""The FOMM authors' checkpoint folder (README of AliaksandrSiarohin/first-order-model)."""
+MSSYNC_DRIVE_FOLDER = "1dtNgqMLWNAkjH_wEkwJrzR9vJJ6ORwV3"
+"""The MS-Sync authors' checkpoint folder (README of LouisBearing/HMo-audio)."""
+
+FOMM_PINS = (
+    Pin("sha256", "6792d6810d7f46e3c5c487a1cfec916b96fad8912c3c6cc81baa1fc300c820d3", "published", 750926934,
+        "vox-adv-cpk.pth.tar as the FOMM authors published it (751 MB: generator, discriminator, kp_detector, "
+        "optimizers, epoch)"),
+    Pin("md5", "8a45a24037871c045fbb8a6a8aa95ebc", "avatarify-trimmed", None,
+        "avatarify's trimmed copy (228 MB: generator + kp_detector only); avatarify publishes its md5, "
+        "its sha256 is recorded in manifest.json from the first verified copy"),
+)
+
+Listing = Mapping[str, Mapping[str, tuple[int, ...]]]
+
+
+# The callables look the model package's function up when called (so a test's monkeypatch of
+# ``talkhead.fomm.default_config_path`` is seen) and import it there, downward (layer 4 -> 3).
+def fomm_packaged_config() -> Path:
+    """The FOMM vox-adv-256 YAML that ships with talkhead (:func:`talkhead.fomm.default_config_path`)."""
+    from .. import fomm
+
+    return Path(fomm.default_config_path())
+
+
+def fomm_layout(config_path: Path) -> Listing:
+    """FOMM's expected state dicts for a config (:func:`talkhead.fomm.layout.layout_for_config_file`)."""
+    from ..fomm.layout import layout_for_config_file
+
+    return layout_for_config_file(config_path)
+
+
+def mssync_layout(config_path: Path) -> Listing:
+    """MS-Sync's expected state dict for an ``args`` file (:func:`talkhead.mssync.layout.layout_for_config_file`)."""
+    from ..mssync.layout import layout_for_config_file
+
+    return layout_for_config_file(config_path)
+
+
+def smac_packaged_config() -> Path:
+    """The SMAC YAML that ships with talkhead (:func:`talkhead.smac.default_config_path`)."""
+    from .. import smac
+
+    return Path(smac.default_config_path())
+
+
+def smac_generator_layout(config_path: Optional[Path]) -> Listing:
+    """SMAC's generator listing (:func:`talkhead.smac.layout.generator_layout`)."""
+    from ..smac.layout import generator_layout
+
+    return generator_layout(config_path)
+
+
+def smac_motion_estimator_layout(config_path: Optional[Path]) -> Listing:
+    """SMAC's motion estimator listing (:func:`talkhead.smac.layout.motion_estimator_layout`)."""
+    from ..smac.layout import motion_estimator_layout
+
+    return motion_estimator_layout(config_path)
+
+
+FOMM = ModelSpec(
+    name="fomm",
+    title="FOMM vox-adv-256",
+    files=(
+        ModelFile("fomm/vox-adv-256.yaml", "config", "FOMM vox-adv-256 config (ships with talkhead)",
+                  packaged=fomm_packaged_config),
+        ModelFile("fomm/vox-adv-cpk.pth.tar", "checkpoint", "FOMM vox-adv-256 checkpoint", sources=(
+            Source("drive-folder", FOMM_DRIVE_FOLDER, "Google Drive folder of the FOMM authors", "vox-adv-cpk.pth.tar"),
+            Source("url", "https://github.com/graphemecluster/first-order-model-demo/releases/download/"
+                   "checkpoints/vox-adv-cpk.pth.tar", "GitHub release of graphemecluster/first-order-model-demo"),
+            Source("url", "https://huggingface.co/spaces/abhishek/first-order-motion-model/resolve/main/"
+                   "weights/vox-adv-cpk.pth.tar", "Hugging Face Space abhishek/first-order-motion-model"),
+            Source("url", "https://openavatarify.s3-avatarify.com/weights/vox-adv-cpk.pth.tar", "avatarify's S3 bucket"),
+            Source("drive-file", "1coUCdyRXDbpWnEkA99NLNY60mb9dQ_n3", "Google Drive file of avatarify"),
+        ), pins=FOMM_PINS, layout=fomm_layout, entries=(("kp_detector",), ("generator",))),
+    ),
+)
+
+MSSYNC = ModelSpec(
+    name="mssync",
+    title="MS-Sync generator",
+    files=(
+        ModelFile(f"mssync/{ARGS_NAME}", "config", "MS-Sync generator config (args, JSON)", sources=(
+            Source("drive-folder", MSSYNC_DRIVE_FOLDER, "Google Drive folder of the MS-Sync authors", ARGS_NAME),)),
+        ModelFile(f"mssync/{CHECKPOINT_NAME}", "checkpoint", "MS-Sync generator checkpoint", sources=(
+            Source("drive-folder", MSSYNC_DRIVE_FOLDER, "Google Drive folder of the MS-Sync authors", CHECKPOINT_NAME),),
+            layout=mssync_layout, entries=(("checkpoints",),)),
+    ),
+)
+"""MS-Sync is loaded as a folder (:func:`talkhead.mssync.load_mssync`, ``model_dir(root, "mssync")``)."""
+
+SMAC = ModelSpec(
+    name="smac",
+    title="SMAC renderer",
+    files=(
+        ModelFile("smac/config.yml", "config", "SMAC config, options/test.yml schema (ships with talkhead)",
+                  packaged=smac_packaged_config),
+        ModelFile("smac/net_g_latest.pth", "checkpoint", "SMAC generator (net_g)", by_hand=SMAC_SHARE,
+                  layout=smac_generator_layout, entries=(("params_ema", "params"),), strip_prefix="module.",
+                  key="generator"),
+        ModelFile("smac/net_motion_estimator_latest.pth", "checkpoint",
+                  "SMAC motion estimator (keypoints + dense motion)", by_hand=SMAC_SHARE,
+                  layout=smac_motion_estimator_layout, entries=(("params",),), strip_prefix="module.",
+                  key="motion_estimator"),
+    ),
+    optional=True,
+    notice="SMAC's code and weights are licensed CC BY-NC 4.0 (parts NTU S-Lab License 1.0): "
+           "non-commercial use only (models/smac.md)",
+)
+
+for _spec in (FOMM, MSSYNC, SMAC):
+    register_model(_spec)
+del _spec

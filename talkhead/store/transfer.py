@@ -1,0 +1,150 @@
+"""Transfers: every download goes through gdown (Google Drive folders and files, plain HTTP(S)), into
+a staging folder, with a network timeout, resumed reconnections (HTTP ``Range``), byte progress, and a
+few words on why a transfer failed.
+"""
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+from ..progress import Progress
+from .registry import Source
+
+DOWNLOAD_TIMEOUT_S = 20.0
+"""Network timeout, seconds: connecting, and waiting between received bytes (DNS failures end at once)."""
+
+DOWNLOAD_RETRIES = 3
+"""Reconnections per transfer after a broken connection; each resumes with an HTTP ``Range``
+request where the server honours it (gdown's ``retries``)."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One source tried for one file: ``reason`` is empty when it gave the accepted file."""
+
+    source: Source
+    reason: str
+
+
+class Unresolved(OSError):
+    def __init__(self, host: str):
+        super().__init__(f"cannot resolve {host}")
+        self.host = host
+
+
+class FileFailed(Exception):
+    def __init__(self, attempts: list[Attempt], cause: Optional[BaseException]):
+        super().__init__("every source failed")
+        self.attempts, self.cause = attempts, cause
+
+
+def short_reason(exc: BaseException, timeout: float) -> str:
+    """A few words on why a transfer failed, from the exception and its chain (no raw urllib3 text)."""
+    import requests
+
+    chain, e = [], exc
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(x) for x in chain)
+    host = re.search(r"host='([^']+)'", text)
+    host = host.group(1) if host else None
+    if isinstance(exc, Unresolved):
+        return f"cannot resolve {exc.host}"
+    for e in chain:
+        if isinstance(e, requests.exceptions.HTTPError) and e.response is not None:
+            return f"HTTP {e.response.status_code} {e.response.reason or ''}".strip()
+        if isinstance(e, requests.exceptions.Timeout):
+            return f"no answer within {timeout:g} s" + (f" from {host}" if host else "")
+        if isinstance(e, requests.exceptions.ConnectionError):
+            if re.search(r"NameResolution|Failed to resolve|Name or service not known|nodename nor servname|getaddrinfo",
+                         text):
+                return f"cannot resolve {host or 'the host'}"
+            if "Connection refused" in text:
+                return f"connection refused{f' by {host}' if host else ''}"
+            if "incomplete" in text.lower() or "IncompleteRead" in text:
+                return "the connection broke off and could not be resumed"
+            return f"cannot connect{f' to {host}' if host else ''}"
+    if "did not honor the requested byte range" in text:
+        return "the connection broke off and the server does not allow resuming"
+    if "Download is incomplete" in text:
+        return "the connection broke off and could not be resumed"
+    if type(exc).__name__ == "FileURLRetrievalError":
+        return "Google Drive would not hand out the file (download quota exceeded, or access denied)"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first if len(first) <= 120 else first[:117] + "..."
+    return first if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {first}"
+
+
+class Transfers:
+    """gdown transfers into a staging folder, with Drive folder listings cached per call."""
+
+    def __init__(self, staging: Path, timeout: float, retries: int, progress: Optional[Progress]):
+        self.staging, self.timeout, self.retries, self.progress = staging, timeout, retries, progress
+        self.listings: dict[str, dict[str, str]] = {}
+        self.unresolved: dict[str, Optional[OSError]] = {}
+
+    def _resolve_host(self, src: Source) -> None:
+        """Fail at once when the source's host has no address (offline, no DNS), instead of letting
+        gdown retry the connection with back-off; the answer is cached per host for this call."""
+        host = urlparse(src.url).hostname
+        if not host:
+            return
+        if host not in self.unresolved:
+            try:
+                socket.getaddrinfo(host, None)
+                self.unresolved[host] = None
+            except OSError as exc:
+                self.unresolved[host] = exc
+        if self.unresolved[host] is not None:
+            raise Unresolved(host) from self.unresolved[host]
+
+    def _drive_ids(self, folder: str) -> dict[str, str]:
+        """``{file name: Drive file id}`` of a Drive folder, listed without downloading."""
+        import gdown
+
+        if folder not in self.listings:
+            entries = gdown.download_folder(id=folder, output=str(self.staging / ".listing"), quiet=True,
+                                            skip_download=True, timeout=self.timeout)
+            ids: dict[str, str] = {}
+            for e in entries or ():
+                name = str(getattr(e, "path", "")).replace("\\", "/").rsplit("/", 1)[-1]
+                if name and getattr(e, "id", None):
+                    ids.setdefault(name, e.id)
+            self.listings[folder] = ids
+        return self.listings[folder]
+
+    def fetch(self, src: Source, out: Path) -> None:
+        """Download ``src`` to ``out`` (gdown writes ``out<random>.part`` and renames it when done).
+
+        Raises:
+            Exception: whatever the transfer raises (network, HTTP status, Drive refusal,
+            ``FileNotFoundError`` when a Drive folder lacks the file). KeyboardInterrupt passes.
+        """
+        import gdown
+
+        self._resolve_host(src)
+        cb = None
+        if self.progress is not None:
+            stage, report = f"download {out.name}", self.progress
+            cb = lambda done, total: report(stage, int(done), int(total or 0))  # noqa: E731
+        common = dict(output=str(out), quiet=True, progress=cb, timeout=self.timeout, retries=self.retries)
+        if src.kind == "drive-folder":
+            ids = self._drive_ids(src.location)
+            if src.remote_name not in ids:
+                raise FileNotFoundError(f"{src.remote_name!r} is not in the folder (it holds: "
+                                        f"{', '.join(sorted(ids)) or 'nothing'})")
+            gdown.download(id=ids[src.remote_name], **common)
+        elif src.kind == "drive-file":
+            gdown.download(id=src.location, **common)
+        elif src.kind == "url":
+            gdown.download(url=src.location, use_cookies=False, **common)
+        else:
+            raise ValueError(f"unknown source kind {src.kind!r}")
+        if not out.is_file():
+            raise FileNotFoundError("the transfer produced no file")
+
