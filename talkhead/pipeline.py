@@ -524,10 +524,11 @@ class Pipeline:
                 buffer = compositor.new_buffer(len(frames))
             return compositor.paste(frames, out=buffer)
 
+        encoding = self.renderer.encode_source(source, kp_source)  # once; every batch renders from it
         with WriterThread(writer.write, paste if compositor is not None else None, threaded=threaded) as out:
             for start in range(0, total, bs):
                 idx = torch.arange(start, min(start + bs, total), device=kp_driving.device).clamp_(max=T - 1)
-                frames = self.renderer.render(source, kp_source, kp_driving[idx])  # (b, 3, S, S) in [0, 1]
+                frames = self.renderer.render(encoding, kp_driving[idx])  # (b, 3, S, S) in [0, 1]
                 _check_finite("render", f"frames {start}-{start + int(idx.numel()) - 1}{hint}", frames)
                 out.put(host_frames(frames, uint8=compositor is None, own=threaded))
                 if progress:

@@ -46,15 +46,11 @@ import torch
 from .errors import FFmpegError, InputError, NoFaceError, OutputError
 from .keypoints import Keypoints
 from .options import ReenactOptions
+from .progress import Progress
 
 __all__ = ["ReenactResult", "DrivingVideo", "probe_driving", "load_reenact_pipeline", "reenact",
            "normalized_landmarks", "find_best_frame", "default_output", "DETECT_EVERY_S", "MAX_DETECTIONS",
            "LANDMARK_SIZE"]
-
-ProgressCallback = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``; stages ``"best-frame"`` (driving frames searched for the face
-closest to the photo's) and ``"render"`` (frames rendered and encoded; ``total`` is the probed frame
-count, an estimate when ``fps`` resamples)."""
 
 DETECT_EVERY_S = 0.5
 """Seconds between the driving frames the face is looked for in (as the training data preparation)."""
@@ -461,7 +457,7 @@ def _frame_sink(options: ReenactOptions, photo: np.ndarray, face_crop, frame_siz
 # ============================================================================== the job
 def reenact(pipeline, photo: str | Path, video: str | Path, output: str | Path | None = None, *,
             save_keypoints: str | Path | None = None, keep_keypoints: bool = False,
-            progress: ProgressCallback | None = None) -> ReenactResult:
+            progress: Progress | None = None) -> ReenactResult:
     """Render ``output`` (MP4: H.264 yuv420p + the driving video's audio as AAC) of ``photo`` moved
     by the head motion in ``video``.
 
@@ -482,7 +478,9 @@ def reenact(pipeline, photo: str | Path, video: str | Path, output: str | Path |
             ``driving_crop_box (4,)`` (-1s with ``crop="none"``), ``initial_frame``,
             ``movement_scale`` and ``fps``.
         keep_keypoints: also return ``kp_driving`` in the result (``(T, K, ...)``, 240 bytes a frame).
-        progress: ``progress(stage, done, total)`` (see :data:`ProgressCallback`).
+        progress: :data:`talkhead.progress.Progress`, called with stages ``"best-frame"`` (driving
+            frames searched for the face closest to the photo's) and ``"render"`` (frames rendered and
+            encoded; ``total`` is the probed frame count, an estimate when ``fps`` resamples).
 
     Returns:
         :class:`ReenactResult`.
@@ -540,7 +538,8 @@ def reenact(pipeline, photo: str | Path, video: str | Path, output: str | Path |
     renderer = pipeline.renderer
     sink = _frame_sink(opts, image, crop, size)
     source = pipeline.source_tensor(crop.crop)
-    kp_source = renderer.detect(source)
+    encoding = renderer.encode_source(source)  # detects kp_source; encoded once, rendered per batch
+    kp_source = encoding.kp_source
     timings["load"] = time.perf_counter() - t0
 
     # -- the initial driving frame -------------------------------------------------------------------
@@ -596,7 +595,7 @@ def reenact(pipeline, photo: str | Path, video: str | Path, output: str | Path |
                 kp_driving = relative_kp(kp_source, kp_detected, kp_initial,
                                          adapt_movement_scale=opts.relative and opts.adapt_scale,
                                          use_relative_movement=opts.relative, use_relative_jacobian=opts.relative)
-                rendered = renderer.render(source, kp_source, kp_driving)  # (b, 3, S, S) in [0, 1]
+                rendered = renderer.render(encoding, kp_driving)  # (b, 3, S, S) in [0, 1]
                 out.put(host_frames(rendered, uint8=sink.frame == "crop", own=out.threaded))
                 if keep:
                     kept_driving.append(kp_driving.to("cpu"))
