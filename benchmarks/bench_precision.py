@@ -2,7 +2,7 @@
 
 Full-size vox-adv-256 FOMM with random weights and randomised batch-norm statistics
 (``bench_render.build``: He-initialised convolutions, so activations are of trained-model size),
-one source and ``--batch-size`` driving keypoint sets near it, the source encoding cached. Each
+one source and ``--batch-size`` driving keypoint sets near it, the source encoded once. Each
 precision renders the same frames; the variants alternate round by round in one process. Reports
 seconds per frame (median), the median per-round speed ratio to fp32, and the frames' deviation
 from fp32: max abs (frames in [0, 1]), max difference after the uint8 conversion (8-bit levels)

@@ -17,7 +17,8 @@ toy reproduces its source; FOMM's dense motion is the identity warp (Eq. 4 with 
 ``J_d = J_s``). SMAC promises neither (its motion codebook adds a learned residual flow).
 
 Each renderer's frames are computed once per module (``runs``); SMAC's tiny model is the slow one
-(about 4 s a 256 x 256 frame on one core), so its driving batch has 2 sets (7 frames in all).
+(about 4 s a 256 x 256 frame on one core), so its driving batch has 2 sets (8 frames in all, with the
+reference forward pass).
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ class Case:
     drive: Callable[[Keypoints], Keypoints]  # kp_source -> kp_driving (b, K, ...), distinct sets
     atol: float                          # batch-size / re-encoding invariance of frames
     identity: Optional[Callable[["Case", SourceEncoding], None]] = None  # the rest-pose promise, if any
+    # the model in one piece (no encode/render split): (source, kp_source, kp_driving) -> frames
+    reference: Optional[Callable[[torch.Tensor, Keypoints, Keypoints], torch.Tensor]] = None
     kp_range: float = 1.0                # |keypoint values| bound
     extra: dict = field(default_factory=dict)
 
@@ -85,13 +88,48 @@ def _toy_identity(case: Case, enc: SourceEncoding) -> None:
     torch.testing.assert_close(frames, case.source, rtol=0, atol=1e-6)
 
 
+def _fomm_reference(fomm) -> Callable:
+    def forward(source, kp_source, kp_driving):
+        """The reference ``OcclusionAwareGenerator.forward`` on the (repeated) source."""
+        b = len(kp_driving)
+        with torch.inference_mode():
+            return fomm.generator(source.expand(b, -1, -1, -1), kp_driving=kp_driving.as_dict(),
+                                  kp_source={k: v.expand(b, *v.shape[1:]) for k, v in kp_source.as_dict().items()}
+                                  )["prediction"]
+    return forward
+
+
+def _smac_reference(smac) -> Callable:
+    def forward(source, kp_source, kp_driving):
+        """The reference ``net_g(source, estimate_motion_w_kp(kp_source, kp_driving, source))['out']``."""
+        x = source * 2 - 1
+        with torch.inference_mode():
+            dense = smac.motion_estimator.estimate_motion_w_kp(kp_source.as_dict(), kp_driving.as_dict(), x)
+            return (smac.generator(x, dense)["out"].clamp(-1, 1) + 1) / 2
+    return forward
+
+
+def _toy_reference(toy: PoseCodeRenderer) -> Callable:
+    def paint(source, kp_source, kp_driving):
+        """The code drawn block by block (an independent rewrite of the toy's rule)."""
+        out = source.repeat(len(kp_driving), 1, 1, 1)
+        side = toy.frame_size // 8
+        for i, v in enumerate(kp_driving.value.reshape(len(kp_driving), -1).T):
+            r, c = divmod(i, 8)
+            level = 0.5 + 0.4 * v.clamp(-1, 1)
+            out[:, :, r * side:(r + 1) * side, c * side:(c + 1) * side] = level[:, None, None, None]
+        return out
+    return paint
+
+
 def _toy_case() -> Case:
     toy = PoseCodeRenderer(frame_size=64, num_kp=10)
     gen = torch.Generator().manual_seed(0)
     pose = Keypoints(torch.rand(1, 10, 2, generator=gen) * 1.6 - 0.8, torch.eye(2).expand(1, 10, 2, 2).clone())
     source = toy.pose_image(pose, background=torch.rand(1, 3, 64, 64, generator=gen))
     other = toy.pose_image(Keypoints(-pose.value, pose.jacobian), background=torch.rand(1, 3, 64, 64, generator=gen))
-    return Case(toy, source, other, lambda kp: _perturbed(kp, 3, amplitude=0.15), atol=0.0, identity=_toy_identity)
+    return Case(toy, source, other, lambda kp: _perturbed(kp, 3, amplitude=0.15), atol=0.0, identity=_toy_identity,
+                reference=_toy_reference(toy))
 
 
 def _fomm_case() -> Case:
@@ -99,7 +137,8 @@ def _fomm_case() -> Case:
     with np.load(DATA / "fomm" / "parity.npz") as z:
         source = torch.from_numpy(z["source"]).permute(2, 0, 1)[None].float().contiguous()
     other = torch.flip(source, dims=[3]).contiguous()
-    return Case(fomm, source, other, lambda kp: _perturbed(kp, 3), atol=1e-5, identity=_fomm_identity)
+    return Case(fomm, source, other, lambda kp: _perturbed(kp, 3), atol=1e-5, identity=_fomm_identity,
+                reference=_fomm_reference(fomm))
 
 
 def _smac_case(tmp_path_factory) -> Case:
@@ -114,7 +153,8 @@ def _smac_case(tmp_path_factory) -> Case:
         source = torch.from_numpy(z["inputs/source_uint8"].astype(np.float32) / 255).permute(2, 0, 1)[None]
     other = torch.flip(source, dims=[3]).contiguous()
     # batch invariance: measured 1.07e-5 (one pixel of 196608 over 1e-5; transformer and conv kernels by batch)
-    return Case(smac, source.contiguous(), other, lambda kp: _perturbed(kp, 2), atol=5e-5)
+    return Case(smac, source.contiguous(), other, lambda kp: _perturbed(kp, 2), atol=5e-5,
+                reference=_smac_reference(smac))
 
 
 @pytest.fixture(scope="module", params=["toy", "fomm", "smac"])
@@ -142,6 +182,8 @@ def runs(case) -> dict:
     other = r.encode_source(case.other)
     out.update(other_enc=other, other=r.render(other, kp_driving[:1]),
                again=r.render(enc, kp_driving[:1]))  # the first source again, after another one
+    if case.reference is not None:  # the other source, so that the first one's encoding cannot stand in
+        out["reference"] = case.reference(case.other.to(r.device), other.kp_source, kp_driving[:1])
     return out
 
 
@@ -207,6 +249,11 @@ def test_one_encoding_renders_many_batches(case, runs):
     torch.testing.assert_close(runs["fresh"], runs["parts"][0], rtol=0, atol=case.atol)
     torch.testing.assert_close(runs["again"], runs["parts"][0], rtol=0, atol=0)
     assert float((runs["other"] - runs["parts"][0]).abs().max()) > 1e-2  # the source matters
+
+
+def test_render_equals_the_model_in_one_piece(case, runs):
+    """Encoding once and rendering from the encoding gives the model's own forward pass on the source."""
+    torch.testing.assert_close(runs["other"], runs["reference"], rtol=0, atol=max(case.atol, 1e-5))
 
 
 def test_render_at_the_rest_pose(case, runs):
