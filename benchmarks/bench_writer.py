@@ -72,7 +72,7 @@ def main() -> None:
     face = Face(box=extent, score=2.0, landmarks=np.array([extent[:2], extent[2:]], np.float32) - 1, backend="dlib")
     crop = fomm_crop(photo, face, S, pad=True)
     src = torch.from_numpy(np.ascontiguousarray(crop.crop, dtype=np.float32)).permute(2, 0, 1)[None]
-    fomm.render(src, kp_source, kp_driving[:1])  # encode the source once, warm up
+    fomm.render(fomm.encode_source(src, kp_source), kp_driving[:1])  # warm up
     size = (photo.shape[1], photo.shape[0]) if args.frame == "full" else (S, S)
 
     pipes = {name: Pipeline(AnimateOptions(device="cpu", batch_size=args.batch_size, writer_thread=on,

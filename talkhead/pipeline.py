@@ -621,9 +621,10 @@ class Pipeline:
             return compositor.paste(frames, out=buffer)
 
         done = 0
+        encoding = renderer.encode_source(source, kp_source)  # once; every batch renders from it
         with WriterThread(writer.write, paste if compositor is not None else None, threaded=threaded) as out:
             for kp_driving in batches:
-                frames = renderer.render(source, kp_source, kp_driving)  # (b, 3, S, S) in [0, 1]
+                frames = renderer.render(encoding, kp_driving)  # (b, 3, S, S) in [0, 1]
                 _check_finite("render", f"frames {done}-{done + len(kp_driving) - 1}{hint}", frames)
                 out.put(host_frames(frames, uint8=compositor is None, own=threaded))
                 done += len(kp_driving)

@@ -14,26 +14,48 @@ from typing import TYPE_CHECKING, Callable, Optional, Protocol, runtime_checkabl
 from .errors import InputError
 from .progress import Progress
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: importing the registry imports no torch
+    import torch
+
+    from .keypoints import Keypoints
+    from .rendering import SourceEncoding
     from .store import ModelSpec
 
 
 @runtime_checkable
 class Renderer(Protocol):
-    """A keypoint-driven face renderer (FOMM's interface: :class:`talkhead.fomm.FOMM`).
+    """A keypoint-driven face renderer (:class:`talkhead.fomm.FOMM`, :class:`talkhead.smac.SMAC`; their
+    common base is :class:`talkhead.rendering.KeypointRenderer`, which a renderer need not inherit).
+
+    Use: encode the source once, then render as many driving batches as needed from that encoding::
+
+        encoding = renderer.encode_source(source)          # detects kp_source unless given
+        for kp_driving in batches:
+            frames = renderer.render(encoding, kp_driving)
+
+    A renderer keeps no per-source state: the caller holds the encoding (valid for the renderer that
+    made it, while its weights are unchanged).
 
     Attributes:
         frame_size: side ``S`` of the square crops it takes and renders, pixels.
-        device: the torch device its inputs are moved to.
+        device: the :class:`torch.device` its inputs are moved to and its outputs live on.
     """
 
     frame_size: int
+    device: torch.device
 
-    def detect(self, source):
-        """Source images ``(B, 3, S, S)`` float in [0, 1] -> :class:`~talkhead.keypoints.Keypoints` ``(B, K, ...)``."""
+    def detect(self, images) -> Keypoints:
+        """Images ``(B, 3, S, S)`` float in [0, 1] -> :class:`~talkhead.keypoints.Keypoints` ``(B, K, ...)``
+        on ``device``, values in ``[-1, 1]`` (x = column, y = row)."""
 
-    def render(self, source, kp_source, kp_driving):
-        """``source (1, 3, S, S)`` [0, 1], kp_source ``(1, K, ...)``, kp_driving ``(b, K, ...)`` -> ``(b, 3, S, S)`` [0, 1]."""
+    def encode_source(self, source, kp_source: Optional[Keypoints] = None) -> SourceEncoding:
+        """One source image ``(1, 3, S, S)`` float in [0, 1] -> :class:`~talkhead.rendering.SourceEncoding`
+        with ``kp_source`` ``(1, K, ...)`` (the given keypoints, else :meth:`detect`'s) and the
+        renderer's own per-source features."""
+
+    def render(self, encoding, kp_driving) -> torch.Tensor:
+        """:meth:`encode_source`'s encoding + kp_driving ``(b, K, ...)`` -> frames ``(b, 3, S, S)`` float in
+        [0, 1] on ``device``; a driving set's frame does not depend on the batch it comes in."""
 
 
 @runtime_checkable

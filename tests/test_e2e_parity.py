@@ -39,7 +39,7 @@ def test_audio_file_to_frames_matches_reference(fomm_tiny_files, mssync_tiny_dir
     np.testing.assert_allclose(value[:5].numpy(), p["driving_value"][:, 0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(jacobian[:5].numpy(), p["driving_jacobian"][:, 0], atol=1e-5, rtol=0)
 
-    frames = fomm.render(source, kp_source, kp_driving[:5])
+    frames = fomm.render(fomm.encode_source(source, kp_source), kp_driving[:5])
     frames = frames.permute(0, 2, 3, 1).numpy()
     err = np.abs(frames - p["frames"]).max()
     assert err <= 2e-5, err
@@ -57,5 +57,5 @@ def test_training_time_convention_changes_frames(fomm_tiny_files, e2e_parity):
     source = torch.from_numpy(p["source"]).permute(2, 0, 1)[None]
     kp = legacy.detect(source)
     drive = Keypoints(torch.from_numpy(p["driving_value"][:, 0]), torch.from_numpy(p["driving_jacobian"][:, 0]))
-    frames = legacy.render(source, kp, drive).permute(0, 2, 3, 1).numpy()
+    frames = legacy.render(legacy.encode_source(source, kp), drive).permute(0, 2, 3, 1).numpy()
     assert np.abs(frames - p["frames"]).max() > 1e-2

@@ -148,13 +148,19 @@ def _inputs(fomm, fomm_parity):
     return source, kp_source, kp_driving
 
 
+def _render(fomm, source, kp_source, kp_driving):
+    """Encode ``source`` and render: a fresh encoding each call, so the encoder runs on the path of the
+    moment (fused or plain) too."""
+    return fomm.render(fomm.encode_source(source, kp_source), kp_driving)
+
+
 def test_fomm_render_fused_equals_plain(fomm, fomm_parity):
     source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
     with fused_inference(False):
-        plain = fomm.render(source, kp_source, kp_driving)
+        plain = _render(fomm, source, kp_source, kp_driving)
     with winograd_inference(False):
-        direct = fomm.render(source, kp_source, kp_driving)
-    fused = fomm.render(source, kp_source, kp_driving)
+        direct = _render(fomm, source, kp_source, kp_driving)
+    fused = _render(fomm, source, kp_source, kp_driving)
     assert any("_fused_winograd" in b.conv1.__dict__ for b in fomm.generator.bottleneck)  # it ran
     torch.testing.assert_close(direct, plain, rtol=0, atol=1e-5)
     assert fused.is_contiguous() and fused.shape == plain.shape == (3, 3, 64, 64)
@@ -164,16 +170,16 @@ def test_fomm_render_fused_equals_plain(fomm, fomm_parity):
 
 def test_fused_weights_follow_in_place_weight_changes(fomm, fomm_parity):
     source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
-    before = fomm.render(source, kp_source, kp_driving)  # builds the fused-weight caches
+    before = _render(fomm, source, kp_source, kp_driving)  # builds the fused-weight caches
     state = fomm.generator.state_dict()
     g = torch.Generator().manual_seed(3)
     changed = {k: (v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() and "running_var" not in k
                    else v) for k, v in state.items()}
     fomm.generator.load_state_dict(changed)  # copies in place: same storages, new versions
-    fomm.clear_cache()  # the source encoding (features) depends on the weights too
-    after = fomm.render(source, kp_source, kp_driving)
+    # the source encoding (features) depends on the weights too: _render encodes again
+    after = _render(fomm, source, kp_source, kp_driving)
     with fused_inference(False):
-        plain_after = fomm.render(source, kp_source, kp_driving)
+        plain_after = _render(fomm, source, kp_source, kp_driving)
     assert (after - before).abs().max() > 1e-3
     torch.testing.assert_close(after, plain_after, rtol=0, atol=1e-5)
 
@@ -245,9 +251,9 @@ def test_default_batch_size_per_device():
 def test_render_frames_agree_between_batch_sizes(fomm, fomm_parity):
     # the default batch differs per device: frames must not depend on it
     source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
-    batched = fomm.render(source, kp_source, kp_driving)
+    batched = _render(fomm, source, kp_source, kp_driving)
     drv = _as_dict(kp_driving)
-    single = torch.cat([fomm.render(source, kp_source, _like(kp_driving, {k: v[i:i + 1] for k, v in drv.items()}))
+    single = torch.cat([_render(fomm, source, kp_source, _like(kp_driving, {k: v[i:i + 1] for k, v in drv.items()}))
                         for i in range(3)])
     np.testing.assert_allclose(single.numpy(), batched.numpy(), rtol=0, atol=1e-5)
 
@@ -265,7 +271,7 @@ def test_fused_path_keeps_only_the_packed_weight_on_cpu(fomm, fomm_parity):
     if not (_PACKED_OPS and torch.backends.mkldnn.enabled):
         pytest.skip("this torch has no packed oneDNN convolutions")
     source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
-    batch3 = fomm.render(source, kp_source, kp_driving)
+    batch3 = _render(fomm, source, kp_source, kp_driving)
     states = _fused_states(fomm.generator)
     convs = [s for s in states if hasattr(s, "packed")]
     assert convs and all(s.packed is not None and s.weight is None for s in convs)
@@ -273,9 +279,9 @@ def test_fused_path_keeps_only_the_packed_weight_on_cpu(fomm, fomm_parity):
     bottleneck = [c for b in fomm.generator.bottleneck for c in (b.conv1, b.conv2)]
     assert all(set(k for k in c.__dict__ if k.startswith("_fused_")) == {"_fused_winograd"} for c in bottleneck)
     assert len(states) == len(convs) + len(bottleneck)
-    single = fomm.render(source, kp_source, kp_driving[torch.arange(1, 2)])  # new shape: re-packed
+    single = _render(fomm, source, kp_source, kp_driving[torch.arange(1, 2)])  # new shape: re-packed
     torch.testing.assert_close(single, batch3[1:2], rtol=0, atol=1e-5)
-    again = fomm.render(source, kp_source, kp_driving)
+    again = _render(fomm, source, kp_source, kp_driving)
     assert torch.equal(again, batch3)
 
 

@@ -135,20 +135,21 @@ def test_generator_parity(tiny_model, source, fomm_parity, align_corners, prefix
                      "dm_hourglass_input")
 
     # the fast path gives the same frame
-    frames = fomm.render(source, kp_source, kp_driving)
+    frames = fomm.render(fomm.encode_source(source, kp_source), kp_driving)
     assert_close(frames, fomm_parity[prefix + "prediction"], ATOL["dense"], "render " + prefix + "prediction")
 
 
 def test_align_corners_is_switchable_and_matters(tiny_model, source, fomm_parity):
     fomm = tiny_model(True)
     kp_source, kp_driving = kp_from(fomm_parity, "kp_source"), kp_from(fomm_parity, "kp_driving")
+    encoding = fomm.encode_source(source, kp_source)  # independent of the convention: one for both
     try:
         fomm.align_corners = False
         assert fomm.generator.dense_motion_network.align_corners is False
-        modern = fomm.render(source, kp_source, kp_driving)
+        modern = fomm.render(encoding, kp_driving)
     finally:
         fomm.align_corners = True
-    legacy = fomm.render(source, kp_source, kp_driving)
+    legacy = fomm.render(encoding, kp_driving)
     assert_close(modern, fomm_parity["gen_prediction"], ATOL["dense"], "switched gen_prediction")
     assert_close(legacy, fomm_parity["legacy_gen_prediction"], ATOL["dense"], "switched legacy_gen_prediction")
     assert float((modern - legacy).abs().max()) > 0.05  # the two conventions really differ (0.19 here)
@@ -166,15 +167,16 @@ def _driving_batch(kp_source: Keypoints, b: int) -> Keypoints:
 
 def test_batched_render_equals_per_frame(tiny_model, source, fomm_parity):
     fomm = tiny_model(True)
-    kp_source = fomm.detect(source)
+    encoding = fomm.encode_source(source)
+    kp_source = encoding.kp_source
     kp_driving = _driving_batch(kp_source, 5)
-    batched = fomm.render(source, kp_source, kp_driving)
+    batched = fomm.render(encoding, kp_driving)
     assert batched.shape == (5, 3, 64, 64)
     assert 0 < float(batched.min()) and float(batched.max()) < 1
     with torch.inference_mode():
         for i in range(5):
             one = kp_driving[i]
-            single = fomm.render(source, kp_source, one)
+            single = fomm.render(encoding, one)
             reference = fomm.generator(source, kp_driving=one.as_dict(), kp_source=kp_source.as_dict())["prediction"]
             assert_close(batched[i:i + 1], single.numpy(), 1e-5, f"batched vs single frame {i}")
             assert_close(batched[i:i + 1], reference.numpy(), 1e-5, f"batched vs generator.forward frame {i}")
@@ -182,31 +184,40 @@ def test_batched_render_equals_per_frame(tiny_model, source, fomm_parity):
     assert float((batched[0] - batched[3]).abs().max()) > 1e-3
 
 
-def test_render_source_cache_follows_the_source(tiny_model, source, fomm_parity):
+def test_render_follows_the_encoding(tiny_model, source, fomm_parity):
+    """Two sources encoded side by side: each encoding renders its own source, in any order."""
     fomm = tiny_model(True)
-    kp_source = fomm.detect(source)
-    kp_driving = _driving_batch(kp_source, 2)
-    fomm.render(source, kp_source, kp_driving)  # fills the cache with this source
+    encoding = fomm.encode_source(source)
+    kp_driving = _driving_batch(encoding.kp_source, 2)
+    first = fomm.render(encoding, kp_driving)
     other = torch.flip(source, dims=[3]).contiguous()
+    encoding_other = fomm.encode_source(other)
     kp_other = fomm.detect(other)
-    got = fomm.render(other, kp_other, kp_driving)
+    assert encoding_other.kp_source.equal(kp_other)
+    got = fomm.render(encoding_other, kp_driving)
     with torch.inference_mode():
         expected = fomm.generator(other.expand(2, -1, -1, -1), kp_driving=kp_driving.as_dict(),
                                   kp_source={k: v.expand(2, *v.shape[1:]) for k, v in kp_other.as_dict().items()})
-    assert_close(got, expected["prediction"].numpy(), 1e-5, "render after a source change")
+    assert_close(got, expected["prediction"].numpy(), 1e-5, "render of the second source")
+    assert torch.equal(fomm.render(encoding, kp_driving), first)  # the first encoding is untouched
 
 
 def test_render_rejects_bad_shapes(tiny_model, source, fomm_parity):
     fomm = tiny_model(True)
     kp_source, kp_driving = kp_from(fomm_parity, "kp_source"), kp_from(fomm_parity, "kp_driving")
     with pytest.raises(ValueError, match="64"):
-        fomm.render(source[..., :32, :32], kp_source, kp_driving)
+        fomm.encode_source(source[..., :32, :32], kp_source)
     with pytest.raises(ValueError, match="one source"):
-        fomm.render(source.expand(2, -1, -1, -1), kp_source, kp_driving)
+        fomm.encode_source(source.expand(2, -1, -1, -1), kp_source)
     with pytest.raises(ValueError, match="jacobian"):
-        fomm.render(source, kp_source, Keypoints(kp_driving.value))
+        fomm.encode_source(source, Keypoints(kp_source.value))
+    encoding = fomm.encode_source(source, kp_source)
+    with pytest.raises(ValueError, match="jacobian"):
+        fomm.render(encoding, Keypoints(kp_driving.value))
     with pytest.raises(ValueError, match="Keypoints"):
-        fomm.render(source, kp_source, kp_driving.as_dict())
+        fomm.render(encoding, kp_driving.as_dict())
+    with pytest.raises(ValueError, match="FOMMSourceEncoding"):
+        fomm.render(source, kp_driving)
 
 
 # --- relative motion transfer -----------------------------------------------------------------------
@@ -266,9 +277,9 @@ def test_load_fomm_legacy_format_checkpoint(tmp_path, fomm_tiny_files, source, f
     fomm = load_fomm(fomm_tiny_files[0], legacy, device="cpu", align_corners=False)
     assert not fomm.generator.training and not fomm.kp_detector.training
     assert fomm.device == torch.device("cpu") and fomm.frame_size == 64 and fomm.align_corners is False
-    kp = fomm.detect(source)
-    assert_close(kp.value, fomm_parity["kp_source_value"], ATOL["kp"], "legacy kp value")
-    frame = fomm.render(source, kp, kp_from(fomm_parity, "kp_driving"))
+    encoding = fomm.encode_source(source)
+    assert_close(encoding.kp_source.value, fomm_parity["kp_source_value"], ATOL["kp"], "legacy kp value")
+    frame = fomm.render(encoding, kp_from(fomm_parity, "kp_driving"))
     assert_close(frame, fomm_parity["gen_prediction"], ATOL["dense"], "legacy gen_prediction")
 
 
@@ -302,9 +313,10 @@ def test_config_128_frames_builds_and_renders(tmp_path, data_dir):
     fomm = FOMM.from_config(config)
     assert fomm.frame_size == 128
     source = torch.rand(1, 3, 128, 128)
-    kp_source = fomm.detect(source)
+    encoding = fomm.encode_source(source)
+    kp_source = encoding.kp_source
     assert kp_source.value.shape == (1, 10, 2) and kp_source.jacobian.shape == (1, 10, 2, 2)
-    frames = fomm.render(source, kp_source, _driving_batch(kp_source, 3))
+    frames = fomm.render(encoding, _driving_batch(kp_source, 3))
     assert frames.shape == (3, 3, 128, 128)
     assert torch.isfinite(frames).all()
     with pytest.raises(ValueError, match="128"):
@@ -355,10 +367,10 @@ def test_render_reproduces_e2e_frames(fomm_tiny_files, e2e_parity):
     p = e2e_parity
     fomm = load_fomm(*fomm_tiny_files, align_corners=False)
     source = torch.tensor(p["source"][None]).permute(0, 3, 1, 2)
-    kp_source = fomm.detect(source)
-    assert_close(kp_source.value, p["kp_source_value"], ATOL["kp"], "e2e kp_source_value")
+    encoding = fomm.encode_source(source)
+    assert_close(encoding.kp_source.value, p["kp_source_value"], ATOL["kp"], "e2e kp_source_value")
     kp_driving = kp_from(p, "driving")
-    frames = fomm.render(source, kp_source, kp_driving).permute(0, 2, 3, 1)
+    frames = fomm.render(encoding, kp_driving).permute(0, 2, 3, 1)
     assert_close(frames, p["frames"], 2e-5, "e2e frames")
 
 

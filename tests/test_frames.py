@@ -29,6 +29,7 @@ from talkhead.keypoints import Keypoints
 from talkhead.options import AnimateOptions, ReenactOptions
 from talkhead.pipeline import Pipeline, num_video_frames
 from talkhead.reenact import load_reenact_pipeline, reenact
+from toy_renderer import SourceImageRenderer
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
@@ -64,14 +65,10 @@ def read_codes(frames: np.ndarray) -> np.ndarray:
     return codes
 
 
-class CodeRenderer:
+class CodeRenderer(SourceImageRenderer):
     """Renders the code of keypoint 0 (``round(x * 1000)``); detects the code painted in an image."""
 
     frame_size = SIDE
-    num_kp = 10
-
-    def __init__(self):
-        self.device = torch.device("cpu")
 
     def detect(self, images):
         codes = torch.from_numpy(read_codes(images)).float()
@@ -79,7 +76,7 @@ class CodeRenderer:
                            RING[None].expand(len(codes), 9, 2)], 1)
         return Keypoints(value, torch.eye(2).expand(len(codes), 10, 2, 2).clone())
 
-    def render(self, source, kp_source, kp_driving):
+    def frames(self, source, kp_source, kp_driving):
         return paint(torch.round(kp_driving.value[:, 0, 0] * 1000))
 
 

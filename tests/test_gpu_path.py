@@ -168,10 +168,11 @@ def test_reduced_precision_stays_near_fp32_and_keeps_keypoints_exact(tiny_fomm, 
     detection and the float32 parts are untouched (detect is bit-identical; frames come back float32)."""
     fomm = tiny_fomm
     src, kp, kp_d = _render_inputs(fomm, 4)
-    ref = fomm.render(src, kp, kp_d)
+    enc = fomm.encode_source(src, kp)  # float32 whatever the precision: one encoding serves both
+    ref = fomm.render(enc, kp_d)
     try:
         fomm.precision = precision
-        out = fomm.render(src, kp, kp_d)
+        out = fomm.render(enc, kp_d)
         kp_again = fomm.detect(src)
     finally:
         fomm.precision = "fp32"
@@ -180,7 +181,7 @@ def test_reduced_precision_stays_near_fp32_and_keeps_keypoints_exact(tiny_fomm, 
     assert 0 < diff <= max_abs, diff  # > 0: it really ran in reduced precision
     assert _psnr(out, ref) >= min_psnr
     assert kp_again.equal(kp)
-    assert torch.equal(fomm.render(src, kp, kp_d), ref)  # back to fp32: exact again
+    assert torch.equal(fomm.render(enc, kp_d), ref)  # back to fp32: exact again
 
 
 # ------------------------------------------------------------------------------------ on-device uint8
@@ -425,8 +426,8 @@ def test_cuda_render_matches_cpu_fp32(fomm_tiny_files, precision, max_abs, min_p
     gpu = load_fomm(*fomm_tiny_files, device="cuda")
     gpu.precision = precision
     src, kp, kp_d = _render_inputs(cpu, 8)
-    ref = cpu.render(src, kp, kp_d)
-    out = gpu.render(src, kp, kp_d)
+    ref = cpu.render(cpu.encode_source(src, kp), kp_d)
+    out = gpu.render(gpu.encode_source(src, kp), kp_d)
     assert out.device.type == "cuda" and out.dtype == torch.float32
     out = out.cpu()
     assert float((out - ref).abs().max()) <= max_abs and _psnr(out, ref) >= min_psnr

@@ -18,6 +18,7 @@ from talkhead.options import AnimateOptions
 from talkhead.pipeline import Pipeline, held_batches, speech_keypoints
 from talkhead.renderers import RendererEntry, get_renderer, register_renderer, renderer_names, _RENDERERS
 from probe import probe
+from toy_renderer import SourceImageRenderer
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
@@ -25,8 +26,8 @@ ASTRONAUT = ROOT / "examples" / "astronaut.png"
 SPEECH = DATA / "audio" / "speech_16k.wav"
 
 
-class ToyRenderer:
-    """A renderer with FOMM's interface and known behaviour: keypoint 0's x shifts the frame's colour.
+class ToyRenderer(SourceImageRenderer):
+    """A renderer on the renderer contract with known behaviour: keypoint 0's x shifts the frame's colour.
 
     ``detect`` returns fixed keypoints; ``render`` returns the source with its red channel offset by
     ``kp_driving.value[:, 0, 0]`` (so each frame encodes the keypoints that drove it).
@@ -35,16 +36,11 @@ class ToyRenderer:
     frame_size = 32
     num_kp = 10
 
-    def __init__(self):
-        self.device = torch.device("cpu")
-        self.calls = []
-
     def detect(self, source):
         b = source.shape[0]
         return Keypoints(torch.zeros(b, 10, 2), torch.eye(2).expand(b, 10, 2, 2).clone())
 
-    def render(self, source, kp_source, kp_driving):
-        self.calls.append(len(kp_driving))
+    def frames(self, source, kp_source, kp_driving):
         frames = source.expand(len(kp_driving), -1, -1, -1).clone()
         frames[:, 0] = (frames[:, 0] * 0 + 0.5 + kp_driving.value[:, 0, 0, None, None]).clamp(0, 1)
         return frames
@@ -106,6 +102,7 @@ def test_injected_components_drive_the_whole_animate(tmp_path):
     assert abs(info.duration_s - 4.8) < 0.05 and info.has_audio
     # batches of 7 cover the 120 frames; the generator's T frames are followed by its last pose held
     assert sum(renderer.calls) == 120 and max(renderer.calls) == 7
+    assert renderer.encodings == 1  # the source was encoded once for all 18 batches
     assert stages[-1] == ("render", 120, 120) and ("keypoints", len(result.kp_driving), len(result.kp_driving)) in stages
     with np.load(tmp_path / "kp.npz") as z:
         np.testing.assert_array_equal(z["kp_driving_value"], result.kp_driving.value.numpy())
@@ -174,7 +171,7 @@ class IdentityRenderer(ToyRenderer):
 
     frame_size = 256
 
-    def render(self, source, kp_source, kp_driving):
+    def frames(self, source, kp_source, kp_driving):
         return source.expand(len(kp_driving), -1, -1, -1).clone()
 
 
@@ -317,8 +314,8 @@ class _NaNDetect(ToyRenderer):
 
 
 class _InfRender(ToyRenderer):
-    def render(self, source, kp_source, kp_driving):
-        frames = super().render(source, kp_source, kp_driving)
+    def frames(self, source, kp_source, kp_driving):
+        frames = super().frames(source, kp_source, kp_driving)
         if sum(self.calls) > 10:  # a later batch goes bad
             frames[0, 1, 2, 3] = float("inf")
         return frames

@@ -29,6 +29,7 @@ from talkhead.reenact import find_best_frame, load_reenact_pipeline, normalized_
 from talkhead.renderers import _RENDERERS, RendererEntry, register_renderer
 from probe import probe
 from test_preprocess import BG, FRAME, SRC_FPS, CentroidKP, applied_dx, face_frame, speech_wav, write_video
+from toy_renderer import SourceImageRenderer
 
 ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / "data"
@@ -251,14 +252,14 @@ LEVELS = {"photo": 220, "frames": (40, 80, 120, 160)}
 """Uniform grey levels: the photo and the 4 driving frames of the parity clip (told apart by the lookup)."""
 
 
-class LookupRenderer:
+class LookupRenderer(SourceImageRenderer):
     """Detects by looking up a frame's grey level: the photo -> the fixture's ``norm_kp_source``,
     driving frame ``t`` -> ``norm_driving[t]`` (so frame 0 -> ``norm_driving_initial``); renders the source."""
 
     frame_size = 32
 
     def __init__(self, p: dict):
-        self.device = torch.device("cpu")
+        super().__init__()
         table = {LEVELS["photo"]: (p["norm_kp_source_value"][0], p["norm_kp_source_jacobian"][0])}
         for t, level in enumerate(LEVELS["frames"]):
             table[level] = (p["norm_driving_value"][t, 0], p["norm_driving_jacobian"][t, 0])
@@ -271,9 +272,6 @@ class LookupRenderer:
         assert all(abs(k - m) < 6 for k, m in zip(keys, means)), (keys, means)
         value = torch.tensor(np.stack([self.table[k][0] for k in keys]))
         return Keypoints(value, torch.tensor(np.stack([self.table[k][1] for k in keys])))
-
-    def render(self, source, kp_source, kp_driving):
-        return source.expand(len(kp_driving), -1, -1, -1).clone()
 
 
 @pytest.fixture()
@@ -358,21 +356,15 @@ def test_api_errors_are_typed(clips, tiny_fomm, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ streaming
-class ShiftRenderer:
+class ShiftRenderer(SourceImageRenderer):
     """Fast stand-in renderer (64 x 64): keypoints = the frame's mean colour; renders the source."""
 
     frame_size = 64
-
-    def __init__(self):
-        self.device = torch.device("cpu")
 
     def detect(self, x):
         b = x.shape[0]
         value = x.mean((2, 3))[:, :2, None].permute(0, 2, 1).expand(b, 10, 2) + torch.linspace(-0.5, 0.5, 10)[:, None]
         return Keypoints(value.contiguous(), torch.eye(2).expand(b, 10, 2, 2).contiguous())
-
-    def render(self, source, kp_source, kp_driving):
-        return source.expand(len(kp_driving), -1, -1, -1).clone()
 
 
 def test_memory_does_not_grow_with_the_driving_video(tmp_path):

@@ -23,7 +23,7 @@ import torch
 from talkhead.errors import CheckpointError, ConfigError, StateDictMismatchError
 from talkhead.keypoints import Keypoints
 from talkhead.renderers import Renderer
-from talkhead.smac import SMAC, SMACConfig, default_config_path, load_smac, relative_kp
+from talkhead.smac import SMAC, SMACConfig, SMACSourceEncoding, default_config_path, load_smac, relative_kp
 
 DATA = Path(__file__).parent / "data" / "smac"
 
@@ -38,7 +38,7 @@ TOL_OUT = 1e-4  # the float prediction (values in about [-8, 9])
 TOL_GEN = 2e-4
 REL_GEN = 1e-5
 SCALES = (32, 64, 128, 256)
-# (render call, batch index): one call per frame as the reference demo (the 2nd and 3rd reuse the cached source)
+# (render call, batch index): one call per frame as the reference demo (the 2nd and 3rd reuse the source encoding)
 FRAMES = {"absolute/f0": (0, 0), "relative/f0": (1, 0), "relative/f1": (2, 0)}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # large convolutions, 2 shared cores
@@ -194,9 +194,8 @@ class Recorder:
 @pytest.fixture(scope="module")
 def run(tiny_smac, golden, tmp_path_factory):
     """The fixture's runs through the public interface: detect, relative_kp, then one render per frame (the
-    absolute frame, the two relative frames; the source encoding is computed once)."""
+    absolute frame, the two relative frames, all from one source encoding)."""
     smac = tiny_smac
-    smac.clear_cache()
     rec = Recorder(smac)
     try:
         source = _unit(golden["inputs/source_uint8"])
@@ -204,9 +203,10 @@ def run(tiny_smac, golden, tmp_path_factory):
         kp_source, kp_driving = smac.detect(source), smac.detect(driving)  # one image per call, as the reference
         # relative run: the driving video is [source, driving], so the initial frame is the source
         kp_rel = relative_kp(kp_source, Keypoints.cat([kp_source, kp_driving]), kp_source, adapt_movement_scale=True)
-        frames_abs = smac.render(source, kp_source, kp_driving)  # absolute: kp_norm is kp_driving itself
+        encoding = smac.encode_source(source, kp_source)
+        frames_abs = smac.render(encoding, kp_driving)  # absolute: kp_norm is kp_driving itself
         enc_calls = len(rec.out["encoder.0"])
-        frames_rel = [smac.render(source, kp_source, kp_rel[t]) for t in range(2)]
+        frames_rel = [smac.render(encoding, kp_rel[t]) for t in range(2)]
     finally:
         rec.remove()
     kp_norm = {"absolute/f0": kp_driving, "relative/f0": kp_rel[0], "relative/f1": kp_rel[1]}
@@ -417,13 +417,21 @@ def test_interface_input_checks(tiny_smac):
         tiny_smac.detect(torch.zeros(1, 3, 64, 64))
     kp = Keypoints(torch.zeros(1, 15, 2), torch.eye(2).expand(1, 15, 2, 2))
     with pytest.raises(ValueError, match="one source image"):
-        tiny_smac.render(torch.zeros(2, 3, 256, 256), kp, kp)
+        tiny_smac.encode_source(torch.zeros(2, 3, 256, 256), kp)
     with pytest.raises(ValueError, match="15, 2"):
-        tiny_smac.render(torch.zeros(1, 3, 256, 256), kp, Keypoints(torch.zeros(1, 10, 2)))
+        tiny_smac.encode_source(torch.zeros(1, 3, 256, 256), Keypoints(torch.zeros(1, 10, 2)))
     with pytest.raises(ValueError, match="jacobians"):
-        tiny_smac.render(torch.zeros(1, 3, 256, 256), kp, Keypoints(torch.zeros(1, 15, 2)))
+        tiny_smac.encode_source(torch.zeros(1, 3, 256, 256), Keypoints(torch.zeros(1, 15, 2)))
+    encoding = SMACSourceEncoding(kp_source=kp, latent=torch.zeros(1, 256, 32, 32), features={},
+                                  source_down=torch.zeros(1, 3, 64, 64))  # the checks come before any compute
+    with pytest.raises(ValueError, match="15, 2"):
+        tiny_smac.render(encoding, Keypoints(torch.zeros(1, 10, 2)))
+    with pytest.raises(ValueError, match="jacobians"):
+        tiny_smac.render(encoding, Keypoints(torch.zeros(1, 15, 2)))
     with pytest.raises(ValueError, match="Keypoints"):
-        tiny_smac.render(torch.zeros(1, 3, 256, 256), kp, kp.as_dict())
+        tiny_smac.render(encoding, kp.as_dict())
+    with pytest.raises(ValueError, match="SMACSourceEncoding"):
+        tiny_smac.render(torch.zeros(1, 3, 256, 256), kp)
 
 
 def test_render_frames_and_cache(run):

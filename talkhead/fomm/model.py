@@ -18,6 +18,7 @@ from ..checkpoints import load_checkpoint, load_state_dict_checked, require_fini
 from ..errors import CheckpointError
 from ..keypoints import Keypoints
 from ..memory import separate_large_allocations
+from ..rendering import KeypointRenderer, SourceEncoding
 from .blocks import clear_fused_cache
 from .config import FOMMConfig
 from .generator import OcclusionAwareGenerator
@@ -26,20 +27,25 @@ from .keypoint_detector import KPDetector
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 """:attr:`FOMM.precision` names -> the dtype FOMM's decoder computes in."""
 
-@dataclass
-class _SourceEncoding:
-    """Per-source tensors reused across :meth:`FOMM.render` calls (keyed by the values they came from)."""
+@dataclass(frozen=True, eq=False)
+class FOMMSourceEncoding(SourceEncoding):
+    """:meth:`FOMM.encode_source` of one source image: what every :meth:`FOMM.render` of it reuses.
 
-    source: torch.Tensor  # (1, C, S, S), a private copy used as the cache key
-    kp_source: Keypoints  # (1, K, ...), a private copy
-    features: torch.Tensor  # (1, F, S / 2**n, S / 2**n): generator encoder output
-    source_down: torch.Tensor  # (1, C, S * scale, S * scale): dense-motion input resolution
+    Attributes:
+        kp_source: Keypoints ``(1, 10, 2)`` + ``(1, 10, 2, 2)`` (:class:`~talkhead.rendering.SourceEncoding`).
+        features: ``(1, F, S / 2**n, S / 2**n)`` the generator encoder's output (warped per frame).
+        source_down: ``(1, C, S * scale, S * scale)`` the anti-aliased source at the dense motion
+            network's resolution (warped by each keypoint's sparse motion per frame).
 
-    def matches(self, source: torch.Tensor, kp_source: Keypoints) -> bool:
-        return self.kp_source.equal(kp_source) and torch.equal(self.source, source)
+    Both tensors depend on the weights only through the encoder and the anti-alias filter, not on
+    :attr:`FOMM.align_corners` or :attr:`FOMM.precision` (the encoding stays float32).
+    """
+
+    features: torch.Tensor
+    source_down: torch.Tensor
 
 
-class FOMM:
+class FOMM(KeypointRenderer):
     """FOMM keypoint detector + occlusion-aware generator, ready for inference.
 
     Attributes:
@@ -67,8 +73,11 @@ class FOMM:
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         self.align_corners = align_corners
         self.precision = "fp32"
-        self._cache: Optional[_SourceEncoding] = None
+        self.num_kp = int(config.num_kp)
+        self.num_channels = int(config.num_channels)
+        self.uses_jacobian = bool(config.estimate_jacobian)
         self._detections = 0
+        self._encodings = 0
         self._rendered_batches: set[int] = set()
 
     @classmethod
@@ -104,30 +113,6 @@ class FOMM:
         """Floating-point dtype of the weights (inputs are cast to it)."""
         return next(self.generator.parameters()).dtype
 
-    def clear_cache(self) -> None:
-        """Forget the cached source encoding (needed only after changing the weights in place)."""
-        self._cache = None
-
-    # -- input checks -------------------------------------------------------------------------------
-    def _image(self, source, what: str = "source") -> torch.Tensor:
-        x = torch.as_tensor(source).to(self.device, self.dtype)
-        c, s = self.config.num_channels, self.frame_size
-        if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
-            raise ValueError(f"{what} must be (B, {c}, {s}, {s}) float in [0, 1], got {tuple(x.shape)}")
-        return x
-
-    def _kp(self, kp, what: str, batch: Optional[int] = None) -> Keypoints:
-        if not isinstance(kp, Keypoints):
-            raise ValueError(f"{what} must be talkhead.keypoints.Keypoints, not {type(kp).__name__}")
-        k = self.config.num_kp
-        if kp.num_kp != k or (batch is not None and len(kp) != batch):
-            want = f"({batch if batch is not None else 'B'}, {k}, 2)"
-            raise ValueError(f"{what} values must be {want}, got {tuple(kp.value.shape)}")
-        if self.config.estimate_jacobian and kp.jacobian is None:
-            raise ValueError(f"{what} lacks jacobians ({len(kp)}, {k}, 2, 2)")
-        kp = kp.to(self.device, self.dtype)
-        return kp if self.config.estimate_jacobian else Keypoints(kp.value)
-
     # -- inference ----------------------------------------------------------------------------------
     def detect(self, source) -> Keypoints:
         """Keypoints of source images.
@@ -150,30 +135,51 @@ class FOMM:
         """
         first = self._detections == 0 and self.device.type == "cpu"
         with torch.inference_mode(), separate_large_allocations() if first else contextlib.nullcontext():
-            kp = Keypoints.from_dict(self.kp_detector(self._image(source)))
+            kp = Keypoints.from_dict(self.kp_detector(self.check_images(source)))
         self._detections += 1
         if self._detections == 1:
             clear_fused_cache(self.kp_detector)
         return kp
 
-    def _encode(self, source: torch.Tensor, kp_source: Keypoints) -> _SourceEncoding:
-        if self._cache is not None and self._cache.matches(source, kp_source):
-            return self._cache
-        gen = self.generator
-        enc = _SourceEncoding(source=source.clone(), kp_source=kp_source.clone(),
-                              features=gen.encode(source),
-                              source_down=gen.dense_motion_network.downsample(source))
-        self._cache = enc
+    def encode_source(self, source, kp_source: Optional[Keypoints] = None) -> FOMMSourceEncoding:
+        """Encode one source image for :meth:`render`: its keypoints, the generator encoder's features
+        and the dense motion network's downsampled source (the per-source part of
+        ``OcclusionAwareGenerator.forward``; the rest depends on the driving keypoints).
+
+        Keep the result while rendering that source (one encoding, many :meth:`render` calls); encode
+        again after changing the weights in place. On CPU the first encoding, which packs the encoder's
+        weights, runs under :func:`talkhead.memory.separate_large_allocations`.
+
+        Args:
+            source: ``(1, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
+            kp_source: Keypoints ``(1, 10, 2)`` + ``(1, 10, 2, 2)`` to use (e.g. from an earlier
+                :meth:`detect` of this source); ``None`` runs :meth:`detect`.
+
+        Returns:
+            :class:`FOMMSourceEncoding` on ``device``.
+
+        Raises:
+            ValueError: a tensor of the wrong shape, a source batch other than 1, or keypoints that are
+                not :class:`~talkhead.keypoints.Keypoints` / lack jacobians.
+        """
+        if kp_source is None:
+            kp_source = self.detect(self.check_images(source, "source", batch=1))
+        first = self._encodings == 0 and self.device.type == "cpu"
+        with torch.inference_mode(), separate_large_allocations() if first else contextlib.nullcontext():
+            src, kp_s = self.source_keypoints(source, kp_source)
+            gen = self.generator
+            enc = FOMMSourceEncoding(kp_source=kp_s, features=gen.encode(src),
+                                     source_down=gen.dense_motion_network.downsample(src))
+        self._encodings += 1
         return enc
 
-    def render(self, source, kp_source: Keypoints, kp_driving: Keypoints) -> torch.Tensor:
-        """Render a batch of ``b`` driving keypoint sets against one source image.
+    def render(self, encoding: FOMMSourceEncoding, kp_driving: Keypoints) -> torch.Tensor:
+        """Render a batch of ``b`` driving keypoint sets against an encoded source.
 
-        The source is encoded once (generator encoder + dense-motion downsampling) and that encoding is
-        reused while the same source and kp_source (by value) come back, so rendering a long sequence
-        in batches encodes it once. Gives the same frames as the reference
+        Gives the same frames as the reference
         ``OcclusionAwareGenerator.forward(source, kp_driving=..., kp_source=...)["prediction"]`` per frame
-        (absolute keypoints: apply :func:`~talkhead.fomm.relative_kp` first for relative motion).
+        (absolute keypoints: apply :func:`~talkhead.fomm.relative_kp` first for relative motion); the
+        frames of a driving set do not depend on the batch it is rendered in (to float rounding).
 
         Precision: with :attr:`precision` ``"fp16"``/``"bf16"`` the decoder (bottleneck, up blocks,
         final conv and sigmoid: ~85 % of a frame's time on CPU, ``benchmarks/README.md``) runs under
@@ -186,34 +192,29 @@ class FOMM:
         :func:`talkhead.memory.separate_large_allocations` (a lower peak RSS; same frames).
 
         Args:
-            source: ``(1, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
-            kp_source: :class:`~talkhead.keypoints.Keypoints` ``(1, 10, 2)`` + ``(1, 10, 2, 2)`` (from
-                :meth:`detect`).
+            encoding: :meth:`encode_source` of the source image (this renderer's).
             kp_driving: Keypoints ``(b, 10, 2)`` + ``(b, 10, 2, 2)``.
 
         Returns:
             Frames ``(b, 3, S, S)`` float in ``(0, 1)`` on ``device``.
 
         Raises:
-            ValueError: a tensor of the wrong shape, or a source batch other than 1.
+            ValueError: an encoding that is not this renderer's kind or device, or keypoints of the
+                wrong shape / type / without jacobians.
         """
         b = len(kp_driving) if isinstance(kp_driving, Keypoints) else 0
         first = self.device.type == "cpu" and b not in self._rendered_batches
         with separate_large_allocations() if first else contextlib.nullcontext():
-            frames = self._render(source, kp_source, kp_driving)
+            frames = self._render(encoding, kp_driving)
         self._rendered_batches.add(b)
         return frames
 
-    def _render(self, source, kp_source: Keypoints, kp_driving: Keypoints) -> torch.Tensor:
+    def _render(self, encoding: FOMMSourceEncoding, kp_driving: Keypoints) -> torch.Tensor:
         with torch.inference_mode():
-            src = self._image(source)
-            if src.shape[0] != 1:
-                raise ValueError(f"render takes one source image (1, 3, S, S), got batch {src.shape[0]}")
-            kp_s = self._kp(kp_source, "kp_source", batch=1)
-            kp_d = self._kp(kp_driving, "kp_driving")
-            enc = self._encode(src, kp_s)
+            enc = self.check_encoding(encoding, FOMMSourceEncoding)
+            kp_d = self.check_keypoints(kp_driving, "kp_driving")
             gen = self.generator
-            motion = gen.dense_motion_network.motion(enc.source_down, kp_d.as_dict(), kp_s.as_dict())
+            motion = gen.dense_motion_network.motion(enc.source_down, kp_d.as_dict(), enc.kp_source.as_dict())
             warped = gen.warp(enc.features, motion)
             if self._precision == "fp32":
                 return gen.decode(warped)

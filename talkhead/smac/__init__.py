@@ -7,8 +7,8 @@ scales (32/64/128/256 px) by a motion codebook and an appearance codebook throug
 and decoded by a VQGAN-style decoder. Typical use::
 
     smac = load_smac(default_config_path(), "net_g_latest.pth", "net_motion_estimator_latest.pth")
-    kp_source = smac.detect(source)                        # source (1, 3, 256, 256) in [0, 1]
-    frames = smac.render(source, kp_source, kp_driving)    # Keypoints (b, 15, 2) + (b, 15, 2, 2)
+    encoding = smac.encode_source(source)       # source (1, 3, 256, 256) in [0, 1]; encoding.kp_source (1, 15, ...)
+    frames = smac.render(encoding, kp_driving)  # Keypoints (b, 15, 2) + (b, 15, 2, 2), as many batches as needed
 
 Relative motion: :func:`relative_kp` (the reference demo's ``normalize_kp``, which is FOMM's, evaluated
 with ``torch.inverse`` as the reference does; see :mod:`talkhead.smac.motion`).
@@ -16,13 +16,14 @@ Images are in ``[0, 1]`` at this interface; the networks see ``[-1, 1]`` (conver
 """
 from .config import SMACConfig, default_config_path
 from .generator import AppMotionCompFormer
-from .model import SMAC, from_model_range, load_smac, to_model_range
+from .model import SMAC, SMACSourceEncoding, from_model_range, load_smac, to_model_range
 from .motion import relative_kp
 from .motion_estimator import DenseMotionNetwork, MotionEstimator
 
 __all__ = [
     "SMAC",
     "SMACConfig",
+    "SMACSourceEncoding",
     "AppMotionCompFormer",
     "DenseMotionNetwork",
     "MotionEstimator",

@@ -21,6 +21,7 @@ import torch
 from ..checkpoints import load_checkpoint, load_state_dict_checked, strip_key_prefix
 from ..errors import CheckpointError
 from ..keypoints import Keypoints
+from ..rendering import KeypointRenderer, SourceEncoding
 from .config import SMACConfig
 from .generator import AppMotionCompFormer
 from .motion_estimator import MotionEstimator
@@ -37,21 +38,24 @@ def from_model_range(out: torch.Tensor) -> torch.Tensor:
     return (out.clamp(-1.0, 1.0) + 1.0) / 2.0
 
 
-@dataclass
-class _SourceEncoding:
-    """Per-source tensors reused across :meth:`SMAC.render` calls (keyed by the values they came from)."""
+@dataclass(frozen=True, eq=False)
+class SMACSourceEncoding(SourceEncoding):
+    """:meth:`SMAC.encode_source` of one source image: what every :meth:`SMAC.render` of it reuses.
 
-    source: torch.Tensor  # (1, 3, S, S) in [0, 1], a private copy used as the cache key
-    kp_source: Keypoints
-    latent: torch.Tensor  # (1, 256, 32, 32)
-    features: dict  # {256: (1, 64, 256, 256), 128: (1, 128, 128, 128), 64: (1, 128, 64, 64)}
-    source_down: torch.Tensor  # (1, 3, 64, 64) in [-1, 1]: dense-motion input
+    Attributes:
+        kp_source: Keypoints ``(1, 15, 2)`` + ``(1, 15, 2, 2)`` (:class:`~talkhead.rendering.SourceEncoding`).
+        latent: ``(1, 256, 32, 32)`` the encoder's latent (warped and compensated per frame).
+        features: ``{256: (1, 64, 256, 256), 128: (1, 128, 128, 128), 64: (1, 128, 64, 64)}`` the
+            encoder features fused into the decoder at those resolutions.
+        source_down: ``(1, 3, 64, 64)`` in ``[-1, 1]``: the dense motion network's input.
+    """
 
-    def matches(self, source: torch.Tensor, kp_source: Keypoints) -> bool:
-        return self.kp_source.equal(kp_source) and torch.equal(self.source, source)
+    latent: torch.Tensor
+    features: dict
+    source_down: torch.Tensor
 
 
-class SMAC:
+class SMAC(KeypointRenderer):
     """SMAC motion estimator + generator, ready for inference.
 
     Attributes:
@@ -71,7 +75,6 @@ class SMAC:
         self.device = torch.device(device) if device is not None else next(generator.parameters()).device
         self.motion_estimator = motion_estimator.to(self.device).eval().requires_grad_(False)
         self.generator = generator.to(self.device).eval().requires_grad_(False)
-        self._cache: Optional[_SourceEncoding] = None
 
     @classmethod
     def from_config(cls, config: SMACConfig, *, device: torch.device | str = "cpu") -> "SMAC":
@@ -82,29 +85,6 @@ class SMAC:
     def dtype(self) -> torch.dtype:
         """Floating-point dtype of the weights (inputs are cast to it)."""
         return next(self.generator.parameters()).dtype
-
-    def clear_cache(self) -> None:
-        """Forget the cached source encoding (needed only after changing the weights in place)."""
-        self._cache = None
-
-    # -- input checks ---------------------------------------------------------------------------------
-    def _image(self, images: Any, what: str = "source") -> torch.Tensor:
-        x = torch.as_tensor(images).to(self.device, self.dtype)
-        s = self.frame_size
-        if x.ndim != 4 or tuple(x.shape[1:]) != (3, s, s):
-            raise ValueError(f"{what} must be (B, 3, {s}, {s}) float in [0, 1], got {tuple(x.shape)}")
-        return x
-
-    def _kp(self, kp: Any, what: str, batch: Optional[int] = None) -> Keypoints:
-        if not isinstance(kp, Keypoints):
-            raise ValueError(f"{what} must be talkhead.keypoints.Keypoints, not {type(kp).__name__}")
-        k = self.num_kp
-        if kp.num_kp != k or (batch is not None and len(kp) != batch):
-            want = f"({batch if batch is not None else 'B'}, {k}, 2)"
-            raise ValueError(f"{what} must hold {want} values, got {tuple(kp.value.shape)}")
-        if kp.jacobian is None:
-            raise ValueError(f"{what} lacks jacobians ({len(kp)}, {k}, 2, 2): SMAC uses them")
-        return kp.to(self.device, self.dtype)
 
     # -- inference ------------------------------------------------------------------------------------
     def detect(self, source: Any) -> Keypoints:
@@ -121,57 +101,68 @@ class SMAC:
             ValueError: a tensor of the wrong shape.
         """
         with torch.inference_mode():
-            return Keypoints.from_dict(self.motion_estimator.estimate_kp(to_model_range(self._image(source))))
+            return Keypoints.from_dict(self.motion_estimator.estimate_kp(to_model_range(self.check_images(source))))
 
-    def _encode(self, source: torch.Tensor, kp_source: Keypoints) -> _SourceEncoding:
-        if self._cache is not None and self._cache.matches(source, kp_source):
-            return self._cache
-        x = to_model_range(source)
-        latent, feats = self.generator.encode(x)
-        enc = _SourceEncoding(source=source.clone(), kp_source=kp_source.clone(), latent=latent, features=feats,
-                              source_down=self.motion_estimator.dense_motion_network.downsample(x))
-        self._cache = enc
-        return enc
+    def encode_source(self, source: Any, kp_source: Optional[Keypoints] = None) -> SMACSourceEncoding:
+        """Encode one source image for :meth:`render`: its keypoints, the generator encoder's latent and
+        multi-scale features, and the dense motion network's downsampled source (the per-source part of
+        the reference ``net_g`` / ``estimate_motion_w_kp``; the rest depends on the driving keypoints).
 
-    def render_outputs(self, source: Any, kp_source: Any, kp_driving: Any) -> tuple[dict, dict]:
+        Keep the result while rendering that source (one encoding, many :meth:`render` calls); encode
+        again after changing the weights in place.
+
+        Args:
+            source: ``(1, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
+            kp_source: Keypoints ``(1, 15, 2)`` + ``(1, 15, 2, 2)`` to use; ``None`` runs :meth:`detect`.
+
+        Returns:
+            :class:`SMACSourceEncoding` on ``device``.
+
+        Raises:
+            ValueError: a tensor of the wrong shape, a source batch other than 1, or keypoints that are
+                not :class:`~talkhead.keypoints.Keypoints` / lack jacobians.
+        """
+        with torch.inference_mode():
+            src, kp_s = self.source_keypoints(source, kp_source)
+            x = to_model_range(src)
+            latent, feats = self.generator.encode(x)
+            return SMACSourceEncoding(kp_source=kp_s, latent=latent, features=feats,
+                                      source_down=self.motion_estimator.dense_motion_network.downsample(x))
+
+    def render_outputs(self, encoding: SMACSourceEncoding, kp_driving: Any) -> tuple[dict, dict]:
         """:meth:`render` with the raw outputs: ``(dense_motion, generator outputs)``.
 
         ``dense_motion`` is :meth:`DenseMotionNetwork.motion`'s dict; the generator outputs are
         :meth:`AppMotionCompFormer.forward`'s (``out`` in about ``[-1, 1]``, not clamped). Same
         arguments and errors as :meth:`render`.
         """
-        src = self._image(source)
-        if src.shape[0] != 1:
-            raise ValueError(f"render takes one source image (1, 3, S, S), got batch {src.shape[0]}")
-        kp_s = self._kp(kp_source, "kp_source", batch=1)
-        kp_d = self._kp(kp_driving, "kp_driving")
-        enc = self._encode(src, kp_s)
-        dense = self.motion_estimator.dense_motion_network.motion(enc.source_down, kp_d.as_dict(), kp_s.as_dict())
+        enc = self.check_encoding(encoding, SMACSourceEncoding)
+        kp_d = self.check_keypoints(kp_driving, "kp_driving")
+        dense = self.motion_estimator.dense_motion_network.motion(enc.source_down, kp_d.as_dict(),
+                                                                  enc.kp_source.as_dict())
         return dense, self.generator(None, dense, encoded=(enc.latent, enc.features))
 
-    def render(self, source: Any, kp_source: Any, kp_driving: Any) -> torch.Tensor:
-        """Render a batch of ``b`` driving keypoint sets against one source image.
+    def render(self, encoding: SMACSourceEncoding, kp_driving: Any) -> torch.Tensor:
+        """Render a batch of ``b`` driving keypoint sets against an encoded source.
 
-        The source is encoded once (generator encoder + dense-motion downsampling) and reused while the
-        same source and kp_source (by value) come back. Gives the reference
+        Gives the reference
         ``net_g(source, motion_estimator.estimate_motion_w_kp(kp_source, kp_driving, source))['out']``
         per frame, mapped to ``[0, 1]`` (absolute keypoints: apply :func:`talkhead.smac.relative_kp`,
         the reference demo's ``normalize_kp``, first for relative motion).
 
         Args:
-            source: ``(1, 3, S, S)`` float in ``[0, 1]``, ``S = frame_size`` pixels.
-            kp_source: :class:`~talkhead.keypoints.Keypoints` ``(1, 15, ...)`` from :meth:`detect`.
-            kp_driving: :class:`~talkhead.keypoints.Keypoints` ``(b, 15, ...)``.
+            encoding: :meth:`encode_source` of the source image (this renderer's).
+            kp_driving: :class:`~talkhead.keypoints.Keypoints` ``(b, 15, ...)`` with jacobians.
 
         Returns:
             Frames ``(b, 3, S, S)`` float in ``[0, 1]`` on ``device``.
 
         Raises:
-            ValueError: a tensor of the wrong shape, keypoints that are not :class:`Keypoints` or lack
-                jacobians, or a source batch other than 1.
+            ValueError: an encoding that is not this renderer's kind or device, or keypoints that are
+                not :class:`Keypoints`, of the wrong shape, or without jacobians.
         """
         with torch.inference_mode():
-            return from_model_range(self.render_outputs(source, kp_source, kp_driving)[1]["out"])
+            return from_model_range(self.render_outputs(encoding, kp_driving)[1]["out"])
 
 
 def _entry(checkpoint: Any, path: Path, keys: tuple[str, ...], what: str) -> Mapping:
