@@ -47,7 +47,8 @@ def test_train_syncers_cli_saves_config_with_overrides(runs):
 
 def test_evaluate_cli_writes_table_and_json(runs, tmp_path):
     out = tmp_path / "eval.json"
-    result = run_cli("evaluate", runs["data"], "--ground-truth", runs["data"], "--syncers", runs["syncers"], "--json", out)
+    result = run_cli("evaluate", runs["data"], "--ground-truth", runs["data"], "--syncers", runs["syncers"],
+                     "--json", out)
     assert result.exit_code == 0, result.output
     table = json.loads(out.read_text())
     assert set(table["rows"]) == {"generated", "ground_truth", "static"}
@@ -64,7 +65,8 @@ def test_evaluate_accepts_save_keypoints_files(runs, tmp_path):
     for info, kp, _ in iter_clips(runs["data"]):
         np.savez(gen / f"{info.id}.npz", kp_driving_value=kp[..., :2], kp_driving_jacobian=kp[..., 2:].reshape(-1, 10, 2, 2))
     out = tmp_path / "eval.json"
-    assert run_cli("evaluate", gen, "--ground-truth", runs["data"], "--syncers", runs["syncers"], "--json", out).exit_code == 0
+    result = run_cli("evaluate", gen, "--ground-truth", runs["data"], "--syncers", runs["syncers"], "--json", out)
+    assert result.exit_code == 0, result.output
     table = json.loads(out.read_text())
     assert table["rows"]["generated"] == table["rows"]["ground_truth"]
 

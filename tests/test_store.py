@@ -379,7 +379,8 @@ def test_register_accept_changed(tmp_path, tiny_sources):
     (root / "fomm/vox-adv-cpk.pth.tar").write_bytes(resaved_fomm(tiny_sources, tmp_path))
     assert register_local(root, accept_changed=False)["fomm/vox-adv-cpk.pth.tar"].state == CORRUPT
     assert register_local(root)["fomm/vox-adv-cpk.pth.tar"].state == VERIFIED
-    assert read_store_manifest(root)["fomm/vox-adv-cpk.pth.tar"]["sha256"] == sha256_of(root / "fomm/vox-adv-cpk.pth.tar")
+    recorded = read_store_manifest(root)["fomm/vox-adv-cpk.pth.tar"]["sha256"]
+    assert recorded == sha256_of(root / "fomm/vox-adv-cpk.pth.tar")
 
 
 # ------------------------------------------------------------------------------------------ refused checkpoints
