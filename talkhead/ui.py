@@ -445,6 +445,7 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
     demo = None
     stop = stop or threading.Event()
     handlers: dict = {}
+    served = False  # "stopped" is said only of a server that ran (a failed start is the error's one line)
     try:
         animator = Animator(base, root / "requests", log=say).load()
         if animator.load_error:
@@ -459,6 +460,7 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
         except OSError as exc:
             raise TalkheadError(f"cannot serve on {host}:{port}: {exc}") from None
         url = f"http://{host}:{demo.server_port}/"
+        served = True
         say(f"talkhead ui running on {url}" + (f" and {share_url}" if share_url else "") + "  (Ctrl-C to stop)")
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C / kill: leave the wait loop below, then clean up
@@ -477,7 +479,8 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
         else:
             os.environ["GRADIO_TEMP_DIR"] = previous
         shutil.rmtree(root, ignore_errors=True)
-        say("stopped; temporary files removed")
+        if served:
+            say("stopped; temporary files removed")
 
 
 __all__ = ["Animator", "build_app", "serve", "request_options", "require_gradio", "INSTALL_HINT", "API_NAME",

@@ -12,34 +12,19 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from typer.testing import CliRunner
 
 from talkhead.batch import (BatchReport, Pair, collect_pairs, find_pairs, plan_outputs, read_pairs_csv,
                             run_batch)
-from talkhead.cli import app
 from talkhead.errors import InputError, OutputError
-from probe import probe
-
-DATA = Path(__file__).parent / "data"
-ROOT = Path(__file__).parents[1]
-PHOTO = ROOT / "examples" / "astronaut.png"
-SPEECH = DATA / "audio" / "speech_16k.wav"
+from helpers import (ASTRONAUT, FakePipeline, assert_clean_error, assert_terminated_cleanly, offline_args, probe,
+                     run_cli, speech_excerpt, subprocess_env, wait_for)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def common(models_dir: Path) -> list[str]:
-    return ["--models-dir", str(models_dir), "--landmarker", "dlib", "--offline", "--quiet"]
 
 
 def rows(report: Path) -> list[dict]:
@@ -53,10 +38,7 @@ def hidden(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def speech_1s(tmp_path_factory) -> Path:
     """The first second of the real speech clip (25 frames: keeps the end-to-end tests short)."""
-    samples, sr = sf.read(SPEECH, dtype="int16")
-    path = tmp_path_factory.mktemp("speech") / "announcement.wav"
-    sf.write(path, samples[:sr], sr, subtype="PCM_16")
-    return path
+    return speech_excerpt(tmp_path_factory.mktemp("speech") / "announcement.wav", 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +46,7 @@ def photos(tmp_path_factory) -> Path:
     """Real-photo variants of skimage's astronaut: the original, mirrored, and slightly darker."""
     import imageio.v3 as iio
 
-    img = iio.imread(PHOTO)[..., :3]
+    img = iio.imread(ASTRONAUT)[..., :3]
     d = tmp_path_factory.mktemp("photos")
     iio.imwrite(d / "front.png", img)
     iio.imwrite(d / "mirror.png", img[:, ::-1])
@@ -148,22 +130,6 @@ def test_csv_with_non_utf8_bytes_and_quoted_commas(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- running (fast)
-class FakePipeline:
-    """``run`` writes a small file, or raises what ``fail`` maps the image's stem to."""
-
-    def __init__(self, fail=None):
-        self.fail = fail or {}
-        self.calls = []
-
-    def run(self, image, motion, output, keep_keypoints=True, progress=None):
-        self.calls.append(Path(output).name)
-        exc = self.fail.get(Path(image).stem)
-        if exc is not None:
-            raise exc
-        Path(output).write_bytes(b"mp4")
-        return type("Result", (), {"num_frames": 25})()
-
-
 def test_every_failure_is_recorded_and_the_batch_goes_on(tmp_path):
     from talkhead.errors import NoFaceError
 
@@ -236,7 +202,7 @@ def test_photos_dir_with_one_speech_non_utf8_name_and_unexpected_error(tiny_mode
 
     monkeypatch.setattr(pipeline_mod.Pipeline, "find_face", find_face)
     out, report = tmp_path / "out", tmp_path / "report.jsonl"
-    result = run("batch", folder, speech_1s, "-o", out, "--report", report, *common(tiny_models_dir))
+    result = run_cli("batch", folder, speech_1s, "-o", out, "--report", report, *offline_args(tiny_models_dir))
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     got = rows(report)
@@ -257,10 +223,14 @@ def test_one_photo_with_speech_dir_named_after_speech(tiny_models_dir, photos, s
     samples, sr = sf.read(speech_1s)
     sf.write(speeches / "bye.flac", samples[::-1], sr)  # other words, same length
     out, report = tmp_path / "out", tmp_path / "report.csv"
-    result = run("batch", photos / "front.png", speeches, "-o", out, "--report", report, *common(tiny_models_dir))
+    result = run_cli("batch", photos / "front.png", speeches, "-o", out, "--report", report,
+                     *offline_args(tiny_models_dir))
     assert result.exit_code == 0, result.output
     assert "done 2, skipped 0, failed 0" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["bye.mp4", "hello.mp4"]
+    for name in ("bye.mp4", "hello.mp4"):
+        info = probe(out / name)
+        assert info.num_frames == 25 and info.audio_duration_s == pytest.approx(1.0, abs=0.03)
     assert report.read_text().splitlines()[0] == "image,audio,output,status,reason,seconds,frames"
 
 
@@ -270,9 +240,8 @@ def test_cli_collision_refused_before_models_load(photos, speech_1s, tmp_path):
     shutil.copy(photos / "front.png", folder / "me.png")
     shutil.copy(photos / "dark.jpg", folder / "me.jpg")
     # an empty models dir: loading models would fail offline; the collision must be reported first
-    result = run("batch", folder, speech_1s, "-o", tmp_path / "out", *common(tmp_path / "no-models"))
-    assert result.exit_code == 2, result.output
-    assert "me.mp4" in result.output and "me.png" in result.output and "me.jpg" in result.output
+    result = run_cli("batch", folder, speech_1s, "-o", tmp_path / "out", *offline_args(tmp_path / "no-models"))
+    assert_clean_error(result, "would be written by more than one pair", "me.mp4 <- ", "me.png", "me.jpg")
     assert not (tmp_path / "out").exists()
 
 
@@ -280,9 +249,9 @@ def test_animate_output_equal_to_input_audio_refused_even_with_overwrite(photos,
     audio = tmp_path / "talk.wav"
     shutil.copy(speech_1s, audio)
     before = audio.read_bytes()
-    result = run("animate", photos / "front.png", audio, "-o", audio, "--overwrite", *common(tmp_path / "none"))
-    assert result.exit_code == 2, result.output
-    assert "is the input file" in result.output and "Traceback" not in result.output
+    result = run_cli("animate", photos / "front.png", audio, "-o", audio, "--overwrite",
+                     *offline_args(tmp_path / "none"))
+    assert_clean_error(result, "is the input file", "talk.wav")
     assert audio.read_bytes() == before
 
 
@@ -293,63 +262,14 @@ def test_unexpected_error_is_one_line_not_a_traceback(photos, speech_1s, tmp_pat
         raise ValueError("operands could not be broadcast together")
 
     monkeypatch.setattr(pipeline_mod.Pipeline, "__init__", broken)
-    result = run("animate", photos / "front.png", speech_1s, "-o", tmp_path / "o.mp4", "--quiet")
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    assert "unexpected error (ValueError: operands could not be broadcast together)" in result.output
+    result = run_cli("animate", photos / "front.png", speech_1s, "-o", tmp_path / "o.mp4", "--quiet")
+    assert_clean_error(result, "unexpected error", "(ValueError: operands could not be broadcast together)", code=1)
 
 
 # ------------------------------------------------------------------------------------------- processes
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def _wait_for(cond, timeout: float = 120.0, proc=None) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"process ended early (rc {proc.returncode}): {err.decode()[-2000:]}")
-        if time.monotonic() > end:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
-
-
-def assert_terminated_cleanly(returncode: int, err: bytes, out_dir: Path) -> None:
-    """A SIGTERM'd talkhead run: exit 143, one stderr line saying so, nothing left in ``out_dir`` and no
-    ffmpeg child still writing there."""
-    assert returncode == 143, err.decode()
-    lines = [ln for ln in err.decode().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "terminated by SIGTERM" in lines[0], lines
-    assert os.listdir(out_dir) == []
-    assert _ffmpeg_writing_into(out_dir) == []
-
-
-def _ffmpeg_writing_into(folder: Path) -> list[int]:
-    """Pids of live (non-zombie) processes whose command line mentions ``folder``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if os.fsencode(str(folder)) in cmd and b"ffmpeg" in cmd and state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
 @pytest.fixture(scope="module")
 def speech_8s(tmp_path_factory) -> Path:
-    samples, sr = sf.read(SPEECH, dtype="int16")
-    path = tmp_path_factory.mktemp("long") / "long.wav"
-    sf.write(path, np.tile(samples, 2)[: 8 * sr], sr, subtype="PCM_16")
-    return path
+    return speech_excerpt(tmp_path_factory.mktemp("long") / "long.wav", 8.0)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -357,10 +277,10 @@ def test_sigterm_during_rendering_leaves_nothing_and_exits_143(tiny_models_dir, 
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     cmd = [sys.executable, "-m", "talkhead", "animate", str(photos / "front.png"), str(speech_8s),
-           "-o", str(out_dir / "clip.mp4"), "--batch-size", "1", *common(tiny_models_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+           "-o", str(out_dir / "clip.mp4"), "--batch-size", "1", *offline_args(tiny_models_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
     try:
-        _wait_for(lambda: any(".partial" in n for n in os.listdir(out_dir)), proc=proc)
+        wait_for(lambda: any(".partial" in n for n in os.listdir(out_dir)), proc=proc)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -374,11 +294,11 @@ def test_killed_batch_resumes_only_missing_pairs_and_sweeps_its_partial(tiny_mod
                                                                         tmp_path):
     out, report = tmp_path / "out", tmp_path / "report.jsonl"
     cmd = [sys.executable, "-m", "talkhead", "batch", str(photos), str(speech_1s), "-o", str(out),
-           "--batch-size", "1", *common(tiny_models_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+           "--batch-size", "1", *offline_args(tiny_models_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env())
     try:
         # dark.jpg renders first; kill -9 while the second pair (front.png) is being written
-        _wait_for(lambda: out.is_dir() and "dark.mp4" in os.listdir(out)
+        wait_for(lambda: out.is_dir() and "dark.mp4" in os.listdir(out)
                   and any(".partial" in n for n in os.listdir(out)), proc=proc)
         proc.kill()
         proc.wait(timeout=30)
@@ -389,8 +309,8 @@ def test_killed_batch_resumes_only_missing_pairs_and_sweeps_its_partial(tiny_mod
     finished = {n for n in os.listdir(out) if not n.startswith(".")}
     assert "mirror.mp4" not in finished  # (the kill came while front.png or mirror.png was rendering)
     mtimes = {n: (out / n).stat().st_mtime_ns for n in finished}
-    result = run("batch", photos, speech_1s, "-o", out, "--skip-existing", "--report", report,
-                 *common(tiny_models_dir))
+    result = run_cli("batch", photos, speech_1s, "-o", out, "--skip-existing", "--report", report,
+                     *offline_args(tiny_models_dir))
     assert result.exit_code == 0, result.output
     got = {Path(r["output"]).name: r["status"] for r in rows(report)}
     assert got == {n: "skipped" if n in finished else "done" for n in ("dark.mp4", "front.mp4", "mirror.mp4")}

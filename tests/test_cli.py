@@ -5,6 +5,8 @@ from the offline dlib backend, and every MP4 is checked by probing the file.
 """
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,11 +15,9 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from helpers import (ASTRONAUT, SPEECH, assert_clean_error, flip_byte, no_face_photo, offline_args, probe, run_cli,
+                     silent_wav, speech_excerpt)
 from talkhead.cli import app
-from probe import probe
-
-DATA = Path(__file__).parent / "data"
-EXAMPLES = Path(__file__).parents[1] / "examples"
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -30,32 +30,12 @@ def models_dir(tiny_models_dir) -> Path:
 @pytest.fixture(scope="module")
 def speech_2s(tmp_path_factory) -> Path:
     """The first 2.0 s of the real speech clip (keeps most tests short)."""
-    samples, sr = sf.read(DATA / "audio" / "speech_16k.wav", dtype="int16")
-    path = tmp_path_factory.mktemp("audio") / "speech 2s.wav"
-    sf.write(path, samples[: 2 * sr], sr, subtype="PCM_16")
-    return path
+    return speech_excerpt(tmp_path_factory.mktemp("audio") / "speech 2s.wav", 2.0)
 
 
 @pytest.fixture(scope="module")
 def photo() -> Path:
-    return EXAMPLES / "astronaut.png"
-
-
-def run(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def common(models_dir: Path) -> list[str]:
-    return ["--models-dir", str(models_dir), "--landmarker", "dlib", "--offline", "--quiet"]
-
-
-def assert_clean_error(result, *needles: str) -> None:
-    """Exit code 2, a one-line message naming the problem, and no traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert "error:" in result.output
-    for needle in needles:
-        assert needle in result.output, (needle, result.output)
+    return ASTRONAUT
 
 
 def only_inputs_left(folder: Path, *expected: str) -> None:
@@ -66,8 +46,8 @@ def only_inputs_left(folder: Path, *expected: str) -> None:
 def test_animate_real_photo_full_clip(models_dir, photo, tmp_path):
     out = tmp_path / "out.mp4"
     kps = tmp_path / "kp.npz"
-    result = run("animate", photo, DATA / "audio" / "speech_16k.wav", "-o", out, "--save-keypoints", kps,
-                 *common(models_dir))
+    result = run_cli("animate", photo, SPEECH, "-o", out, "--save-keypoints", kps,
+                     *offline_args(models_dir))
     assert result.exit_code == 0, result.output
     info = probe(out)
     assert info.video_codec == "h264" and info.pix_fmt == "yuv420p"
@@ -90,8 +70,8 @@ def test_crop_none_reproduces_fixture_keypoints(models_dir, mssync_parity, tmp_p
     src = tmp_path / "source.png"
     iio.imwrite(src, mssync_parity["source_uint8"])
     kps = tmp_path / "kp.npz"
-    result = run("animate", src, DATA / "audio" / "speech_16k.wav", "-o", tmp_path / "o.mp4", "--crop", "none",
-                 "--save-keypoints", kps, *common(models_dir))
+    result = run_cli("animate", src, SPEECH, "-o", tmp_path / "o.mp4", "--crop", "none",
+                     "--save-keypoints", kps, *offline_args(models_dir))
     assert result.exit_code == 0, result.output
     out_kp = mssync_parity["full_out_kp"][0]  # (119, 10, 6)
     with np.load(kps) as z:
@@ -104,7 +84,7 @@ def test_crop_none_reproduces_fixture_keypoints(models_dir, mssync_parity, tmp_p
 def test_odd_output_names(models_dir, photo, speech_2s, tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / name
-    result = run("animate", photo, speech_2s, "-o", out, *common(models_dir))
+    result = run_cli("animate", photo, speech_2s, "-o", out, *offline_args(models_dir))
     assert result.exit_code == 0, result.output
     assert probe(out).num_frames == 50
     assert not (tmp_path / "pwned").exists()
@@ -114,9 +94,10 @@ def test_odd_output_names(models_dir, photo, speech_2s, tmp_path, monkeypatch, n
 def test_existing_output_needs_overwrite(models_dir, photo, speech_2s, tmp_path):
     out = tmp_path / "out.mp4"
     out.write_bytes(b"precious")
-    assert_clean_error(run("animate", photo, speech_2s, "-o", out, *common(models_dir)), "--overwrite")
+    assert_clean_error(run_cli("animate", photo, speech_2s, "-o", out, *offline_args(models_dir)), "already exists",
+                       "out.mp4", "--overwrite")
     assert out.read_bytes() == b"precious"
-    result = run("animate", photo, speech_2s, "-o", out, "--overwrite", *common(models_dir))
+    result = run_cli("animate", photo, speech_2s, "-o", out, "--overwrite", *offline_args(models_dir))
     assert result.exit_code == 0, result.output
     assert probe(out).num_frames == 50
     only_inputs_left(tmp_path, "out.mp4")
@@ -124,57 +105,55 @@ def test_existing_output_needs_overwrite(models_dir, photo, speech_2s, tmp_path)
 
 # --------------------------------------------------------------------------------------------- bad input
 def _bad_inputs(tmp: Path, speech_2s: Path, photo: Path) -> dict:
-    """name -> (image, audio, expected words in the message)."""
+    """name -> (image, audio, (the kind of error, the file named in the message))."""
     tmp.mkdir(parents=True, exist_ok=True)
     corrupt_png = tmp / "corrupt.png"
     corrupt_png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
-    noface = tmp / "noface.png"
-    import imageio.v3 as iio
-    import skimage.data
-
-    iio.imwrite(noface, skimage.data.coffee())
+    noface = no_face_photo(tmp / "noface.png")
     corrupt_wav = tmp / "corrupt.wav"
     corrupt_wav.write_bytes(b"RIFF" + bytes(np.random.default_rng(0).integers(0, 255, 3000, dtype=np.uint8)))
     empty_wav = tmp / "empty.wav"
     sf.write(empty_wav, np.zeros(0, np.int16), 16000)
-    silent_wav = tmp / "silent.wav"
-    sf.write(silent_wav, np.zeros(32000, np.int16), 16000)
+    silent = silent_wav(tmp / "silent.wav", 2.0)
     short_wav = tmp / "short.wav"
     samples, _ = sf.read(speech_2s, dtype="int16")
     sf.write(short_wav, samples[:800], 16000)
     return {
-        "missing image": (tmp / "nope.png", speech_2s, ["nope.png"]),
-        "missing audio": (photo, tmp / "nope.wav", ["nope.wav"]),
-        "corrupt image": (corrupt_png, speech_2s, ["corrupt.png"]),
-        "no face": (noface, speech_2s, ["noface.png", "face"]),
-        "corrupt audio": (photo, corrupt_wav, ["corrupt.wav"]),
-        "empty audio": (photo, empty_wav, ["empty.wav"]),
-        "silent audio": (photo, silent_wav, ["silent.wav", "silent"]),
-        "too short audio": (photo, short_wav, ["short.wav"]),
+        "missing image": (tmp / "nope.png", speech_2s, ("photo not found", "nope.png")),
+        "missing audio": (photo, tmp / "nope.wav", ("audio not found", "nope.wav")),
+        "corrupt image": (corrupt_png, speech_2s, ("is not an image file", "corrupt.png")),
+        "no face": (noface, speech_2s, ("no face found", "noface.png")),
+        "corrupt audio": (photo, corrupt_wav, ("cannot decode audio", "corrupt.wav")),
+        "empty audio": (photo, empty_wav, ("contains no samples", "empty.wav")),
+        "silent audio": (photo, silent, ("is silent", "silent.wav")),
+        "too short audio": (photo, short_wav, ("is too short", "short.wav")),
     }
 
 
 @pytest.mark.parametrize("case", ["missing image", "missing audio", "corrupt image", "no face", "corrupt audio",
                                   "empty audio", "silent audio", "too short audio"])
 def test_bad_input_is_one_clean_line(models_dir, photo, speech_2s, tmp_path, case):
-    image, audio, needles = _bad_inputs(tmp_path / "in", speech_2s, photo)[case]
+    image, audio, (kind, name) = _bad_inputs(tmp_path / "in", speech_2s, photo)[case]
     outdir = tmp_path / "out"
     outdir.mkdir()
-    result = run("animate", image, audio, "-o", outdir / "o.mp4", *common(models_dir))
-    assert_clean_error(result, *needles)
+    result = run_cli("animate", image, audio, "-o", outdir / "o.mp4", *offline_args(models_dir))
+    assert_clean_error(result, kind, name)
     only_inputs_left(outdir)
 
 
 def test_unwritable_output_dir(models_dir, photo, speech_2s, tmp_path):
-    assert_clean_error(run("animate", photo, speech_2s, "-o", tmp_path / "no" / "such" / "dir" / "o.mp4",
-                           *common(models_dir)), "dir")
+    missing = tmp_path / "no" / "such" / "dir"
+    result = run_cli("animate", photo, speech_2s, "-o", missing / "o.mp4", *offline_args(models_dir))
+    assert_clean_error(result, "does not exist", f"output folder '{missing}'")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_checkpoints_offline(photo, speech_2s, tmp_path):
     empty = tmp_path / "models"
     empty.mkdir()
-    result = run("animate", photo, speech_2s, "-o", tmp_path / "o.mp4", *common(empty))
-    assert_clean_error(result, "model_chkpt.pt")
+    result = run_cli("animate", photo, speech_2s, "-o", tmp_path / "o.mp4", *offline_args(empty))
+    assert_clean_error(result, "model files missing", "--offline", "mssync/model_chkpt.pt", "fomm/vox-adv-cpk.pth.tar",
+                       "talkhead download")
     assert not (tmp_path / "o.mp4").exists()
 
 
@@ -182,11 +161,9 @@ def test_tampered_checkpoint(models_dir, photo, speech_2s, tmp_path):
     bad = tmp_path / "models"
     shutil.copytree(models_dir, bad)
     ckpt = bad / "fomm" / "vox-adv-cpk.pth.tar"
-    data = bytearray(ckpt.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    ckpt.write_bytes(bytes(data))
-    result = run("animate", photo, speech_2s, "-o", tmp_path / "o.mp4", *common(bad))
-    assert_clean_error(result, "vox-adv-cpk.pth.tar")
+    flip_byte(ckpt)
+    result = run_cli("animate", photo, speech_2s, "-o", tmp_path / "o.mp4", *offline_args(bad))
+    assert_clean_error(result, "failed verification", "vox-adv-cpk.pth.tar", "sha256", "talkhead download --force fomm")
     assert not (tmp_path / "o.mp4").exists()
 
 
@@ -194,7 +171,8 @@ def test_debug_shows_traceback(photo, tmp_path):
     result = CliRunner().invoke(app, ["--debug", "animate", str(photo), str(tmp_path / "nope.wav"),
                                       "--models-dir", str(tmp_path), "--offline", "--landmarker", "dlib"])
     assert result.exit_code == 2
-    assert "Traceback" in result.output
+    assert "Traceback" in result.stderr and "InputError" in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == f"error: audio not found: {tmp_path / 'nope.wav'}"
 
 
 # --------------------------------------------------------------------------------------------- batch
@@ -205,18 +183,19 @@ def test_batch_mixed_pairs_and_resume(models_dir, photo, speech_2s, tmp_path):
     shutil.copy(photo, images / "alice.png")
     shutil.copy(speech_2s, audios / "alice.wav")
     shutil.copy(photo, images / "bob.png")
-    sf.write(audios / "bob.wav", np.zeros(16000, np.int16), 16000)  # silent: fails
+    silent_wav(audios / "bob.wav", 1.0)  # silent: fails
     shutil.copy(photo, images / "carol.png")  # no audio: unmatched
     shutil.copy(speech_2s, audios / "dave.wav")  # no image: unmatched
 
-    result = run("batch", images, audios, "-o", out, *common(models_dir))
+    result = run_cli("batch", images, audios, "-o", out, *offline_args(models_dir))
     assert result.exit_code == 1, result.output
     assert "done 1, skipped 2, failed 1" in result.output  # carol and dave are unmatched: skipped
     assert probe(out / "alice.mp4").num_frames == 50
     assert sorted(p.name for p in out.iterdir()) == ["alice.mp4"]
 
     mtime = (out / "alice.mp4").stat().st_mtime_ns
-    result = run("batch", images, audios, "-o", out, "--skip-existing", *common(models_dir))
+    result = run_cli("batch", images, audios, "-o", out, "--skip-existing", *offline_args(models_dir))
+    assert result.exit_code == 1, result.output
     assert "done 0, skipped 3, failed 1" in result.output
     assert (out / "alice.mp4").stat().st_mtime_ns == mtime
 
@@ -224,25 +203,31 @@ def test_batch_mixed_pairs_and_resume(models_dir, photo, speech_2s, tmp_path):
 def test_batch_pairs_csv(models_dir, photo, speech_2s, tmp_path):
     csv = tmp_path / "pairs.csv"
     csv.write_text(f"image,audio,output\n{photo},{speech_2s},{tmp_path / 'custom name.mp4'}\n")
-    result = run("batch", "--pairs", csv, "-o", tmp_path / "out", *common(models_dir))
+    result = run_cli("batch", "--pairs", csv, "-o", tmp_path / "out", *offline_args(models_dir))
     assert result.exit_code == 0, result.output
-    assert probe(tmp_path / "custom name.mp4").num_frames == 50
+    info = probe(tmp_path / "custom name.mp4")
+    assert info.num_frames == 50 and info.audio_duration_s == pytest.approx(2.0, abs=0.03)
 
 
 # --------------------------------------------------------------------------------------------- doctor / download
 def test_doctor_reports_models_and_ffmpeg(models_dir):
-    result = run("doctor", "--models-dir", models_dir, "--json")
-    assert "libx264" in result.output
-    assert "verified" in result.output
-    assert "dlib" in result.output
+    result = run_cli("doctor", "--models-dir", models_dir, "--json")
+    assert result.exit_code == 0, result.output  # ready: every file verified, ffmpeg has what it needs
+    report = json.loads(result.stdout)
+    assert report["ready"] is True and report["problems"] == []
+    assert report["ffmpeg"]["ok"] is True and report["ffmpeg"]["has_libx264"] is True
+    assert {rel: f["state"] for rel, f in report["models"]["files"].items()} == dict.fromkeys(
+        ["fomm/vox-adv-256.yaml", "fomm/vox-adv-cpk.pth.tar", "mssync/args", "mssync/model_chkpt.pt"], "verified")
+    assert report["landmarkers"]["dlib"]["importable"] is True
 
 
 def test_doctor_not_ready_without_checkpoints(tmp_path):
-    result = run("doctor", "--models-dir", tmp_path / "empty")
+    result = run_cli("doctor", "--models-dir", tmp_path / "empty")
     assert result.exit_code == 1, result.output
     assert "verdict: not ready" in result.output
     assert "run `talkhead download`" in result.output
-    assert "packaged" in result.output  # the shipped FOMM config is not reported missing
+    assert "problem: checkpoints missing: fomm/vox-adv-cpk.pth.tar, mssync/args, mssync/model_chkpt.pt" in result.output
+    assert re.search(r"fomm/vox-adv-256\.yaml\s*│\s*packaged\s*│", result.output)  # the shipped config: not missing
 
 
 def test_download_offline_failure_leaves_nothing(tmp_path, monkeypatch):
@@ -254,8 +239,9 @@ def test_download_offline_failure_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(gdown, "download", boom)
     monkeypatch.setattr(gdown, "download_folder", boom)
     root = tmp_path / "models"
-    result = run("download", "--models-dir", root, "--quiet")
-    assert_clean_error(result, "could not download fomm/vox-adv-cpk.pth.tar (Google Drive folder of the FOMM authors: ")
+    result = run_cli("download", "--models-dir", root, "--quiet")
+    assert_clean_error(result, "could not download",
+                       "fomm/vox-adv-cpk.pth.tar (Google Drive folder of the FOMM authors: ")
     # offline here: the host does not resolve; with DNS, the patched gdown fails
     assert "cannot resolve drive.google.com" in result.output or "network is unreachable" in result.output
     assert "--mirror URL" in result.output and "--from-dir DIR" in result.output
@@ -263,7 +249,8 @@ def test_download_offline_failure_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_help_lists_commands():
-    result = run("--help")
+    result = run_cli("--help")
+    assert result.exit_code == 0, result.output
     for cmd in ("animate", "batch", "download", "doctor", "train"):
         assert cmd in result.output
 

@@ -6,13 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
-from PIL import Image
 from typer.testing import CliRunner
 
 import talkhead
+from helpers import assert_clean_error, blank_photo, run_cli, silent_wav
 from talkhead.cli import app
 
 DATA = Path(__file__).parent / "data"
@@ -31,43 +29,36 @@ def no_model_loading(monkeypatch):
     monkeypatch.setattr("talkhead.store.download", refuse)
 
 
-def _run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def test_missing_image_is_reported_before_any_download(tmp_path, no_model_loading):
     empty = tmp_path / "models"
     empty.mkdir()
-    result = _run("animate", tmp_path / "missing.png", SPEECH, "-o", tmp_path / "o.mp4", "--models-dir", empty)
-    assert result.exit_code == 2
-    assert "image not found" in result.output and "missing.png" in result.output
+    result = run_cli("animate", tmp_path / "missing.png", SPEECH, "-o", tmp_path / "o.mp4", "--models-dir", empty,
+                     "--quiet")
+    assert_clean_error(result, "photo not found", "missing.png")
     assert list(empty.iterdir()) == [] and not (tmp_path / "o.mp4").exists()
 
 
 def test_face_less_image_and_silent_audio_beat_missing_models(tmp_path, no_model_loading):
     empty = tmp_path / "models"
     empty.mkdir()
-    blank = tmp_path / "wall.png"
-    Image.fromarray(np.full((300, 400, 3), 128, np.uint8)).save(blank)
-    result = _run("animate", blank, SPEECH, "-o", tmp_path / "o.mp4", "--models-dir", empty, "--offline",
-                  "--landmarker", "dlib")
-    assert result.exit_code == 2 and "no face" in result.output and "model files" not in result.output
+    blank = blank_photo(tmp_path / "wall.png")
+    result = run_cli("animate", blank, SPEECH, "-o", tmp_path / "o.mp4", "--models-dir", empty, "--offline",
+                     "--landmarker", "dlib", "--quiet")
+    assert_clean_error(result, "no face found", "wall.png")  # not the missing model files
 
-    silent = tmp_path / "silent.wav"
-    sf.write(silent, np.zeros(16000, np.float32), 16000)
-    result = _run("animate", ASTRONAUT, silent, "-o", tmp_path / "o.mp4", "--models-dir", empty, "--offline",
-                  "--landmarker", "dlib")
-    assert result.exit_code == 2 and "silent" in result.output and "model files" not in result.output
+    silent = silent_wav(tmp_path / "silent.wav", 1.0)
+    result = run_cli("animate", ASTRONAUT, silent, "-o", tmp_path / "o.mp4", "--models-dir", empty, "--offline",
+                     "--landmarker", "dlib", "--quiet")
+    assert_clean_error(result, "is silent", "silent.wav")  # not the missing model files
     assert not (tmp_path / "o.mp4").exists()
 
 
 def test_good_inputs_then_report_the_missing_models(tmp_path):
     empty = tmp_path / "models"
     empty.mkdir()
-    result = _run("animate", ASTRONAUT, SPEECH, "-o", tmp_path / "o.mp4", "--models-dir", empty, "--offline",
-                  "--landmarker", "dlib")
-    assert result.exit_code == 2 and "missing" in result.output and "talkhead download" in result.output
-    assert "Traceback" not in result.output
+    result = run_cli("animate", ASTRONAUT, SPEECH, "-o", tmp_path / "o.mp4", "--models-dir", empty, "--offline",
+                     "--landmarker", "dlib", "--quiet")
+    assert_clean_error(result, "model files missing", "talkhead download")
 
 
 def test_animate_prints_the_output_path_on_stdout_even_quiet(tiny_models_dir, tmp_path):
@@ -80,17 +71,16 @@ def test_animate_prints_the_output_path_on_stdout_even_quiet(tiny_models_dir, tm
 
 
 def test_version_and_debug_after_the_subcommand(tmp_path):
-    result = _run("--version")
+    result = run_cli("--version")
     assert result.exit_code == 0 and result.output.strip() == f"talkhead {talkhead.__version__}"
     # --debug after the subcommand (main() takes it anywhere) shows the traceback of an expected error
     proc = subprocess.run([sys.executable, "-m", "talkhead", "animate", str(tmp_path / "none.png"), str(SPEECH),
                            "--debug"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
-    assert "Traceback" in proc.stderr and "image not found" in proc.stderr
+    assert "Traceback" in proc.stderr and "photo not found" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "talkhead", "animate", str(tmp_path / "none.png"), str(SPEECH)],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    assert_clean_error(proc, "photo not found", "none.png")
 
 
 @pytest.mark.parametrize("command", ["animate", "batch", "download", "doctor"])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import skimage.data
 
+from helpers import psnr
 from talkhead import crop as C
 from talkhead.compose import Compositor, seam_metrics
 from talkhead.landmarks import Face
@@ -44,11 +45,6 @@ def _case(name):
     img, extent = EDGE_CASES[name]
     img = np.ascontiguousarray(img)
     return img, C.fomm_crop(img, _face(extent), S, pad=True)
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)))
 
 
 def _shift(crop: np.ndarray, dx: float, dy: float = 0.0) -> np.ndarray:
@@ -112,10 +108,10 @@ def test_identity_renderer_gives_back_the_photo(edge):
     comp = Compositor(img, fc)
     out = comp.paste(fc.crop[None])
     assert out.shape == (1,) + img.shape and out.dtype == np.uint8
-    assert _psnr(out[0], img) >= 40.0
+    assert psnr(out[0], img) >= 40.0
     x0, y0, x1, y1 = comp.region
     assert (x0, y0) >= (0, 0) and x1 <= img.shape[1] and y1 <= img.shape[0]
-    assert _psnr(out[0, y0:y1, x0:x1], img[y0:y1, x0:x1]) >= 38.0   # the face region itself
+    assert psnr(out[0, y0:y1, x0:x1], img[y0:y1, x0:x1]) >= 38.0   # the face region itself
     # pixels outside the region are the photo's, exactly
     outside = np.ones(img.shape[:2], bool)
     outside[y0:y1, x0:x1] = False
@@ -252,7 +248,7 @@ def test_rotated_crop_general_warp():
     comp = Compositor(img, fc)
     assert comp._resize_to is None and comp._interior is None
     out = comp.paste(crop[None])[0]
-    assert _psnr(out, img) >= 40.0
+    assert psnr(out, img) >= 40.0
     x0, y0, x1, y1 = comp.region
     assert x1 - x0 > 124 and y1 - y0 > 124                      # the rotated square's bounding box
     np.testing.assert_array_equal(out[:y0], img[:y0])

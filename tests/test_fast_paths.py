@@ -16,6 +16,7 @@ from talkhead.fomm import load_fomm
 from talkhead.fomm.blocks import (Hourglass, ResBlock2d, UpBlock2d, fused_inference, use_fused, winograd_enabled,
                                   winograd_inference)
 from talkhead.fomm.winograd import winograd_applies, winograd_conv3x3, winograd_weight
+from talkhead.keypoints import Keypoints
 from talkhead.mssync import load_mssync
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -129,22 +130,13 @@ def fomm(fomm_tiny_files):
     return load_fomm(*fomm_tiny_files)
 
 
-def _as_dict(kp) -> dict:
-    return kp.as_dict() if hasattr(kp, "as_dict") else dict(kp)
-
-
-def _like(kp, d: dict):
-    """``d`` in the keypoint type that ``FOMM.detect`` returned (a dict or ``Keypoints``)."""
-    return type(kp).from_dict(d) if hasattr(type(kp), "from_dict") else d
-
-
 def _inputs(fomm, fomm_parity):
     source = torch.tensor(fomm_parity["source"][None]).permute(0, 3, 1, 2)
     kp_source = fomm.detect(source)
-    src = _as_dict(kp_source)
+    assert isinstance(kp_source, Keypoints)
     g = torch.Generator().manual_seed(0)
-    kp_driving = _like(kp_source, {"value": src["value"] + 0.1 * torch.randn(3, 10, 2, generator=g),
-                                   "jacobian": src["jacobian"] + 0.1 * torch.randn(3, 10, 2, 2, generator=g)})
+    kp_driving = Keypoints(kp_source.value + 0.1 * torch.randn(3, 10, 2, generator=g),
+                           kp_source.jacobian + 0.1 * torch.randn(3, 10, 2, 2, generator=g))
     return source, kp_source, kp_driving
 
 
@@ -252,9 +244,7 @@ def test_render_frames_agree_between_batch_sizes(fomm, fomm_parity):
     # the default batch differs per device: frames must not depend on it
     source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
     batched = _render(fomm, source, kp_source, kp_driving)
-    drv = _as_dict(kp_driving)
-    single = torch.cat([_render(fomm, source, kp_source, _like(kp_driving, {k: v[i:i + 1] for k, v in drv.items()}))
-                        for i in range(3)])
+    single = torch.cat([_render(fomm, source, kp_source, kp_driving[i]) for i in range(3)])
     np.testing.assert_allclose(single.numpy(), batched.numpy(), rtol=0, atol=1e-5)
 
 

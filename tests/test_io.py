@@ -7,14 +7,11 @@ import stat
 import numpy as np
 import pytest
 
+from helpers import names
 from talkhead.errors import OutputError
 from talkhead.io import atomic_output, check_output_path
 
 WEIRD_NAMES = ["with space.npz", "quote'\"s.npz", "ünïcødé 音声.npz", "-dash.npz", "$(touch pwned).npz"]
-
-
-def names(folder) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
 
 
 def test_success_renames_temp_beside_target(tmp_path):

@@ -17,49 +17,7 @@ from talkhead.keypoints import Keypoints
 from talkhead.options import AnimateOptions
 from talkhead.pipeline import Pipeline, held_batches, speech_keypoints
 from talkhead.renderers import RendererEntry, get_renderer, register_renderer, renderer_names, _RENDERERS
-from probe import probe
-from toy_renderer import SourceImageRenderer
-
-DATA = Path(__file__).parent / "data"
-ROOT = Path(__file__).parent.parent
-ASTRONAUT = ROOT / "examples" / "astronaut.png"
-SPEECH = DATA / "audio" / "speech_16k.wav"
-
-
-class ToyRenderer(SourceImageRenderer):
-    """A renderer on the renderer contract with known behaviour: keypoint 0's x shifts the frame's colour.
-
-    ``detect`` returns fixed keypoints; ``render`` returns the source with its red channel offset by
-    ``kp_driving.value[:, 0, 0]`` (so each frame encodes the keypoints that drove it).
-    """
-
-    frame_size = 32
-    num_kp = 10
-
-    def detect(self, source):
-        b = source.shape[0]
-        return Keypoints(torch.zeros(b, 10, 2), torch.eye(2).expand(b, 10, 2, 2).clone())
-
-    def frames(self, source, kp_source, kp_driving):
-        frames = source.expand(len(kp_driving), -1, -1, -1).clone()
-        frames[:, 0] = (frames[:, 0] * 0 + 0.5 + kp_driving.value[:, 0, 0, None, None]).clamp(0, 1)
-        return frames
-
-
-def toy_motion(kp_source, logfbank, progress=None):
-    """T = M // 4 frames; keypoint 0's x ramps from -0.4 to 0.4 (visible through ToyRenderer)."""
-    t = max(2, logfbank.shape[0] // 4)
-    value = kp_source.value.repeat(t, 1, 1)
-    value[:, 0, 0] = torch.linspace(-0.4, 0.4, t)
-    if progress:
-        progress("keypoints", t, t)
-    return Keypoints(value, kp_source.jacobian.repeat(t, 1, 1, 1))
-
-
-def astronaut_face(image):
-    """The astronaut's face box, as a landmarker would report it (no model needed)."""
-    return [Face(box=(175.0, 40.0, 290.0, 190.0), score=0.99, landmarks=np.zeros((0, 2), np.float32),
-                 backend="fan")]
+from helpers import ASTRONAUT, SPEECH, ListWriter, ToyRenderer, astronaut_face, probe, psnr, toy_motion
 
 
 def test_keypoints_pack_unpack_index_and_checks():
@@ -175,19 +133,6 @@ class IdentityRenderer(ToyRenderer):
         return source.expand(len(kp_driving), -1, -1, -1).clone()
 
 
-class ListWriter:
-    def __init__(self):
-        self.frames = []
-
-    def write(self, frames):
-        self.frames.extend(np.asarray(frames))
-
-
-def _psnr(a, b):
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * np.log10(255.0 ** 2 / mse) if mse else np.inf
-
-
 CUTS = {  # photo = astronaut[rows, cols]; the face box (175, 40, 290, 190) moved with it
     "inside": (slice(None), slice(None)), "left-edge": (slice(None), slice(175, None)),
     "top-edge": (slice(40, None), slice(None)), "right-edge": (slice(None), slice(None, 290)),
@@ -222,7 +167,7 @@ def test_full_frame_identity_renderer_gives_back_the_photo(tmp_path, cut):
     writer = ListWriter()
     pipe.render_into(writer, source, kp_source, held_batches(kp_driving, 3, 1), 3, compositor=pipe.compositor(inputs))
     assert len(writer.frames) == 3 and writer.frames[0].shape == inputs.image.shape
-    assert _psnr(writer.frames[0][:h, :w], photo) >= 40.0
+    assert psnr(writer.frames[0][:h, :w], photo) >= 40.0
 
 
 def test_motion_scale_one_leaves_keypoints_untouched_and_zero_stills_the_head(tmp_path):

@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from talkhead.constants import FPS, NUM_KP
@@ -25,79 +24,9 @@ from talkhead.options import AnimateOptions, PreprocessOptions
 from talkhead.train import preprocess as pp
 from talkhead.train.data import DataFormatError, DatasetWriter, load_clip, read_manifest
 
-SRC_FPS = 30
-"""Frame rate the test videos are written at (preprocess must resample to 25 fps)."""
-AMP_PX = 12.0
-PERIOD_S = 2.0
-BG = 110
-"""Uniform grey of the background, uint8."""
-FACE_CENTRE = (220.0, 121.0)
-"""(x, y) of the astronaut's face in ``skimage.data.astronaut()``, pixels."""
-FRAME = 256
-
-
-def applied_dx(t_s: np.ndarray | float) -> np.ndarray:
-    """The horizontal translation of the face at time ``t_s`` (s), pixels (positive = to the right)."""
-    return AMP_PX * np.sin(2 * np.pi * np.asarray(t_s) / PERIOD_S)
-
-
-def face_frame(dx: float) -> np.ndarray:
-    """(256, 256, 3) uint8: a disk of radius 54 px around the astronaut's face on grey, moved by ``dx``."""
-    import skimage.data
-
-    astro = skimage.data.astronaut()
-    yy, xx = np.mgrid[:512, :512]
-    r = np.hypot(xx - FACE_CENTRE[0], yy - FACE_CENTRE[1])
-    alpha = np.clip((54.0 - r) / 3.0, 0.0, 1.0).astype(np.float32)
-    m = np.float32([[1, 0, FRAME / 2 - FACE_CENTRE[0] + dx], [0, 1, FRAME / 2 - FACE_CENTRE[1]]])
-    content = cv2.warpAffine(astro, m, (FRAME, FRAME), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    a = cv2.warpAffine(alpha, m, (FRAME, FRAME), flags=cv2.INTER_LINEAR)[..., None]
-    out = a * content.astype(np.float32) + (1 - a) * BG
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: float, audio: Path | None = None) -> Path:
-    """Encode ``frames`` (H, W, 3) uint8 to ``path`` (codec chosen by extension), muxing ``audio``."""
-    import imageio_ffmpeg
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    codec = {"avi": "mpeg4"}.get(path.suffix[1:], "libx264")
-    kwargs = dict(fps=fps, codec=codec, quality=None, macro_block_size=2, ffmpeg_log_level="error",
-                  output_params=["-q:v", "2"] if codec == "mpeg4" else ["-crf", "14"])
-    if audio is not None:
-        kwargs.update(audio_path=str(audio), audio_codec="pcm_s16le" if codec == "mpeg4" else "aac")
-        kwargs["output_params"] = kwargs["output_params"] + ["-shortest"]
-    writer = imageio_ffmpeg.write_frames(str(path), (w, h), **kwargs)
-    writer.send(None)
-    for f in frames:
-        writer.send(np.ascontiguousarray(f))
-    writer.close()
-    return path
-
-
-def speech_wav(path: Path, seconds: float) -> Path:
-    """The real test speech cut to ``seconds``, 16 kHz mono WAV."""
-    data, sr = sf.read(Path(__file__).parent / "data" / "audio" / "speech_16k.wav", dtype="float32")
-    sf.write(path, data[: int(seconds * sr)], sr)
-    return path
-
-
-class CentroidKP(torch.nn.Module):
-    """A keypoint detector with known geometry, for checking the crop: every keypoint is the centroid
-    of the pixels that differ from the grey background, in FOMM's [-1, 1] grid (x = column), with
-    identity jacobians. A face translated by ``d`` px in a crop of side ``L`` moves it by ``2 d / L``."""
-
-    def forward(self, x: torch.Tensor) -> dict:
-        b, _, s, _ = x.shape
-        w = torch.relu((x - BG / 255.0).abs().sum(1) - 0.06)  # (B, S, S)
-        grid = torch.linspace(-1, 1, s)
-        total = w.sum((1, 2)).clamp_min(1e-6)
-        cx = (w.sum(1) * grid).sum(1) / total
-        cy = (w.sum(2) * grid).sum(1) / total
-        value = torch.stack([cx, cy], -1)[:, None].expand(b, NUM_KP, 2).contiguous()
-        return {"value": value, "jacobian": torch.eye(2).expand(b, NUM_KP, 2, 2).contiguous()}
-
+# the synthetic face videos and their known motion (test_reenact.py imports these names from here too)
+from helpers import AMP_PX, BG, FRAME, SRC_FPS, CentroidKP, applied_dx, face_frame, write_video
+from helpers import speech_excerpt as speech_wav
 
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")

@@ -27,8 +27,9 @@ from talkhead.keypoints import Keypoints
 from talkhead.options import ReenactOptions
 from talkhead.reenact import find_best_frame, load_reenact_pipeline, normalized_landmarks, reenact
 from talkhead.renderers import _RENDERERS, RendererEntry, register_renderer
-from probe import probe
-from test_preprocess import BG, FRAME, SRC_FPS, CentroidKP, applied_dx, face_frame, speech_wav, write_video
+from helpers import (BG, FRAME, SRC_FPS, CentroidKP, applied_dx, assert_clean_error, face_frame, probe, run_cli,
+                     write_video)
+from helpers import speech_excerpt as speech_wav
 from toy_renderer import SourceImageRenderer
 
 ROOT = Path(__file__).parent.parent
@@ -37,18 +38,7 @@ PHOTO = ROOT / "examples" / "astronaut.png"
 SECONDS = 2.0
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_clean_error(result, *needles: str) -> None:
-    """Exit code 2, one ``error:`` line naming the problem, no traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for needle in needles:
-        assert needle in result.output, (needle, result.output)
+run = run_cli
 
 
 def rotated_face_frame(angle_deg: float) -> np.ndarray:

@@ -603,7 +603,7 @@ def test_reenact_with_the_smac_renderer_end_to_end(tmp_path, tiny_g_state, tiny_
 
     from typer.testing import CliRunner
 
-    from probe import probe
+    from helpers import probe
     from talkhead.cli import app
 
     root = Path(__file__).parent.parent

@@ -7,7 +7,6 @@ estimator file, saved in the released layouts (``{'params_ema', 'params'}`` / ``
 """
 from __future__ import annotations
 
-import hashlib
 import lzma
 import shutil
 from pathlib import Path
@@ -22,6 +21,7 @@ from talkhead.cli import app
 from talkhead.errors import CheckpointError, DownloadError, StateDictMismatchError
 from talkhead.smac import SMACConfig
 from talkhead.store import CORRUPT, MISSING, PACKAGED, VERIFIED, install_from, read_store_manifest, verify
+from helpers import assert_clean_error, sha256_of, states_of
 from test_smac import DATA, rule_state_dict
 
 G, ME, CFG = (store.REGISTRY["smac"].file(key).relpath for key in ("generator", "motion_estimator", "config"))
@@ -55,16 +55,8 @@ def new_process():
     store.clear_hash_memo()
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def states(result) -> dict[str, str]:
-    return {rel: st.state for rel, st in result.items()}
-
-
 def smac_states(root: Path) -> dict[str, str]:
-    return {rel: st for rel, st in states(verify(root, "smac")).items()}
+    return {rel: st for rel, st in states_of(verify(root, "smac")).items()}
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -100,11 +92,11 @@ def test_smac_is_not_part_of_the_default_set(tmp_path):
 def test_install_from_records_sha256_on_first_verified_install(tmp_path, released, packaged_tiny):
     root = tmp_path / "models"
     result = install_from(released["dir"], root)  # no names: SMAC is found by its weight files
-    assert states(result) == {CFG: VERIFIED, G: VERIFIED, ME: VERIFIED}
+    assert states_of(result) == {CFG: VERIFIED, G: VERIFIED, ME: VERIFIED}
     manifest = read_store_manifest(root)
     for rel in (G, ME):
         entry = manifest[rel]
-        assert entry["sha256"] == sha(released[rel]) == sha(root / rel)
+        assert entry["sha256"] == sha256_of(released[rel]) == sha256_of(root / rel)
         assert entry["size"] == released[rel].stat().st_size and entry["how"] == "install" and entry["pin"] is None
     assert (root / CFG).read_bytes() == (DATA / "tiny.yml").read_bytes()  # packaged config copied along
     assert sorted(p.name for p in (root / "smac").iterdir()) == sorted(Path(r).name for r in SMAC_FILES)
@@ -134,8 +126,8 @@ def test_install_with_config_override_checks_it_against_the_weights(tmp_path, re
     (src / "smac").mkdir(parents=True)
     for rel in (G, ME, CFG):
         shutil.copyfile(released[rel], src / rel)
-    assert states(install_from(src, root, names="smac")) == {CFG: VERIFIED, G: VERIFIED, ME: VERIFIED}
-    assert read_store_manifest(root)[CFG]["sha256"] == sha(DATA / "tiny.yml")
+    assert states_of(install_from(src, root, names="smac")) == {CFG: VERIFIED, G: VERIFIED, ME: VERIFIED}
+    assert read_store_manifest(root)[CFG]["sha256"] == sha256_of(DATA / "tiny.yml")
 
 
 def test_a_stray_config_yml_is_not_taken_for_smac(tmp_path, released, packaged_tiny):
@@ -147,7 +139,7 @@ def test_a_stray_config_yml_is_not_taken_for_smac(tmp_path, released, packaged_t
     for rel in (G, ME):
         shutil.copyfile(released[rel], src / Path(rel).name)
     root = tmp_path / "models"
-    assert states(install_from(src, root)) == {CFG: VERIFIED, G: VERIFIED, ME: VERIFIED}
+    assert states_of(install_from(src, root)) == {CFG: VERIFIED, G: VERIFIED, ME: VERIFIED}
     assert (root / CFG).read_bytes() == (DATA / "tiny.yml").read_bytes()
 
 
@@ -170,7 +162,7 @@ def test_checks_on_install(tmp_path, released, packaged_tiny, case):
     root = tmp_path / "models"
     if case == "params_only":  # the fallback entry inference reads is accepted
         _save_variant(g, released, G, lambda data: data.pop("params_ema"))
-        assert states(install_from(d, root)) == {CFG: VERIFIED, G: VERIFIED, ME: VERIFIED}
+        assert states_of(install_from(d, root)) == {CFG: VERIFIED, G: VERIFIED, ME: VERIFIED}
         return
     if case == "no_entry":
         _save_variant(g, released, G, lambda data: [data.pop("params_ema"), data.pop("params")])
@@ -217,9 +209,7 @@ def test_offline_missing_names_the_share_and_the_install_command(tmp_path):
 def test_cli_download_smac_without_from_dir_is_one_line_and_leaves_nothing(tmp_path):
     root = tmp_path / "models"
     result = CliRunner().invoke(app, ["download", "smac", "--models-dir", str(root)])
-    assert result.exit_code == 2
-    assert "Traceback" not in result.output
-    assert "no download source" in result.output and "--from-dir" in result.output
+    assert_clean_error(result, "no download source", "--from-dir")
     assert not root.exists() or not any(root.rglob("*.pth"))
 
 

@@ -13,20 +13,16 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import ASTRONAUT, ROOT, SPEECH, assert_clean_error, blank_photo, probe, wait_for
 from talkhead.errors import InputError
 from talkhead.options import AnimateOptions
-from talkhead.ui import FRAMES, option_fields, request_options
-
-ROOT = Path(__file__).parent.parent
-ASTRONAUT = ROOT / "examples" / "astronaut.png"
-SPEECH = Path(__file__).parent / "data" / "audio" / "speech_16k.wav"
+from talkhead.ui import FRAMES, request_options
 STARTUP_TIMEOUT_S = 300  # torch + gradio imports and model loading on a loaded 2-core machine
 
 
@@ -45,27 +41,23 @@ def test_request_options_apply_the_page_choices_over_the_command_line():
         request_options(base, device="tpu")
 
 
-def test_motion_scale_and_frame_pass_only_where_the_options_have_them():
+def test_the_pages_motion_scale_and_frame_reach_the_options():
     base = AnimateOptions()
-    fields = option_fields()
-    if "motion_scale" in fields:
-        assert request_options(base, motion_scale=0.0).motion_scale == 0.0
-        if "still" in fields:  # --still sets the slider's start; the slider then decides
-            still = AnimateOptions(still=True)
-            assert still.motion_scale == 0.0
-            assert request_options(still, motion_scale=0.5).motion_scale == 0.5
-    else:
-        assert request_options(base, motion_scale=1.0) == request_options(base)  # what this version does
-        with pytest.raises(InputError, match="--motion-scale is not available"):
-            request_options(base, motion_scale=0.0)
-    if "frame" in fields:
-        assert request_options(base, frame="face crop").frame == "crop"
-        assert request_options(base, frame="full photo").frame == "full"
-    else:
-        assert request_options(base, frame="face crop") == request_options(base)
-        with pytest.raises(InputError, match="--frame is not available"):
-            request_options(base, frame="full photo")
-    assert set(FRAMES.values()) == {"full", "crop"}
+    assert base.motion_scale == 1.0 and base.frame == "full"
+    assert request_options(base, motion_scale=0.0).motion_scale == 0.0
+    assert request_options(base, motion_scale=1.5).motion_scale == 1.5
+    assert request_options(base).motion_scale == 1.0  # no slider value: the command line's
+    still = AnimateOptions(still=True)  # --still sets the slider's start; the slider then decides
+    assert still.motion_scale == 0.0
+    assert request_options(still, motion_scale=0.5).motion_scale == 0.5
+    with pytest.raises(InputError, match="--motion-scale must be a finite number >= 0"):
+        request_options(base, motion_scale=-1.0)
+    assert FRAMES == {"full photo": "full", "face crop": "crop"}
+    assert request_options(base, frame="face crop").frame == "crop"
+    assert request_options(base, frame="full photo").frame == "full"
+    assert request_options(AnimateOptions(frame="crop")).frame == "crop"  # no choice: the command line's
+    with pytest.raises(InputError, match="--frame must be one of"):
+        request_options(base, frame="sideways")
 
 
 def test_ui_without_gradio_says_what_to_install(monkeypatch):
@@ -75,8 +67,7 @@ def test_ui_without_gradio_says_what_to_install(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
     result = CliRunner().invoke(app, ["ui", "--device", "cpu"])
-    assert result.exit_code == 2
-    assert "pip install 'talkhead[ui]'" in result.output and "Traceback" not in result.output
+    assert_clean_error(result, "needs the web-page extra", "pip install 'talkhead[ui]'")
 
 
 def test_ui_with_an_unavailable_device_fails_before_serving(tmp_path, monkeypatch):
@@ -92,7 +83,7 @@ def test_ui_with_an_unavailable_device_fails_before_serving(tmp_path, monkeypatc
         pytest.skip("this machine has CUDA")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     result = CliRunner().invoke(app, ["ui", "--device", "cuda", "--port", "1"])
-    assert result.exit_code == 2 and "device cuda was asked for" in result.output
+    assert_clean_error(result, "device cuda was asked for")
     assert list(tmp_path.glob("talkhead-ui-*")) == []  # its temporary root is gone too
 
 
@@ -166,8 +157,6 @@ def client(server, tmp_path):
 def test_api_animates_the_astronaut_with_real_speech(server, client, tmp_path):
     from gradio_client import handle_file
 
-    from probe import probe
-
     video = client.predict(handle_file(str(ASTRONAUT)), handle_file(str(SPEECH)), api_name="/animate")
     video = Path(video["video"] if isinstance(video, dict) else video)
     assert video.is_file() and video.suffix == ".mp4" and tmp_path in video.parents
@@ -176,14 +165,11 @@ def test_api_animates_the_astronaut_with_real_speech(server, client, tmp_path):
     assert info.fps == pytest.approx(25.0)
     assert info.num_frames == 120  # round(4.8 s * 25): as long as the speech
     assert info.audio_duration_s == pytest.approx(4.8, abs=0.04)
-    if "frame" in option_fields():
-        assert (info.width, info.height) == (512, 512)  # the whole photo (frame "full photo", the default)
-        crop = client.predict(handle_file(str(ASTRONAUT)), handle_file(str(SPEECH)), motion_scale=0.0,
-                              frame="face crop", api_name="/animate")
-        info = probe(crop["video"] if isinstance(crop, dict) else crop)
-        assert (info.width, info.height, info.num_frames) == (64, 64, 120)  # the tiny FOMM's square, still head
-    else:
-        assert (info.width, info.height) == (64, 64)  # the tiny FOMM's frames
+    assert (info.width, info.height) == (512, 512)  # the whole photo (frame "full photo", the default)
+    crop = client.predict(handle_file(str(ASTRONAUT)), handle_file(str(SPEECH)), motion_scale=0.0,
+                          frame="face crop", api_name="/animate")
+    info = probe(crop["video"] if isinstance(crop, dict) else crop)
+    assert (info.width, info.height, info.num_frames) == (64, 64, 120)  # the tiny FOMM's square, still head
     # the request's own temporary folder is gone once the answer is back
     (root,) = server.temp_roots()
     assert not list((root / "requests").glob("request-*"))
@@ -193,8 +179,7 @@ def test_api_reports_bad_uploads_with_the_cli_message(server, client, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    wall = tmp_path / "wall.png"
-    Image.fromarray(np.full((300, 400, 3), 128, np.uint8)).save(wall)
+    wall = blank_photo(tmp_path / "wall.png")
     with pytest.raises(AppError, match=r"no face found in 'wall\.png'"):  # the upload's name, not its server path
         client.predict(handle_file(str(wall)), handle_file(str(SPEECH)), api_name="/animate")
 
@@ -218,7 +203,6 @@ def test_api_reports_bad_uploads_with_the_cli_message(server, client, tmp_path):
 
 def test_reenact_endpoint_moves_the_photo_like_a_driving_video(server, client, tmp_path):
     from gradio_client import handle_file
-    from probe import probe
 
     from talkhead.ffmpeg import ffmpeg_exe
 
@@ -230,8 +214,7 @@ def test_reenact_endpoint_moves_the_photo_like_a_driving_video(server, client, t
     info = probe(video["video"] if isinstance(video, dict) else video)
     assert (info.video_codec, info.audio_codec) == ("h264", "aac")  # the driving video's audio is kept
     assert info.fps == pytest.approx(25.0) and info.num_frames == 25
-    expected = (512, 512) if "frame" in option_fields() else (64, 64)  # full photo / the tiny FOMM's square
-    assert (info.width, info.height) == expected
+    assert (info.width, info.height) == (512, 512)  # the whole photo, as animate's default
 
 
 def _chromium():
@@ -298,11 +281,26 @@ def test_page_in_headless_chromium(server, tmp_path):
         driver.quit()
 
 
-def test_ctrl_c_stops_the_server_and_removes_its_temporary_files(server):
-    assert server.temp_roots()  # uploads, results, request folders while serving
-    assert server.stop(signal.SIGINT) == 0, "".join(server.stderr)
-    assert server.temp_roots() == []
-    assert "stopped; temporary files removed" in "".join(server.stderr)
+def test_ctrl_c_stops_the_server_and_removes_its_temporary_files(tiny_models_dir, tmp_path):
+    """A server of its own (the module's is shared by the other tests, in any order): one request leaves
+    an upload in its temporary root; Ctrl-C ends the process with 0 and removes the root."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    _need_ui_extra()
+    (tmp_path / "tmp").mkdir()
+    srv = Server(tiny_models_dir, tmp_path / "tmp")
+    try:
+        (root,) = srv.temp_roots()
+        with pytest.raises(AppError, match="no face found"):
+            Client(srv.url, verbose=False, download_files=str(tmp_path)).predict(
+                handle_file(str(blank_photo(tmp_path / "wall.png"))), handle_file(str(SPEECH)), api_name="/animate")
+        assert any(p.is_file() for p in root.rglob("*"))  # the uploads are in it while serving
+        assert srv.stop(signal.SIGINT) == 0, "".join(srv.stderr)
+    finally:
+        srv.stop(signal.SIGKILL)
+    assert srv.temp_roots() == []
+    assert "stopped; temporary files removed" in "".join(srv.stderr)
 
 
 def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch):
@@ -331,9 +329,7 @@ def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch
     thread = threading.Thread(target=run)
     thread.start()
     try:
-        deadline = time.monotonic() + 120
-        while not urls and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: urls or not thread.is_alive(), timeout=STARTUP_TIMEOUT_S, what="the page serving")
         assert urls and not errors, errors
         assert len(list(tmp_path.glob("talkhead-ui-*"))) == 1
         config = urllib.request.urlopen(urls[0] + "config", timeout=30).read().decode()
@@ -343,7 +339,7 @@ def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch
             page.predict(handle_file(str(ASTRONAUT)), handle_file(str(SPEECH)), api_name="/animate")
     finally:
         stop.set()
-        thread.join(60)
+        thread.join(120)  # guards against a hang only
     assert not thread.is_alive() and not errors
     assert list(tmp_path.glob("talkhead-ui-*")) == []
     assert not (ROOT / "talkhead" / "ui.pyi").exists()  # Gradio writes stubs beside modules that subclass components

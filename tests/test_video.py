@@ -5,20 +5,17 @@ import os
 import shutil
 import struct
 import subprocess
-import time
 from pathlib import Path
 
-import imageio_ffmpeg
+import cv2
 import numpy as np
 import pytest
 import soundfile as sf
 
+from helpers import DATA, ProbeError, decode_frames, moov_before_mdat, names, pattern, probe, speech_excerpt
 from talkhead.errors import FFmpegError, InputError, OutputError
-from probe import moov_before_mdat, probe
 from talkhead.ffmpeg import ffmpeg_capabilities, ffmpeg_exe, flags
 from talkhead.video import VideoWriter, to_uint8_frames
-
-DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -29,29 +26,7 @@ def audio_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def speech_2s(audio_dir) -> Path:
     """The first 2.000 s of the test speech (16 kHz mono) as a wav."""
-    x, sr = sf.read(DATA / "audio" / "speech_16k.wav", dtype="float32")
-    out = audio_dir / "speech_2s.wav"
-    sf.write(out, x[: 2 * sr], sr)
-    return out
-
-
-def pattern(t: int, h: int = 64, w: int = 64) -> np.ndarray:
-    """A smooth moving colour pattern, uint8 (h, w, 3); frame ``t`` differs from ``t - 1``."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    rgb = [(xx * 3 + t * 2) % 200 + 20, 255 - yy * 3, xx + yy + t]
-    return np.stack(rgb, -1).clip(0, 255).astype(np.uint8)
-
-
-def decode(path: Path) -> tuple[dict, np.ndarray]:
-    """All frames of a video decoded to RGB uint8 (n, H, W, 3) by the bundled ffmpeg."""
-    gen = imageio_ffmpeg.read_frames(str(path))
-    meta = next(gen)
-    w, h = meta["size"]
-    return meta, np.stack([np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen])
-
-
-def names(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
+    return speech_excerpt(audio_dir / "speech_2s.wav", 2.0)
 
 
 def test_capabilities():
@@ -82,7 +57,7 @@ def test_h264_aac_faststart_50_frames(tmp_path, speech_2s):
     assert info.faststart is True and moov_before_mdat(out)
     assert names(tmp_path) == ["out.mp4"]
     # The pixels survive RGB -> BT.709 yuv420p -> RGB (a wrong colour matrix would be off by >10).
-    _, dec = decode(out)
+    _, dec = decode_frames(out)
     assert dec.shape == (50, 64, 64, 3)
     err = np.abs(dec.astype(np.int16) - np.stack(frames)).mean(axis=(1, 2, 3))
     assert err.max() < 4.0, err
@@ -139,7 +114,7 @@ def test_odd_size_is_edge_padded_to_even(tmp_path, speech_2s):
     info = probe(out)
     assert (info.width, info.height, info.num_frames) == (64, 66, 50)
     assert info.audio_codec == "aac"
-    _, dec = decode(out)
+    _, dec = decode_frames(out)
     assert np.abs(dec[:, :65, :63].astype(np.int16) - np.stack(frames)).mean() < 4.0
     # the extra column/row repeats the last one (not black)
     assert np.abs(dec[:, :65, 63].astype(int) - dec[:, :65, 62]).mean() < 4.0
@@ -252,7 +227,6 @@ def test_memory_does_not_grow_with_length(tmp_path):
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (8, 256, 256, 3), dtype=np.uint8)
     out = tmp_path / "long.mp4"
-    start = time.perf_counter()
     with VideoWriter(out, size=(256, 256), preset="ultrafast", crf=30) as w:
         w.write(noise[:1])
         base = _peak_rss_kb()
@@ -261,7 +235,6 @@ def test_memory_does_not_grow_with_length(tmp_path):
     grown_mb = (_peak_rss_kb() - base) / 1024
     assert probe(out).num_frames == 2000
     assert grown_mb < 100, grown_mb
-    assert time.perf_counter() - start < 60
 
 
 def test_moov_before_mdat_reads_box_headers(tmp_path):
@@ -277,7 +250,7 @@ def test_moov_before_mdat_reads_box_headers(tmp_path):
     assert moov_before_mdat(tmp_path / "fast.mp4") is True
     assert moov_before_mdat(tmp_path / "slow.mp4") is False
     assert moov_before_mdat(tmp_path / "large.mp4") is False
-    with pytest.raises(InputError, match="not an MP4"):
+    with pytest.raises(ValueError, match="not an MP4"):
         moov_before_mdat(tmp_path / "text.mp4")
 
 
@@ -291,11 +264,11 @@ def test_without_faststart_is_detected(tmp_path):
 
 
 def test_probe_errors(tmp_path):
-    with pytest.raises(InputError):
+    with pytest.raises(FileNotFoundError):
         probe(tmp_path / "missing.mp4")
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\0junk" * 50)
-    with pytest.raises(FFmpegError):
+    with pytest.raises(ProbeError):
         probe(junk)
 
 
@@ -330,17 +303,24 @@ def test_writer_command_is_the_argument_vector_it_runs(tmp_path):
 
 
 def test_read_frames_decodes_what_the_writer_wrote(tmp_path):
-    from talkhead.ffmpeg import read_frames, video_meta
+    from talkhead.ffmpeg import probe as media_probe, read_frames
 
     out = tmp_path / "v.mp4"
     with VideoWriter(out, size=(32, 32), crf=0) as writer:
         for t in range(10):
             writer.write(pattern(t, 32, 32))
-    meta = video_meta(out)
-    assert tuple(meta["size"]) == (32, 32) and meta["fps"] == 25
+    info = media_probe(out)
+    assert info.size == (32, 32) and info.fps == 25 and not info.has_audio
+    _, want = decode_frames(out)  # the independent decode
+    _, frames = read_frames(out, "null")
+    full = np.stack(list(frames))
+    assert full.shape == (10, 32, 32, 3) and full.dtype == np.uint8
+    assert np.abs(full.astype(int) - want).max() <= 2  # same pixels (up to the yuv->rgb rounding)
     _, frames = read_frames(out, "format=rgb24,scale=16:16:flags=area", size=(16, 16))
-    got = list(frames)
-    assert len(got) == 10 and got[0].shape == (16, 16, 3) and got[0].dtype == np.uint8
+    small = np.stack(list(frames))
+    assert small.shape == (10, 16, 16, 3) and small.dtype == np.uint8
+    area = np.stack([cv2.resize(f, (16, 16), interpolation=cv2.INTER_AREA) for f in want])
+    assert np.abs(small.astype(int) - area).max() <= 4  # the frames, in order, area-downscaled
 
 
 # ------------------------------------------------------------------------------------------- encoder failure

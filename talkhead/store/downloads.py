@@ -230,10 +230,10 @@ def ensure_models(models_dir: str | os.PathLike | None = None, *, names: str | I
                 say(f"note: {s.name} {s.reason}")
     bad = [s for s in states.values() if s.state == CORRUPT]
     if bad:
-        lines = [f"  - {s.path}: {s.reason}" for s in bad]
+        lines = [f"{s.path}: {s.reason}" for s in bad]
         models = " ".join(sorted({s.model for s in bad}))
-        raise CheckpointError(f"model file{'s' if len(bad) > 1 else ''} failed verification:\n" + "\n".join(lines)
-                              + f"\nreplace {'them' if len(bad) > 1 else 'it'} with `talkhead download --force {models}` "
+        raise CheckpointError(f"model file{'s' if len(bad) > 1 else ''} failed verification: " + "; ".join(lines)
+                              + f"; replace {'them' if len(bad) > 1 else 'it'} with `talkhead download --force {models}` "
                               "(a new copy is verified before it replaces the old one), or put a good copy "
                               "in a folder and run `talkhead download --from-dir FOLDER`.")
     missing = [s.name for s in states.values() if s.state == MISSING]
