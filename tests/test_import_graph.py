@@ -1,5 +1,5 @@
-"""talkhead's layering, enforced: every module imports, the import graph has no cycle, and no module
-imports a higher layer.
+"""talkhead's layering, enforced: every module imports, every import (also inside functions) names a
+module that exists, the import graph has no cycle, and no module imports a higher layer.
 
 The graph has an edge ``a -> b`` for every import of ``b`` anywhere in ``a``'s file: at module level,
 inside functions, classes and methods, under ``if TYPE_CHECKING``; and for every string literal that
@@ -68,34 +68,33 @@ def layer_of(module: str) -> int | None:
     return None
 
 
-def _resolve(dotted: str) -> str | None:
-    """The talkhead module a dotted import target names: itself, or its longest module prefix
-    (``talkhead.fomm.FOMM`` -> ``talkhead.fomm``); ``None`` outside talkhead."""
-    while dotted not in MODULES:
-        if "." not in dotted:
-            return None
-        dotted = dotted.rsplit(".", 1)[0]
-    return dotted
-
-
-_MODULE_STRING = re.compile(r"^(talkhead(?:\.\w+)+)(?::[\w.]+)?$")
+_MODULE_STRING = re.compile(r"^(talkhead(?:\.\w+)+)(:[\w.]+)?$")
 
 
 class _ImportVisitor(ast.NodeVisitor):
-    """Collects ``{imported module: where}`` for one module, ``where`` = ``"path:line (scope)"``."""
+    """Collects ``edges = {imported module: where}`` for one module, ``where`` =
+    ``"path:line (how, scope)"``, and ``missing``: imports of talkhead modules that do not exist (a
+    function-level one fails only when the function runs)."""
 
     def __init__(self, name: str, path: Path):
         self.name, self.path = name, path
         self.package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
         self.scope: list[str] = []
         self.edges: dict[str, str] = {}
+        self.missing: dict[str, str] = {}
 
-    def _add(self, dotted: str | None, node: ast.AST, how: str = "import") -> None:
-        target = _resolve(dotted) if dotted else None
-        if target and target != self.name and target not in self.edges:
-            scope = f"in {'.'.join(self.scope)}" if self.scope else "at module level"
-            rel = self.path.relative_to(PACKAGE_DIR.parent)
-            self.edges[target] = f"{rel}:{node.lineno} ({how} {scope})"
+    def _where(self, node: ast.AST, how: str) -> str:
+        scope = f"in {'.'.join(self.scope)}" if self.scope else "at module level"
+        return f"{self.path.relative_to(PACKAGE_DIR.parent)}:{node.lineno} ({how} {scope})"
+
+    def _add(self, module: str, node: ast.AST, how: str = "import") -> None:
+        """An edge to ``module``, which must exist (when it is ours)."""
+        if module != "talkhead" and not module.startswith("talkhead."):
+            return
+        if module not in MODULES:
+            self.missing.setdefault(module, self._where(node, how))
+        elif module != self.name and module not in self.edges:
+            self.edges[module] = self._where(node, how)
 
     def _relative(self, level: int, module: str | None) -> str:
         base = self.package[:len(self.package) - level + 1]
@@ -120,7 +119,13 @@ class _ImportVisitor(ast.NodeVisitor):
 
     def visit_Constant(self, node: ast.Constant) -> None:
         if isinstance(node.value, str) and (m := _MODULE_STRING.match(node.value)):
-            self._add(m.group(1), node, how="string")
+            dotted, attribute = m.groups()
+            if not attribute:  # "talkhead.fomm.FOMM": the longest module prefix, if any below the root
+                while dotted not in MODULES and dotted.count(".") > 1:
+                    dotted = dotted.rsplit(".", 1)[0]
+                if dotted not in MODULES:
+                    return
+            self._add(dotted, node, how="string")
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
@@ -133,15 +138,18 @@ class _ImportVisitor(ast.NodeVisitor):
         self.generic_visit(node)
 
 
+def _visit_all() -> dict[str, _ImportVisitor]:
+    out = {}
+    for name, path in MODULES.items():
+        out[name] = _ImportVisitor(name, path)
+        out[name].visit(ast.parse(path.read_text(encoding="utf-8")))
+    return out
+
+
 def import_edges() -> dict[str, dict[str, str]]:
     """``{importer: {imported: "talkhead/x.py:LINE (import in f)"}}`` over every talkhead module (the
     first place each edge appears)."""
-    out = {}
-    for name, path in MODULES.items():
-        visitor = _ImportVisitor(name, path)
-        visitor.visit(ast.parse(path.read_text(encoding="utf-8")))
-        out[name] = visitor.edges
-    return out
+    return {name: visitor.edges for name, visitor in _visit_all().items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -200,13 +208,16 @@ def test_graph_sees_every_kind_of_import():
 
 
 def test_graph_sees_strings_and_function_level_imports(tmp_path, monkeypatch):
-    """A scratch module with a function-level import, a relative ``import_module`` and a registry
-    string: each is an edge, with where it is."""
+    """A scratch module with a registry string, function-level imports, a relative ``import_module``
+    and a dotted name in a string: each is an edge, with where it is; a file name is not; an import of
+    a module that does not exist is reported as missing."""
     src = ("import importlib\n"
            "HOOK = 'talkhead.fomm.layout:layout_for_config_file'\n"
            "class C:\n"
            "    def m(self):\n"
            "        from .pipeline import Pipeline\n"
+           "        from .face import load_image\n"
+           "        print('talkhead.toml', 'talkhead.fomm.FOMM')\n"
            "        return importlib.import_module('.batch', __package__)\n")
     path = tmp_path / "scratch.py"
     path.write_text(src)
@@ -216,8 +227,10 @@ def test_graph_sees_strings_and_function_level_imports(tmp_path, monkeypatch):
     assert visitor.edges == {
         "talkhead.fomm.layout": "talkhead/scratch.py:2 (string at module level)",
         "talkhead.pipeline": "talkhead/scratch.py:5 (import in C.m)",
-        "talkhead.batch": "talkhead/scratch.py:6 (import_module in C.m)",
+        "talkhead.fomm": "talkhead/scratch.py:7 (string in C.m)",
+        "talkhead.batch": "talkhead/scratch.py:8 (import_module in C.m)",
     }
+    assert visitor.missing == {"talkhead.face": "talkhead/scratch.py:6 (import in C.m)"}
 
 
 # --- the rules ------------------------------------------------------------------------------------
@@ -225,6 +238,13 @@ def test_graph_sees_strings_and_function_level_imports(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", sorted(m for m in MODULES if m != "talkhead.__main__"))
 def test_every_module_imports(name):
     assert importlib.import_module(name).__name__ == name
+
+
+def test_every_import_names_a_module():
+    """Also inside functions, where a stale import (of a module since split or renamed) would
+    otherwise fail only when the function runs."""
+    missing = [f"  {mod}: {where}" for v in _visit_all().values() for mod, where in v.missing.items()]
+    assert not missing, "imports of talkhead modules that do not exist:\n" + "\n".join(missing)
 
 
 def test_every_module_has_a_layer():
