@@ -19,7 +19,9 @@ from .errors import (AudioError, AudioTooShortError, CheckpointError, ConfigErro
                      StateDictMismatchError, TalkheadError)
 from .options import AnimateOptions
 
-_LAZY = {"AnimateResult": "pipeline", "Pipeline": "pipeline", "animate": "pipeline", "Keypoints": "keypoints"}
+_LAZY = {"AnimateResult": "talkhead.pipeline", "Pipeline": "talkhead.pipeline", "animate": "talkhead.pipeline",
+         "Keypoints": "talkhead.keypoints"}
+"""Public name -> the module that defines it (full dotted names, which the import-graph test reads)."""
 
 
 def __getattr__(name: str):
@@ -27,7 +29,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
