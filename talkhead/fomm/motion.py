@@ -20,7 +20,7 @@ def movement_scale(kp_source: Keypoints, kp_driving_initial: Keypoints) -> float
     Raises:
         ValueError: the keypoints of either set are degenerate (all collinear: no 2-D convex hull).
     """
-    from scipy.spatial import ConvexHull, QhullError  # here: ~28 MiB and 0.3 s that rendering never needs
+    from scipy.spatial import ConvexHull, QhullError  # here: rendering never needs it (cost: benchmarks/README.md, "animate peak RSS")
 
     areas = []
     for name, kp in (("kp_source", kp_source), ("kp_driving_initial", kp_driving_initial)):
