@@ -70,7 +70,6 @@ __all__ = [
     "require_finite",
     "load_state_dict_checked",
     "state_dict_diff",
-    "sha256_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -559,8 +558,11 @@ def load_state_dict_checked(module: torch.nn.Module, state_dict: Mapping[str, An
 
 def file_digests(path: Union[str, os.PathLike], algorithms: tuple[str, ...] = ("sha256",)) -> dict[str, str]:
     """Hex digests of a file's bytes for each of ``algorithms`` (``hashlib`` names, e.g.
-    ``("sha256", "md5")``), computed in one pass, read in 1 MiB blocks (constant memory).
-    About 0.6 s per 751 MB for sha256 on one core of the development machine.
+    ``("sha256", "md5")``), computed in one pass, read in 1 MiB blocks (constant memory;
+    speed measured: ``benchmarks/README.md``, "Checkpoint checks").
+
+    Returns:
+        ``{algorithm: lowercase hex digest}``, one entry per name in ``algorithms``.
 
     Raises:
         CheckpointError: the file is missing or unreadable.
@@ -579,15 +581,6 @@ def file_digests(path: Union[str, os.PathLike], algorithms: tuple[str, ...] = ("
     return {name: digest.hexdigest() for name, digest in digests.items()}
 
 
-def sha256_file(path: Union[str, os.PathLike]) -> str:
-    """SHA-256 of a file's bytes as 64 lowercase hex digits (:func:`file_digests`).
-
-    Raises:
-        CheckpointError: the file is missing or unreadable.
-    """
-    return file_digests(path)["sha256"]
-
-
 def strip_key_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """``state_dict`` with a leading ``prefix`` removed from every key that has it (DataParallel's
     ``"module."``, as the reference BasicSR ``load_network`` does); other keys unchanged."""
@@ -600,7 +593,8 @@ def require_finite(state_dict: Mapping[str, Any], path: Union[str, os.PathLike],
     """Check that every floating-point tensor of ``state_dict`` is finite (no NaN, no Inf).
 
     Non-floating entries (integer buffers such as BatchNorm ``num_batches_tracked``, placeholders)
-    are skipped, and so is a ``state_dict`` that is not a mapping (the layout check reports it). Cost: one ``torch.isfinite`` pass over the weights (tens of ms for FOMM's 60 M).
+    are skipped, and so is a ``state_dict`` that is not a mapping (the layout check reports it). Cost:
+    one ``torch.isfinite`` pass over the weights (measured: ``benchmarks/README.md``, "Checkpoint checks").
 
     Args:
         state_dict: ``{key: tensor}`` from a checkpoint, e.g. ``checkpoint["generator"]``.
