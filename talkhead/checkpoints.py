@@ -400,6 +400,7 @@ class ShapeMismatch:
     found_type: str = "Tensor"
 
     def describe(self) -> str:
+        """One line: ``"<key>: model expects (a, b), checkpoint has (c, d)"`` (or the non-tensor type)."""
         got = _fmt_shape(self.found) if self.found is not None else f"a {self.found_type}, not a tensor"
         return f"{self.key}: model expects {_fmt_shape(self.expected)}, checkpoint has {got}"
 
@@ -510,6 +511,9 @@ def state_dict_diff(expected: Mapping[str, Any], found: Mapping[str, Any]) -> St
     Returns:
         :class:`StateDictDiff` (falsy when keys and shapes agree). A value in ``found`` that is
         not a tensor counts as a wrong shape.
+
+    Raises:
+        TypeError: a value of ``expected`` is neither a tensor nor a shape (a programming error).
     """
     found_keys = set(found)
     expected_keys = set(expected)

@@ -61,9 +61,9 @@ difference is the head's motion, not drift, and is down-weighted.
 
 ``tests/test_compose.py`` (the astronaut, ``tint`` of :func:`seam_metrics` in 8-bit levels) holds a
 renderer adding +0.1 to red to a tint under 1.5 with ``lowfreq`` (over 20 with ``none``), and the face
-centre of a head moved in the band within 2 levels of the moved photo (``lowfreq`` and ``mean``). Measured tints per mode and the paste-back's cost
-per frame (``benchmarks/bench_compose.py``; ``cv2.seamlessClone``, not used, for comparison):
-``benchmarks/README.md``, "Paste-back (compose)".
+centre of a head moved in the band within 2 levels of the moved photo (``lowfreq`` and ``mean``).
+Measured tints per mode and the paste-back's cost per frame (``benchmarks/bench_compose.py``;
+``cv2.seamlessClone``, not used, for comparison): ``benchmarks/README.md``, "Paste-back (compose)".
 """
 
 
@@ -272,6 +272,9 @@ class Compositor:
 
         Returns:
             ``out``.
+
+        Raises:
+            ValueError: ``frame`` is not ``(S, S, 3)`` or ``out`` not the photo's shape in uint8.
         """
         import cv2
 

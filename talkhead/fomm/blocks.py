@@ -106,6 +106,9 @@ def fused_inference(enabled: bool = True) -> Iterator[None]:
 
     The fused path (module docstring) is taken by a module in ``eval()`` mode while autograd is off;
     ``with fused_inference(False):`` forces the plain, reference-shaped path, e.g. to compare the two.
+
+    Public API for comparing the two paths (``tests/test_fast_paths.py``, ``benchmarks/bench_render.py``);
+    not used by the CLI or the pipeline, which always run the default (on).
     """
     previous = fused_enabled()
     _FUSED.enabled = bool(enabled)
@@ -124,7 +127,10 @@ def winograd_enabled() -> bool:
 @contextlib.contextmanager
 def winograd_inference(enabled: bool = True) -> Iterator[None]:
     """Switch the Winograd convolutions of the fused path on or off in this thread (a context manager);
-    off, the residual blocks use the same oneDNN convolutions as the other blocks."""
+    off, the residual blocks use the same oneDNN convolutions as the other blocks.
+
+    Public API for comparing the two (``tests/test_fast_paths.py``, ``benchmarks/bench_render.py``);
+    not used by the CLI or the pipeline, which always run the default (on)."""
     previous = winograd_enabled()
     _FUSED.winograd = bool(enabled)
     try:

@@ -5,8 +5,8 @@ A 3x3, stride-1, zero-padded convolution computed tile by tile: each 2x2 block o
 for Convolutional Neural Networks", CVPR 2016, eq. 8 with m = 2, r = 3), the elementwise products summed
 over input channels as 16 matrix products. That is 16 multiplies per 4 outputs instead of 36: the
 multiply count of the 12 bottleneck convolutions (256 -> 256 channels at 64x64, most of a frame's time
-on CPU: ``benchmarks/README.md``, "FOMM rendering") falls 2.25x, for transforms that are additions only (the input and output transforms) and a weight
-transform done once per weight.
+on CPU: ``benchmarks/README.md``, "FOMM rendering") falls 2.25x, for transforms that are additions only
+(the input and output transforms) and a weight transform done once per weight.
 
 Numerics: F(2x2, 3x3) has transform entries 0, +-1 and +-1/2 only, so its rounding error stays at the
 level of a direct float32 convolution (``tests/test_fast_paths.py`` holds it within 2e-6 of a float64

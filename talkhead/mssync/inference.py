@@ -246,6 +246,7 @@ class MSSyncMotion:
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's parameters (where the keypoints are returned)."""
         return next(self.model.parameters()).device
 
     def __call__(self, kp_source: Keypoints, logfbank, progress: Progress | None = None) -> Keypoints:
