@@ -344,7 +344,7 @@ class VideoWriter:
         Raises:
             RuntimeError: the writer is not open (never opened, or already closed/aborted).
             ValueError: no frame was written.
-            FFmpegError: ffmpeg failed or produced no output (the partial file is removed).
+            FFmpegError: ffmpeg exited early or with a non-zero status (the temporary file is removed).
             OutputError: the finished file cannot be renamed onto ``path``.
         """
         if self._atomic is None:
