@@ -22,17 +22,16 @@ Two stages, both pure apart from reading the one input file:
    ``python_speech_features.logfbank(audio, 16000, nfilt=26)`` after removing the mean and dividing
    by the peak (see :func:`logfbank` for every step). It is implemented here in numpy and matches
    the reference output (``tests/data/audio/features.npz``, ``logfbank_f64``) to within 1e-8; it
-   is vectorised and chunked: two hours of audio (720,000 frames) take about 5-10 s on one CPU
-   core, with bounded temporary memory.
+   is vectorised and chunked, with temporary memory bounded independently of the length (speed
+   and memory measured: ``benchmarks/README.md``, "logfbank speed and memory").
 
-Measured deviation of the logfbank of ``speech_44k_stereo.wav`` (the 16 kHz test clip upsampled to
-44.1 kHz stereo by ffmpeg) from that of the 16 kHz original, through this module (channel mean,
-soxr 'HQ'): 479 frames, max abs 1.161 (band 0, 0-62 Hz), mean abs 0.0086, 99th percentile 0.170;
-band 25 (the top band, up to 8 kHz, attenuated by the resampler's low-pass) mean abs 0.132; bands
-1-24 mean abs 0.0034 (worst band 0.0077). The reference's own ffmpeg path gives max 0.78, mean
-0.013 on the same file (docs/fixtures.md, "Reference behaviours" 6). Transcoding the clip moves the features by a
-mean abs of 0.0 (flac), 0.034 (opus 64k), 0.061 (aac 64k), 0.11 (mp3 64k), 0.14 (vorbis); the
-decoded lengths stay 76,800 samples (encoder delay removed by the decoders).
+Resampled and transcoded input: ``tests/test_audio.py`` holds the logfbank of
+``speech_44k_stereo.wav`` (the 16 kHz test clip upsampled to 44.1 kHz stereo by ffmpeg) within max
+abs 1.25, mean abs 0.0095 (bands 1-24: 0.004) of that of the 16 kHz original, and transcoded copies
+(opus, aac, mp3, vorbis) within mean abs 0.25 (flac: 1e-8), decoded to the original length within
+one hop (encoder delay removed by the decoders). The measured deviations, and the reference's own
+ffmpeg path on the same file: ``benchmarks/README.md``, "Audio decoding: resampling and transcoding
+deviation".
 
 Errors: a missing file raises :class:`~talkhead.errors.InputError`; an undecodable, empty or silent
 file raises :class:`~talkhead.errors.AudioError`; audio shorter than :data:`MIN_NUM_SAMPLES`
@@ -375,8 +374,8 @@ def logfbank(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
     Memory: the signal is normalised, pre-emphasised and framed per chunk of :data:`_FFT_CHUNK`
     frames (with their exact sample ranges, so every value is computed as in one pass): beyond the
-    input and the ``(M, 26)`` output, temporary memory is about 60 MB whatever the length (one hour
-    of audio: 58 M samples, no full-length float64 copy).
+    input and the ``(M, 26)`` output, temporary memory does not grow with the length (no
+    full-length float64 copy; measured: ``benchmarks/README.md``, "logfbank speed and memory").
 
     Raises:
         ValueError: ``samples`` is not 1-D or ``sample_rate`` is not 16000.
@@ -440,9 +439,14 @@ def logfbank(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 
 def speech_features(path: str | os.PathLike) -> tuple[Speech, np.ndarray]:
-    """``load_speech(path)`` and its :func:`logfbank` ``(M, 26)`` float64.
+    """``load_speech(path)`` and its :func:`logfbank` ``(M, 26)`` float64, 100 rows per second.
 
-    Raises the errors of :func:`load_speech`.
+    Public API for library users and tests (a file's model input in one call); not used by the CLI
+    or the pipeline, which decode and compute the logfbank as separate stages.
+
+    Raises:
+        the errors of :func:`load_speech` (InputError, AudioError, AudioTooShortError) and of
+        :func:`logfbank` (AudioError for silent or non-finite samples).
     """
     speech = load_speech(path)
     return speech, logfbank(speech.samples, speech.sample_rate)

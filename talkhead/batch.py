@@ -383,6 +383,7 @@ class BatchReport:
             pass
 
     def close(self) -> None:
+        """Close the report file (idempotent; rows already written stay)."""
         if not self._fh.closed:
             self._fh.close()
 

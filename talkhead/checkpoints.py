@@ -70,7 +70,6 @@ __all__ = [
     "require_finite",
     "load_state_dict_checked",
     "state_dict_diff",
-    "sha256_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -401,6 +400,7 @@ class ShapeMismatch:
     found_type: str = "Tensor"
 
     def describe(self) -> str:
+        """One line: ``"<key>: model expects (a, b), checkpoint has (c, d)"`` (or the non-tensor type)."""
         got = _fmt_shape(self.found) if self.found is not None else f"a {self.found_type}, not a tensor"
         return f"{self.key}: model expects {_fmt_shape(self.expected)}, checkpoint has {got}"
 
@@ -511,6 +511,9 @@ def state_dict_diff(expected: Mapping[str, Any], found: Mapping[str, Any]) -> St
     Returns:
         :class:`StateDictDiff` (falsy when keys and shapes agree). A value in ``found`` that is
         not a tensor counts as a wrong shape.
+
+    Raises:
+        TypeError: a value of ``expected`` is neither a tensor nor a shape (a programming error).
     """
     found_keys = set(found)
     expected_keys = set(expected)
@@ -559,8 +562,11 @@ def load_state_dict_checked(module: torch.nn.Module, state_dict: Mapping[str, An
 
 def file_digests(path: Union[str, os.PathLike], algorithms: tuple[str, ...] = ("sha256",)) -> dict[str, str]:
     """Hex digests of a file's bytes for each of ``algorithms`` (``hashlib`` names, e.g.
-    ``("sha256", "md5")``), computed in one pass, read in 1 MiB blocks (constant memory).
-    About 0.6 s per 751 MB for sha256 on one core of the development machine.
+    ``("sha256", "md5")``), computed in one pass, read in 1 MiB blocks (constant memory;
+    speed measured: ``benchmarks/README.md``, "Checkpoint checks").
+
+    Returns:
+        ``{algorithm: lowercase hex digest}``, one entry per name in ``algorithms``.
 
     Raises:
         CheckpointError: the file is missing or unreadable.
@@ -579,15 +585,6 @@ def file_digests(path: Union[str, os.PathLike], algorithms: tuple[str, ...] = ("
     return {name: digest.hexdigest() for name, digest in digests.items()}
 
 
-def sha256_file(path: Union[str, os.PathLike]) -> str:
-    """SHA-256 of a file's bytes as 64 lowercase hex digits (:func:`file_digests`).
-
-    Raises:
-        CheckpointError: the file is missing or unreadable.
-    """
-    return file_digests(path)["sha256"]
-
-
 def strip_key_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """``state_dict`` with a leading ``prefix`` removed from every key that has it (DataParallel's
     ``"module."``, as the reference BasicSR ``load_network`` does); other keys unchanged."""
@@ -600,7 +597,8 @@ def require_finite(state_dict: Mapping[str, Any], path: Union[str, os.PathLike],
     """Check that every floating-point tensor of ``state_dict`` is finite (no NaN, no Inf).
 
     Non-floating entries (integer buffers such as BatchNorm ``num_batches_tracked``, placeholders)
-    are skipped, and so is a ``state_dict`` that is not a mapping (the layout check reports it). Cost: one ``torch.isfinite`` pass over the weights (tens of ms for FOMM's 60 M).
+    are skipped, and so is a ``state_dict`` that is not a mapping (the layout check reports it). Cost:
+    one ``torch.isfinite`` pass over the weights (measured: ``benchmarks/README.md``, "Checkpoint checks").
 
     Args:
         state_dict: ``{key: tensor}`` from a checkpoint, e.g. ``checkpoint["generator"]``.

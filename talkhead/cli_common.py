@@ -35,6 +35,11 @@ class State:
 
 
 def fail(exc: BaseException) -> None:
+    """Print ``exc`` as one red ``error:`` line on stderr (its traceback too under ``--debug``) and exit.
+
+    Raises:
+        typer.Exit: always, with ``exc.exit_code`` (a :class:`~talkhead.errors.TalkheadError`'s, 2 if none).
+    """
     from rich.markup import escape
 
     if State.debug:

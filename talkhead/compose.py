@@ -59,14 +59,11 @@ difference is the head's motion, not drift, and is down-weighted.
 * ``"mean"``: one constant offset per channel, the weighted band mean (a global drift only).
 * ``"none"``: no correction; a drifting renderer then shows as a soft-edged tinted square.
 
-Measured on the astronaut (tests/test_compose.py; ``tint`` of :func:`seam_metrics`, 8-bit levels):
-a renderer adding +0.1 to red leaves a tint of 0.4 (``lowfreq``), 0.5 (``mean``) vs 24.5
-(``none``); a left-right ramp of +-0.1 leaves 6.1 (``lowfreq``) vs 21.8 (``mean``) and 19.3
-(``none``); a head moved 8 + 4 crop pixels keeps its colour in the face centre within 0.5 levels
-(without the flatness weights the band's moving edges darkened it by ~6). Cost at 1080p, one
-thread, CPU time (``benchmarks/bench_compose.py``): 2.8 ms/frame for a 262-px face square, 5.9 ms
-for a 997-px close-up (``none``: 0.7 / 4.1 ms); ``cv2.seamlessClone`` per frame costs 41 / 577 ms
-and is not used.
+``tests/test_compose.py`` (the astronaut, ``tint`` of :func:`seam_metrics` in 8-bit levels) holds a
+renderer adding +0.1 to red to a tint under 1.5 with ``lowfreq`` (over 20 with ``none``), and the face
+centre of a head moved in the band within 2 levels of the moved photo (``lowfreq`` and ``mean``).
+Measured tints per mode and the paste-back's cost per frame (``benchmarks/bench_compose.py``;
+``cv2.seamlessClone``, not used, for comparison): ``benchmarks/README.md``, "Paste-back (compose)".
 """
 
 
@@ -78,11 +75,10 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
 class Compositor:
     """Paste rendered FOMM crops back into one photo, with a feathered mask and colour matching.
 
-    Built once per photo (everything that does not depend on the frame is precomputed); then
-    :meth:`paste` costs 3-6 ms of CPU per frame for a 1080p photo on one thread (see
-    :data:`COLOUR_MATCHES` and ``benchmarks/bench_compose.py``), against ~1 s/frame of full-size
-    FOMM rendering. FOMM's axis-aligned square crops are pasted with ``cv2.resize`` of the crop to
-    the box (the same pixel mapping as the affine warp, ~6x cheaper); any other ``affine`` goes
+    Built once per photo (everything that does not depend on the frame is precomputed), so that
+    :meth:`paste` is small next to rendering (measured: ``benchmarks/README.md``, "Paste-back
+    (compose)"). FOMM's axis-aligned square crops are pasted with ``cv2.resize`` of the crop to
+    the box (the same pixel mapping as the affine warp, and cheaper); any other ``affine`` goes
     through ``cv2.warpAffine``. Only the band strips are blended; the interior is copied.
 
     Args:
@@ -172,7 +168,7 @@ class Compositor:
 
         # Fast path: FOMM's crops are axis-aligned squares (A = [[L/S, 0, .], [0, L/S, .]] of an
         # integer box), for which the warp is exactly cv2.resize of the crop to the box's L x L
-        # (same pixel-centre mapping, edge pixels replicated), ~6x cheaper than warpAffine.
+        # (same pixel-centre mapping, edge pixels replicated), cheaper than warpAffine (benchmarks/README.md).
         bx0, by0, bx1, by1 = (int(v) for v in face_crop.box)
         L = bx1 - bx0
         box_affine = np.array([[L / S, 0.0, bx0 + 0.5 * L / S - 0.5], [0.0, L / S, by0 + 0.5 * L / S - 0.5]])
@@ -276,6 +272,9 @@ class Compositor:
 
         Returns:
             ``out``.
+
+        Raises:
+            ValueError: ``frame`` is not ``(S, S, 3)`` or ``out`` not the photo's shape in uint8.
         """
         import cv2
 
@@ -343,7 +342,8 @@ class Compositor:
     # -- diagnostics -------------------------------------------------------------------------------
     def edge_distance(self) -> np.ndarray:
         """``(H, W)`` float32: each photo pixel's distance to the crop's outer edge in crop pixels,
-        positive inside the crop, negative outside (for :func:`seam_metrics`)."""
+        positive inside the crop, negative outside. Diagnostic for :func:`seam_metrics`; not used by
+        :meth:`paste`, the CLI or the pipeline."""
         h_img, w_img = self.photo.shape[:2]
         S = self.size
         inv = np.linalg.inv(np.vstack([self._to_region, [0.0, 0.0, 1.0]]))[:2]
@@ -356,8 +356,10 @@ class Compositor:
 
 def seam_metrics(out: np.ndarray, photo: np.ndarray, comp: Compositor,
                  rendered: Optional[np.ndarray] = None) -> dict:
-    """How visible the pasted crop's rectangle is in one output frame (a diagnostic for tests and
-    benchmarks, not used by the pipeline).
+    """How visible the pasted crop's rectangle is in one output frame.
+
+    Public diagnostic API for judging a compositor's seams (used by ``tests/test_compose.py`` and
+    ``benchmarks/bench_compose.py``); not used by the CLI or the pipeline.
 
     The *seam zone* is split into rings 1 photo pixel wide by the distance ``d`` to the crop's
     outer edge (:meth:`Compositor.edge_distance`, converted to photo pixels), from 2 px outside

@@ -122,7 +122,7 @@ def _crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) -
         patch = image[rows[:, None], cols[None, :], :3]
     if patch.shape[:2] == (size, size):
         # already the frame size: what ``resize`` returns here (an identity zoom of the image as float,
-        # exactly), without the ~35 MiB and 0.5 s of scipy.ndimage it would import to compute it
+        # exactly), without importing scipy.ndimage to compute it (cost: benchmarks/README.md, "animate peak RSS")
         crop = img_as_float(patch.astype(np.float32) if patch.dtype == np.float16 else patch).astype(np.float32)
     else:
         from skimage.transform import resize  # imports scipy.ndimage

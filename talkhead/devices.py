@@ -50,10 +50,11 @@ def default_batch_size(device: torch.device | str) -> int:
     - CPU: 1. A CPU convolution is already compute bound at batch 1 (two threads keep the cores busy
       on a 64x64x256 feature map), so larger batches buy no throughput; they only multiply the size
       of every large temporary (a 256x256x64 float map is 16 MiB per frame), which costs page faults
-      and peak memory (measured: batch 8 is *slower* than batch 1 and uses ~1.7x the memory).
+      and peak memory (batch 8 measured slower than batch 1 and larger: ``benchmarks/README.md``,
+      "FOMM rendering: options and engines").
     - CUDA: 8. One 256x256 frame does not fill a GPU (kernel launch overhead dominates at batch 1);
-      8 frames amortise it while the activations stay well under 1 GiB (about 100 MiB per frame
-      in float32), which fits any CUDA card that can hold the ~230 MiB of FOMM weights.
+      8 frames amortise it while the activations stay well under 1 GiB, which fits any CUDA card
+      that can hold the ~230 MiB of FOMM weights (an estimate: not measured on a GPU).
     - MPS (and anything else): 4, a middle ground for unified-memory GPUs.
 
     Args:
@@ -73,9 +74,9 @@ def default_batch_size(device: torch.device | str) -> int:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16), as torch sees it.
 
-    Without it oneDNN emulates bf16 convolutions, which measured ~10x *slower* than float32 on an
-    AVX2 CPU; with it (an AMD EPYC with AVX512-BF16) a FOMM frame rendered 1.6-1.7x faster at
-    ``--precision bf16`` (``benchmarks/bench_precision.py``, ``benchmarks/README.md``).
+    Without it oneDNN emulates bf16 convolutions, far slower than float32; with it a FOMM frame
+    renders faster at ``--precision bf16`` than at fp32 (both measured: ``benchmarks/README.md``,
+    "Reduced precision"). Returns ``False`` when torch cannot tell (a private torch API).
     """
     caps = getattr(torch.cpu, "get_capabilities", None)
     if caps is not None:
@@ -91,10 +92,15 @@ def check_precision(precision: str, device: torch.device | str) -> None:
     """Refuse a ``--precision`` that cannot run well on ``device`` (before any model loads).
 
     - ``fp32``: everywhere.
-    - ``fp16``: CUDA only. On CPU it measured 4-10x slower than fp32, even on a CPU with native
-      bf16 (no CPU measured had fp16 arithmetic); MPS is untested.
-    - ``bf16``: CUDA, or a CPU with native bf16 (:func:`cpu_has_native_bf16`; 1.6-1.7x faster per
-      frame there); refused on other CPUs (emulated, ~10x slower) and on MPS (untested).
+    - ``fp16``: CUDA only. On CPU it is slower than fp32, even on a CPU with native bf16 (no CPU
+      measured had fp16 arithmetic); MPS is untested.
+    - ``bf16``: CUDA, or a CPU with native bf16 (:func:`cpu_has_native_bf16`; faster than fp32
+      there); refused on other CPUs (emulated, far slower) and on MPS (untested).
+      (Speeds measured: ``benchmarks/README.md``, "Reduced precision".)
+
+    Args:
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (:data:`talkhead.constants.PRECISIONS`).
+        device: a torch device or its name.
 
     The library itself (:attr:`talkhead.fomm.FOMM.precision`) allows every precision on every
     device, e.g. to measure the deviation; this check is for runs that want speed.
@@ -124,6 +130,10 @@ def default_writer_thread(device: torch.device | str) -> bool:
     - CUDA / MPS: yes. The GPU renders while the host would otherwise wait on it; in the thread the
       host composites and feeds ffmpeg during the next batch's rendering.
     - CPU: no. Rendering already keeps every core busy, so a thread only moves work around
-      (measured at batch 1 on 2 cores, ``benchmarks/bench_writer.py``: see ``benchmarks/README.md``).
+      (measured at batch 1 on 2 cores, ``benchmarks/bench_writer.py``: ``benchmarks/README.md``,
+      "Writer thread").
+
+    Args:
+        device: a torch device or its name (``"cpu"``, ``"cuda"``, ``"mps"``).
     """
     return torch.device(device).type != "cpu"

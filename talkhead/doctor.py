@@ -105,7 +105,7 @@ def doctor_report(models_dir: str | os.PathLike | None = None) -> dict[str, Any]
 
     Args:
         models_dir: resolved with :func:`talkhead.store.resolve_models_dir`; its checkpoints are
-            re-hashed (about 1 s for the full-size models) and unrecorded ones layout-checked.
+            re-hashed (cost: ``benchmarks/README.md``, "Checkpoint checks") and unrecorded ones layout-checked.
 
     Returns:
         ``{"talkhead": {"version"}, "python": {...}, "torch": {"version", "cuda_build", "threads"},

@@ -144,9 +144,11 @@ class StderrDrain:
             pass
 
     def join(self, timeout: float | None = 10.0) -> None:
+        """Wait up to ``timeout`` seconds (``None``: forever) for the pipe's EOF; never raises."""
         self._thread.join(timeout)
 
     def tail(self) -> str:
+        """The last :data:`STDERR_TAIL_BYTES` bytes read so far, decoded (:func:`decode_tail`)."""
         with self._lock:
             return decode_tail(self._buf)
 

@@ -60,6 +60,7 @@ class Keypoints:
 
     @property
     def device(self) -> torch.device:
+        """The device of :attr:`value` (the jacobian, if any, is on the same one)."""
         return self.value.device
 
     def __getitem__(self, index: Any) -> "Keypoints":
@@ -74,6 +75,7 @@ class Keypoints:
                          None if self.jacobian is None else self.jacobian.to(device=device, dtype=dtype))
 
     def clone(self) -> "Keypoints":
+        """A copy with both tensors cloned (same shapes, device and dtype)."""
         return Keypoints(self.value.clone(), None if self.jacobian is None else self.jacobian.clone())
 
     def equal(self, other: "Keypoints") -> bool:

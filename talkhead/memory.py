@@ -2,13 +2,12 @@
 
 :func:`separate_large_allocations` is what FOMM's first render of a batch shape (and its first
 ``detect``) runs under on CPU:
-that frame builds the long-lived packed convolution weights (~177 MiB for vox-adv-256) in between
-its own large temporaries. With glibc's default (dynamic) mmap threshold both land in the heap, and
-the freed temporaries stay behind as holes the later frames only partly reuse: measured 954-986 MiB
-peak RSS for a 1.2 s ``animate`` against 932-951 MiB with the first frame's large blocks given their
-own mappings, and 926-930 against 932-940 MiB with the first ``detect`` so too
-(``benchmarks/README.md``). Later frames are not affected (their temporaries come from
-the heap as before: no extra page faults per frame).
+that frame builds the long-lived packed convolution weights in between its own large temporaries.
+With glibc's default (dynamic) mmap threshold both land in the heap, and the freed temporaries stay
+behind as holes the later frames only partly reuse, which raises the peak RSS; with the first frame's
+(and first ``detect``'s) large blocks given their own mappings the peak is lower (measured:
+``benchmarks/README.md``, "animate peak RSS", glibc settings table). Later frames are not affected
+(their temporaries come from the heap as before: no extra page faults per frame).
 """
 from __future__ import annotations
 

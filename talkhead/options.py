@@ -70,10 +70,11 @@ class AnimateOptions:
             image (it must already be a face crop framed like FOMM's VoxCeleb data).
         face_index: which face when several are found (0 = largest); ``None`` = largest confident.
         batch_size: frames per render pass; ``None`` (``--batch-size auto``) = the device's default,
-            :func:`talkhead.devices.default_batch_size` (1 on CPU, measured fastest there; 8 on CUDA).
+            :func:`talkhead.devices.default_batch_size` (1 on CPU, 8 on CUDA; why: its docstring).
         precision: the renderer's arithmetic, one of :data:`PRECISIONS`: ``"fp32"`` (exact, the
             default); ``"fp16"``/``"bf16"`` run FOMM's decoder (bottleneck, up blocks, final conv:
-            ~85 % of its time on CPU) in that precision under ``torch.autocast``, while keypoints,
+            most of its time on CPU, ``benchmarks/README.md``, "Reduced precision") in that precision
+            under ``torch.autocast``, while keypoints,
             jacobians, the dense motion and the warp grids stay float32
             (:attr:`talkhead.fomm.FOMM.precision`). Where each may run:
             :func:`talkhead.devices.check_precision` (fp16: CUDA only; bf16: CUDA, or a CPU with

@@ -340,6 +340,12 @@ class VideoWriter:
         """Finish encoding and rename the temporary file onto ``path``; return ``path``.
 
         On any failure (including KeyboardInterrupt while waiting) everything is aborted first.
+
+        Raises:
+            RuntimeError: the writer is not open (never opened, or already closed/aborted).
+            ValueError: no frame was written.
+            FFmpegError: ffmpeg exited early or with a non-zero status (the temporary file is removed).
+            OutputError: the finished file cannot be renamed onto ``path``.
         """
         if self._atomic is None:
             raise RuntimeError("VideoWriter is not open")

@@ -22,7 +22,6 @@ from talkhead.checkpoints import (
     load_checkpoint,
     load_state_dict_checked,
     require_finite,
-    sha256_file,
     state_dict_diff,
 )
 from talkhead.errors import CheckpointError, StateDictMismatchError
@@ -282,15 +281,15 @@ def test_not_a_mapping():
         load_state_dict_checked(_net(), UnloadedObject(), "toy")
 
 
-def test_sha256_file_and_digests(tmp_path):
+def test_file_digests(tmp_path):
     data = os.urandom(3 * 1024 * 1024 + 17)
     path = tmp_path / "blob"
     path.write_bytes(data)
-    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    assert file_digests(path) == {"sha256": hashlib.sha256(data).hexdigest()}
     assert file_digests(path, ("sha256", "md5")) == {"sha256": hashlib.sha256(data).hexdigest(),
                                                      "md5": hashlib.md5(data).hexdigest()}
     with pytest.raises(CheckpointError, match="not found"):
-        sha256_file(tmp_path / "missing")
+        file_digests(tmp_path / "missing")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

@@ -19,9 +19,9 @@ convolution is folded into it (``W' = W * g / sqrt(v + eps)``, ``b' = (b - m) * 
 ReLUs and residual additions run in place, weights and activations are ``channels_last`` (NHWC, what
 oneDNN convolutions run fastest on), and a nearest x2 upsampling followed by a 3x3 convolution is
 computed as one 2x2 convolution per output phase on the low-resolution input (the sub-pixel form:
-4/9 of the multiply-adds). Only the float rounding differs from the plain path (full-size frames
-agree to 6.4e-6, the same as merely switching the plain path to channels_last; ``tests/test_fomm.py``
-holds the fused path to the reference tolerances, ``tests/test_fast_paths.py`` to the plain path). The derived
+4/9 of the multiply-adds). Only the float rounding differs from the plain path (``tests/test_fomm.py``
+holds the fused path to the reference tolerances, ``tests/test_fast_paths.py`` to the plain path within
+1e-5; the measured full-size difference: ``benchmarks/README.md``, "FOMM rendering"). The derived
 weights are cached on the module (on CPU only the oneDNN-packed copy, not the folded weight it was made
 from: one extra copy of the weights, not two) and rebuilt when a parameter or running statistic changes
 (in-place updates included).
@@ -106,6 +106,9 @@ def fused_inference(enabled: bool = True) -> Iterator[None]:
 
     The fused path (module docstring) is taken by a module in ``eval()`` mode while autograd is off;
     ``with fused_inference(False):`` forces the plain, reference-shaped path, e.g. to compare the two.
+
+    Public API for comparing the two paths (``tests/test_fast_paths.py``, ``benchmarks/bench_render.py``);
+    not used by the CLI or the pipeline, which always run the default (on).
     """
     previous = fused_enabled()
     _FUSED.enabled = bool(enabled)
@@ -124,7 +127,10 @@ def winograd_enabled() -> bool:
 @contextlib.contextmanager
 def winograd_inference(enabled: bool = True) -> Iterator[None]:
     """Switch the Winograd convolutions of the fused path on or off in this thread (a context manager);
-    off, the residual blocks use the same oneDNN convolutions as the other blocks."""
+    off, the residual blocks use the same oneDNN convolutions as the other blocks.
+
+    Public API for comparing the two (``tests/test_fast_paths.py``, ``benchmarks/bench_render.py``);
+    not used by the CLI or the pipeline, which always run the default (on)."""
     previous = winograd_enabled()
     _FUSED.winograd = bool(enabled)
     try:
@@ -555,7 +561,7 @@ class AntiAliasInterpolation2d(nn.Module):
         self.kb = self.ka - 1 if size % 2 == 0 else self.ka
         # computed on the CPU and then moved to the default device: under ``torch.device("meta")`` (the
         # store's layout listing) ``arange`` would run through torch's Python decompositions, which
-        # import torch._dynamo and sympy (~800 modules, 77 MiB, 1.5-3.7 s) for a 13x13 kernel
+        # import torch._dynamo and sympy for a 13x13 kernel (cost: benchmarks/README.md, "animate peak RSS")
         coords = torch.arange(size, dtype=torch.float32, device="cpu") - (size - 1) / 2
         g = torch.exp(-coords ** 2 / (2 * sigma ** 2)) if sigma > 0 else (coords == 0).float()
         kernel = g[:, None] * g[None, :]

@@ -283,6 +283,9 @@ class FOMMConfig:
     def build_discriminator(self) -> MultiScaleDiscriminator:
         """``MultiScaleDiscriminator(**discriminator_params, **common_params)``.
 
+        Public API for training code (see :mod:`talkhead.fomm.discriminator`); not used by the CLI
+        or inference.
+
         Raises:
             ConfigError: the config has no ``discriminator_params``.
         """

@@ -1,4 +1,9 @@
-"""FOMM multi-scale patch discriminator (training only; here so the full checkpoint layout loads).
+"""FOMM multi-scale patch discriminator (training only).
+
+Public API for code that loads or fine-tunes the full published vox-adv checkpoint (its
+``discriminator`` entry); not used by the CLI, inference, the checkpoint store's layout check (which
+ignores that entry) or :mod:`talkhead.train` (which trains MS-Sync, not FOMM). ``tests/test_fomm.py``
+checks its state-dict keys against the official layout.
 
 Re-implementation of ``first-order-model/modules/discriminator.py`` (Pix2Pix-style discriminator with
 optional keypoint heatmaps as extra input channels). State-dict keys: ``discs.<scale>.down_blocks.<i>.conv.*``,

@@ -2,7 +2,7 @@
 
 :func:`expected_layout` instantiates the keypoint detector and generator on torch's ``meta``
 device, which records every parameter and buffer shape without allocating or initialising
-memory (tens of ms for vox-adv-256), and returns their keys and shapes. The checkpoint store
+memory (cost: ``benchmarks/README.md``, "Checkpoint checks"), and returns their keys and shapes. The checkpoint store
 (:mod:`talkhead.store`) compares a downloaded ``vox-adv-cpk.pth.tar`` against it without loading
 it into networks; :func:`talkhead.fomm.load_fomm` does the real load once, when animating.
 """

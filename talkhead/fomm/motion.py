@@ -20,7 +20,8 @@ def movement_scale(kp_source: Keypoints, kp_driving_initial: Keypoints) -> float
     Raises:
         ValueError: the keypoints of either set are degenerate (all collinear: no 2-D convex hull).
     """
-    from scipy.spatial import ConvexHull, QhullError  # here: ~28 MiB and 0.3 s that rendering never needs
+    # imported here: rendering never needs it (cost: benchmarks/README.md, "animate peak RSS")
+    from scipy.spatial import ConvexHull, QhullError
 
     areas = []
     for name, kp in (("kp_source", kp_source), ("kp_driving_initial", kp_driving_initial)):

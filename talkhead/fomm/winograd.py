@@ -4,13 +4,14 @@ A 3x3, stride-1, zero-padded convolution computed tile by tile: each 2x2 block o
 4x4 block of the (padded) input as ``Y = A^T [ (G g G^T) * (B^T d B) ] A`` (Lavin & Gray, "Fast Algorithms
 for Convolutional Neural Networks", CVPR 2016, eq. 8 with m = 2, r = 3), the elementwise products summed
 over input channels as 16 matrix products. That is 16 multiplies per 4 outputs instead of 36: the
-multiply count of the 12 bottleneck convolutions (256 -> 256 channels at 64x64, ~70 % of a frame on
-CPU) falls 2.25x, for transforms that are additions only (the input and output transforms) and a weight
-transform done once per weight.
+multiply count of the 12 bottleneck convolutions (256 -> 256 channels at 64x64, most of a frame's time
+on CPU: ``benchmarks/README.md``, "FOMM rendering") falls 2.25x, for transforms that are additions only
+(the input and output transforms) and a weight transform done once per weight.
 
 Numerics: F(2x2, 3x3) has transform entries 0, +-1 and +-1/2 only, so its rounding error stays at the
-level of a direct float32 convolution (measured on a 256 -> 256 layer at 64x64, random weights: 1.25e-6
-max abs from float64, where oneDNN's direct kernel is at 5.7e-6; see ``benchmarks/README.md``). The larger tiles
+level of a direct float32 convolution (``tests/test_fast_paths.py`` holds it within 2e-6 of a float64
+convolution; measured against oneDNN's direct kernel: ``benchmarks/README.md``, "FOMM rendering", Winograd
+row). The larger tiles
 (F(4x4, 3x3)) are not used: their transforms have entries up to 8 and lose about a digit.
 
 Not in the reference (FOMM uses ``nn.Conv2d``); the result is the same convolution up to float32
@@ -25,7 +26,8 @@ import torch
 __all__ = ["winograd_weight", "winograd_conv3x3", "winograd_applies", "TILE_ROWS"]
 
 TILE_ROWS = 16
-"""Default rows of output tiles per step of :func:`winograd_conv3x3` (measured: see ``benchmarks/README.md``)."""
+"""Default rows of output tiles per step of :func:`winograd_conv3x3` (measured: ``benchmarks/README.md``,
+"FOMM rendering", Winograd row)."""
 
 
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,10 @@ def _weight_paths() -> dict[str, Path]:
 
 
 def weights_cached() -> bool:
-    """Whether both FAN weight files are already in torch hub's checkpoint cache.
+    """Whether both FAN weight files are already in torch hub's checkpoint cache (never touches the network).
+
+    Public API (a cheap "is fan ready offline?" for library callers); not used by the CLI, which asks
+    :func:`unavailable_reason` / :func:`status`.
 
     Raises:
         LandmarkerUnavailableError: face-alignment is not installed.

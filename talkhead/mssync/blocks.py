@@ -153,8 +153,8 @@ class DeepMLP(nn.Module):
         """``x`` ``(N, indim)`` -> ``(N, outdim)``.
 
         The reference runs the blocks as convolutions on ``(N, C, 1)``; each block here is the
-        equivalent per-step matmul (:meth:`InvResX1D.forward_step`), which is several times faster
-        for the small batches of autoregressive decoding.
+        equivalent per-step matmul (:meth:`InvResX1D.forward_step`), chosen for speed on the small
+        batches of autoregressive decoding (same arithmetic up to float rounding).
         """
         for block in self.blocks:
             x = block.forward_step(x)
@@ -194,7 +194,8 @@ class AudioPyramidEncoder(nn.Module):
 
     chunk_rows: int = 1600
     """Default logfbank rows per chunk of :meth:`forward` (16 s at 100 Hz; a multiple of :attr:`stride`).
-    Bounds the encoder's temporaries (about 0.9 MiB per second of audio in one pass) to ~15 MiB."""
+    Bounds the encoder's temporaries to those of one 16 s chunk instead of growing with the clip
+    (measured: ``benchmarks/README.md``, "Keypoint stage memory vs audio length")."""
 
     def _blocks(self) -> list[InvResX1D]:
         return [*self.conv0, *self.pyramid_layers]
@@ -245,9 +246,9 @@ class AudioPyramidEncoder(nn.Module):
         and cropped to its own outputs, so memory does not grow with the audio length beyond the
         (small) outputs. The result equals the one-pass run: every output sees the same input rows
         and zero padding (chunks start at multiples of :attr:`stride`, so the stride grids align);
-        only the float rounding of length-dependent kernels (the point-wise GEMMs) differs: measured
-        max abs diff 6e-6 in float32 on outputs up to ~5 (default model), 6e-15 in float64
-        (``tests/test_fast_paths.py``).
+        only the float rounding of length-dependent kernels (the point-wise GEMMs) differs
+        (``tests/test_fast_paths.py`` pins chunked == one pass within 1e-5 in float32 and 1e-12 in
+        float64; the measured deviation: ``benchmarks/README.md``, "Keypoint stage memory vs audio length").
 
         Raises:
             ValueError: ``chunk_rows`` not a positive multiple of :attr:`stride` (nor 0).

@@ -250,6 +250,10 @@ class MSSyncGenerator(nn.Module):
 
         Returns:
             ``(x_rec, x_pred)`` as in :meth:`forward`.
+
+        Raises:
+            ValueError: ``audio`` too short to predict one frame after the ``obs_len``-frame warm-up
+                (fewer than ``4 (obs_len + 1)`` rows).
         """
         if incremental is None:
             incremental = not torch.is_grad_enabled()

@@ -148,7 +148,8 @@ def generate_keypoints_trace(model: MSSyncGenerator, kp_source: Keypoints, logfb
         ``(S-1,)``. All tensors are on the model's device.
 
     ``keep_trace=False`` records only the five inputs/outputs above (what :func:`generate_keypoints`
-    needs: the per-step intermediates grow with the clip, ~0.1 MiB per second of audio).
+    needs: the per-step intermediates grow linearly with the clip; measured: ``benchmarks/README.md``,
+    "Keypoint stage memory vs audio length").
 
     Raises:
         as :func:`generate_keypoints`.
@@ -212,8 +213,8 @@ def _single_cpu_thread(device: torch.device):
     """One intra-op thread for the autoregressive MS-Sync loop on CPU (restored afterwards).
 
     Each decoding step is a handful of batch-1 ops, so a second thread gains nothing, and when another
-    process holds a core OpenMP spin-waiting makes it far slower. Full-size model, 124 frames, 2-core
-    machine with one core busy: 66 fps with one thread; 54 fps and then 3.8 fps with two.
+    process holds a core OpenMP spin-waiting makes it far slower (measured: ``benchmarks/README.md``,
+    "MS-Sync rollout threads").
     """
     if device.type != "cpu":
         yield
@@ -245,6 +246,7 @@ class MSSyncMotion:
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's parameters (where the keypoints are returned)."""
         return next(self.model.parameters()).device
 
     def __call__(self, kp_source: Keypoints, logfbank, progress: Progress | None = None) -> Keypoints:

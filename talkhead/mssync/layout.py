@@ -1,7 +1,7 @@
 """Expected state-dict layout of an MS-Sync ``model_chkpt.pt``, from ``args`` alone (no weights built).
 
 :func:`expected_layout` instantiates :class:`~talkhead.mssync.MSSyncGenerator` on torch's ``meta``
-device (shapes without memory, tens of ms for the default model) and returns its keys and shapes.
+device (shapes without memory; cost: ``benchmarks/README.md``, "Checkpoint checks") and returns its keys and shapes.
 The checkpoint store (:mod:`talkhead.store`) checks a downloaded ``model_chkpt.pt['checkpoints']``
 against it; :func:`talkhead.mssync.load_mssync` does the real load once, when animating.
 """

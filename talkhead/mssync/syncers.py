@@ -246,6 +246,7 @@ class SyncerPyramid(nn.Module):
 
     @property
     def levels(self) -> int:
+        """Number of syncers, one per pyramid level (4 in MS-Sync: 200, 400, 800, 1600 ms windows)."""
         return self.config.levels
 
     def pyramid(self, keypoints: torch.Tensor, logfbank: torch.Tensor, *, partial: bool = False
@@ -306,7 +307,18 @@ def read_syncer_file(path: str | Path) -> dict | None:
 
 
 def save_syncers(model: SyncerPyramid, path: str | Path) -> Path:
-    """Write a weights-only syncer file ``{"format", "version", "config", "state_dict"}`` (atomic)."""
+    """Write a weights-only syncer file ``{"format", "version", "config", "state_dict"}`` (atomic).
+
+    Public API (a compact pyramid file for :func:`read_syncer_file` / ``talkhead.train.syncers.load_syncers``);
+    not used by the CLI, whose training runs keep the pyramid in ``RUN_DIR/checkpoint.pt``.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OutputError: the folder or file cannot be written (``path`` keeps its old content then;
+            :func:`talkhead.io.atomic_write`).
+    """
     path = Path(path)
     atomic_write(path, lambda f: torch.save({"format": PYRAMID_FORMAT, "version": 1, "config": asdict(model.config),
                                              "state_dict": model.state_dict()}, f))

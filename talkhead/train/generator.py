@@ -268,7 +268,12 @@ def _typed(cfg) -> GeneratorRunConfig:
 
 
 def default_config() -> dict:
-    """The default run config (``configs/generator.yaml``, paper values) as a dict."""
+    """The default run config (``configs/generator.yaml``, paper values) as a dict.
+
+    Public API: a starting point a caller edits and passes to :func:`train_generator`; not used by the
+    CLI or :func:`train_generator` itself, which merge a ``config`` over the same file
+    (:func:`~talkhead.train.engine.resolve_run_config`).
+    """
     return read_yaml(DEFAULTS_PATH)
 
 

@@ -369,7 +369,12 @@ def train_syncers(data_dir: str | Path, run_dir: str | Path, *, config: str | Pa
 
 
 def default_config() -> dict:
-    """The default run config (``configs/syncers.yaml``) as a dict."""
+    """The default run config (``configs/syncers.yaml``) as a dict.
+
+    Public API: a starting point a caller edits and passes to :func:`train_syncers`; not used by the CLI
+    or :func:`train_syncers` itself, which merge a ``config`` over the same file
+    (:func:`~talkhead.train.engine.resolve_run_config`).
+    """
     from .engine import read_yaml
 
     return read_yaml(DEFAULTS_PATH)
