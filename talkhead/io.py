@@ -235,8 +235,16 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False, *, probe
     return target
 
 
+_PARSED_CONFIGS: dict[tuple, object] = {}
+"""Parsed model configs by file identity (path, device, inode, size, mtime): each config file is parsed
+once per process while it is unchanged, however many stages ask (frame size, loading, layout checks)."""
+
+
 def read_yaml_config(path: str | os.PathLike, what: str):
     """The parsed YAML of a config file (``yaml.safe_load``), for the model configs (FOMM, SMAC).
+
+    The file is parsed once while it is unchanged (same path, inode, size and modification time): later
+    calls get a fresh deep copy of that result, so callers may modify what they get.
 
     Args:
         path: the file.
@@ -245,17 +253,27 @@ def read_yaml_config(path: str | os.PathLike, what: str):
     Raises:
         ConfigError: the file cannot be read, or is not valid YAML (both name the file).
     """
+    import copy
+
     import yaml
 
     path = Path(path)
     try:
+        st = path.stat()
+        key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in _PARSED_CONFIGS:
+            return copy.deepcopy(_PARSED_CONFIGS[key])
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
-        return yaml.safe_load(text)
+        parsed = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+    if len(_PARSED_CONFIGS) >= 64:
+        _PARSED_CONFIGS.clear()
+    _PARSED_CONFIGS[key] = parsed
+    return copy.deepcopy(parsed)
 
 
 _DEFERRED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))

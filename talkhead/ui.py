@@ -62,26 +62,17 @@ def require_gradio():
     return gradio
 
 
-def option_fields() -> set[str]:
-    """Names of :class:`AnimateOptions`' fields (the page passes an option only where it exists)."""
-    return {f.name for f in dataclasses.fields(AnimateOptions)}
-
-
 def request_options(base: AnimateOptions, *, motion_scale: float | None = None, frame: str | None = None,
                     face_index: float | int | None = None, device: str | None = None) -> AnimateOptions:
     """The options of one request: ``base`` (the command line's) with the page's choices applied.
 
     ``motion_scale`` (0 = still head) and ``frame`` (a :data:`FRAMES` label or ``"full"``/``"crop"``)
-    are applied only if :class:`AnimateOptions` has those fields; where it does not, a value other
-    than what this version does (1.0, the face crop) is an error rather than silently ignored. ``None`` keeps the
-    base value; a blank face index means "the largest confident face". The run always writes a fresh
+    override the base. ``None`` keeps the base value; a blank face index means "the largest confident face". The run always writes a fresh
     file in its own folder, so ``overwrite`` is on.
 
     Raises:
-        InputError: a value out of range or not among the choices (AnimateOptions' own checks), or
-            an option this version does not have.
+        InputError: a value out of range or not among the choices (AnimateOptions' own checks).
     """
-    fields = option_fields()
     changes: dict[str, Any] = {"overwrite": True}
     if device is not None:
         changes["device"] = device
@@ -92,18 +83,10 @@ def request_options(base: AnimateOptions, *, motion_scale: float | None = None, 
     else:
         changes["face_index"] = None
     if frame is not None:
-        frame = FRAMES.get(frame, frame)
-        if "frame" in fields:
-            changes["frame"] = frame
-        elif frame != "crop":
-            raise InputError("--frame is not available in this version of talkhead (it renders the face crop)")
+        changes["frame"] = FRAMES.get(frame, frame)
     if motion_scale is not None:
-        if "motion_scale" in fields:
-            changes["motion_scale"] = float(motion_scale)
-            if "still" in fields:  # the page's slider decides (--still only set its starting value, 0)
-                changes["still"] = False
-        elif float(motion_scale) != 1.0:
-            raise InputError("--motion-scale is not available in this version of talkhead")
+        changes["motion_scale"] = float(motion_scale)
+        changes["still"] = False  # the page's slider decides (--still only set its starting value, 0)
     return dataclasses.replace(base, **changes)
 
 
@@ -295,7 +278,6 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
         The ``gradio.Blocks`` (not launched; call ``.queue(...).launch(...)`` or use :func:`serve`).
     """
     gr = require_gradio()
-    fields = option_fields()
     base = animator.base
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -311,14 +293,10 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                     audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="Speech",
                                      elem_id="speech")
                     with gr.Accordion("Options", open=True):
-                        motion = gr.Slider(0.0, 2.0, value=float(getattr(base, "motion_scale", 1.0)), step=0.05,
-                                           label="Motion scale", info="0 = still head, 1 = as generated"
-                                           + ("" if "motion_scale" in fields else " (needs a newer talkhead)"),
-                                           interactive="motion_scale" in fields)
-                        frame = gr.Radio(list(FRAMES), value=_frame_label(getattr(base, "frame", "crop")),
-                                         label="Frame", info="the whole photo, or the square face crop"
-                                         + ("" if "frame" in fields else " (needs a newer talkhead)"),
-                                         interactive="frame" in fields)
+                        motion = gr.Slider(0.0, 2.0, value=float(base.motion_scale), step=0.05,
+                                           label="Motion scale", info="0 = still head, 1 = as generated")
+                        frame = gr.Radio(list(FRAMES), value=_frame_label(base.frame),
+                                         label="Frame", info="the whole photo, or the square face crop")
                         face = gr.Number(value=base.face_index or 0, precision=0, minimum=0, label="Face index",
                                          info="when several faces are found: 0 = the largest, 1 = the next, ...")
                         device = gr.Dropdown(list(DEVICES), value=base.device, label="Device",
@@ -353,8 +331,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                                          sources=["upload"], elem_id="reenact-video", height=280)
                     with gr.Accordion("Options", open=True):
                         r_frame = gr.Radio(list(FRAMES), value=frame.value, label="Frame",
-                                           info="the whole photo, or the square face crop",
-                                           interactive="frame" in fields)
+                                           info="the whole photo, or the square face crop")
                         r_relative = gr.Checkbox(value=True, label="Relative motion",
                                                  info="move the photo's own face by the driving motion (FOMM --relative)")
                         r_best = gr.Checkbox(value=False, label="Find the best starting frame",

@@ -167,22 +167,25 @@ def test_reenact_absolute_uses_the_driving_pose_itself(tmp_path):
     np.testing.assert_array_equal(codes, 50 + 3 * k)
 
 
-def test_batch_reenact_renders_each_photo_with_its_video(tmp_path, monkeypatch):
-    """`talkhead batch PHOTOS VIDEOS --reenact`: pairs by stem; each output follows its own video."""
-    import talkhead.renderers as renderers
+def test_batch_reenact_renders_each_photo_with_its_video(tmp_path):
+    """`talkhead batch PHOTOS VIDEOS --reenact`: pairs by stem; each output follows its own video. The
+    code renderer is added as a user's renderer would be: one registry entry, no other file changed."""
+    from talkhead.renderers import RendererEntry, register_renderer, unregister_renderer
 
     photos, videos, out = tmp_path / "photos", tmp_path / "videos", tmp_path / "out"
     photos.mkdir(), videos.mkdir()
     for stem, code, step in (("ann", 5, 2), ("bob", 9, 4)):
         photo_with_code(tmp_path, code).rename(photos / f"{stem}.png")
         driving_video(tmp_path, 100 + step * np.arange(10)).rename(videos / f"{stem}.mp4")
-    entry = renderers.RendererEntry(name="code", summary="test", num_kp=10, store_names=(),
+    register_renderer(RendererEntry(name="code", summary="test", num_kp=10, store_names=(),
                                     load=lambda models_dir, device, options: CodeRenderer(),
-                                    frame_size=lambda models_dir: SIDE, audio_driven=False)
-    monkeypatch.setitem(renderers._RENDERERS, "code", entry)
-    result = CliRunner().invoke(app, ["batch", str(photos), str(videos), "--reenact", "-o", str(out),
-                                      "--renderer", "code", "--crop", "none", "--frame", "crop",
-                                      "--models-dir", str(tmp_path / "models"), "--offline"])
+                                    frame_size=lambda models_dir: SIDE, audio_driven=False))
+    try:
+        result = CliRunner().invoke(app, ["batch", str(photos), str(videos), "--reenact", "-o", str(out),
+                                          "--renderer", "code", "--crop", "none", "--frame", "crop",
+                                          "--models-dir", str(tmp_path / "models"), "--offline"])
+    finally:
+        unregister_renderer("code")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["ann.mp4", "bob.mp4"]
     np.testing.assert_array_equal(decoded_codes(out / "ann.mp4"), 5 + 2 * np.arange(10))

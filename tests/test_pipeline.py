@@ -346,3 +346,26 @@ def test_single_use_releases_the_motion_generator_before_rendering(tiny_models_d
     given = Pipeline(opts, motion=toy_motion, landmarker=astronaut_face, single_use=True)
     given.animate(ASTRONAUT, SPEECH, tmp_path / "d.mp4")
     assert given._motion is toy_motion
+
+
+def test_one_animate_parses_its_renderer_config_once(tiny_models_dir, tmp_path, monkeypatch):
+    """The frame size (before any model loads) and the loader read the same FOMM YAML: parsed once,
+    and parsed again only when the file changes."""
+    import yaml
+
+    import talkhead.io as tio
+
+    parses = []
+    real = yaml.safe_load
+    monkeypatch.setattr(yaml, "safe_load", lambda text: parses.append(1) or real(text))
+    monkeypatch.setattr(tio, "_PARSED_CONFIGS", {})
+    opts = AnimateOptions(models_dir=str(tiny_models_dir), device="cpu", offline=True, frame="crop")
+    Pipeline(opts, landmarker=astronaut_face).animate(ASTRONAUT, SPEECH, tmp_path / "a.mp4")
+    assert len(parses) == 1
+    config = tmp_path / "c.yaml"
+    config.write_text("a: 1\n")
+    first = tio.read_yaml_config(config, "test config")
+    first["a"] = 5  # a caller's change does not reach the next reader
+    assert tio.read_yaml_config(config, "test config") == {"a": 1} and len(parses) == 2
+    config.write_text("a: 22\n")  # another size: parsed anew
+    assert tio.read_yaml_config(config, "test config") == {"a": 22} and len(parses) == 3
