@@ -228,7 +228,8 @@ class Pipeline:
         single_use: the pipeline makes one video (what ``talkhead animate`` and :func:`animate` do):
             the motion generator it loaded itself is released once the keypoints are generated, and its
             memory returned to the system before rendering (:func:`talkhead.memory.return_freed_memory`;
-            measured in ``benchmarks/README.md``), which lowers the run's peak RSS. A later :meth:`animate`
+            measured in ``benchmarks/README.md``, "Winograd bottleneck + MS-Sync released before
+            rendering"), which lowers the run's peak RSS. A later :meth:`animate`
             call loads it again. A ``motion`` given to the constructor is never released.
 
     Raises:

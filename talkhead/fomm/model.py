@@ -124,8 +124,8 @@ class FOMM(KeypointRenderer):
             :class:`~talkhead.keypoints.Keypoints` value ``(B, 10, 2)``, jacobian ``(B, 10, 2, 2)`` on
             ``device``; values in ``[-1, 1]`` (x = column, y = row) of the keypoint heatmap grid.
 
-        The detector's derived (packed) weights, about as large as its own weights (54 MiB for
-        vox-adv-256), are dropped after the first call and kept from the second on: one photo per run
+        The detector's derived (packed) weights, about as large as its own weights (measured:
+        ``benchmarks/README.md``, "`animate` peak RSS"), are dropped after the first call and kept from the second on: one photo per run
         (``animate``) needs them once, many calls (driving videos, batches) pay their packing once more.
         On CPU that first call runs under :func:`talkhead.memory.separate_large_allocations`. The
         keypoints are the same either way.
@@ -182,11 +182,11 @@ class FOMM(KeypointRenderer):
         frames of a driving set do not depend on the batch it is rendered in (to float rounding).
 
         Precision: with :attr:`precision` ``"fp16"``/``"bf16"`` the decoder (bottleneck, up blocks,
-        final conv and sigmoid: ~85 % of a frame's time on CPU, ``benchmarks/README.md``) runs under
+        final conv and sigmoid: most of a frame's time on CPU, ``benchmarks/README.md``, "Reduced precision") runs under
         ``torch.autocast`` on an input cast to that dtype; the source encoding, the dense motion
         (keypoint gaussians, ``J_s J_d^-1`` with its 2x2 inverse, the hourglass, softmax) and both
         ``grid_sample`` warps stay float32, since a reduced-precision jacobian product alone moved
-        frames by up to 14/255 (bf16, full-size random weights). The frames come back float32.
+        frames visibly (measured: ``benchmarks/README.md``, "Reduced precision"). The frames come back float32.
 
         On CPU the first batch of each size, which builds the packed weights, runs under
         :func:`talkhead.memory.separate_large_allocations` (a lower peak RSS; same frames).

@@ -52,7 +52,7 @@ allows it, and reports progress through a callback).
 
 **Verification on use** (:func:`verify`, :func:`ensure_models`): a recorded file must have its
 recorded size, and its sha256 is recomputed on the first use of the file in each process
-(``hash_check="once"``; ~0.6 s for the 751 MB FOMM file, measured) and compared with the manifest
+(``hash_check="once"``; its cost: ``benchmarks/README.md``, "Checkpoint checks") and compared with the manifest
 and, for a pinned file, with the pin. An edited manifest or a replaced file is therefore caught the
 next time a process uses it. Later uses in the same process trust size + ``mtime_ns``;
 ``talkhead doctor`` re-hashes every time (``hash_check="always"``). The pipeline then loads each
