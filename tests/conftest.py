@@ -82,3 +82,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def astro_faces():
+    """The dlib faces of ``skimage.data.astronaut()`` (a real face photo), largest first."""
+    import skimage.data
+
+    from talkhead.landmarks import detect_faces
+
+    return detect_faces(skimage.data.astronaut(), backend="dlib")
+
+
+@pytest.fixture(scope="session")
+def astro_face(astro_faces):
+    """The astronaut's face as the pipeline selects it."""
+    from talkhead.landmarks import select_face
+
+    return select_face(astro_faces, source="astronaut")

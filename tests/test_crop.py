@@ -12,19 +12,9 @@ import pytest
 import skimage.data
 
 from talkhead import crop as C
-from talkhead.landmarks import Face, detect_faces, select_face
+from talkhead.landmarks import Face
 
 ASTRO = skimage.data.astronaut()
-
-
-@pytest.fixture(scope="module")
-def astro_faces() -> list[Face]:
-    return detect_faces(ASTRO, backend="dlib")
-
-
-@pytest.fixture(scope="module")
-def astro_face(astro_faces) -> Face:
-    return select_face(astro_faces, source="astronaut")
 
 
 @pytest.mark.parametrize("size", [64, 256])

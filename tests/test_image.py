@@ -13,19 +13,9 @@ from PIL import Image
 
 from talkhead.errors import ImageError, InputError, NoFaceError
 from talkhead.image import even_size, limit_size, load_image
-from talkhead.landmarks import Face, detect_faces, select_face
+from talkhead.landmarks import detect_faces, select_face
 
 ASTRO = skimage.data.astronaut()
-
-
-@pytest.fixture(scope="module")
-def astro_faces() -> list[Face]:
-    return detect_faces(ASTRO, backend="dlib")
-
-
-@pytest.fixture(scope="module")
-def astro_face(astro_faces) -> Face:
-    return select_face(astro_faces, source="astronaut")
 
 
 # ============================================================================================ load_image

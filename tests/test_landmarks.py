@@ -33,16 +33,6 @@ def _dummy_face(box, score, backend="dlib") -> L.Face:
                   backend=backend)
 
 
-@pytest.fixture(scope="module")
-def astro_faces() -> list[L.Face]:
-    return L.detect_faces(ASTRO, backend="dlib")
-
-
-@pytest.fixture(scope="module")
-def astro_face(astro_faces) -> L.Face:
-    return L.select_face(astro_faces, source="astronaut")
-
-
 # ============================================================================================ detection
 def test_dlib_finds_the_astronaut(astro_faces, astro_face):
     confident = [f for f in astro_faces if f.score >= L.confident_score("dlib")]
