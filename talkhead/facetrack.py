@@ -16,7 +16,7 @@ import numpy as np
 from .constants import DETECT_EVERY_S, MAX_DETECTIONS
 from .errors import NoFaceError
 from .crop import FOMM_INCREASE_AREA, face_extent, fomm_square_box
-from .ffmpeg import probe, read_frames
+from .ffmpeg import MediaInfo, probe, read_frames
 from .landmarks import detect_faces, is_confident
 
 __all__ = ["IOU_WITH_INITIAL", "face_detector", "sample_faces", "face_track", "fixed_crop_box"]
@@ -137,7 +137,8 @@ def face_detector(landmarker, device: str, min_score: Optional[float]) -> Callab
 
 
 def sample_faces(path, detect: Callable[[np.ndarray], np.ndarray], *, every_s: float = DETECT_EVERY_S,
-                 max_detections: int = MAX_DETECTIONS) -> tuple[list[np.ndarray], tuple[int, int], float]:
+                 max_detections: int = MAX_DETECTIONS, info: Optional[MediaInfo] = None
+                 ) -> tuple[list[np.ndarray], tuple[int, int], float]:
     """Face boxes on frames sampled over a video: the one sampling loop of ``preprocess`` and ``reenact``.
 
     Frames are taken every ``every_s`` seconds from the start (fewer, spread over the clip, when that
@@ -147,6 +148,7 @@ def sample_faces(path, detect: Callable[[np.ndarray], np.ndarray], *, every_s: f
         path: the video.
         detect: ``frame (H, W, 3) uint8 -> (k, 4)`` boxes (:func:`face_detector`).
         every_s: seconds between samples. max_detections: the most frames sampled.
+        info: the video's :func:`talkhead.ffmpeg.probe` when the caller has it (else probed here).
 
     Returns:
         ``(detections, (H, W), step_s)``: one ``(k, 4)`` array per sampled frame (empty list when no
@@ -155,7 +157,7 @@ def sample_faces(path, detect: Callable[[np.ndarray], np.ndarray], *, every_s: f
     Raises:
         FFmpegError: the video cannot be opened or decoded.
     """
-    info = probe(path)
+    info = info if info is not None else probe(path)
     width, height = info.size
     rate = 1.0 / every_s
     if info.duration_s > 0:

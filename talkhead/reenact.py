@@ -240,7 +240,8 @@ class VideoMotion:
         self.fps = float(opts.fps) if opts.fps is not None else info.fps
         self.num_frames = num_frames if opts.fps is None else max(1, int(round(duration * self.fps)))
         if opts.crop == "auto":
-            detections, frame_hw, step = sample_faces(path, face_detector(pipeline.faces, str(pipeline.device), None))
+            detections, frame_hw, step = sample_faces(path, face_detector(pipeline.faces, str(pipeline.device), None),
+                                                      info=info)
             if not detections:
                 raise InputError(f"driving video '{path}' has no decodable video frames")
             boxes, seen = face_track(detections)
