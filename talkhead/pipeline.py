@@ -19,6 +19,7 @@ starting from the source's own keypoints.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,6 +262,7 @@ class Pipeline:
         self._owns_motion = False  # loaded by load(), so it can be released and loaded again
         self._precision_applied: object = None
         self._frame_size: Optional[int] = None
+        self._last_photo: Optional[tuple[tuple, SourcePhoto]] = None
 
     def load(self, *, motion: bool = True) -> "Pipeline":
         """Load the components not given to the constructor (downloading missing checkpoints unless
@@ -453,7 +455,8 @@ class Pipeline:
 
     def prepare_photo(self, path: str | Path) -> SourcePhoto:
         """Decode the photo (:func:`talkhead.image.load_image`), size it (:meth:`photo`) and find its face
-        (:meth:`find_face`); no model is loaded.
+        (:meth:`find_face`); no model is loaded. The last photo prepared is kept: the same unchanged file
+        again (a batch of one photo with many recordings) is not decoded nor searched again.
 
         Raises:
             InputError / ImageError / NoFaceError: bad photo.
@@ -461,10 +464,15 @@ class Pipeline:
         from .image import load_image
 
         path = Path(path)
+        st = path.stat()
+        key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._last_photo is not None and self._last_photo[0] == key:
+            return self._last_photo[1]  # one photo, many recordings (batch): decoded and its face found once
         image = self.photo(load_image(path), source=str(path))
         self.log(f"finding the face in {path}")
         crop, face = self.find_face(image, source=str(path))
-        return SourcePhoto(path=path, image=image, crop=crop, face=face)
+        self._last_photo = (key, SourcePhoto(path=path, image=image, crop=crop, face=face))
+        return self._last_photo[1]
 
     def compositor(self, photo: SourcePhoto):
         """The :class:`talkhead.compose.Compositor` pasting rendered crops into ``photo.image``

@@ -317,3 +317,22 @@ def test_killed_batch_resumes_only_missing_pairs_and_sweeps_its_partial(tiny_mod
     assert {n: (out / n).stat().st_mtime_ns for n in finished} == mtimes
     assert hidden(out) == []  # ...which the next run into the folder sweeps (its owner is dead)
     assert sorted(os.listdir(out)) == ["dark.mp4", "front.mp4", "mirror.mp4"]
+
+
+def test_one_photo_with_many_speech_files_finds_its_face_once(tmp_path):
+    """`batch PHOTO SPEECH_DIR`: the photo is decoded and its face found once for the whole batch."""
+    from talkhead.options import AnimateOptions
+    from talkhead.pipeline import Pipeline
+
+    from helpers import SPEECH, ToyRenderer, astronaut_face, toy_motion
+
+    speeches = tmp_path / "speeches"
+    speeches.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(SPEECH, speeches / f"{name}.wav")
+    calls = []
+    pipe = Pipeline(AnimateOptions(frame="crop"), renderer=ToyRenderer(), motion=toy_motion,
+                    landmarker=lambda image: calls.append(1) or astronaut_face(image))
+    jobs, naming = collect_pairs(ASTRONAUT, speeches)
+    items = run_batch(pipe, jobs, tmp_path / "out", naming=naming)
+    assert [i.status for i in items] == ["done"] * 3 and len(calls) == 1
