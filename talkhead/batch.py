@@ -54,14 +54,17 @@ class Pair:
     Attributes:
         image / audio: the inputs; one is ``None`` for a file left unmatched in the folders-by-stem
             mode (such a pair is reported as skipped with ``note`` as its reason).
-        output: the MP4; ``None`` until :func:`plan_outputs` names it (a CSV ``output`` column sets it).
+        output: the MP4; ``None`` until :func:`plan_outputs` names it (a CSV ``output`` column sets it:
+            relative to the output folder until planned).
         note: why an unmatched pair is skipped.
+        origin: where the pair was listed (``jobs.csv:3``), for messages; empty for folder pairs.
     """
 
     image: Optional[Path]
     audio: Optional[Path]
     output: Optional[Path] = None
     note: str = ""
+    origin: str = ""
 
     @property
     def runnable(self) -> bool:
@@ -187,12 +190,17 @@ def photo_with_speeches(photo: str | Path, speech_dir: str | Path, driving: str 
 
 
 def read_pairs_csv(path: str | Path) -> list[Pair]:
-    """Read ``image,audio[,output]`` rows (a header row naming ``image`` is skipped; relative paths are
-    taken relative to the CSV's folder; ``#`` starts a comment row). The file is UTF-8; bytes that are
-    not (a file name in another encoding) pass through to the paths unchanged (PEP 383).
+    """Read ``image,audio[,output]`` rows: a header row naming ``image`` is skipped, ``#`` starts a
+    comment row, a UTF-8 byte-order mark (Excel's "CSV UTF-8") is ignored.
+
+    Path rule: ``image`` and ``audio`` (speech, or driving videos with ``--reenact``) are relative to
+    the CSV's folder unless absolute; ``output`` is relative to the output folder (``-o``) and must stay
+    inside it (:func:`plan_outputs`), unless absolute. The file is UTF-8; bytes that are not (a file name
+    in another encoding) pass through to the paths unchanged (PEP 383).
 
     Raises:
-        InputError: missing file or a row with fewer than two fields.
+        InputError: missing file, a row with fewer than two fields, or a row the CSV reader cannot parse
+            (a NUL byte): ``file:line: ...``.
     """
     path = Path(path)
     if not path.is_file():
@@ -202,17 +210,29 @@ def read_pairs_csv(path: str | Path) -> list[Pair]:
     def resolve(s: str) -> Optional[Path]:
         return (Path(s) if Path(s).is_absolute() else path.parent / s) if s else None
 
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        for lineno, row in enumerate(csv.reader(fh), 1):
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+        reader = csv.reader(fh)
+        lineno = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise InputError(f"{printable(path)}:{reader.line_num}: not a CSV row ({exc})") from None
+            lineno = reader.line_num
+            if any("\x00" in c for c in row):
+                raise InputError(f"{printable(path)}:{lineno}: not a CSV row (a NUL byte)")
             row = [c.strip() for c in row]
             if not row or not any(row) or row[0].startswith("#"):
                 continue
-            if lineno == 1 and row[0].lower() == "image":
+            if not pairs and row[0].lower() == "image":
                 continue
             if len(row) < 2 or not row[0] or not row[1]:
                 raise InputError(f"{printable(path)}:{lineno}: expected image,audio[,output], "
                                  f"got {printable(','.join(row))!r}")
-            pairs.append(Pair(resolve(row[0]), resolve(row[1]), resolve(row[2]) if len(row) > 2 else None))
+            output = Path(row[2]) if len(row) > 2 and row[2] else None
+            pairs.append(Pair(resolve(row[0]), resolve(row[1]), output, origin=f"{printable(path)}:{lineno}"))
     if not pairs:
         raise InputError(f"pairs file {printable(path)} lists no pairs")
     return pairs
@@ -285,20 +305,29 @@ def default_stem(pair: Pair, naming: str, shared_audio: bool, shared_image: bool
     return f"{img}__{aud}"
 
 
-def plan_outputs(pairs: list[Pair], out_dir: str | Path, naming: str = "auto") -> list[Pair]:
+VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
+"""An existing output file with another suffix is never replaced by a batch, even with ``--overwrite``."""
+
+
+def plan_outputs(pairs: list[Pair], out_dir: str | Path, naming: str = "auto",
+                 protected: Iterable[str | Path] = ()) -> list[Pair]:
     """Give every runnable pair its output (``out_dir/<stem>.mp4``, see :func:`default_stem`; an
     explicit ``output`` is kept) and check, before any work, that no two pairs write one file and
     that no output is an input of the batch.
 
     Names depend only on the pairs, so the same inputs give the same names on every run (what
-    ``--skip-existing`` relies on).
+    ``--skip-existing`` relies on). A relative ``output`` (from a pairs CSV) is taken inside ``out_dir``
+    and may not leave it (``../``); an absolute one is kept. No output may replace a ``protected`` file
+    (the pairs CSV, the report), an input of the batch, or an existing file that is not a video
+    (:data:`VIDEO_OUTPUT_SUFFIXES`), with or without ``overwrite``.
 
     Returns:
         The pairs with ``output`` set (unmatched ones unchanged).
 
     Raises:
-        InputError: two or more pairs map to one output (each collision is listed with its pairs),
-            or an output is one of the batch's photos or speech files.
+        InputError: two or more pairs map to one output (each collision is listed with its pairs), a
+            relative output leaves ``out_dir``, or an output would replace a protected or non-video file.
+        OutputError: an output is one of the batch's photos or speech files.
     """
     if naming not in NAMINGS:
         raise ValueError(f"naming must be one of {NAMINGS}, not {naming!r}")
@@ -308,10 +337,19 @@ def plan_outputs(pairs: list[Pair], out_dir: str | Path, naming: str = "auto") -
     shared_audio = not one and len({_key(p.audio) for p in runnable}) == 1
     shared_image = not one and len({_key(p.image) for p in runnable}) == 1
     planned = []
+    base = os.path.abspath(out_dir)
     for p in pairs:
         if p.runnable and p.output is None:
             stem = p.audio.stem if one and naming == "auto" else default_stem(p, naming, shared_audio, shared_image)
             p = replace(p, output=out_dir / f"{stem}.mp4")
+        elif p.runnable and not p.output.is_absolute():
+            inside = os.path.normpath(os.path.join(base, p.output))
+            if os.path.commonpath([base, inside]) != base or inside == base:
+                where = f"{p.origin}: " if p.origin else ""
+                raise InputError(f"{where}output {printable(p.output)!r} leaves the output folder "
+                                 f"{printable(out_dir)!r} (a relative output is taken inside -o; give an "
+                                 "absolute path to write elsewhere)")
+            p = replace(p, output=Path(inside))
         planned.append(p)
 
     by_output: dict[str, list[Pair]] = {}
@@ -331,6 +369,17 @@ def plan_outputs(pairs: list[Pair], out_dir: str | Path, naming: str = "auto") -
             for x in (p.image, p.audio):  # same file through a link
                 if _same_file(p.output, x):
                     check_not_input(p.output, x)
+    guarded = {_key(Path(x)): Path(x) for x in protected}
+    for p in planned:
+        if not p.runnable:
+            continue
+        where = f"{p.origin}: " if p.origin else ""
+        if _key(p.output) in guarded or any(_same_file(p.output, x) for x in guarded.values()):
+            raise InputError(f"{where}output {printable(p.output)!r} is the batch's own pairs/report file; "
+                             "choose another output")
+        if os.path.lexists(p.output) and p.output.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
+            raise InputError(f"{where}output {printable(p.output)!r} exists and is not a video; a batch never "
+                             "replaces it (choose an output ending in .mp4)")
     return planned
 
 
@@ -370,7 +419,7 @@ class BatchReport:
         """Append ``item``'s row and push it to disk."""
         row = item.row()
         if self._csv is not None:
-            self._csv.writerow({k: "" if v is None else v for k, v in row.items()})
+            self._csv.writerow({k: _csv_cell(v) for k, v in row.items()})
         else:
             self._fh.write(json.dumps(row) + "\n")
         self._sync()
@@ -394,11 +443,22 @@ class BatchReport:
         self.close()
 
 
+def _csv_cell(value) -> object:
+    """A report value as a CSV cell: ``None`` -> empty; text a spreadsheet would run as a formula
+    (starting with ``= + - @``, tab or carriage return) gets a leading ``'`` (OWASP's CSV-injection rule)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 # ------------------------------------------------------------------------------------------- running
 def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing: bool = False,
               naming: str = "auto", on_item: Callable[[BatchItem], None] | None = None,
               on_start: Callable[[Pair], None] | None = None, progress=None,
-              report: BatchReport | None = None, driving: str = "speech") -> list[BatchItem]:
+              report: BatchReport | None = None, driving: str = "speech",
+              protected: Iterable[str | Path] = ()) -> list[BatchItem]:
     """Render every pair with one loaded ``pipeline`` (a :class:`talkhead.pipeline.Pipeline`): each
     pair's ``audio`` drives its photo as speech (:class:`talkhead.pipeline.SpeechMotion`) or, with
     ``driving="video"``, as a driving video (:class:`talkhead.reenact.VideoMotion`).
@@ -414,6 +474,7 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
         on_item: called with each finished :class:`BatchItem`; on_start: with each pair before it runs.
         progress: passed to ``Pipeline.run`` for each pair.
         driving: ``"speech"`` or ``"video"`` (:data:`DRIVINGS`).
+        protected: files no output may replace (the pairs CSV, the report; see :func:`plan_outputs`).
         report: receives each item as it finishes.
 
     Returns:
@@ -431,7 +492,7 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
 
     motion_of = {"speech": SpeechMotion, "video": VideoMotion}[driving]
     out_dir = Path(out_dir)
-    planned = plan_outputs(pairs, out_dir, naming)
+    planned = plan_outputs(pairs, out_dir, naming, protected)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -109,7 +109,9 @@ def batch(
     audio: Optional[Path] = typer.Argument(None, help="Folder of speech files, or one speech file (with --reenact: "
                                            "driving videos)."),
     out_dir: Path = typer.Option(..., "--output", "-o", help="Folder for the MP4s."),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image,audio[,output] rows instead of PHOTOS SPEECH."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image,audio[,output] rows instead of PHOTOS "
+                                         "SPEECH: image and audio relative to the CSV's folder, output relative to "
+                                         "-o (and inside it) unless absolute."),
     reenact_mode: bool = typer.Option(False, "--reenact", help="The second argument holds driving videos: each "
                                       "photo moves like its video's face (as `talkhead reenact`; --relative, "
                                       "--find-best-frame, --fps, --max-seconds apply)."),
@@ -148,7 +150,8 @@ def batch(
         opts = options()
         driving = "video" if reenact_mode else "speech"
         jobs, naming = collect_pairs(images, audio, pairs, driving)
-        planned = plan_outputs(jobs, out_dir, naming)  # collisions are an error before any model loads
+        protected = [x for x in (pairs, report) if x is not None]
+        planned = plan_outputs(jobs, out_dir, naming, protected)  # collisions are an error before any model loads
         if report is not None:
             from .io import check_not_input
 
@@ -173,7 +176,7 @@ def batch(
                     progress.console.print(escape("".join(traceback.format_exception(item.error))), highlight=False)
 
             items = run_batch(pipeline, jobs, out_dir, skip_existing=skip_existing, naming=naming, on_item=on_item,
-                              progress=bars, report=sink, driving=driving)
+                              progress=bars, report=sink, driving=driving, protected=protected)
         _print_summary(items)
         if any(i.status == "failed" for i in items):
             raise typer.Exit(1)

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from talkhead.batch import (BatchReport, Pair, collect_pairs, find_pairs, plan_outputs, read_pairs_csv,
+from talkhead.batch import (BatchItem, BatchReport, Pair, collect_pairs, find_pairs, plan_outputs, read_pairs_csv,
                             run_batch)
 from talkhead.errors import InputError, OutputError
-from helpers import (ASTRONAUT, FakePipeline, assert_clean_error, assert_terminated_cleanly, offline_args, probe,
-                     run_cli, speech_excerpt, subprocess_env, wait_for)
+from helpers import (ASTRONAUT, SPEECH, FakePipeline, assert_clean_error, assert_terminated_cleanly, offline_args,
+                     probe, run_cli, speech_excerpt, subprocess_env, wait_for)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -324,7 +324,7 @@ def test_one_photo_with_many_speech_files_finds_its_face_once(tmp_path):
     from talkhead.options import AnimateOptions
     from talkhead.pipeline import Pipeline
 
-    from helpers import SPEECH, ToyRenderer, astronaut_face, toy_motion
+    from helpers import ToyRenderer, astronaut_face, toy_motion
 
     speeches = tmp_path / "speeches"
     speeches.mkdir()
@@ -336,3 +336,58 @@ def test_one_photo_with_many_speech_files_finds_its_face_once(tmp_path):
     jobs, naming = collect_pairs(ASTRONAUT, speeches)
     items = run_batch(pipe, jobs, tmp_path / "out", naming=naming)
     assert [i.status for i in items] == ["done"] * 3 and len(calls) == 1
+
+
+# ------------------------------------------------------------------------------------------- pairs CSV rules
+def _jobs_csv(tmp_path, text: str, *, bom: bool = False) -> Path:
+    path = tmp_path / "jobs" / "jobs.csv"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+    return path
+
+
+def test_pairs_csv_with_a_byte_order_mark_keeps_its_header(tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM: the header is still recognised and skipped."""
+    pairs = read_pairs_csv(_jobs_csv(tmp_path, "image,audio,output\na.png,a.wav,first.mp4\n", bom=True))
+    assert len(pairs) == 1 and pairs[0].image == tmp_path / "jobs" / "a.png" and pairs[0].origin.endswith("jobs.csv:2")
+
+
+def test_pairs_csv_with_a_nul_byte_is_one_line_naming_the_line(tmp_path):
+    csv = _jobs_csv(tmp_path, "image,audio\na.png,a.wav\nb.png,b\x00.wav\n")
+    result = run_cli("batch", "--pairs", csv, "-o", tmp_path / "out", *offline_args(tmp_path / "models"))
+    assert_clean_error(result, "not a CSV row", "jobs.csv:3")
+
+
+def test_relative_outputs_go_inside_the_output_folder_and_may_not_leave_it(tmp_path):
+    out = tmp_path / "out"
+    inside = plan_outputs(read_pairs_csv(_jobs_csv(tmp_path, "a.png,a.wav,x.mp4\n")), out)
+    assert inside[0].output == out / "x.mp4"  # relative to -o, not to the CSV's folder
+    absolute = plan_outputs(read_pairs_csv(_jobs_csv(tmp_path, f"a.png,a.wav,{tmp_path / 'elsewhere.mp4'}\n")), out)
+    assert absolute[0].output == tmp_path / "elsewhere.mp4"
+    for escape in ("../x.mp4", "sub/../../x.mp4"):
+        with pytest.raises(InputError, match=r"jobs.csv:1: output .* leaves the output folder .* inside -o"):
+            plan_outputs(read_pairs_csv(_jobs_csv(tmp_path, f"a.png,a.wav,{escape}\n")), out)
+
+
+@pytest.mark.parametrize("target", ["csv", "other"])
+def test_an_output_never_replaces_the_pairs_csv_or_a_file_that_is_not_a_video(tmp_path, target):
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    csv = _jobs_csv(tmp_path, "")
+    csv.write_text(f"{ASTRONAUT},{SPEECH},{csv if target == 'csv' else keep}\n")
+    before = {p: p.read_bytes() for p in (csv, keep)}
+    result = run_cli("batch", "--pairs", csv, "-o", tmp_path / "out", "--overwrite", *offline_args(tmp_path / "models"))
+    assert_clean_error(result, "pairs/report file" if target == "csv" else "is not a video", "jobs.csv:1")
+    assert {p: p.read_bytes() for p in (csv, keep)} == before
+
+
+def test_csv_report_cells_are_never_spreadsheet_formulas(tmp_path):
+    import csv as csv_module
+
+    report = tmp_path / "report.csv"
+    with BatchReport(report) as sink:
+        sink.write(BatchItem(Pair(Path("/p/a.png"), Path("/s/a.wav")), Path("/o/a.mp4"), "failed", "=1+1"))
+        sink.write(BatchItem(Pair(Path("/p/b.png"), Path("/s/b.wav")), Path("/o/b.mp4"), "failed", "-2+3"))
+    with open(report, newline="") as fh:
+        reasons = [row["reason"] for row in csv_module.DictReader(fh)]
+    assert reasons == ["'=1+1", "'-2+3"]
