@@ -443,6 +443,19 @@ class BatchReport:
         self.close()
 
 
+def shard_pairs(planned: list[Pair], shard: tuple[int, int]) -> list[Pair]:
+    """Share ``I`` of ``N`` of a planned batch: every ``N``-th pair from the ``I``-th, in the batch's own
+    order (sorted file names or CSV rows), so the split is deterministic and needs no shared state.
+
+    Raises:
+        InputError: not ``0 <= I < N`` (:func:`talkhead.options.parse_shard`).
+    """
+    from .options import parse_shard
+
+    index, count = parse_shard(shard)
+    return planned[index::count]
+
+
 def _csv_cell(value) -> object:
     """A report value as a CSV cell: ``None`` -> empty; text a spreadsheet would run as a formula
     (starting with ``= + - @``, tab or carriage return) gets a leading ``'`` (OWASP's CSV-injection rule)."""
@@ -458,7 +471,7 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
               naming: str = "auto", on_item: Callable[[BatchItem], None] | None = None,
               on_start: Callable[[Pair], None] | None = None, progress=None,
               report: BatchReport | None = None, driving: str = "speech",
-              protected: Iterable[str | Path] = ()) -> list[BatchItem]:
+              protected: Iterable[str | Path] = (), shard: Optional[tuple[int, int]] = None) -> list[BatchItem]:
     """Render every pair with one loaded ``pipeline`` (a :class:`talkhead.pipeline.Pipeline`): each
     pair's ``audio`` drives its photo as speech (:class:`talkhead.pipeline.SpeechMotion`) or, with
     ``driving="video"``, as a driving video (:class:`talkhead.reenact.VideoMotion`).
@@ -475,6 +488,8 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
         progress: passed to ``Pipeline.run`` for each pair.
         driving: ``"speech"`` or ``"video"`` (:data:`DRIVINGS`).
         protected: files no output may replace (the pairs CSV, the report; see :func:`plan_outputs`).
+        shard: ``(I, N)``: render only share ``I`` of ``N`` (:func:`shard_pairs`): N machines given the same
+            arguments and ``I = 0..N-1`` write together exactly what one unsharded run writes.
         report: receives each item as it finishes.
 
     Returns:
@@ -492,7 +507,9 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
 
     motion_of = {"speech": SpeechMotion, "video": VideoMotion}[driving]
     out_dir = Path(out_dir)
-    planned = plan_outputs(pairs, out_dir, naming, protected)
+    planned = plan_outputs(pairs, out_dir, naming, protected)  # names from the whole batch, so shards agree
+    if shard is not None:
+        planned = shard_pairs(planned, shard)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -533,4 +550,4 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
 
 __all__ = ["Pair", "BatchItem", "BatchReport", "IMAGE_EXTS", "AUDIO_EXTS", "VIDEO_EXTS", "DRIVINGS", "REPORT_FIELDS", "NAMINGS",
            "find_pairs", "photos_with_speech", "photo_with_speeches", "read_pairs_csv", "collect_pairs",
-           "default_stem", "plan_outputs", "run_batch"]
+           "default_stem", "plan_outputs", "shard_pairs", "run_batch"]

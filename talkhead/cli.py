@@ -112,6 +112,9 @@ def batch(
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image,audio[,output] rows instead of PHOTOS "
                                          "SPEECH: image and audio relative to the CSV's folder, output relative to "
                                          "-o (and inside it) unless absolute."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="I/N", help="Render only share I of N of the "
+                                        "pairs (0 <= I < N), e.g. one task of a SLURM array; names are those of "
+                                        "the whole batch."),
     reenact_mode: bool = typer.Option(False, "--reenact", help="The second argument holds driving videos: each "
                                       "photo moves like its video's face (as `talkhead reenact`; --relative, "
                                       "--find-best-frame, --fps, --max-seconds apply)."),
@@ -140,15 +143,21 @@ def batch(
       talkhead batch --pairs jobs.csv -o videos/
 
       talkhead batch photos/ drivers/ --reenact -o videos/
+
+      talkhead batch photos/ speeches/ -o videos/ --shard 0/4 --report part0.jsonl
     """
     from rich.markup import escape
 
-    from .batch import BatchReport, collect_pairs, plan_outputs, run_batch
+    from .batch import BatchReport, collect_pairs, plan_outputs, run_batch, shard_pairs
     from .pipeline import Pipeline
 
     with errors():
         opts = options()
+        from .options import parse_shard
+
         driving = "video" if reenact_mode else "speech"
+        if shard is not None:
+            parse_shard(shard)  # a bad --shard is refused before anything else
         jobs, naming = collect_pairs(images, audio, pairs, driving)
         protected = [x for x in (pairs, report) if x is not None]
         planned = plan_outputs(jobs, out_dir, naming, protected)  # collisions are an error before any model loads
@@ -161,7 +170,8 @@ def batch(
             sink = stack.enter_context(BatchReport(report)) if report is not None else None
             progress = stack.enter_context(progress_bars(quiet))
             bars = StageBars(progress)
-            overall = progress.add_task("pairs", total=len(jobs), unit="pairs")
+            share = planned if shard is None else shard_pairs(planned, parse_shard(shard))
+            overall = progress.add_task("pairs", total=len(share), unit="pairs")
 
             def on_item(item):
                 bars.reset()
@@ -176,7 +186,8 @@ def batch(
                     progress.console.print(escape("".join(traceback.format_exception(item.error))), highlight=False)
 
             items = run_batch(pipeline, jobs, out_dir, skip_existing=skip_existing, naming=naming, on_item=on_item,
-                              progress=bars, report=sink, driving=driving, protected=protected)
+                              progress=bars, report=sink, driving=driving, protected=protected,
+                              shard=parse_shard(shard) if shard is not None else None)
         _print_summary(items)
         if any(i.status == "failed" for i in items):
             raise typer.Exit(1)

@@ -391,3 +391,24 @@ def test_csv_report_cells_are_never_spreadsheet_formulas(tmp_path):
     with open(report, newline="") as fh:
         reasons = [row["reason"] for row in csv_module.DictReader(fh)]
     assert reasons == ["'=1+1", "'-2+3"]
+
+
+def test_shards_together_write_what_one_unsharded_run_writes(tmp_path):
+    """`--shard I/N`: N runs with the same arguments write the same names, as many, as one run."""
+    from talkhead.batch import shard_pairs
+
+    pairs = [Pair(Path(f"/p/{s}.png"), Path("/s/talk.wav")) for s in "abcdefg"]
+    whole = FakePipeline()
+    run_batch(whole, pairs, tmp_path / "whole", naming="image")
+    parts = []
+    for i in range(3):
+        fake = FakePipeline()
+        run_batch(fake, pairs, tmp_path / "sharded", naming="image", shard=(i, 3))
+        parts.append(fake.calls)
+    assert sorted(sum(parts, [])) == sorted(whole.calls) == [f"{s}.mp4" for s in "abcdefg"]
+    assert all(parts) and len(set(map(tuple, parts))) == 3  # disjoint, none empty
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == sorted(p.name for p in (tmp_path / "whole").iterdir())
+    with pytest.raises(InputError, match="--shard must be I/N"):
+        shard_pairs(pairs, (3, 3))
+    result = run_cli("batch", "/nowhere", "/nowhere", "-o", tmp_path / "o", "--shard", "2/2")
+    assert_clean_error(result, "--shard must be I/N")
