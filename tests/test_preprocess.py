@@ -25,7 +25,7 @@ from talkhead.train import preprocess as pp
 from talkhead.train.data import DataFormatError, DatasetWriter, load_clip, read_manifest
 
 # the synthetic face videos and their known motion (test_reenact.py imports these names from here too)
-from helpers import AMP_PX, BG, FRAME, SRC_FPS, CentroidKP, applied_dx, face_frame, write_video
+from helpers import AMP_PX, FRAME, SRC_FPS, CentroidKP, applied_dx, face_frame, write_video
 from helpers import speech_excerpt as speech_wav
 
 # ------------------------------------------------------------------------------------------ fixtures

@@ -17,9 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from talkhead.cli import app
 from talkhead.errors import InputError, NoFaceError
 from talkhead.ffmpeg import read_frames as iter_frames
 from talkhead.fomm import FOMM, FOMMConfig, load_fomm
