@@ -1,0 +1,170 @@
+"""Fault-probe regressions (issue 23, items 12-15): hostile model files and mirrors are refused before
+they cost memory or disk, and every refusal names the file and the key at fault.
+
+The hostile files are built here, small: a 40-byte pickle entry that would allocate gigabytes, a
+checkpoint of stride-0 views, YAML/JSON sizes far beyond the published models.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import talkhead.fomm
+from helpers import states_of
+from talkhead import store
+from talkhead.checkpoints import load_checkpoint, require_finite
+from talkhead.errors import CheckpointError, ConfigError
+from talkhead.store import VERIFIED, install_from, read_store_manifest, register_local
+
+DATA = Path(__file__).parent / "data"
+
+
+class Reduce:
+    """Pickles as ``fn(*args)``."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.fixture(autouse=True)
+def new_process():
+    store.clear_hash_memo()
+    yield
+    store.clear_hash_memo()
+
+
+@pytest.fixture
+def packaged_tiny_config(monkeypatch):
+    monkeypatch.setattr(talkhead.fomm, "default_config_path", lambda: DATA / "fomm" / "tiny.yaml")
+
+
+def _tiny_fomm() -> dict:
+    return torch.load(DATA / "fomm" / "tiny-cpk.pth.tar", map_location="cpu", weights_only=True)
+
+
+def _loader():
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 2)), batch_size=2)
+
+
+# ------------------------------------------------------------------------------------------ 12: checkpoints
+@pytest.mark.parametrize("entry, trainer", [
+    (Reduce(bytearray, 50_000_000), False),         # torch's own weights_only unpickler allows bytearray
+    (Reduce(set, range(30_000_000)), True),         # our fallback (a pickled DataLoader beside it)
+    (Reduce(frozenset, range(30_000_000)), True),
+], ids=["bytearray", "set-range", "frozenset-range"])
+def test_size_taking_constructor_is_refused_before_allocating(tmp_path, entry, trainer, packaged_tiny_config):
+    ckpt = _tiny_fomm()
+    ckpt["x"] = entry
+    if trainer:
+        ckpt["loader"] = _loader()
+    bad = tmp_path / "in" / "vox-adv-cpk.pth.tar"
+    bad.parent.mkdir()
+    torch.save(ckpt, bad)
+    assert bad.stat().st_size < (DATA / "fomm" / "tiny-cpk.pth.tar").stat().st_size + 4096  # a few bytes more
+    with pytest.raises(CheckpointError, match=r"refused checkpoint .*(bytearray|builtins.range)") as err:
+        load_checkpoint(bad)
+    assert "\n" not in str(err.value)
+    root = tmp_path / "models"
+    with pytest.raises(CheckpointError):
+        install_from(bad, root)
+    assert "fomm/vox-adv-cpk.pth.tar" not in read_store_manifest(root)
+
+
+def test_pickled_bytes_and_sets_still_load(tmp_path):
+    """What pickles legitimately hold (a set of items, a bytearray copy) still loads."""
+    path = tmp_path / "c.pt"
+    torch.save({"sd": {"w": torch.ones(2)}, "loader": _loader(), "s": {1, 2}, "b": bytearray(b"ab")}, path)
+    out = load_checkpoint(path)
+    assert out["s"] == {1, 2} and out["b"] == bytearray(b"ab")
+
+
+def test_top_level_entry_that_is_not_a_state_dict_is_refused(tmp_path, packaged_tiny_config):
+    ckpt = _tiny_fomm()
+    ckpt["blob"] = b"\0" * 1000
+    root = tmp_path / "models"
+    (root / "fomm").mkdir(parents=True)
+    torch.save(ckpt, root / "fomm" / "vox-adv-cpk.pth.tar")
+    shutil.copyfile(DATA / "fomm" / "tiny.yaml", root / "fomm" / "vox-adv-256.yaml")
+    states = register_local(root, names="fomm")
+    assert states["fomm/vox-adv-cpk.pth.tar"].state != VERIFIED
+    assert "'blob' is a bytes" in states["fomm/vox-adv-cpk.pth.tar"].reason
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_call_of_a_tolerated_function_is_refused(tmp_path, legacy):
+    """torch.hub.load(...) is in a tolerated namespace; calling it (REDUCE) is still refused."""
+    path = tmp_path / "c.pt"
+    torch.save({"checkpoints": {"w": torch.ones(2)}, "x": Reduce(torch.hub.load, "evil/repo", "m")}, path,
+               _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError, match=r"refused checkpoint .*calls torch\.hub\.load"):
+        load_checkpoint(path)
+
+
+def test_trainer_dump_with_defaultdict_still_loads(tmp_path):
+    path = tmp_path / "c.pt"
+    torch.save({"checkpoints": {"w": torch.ones(2)}, "loader": _loader(),
+                "lrs": collections.defaultdict(list, {"g": [0.1]})}, path)
+    assert load_checkpoint(path)["lrs"].name == "defaultdict"  # rebuilt inertly, not refused
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_stride0_views_are_refused(tmp_path, legacy):
+    """A few bytes of storage described as a 512x8192 tensor: refused when read, and by require_finite."""
+    path = tmp_path / "c.pt"
+    torch.save({"generator": {"w": torch.zeros(1).expand(512, 8192)}}, path,
+               _use_new_zipfile_serialization=not legacy)
+    assert path.stat().st_size < 10_000
+    with pytest.raises(CheckpointError, match=r"refused checkpoint .*storage of 1"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"'w' \(512, 8192\) has 4194304 elements but its storage holds 1"):
+        require_finite({"w": torch.zeros(1).expand(512, 8192)}, path, "generator")
+
+
+def test_finite_check_of_a_strided_view(tmp_path):
+    """A legitimate non-contiguous tensor is checked in chunks and its NaN still found."""
+    base = torch.zeros(64, 64)
+    base[3, 5] = float("nan")
+    require_finite({"ok": base[:, :2]}, tmp_path, "g")
+    with pytest.raises(CheckpointError, match="1 non-finite"):
+        require_finite({"bad": base.t()}, tmp_path, "g")
+
+
+def _fomm_yaml() -> dict:
+    return yaml.safe_load((DATA / "fomm" / "tiny.yaml").read_text())
+
+
+def test_fomm_config_far_larger_than_published_is_refused(tmp_path):
+    from talkhead.fomm.config import FOMMConfig
+
+    data = _fomm_yaml()
+    for section in (data["model_params"]["kp_detector_params"], data["model_params"]["generator_params"],
+                    data["model_params"]["generator_params"]["dense_motion_params"]):
+        section["block_expansion"], section["max_features"] = 512, 8192
+    with pytest.raises(ConfigError, match=r"M parameters, more than talkhead accepts"):
+        FOMMConfig.from_dict(data, "big.yaml")
+
+    data = _fomm_yaml()
+    data["dataset_params"]["frame_shape"] = [8192, 8192, 3]
+    with pytest.raises(ConfigError, match=r"frame_shape \[8192, 8192, 3\] is larger than talkhead renders"):
+        FOMMConfig.from_dict(data, "big.yaml")
+    FOMMConfig.from_dict(_fomm_yaml(), "tiny.yaml")  # control
+
+
+def test_smac_config_far_larger_than_published_is_refused():
+    from talkhead.smac.config import SMACConfig, default_config_path
+
+    data = yaml.safe_load(default_config_path().read_text())
+    SMACConfig.from_dict(copy.deepcopy(data), "smac.yml")  # control
+    data["network_motion_estimator"]["dense_motion_params"]["max_features"] = 8192
+    with pytest.raises(ConfigError, match=r"dense_motion_params.max_features = 8192 is outside"):
+        SMACConfig.from_dict(data, "big.yml")
