@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -168,3 +169,33 @@ def test_smac_config_far_larger_than_published_is_refused():
     data["network_motion_estimator"]["dense_motion_params"]["max_features"] = 8192
     with pytest.raises(ConfigError, match=r"dense_motion_params.max_features = 8192 is outside"):
         SMACConfig.from_dict(data, "big.yml")
+
+
+# ------------------------------------------------------------------------------------------ 13: MS-Sync args
+def _args_text(kind: str) -> str:
+    base = json.loads((DATA / "mssync" / "args").read_text())
+    return {"float": json.dumps({**base, "hidden_size": 1e30}),
+            "huge-int": json.dumps({**base, "hidden_size": 10 ** 30}),
+            "digits": json.dumps(base)[:-1] + ', "x": ' + "9" * 5000 + "}",
+            "nested": json.dumps(base)[:-1] + ', "x": ' + "[" * 200_000 + "}",
+            "obs_len": json.dumps({**base, "obs_len": 10 ** 9})}[kind]
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("float", "'hidden_size' = 1e+30"), ("huge-int", "hidden_size=1000000000000000000000000000000 is larger"),
+    ("digits", "thousands of digits"), ("nested", "nested too deeply"), ("obs_len", "obs_len=1000000000 is larger")])
+def test_bad_args_blamed_on_args_naming_the_key(tmp_path, mssync_tiny_dir, kind, words):
+    root = tmp_path / "models"
+    shutil.copytree(mssync_tiny_dir, root / "mssync")
+    (root / "mssync" / "args").write_text(_args_text(kind))
+    states = register_local(root, names="mssync")
+    args, ckpt = states["mssync/args"], states["mssync/model_chkpt.pt"]
+    assert args.state == "corrupt" and ckpt.state != "corrupt", (args, ckpt)
+    assert str(root / "mssync" / "args") in args.reason and words in args.reason
+    for raw in ("Overflow", "Exceeds the limit", "RecursionError", "logfbank", "\n"):
+        assert raw not in args.reason
+
+    from talkhead.mssync.config import MSSyncConfig
+
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        MSSyncConfig.from_args_file(root / "mssync" / "args")
