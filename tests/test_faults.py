@@ -199,3 +199,60 @@ def test_bad_args_blamed_on_args_naming_the_key(tmp_path, mssync_tiny_dir, kind,
 
     with pytest.raises(ConfigError, match=re.escape(words)):
         MSSyncConfig.from_args_file(root / "mssync" / "args")
+
+
+# ------------------------------------------------------------------------------------------ 14: broken manifest
+ALL = ["fomm/vox-adv-256.yaml", "fomm/vox-adv-cpk.pth.tar", "mssync/args", "mssync/model_chkpt.pt"]
+
+
+def _good_dir(root: Path, mssync_tiny_dir: Path) -> Path:
+    (root / "fomm").mkdir(parents=True)
+    shutil.copyfile(DATA / "fomm" / "tiny.yaml", root / "fomm" / "vox-adv-256.yaml")
+    shutil.copyfile(DATA / "fomm" / "tiny-cpk.pth.tar", root / "fomm" / "vox-adv-cpk.pth.tar")
+    shutil.copytree(mssync_tiny_dir, root / "mssync")
+    return root
+
+
+def test_broken_manifest_re_trusts_nothing(tmp_path, mssync_tiny_dir, packaged_tiny_config):
+    from talkhead.doctor import doctor_report
+    from talkhead.store import ensure_models, verify
+
+    root = _good_dir(tmp_path / "models", mssync_tiny_dir)
+    register_local(root)
+    assert states_of(verify(root)) == dict.fromkeys(ALL, VERIFIED)
+    ckpt = torch.load(root / "mssync" / "model_chkpt.pt", map_location="cpu", weights_only=True)
+    ckpt["steps"] = 12345  # another layout-valid file
+    torch.save(ckpt, root / "mssync" / "model_chkpt.pt")
+    (root / "manifest.json").write_text("{ this is not json")
+    store.clear_hash_memo()
+
+    with pytest.raises(CheckpointError, match=r"manifest\.json.*download --force") as err:
+        ensure_models(root, offline=True)
+    assert "mssync/model_chkpt.pt" in str(err.value)
+    assert (root / "manifest.json").read_text() == "{ this is not json"  # nothing re-recorded
+    assert set(states_of(verify(root)).values()) == {"corrupt"}
+
+    report = doctor_report(root)
+    assert not report["ready"]
+    assert any("manifest.json" in p and "--from-dir" in p for p in report["problems"]), report["problems"]
+
+    # --from-dir with one model's good files: only those are trusted again, the rest stay refused
+    good = _good_dir(tmp_path / "good", mssync_tiny_dir)
+    install_from(good / "mssync", root)
+    states = states_of(verify(root))
+    assert states["mssync/model_chkpt.pt"] == VERIFIED and states["mssync/args"] == VERIFIED
+    assert states["fomm/vox-adv-cpk.pth.tar"] == "corrupt"
+    assert json.loads((root / "manifest.json").read_text()).get("lost") is True
+    install_from(good / "fomm", root)
+    assert states_of(verify(root)) == dict.fromkeys(ALL, VERIFIED)
+    assert "lost" not in json.loads((root / "manifest.json").read_text())
+    assert doctor_report(root)["models"]["manifest_problem"] == ""
+
+
+def test_new_directory_without_manifest_still_records_files_placed_by_hand(tmp_path, mssync_tiny_dir,
+                                                                           packaged_tiny_config):
+    from talkhead.store import ensure_models, verify
+
+    root = _good_dir(tmp_path / "models", mssync_tiny_dir)
+    ensure_models(root, offline=True)
+    assert states_of(verify(root)) == dict.fromkeys(ALL, VERIFIED)
