@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import collections
 import copy
+import gzip
 import json
 import re
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -256,3 +259,112 @@ def test_new_directory_without_manifest_still_records_files_placed_by_hand(tmp_p
     root = _good_dir(tmp_path / "models", mssync_tiny_dir)
     ensure_models(root, offline=True)
     assert states_of(verify(root)) == dict.fromkeys(ALL, VERIFIED)
+
+
+# ------------------------------------------------------------------------------------------ 15: download caps
+class _Hostile(BaseHTTPRequestHandler):
+    """Loopback answers: ``/endless/*`` an endless body, ``/gzip/*`` a small gzip body that expands
+    to 20 MB, ``/stall/*`` a few bytes then nothing until the test ends, ``/good/<rel>`` the tiny file,
+    ``/redirect/<rel>`` a redirect to ``server.other``'s ``/good/<rel>``."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _head(self, code=200, **headers):
+        self.send_response(code)
+        for k, v in headers.items():
+            self.send_header(k.replace("_", "-"), str(v))
+        self.end_headers()
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        server, path = self.server, self.path
+        kind, _, rel = path.lstrip("/").partition("/")
+        try:
+            if kind == "endless":
+                self._head(Content_Type="application/octet-stream", Connection="close")
+                block = b"x" * 65536
+                while server.sent < 256 << 20:  # a safety bound for the test machine, far above any cap
+                    self.wfile.write(block)
+                    server.sent += len(block)
+            elif kind == "gzip":
+                body = gzip.compress(b"{" + b" " * (20 << 20) + b"}")
+                self._head(Content_Encoding="gzip", Content_Length=len(body), Connection="close")
+                self.wfile.write(body)
+                server.sent += len(body)
+            elif kind == "stall":
+                self._head(Content_Length=100_000, Connection="close")
+                self.wfile.write(b"x" * 100)
+                self.wfile.flush()
+                server.release.wait()
+            elif kind == "redirect":
+                self._head(302, Location=server.other.url(f"/good/{rel}"), Content_Length=0)
+            elif kind == "good" and rel in server.files:
+                data = server.files[rel].read_bytes()
+                self._head(Content_Length=len(data))
+                self.wfile.write(data)
+            else:
+                self._head(404, Content_Length=0)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture
+def hostile(mssync_tiny_dir):
+    servers = []
+    for _ in range(2):
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+        httpd.daemon_threads = True
+        httpd.sent, httpd.release = 0, threading.Event()
+        httpd.files = {"mssync/args": mssync_tiny_dir / "args", "mssync/model_chkpt.pt": mssync_tiny_dir / "model_chkpt.pt"}
+        httpd.url = (lambda h: lambda path: f"http://127.0.0.1:{h.server_address[1]}{path}")(httpd)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+    servers[0].other = servers[1]
+    yield servers[0]
+    for httpd in servers:
+        httpd.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _mssync_sources(server, args_kind: str, ckpt_kind: str = "good") -> dict:
+    from talkhead.store import Source
+
+    return {rel: [Source("url", server.url(f"/{kind}/{rel}"), "hostile mirror")]
+            for rel, kind in (("mssync/args", args_kind), ("mssync/model_chkpt.pt", ckpt_kind))}
+
+
+@pytest.mark.parametrize("kind", ["endless", "gzip"])
+def test_transfer_is_capped_by_the_file_size(tmp_path, hostile, kind):
+    from talkhead.errors import DownloadError
+    from talkhead.store import download
+
+    root = tmp_path / "models"
+    with pytest.raises(DownloadError) as err:
+        download("mssync", root, sources=_mssync_sources(hostile, kind), timeout=5, retries=0)
+    assert "mssync/args (hostile mirror: sent more than 1048576 bytes" in str(err.value)
+    assert "mssync/args" not in read_store_manifest(root)
+    assert not list(root.rglob("args*"))
+    if kind == "endless":
+        assert hostile.sent < 64 << 20  # stopped near the cap, not at the server's safety bound
+
+
+def test_stalled_transfer_is_reported_as_stalled(tmp_path, hostile):
+    from talkhead.errors import DownloadError
+    from talkhead.store import download
+
+    with pytest.raises(DownloadError) as err:
+        download("mssync", tmp_path / "models", sources=_mssync_sources(hostile, "stall"), timeout=0.5, retries=0)
+    assert "stalled: no data for 0.5 s" in str(err.value) and "cannot connect" not in str(err.value)
+
+
+def test_size_caps():
+    from talkhead.store import Pin
+    from talkhead.store.transfer import CHECKPOINT_MAX_BYTES, CONFIG_MAX_BYTES, size_cap
+
+    assert size_cap("config", ()) == CONFIG_MAX_BYTES == 1 << 20
+    assert size_cap("checkpoint", (Pin("sha256", "a", "p", 1000),)) == 1000
+    assert size_cap("checkpoint", (Pin("sha256", "a", "p", 1000), Pin("md5", "b", "q"))) == 1250
+    assert size_cap("checkpoint", ()) == CHECKPOINT_MAX_BYTES

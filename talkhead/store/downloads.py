@@ -16,7 +16,7 @@ from .install import Accepted, accept, commit, register_local, stage_packaged, s
 from .paths import MIRROR_ENV, resolve_mirror, resolve_models_dir
 from .registry import (ModelFile, ModelSpec, Pin, PinMap, Source, SourceMap, default_models, file_of, pins_of,
                        sources_of, specs_for)
-from .transfer import DOWNLOAD_RETRIES, DOWNLOAD_TIMEOUT_S, Attempt, FileFailed, Transfers, short_reason
+from .transfer import DOWNLOAD_RETRIES, DOWNLOAD_TIMEOUT_S, Attempt, FileFailed, Transfers, short_reason, size_cap
 from .verification import CORRUPT, MISSING, PACKAGED, UNVERIFIED, VERIFIED, ModelState, verify
 
 
@@ -41,7 +41,7 @@ def _fetch_checked(spec: ModelSpec, f: ModelFile, srcs: Sequence[Source], pins: 
         out.unlink(missing_ok=True)
         say(f"{f.relpath}: trying {src.host} ({src.url})")
         try:
-            transfers.fetch(src, out)
+            transfers.fetch(src, out, size_cap(f.role, pins))
         except Exception as exc:  # network, HTTP, Drive refusal: try the next source
             reject(src, short_reason(exc, transfers.timeout))
             cause = cause or exc
