@@ -368,3 +368,14 @@ def test_size_caps():
     assert size_cap("checkpoint", (Pin("sha256", "a", "p", 1000),)) == 1000
     assert size_cap("checkpoint", (Pin("sha256", "a", "p", 1000), Pin("md5", "b", "q"))) == 1250
     assert size_cap("checkpoint", ()) == CHECKPOINT_MAX_BYTES
+
+
+def test_redirect_to_another_host_records_where_the_bytes_came_from(tmp_path, hostile):
+    from talkhead.store import download
+
+    root = tmp_path / "models"
+    download("mssync", root, sources=_mssync_sources(hostile, "redirect"), timeout=5, retries=0)
+    source = read_store_manifest(root)["mssync/args"]["source"]
+    assert source == (f"{hostile.other.url('/good/mssync/args')} (redirected from "
+                      f"{hostile.url('/redirect/mssync/args')})")
+    assert read_store_manifest(root)["mssync/model_chkpt.pt"]["source"] == hostile.url("/good/mssync/model_chkpt.pt")

@@ -41,12 +41,12 @@ def _fetch_checked(spec: ModelSpec, f: ModelFile, srcs: Sequence[Source], pins: 
         out.unlink(missing_ok=True)
         say(f"{f.relpath}: trying {src.host} ({src.url})")
         try:
-            transfers.fetch(src, out, size_cap(f.role, pins))
+            came_from = transfers.fetch(src, out, size_cap(f.role, pins))
         except Exception as exc:  # network, HTTP, Drive refusal: try the next source
             reject(src, short_reason(exc, transfers.timeout))
             cause = cause or exc
             continue
-        item = accept(out, pins, src.url)
+        item = accept(out, pins, src.url if came_from == src.url else f"{came_from} (redirected from {src.url})")
         if pins and item.pin is None:
             reject(src, f"sha256 {item.digests['sha256'][:12]}... is not a known-good copy "
                         f"({', '.join(p.label for p in pins)})")

@@ -4,6 +4,7 @@ few words on why a transfer failed.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from dataclasses import dataclass
@@ -153,10 +154,14 @@ class Transfers:
             self.listings[folder] = ids
         return self.listings[folder]
 
-    def fetch(self, src: Source, out: Path, cap: Optional[int] = None) -> None:
+    def fetch(self, src: Source, out: Path, cap: Optional[int] = None) -> str:
         """Download ``src`` to ``out`` (gdown writes ``out<random>.part`` and renames it when done),
         stopping as soon as more than ``cap`` bytes arrived (decoded bytes, see :func:`size_cap`;
         the announced total is checked at the first block).
+
+        Returns:
+            The URL the bytes came from: the last URL answered after HTTP redirects (``src.url``
+            when gdown's session cannot be observed).
 
         Raises:
             TooLarge: more than ``cap`` bytes (announced or received); the file is deleted.
@@ -175,21 +180,50 @@ class Transfers:
                 report(stage, int(done), int(total or 0))
 
         common = dict(output=str(out), quiet=True, progress=cb, timeout=self.timeout, retries=self.retries)
-        if src.kind == "drive-folder":
-            ids = self._drive_ids(src.location)
-            if src.remote_name not in ids:
-                raise FileNotFoundError(f"{src.remote_name!r} is not in the folder (it holds: "
-                                        f"{', '.join(sorted(ids)) or 'nothing'})")
-            gdown.download(id=ids[src.remote_name], **common)
-        elif src.kind == "drive-file":
-            gdown.download(id=src.location, **common)
-        elif src.kind == "url":
-            gdown.download(url=src.location, use_cookies=False, **common)
-        else:
-            raise ValueError(f"unknown source kind {src.kind!r}")
+        answered: list[str] = []
+        with _observe_responses(answered):
+            if src.kind == "drive-folder":
+                ids = self._drive_ids(src.location)
+                if src.remote_name not in ids:
+                    raise FileNotFoundError(f"{src.remote_name!r} is not in the folder (it holds: "
+                                            f"{', '.join(sorted(ids)) or 'nothing'})")
+                gdown.download(id=ids[src.remote_name], **common)
+            elif src.kind == "drive-file":
+                gdown.download(id=src.location, **common)
+            elif src.kind == "url":
+                gdown.download(url=src.location, use_cookies=False, **common)
+            else:
+                raise ValueError(f"unknown source kind {src.kind!r}")
         if not out.is_file():
             raise FileNotFoundError("the transfer produced no file")
         if cap is not None and out.stat().st_size > cap:  # before anything reads it
             out.unlink(missing_ok=True)
             raise TooLarge(cap)
+        return answered[-1] if answered else src.url
+
+
+@contextlib.contextmanager
+def _observe_responses(answered: list[str]):
+    """Within the block, append the URL of every HTTP response gdown's sessions receive (redirect hops
+    included, the final answer last) to ``answered``; a no-op if gdown's session factory moved."""
+    import importlib
+
+    module = importlib.import_module("gdown.download")
+    make = getattr(module, "_get_session", None)
+    if make is None:
+        yield
+        return
+
+    def observed(*args, **kwargs):
+        made = make(*args, **kwargs)
+        sess = made[0] if isinstance(made, tuple) else made
+        with contextlib.suppress(AttributeError, KeyError):
+            sess.hooks["response"].append(lambda r, *a, **k: answered.append(r.url))
+        return made
+
+    module._get_session = observed
+    try:
+        yield
+    finally:
+        module._get_session = make
 
