@@ -289,6 +289,8 @@ class RefusedGlobal(pickle.UnpicklingError):
         """What the file does, for a message: ``"references posix.system"``, ``"calls torch.hub.load"``."""
         if self.how == "called":
             return f"calls {self.qualified}"
+        if self.how == "nested":
+            return "nests its pickle too deeply"
         if self.how:
             return f"builds {self.qualified} {self.how}"
         return f"references {self.qualified}"
@@ -424,7 +426,7 @@ def _scan_pickles(path: Path) -> None:
     except RefusedGlobal:
         raise
     except RecursionError as exc:
-        raise RefusedGlobal("the pickle", "nested too deeply") from exc
+        raise RefusedGlobal("its pickle", "nested") from exc
     except Exception:  # noqa: BLE001 - torch.load describes a file it cannot decode
         return
 
