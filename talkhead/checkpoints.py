@@ -8,7 +8,7 @@ Loading (:func:`load_checkpoint`) never runs code from a checkpoint:
    ``DataLoader``s, optimizers and schedulers, see fixture README section 5), it is read again with
    :class:`RestrictedUnpickler` passed to ``torch.load`` as its ``pickle_module``. That unpickler
    resolves only the globals of :func:`allowed_globals` (tensor/storage rebuild functions,
-   ``OrderedDict``, ``torch.Size``, dtypes, devices, builtin containers). Every other global, such
+   ``OrderedDict``, ``torch.Size``, dtypes, devices, builtin containers built from pickled items). Every other global, such
    as ``torch.utils.data.DataLoader`` or an exploit's ``posix.system``, ``builtins.exec``/``eval``,
    ``getattr``, ``__import__`` or ``subprocess.Popen``, is never imported: it becomes an inert
    :class:`UnloadedObject` class. Calling it (pickle REDUCE), instantiating it (NEWOBJ), setting
@@ -24,6 +24,13 @@ Loading (:func:`load_checkpoint`) never runs code from a checkpoint:
    with or is not a checkpoint: it is refused with a :class:`~talkhead.errors.CheckpointError`,
    nothing of it is returned, and unpickling stops at that global (it is never imported).
 
+Before either, the file's pickle is read once without its tensor data (``_scan_pickles``, no
+allocation beyond the pickle itself): a constructor given a size (``bytearray(2_000_000_000)``, a
+``set`` of a ``range``), a call (pickle REDUCE) of a tolerated function (``torch.hub.load(...)``) or a
+tensor with more elements than its storage (a stride-0 view) is refused there, since torch's own
+``weights_only`` unpickler would build them.
+
+:func:`check_top_level` refuses top-level entries other than state dicts and scalars;
 :func:`require_finite` rejects state dicts holding NaN or Inf weights (a damaged or diverged
 checkpoint); :func:`file_digests` hashes a file once for several algorithms.
 
@@ -68,6 +75,7 @@ __all__ = [
     "strip_key_prefix",
     "load_checkpoint",
     "require_finite",
+    "check_top_level",
     "load_state_dict_checked",
     "state_dict_diff",
 ]
@@ -140,9 +148,32 @@ class UnloadedObject:
         return f"<UnloadedObject {self.module}.{self.name}{'(...)' * depth}>"
 
 
+_REDUCIBLE_NAMESPACES = ("numpy", "collections")
+"""Namespaces whose functions a training dump legitimately calls while unpickling (pickle REDUCE):
+numpy's ``_reconstruct``/``scalar``/``dtype``, ``collections.defaultdict``/``deque``."""
+
+
+def _reducible(module: str, name: str) -> bool:
+    """Whether pickle may *call* (REDUCE) the placeholder of ``module.name``: a class (a name starting
+    with a capital, e.g. a DataLoader or sampler rebuilt through its reduce tuple) or a callable of
+    :data:`_REDUCIBLE_NAMESPACES`. A call of any other tolerated function (``torch.hub.load(...)``,
+    ``torch.load(...)``) is how an exploit is written, not how a tensor or a trainer object is."""
+    return name[:1].isupper() or module.split(".", 1)[0] in _REDUCIBLE_NAMESPACES
+
+
+class _PlaceholderMeta(type):
+    """Metaclass of the placeholder classes: calling one (pickle REDUCE, not NEWOBJ which uses
+    ``__new__``) is refused unless :func:`_reducible`."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if not _reducible(cls.module, cls.name):
+            raise RefusedGlobal(f"{cls.module}.{cls.name}", "called")
+        return super().__call__(*args, **kwargs)
+
+
 def _placeholder_class(module: str, name: str) -> type:
-    return type("Unloaded:" + name, (UnloadedObject,), {"module": module, "name": name,
-                                                        "__module__": __name__})
+    return _PlaceholderMeta("Unloaded:" + name, (UnloadedObject,), {"module": module, "name": name,
+                                                                    "__module__": __name__})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,6 +195,29 @@ def _py3_name(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
+def _bytearray(source: Any = b"", *args: Any) -> bytearray:
+    """``bytearray`` as pickles use it (a copy of pickled bytes or latin-1 text, bounded by the file's
+    size); ``bytearray(n)`` (``n`` zero bytes: 40 bytes of pickle for gigabytes) is refused."""
+    if not isinstance(source, (bytes, str)):
+        raise RefusedGlobal("builtins.bytearray", f"called with a {type(source).__name__} (a size)")
+    return bytearray(source, *args)
+
+
+def _bounded_container(kind: type) -> Any:
+    def build(items: Any = ()) -> Any:
+        if not isinstance(items, (list, tuple, set, frozenset)):
+            raise RefusedGlobal(f"builtins.{kind.__name__}",
+                                f"called with a {type(items).__name__} (only pickled items, not a generator)")
+        return kind(items)
+
+    build.__name__ = build.__qualname__ = kind.__name__
+    return build
+
+
+_set = _bounded_container(set)
+_frozenset = _bounded_container(frozenset)
+
+
 @functools.lru_cache(maxsize=1)
 def allowed_globals() -> Mapping[tuple[str, str], Any]:
     """The globals the fallback unpickler resolves: ``{(module, name): object}``.
@@ -171,8 +225,9 @@ def allowed_globals() -> Mapping[tuple[str, str], Any]:
     Only constructors of data: ``collections.OrderedDict``; ``torch._utils._rebuild_tensor``,
     ``_rebuild_tensor_v2``, ``_rebuild_tensor_v3``, ``_rebuild_parameter``,
     ``_rebuild_parameter_with_state``; ``torch.nn.Parameter``, ``torch.Size``, ``torch.device``,
-    every ``torch.<dtype>``; builtins ``set``, ``frozenset``, ``bytearray``, ``complex``, ``slice``,
-    ``range``; ``_codecs.encode`` restricted to latin-1 (how protocol 2 stores ``bytes``).
+    every ``torch.<dtype>``; builtins ``complex``, ``slice``, and ``set``, ``frozenset``, ``bytearray``
+    restricted to what a pickle holds (a list of items, bytes: never a size or a lazy ``range``, which
+    is not resolved); ``_codecs.encode`` restricted to latin-1 (how protocol 2 stores ``bytes``).
     Storage classes (``torch.FloatStorage`` ...) are resolved by ``torch.load`` itself.
     """
     import torch._utils as tu
@@ -192,8 +247,11 @@ def allowed_globals() -> Mapping[tuple[str, str], Any]:
         value = getattr(torch, name, None)
         if isinstance(value, torch.dtype):
             allowed[("torch", name)] = value
-    for cls in (set, frozenset, bytearray, complex, slice, range):
+    for cls in (complex, slice):
         allowed[("builtins", cls.__name__)] = cls
+    allowed[("builtins", "set")] = _set
+    allowed[("builtins", "frozenset")] = _frozenset
+    allowed[("builtins", "bytearray")] = _bytearray
     return types.MappingProxyType(allowed)
 
 
@@ -223,9 +281,19 @@ class RefusedGlobal(pickle.UnpicklingError):
         qualified: ``"module.name"`` of the global (e.g. ``"posix.system"``).
     """
 
-    def __init__(self, qualified: str):
-        super().__init__(f"refused global {qualified}")
-        self.qualified = qualified
+    def __init__(self, qualified: str, how: str = ""):
+        super().__init__(f"refused global {qualified}" + (f" ({how})" if how else ""))
+        self.qualified, self.how = qualified, how
+
+    def describe(self) -> str:
+        """What the file does, for a message: ``"references posix.system"``, ``"calls torch.hub.load"``."""
+        if self.how == "called":
+            return f"calls {self.qualified}"
+        if self.how == "nested":
+            return "nests its pickle too deeply"
+        if self.how:
+            return f"builds {self.qualified} {self.how}"
+        return f"references {self.qualified}"
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -273,6 +341,97 @@ def _restricted_pickle_module(replaced: set) -> types.ModuleType:
 
 
 # ------------------------------------------------------------------------------------------------
+# dry scan: the pickle read without its tensor data, before anything is allocated
+# ------------------------------------------------------------------------------------------------
+class _StorageStub:
+    """What a persistent storage id says (element count), instead of the storage's bytes."""
+
+    def __init__(self, pid: Any):
+        numel = pid[4] if isinstance(pid, tuple) and len(pid) > 4 else None
+        self.numel = numel if isinstance(numel, int) and not isinstance(numel, bool) else None
+
+
+class _TensorStub:
+    """A tensor of the dry scan: its shape only."""
+
+    def __init__(self, size: tuple):
+        self.shape = size
+
+
+def _tensor_extent(size: Any, stride: Any, offset: Any) -> tuple[int, int]:
+    """``(numel, elements of storage needed)`` of a tensor view; ValueError on a malformed one."""
+    if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and len(size) == len(stride)
+            and isinstance(offset, int) and offset >= 0
+            and all(isinstance(v, int) and v >= 0 for v in (*size, *stride))):
+        raise ValueError("a malformed tensor header")
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel == 0:
+        return 0, 0
+    return numel, offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
+
+
+def _scan_rebuild(storage: Any, offset: Any = 0, size: Any = (), stride: Any = (), *_: Any, **__: Any) -> _TensorStub:
+    numel, needed = _tensor_extent(tuple(size), tuple(stride), offset)
+    have = storage.numel if isinstance(storage, _StorageStub) else None
+    if have is not None and (numel > have or needed > have):
+        raise RefusedGlobal("torch._utils._rebuild_tensor",
+                            f"for a {tuple(size)} tensor of {numel} elements over a storage of {have} "
+                            "(a view repeating its data, e.g. stride 0)")
+    return _TensorStub(tuple(size))
+
+
+_SCAN_OVERRIDES: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor"): _scan_rebuild,
+    ("torch._utils", "_rebuild_tensor_v2"): _scan_rebuild,
+    ("torch._utils", "_rebuild_tensor_v3"): _scan_rebuild,
+    ("torch._utils", "_rebuild_parameter"): lambda data, *a, **k: data,
+    ("torch._utils", "_rebuild_parameter_with_state"): lambda data, *a, **k: data,
+    ("torch.nn.parameter", "Parameter"): lambda data=None, *a, **k: data,
+}
+
+
+class _ScanUnpickler(RestrictedUnpickler):
+    """The restricted unpickler with storages replaced by their element counts and tensor rebuilds
+    by an extent check: reads a checkpoint's pickle without allocating its tensors."""
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - pickle API
+        key = _py3_name(module, name)
+        if key in _SCAN_OVERRIDES:
+            return _SCAN_OVERRIDES[key]
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:  # noqa: D102 - pickle API
+        return _StorageStub(pid)
+
+
+def _scan_pickles(path: Path) -> None:
+    """Read the pickle(s) of the checkpoint at ``path`` with :class:`_ScanUnpickler` before torch
+    does: a size-taking constructor, a call of a tolerated function or a tensor larger than its
+    storage raises :class:`RefusedGlobal` here, before anything is allocated. Any other decoding
+    problem is left to ``torch.load`` to report."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                if not names:
+                    return
+                with zf.open(names[0]) as fh:
+                    _ScanUnpickler(fh).load()
+            return
+        with open(path, "rb") as fh:  # legacy: magic number, protocol, sys info, then the object
+            for _ in range(4):
+                _ScanUnpickler(fh).load()
+    except RefusedGlobal:
+        raise
+    except RecursionError as exc:
+        raise RefusedGlobal("its pickle", "nested") from exc
+    except Exception:  # noqa: BLE001 - torch.load describes a file it cannot decode
+        return
+
+
+# ------------------------------------------------------------------------------------------------
 # loading
 # ------------------------------------------------------------------------------------------------
 def _first_line(exc: BaseException, limit: int = 200) -> str:
@@ -316,6 +475,13 @@ def _is_zip_format(path: Path) -> bool:
         return False
 
 
+def _refused(path: Path, exc: RefusedGlobal) -> CheckpointError:
+    what = "a callable no checkpoint has a reason to hold" if not exc.how else \
+        "what no checkpoint holds (it would allocate memory or run code out of proportion to the file)"
+    return CheckpointError(f"refused checkpoint {path}: it {exc.describe()}, {what} (tampered with, or not a "
+                           "checkpoint); nothing of it was loaded")
+
+
 def load_checkpoint(path: Union[str, os.PathLike], *, map_location: MapLocation = "cpu", mmap: bool = False) -> Any:
     """Load a PyTorch checkpoint without running code from it.
 
@@ -340,8 +506,9 @@ def load_checkpoint(path: Union[str, os.PathLike], *, map_location: MapLocation 
     Raises:
         CheckpointError: the file is missing, not a file, empty, truncated, corrupt or not a
             PyTorch checkpoint, or it references a callable outside the allow-list that no
-            training dump holds (``posix.system``, ``builtins.eval``...: tampered with); the
-            message is one readable line naming the file.
+            training dump holds (``posix.system``, ``builtins.eval``...: tampered with), calls a
+            tolerated function, builds a container of a given size, or holds a tensor larger than its
+            storage; the message is one readable line naming the file.
     """
     path = Path(path)
     if not path.exists():
@@ -351,6 +518,10 @@ def load_checkpoint(path: Union[str, os.PathLike], *, map_location: MapLocation 
     if path.stat().st_size == 0:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
     mmap = bool(mmap) and _is_zip_format(path)
+    try:
+        _scan_pickles(path)
+    except RefusedGlobal as exc:
+        raise _refused(path, exc) from exc
     try:
         with _quiet_torch_load():
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -367,9 +538,7 @@ def load_checkpoint(path: Union[str, os.PathLike], *, map_location: MapLocation 
     except (MemoryError, KeyboardInterrupt):
         raise
     except RefusedGlobal as exc:
-        raise CheckpointError(f"refused checkpoint {path}: it references {exc.qualified}, a callable no checkpoint "
-                              "has a reason to hold (tampered with, or not a checkpoint); nothing of it was "
-                              "loaded") from exc
+        raise _refused(path, exc) from exc
     except Exception as exc:
         message = _describe_failure(path, exc)
         if isinstance(first, pickle.UnpicklingError) and "Weights only load failed" in str(first) \
@@ -593,12 +762,38 @@ def strip_key_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, An
     return {(k[len(prefix):] if isinstance(k, str) and k.startswith(prefix) else k): v for k, v in state_dict.items()}
 
 
+_FINITE_CHUNK = 1 << 22
+"""Elements checked per ``torch.isfinite`` call: the check's scratch memory stays a few MB."""
+
+TOP_LEVEL_SCALARS = (bool, int, float, str, type(None))
+"""Types a checkpoint's top level may hold besides state dicts (``steps``, ``epoch``)."""
+
+
+def check_top_level(data: Mapping[str, Any], path: Union[str, os.PathLike]) -> None:
+    """Check that a checkpoint's top level holds only what checkpoints hold: state dicts (mappings,
+    e.g. ``generator``, an optimizer's ``state_dict()``), scalars (``steps``, ``epoch``: strings up to
+    1 KiB) and the inert placeholders of a training dump (pickled DataLoaders).
+
+    Raises:
+        CheckpointError: naming the file, the entry and its type (e.g. a ``bytearray`` or a ``set``
+            beside the state dicts).
+    """
+    for key, value in data.items():
+        if isinstance(value, (Mapping, UnloadedObject)) or (
+                isinstance(value, TOP_LEVEL_SCALARS) and not (isinstance(value, str) and len(value) > 1024)):
+            continue
+        raise CheckpointError(f"{path}: top-level entry {key!r} is a {type(value).__name__}, not a state dict or a "
+                              "scalar: a checkpoint holds nothing else (tampered with, or not a checkpoint)")
+
+
 def require_finite(state_dict: Mapping[str, Any], path: Union[str, os.PathLike], what: str) -> None:
-    """Check that every floating-point tensor of ``state_dict`` is finite (no NaN, no Inf).
+    """Check that every floating-point tensor of ``state_dict`` is finite (no NaN, no Inf), and that no
+    tensor is larger than its storage.
 
     Non-floating entries (integer buffers such as BatchNorm ``num_batches_tracked``, placeholders)
     are skipped, and so is a ``state_dict`` that is not a mapping (the layout check reports it). Cost:
-    one ``torch.isfinite`` pass over the weights (measured: ``benchmarks/README.md``, "Checkpoint checks").
+    one ``torch.isfinite`` pass over the weights, :data:`_FINITE_CHUNK` elements at a time so no
+    tensor-sized mask is built (measured: ``benchmarks/README.md``, "Checkpoint checks").
 
     Args:
         state_dict: ``{key: tensor}`` from a checkpoint, e.g. ``checkpoint["generator"]``.
@@ -607,14 +802,32 @@ def require_finite(state_dict: Mapping[str, Any], path: Union[str, os.PathLike],
 
     Raises:
         CheckpointError: naming the file, the state dict and the first tensor that holds a
-            non-finite value, with the count of bad values in it.
+            non-finite value, with the count of bad values in it; or a tensor with more elements
+            than its storage (a stride-0 view: gigabytes of weights described by a few bytes).
     """
     if not isinstance(state_dict, Mapping):
         return
     for key, value in state_dict.items():
-        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
-            finite = torch.isfinite(value)
-            if not bool(finite.all()):
-                bad = int(finite.numel() - int(finite.sum()))
-                raise CheckpointError(f"{path}: {what} tensor {key!r} {tuple(value.shape)} holds {bad} non-finite "
-                                      "value(s) (NaN or Inf): the checkpoint is damaged or from a diverged run")
+        if not isinstance(value, torch.Tensor):
+            continue
+        stored = value.untyped_storage().nbytes() // max(value.element_size(), 1)
+        if value.numel() > stored:
+            raise CheckpointError(f"{path}: {what} tensor {key!r} {tuple(value.shape)} has {value.numel()} elements "
+                                  f"but its storage holds {stored} (a view repeating its data): refused")
+        if not (value.is_floating_point() or value.is_complex()) or value.numel() == 0:
+            continue
+        flat = value.reshape(-1) if value.is_contiguous() else None
+        bad = 0
+        if flat is not None:
+            for start in range(0, flat.numel(), _FINITE_CHUNK):
+                part = flat[start:start + _FINITE_CHUNK]
+                bad += int(part.numel() - int(torch.isfinite(part).sum()))
+        else:
+            rows = value.reshape(1, *value.shape) if value.dim() == 0 else value
+            step = max(1, _FINITE_CHUNK // max(rows[0].numel(), 1))
+            for start in range(0, rows.shape[0], step):
+                part = rows[start:start + step]
+                bad += int(part.numel() - int(torch.isfinite(part).sum()))
+        if bad:
+            raise CheckpointError(f"{path}: {what} tensor {key!r} {tuple(value.shape)} holds {bad} non-finite "
+                                  "value(s) (NaN or Inf): the checkpoint is damaged or from a diverged run")

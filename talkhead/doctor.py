@@ -74,11 +74,13 @@ def _ffmpeg() -> dict[str, Any]:
 
 def _models(models_dir: Path) -> dict[str, Any]:
     from .store import verify
+    from .store.manifest import manifest_problem
 
     out: dict[str, Any] = {"dir": str(models_dir), "exists": models_dir.is_dir(),
-                           "writable": _writable(models_dir), "files": {}, "error": None}
+                           "writable": _writable(models_dir), "files": {}, "error": None, "manifest_problem": ""}
     try:
         out["files"] = {rel: st.to_dict() for rel, st in verify(models_dir, hash_check="always").items()}
+        out["manifest_problem"] = manifest_problem(models_dir)[1]
     except TalkheadError as exc:
         out["error"] = str(exc)
     return out
@@ -154,8 +156,14 @@ def _findings(report: dict[str, Any]) -> tuple[list[str], list[str]]:
     from .store import REGISTRY
 
     files = models.get("files", {})
+    untrusted = [rel for rel, st in files.items() if st["state"] == "corrupt" and st["reason"].startswith("not trusted:")]
+    if models.get("manifest_problem") and untrusted:
+        problems.append(f"models: {models['manifest_problem']}: {', '.join(untrusted)}; re-record them with "
+                        "`talkhead download --force` or `talkhead download --from-dir FOLDER`")
     for rel, st in files.items():
         optional = REGISTRY[st["model"]].optional if st["model"] in REGISTRY else False
+        if rel in untrusted and models.get("manifest_problem"):
+            continue
         if st["state"] == "corrupt":  # an optional renderer's file does not stop animate
             (warnings if optional else problems).append(
                 f"{rel} is corrupt: {st['reason']} (replace it: "

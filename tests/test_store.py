@@ -366,15 +366,16 @@ def test_layout_check_of_unrecorded_files(tmp_path, tiny_sources):
     assert sorted(read_store_manifest(root)) == ["fomm/vox-adv-256.yaml", "fomm/vox-adv-cpk.pth.tar"]
 
 
-def test_unreadable_manifest_means_unverified(tmp_path, tiny_sources):
+def test_unreadable_manifest_means_untrusted(tmp_path, tiny_sources):
+    """An unreadable manifest re-trusts nothing (issue 23 #14; more in test_faults.py)."""
     root = arrange(tmp_path, tiny_sources)
     register_local(root)
     (root / "manifest.json").write_text("{not json")
     result = verify(root, check_layout=False)
-    assert states_of(result) == dict.fromkeys(ALL, UNVERIFIED)
-    assert "manifest.json" in result["mssync/args"].reason
-    ensure_models(root, offline=True)  # re-checks and re-records what is there
-    assert sorted(read_store_manifest(root)) == ALL
+    assert states_of(result) == dict.fromkeys(ALL, CORRUPT)
+    assert "manifest.json" in result["mssync/args"].reason and "--force" in result["mssync/args"].reason
+    with pytest.raises(CheckpointError, match="manifest.json"):
+        ensure_models(root, offline=True)
 
 
 def test_register_accept_changed(tmp_path, tiny_sources):

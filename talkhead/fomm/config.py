@@ -67,6 +67,16 @@ def _check_section(section: str, params: Mapping, cls, provided_elsewhere: set[s
         raise ConfigError(f"{source}: {section} has unknown key(s): {', '.join(unknown)}")
 
 
+PUBLISHED_FRAME_SIZE = 256
+"""Frame side of the published FOMM models (``vox-adv-256``), pixels."""
+PUBLISHED_PARAMETERS = 59_790_759
+"""Parameters of the published ``vox-adv-256`` keypoint detector + generator."""
+SIZE_MULTIPLE = 4
+"""A config may describe frames up to this many times the published side (1024 px) and networks up
+to this many times the published parameter count (239 M): beyond, inference needs gigabytes (frames
+cost the square of the side) that no released model does; a YAML asking for more is refused before
+anything is allocated."""
+
 _INT_KEYS = frozenset({"num_kp", "num_channels", "block_expansion", "max_features", "num_blocks",
                        "num_down_blocks", "num_bottleneck_blocks", "pad"})
 _FLOAT_KEYS = frozenset({"temperature", "scale_factor", "kp_variance"})
@@ -214,8 +224,9 @@ class FOMMConfig:
 
         Raises:
             ConfigError: missing/unknown keys in a section, a null or wrongly-typed value (an integer
-                written as a string, ...), a scale factor that is not ``1/n``, or a frame
-                size not divisible as the hourglasses and the generator encoder need.
+                written as a string, ...), a scale factor that is not ``1/n``, a frame
+                size not divisible as the hourglasses and the generator encoder need, or frames or
+                networks beyond :data:`SIZE_MULTIPLE` times the published model's.
         """
         src = self.origin
         common = set(self.common_params)
@@ -269,6 +280,25 @@ class FOMMConfig:
         downs = 2 ** int(self.generator_params["num_down_blocks"])
         if size % downs:
             raise ConfigError(f"{src}: frame size {size} px is not divisible by 2**num_down_blocks = {downs}")
+        self._validate_scale()
+
+    def _validate_scale(self) -> None:
+        """Frame side and parameter count within :data:`SIZE_MULTIPLE` times the published model's
+        (the networks are counted on the ``meta`` device: nothing is allocated)."""
+        src = self.origin
+        if self.frame_size > SIZE_MULTIPLE * PUBLISHED_FRAME_SIZE:
+            raise ConfigError(f"{src}: frame_shape {list(self.frame_shape)} is larger than talkhead renders (at most "
+                              f"{SIZE_MULTIPLE * PUBLISHED_FRAME_SIZE} px, {SIZE_MULTIPLE}x the published "
+                              f"{PUBLISHED_FRAME_SIZE} px)")
+        import torch
+
+        with torch.device("meta"):
+            count = sum(p.numel() for net in (self.build_kp_detector(), self.build_generator())
+                        for p in net.parameters())
+        if count > SIZE_MULTIPLE * PUBLISHED_PARAMETERS:
+            raise ConfigError(f"{src}: the keypoint detector and generator it describes have {count / 1e6:.0f} M "
+                              f"parameters, more than talkhead accepts ({SIZE_MULTIPLE}x the published "
+                              f"{PUBLISHED_PARAMETERS / 1e6:.0f} M; check block_expansion and max_features)")
 
     # -- builders -----------------------------------------------------------------------------------
     def build_kp_detector(self) -> KPDetector:

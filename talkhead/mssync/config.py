@@ -87,6 +87,20 @@ _DEFAULT_ARGS: Mapping[str, Any] = MappingProxyType({
 # The ``args`` a default reference training run writes (``train.py --keypoints True --data_dim 6``,
 # every other option at its ``nets/utils.py`` ``Config`` default; ``out_dir`` unset).
 
+ARGS_MAX_BYTES = 1 << 20
+"""Largest ``args`` file read, bytes (the released one is 1.3 KB): a bigger file is refused unread."""
+
+MAX_SIZES: Mapping[str, int] = MappingProxyType({
+    "data_dim": 6, "obs_len": 100, "audio_dim": 4096, "coord_dim": 4096, "hidden_size": 512,
+    "expansion_fact_do": 32, "pyramid_layers_g": 4, "nheads_tf": 64, "nlayers_tf": 16, "coord_dim_D": 4096,
+    "hidden_size_D": 8192,
+})
+"""Largest accepted value of each integer ``args`` key: 8x the published model's widths (``audio_dim``,
+``coord_dim``, ``coord_dim_D`` 512, ``hidden_size`` 64, ``hidden_size_D`` 1024, ``expansion_fact_do`` 4),
+16 transformer layers, 64 heads, ``data_dim`` at most 6 (x, y and a 2x2 jacobian) and a warm-up
+``obs_len`` of at most 100 frames (4 s; published: 3). Beyond, building the network alone would cost
+gigabytes (or overflow), and the value is refused as a config error naming ``args`` and the key."""
+
 _INT_KEYS = ("data_dim", "obs_len", "audio_dim", "coord_dim", "hidden_size", "expansion_fact_do",
              "pyramid_layers_g", "nheads_tf", "nlayers_tf", "coord_dim_D", "nblocks_frame_D",
              "dis_config", "hidden_size_D")
@@ -98,6 +112,14 @@ def _as_int(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         return None
     return value
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a 5000-digit integer is shown by its length)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"<an integer of {value.bit_length()} bits>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _type_problems(args: Mapping[str, Any]) -> list[str]:
@@ -113,15 +135,15 @@ def _type_problems(args: Mapping[str, Any]) -> list[str]:
             continue
         elif key == "nblocks_do":  # the reference looks it up as a string: "4" and 4 are both valid
             if isinstance(value, bool) or not isinstance(value, (int, str)):
-                problems.append(f"key {key!r} = {value!r} is a {type(value).__name__} (expected an integer)")
+                problems.append(f"key {key!r} = {_short(value)} is a {type(value).__name__} (expected an integer)")
         elif key == "streams_merging_activation":
             if not isinstance(value, str):
-                problems.append(f"key {key!r} = {value!r} is a {type(value).__name__} (expected a string)")
+                problems.append(f"key {key!r} = {_short(value)} is a {type(value).__name__} (expected a string)")
         elif key in ("seq_stream_weight", "frame_weight"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                problems.append(f"key {key!r} = {value!r} is a {type(value).__name__} (expected a number)")
+                problems.append(f"key {key!r} = {_short(value)} is a {type(value).__name__} (expected a number)")
         elif _as_int(value) is None:
-            problems.append(f"key {key!r} = {value!r} is a {type(value).__name__} (expected an integer)")
+            problems.append(f"key {key!r} = {_short(value)} is a {type(value).__name__} (expected an integer)")
     return problems
 
 
@@ -153,7 +175,7 @@ class MSSyncConfig:
     ``dataclasses.replace`` gives variants (validated again).
 
     Raises:
-        ConfigError: a bad value (non-positive width, ``pyramid_layers_g != 4``, unknown
+        ConfigError: a bad value (non-positive width, a size beyond :data:`MAX_SIZES`, ``pyramid_layers_g != 4``, unknown
             ``nblocks_do``, ``coord_dim`` not divisible by ``nheads_tf``, unknown activation).
     """
 
@@ -187,7 +209,9 @@ class MSSyncConfig:
                 continue
             as_int = _as_int(value)
             if as_int is None or as_int < 1:
-                problems.append(f"{key}={value!r} (expected a positive integer)")
+                problems.append(f"{key}={_short(value)} (expected a positive integer)")
+            elif key in MAX_SIZES and as_int > MAX_SIZES[key]:
+                problems.append(f"{key}={_short(value)} is larger than talkhead accepts (at most {MAX_SIZES[key]})")
             else:
                 object.__setattr__(self, key, as_int)
         nblocks = self.nblocks_do if isinstance(self.nblocks_do, int) and not isinstance(self.nblocks_do, bool) \
@@ -252,10 +276,16 @@ class MSSyncConfig:
         """Config from a released ``args`` file (one JSON object).
 
         Raises:
-            ConfigError: the file is missing, unreadable, not JSON, or fails :meth:`from_dict`.
+            ConfigError: the file is missing, unreadable, larger than :data:`ARGS_MAX_BYTES`, not
+                JSON (also: an integer beyond Python's 4300 digits, nesting too deep), or fails
+                :meth:`from_dict`; the message names the file.
         """
         path = Path(path)
         try:
+            size = path.stat().st_size
+            if size > ARGS_MAX_BYTES:
+                raise ConfigError(f"MS-Sync args file {path} is {size} bytes, not a config (at most "
+                                  f"{ARGS_MAX_BYTES} bytes; the released one is 1.3 KB)")
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"MS-Sync args file not found: {path}") from None
@@ -265,6 +295,12 @@ class MSSyncConfig:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"MS-Sync args file {path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"MS-Sync args file {path} is not a config: its JSON is nested too deeply") from None
+        except ValueError as exc:  # an integer beyond Python's 4300-digit limit
+            why = "it holds a number of thousands of digits" if "digits" in str(exc) else \
+                (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            raise ConfigError(f"MS-Sync args file {path} is not a config: {why}") from None
         return cls.from_dict(data, source=str(path))
 
     @classmethod

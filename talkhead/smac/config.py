@@ -54,6 +54,20 @@ _G_FIXED = {
 #: network_g keys that only matter for training (accepted, ignored)
 _G_TRAINING = {"type", "fix_modules", "detach_motion_query"}
 
+SIZE_MULTIPLE = 4
+"""A size setting may be at most this many times the published model's (:data:`_PUBLISHED_SIZES`):
+beyond, building the networks alone costs gigabytes no released model does, so the YAML is refused
+before anything is allocated (the frame side is fixed: ``img_size`` 256)."""
+_PUBLISHED_SIZES = {
+    "network_g.codebook_size_motion": 1024, "network_g.codebook_size_app": 1024, "network_g.dim_embd_motion": 32,
+    "network_g.dim_embd_app": 256, "network_g.n_layers_motion": 2, "network_g.n_layers_app": 2,
+    "network_g.n_head": 8, "network_g.num_kp": 15,
+    "dense_motion_params.block_expansion": 64, "dense_motion_params.max_features": 1024,
+    "dense_motion_params.num_blocks": 5, "kp_detector_params.block_expansion": 32,
+    "kp_detector_params.max_features": 1024, "kp_detector_params.num_blocks": 5,
+}
+"""Size settings of the released SMAC model (``smac-test.yml``)."""
+
 _ME_COMMON = {"num_kp", "num_channels"}
 _ME_DENSE = {"block_expansion", "max_features", "num_blocks", "scale_factor", "estimate_occlusion_map",
              "kp_variance", "multi_mask", "occlusion_num"}
@@ -191,6 +205,14 @@ class SMACConfig:
             if inner % 2 ** int(sec["num_blocks"]):
                 raise ConfigError(f"{src}: {self.frame_size} px x {name}.scale_factor {scale} = {inner} px is not "
                                   f"divisible by 2**num_blocks")
+        sizes = {f"network_g.{k}": v for k, v in ints.items()}
+        for name in ("dense_motion_params", "kp_detector_params"):
+            sizes.update({f"{name}.{k}": me[name].get(k) for k in ("block_expansion", "max_features", "num_blocks")})
+        for key, published in _PUBLISHED_SIZES.items():
+            value = sizes.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= SIZE_MULTIPLE * published:
+                raise ConfigError(f"{src}: {key} = {value!r} is outside what talkhead accepts (a positive integer up "
+                                  f"to {SIZE_MULTIPLE}x the published {published})")
         if -(-self.frame_size // round(1 / float(dense.get("scale_factor", 1)))) != 64:
             raise ConfigError(f"{src}: the SMAC generator needs a 64x64 dense motion "
                               "(dense_motion_params.scale_factor 0.25 at 256 px)")

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from ..checkpoints import load_checkpoint, require_finite, state_dict_diff, strip_key_prefix
+from ..checkpoints import check_top_level, load_checkpoint, require_finite, state_dict_diff, strip_key_prefix
 from ..errors import CheckpointError, ConfigError, StateDictMismatchError, TalkheadError
 from .registry import ModelFile, ModelSpec, get_model
 
@@ -45,6 +45,7 @@ def check_checkpoint(spec: ModelSpec, f: ModelFile, path: Path, config_path: Opt
     data = load_checkpoint(path, mmap=True)  # shapes + finiteness: mapped, not read into memory
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: a {spec.title} checkpoint is a dict, not {type(data).__name__}")
+    check_top_level(data, path)
     for alternatives in f.entries:
         name = next((n for n in alternatives if isinstance(data.get(n), Mapping)), None)
         if name is None:

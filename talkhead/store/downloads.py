@@ -16,7 +16,7 @@ from .install import Accepted, accept, commit, register_local, stage_packaged, s
 from .paths import MIRROR_ENV, resolve_mirror, resolve_models_dir
 from .registry import (ModelFile, ModelSpec, Pin, PinMap, Source, SourceMap, default_models, file_of, pins_of,
                        sources_of, specs_for)
-from .transfer import DOWNLOAD_RETRIES, DOWNLOAD_TIMEOUT_S, Attempt, FileFailed, Transfers, short_reason
+from .transfer import DOWNLOAD_RETRIES, DOWNLOAD_TIMEOUT_S, Attempt, FileFailed, Transfers, short_reason, size_cap
 from .verification import CORRUPT, MISSING, PACKAGED, UNVERIFIED, VERIFIED, ModelState, verify
 
 
@@ -41,12 +41,12 @@ def _fetch_checked(spec: ModelSpec, f: ModelFile, srcs: Sequence[Source], pins: 
         out.unlink(missing_ok=True)
         say(f"{f.relpath}: trying {src.host} ({src.url})")
         try:
-            transfers.fetch(src, out)
+            came_from = transfers.fetch(src, out, size_cap(f.role, pins))
         except Exception as exc:  # network, HTTP, Drive refusal: try the next source
             reject(src, short_reason(exc, transfers.timeout))
             cause = cause or exc
             continue
-        item = accept(out, pins, src.url)
+        item = accept(out, pins, src.url if came_from == src.url else f"{came_from} (redirected from {src.url})")
         if pins and item.pin is None:
             reject(src, f"sha256 {item.digests['sha256'][:12]}... is not a known-good copy "
                         f"({', '.join(p.label for p in pins)})")

@@ -55,6 +55,29 @@ def match_pin(found: Mapping[str, str], pins: Sequence[Pin]) -> Optional[Pin]:
     return next((p for p in pins if found.get(p.algorithm) == p.digest), None)
 
 
+def _read(root: Path) -> tuple[dict[str, dict[str, Any]], bool]:
+    """``(file entries, lost)`` of the manifest in ``root``; ``({}, False)`` without one.
+
+    Raises:
+        CheckpointError: the manifest exists but cannot be read or parsed (the message names it).
+    """
+    path = root / STORE_MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}, False
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({str(exc)[:120]})") from None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+        raise CheckpointError(f"{path} is not a talkhead manifest (format {MANIFEST_FORMAT})")
+    return {k: v for k, v in files.items() if isinstance(v, dict)}, bool(data.get("lost"))
+
+
 def read_store_manifest(models_dir: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
     """The manifest's file entries, ``relpath -> {"sha256", "size", "mtime_ns", "pin", "source",
     "how", "recorded_at"}`` (plus ``"md5"`` for a file pinned by md5); empty without a manifest.
@@ -62,36 +85,52 @@ def read_store_manifest(models_dir: str | os.PathLike | None = None) -> dict[str
     Raises:
         CheckpointError: the manifest exists but cannot be read or parsed (the message names it).
     """
-    path = resolve_models_dir(models_dir) / STORE_MANIFEST_NAME
+    return _read(resolve_models_dir(models_dir))[0]
+
+
+def manifest_problem(models_dir: str | os.PathLike | None = None) -> tuple[dict[str, dict[str, Any]], str]:
+    """``(file entries, problem)``: ``problem`` is empty when the manifest is readable (or absent: a
+    new directory), else why files it does not list cannot be trusted as placed by hand: it is
+    unreadable (its entries are ``{}``), or it was rebuilt after it was found unreadable (``"lost"``,
+    until every file in the directory is recorded again by ``talkhead download --force`` or
+    ``--from-dir``). A replaced file must never be re-trusted because its record was destroyed."""
+    root = resolve_models_dir(models_dir)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
-    files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
-        raise CheckpointError(f"{path} is not a talkhead manifest (format {MANIFEST_FORMAT})")
-    return {k: v for k, v in files.items() if isinstance(v, dict)}
+        files, lost = _read(root)
+    except CheckpointError as exc:
+        return {}, f"{exc}, so no file it recorded can be trusted"
+    if lost:
+        return files, (f"{root / STORE_MANIFEST_NAME} was found unreadable and rebuilt; files it no longer lists "
+                       "cannot be trusted")
+    return files, ""
+
+
+def _present_files(root: Path) -> list[str]:
+    from .registry import REGISTRY
+
+    return [f.relpath for spec in REGISTRY.values() for f in spec.files if (root / f.relpath).is_file()]
 
 
 def write_manifest(root: Path, updates: Mapping[str, dict[str, Any]]) -> None:
     """Merge ``updates`` into the manifest (re-read just before, to keep concurrent writers'
-    entries) and replace it atomically.
+    entries) and replace it atomically. An unreadable manifest is rebuilt from ``updates`` and
+    marked ``"lost": true`` (see :func:`manifest_problem`) until every model file in ``root`` is
+    recorded again.
 
     Raises:
         CheckpointError: it cannot be written.
     """
     try:
-        files = read_store_manifest(root)
+        files, lost = _read(root)
     except CheckpointError:
-        files = {}  # an unreadable manifest is rebuilt from what is verified now
+        files, lost = {}, True
     files.update(updates)
-    text = json.dumps({"format": MANIFEST_FORMAT, "files": dict(sorted(files.items()))}, indent=2) + "\n"
+    if lost and all(rel in files for rel in _present_files(root)):
+        lost = False
+    data: dict[str, Any] = {"format": MANIFEST_FORMAT, "files": dict(sorted(files.items()))}
+    if lost:
+        data["lost"] = True
+    text = json.dumps(data, indent=2) + "\n"
     path = root / STORE_MANIFEST_NAME
     try:
         atomic_write(path, lambda f: f.write(text.encode("utf-8")))

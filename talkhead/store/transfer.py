@@ -4,15 +4,16 @@ few words on why a transfer failed.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 from urllib.parse import urlparse
 
 from ..progress import Progress
-from .registry import Source
+from .registry import Pin, Source
 
 DOWNLOAD_TIMEOUT_S = 20.0
 """Network timeout, seconds: connecting, and waiting between received bytes (DNS failures end at once)."""
@@ -20,6 +21,37 @@ DOWNLOAD_TIMEOUT_S = 20.0
 DOWNLOAD_RETRIES = 3
 """Reconnections per transfer after a broken connection; each resumes with an HTTP ``Range``
 request where the server honours it (gdown's ``retries``)."""
+
+
+CONFIG_MAX_BYTES = 1 << 20
+"""Most bytes accepted for a config file (MS-Sync ``args``: 1.3 KB; the YAMLs: a few KB)."""
+
+CHECKPOINT_MAX_BYTES = 4 << 30
+"""Most bytes accepted for a checkpoint whose size no pin states."""
+
+UNKNOWN_SIZE_MARGIN = 1.25
+"""A checkpoint with some pins of unknown size may be this many times the largest known one."""
+
+
+def size_cap(role: str, pins: Sequence[Pin]) -> int:
+    """Most bytes a transfer of a file may bring, counted after decoding (a gzip body is counted
+    as the bytes it expands to): a config :data:`CONFIG_MAX_BYTES`; a checkpoint whose pins all
+    state a size, the largest of them; with some unknown, :data:`UNKNOWN_SIZE_MARGIN` times the
+    largest known; with none known, :data:`CHECKPOINT_MAX_BYTES`."""
+    if role == "config":
+        return CONFIG_MAX_BYTES
+    known = [p.size for p in pins if p.size]
+    if known and len(known) == len(pins):
+        return max(known)
+    return int(max(known) * UNKNOWN_SIZE_MARGIN) if known else CHECKPOINT_MAX_BYTES
+
+
+class TooLarge(Exception):
+    """A transfer brought more bytes than the file can have (an endless or inflated body)."""
+
+    def __init__(self, cap: int):
+        super().__init__(f"sent more than {cap} bytes, more than the file can be: stopped")
+        self.cap = cap
 
 
 @dataclass(frozen=True)
@@ -55,6 +87,10 @@ def short_reason(exc: BaseException, timeout: float) -> str:
     host = host.group(1) if host else None
     if isinstance(exc, Unresolved):
         return f"cannot resolve {exc.host}"
+    if isinstance(exc, TooLarge):
+        return str(exc)
+    if "Read timed out" in text:
+        return f"stalled: no data for {timeout:g} s" + (f" from {host}" if host else "")
     for e in chain:
         if isinstance(e, requests.exceptions.HTTPError) and e.response is not None:
             return f"HTTP {e.response.status_code} {e.response.reason or ''}".strip()
@@ -118,33 +154,76 @@ class Transfers:
             self.listings[folder] = ids
         return self.listings[folder]
 
-    def fetch(self, src: Source, out: Path) -> None:
-        """Download ``src`` to ``out`` (gdown writes ``out<random>.part`` and renames it when done).
+    def fetch(self, src: Source, out: Path, cap: Optional[int] = None) -> str:
+        """Download ``src`` to ``out`` (gdown writes ``out<random>.part`` and renames it when done),
+        stopping as soon as more than ``cap`` bytes arrived (decoded bytes, see :func:`size_cap`;
+        the announced total is checked at the first block).
+
+        Returns:
+            The URL the bytes came from: the last URL answered after HTTP redirects (``src.url``
+            when gdown's session cannot be observed).
 
         Raises:
+            TooLarge: more than ``cap`` bytes (announced or received); the file is deleted.
             Exception: whatever the transfer raises (network, HTTP status, Drive refusal,
             ``FileNotFoundError`` when a Drive folder lacks the file). KeyboardInterrupt passes.
         """
         import gdown
 
         self._resolve_host(src)
-        cb = None
-        if self.progress is not None:
-            stage, report = f"download {out.name}", self.progress
-            cb = lambda done, total: report(stage, int(done), int(total or 0))  # noqa: E731
+        stage, report = f"download {out.name}", self.progress
+
+        def cb(done: int, total: Optional[int]) -> None:
+            if cap is not None and (done > cap or (total or 0) > cap):
+                raise TooLarge(cap)
+            if report is not None:
+                report(stage, int(done), int(total or 0))
+
         common = dict(output=str(out), quiet=True, progress=cb, timeout=self.timeout, retries=self.retries)
-        if src.kind == "drive-folder":
-            ids = self._drive_ids(src.location)
-            if src.remote_name not in ids:
-                raise FileNotFoundError(f"{src.remote_name!r} is not in the folder (it holds: "
-                                        f"{', '.join(sorted(ids)) or 'nothing'})")
-            gdown.download(id=ids[src.remote_name], **common)
-        elif src.kind == "drive-file":
-            gdown.download(id=src.location, **common)
-        elif src.kind == "url":
-            gdown.download(url=src.location, use_cookies=False, **common)
-        else:
-            raise ValueError(f"unknown source kind {src.kind!r}")
+        answered: list[str] = []
+        with _observe_responses(answered):
+            if src.kind == "drive-folder":
+                ids = self._drive_ids(src.location)
+                if src.remote_name not in ids:
+                    raise FileNotFoundError(f"{src.remote_name!r} is not in the folder (it holds: "
+                                            f"{', '.join(sorted(ids)) or 'nothing'})")
+                gdown.download(id=ids[src.remote_name], **common)
+            elif src.kind == "drive-file":
+                gdown.download(id=src.location, **common)
+            elif src.kind == "url":
+                gdown.download(url=src.location, use_cookies=False, **common)
+            else:
+                raise ValueError(f"unknown source kind {src.kind!r}")
         if not out.is_file():
             raise FileNotFoundError("the transfer produced no file")
+        if cap is not None and out.stat().st_size > cap:  # before anything reads it
+            out.unlink(missing_ok=True)
+            raise TooLarge(cap)
+        return answered[-1] if answered else src.url
+
+
+@contextlib.contextmanager
+def _observe_responses(answered: list[str]):
+    """Within the block, append the URL of every HTTP response gdown's sessions receive (redirect hops
+    included, the final answer last) to ``answered``; a no-op if gdown's session factory moved."""
+    import importlib
+
+    module = importlib.import_module("gdown.download")
+    make = getattr(module, "_get_session", None)
+    if make is None:
+        yield
+        return
+
+    def observed(*args, **kwargs):
+        made = make(*args, **kwargs)
+        sess = made[0] if isinstance(made, tuple) else made
+        with contextlib.suppress(AttributeError, KeyError):
+            sess.hooks["response"].append(lambda r, *a, **k: answered.append(r.url))
+        return made
+
+    module._get_session = observed
+    try:
+        yield
+    finally:
+        module._get_session = make
 

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from ..errors import CheckpointError, InputError, TalkheadError
 from .checks import blame, check_group
-from .manifest import STORE_MANIFEST_NAME, digests, hashed_this_process, read_store_manifest, write_manifest
+from .manifest import STORE_MANIFEST_NAME, digests, hashed_this_process, manifest_problem, write_manifest
 from .paths import resolve_models_dir
 from .registry import ModelFile, Pin, PinMap, pins_of, specs_for
 
@@ -23,7 +23,9 @@ PACKAGED = "packaged"
 VERIFIED = "verified"
 """Recorded in the manifest and its bytes are unchanged."""
 CORRUPT = "corrupt"
-"""Size, sha256 or pin differs from the record, or (unrecorded) it fails the checks."""
+"""Size, sha256 or pin differs from the record, or (unrecorded) it fails the checks, or it is unrecorded
+while ``manifest.json`` is unreadable or was rebuilt after being unreadable (its record may have been
+destroyed: see :func:`talkhead.store.manifest.manifest_problem`)."""
 UNVERIFIED = "unverified"
 """Present but not recorded in the manifest (placed by hand); checked and recorded on first use."""
 
@@ -77,8 +79,12 @@ def _file_state(root: Path, f: ModelFile, manifest: Mapping[str, dict], manifest
         return ModelState(f.relpath, model, CORRUPT, path, f"{path} is not a regular file")
     entry = manifest.get(f.relpath)
     if entry is None:
-        why = manifest_problem or f"present but not recorded in {STORE_MANIFEST_NAME} (placed by hand?)"
-        return ModelState(f.relpath, model, UNVERIFIED, path, why)
+        if manifest_problem:  # its record may have been destroyed: never re-trusted as placed by hand
+            return ModelState(f.relpath, model, CORRUPT, path,
+                              f"not trusted: {manifest_problem}; re-record it with `talkhead download --force "
+                              f"{model}` or `talkhead download {model} --from-dir FOLDER`")
+        return ModelState(f.relpath, model, UNVERIFIED, path,
+                          f"present but not recorded in {STORE_MANIFEST_NAME} (placed by hand?)")
     want_sha, want_size = entry.get("sha256"), entry.get("size")
     pin = next((p for p in pins if p.label == entry.get("pin")), None)
     bad = lambda why: ModelState(f.relpath, model, CORRUPT, path, why, want_sha, want_size, entry.get("pin"))  # noqa: E731
@@ -108,7 +114,9 @@ def verify(models_dir: str | os.PathLike | None = None, names: str | Iterable[st
 
     Recorded files are compared with the manifest: size, pin (the recorded digest must be the
     pin's), then sha256 according to ``hash_check``. A re-hash that matches refreshes the recorded
-    ``mtime_ns`` (best effort). Unrecorded files are ``unverified``; with ``check_layout=True``
+    ``mtime_ns`` (best effort). Unrecorded files are ``unverified`` (``corrupt`` while the manifest
+    is unreadable or was rebuilt after being unreadable: their record may have been destroyed, see
+    :func:`talkhead.store.manifest.manifest_problem`); with ``check_layout=True``
     their model is also checked (:func:`talkhead.store.check_layout`) and a failure makes the
     blamed file ``corrupt`` with the reason. Nothing is recorded: see
     :func:`talkhead.store.register_local`.
@@ -133,10 +141,7 @@ def verify(models_dir: str | os.PathLike | None = None, names: str | Iterable[st
         raise InputError(f"hash_check must be one of {', '.join(HASH_CHECKS)}, not {hash_check!r}")
     root = resolve_models_dir(models_dir)
     specs = specs_for(names, root)
-    try:
-        manifest, problem = read_store_manifest(root), ""
-    except CheckpointError as exc:
-        manifest, problem = {}, f"not recorded: {exc}"
+    manifest, problem = manifest_problem(root)
     refreshed: dict[str, dict] = {}
     states = {f.relpath: _file_state(root, f, manifest, problem, hash_check, pins_of(f, pins), refreshed)
               for spec in specs for f in spec.files}
