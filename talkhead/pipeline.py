@@ -404,12 +404,13 @@ class Pipeline:
         return self.find_face(image, source)[0]
 
     def landmark_backend(self) -> str:
-        """``options.landmarker`` resolved once (``auto`` -> fan or dlib, with a log line on fallback)."""
+        """``options.landmarker`` resolved once (``auto`` -> fan or dlib, with a log line on fallback,
+        once per process: :func:`talkhead.landmarks.note_once`)."""
         if self._backend is None:
-            from .landmarks import resolve_landmarker
+            from .landmarks import note_once, resolve_landmarker
 
             self._backend, note = resolve_landmarker(self.options.landmarker, offline=self.options.offline)
-            if note:
+            if note_once(note):
                 self.log(note)
         return self._backend
 
