@@ -20,7 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import cli_train
-from .cli_common import State, StageBars, err_console, errors, finish_help, out_console, progress_bars
+from .cli_common import (State, StageBars, err_console, errors, finish_help, out_console, progress_bars,
+                         show_details)
 from .cli_options import with_options
 from .errors import TalkheadError
 from .options import AnimateOptions, ReenactOptions
@@ -46,7 +47,8 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     State.debug = debug or State.debug_anywhere
-    State.verbose = verbose or State.verbose or State.debug
+    State.verbose = verbose or State.verbose_anywhere or State.debug
+    show_details(State.verbose)
 
 
 # ----------------------------------------------------------------------------------------------- options
@@ -375,7 +377,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     State.debug_anywhere = "--debug" in args
-    State.verbose = State.debug_anywhere or any(a in ("-v", "--verbose") for a in args)
+    State.verbose_anywhere = any(a in ("-v", "--verbose") for a in args)
     finish_help(app)
     app(args=[a for a in args if a not in ("--debug", "-v", "--verbose")], prog_name="talkhead")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import signal
 import sys
 import threading
@@ -38,6 +39,7 @@ class State:
     debug = False
     debug_anywhere = False  # set by talkhead.cli.main() when --debug stood after the subcommand
     verbose = False  # -v/--verbose (or --debug): also the detail lines (each download source tried)
+    verbose_anywhere = False  # set by talkhead.cli.main() when -v/--verbose stood after the subcommand
 
 
 # ----------------------------------------------------------------------------------------------- help
@@ -94,8 +96,29 @@ if hasattr(typer.core.TyperArgument, "_usage_display_name"):
     typer.core.TyperArgument._usage_display_name = _usage_name
 
 
+class _DetailLines(logging.Handler):
+    """``talkhead.*`` log records (INFO and up) as plain lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(printable(record.getMessage()), highlight=False, markup=False)
+
+
+def show_details(on: bool = True) -> None:
+    """Show (``on``) or stop showing the detail lines the library logs at INFO (each download source
+    tried, where models load from) on stderr: what ``-v``/``--verbose`` and ``--debug`` turn on."""
+    logger = logging.getLogger("talkhead")
+    for handler in [h for h in logger.handlers if isinstance(h, _DetailLines)]:
+        logger.removeHandler(handler)
+    if on:
+        logger.addHandler(_DetailLines())
+    logger.setLevel(logging.INFO if on else logging.NOTSET)
+
+
 def fail(exc: BaseException) -> None:
     """Print ``exc`` as one red ``error:`` line on stderr (its traceback too under ``--debug``) and exit.
+
+    An exception with a ``brief`` attribute (:class:`~talkhead.errors.DownloadError`: the files and
+    the fix, without each source tried) is shown by it unless ``-v``/``--debug``.
 
     Raises:
         typer.Exit: always, with ``exc.exit_code`` (a :class:`~talkhead.errors.TalkheadError`'s, 2 if none).
@@ -104,7 +127,8 @@ def fail(exc: BaseException) -> None:
 
     if State.debug:
         err_console.print_exception()
-    msg = printable(str(exc) or exc.__class__.__name__)
+    brief = None if State.verbose else getattr(exc, "brief", None)  # e.g. a DownloadError without its sources
+    msg = printable(brief or str(exc) or exc.__class__.__name__)
     err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(getattr(exc, "exit_code", 2))
 
@@ -218,4 +242,4 @@ class StageBars:
 
 
 __all__ = ["err_console", "out_console", "State", "Terminated", "fail", "errors", "progress_bars", "StageBars",
-           "help_text", "finish_help"]
+           "help_text", "finish_help", "show_details"]

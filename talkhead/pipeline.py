@@ -19,6 +19,7 @@ starting from the source's own keypoints.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ from .options import AnimateOptions
 from .progress import Progress
 from .renderers import MotionGenerator, Renderer, get_renderer
 
+_detail = logging.getLogger(__name__).info
+"""Status lines (where models load from, which photo is searched): logger ``talkhead.pipeline``, INFO;
+the CLI shows them with ``-v``. ``log`` gets notes a user needs by default."""
 
 
 @dataclass
@@ -274,7 +278,7 @@ class Pipeline:
             return self
         from .store import ensure_models, model_dir
 
-        self.log(f"loading models from {self.models_dir}")
+        _detail(f"loading models from {self.models_dir}")
         entry = get_renderer(self.options.renderer)
         load_motion = motion and self._motion is None
         needed = (*(entry.store_names if self._renderer is None else ()), *(("mssync",) if load_motion else ()))
@@ -462,7 +466,7 @@ class Pipeline:
 
         path = Path(path)
         image = self.photo(load_image(path), source=str(path))
-        self.log(f"finding the face in {path}")
+        _detail(f"finding the face in {path}")
         crop, face = self.find_face(image, source=str(path))
         return SourcePhoto(path=path, image=image, crop=crop, face=face)
 

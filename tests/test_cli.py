@@ -240,12 +240,14 @@ def test_download_offline_failure_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(gdown, "download_folder", boom)
     root = tmp_path / "models"
     result = run_cli("download", "--models-dir", root, "--quiet")
-    assert_clean_error(result, "could not download",
-                       "fomm/vox-adv-cpk.pth.tar (Google Drive folder of the FOMM authors: ")
-    # offline here: the host does not resolve; with DNS, the patched gdown fails
-    assert "cannot resolve drive.google.com" in result.output or "network is unreachable" in result.output
+    assert_clean_error(result, "could not download", "fomm/vox-adv-cpk.pth.tar, mssync/args")
     assert "--mirror URL" in result.output and "--from-dir DIR" in result.output
     assert not root.exists()  # no file, no staging folder, no empty fomm/ or mssync/
+    # each source and why it failed: with -v (offline here: the host does not resolve; with DNS,
+    # the patched gdown fails)
+    result = run_cli("-v", "download", "--models-dir", root, "--quiet")
+    assert "fomm/vox-adv-cpk.pth.tar (Google Drive folder of the FOMM authors: " in result.output
+    assert "cannot resolve drive.google.com" in result.output or "network is unreachable" in result.output
 
 
 def test_help_lists_commands():
