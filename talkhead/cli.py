@@ -182,8 +182,22 @@ def batch(
             items = run_batch(pipeline, jobs, out_dir, skip_existing=skip_existing, naming=naming, on_item=on_item,
                               progress=bars, report=sink, driving=driving)
         _print_summary(items)
+        _hint_existing(items, opts.overwrite)
         if any(i.status == "failed" for i in items):
             raise typer.Exit(1)
+
+
+def _hint_existing(items, overwrite: bool) -> None:
+    """After a re-run whose pairs failed on outputs from an earlier run: one line naming the two ways on."""
+    from .errors import OutputError
+
+    existing = [i for i in items if i.status == "failed" and isinstance(i.error, OutputError)
+                and "already exists" in i.reason]
+    if existing and not overwrite:
+        n = len(existing)
+        err_console.print(f"{n} output{' exists' if n == 1 else 's exist'} from an earlier run: --skip-existing "
+                          f"leaves {'it' if n == 1 else 'them'} (resume), --overwrite replaces "
+                          f"{'it' if n == 1 else 'them'}", highlight=False, markup=False)
 
 
 def _print_summary(items) -> None:

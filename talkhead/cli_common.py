@@ -221,12 +221,16 @@ class StageBars:
 
     Args:
         progress: from :func:`progress_bars`.
-        units: unit shown per stage (default ``"frames"``).
+        units: unit shown per stage, over :data:`UNITS` (default ``"frames"``).
     """
+
+    UNITS = {"keypoints": "frames predicted", "render": "video frames"}
+    """The generator predicts one or two frames fewer than the video has (the last is held,
+    :class:`talkhead.pipeline.Pipeline`), so the two bars say what each counts."""
 
     def __init__(self, progress: Progress, units: Mapping[str, str] | None = None):
         self.progress = progress
-        self.units = dict(units or {})
+        self.units = {**self.UNITS, **(units or {})}
         self.tasks: dict[str, int] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
