@@ -20,7 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import cli_train
-from .cli_common import State, StageBars, err_console, errors, out_console, progress_bars
+from .cli_common import (State, StageBars, err_console, errors, finish_help, out_console, progress_bars,
+                         show_details)
 from .cli_options import with_options
 from .errors import TalkheadError
 from .options import AnimateOptions, ReenactOptions
@@ -41,9 +42,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (accepted anywhere)."),
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show detail lines, such as each "
+                                       "download source tried (accepted anywhere)."),
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     State.debug = debug or State.debug_anywhere
+    State.verbose = verbose or State.verbose_anywhere or State.debug
+    show_details(State.verbose)
 
 
 # ----------------------------------------------------------------------------------------------- options
@@ -69,22 +74,24 @@ def _log(quiet: bool):
 @app.command()
 @with_options(AnimateOptions)
 def animate(
-    image: Path = typer.Argument(..., help="Face photo (PNG, JPEG, WebP, BMP)."),
-    audio: Path = typer.Argument(..., help="Speech (wav, flac, mp3, m4a, ogg, ...)."),
+    image: Path = typer.Argument(..., metavar="PHOTO", help="Face photo (PNG, JPEG, WebP, BMP)."),
+    audio: Path = typer.Argument(..., metavar="SPEECH", help="Speech (wav, flac, mp3, m4a, ogg, ...)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help=escape("Output MP4 [default: <audio stem>.mp4 beside the audio].")),
     save_keypoints: Optional[Path] = typer.Option(None, "--save-keypoints", help="Also write the generated keypoints, jacobians and crop box (.npz)."),
     quiet: bool = Quiet, *, options,
 ) -> None:
-    """Animate IMAGE with the speech in AUDIO into an MP4 (H.264 + AAC, 25 fps, as long as the audio).
+    """Animate the face in PHOTO saying SPEECH into an MP4 (H.264 + AAC, 25 fps, as long as the audio).
 
     Inputs are checked first (files, face, audio); then the models load (the first run downloads them,
     see `talkhead download`). The path of the written MP4 is printed on stdout, even with -q.
 
-    [bold]Examples[/]
+    Examples
 
       talkhead animate photo.png speech.wav -o talk.mp4
 
-      talkhead animate photo.jpg speech.m4a --landmarker dlib --device cpu --save-keypoints kp.npz
+      talkhead animate photo.jpg speech.m4a --device cpu --landmarker dlib
+
+      talkhead animate photo.png speech.wav --save-keypoints kp.npz
     """
     from .io import printable
     from .pipeline import Pipeline
@@ -105,8 +112,8 @@ def animate(
 @app.command()
 @with_options(ReenactOptions)
 def batch(
-    images: Optional[Path] = typer.Argument(None, help="Folder of face photos, or one photo."),
-    audio: Optional[Path] = typer.Argument(None, help="Folder of speech files, or one speech file (with --reenact: "
+    images: Optional[Path] = typer.Argument(None, metavar="PHOTOS", help="Folder of face photos, or one photo."),
+    audio: Optional[Path] = typer.Argument(None, metavar="SPEECH", help="Folder of speech files, or one speech file (with --reenact: "
                                            "driving videos)."),
     out_dir: Path = typer.Option(..., "--output", "-o", help="Folder for the MP4s."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of image,audio[,output] rows instead of PHOTOS "
@@ -132,7 +139,7 @@ def batch(
 
     A failing pair is reported and the batch goes on. Ends with a summary; exit code 1 if any pair failed.
 
-    [bold]Examples[/]
+    Examples
 
       talkhead batch photos/ announcement.wav -o videos/ --report run.jsonl
 
@@ -189,8 +196,22 @@ def batch(
                               progress=bars, report=sink, driving=driving, protected=protected,
                               shard=parse_shard(shard) if shard is not None else None)
         _print_summary(items)
+        _hint_existing(items, opts.overwrite)
         if any(i.status == "failed" for i in items):
             raise typer.Exit(1)
+
+
+def _hint_existing(items, overwrite: bool) -> None:
+    """After a re-run whose pairs failed on outputs from an earlier run: one line naming the two ways on."""
+    from .errors import OutputError
+
+    existing = [i for i in items if i.status == "failed" and isinstance(i.error, OutputError)
+                and "already exists" in i.reason]
+    if existing and not overwrite:
+        n = len(existing)
+        err_console.print(f"{n} output{' exists' if n == 1 else 's exist'} from an earlier run: --skip-existing "
+                          f"leaves {'it' if n == 1 else 'them'} (resume), --overwrite replaces "
+                          f"{'it' if n == 1 else 'them'}", highlight=False, markup=False)
 
 
 def _print_summary(items) -> None:
@@ -216,8 +237,8 @@ def _print_summary(items) -> None:
 @app.command()
 @with_options(ReenactOptions, exclude=("motion_scale", "still"))  # speech-motion options: not used here
 def reenact(
-    photo: Path = typer.Argument(..., help="Face photo (PNG, JPEG, WebP, BMP)."),
-    driving_video: Path = typer.Argument(..., help="Video of a face whose head motion drives the photo (its audio is kept)."),
+    photo: Path = typer.Argument(..., metavar="PHOTO", help="Face photo (PNG, JPEG, WebP, BMP)."),
+    driving_video: Path = typer.Argument(..., metavar="DRIVING_VIDEO", help="Video of a face whose head motion drives the photo (its audio is kept)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help=escape("Output MP4 [default: <video stem>-<photo stem>.mp4 beside the video].")),
     save_keypoints: Optional[Path] = typer.Option(None, "--save-keypoints", help="Also write the driving and transferred keypoints and the crop boxes (.npz)."),
     quiet: bool = Quiet, *, options,
@@ -229,11 +250,11 @@ def reenact(
     --fps) and audio track. Inputs are checked before the renderer loads. The path of the written
     MP4 is printed on stdout, even with -q.
 
-    [bold]Examples[/]
+    Examples
 
       talkhead reenact photo.png driving.mp4 -o moved.mp4
 
-      talkhead reenact photo.jpg driving.mp4 --find-best-frame --frame crop --landmarker dlib
+      talkhead reenact photo.jpg driving.mp4 --find-best-frame --frame crop
     """
     from .reenact import default_output, load_reenact_pipeline
     from .reenact import reenact as run
@@ -254,7 +275,7 @@ def reenact(
 # ----------------------------------------------------------------------------------------------- download
 @app.command()
 def download(
-    names: Optional[List[str]] = typer.Argument(None, help=escape("Models to fetch (fomm, mssync, smac) [default: fomm and mssync, what animate needs].")),
+    names: Optional[List[str]] = typer.Argument(None, metavar="MODELS", help=escape("Models to fetch (fomm, mssync, smac) [default: fomm and mssync, what animate needs].")),
     models_dir: Optional[Path] = ModelsDir,
     from_dir: Optional[Path] = typer.Option(None, "--from-dir", help="Install files you downloaded by hand from this folder instead."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help=escape("Base URL serving a models directory (URL/fomm/vox-adv-cpk.pth.tar, ...), tried after the public sources [default: $TALKHEAD_MIRROR].")),
@@ -267,7 +288,7 @@ def download(
 
     The optional SMAC renderer (reenact --renderer smac; non-commercial licence) is shared by its authors through a browser link only: download its two files by hand and install them with --from-dir.
 
-    [bold]Examples[/]
+    Examples
 
       talkhead download
 
@@ -326,7 +347,7 @@ def doctor(models_dir: Optional[Path] = ModelsDir,
 
     Exit code 0 when `talkhead animate` can run ("verdict: ready"), 1 otherwise.
 
-    [bold]Examples[/]
+    Examples
 
       talkhead doctor
 
@@ -359,7 +380,7 @@ def ui(
     Needs the ui extra: pip install 'talkhead[ui]'. The models load once at start-up; requests run one
     at a time. The options below are the page's defaults. Ctrl-C stops it and removes its temporary files.
 
-    [bold]Examples[/]
+    Examples
 
       talkhead ui
 
@@ -374,13 +395,19 @@ def ui(
                   ready=lambda url: print(url, flush=True))
 
 
+finish_help(app)  # every command's docstring -> its --help text (after the last command is registered)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
-    """Console-script entry point. ``--debug`` is accepted anywhere on the command line."""
+    """Console-script entry point. ``--debug`` and ``-v``/``--verbose`` are accepted anywhere on the
+    command line."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
     State.debug_anywhere = "--debug" in args
-    app(args=[a for a in args if a != "--debug"], prog_name="talkhead")
+    State.verbose_anywhere = any(a in ("-v", "--verbose") for a in args)
+    finish_help(app)
+    app(args=[a for a in args if a not in ("--debug", "-v", "--verbose")], prog_name="talkhead")
 
 
 if __name__ == "__main__":  # pragma: no cover

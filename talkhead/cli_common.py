@@ -10,19 +10,25 @@ merge-shards, train, evaluate) both use these, so there is one console pair and 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
 import signal
+import sys
 import threading
 from typing import Mapping
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .errors import TalkheadError
 from .io import printable, unexpected_reason
 
-err_console = Console(stderr=True)
-"""Progress bars, status lines and errors (stderr)."""
+err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+"""Progress bars, status lines and errors (stderr); lines are wrapped only on a terminal (a log file
+or a pipe gets each message as one line)."""
 out_console = Console()
 """Results: tables, JSON (stdout)."""
 
@@ -32,10 +38,87 @@ class State:
 
     debug = False
     debug_anywhere = False  # set by talkhead.cli.main() when --debug stood after the subcommand
+    verbose = False  # -v/--verbose (or --debug): also the detail lines (each download source tried)
+    verbose_anywhere = False  # set by talkhead.cli.main() when -v/--verbose stood after the subcommand
+
+
+# ----------------------------------------------------------------------------------------------- help
+def help_text(doc: str | None) -> str:
+    """A command's docstring as its ``--help`` text (Rich markup mode).
+
+    Each prose paragraph becomes one line (the help console wraps it to the terminal, instead of
+    keeping the source's line breaks); a paragraph whose lines are all indented (example commands)
+    keeps its lines; every ``[`` that Rich would read as markup is escaped (``pip install
+    'talkhead[ui]'`` shows as written); a paragraph ``Examples`` becomes a bold heading.
+    """
+    out = []
+    for para in inspect.cleandoc(doc or "").split("\n\n"):
+        lines = para.split("\n")
+        if para.strip() == "Examples":
+            out.append("[bold]Examples[/]")
+        elif all(line.startswith(" ") for line in lines):
+            out.append("\n".join(escape(line) for line in lines))
+        else:
+            out.append(escape(" ".join(line.strip() for line in lines)))
+    return "\n\n".join(out)
+
+
+def finish_help(app: typer.Typer) -> None:
+    """Give every command of ``app`` (and of its sub-groups) :func:`help_text` of its docstring as help
+    (commands with an explicit ``help=`` keep it). Idempotent; call it once all commands are registered."""
+    for info in app.registered_commands:
+        if info.help is None and info.callback is not None:
+            info.help = help_text(info.callback.__doc__)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            finish_help(group.typer_instance)
+
+
+def _no_type_for_flags(display_type_rich):
+    def display(self, ctx):
+        return None if getattr(self, "is_flag", False) else display_type_rich(self, ctx)
+
+    display.__doc__ = "The type column of --help: none for a flag (it takes no value, so no ``<bool>``)."
+    return display
+
+
+def _usage_name(self) -> str:
+    """An argument in the usage line as the help text names it: ``PHOTO``, ``[PHOTOS]``, ``VIDEOS...``
+    (typer's own style would be ``{PHOTO}``)."""
+    name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+    return name + ("..." if self.nargs != 1 else "")
+
+
+# The two help-rendering choices of typer (>= 0.16) that read wrongly here; both are display only.
+if hasattr(typer.core.TyperOption, "display_type_rich"):
+    typer.core.TyperOption.display_type_rich = _no_type_for_flags(typer.core.TyperOption.display_type_rich)
+if hasattr(typer.core.TyperArgument, "_usage_display_name"):
+    typer.core.TyperArgument._usage_display_name = _usage_name
+
+
+class _DetailLines(logging.Handler):
+    """``talkhead.*`` log records (INFO and up) as plain lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(printable(record.getMessage()), highlight=False, markup=False)
+
+
+def show_details(on: bool = True) -> None:
+    """Show (``on``) or stop showing the detail lines the library logs at INFO (each download source
+    tried, where models load from) on stderr: what ``-v``/``--verbose`` and ``--debug`` turn on."""
+    logger = logging.getLogger("talkhead")
+    for handler in [h for h in logger.handlers if isinstance(h, _DetailLines)]:
+        logger.removeHandler(handler)
+    if on:
+        logger.addHandler(_DetailLines())
+    logger.setLevel(logging.INFO if on else logging.NOTSET)
 
 
 def fail(exc: BaseException) -> None:
     """Print ``exc`` as one red ``error:`` line on stderr (its traceback too under ``--debug``) and exit.
+
+    An exception with a ``brief`` attribute (:class:`~talkhead.errors.DownloadError`: the files and
+    the fix, without each source tried) is shown by it unless ``-v``/``--debug``.
 
     Raises:
         typer.Exit: always, with ``exc.exit_code`` (a :class:`~talkhead.errors.TalkheadError`'s, 2 if none).
@@ -44,7 +127,8 @@ def fail(exc: BaseException) -> None:
 
     if State.debug:
         err_console.print_exception()
-    msg = printable(str(exc) or exc.__class__.__name__)
+    brief = None if State.verbose else getattr(exc, "brief", None)  # e.g. a DownloadError without its sources
+    msg = printable(brief or str(exc) or exc.__class__.__name__)
     err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(getattr(exc, "exit_code", 2))
 
@@ -137,12 +221,16 @@ class StageBars:
 
     Args:
         progress: from :func:`progress_bars`.
-        units: unit shown per stage (default ``"frames"``).
+        units: unit shown per stage, over :data:`UNITS` (default ``"frames"``).
     """
+
+    UNITS = {"keypoints": "frames predicted", "render": "video frames"}
+    """The generator predicts one or two frames fewer than the video has (the last is held,
+    :class:`talkhead.pipeline.Pipeline`), so the two bars say what each counts."""
 
     def __init__(self, progress: Progress, units: Mapping[str, str] | None = None):
         self.progress = progress
-        self.units = dict(units or {})
+        self.units = {**self.UNITS, **(units or {})}
         self.tasks: dict[str, int] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
@@ -157,4 +245,5 @@ class StageBars:
         self.tasks.clear()
 
 
-__all__ = ["err_console", "out_console", "State", "Terminated", "fail", "errors", "progress_bars", "StageBars"]
+__all__ = ["err_console", "out_console", "State", "Terminated", "fail", "errors", "progress_bars", "StageBars",
+           "help_text", "finish_help", "show_details"]

@@ -1,7 +1,8 @@
 """Typer parameters generated from an options dataclass (:mod:`talkhead.options`): declared once.
 
 ``@with_options(AnimateOptions)`` appends one ``--flag`` per dataclass field (its help, default and
-choices from the field's metadata) to a command's own parameters, and calls the command with
+choices from the field's metadata; the choices as the metavar, no second default where the help
+states one) to a command's own parameters, and calls the command with
 ``options=AnimateOptions(...)`` built from them. ``exclude`` leaves fields out (they keep their
 dataclass default); ``defaults`` overrides a default for one command (e.g. preprocess's device).
 """
@@ -71,6 +72,10 @@ def option_parameters(cls: type, *, exclude: Iterable[str] = (),
             help_text = f"{help_text} [{' | '.join(meta['choices'])}]"
         flags = meta.get("flags") or (_flag(f.name),)
         kwargs = {"help": escape(help_text)}  # rich markup mode would eat "[default: ...]"
+        if "[default:" in help_text:
+            kwargs["show_default"] = False  # the help states it (with its meaning): not a second one
+        if meta.get("choices"):
+            kwargs["metavar"] = "|".join(meta["choices"])  # not <str>
         annotation = hints[f.name]
         if _numeric(annotation) is not None:
             # parsed by us (see _convert), so a bad number is the same one-line error as a bad range

@@ -22,6 +22,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .cli_common import StageBars, err_console, errors, out_console, progress_bars
+from rich.markup import escape
+
 from .cli_options import with_options
 from .errors import InputError
 from .options import PreprocessOptions
@@ -76,17 +78,19 @@ def _train_progress(console, quiet: bool) -> Progress:
 
 
 # options shared by `train syncers` and `train generator`
-DataDir = typer.Argument(..., help="Training data folder written by `talkhead preprocess`.")
+DataDir = typer.Argument(..., metavar="DATA_DIR", help="Training data folder written by `talkhead preprocess`.")
 RunConfig = typer.Option(None, "--config", help="YAML overriding the paper defaults.")
 Overrides = typer.Option(None, "--set", help="KEY=VALUE override (repeatable), e.g. --set steps=2000.")
 Resume = typer.Option(False, "--resume", help="Continue the run in RUN_DIR from its checkpoint.")
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+Device = typer.Option("auto", "--device", metavar="auto|cpu|cuda|mps",
+                      help="Where to train: auto (cuda > mps > cpu), cpu, cuda or mps (the run config's device).")
 
 
 @commands.command()
 @with_options(PreprocessOptions)
 def preprocess(
-    videos: List[Path] = typer.Argument(..., help="Talking-head videos or folders of them (mp4, mkv, avi, webm)."),
+    videos: List[Path] = typer.Argument(..., metavar="VIDEOS", help="Talking-head videos or folders of them (mp4, mkv, avi, webm)."),
     out_dir: Path = typer.Option(..., "--output", "-o", help="Training data folder (manifest.json + clips/)."),
     quiet: bool = Quiet,
     *, options,
@@ -95,6 +99,14 @@ def preprocess(
 
     Resumable (clips already done are skipped); clips with no face, no audio or too few frames are
     skipped and reported. With --shard I/N, join the shard folders with `talkhead merge-shards`.
+
+    Examples
+
+      talkhead preprocess videos/ -o data/
+
+      talkhead preprocess a.mp4 b.mp4 -o data/ --split val --landmarker dlib
+
+      talkhead preprocess videos/ -o data-0/ --shard 0/4 --device cuda
     """
     from .train.preprocess import preprocess as run
 
@@ -109,11 +121,20 @@ def preprocess(
 
 @commands.command("merge-shards")
 def merge_shards(
-    shard_dirs: List[Path] = typer.Argument(..., help="Data folders written by `preprocess --shard I/N`."),
+    shard_dirs: List[Path] = typer.Argument(..., metavar="SHARD_DIRS", help="Data folders written by `preprocess --shard I/N`."),
     out_dir: Path = typer.Option(..., "--output", "-o", help="The merged training data folder."),
     copy: bool = typer.Option(False, "--copy", help="Copy clip files instead of hard-linking them."),
 ) -> None:
-    """Join the shard folders of `preprocess --shard` into one training data folder (idempotent)."""
+    """Join the shard folders of `preprocess --shard` into one training data folder (idempotent).
+
+    Clip files are hard-linked (copied with --copy, or where the folders are on different disks).
+
+    Examples
+
+      talkhead merge-shards data-0/ data-1/ data-2/ data-3/ -o data/
+
+      talkhead merge-shards data-*/ -o data/ --copy
+    """
     from .train.preprocess import merge_shards as run
 
     with errors():
@@ -124,10 +145,13 @@ def merge_shards(
         out_console.print(f"{len(clips)} clips in {out_dir}")
 
 
-def _train(fn, data_dir, run_dir, config, overrides, resume, quiet, **kw):
+def _train(fn, data_dir, run_dir, config, overrides, resume, quiet, device=None, **kw):
     with errors():
+        overrides = _parse_overrides(overrides)
+        if device is not None and device != "auto":
+            overrides.setdefault("device", device)  # an explicit --set device=... wins
         with _train_progress(err_console, quiet) as progress:
-            final = fn(data_dir, run_dir, config=config, overrides=_parse_overrides(overrides), resume=resume,
+            final = fn(data_dir, run_dir, config=config, overrides=overrides, resume=resume,
                        progress=_TrainBar(progress), **kw)
         if _is_rank0():
             out_console.print_json(json.dumps(final, default=str))
@@ -138,12 +162,24 @@ def train_syncers(
     data_dir: Path = DataDir,
     run_dir: Path = typer.Option(..., "--output", "-o", help="Run folder (config, checkpoints, metrics)."),
     config: Optional[Path] = RunConfig, overrides: Optional[List[str]] = Overrides, resume: bool = Resume,
-    quiet: bool = Quiet,
+    device: str = Device, quiet: bool = Quiet,
 ) -> None:
-    """Train the pyramid of audio-visual syncers (InfoNCE; 200, 400, 800, 1600 ms windows)."""
+    """Train the pyramid of audio-visual syncers (InfoNCE; 200, 400, 800, 1600 ms windows).
+
+    Prints the final metrics as JSON on stdout. Several GPUs: torchrun --nproc_per_node N -m talkhead
+    train syncers ...
+
+    Examples
+
+      talkhead train syncers data/ -o runs/syncers
+
+      talkhead train syncers data/ -o runs/syncers --set steps=2000 --device cuda
+
+      talkhead train syncers data/ -o runs/syncers --resume
+    """
     from .train.syncers import train_syncers as fn
 
-    _train(fn, data_dir, run_dir, config, overrides, resume, quiet)
+    _train(fn, data_dir, run_dir, config, overrides, resume, quiet, device)
 
 
 @train_app.command("generator")
@@ -152,24 +188,45 @@ def train_generator(
     syncers: Path = typer.Option(..., "--syncers", help="Run folder of `talkhead train syncers` (frozen AV loss)."),
     run_dir: Path = typer.Option(..., "--output", "-o", help="Run folder; the released-format model goes to RUN_DIR/mssync."),
     config: Optional[Path] = RunConfig, overrides: Optional[List[str]] = Overrides, resume: bool = Resume,
-    quiet: bool = Quiet,
+    device: str = Device, quiet: bool = Quiet,
 ) -> None:
-    """Train the MS-Sync generator GAN with the multi-scale AV synchrony loss."""
+    """Train the MS-Sync generator GAN with the multi-scale AV synchrony loss.
+
+    Prints the final metrics as JSON on stdout; the model in the released format goes to RUN_DIR/mssync.
+
+    Examples
+
+      talkhead train generator data/ --syncers runs/syncers -o runs/gen
+
+      talkhead train generator data/ --syncers runs/syncers -o runs/gen --resume
+    """
     from .train.generator import train_generator as fn
 
-    _train(fn, data_dir, run_dir, config, overrides, resume, quiet, syncers_dir=syncers)
+    _train(fn, data_dir, run_dir, config, overrides, resume, quiet, device, syncers_dir=syncers)
 
 
 @commands.command()
 def evaluate(
-    generated: Path = typer.Argument(..., help="Generated keypoints: a training-data folder, or a folder of "
+    generated: Path = typer.Argument(..., metavar="GENERATED", help="Generated keypoints: a training-data folder, or a folder of "
                                                "`--save-keypoints` .npz files named like the ground-truth clip ids."),
     ground_truth: Path = typer.Option(..., "--ground-truth", help="Training-data folder with the real clips (keypoints + logfbank)."),
     syncers: Path = typer.Option(..., "--syncers", help="Metric syncer pyramid (a `train syncers` run, trained apart from any loss syncer)."),
-    split: Optional[str] = typer.Option(None, "--split", help="Only ground-truth clips of this split."),
+    split: Optional[str] = typer.Option(None, "--split", show_default=False,
+                                        help=escape("Only ground-truth clips of this split (train, val, test) "
+                                                    "[default: every split].")),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
 ) -> None:
-    """Multi-scale AV synchrony (|AV-Off|, AV-Conf at 200/400/800/1600 ms) with static and ground-truth rows."""
+    """Multi-scale AV synchrony (|AV-Off|, AV-Conf at 200/400/800/1600 ms) with static and ground-truth rows.
+
+    GENERATED is matched to the ground-truth clips by clip id. Use a metric syncer pyramid trained
+    apart from the one the generator's loss used.
+
+    Examples
+
+      talkhead evaluate runs/gen-kp/ --ground-truth data/ --syncers runs/metric
+
+      talkhead evaluate kp/ --ground-truth data/ --syncers metric/ --split test
+    """
     from .io import atomic_output
     from .train import evaluate as run, format_table, load_syncers
 

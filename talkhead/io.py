@@ -220,7 +220,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False, *, probe
     if target.is_dir():
         raise OutputError(f"output path {str(target)!r} is a directory, not a file")
     if (target.exists() or target.is_symlink()) and not overwrite:
-        raise OutputError(f"output {str(target)!r} already exists; pass --overwrite (overwrite=True) to replace it")
+        raise OutputError(f"output {str(target)!r} already exists; pass --overwrite to replace it")
     parent = target.parent
     if not parent.exists():
         raise OutputError(f"output folder {str(parent)!r} does not exist (for {str(target)!r})")
@@ -379,7 +379,7 @@ class AtomicOutput:
                 raise OutputError(f"temporary output {str(tmp)!r} disappeared before it could be renamed") from err
             if not self.overwrite and (self.target.exists() or self.target.is_symlink()):
                 raise OutputError(f"output {str(self.target)!r} appeared while it was being written; "
-                                  "pass --overwrite (overwrite=True) to replace it")
+                                  "pass --overwrite to replace it")
             try:
                 os.replace(tmp, self.target)
             except OSError as err:

@@ -238,7 +238,8 @@ class PreprocessOptions:
     """
 
     models_dir: Optional[Path] = same_as(AnimateOptions, "models_dir")
-    device: str = same_as(AnimateOptions, "device", default="cpu")
+    device: str = same_as(AnimateOptions, "device", default="cpu", help="Where to run: cpu (the default here), "
+                          "auto (cuda > mps > cpu), cuda or mps.")
     landmarker: str = same_as(AnimateOptions, "landmarker")
     offline: bool = same_as(AnimateOptions, "offline")
     crop: str = opt("auto", "auto: one fixed face crop per clip (FOMM rule); none: the videos are face crops.",

@@ -19,6 +19,7 @@ starting from the source's own keypoints.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ from .options import AnimateOptions
 from .progress import Progress
 from .renderers import MotionGenerator, Renderer, get_renderer
 
+_detail = logging.getLogger(__name__).info
+"""Status lines (where models load from, which photo is searched): logger ``talkhead.pipeline``, INFO;
+the CLI shows them with ``-v``. ``log`` gets notes a user needs by default."""
 
 
 @dataclass
@@ -277,7 +281,7 @@ class Pipeline:
             return self
         from .store import ensure_models, model_dir
 
-        self.log(f"loading models from {self.models_dir}")
+        _detail(f"loading models from {self.models_dir}")
         entry = get_renderer(self.options.renderer)
         load_motion = motion and self._motion is None
         needed = (*(entry.store_names if self._renderer is None else ()), *(("mssync",) if load_motion else ()))
@@ -407,12 +411,13 @@ class Pipeline:
         return self.find_face(image, source)[0]
 
     def landmark_backend(self) -> str:
-        """``options.landmarker`` resolved once (``auto`` -> fan or dlib, with a log line on fallback)."""
+        """``options.landmarker`` resolved once (``auto`` -> fan or dlib, with a log line on fallback,
+        once per process: :func:`talkhead.landmarks.note_once`)."""
         if self._backend is None:
-            from .landmarks import resolve_landmarker
+            from .landmarks import note_once, resolve_landmarker
 
             self._backend, note = resolve_landmarker(self.options.landmarker, offline=self.options.offline)
-            if note:
+            if note_once(note):
                 self.log(note)
         return self._backend
 
@@ -469,7 +474,7 @@ class Pipeline:
         if self._last_photo is not None and self._last_photo[0] == key:
             return self._last_photo[1]  # one photo, many recordings (batch): decoded and its face found once
         image = self.photo(load_image(path), source=str(path))
-        self.log(f"finding the face in {path}")
+        _detail(f"finding the face in {path}")
         crop, face = self.find_face(image, source=str(path))
         self._last_photo = (key, SourcePhoto(path=path, image=image, crop=crop, face=face))
         return self._last_photo[1]

@@ -94,8 +94,9 @@ def test_odd_output_names(models_dir, photo, speech_2s, tmp_path, monkeypatch, n
 def test_existing_output_needs_overwrite(models_dir, photo, speech_2s, tmp_path):
     out = tmp_path / "out.mp4"
     out.write_bytes(b"precious")
-    assert_clean_error(run_cli("animate", photo, speech_2s, "-o", out, *offline_args(models_dir)), "already exists",
-                       "out.mp4", "--overwrite")
+    line = assert_clean_error(run_cli("animate", photo, speech_2s, "-o", out, *offline_args(models_dir)),
+                              "already exists", "out.mp4", "pass --overwrite to replace it")
+    assert "overwrite=True" not in line  # the API's keyword is not CLI wording
     assert out.read_bytes() == b"precious"
     result = run_cli("animate", photo, speech_2s, "-o", out, "--overwrite", *offline_args(models_dir))
     assert result.exit_code == 0, result.output
@@ -194,6 +195,11 @@ def test_batch_mixed_pairs_and_resume(models_dir, photo, speech_2s, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["alice.mp4"]
 
     mtime = (out / "alice.mp4").stat().st_mtime_ns
+    result = run_cli("batch", images, audios, "-o", out, *offline_args(models_dir))  # re-run: alice exists
+    assert "done 0, skipped 2, failed 2" in result.output
+    assert "overwrite=True" not in result.output  # CLI wording at the CLI
+    hint = [ln for ln in result.stderr.splitlines() if "--skip-existing" in ln]
+    assert len(hint) == 1 and "1 output exists" in hint[0] and "--overwrite" in hint[0], result.stderr
     result = run_cli("batch", images, audios, "-o", out, "--skip-existing", *offline_args(models_dir))
     assert result.exit_code == 1, result.output
     assert "done 0, skipped 3, failed 1" in result.output
@@ -240,12 +246,14 @@ def test_download_offline_failure_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(gdown, "download_folder", boom)
     root = tmp_path / "models"
     result = run_cli("download", "--models-dir", root, "--quiet")
-    assert_clean_error(result, "could not download",
-                       "fomm/vox-adv-cpk.pth.tar (Google Drive folder of the FOMM authors: ")
-    # offline here: the host does not resolve; with DNS, the patched gdown fails
-    assert "cannot resolve drive.google.com" in result.output or "network is unreachable" in result.output
+    assert_clean_error(result, "could not download", "fomm/vox-adv-cpk.pth.tar, mssync/args")
     assert "--mirror URL" in result.output and "--from-dir DIR" in result.output
     assert not root.exists()  # no file, no staging folder, no empty fomm/ or mssync/
+    # each source and why it failed: with -v (offline here: the host does not resolve; with DNS,
+    # the patched gdown fails)
+    result = run_cli("-v", "download", "--models-dir", root, "--quiet")
+    assert "fomm/vox-adv-cpk.pth.tar (Google Drive folder of the FOMM authors: " in result.output
+    assert "cannot resolve drive.google.com" in result.output or "network is unreachable" in result.output
 
 
 def test_help_lists_commands():
@@ -268,3 +276,15 @@ def test_resolve_device():
             resolve_device("cuda")
     with pytest.raises(InputError, match="tpu"):
         resolve_device("tpu")
+
+
+def test_keypoint_and_render_bars_say_what_they_count():
+    """119 keypoint frames and 120 video frames (the last is held): each bar names its unit."""
+    from talkhead.cli_common import StageBars, progress_bars
+
+    with progress_bars(quiet=True) as progress:
+        bars = StageBars(progress)
+        bars("keypoints", 119, 119)
+        bars("render", 120, 120)
+        units = {t.description: t.fields["unit"] for t in progress.tasks}
+    assert units == {"keypoints": "frames predicted", "render": "video frames"}

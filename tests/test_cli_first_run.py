@@ -2,6 +2,7 @@
 CLI's manners (--version, --debug anywhere, help with examples, output path on stdout)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,63 @@ def test_help_does_not_import_torch():
     code = "import sys; from talkhead.cli import app; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+@pytest.fixture
+def no_dns(monkeypatch, tmp_path):
+    """The network as on an offline machine: every name but localhost fails to resolve (what a
+    laptop without Wi-Fi does), and no FAN weights are cached."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host in ("localhost", "127.0.0.1", "::1"):
+            return real(host, *args, **kwargs)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("TALKHEAD_MIRROR", raising=False)
+
+
+def test_offline_quick_start_is_one_line_with_the_fix_first(tmp_path, no_dns):
+    """README's quick start with no models and no network: one error line (not wrapped, though
+    longer than 80 columns) naming the missing files and then the fix; no line per source tried."""
+    result = run_cli("animate", ASTRONAUT, SPEECH, "-o", tmp_path / "x.mp4", "--models-dir", tmp_path / "m",
+                     "--landmarker", "dlib")
+    line = assert_clean_error(result, "could not download", "fomm/vox-adv-cpk.pth.tar, mssync/args")
+    assert len(line) > 80  # one line although stderr is not a terminal 80 columns wide
+    fix = line.index("talkhead download --from-dir DIR")
+    assert fix < 250 and "--mirror URL" in line and "-v download" in line
+    assert "cannot resolve" not in line and "trying" not in line and "models/*.md" not in line
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_offline_quick_start_with_auto_landmarks_adds_only_the_landmarker_note(tmp_path, no_dns, monkeypatch):
+    import talkhead.landmarks as L
+
+    monkeypatch.setattr(L, "_NOTED", set())  # as in a fresh process
+    result = run_cli("animate", ASTRONAUT, SPEECH, "-o", tmp_path / "x.mp4", "--models-dir", tmp_path / "m")
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 2, result.stderr
+    assert lines[0].startswith("landmarker auto: using dlib (") and "Errno" not in lines[0]
+    assert lines[1].startswith("error: could not download fomm/vox-adv-cpk.pth.tar")
+
+
+def test_verbose_shows_each_source_tried(tmp_path, no_dns):
+    result = run_cli("-v", "animate", ASTRONAUT, SPEECH, "-o", tmp_path / "x.mp4", "--models-dir", tmp_path / "m",
+                     "--landmarker", "dlib")
+    assert result.exit_code == 2
+    assert "fomm/vox-adv-cpk.pth.tar: trying Google Drive folder" in result.stderr
+    assert "cannot resolve drive.google.com" in result.stderr
+    trying = [ln for ln in result.stderr.splitlines() if ": trying " in ln]
+    assert trying and all(re.search(r"\(https?://\S+\)$", ln) for ln in trying), trying  # not wrapped
+    assert max(map(len, trying)) > 80
+    assert "Tried: fomm/vox-adv-cpk.pth.tar (" in result.stderr.splitlines()[-1]
+
+
+def test_verbose_is_accepted_after_the_subcommand(tmp_path, no_dns):
+    proc = subprocess.run([sys.executable, "-m", "talkhead", "doctor", "--models-dir", str(tmp_path / "m"), "-v"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "No such option" not in proc.stderr, proc.stderr

@@ -263,11 +263,24 @@ def test_pipeline_logs_the_auto_fallback_once(monkeypatch, tmp_path):
     from talkhead.pipeline import Pipeline
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(L, "_NOTED", set())  # as in a fresh process
     lines = []
     pipe = Pipeline(AnimateOptions(offline=True, device="cpu"), renderer=object(), motion=object(), log=lines.append)
     assert AnimateOptions().landmarker == "auto"
     assert pipe.landmark_backend() == "dlib" and pipe.landmark_backend() == "dlib"
     assert len(lines) == 1 and lines[0].startswith("landmarker auto: using dlib")
+    # once per process: a second pipeline (the next web request, batch item) says nothing
+    again = Pipeline(AnimateOptions(offline=True, device="cpu"), renderer=object(), motion=object(), log=lines.append)
+    assert again.landmark_backend() == "dlib" and len(lines) == 1
+
+
+def test_auto_fallback_note_is_short_without_raw_errno(monkeypatch, tmp_path):
+    """Online with the weight server unreachable: one short line naming the host, no ``[Errno -2]``."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(fan_backend, "_probe", lambda host, *a, **k: "[Errno -2] Name or service not known")
+    backend, note = L.resolve_landmarker("auto", offline=False)
+    assert backend == "dlib" and "Errno" not in note and "is unreachable" in note
+    assert "\n" not in note and len(note) <= 100, note
 
 
 def test_8000px_photo_finds_its_face_on_a_bounded_copy(astro_face):

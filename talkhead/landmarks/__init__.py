@@ -49,6 +49,7 @@ __all__ = [
     "confident_score",
     "is_confident",
     "resolve_landmarker",
+    "note_once",
     "landmark_backend_status",
     "get_landmarker",
     "detect_faces",
@@ -142,10 +143,26 @@ def resolve_landmarker(name: str, *, offline: bool = False) -> tuple[str, str | 
     if name != "auto":
         raise LandmarkerUnavailableError(
             f"unknown landmark backend {name!r}; choose one of {', '.join(LANDMARKER_CHOICES)}")
-    why = fan.unavailable_reason(offline)
+    why = fan.unavailable_short(offline)
     if why is None:
         return "fan", None
-    return "dlib", f"landmarker auto: using dlib, fan is not available ({why.split(';')[0]})"
+    return "dlib", f"landmarker auto: using dlib ({why})"
+
+
+_NOTED: set[str] = set()
+_NOTED_LOCK = threading.Lock()
+
+
+def note_once(note: str | None) -> str | None:
+    """``note`` the first time this process passes it here, ``None`` after (and for ``None``): the
+    landmarker fallback is said once per process, not for every batch item or web request."""
+    if not note:
+        return None
+    with _NOTED_LOCK:
+        if note in _NOTED:
+            return None
+        _NOTED.add(note)
+    return note
 
 
 # ------------------------------------------------------------------------------------------ interface

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import LandmarkerUnavailableError
 from .base import LANDMARK_MAX_SIDE, Face, detection_copy, to_full
 
-__all__ = ["CONFIDENT_SCORE", "DETECT_MAX_SIDE", "weights_cached", "unavailable_reason", "status", "FanLandmarker"]
+__all__ = ["CONFIDENT_SCORE", "DETECT_MAX_SIDE", "weights_cached", "unavailable_reason", "unavailable_short", "status", "FanLandmarker"]
 
 CONFIDENT_SCORE = 0.8
 """Minimum S3FD face probability (in [0, 1]) of a confident face; face-alignment itself keeps boxes
@@ -74,10 +74,23 @@ def weights_cached() -> bool:
 def unavailable_reason(offline: bool) -> str | None:
     """Why ``fan`` cannot run now (package missing, or weights uncached and not downloadable:
     ``offline``, or the weight server unreachable), or ``None`` when it can."""
+    why = _unavailable(offline)
+    return why and why[0]
+
+
+def unavailable_short(offline: bool) -> str | None:
+    """:func:`unavailable_reason` in a few words for a one-line note (``"fan's weights are not cached,
+    www.adrianbulat.com is unreachable"``), or ``None`` when ``fan`` can run."""
+    why = _unavailable(offline)
+    return why and why[1]
+
+
+def _unavailable(offline: bool) -> tuple[str, str] | None:
+    """``(full reason, short reason)`` for :func:`unavailable_reason` / :func:`unavailable_short`."""
     try:
         urls, paths = _weight_urls(), _weight_paths()
     except LandmarkerUnavailableError as exc:
-        return str(exc)
+        return str(exc), str(exc).split(";")[0].split(":")[0]
     if all(p.is_file() for p in paths.values()):
         return None
     names = ", ".join(p.name for p in paths.values())
@@ -85,8 +98,11 @@ def unavailable_reason(offline: bool) -> str | None:
     why = "offline mode" if offline else _probe(host)
     if why is None:
         return None
+    short = ("offline mode" if offline else f"{host} did not answer" if why.startswith("no answer")
+             else f"{host} is unreachable")
     return (f"the fan landmarker's weights ({names}) are not in {_cache_dir()} and cannot be "
-            f"downloaded from {host} ({why}); use `--landmarker dlib` (works offline) or copy those files there")
+            f"downloaded from {host} ({why}); use `--landmarker dlib` (works offline) or copy those files there",
+            f"fan's weights are not cached, {short}")
 
 
 def status() -> dict[str, Any]:

@@ -5,6 +5,7 @@ download what is missing.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
@@ -18,6 +19,10 @@ from .registry import (ModelFile, ModelSpec, Pin, PinMap, Source, SourceMap, def
                        sources_of, specs_for)
 from .transfer import DOWNLOAD_RETRIES, DOWNLOAD_TIMEOUT_S, Attempt, FileFailed, Transfers, short_reason, size_cap
 from .verification import CORRUPT, MISSING, PACKAGED, UNVERIFIED, VERIFIED, ModelState, verify
+
+_detail = logging.getLogger(__name__).info
+"""Each source tried and why it was refused: logger ``talkhead.store.downloads`` at INFO (the CLI shows
+these with ``-v``/``--debug``); the ``log`` callbacks get only what a user needs by default."""
 
 
 def _fetch_checked(spec: ModelSpec, f: ModelFile, srcs: Sequence[Source], pins: Sequence[Pin],
@@ -34,12 +39,12 @@ def _fetch_checked(spec: ModelSpec, f: ModelFile, srcs: Sequence[Source], pins: 
 
     def reject(src: Source, reason: str) -> None:
         attempts.append(Attempt(src, reason))
-        say(f"{f.relpath}: {src.host}: {reason}")
+        _detail(f"{f.relpath}: {src.host}: {reason}")
         out.unlink(missing_ok=True)
 
     for src in srcs:
         out.unlink(missing_ok=True)
-        say(f"{f.relpath}: trying {src.host} ({src.url})")
+        _detail(f"{f.relpath}: trying {src.host} ({src.url})")
         try:
             came_from = transfers.fetch(src, out, size_cap(f.role, pins))
         except Exception as exc:  # network, HTTP, Drive refusal: try the next source
@@ -70,20 +75,24 @@ def _by_hand_message(name: str, files: Sequence[ModelFile]) -> str:
 
 
 def _failure_message(failures: Mapping[str, Optional[list[Attempt]]], skipped: Mapping[str, str],
-                     by_hand: Mapping[str, Sequence[ModelFile]] = {}) -> str:
+                     by_hand: Mapping[str, Sequence[ModelFile]] = {}) -> tuple[str, str]:
+    """``(message, brief)``: both name the files and the fix first; ``message`` then lists each source
+    tried with its reason, ``brief`` (what the CLI prints without ``-v``) says how to see them."""
     manual = "; ".join(_by_hand_message(name, files) for name, files in by_hand.items())
     if not failures and not skipped:
-        return manual
+        return manual, manual
+    reasons = [a.reason for v in failures.values() for a in v or []]
+    offline = " (no network?)" if reasons and all("cannot resolve" in r for r in reasons) else ""
+    head = ("could not download " + ", ".join([*failures, *skipped]) + offline + ": get the files by hand and run "
+            "`talkhead download --from-dir DIR`, or serve a copy of a models directory and use "
+            f"`talkhead download --mirror URL` (or ${MIRROR_ENV})" + (f". {manual}" if manual else ""))
     parts = []
     for rel, attempts in failures.items():
         tried = "; ".join(f"{a.source.host}: {a.reason}" for a in attempts) if attempts else "no source configured"
         parts.append(f"{rel} ({tried})")
     parts.extend(f"{rel} (not tried: {why})" for rel, why in skipped.items())
-    reasons = [a.reason for v in failures.values() for a in v or []]
-    offline = " (no network?)" if reasons and all("cannot resolve" in r for r in reasons) else ""
-    return ("could not download " + ", ".join(parts) + offline + "; get the files by hand (sources in models/*.md) and run "
-            "`talkhead download --from-dir DIR`, or serve a copy of a models directory and use "
-            f"`talkhead download --mirror URL` (or ${MIRROR_ENV})" + (f". {manual}" if manual else ""))
+    return (f"{head}. Tried: " + ", ".join(parts),
+            f"{head}. `talkhead -v download` shows each source (URL) and why it failed")
 
 
 def download(names: str | Iterable[str] | None = None, models_dir: str | os.PathLike | None = None, *,
@@ -112,7 +121,8 @@ def download(names: str | Iterable[str] | None = None, models_dir: str | os.Path
         sources: ``{relpath: [Source, ...]}`` replacing the registry's sources of those files.
         pins: ``{relpath: [Pin, ...]}`` replacing the registry's pins of those files.
         progress: ``progress("download <file>", bytes_done, bytes_total)``.
-        log: receives one line per source tried and per accepted file.
+        log: receives one line per accepted file (each source tried and why it was refused go to
+            the ``logging`` logger ``talkhead.store.downloads``, INFO).
         force: download even files that are ``verified``.
         timeout: seconds to wait for a server (connect and between bytes).
         retries: reconnections per transfer after a broken connection (resumed with HTTP Range).
@@ -122,9 +132,10 @@ def download(names: str | Iterable[str] | None = None, models_dir: str | os.Path
 
     Raises:
         InputError: an unknown model name or a bad mirror URL.
-        DownloadError: one line naming each file that could not be obtained, each source tried
-            with a short reason, and the by-hand fix; ``attempts`` holds the details and the
-            first underlying exception is chained (``--debug`` shows it).
+        DownloadError: one line naming each file that could not be obtained and the by-hand fix,
+            then each source tried with a short reason; ``brief`` is the same without the sources
+            (what the CLI prints by default), ``attempts`` holds the details and the first
+            underlying exception is chained (``--debug`` shows it).
     """
     root = resolve_models_dir(models_dir)
     specs = specs_for(names)
@@ -180,8 +191,9 @@ def download(names: str | Iterable[str] | None = None, models_dir: str | os.Path
                                         f"{fitted}: {exc}") from exc
             commit(root, accepted, how="download" if need else "packaged")
     if failures or skipped or by_hand:
-        err = DownloadError(_failure_message(failures, skipped, by_hand))
-        err.attempts = failures
+        message, brief = _failure_message(failures, skipped, by_hand)
+        err = DownloadError(message)
+        err.attempts, err.brief = failures, brief
         raise err from cause
     return verify(root, [s.name for s in specs], hash_check="stat", check_layout=False, pins=pins)
 
@@ -252,7 +264,7 @@ def ensure_models(models_dir: str | os.PathLike | None = None, *, names: str | I
     need = sorted({s.model for s in states.values() if s.state in (MISSING, PACKAGED)})
     if need:
         if missing:
-            say(f"downloading {', '.join(missing)} to {root}")
+            _detail(f"downloading {', '.join(missing)} to {root}")
         download(need, root, mirror=None if offline else mirror, sources=sources, pins=pins, progress=progress,
                  log=log, timeout=timeout)
     return root
