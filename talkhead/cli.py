@@ -116,6 +116,8 @@ def batch(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave pairs whose output exists from an earlier run (resume)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write one row per pair to this .jsonl or .csv "
                                           "file (replaced), as the batch goes."),
+    score: bool = typer.Option(False, "--score", help="With --report: add SyncNet lse_c, lse_d and av_offset "
+                               "columns for each video written (needs `talkhead download syncnet`)."),
     quiet: bool = Quiet, *, options,
 ) -> None:
     """Animate many pairs; models load once. PHOTOS and SPEECH are each a folder or one file:
@@ -138,6 +140,8 @@ def batch(
       talkhead batch --pairs jobs.csv -o videos/
 
       talkhead batch photos/ drivers/ --reenact -o videos/
+
+      talkhead batch photos/ announcement.wav -o videos/ --report run.csv --score
     """
     from rich.markup import escape
 
@@ -153,9 +157,16 @@ def batch(
             from .io import check_not_input
 
             check_not_input(report, *(x for p in planned for x in (p.image, p.audio, p.output)))
+        scorer = None
+        if score:
+            if report is None:
+                from .errors import InputError
+
+                raise InputError("--score adds columns to the report: give --report FILE.jsonl or .csv")
+            scorer = _batch_scorer(opts)  # a missing SyncNet file fails here, before any pair is rendered
         pipeline = Pipeline(opts, log=_log(quiet))
         with contextlib.ExitStack() as stack:
-            sink = stack.enter_context(BatchReport(report)) if report is not None else None
+            sink = stack.enter_context(BatchReport(report, scorer)) if report is not None else None
             progress = stack.enter_context(progress_bars(quiet))
             bars = StageBars(progress)
             overall = progress.add_task("pairs", total=len(jobs), unit="pairs")
@@ -177,6 +188,19 @@ def batch(
         _print_summary(items)
         if any(i.status == "failed" for i in items):
             raise typer.Exit(1)
+
+
+def _batch_scorer(opts):
+    """``video -> SyncScores`` with the installed SyncNet, on the batch's device and landmarker."""
+    from .devices import resolve_device
+    from .facetrack import face_detector
+    from .landmarks import resolve_landmarker
+    from .score import load_scorer, score_video
+
+    dev = str(resolve_device(opts.device))
+    model = load_scorer(None, opts.models_dir, device=dev)
+    detect = face_detector(resolve_landmarker(opts.landmarker, offline=opts.offline)[0], dev, None)
+    return lambda path: score_video(model, path, detect=detect).scores
 
 
 def _print_summary(items) -> None:

@@ -20,7 +20,8 @@ shown); a clip whose audio is delayed by k frames scores ``-k`` (-40 k ms).
 Differences from the reference pipeline (joonson/syncnet_python): its faces come from S3FD and it
 drops face tracks of 4 s or less; here the boxes are our landmarker's (the detector box joined with
 the 68 landmarks, so usually a little larger than S3FD's and reaching the chin), and any clip of
-at least 6 frames is scored.
+at least 6 frames is scored (a track shorter than 13 frames is smoothed over the largest odd number
+of frames it has).
 
 Memory: the frames are decoded twice (once to find the faces, once to cut the crops), so only the
 224 x 224 crops are held: 150 kB a frame, about 225 MB per minute of video, plus one batch of
@@ -181,6 +182,8 @@ def score_video(model, path: str | os.PathLike, *, detect: Callable[[np.ndarray]
     from .audio import load_speech
     from .ffmpeg import probe
     from .syncnet import score_clip, smooth_track, syncnet_crop
+    from .syncnet.crop import SMOOTH_KERNEL
+    from .syncnet.scoring import SAMPLES_PER_FRAME, WINDOW_FRAMES, num_windows
 
     path = Path(path)
     if not path.is_file():
@@ -189,6 +192,10 @@ def score_video(model, path: str | os.PathLike, *, detect: Callable[[np.ndarray]
     if not info.has_audio:
         raise InputError(f"{path} has no audio track: nothing to score the lips against")
     speech = load_speech(path)
+    need = WINDOW_FRAMES + 1
+    if speech.num_samples // SAMPLES_PER_FRAME < need:
+        raise InputError(f"{path} is too short for SyncNet: {speech.duration_s:.2f} s of audio; it needs at least "
+                         f"{need} frames ({need * 1000 // FPS} ms) of video and audio")
     expected = max(1, int(round(info.duration_s * FPS)))
 
     def stage(name: str):
@@ -197,7 +204,13 @@ def score_video(model, path: str | os.PathLike, *, detect: Callable[[np.ndarray]
         return lambda done, total=None: progress(name, done, total if total is not None else max(expected, done))
 
     boxes = face_boxes(path, detect, progress=stage("faces"))
-    track = smooth_track(boxes)  # (T, 3) x, y, s: the reference's 13-frame median filter
+    if num_windows(len(boxes), speech.num_samples) < 1:
+        raise InputError(f"{path} is too short for SyncNet: {len(boxes)} frames at {FPS} fps; it needs at least "
+                         f"{need} frames ({need * 1000 // FPS} ms) of video and audio")
+    # (T, 3) x, y, s: the reference's 13-frame median filter (zero-padded at the ends, as scipy's);
+    # a track shorter than 13 frames (the reference never scores one) gets the largest odd width <= T,
+    # so the padding never outnumbers the boxes
+    track = smooth_track(boxes, min(SMOOTH_KERNEL, len(boxes) - (1 - len(boxes) % 2)))
     on_crop = stage("crops")
     crops = np.empty((len(track), 224, 224, 3), dtype=np.uint8)
     n = 0
