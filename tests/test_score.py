@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 import shutil
 from pathlib import Path
 
@@ -321,3 +322,29 @@ def test_batch_score_needs_report_and_syncnet(tmp_path):
     result = run_cli("batch", ASTRONAUT, SPEECH, "-o", out, "--score", "--report", tmp_path / "r.csv",
                      "--models-dir", tmp_path / "m", "--landmarker", "dlib", "--offline", "--quiet")
     assert_clean_error(result, "not installed", "talkhead download syncnet")
+
+
+def test_shortest_clips(tmp_path, media):
+    """6 frames (one window) are scored, though a 13-frame median filter over 6 boxes would be mostly
+    zero padding; 4 frames of video with 1 s of audio are refused as too short (one line)."""
+    from talkhead.errors import InputError
+    from talkhead.score import load_scorer
+
+    model = load_scorer(media["syncnet"])
+    box = np.array([[60.0, 40, 200, 200]])
+    six = write_video(tmp_path / "six.mp4", [np.asarray(skimage.data.astronaut())[:256, 100:356]] * 6, 25,
+                      speech_excerpt(tmp_path / "six.wav", 0.24))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a one-window clip: scipy's zero-padding note is not shown
+        item = score_video(model, six, detect=lambda frame: box)
+    assert item.num_frames == 6 and item.scores.num_windows == 1
+    four = write_video(tmp_path / "four.mp4", [np.asarray(skimage.data.astronaut())[:256, 100:356]] * 4, 25)
+    muxed = tmp_path / "four_long_audio.mp4"
+    speech_excerpt(tmp_path / "one.wav", 1.0)
+    import subprocess
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", str(four), "-i",
+                    str(tmp_path / "one.wav"), "-c:v", "copy", "-c:a", "aac", str(muxed)], check=True)
+    with pytest.raises(InputError, match="too short.*4 frames"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no warning on the way
+        score_video(model, muxed, detect=lambda frame: box)
