@@ -27,7 +27,8 @@ from talkhead import store
 from talkhead.errors import CheckpointError, NoFaceError
 from talkhead.score import SCORE_VF, VideoScore, face_boxes, fill_track, score_video, summary
 from talkhead.syncnet import SyncNetConfig, expected_layout, read_state_dict
-from helpers import ASTRONAUT, SPEECH, assert_clean_error, run_cli, speech_excerpt, states_of, write_video
+from helpers import ASTRONAUT, SPEECH, assert_clean_error, run_cli, sha256_of, speech_excerpt, states_of, write_video
+from test_store import server  # noqa: F401 - the loopback HTTP server fixture
 
 SYNC = Path(__file__).parent / "data" / "syncnet"
 REL = "syncnet/syncnet_v2.model"
@@ -348,3 +349,27 @@ def test_shortest_clips(tmp_path, media):
     with pytest.raises(InputError, match="too short.*4 frames"), warnings.catch_warnings():
         warnings.filterwarnings("error", message="kernel_size")  # and no scipy note on the way
         score_video(model, muxed, detect=lambda frame: box)
+
+
+def test_download_takes_the_first_source_that_is_the_pinned_copy(tmp_path, media, tiny_widths, server):
+    """Sources in order; a valid SyncNet file that is not the pinned copy is passed over, the pinned
+    one is checked, installed and recorded with its pin."""
+    from test_store import Route
+
+    from talkhead.store import Pin, Source, download
+
+    other = tmp_path / "other.model"
+    weights = MAKE.seeded_state_dict(expected_layout(SyncNetConfig.tiny()), seed=4)
+    torch.save(weights, other)
+    server.routes["/vgg/syncnet_v2.model"] = Route(other.read_bytes())
+    server.routes["/mirror/syncnet_v2.model"] = Route(media["syncnet"].read_bytes())
+    sources = {REL: [Source("url", server.url("/vgg/syncnet_v2.model"), "vgg"),
+                     Source("url", server.url("/mirror/syncnet_v2.model"), "mirror")]}
+    pins = {REL: [Pin("sha256", sha256_of(media["syncnet"]), "published")]}
+    logs = []
+    root = tmp_path / "models"
+    result = download("syncnet", root, sources=sources, pins=pins, log=logs.append, retries=0, timeout=5)
+    assert states_of(result) == {REL: store.VERIFIED}
+    record = store.read_store_manifest(root)[REL]
+    assert record["pin"] == "published" and record["source"].endswith("/mirror/syncnet_v2.model")
+    assert any("vgg: sha256" in line and "not a known-good copy" in line for line in logs)
