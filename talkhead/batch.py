@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .errors import InputError, TalkheadError
 from .io import _same_file, check_not_input, printable, unexpected_reason
@@ -42,6 +42,9 @@ driving video (``--reenact``)."""
 REPORT_SUFFIXES = (".jsonl", ".csv")
 REPORT_FIELDS = ("image", "audio", "output", "status", "reason", "seconds", "frames")
 """Columns of a batch report, in order (see :class:`BatchReport`)."""
+SCORE_FIELDS = ("lse_c", "lse_d", "av_offset", "score_error")
+"""Columns a report with a scorer adds (``batch --report FILE --score``): SyncNet LSE-C, LSE-D and
+the AV offset in frames (+ = audio leads) of each written video, or why it could not be scored."""
 
 NAMINGS = ("auto", "image", "audio", "stem")
 """Output naming rules of :func:`plan_outputs`."""
@@ -391,12 +394,19 @@ class BatchReport:
     The file is created (replaced if present) when the report is opened. Use as a context manager or
     call :meth:`close`.
 
+    Args:
+        path: the ``.jsonl`` or ``.csv`` file.
+        scorer: ``scorer(video) -> SyncScores`` (e.g. :func:`talkhead.score.score_video` with a loaded
+            SyncNet), or ``None``. When given, the rows gain :data:`SCORE_FIELDS`, filled for each
+            ``done`` item (a :class:`TalkheadError` while scoring leaves the figures empty and its
+            line in ``score_error``; the batch goes on).
+
     Raises:
         InputError: (constructor) another suffix, or the folder does not exist.
         OutputError: (constructor) the file cannot be created.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, scorer: Optional[Callable[[Path], Any]] = None):
         from .errors import OutputError
 
         self.path = Path(path)
@@ -410,19 +420,36 @@ class BatchReport:
         except OSError as err:
             raise OutputError(f"cannot write the report {printable(self.path)!r}: {err.strerror or err}") from err
         self._csv = None
+        self.scorer = scorer
+        self.fields = REPORT_FIELDS + (SCORE_FIELDS if scorer is not None else ())
         if self.kind == ".csv":
-            self._csv = csv.DictWriter(self._fh, fieldnames=REPORT_FIELDS)
+            self._csv = csv.DictWriter(self._fh, fieldnames=self.fields)
             self._csv.writeheader()
             self._sync()
 
     def write(self, item: BatchItem) -> None:
         """Append ``item``'s row and push it to disk."""
         row = item.row()
+        if self.scorer is not None:
+            row.update(self._scores(item))
         if self._csv is not None:
             self._csv.writerow({k: _csv_cell(v) for k, v in row.items()})
         else:
             self._fh.write(json.dumps(row) + "\n")
         self._sync()
+
+    def _scores(self, item: BatchItem) -> dict:
+        out: dict[str, Any] = dict.fromkeys(SCORE_FIELDS)
+        if item.status != "done" or item.output is None:
+            return out
+        try:
+            scores = self.scorer(Path(item.output))
+        except TalkheadError as exc:
+            out["score_error"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return out
+        out.update(lse_c=round(float(scores.lse_c), 4), lse_d=round(float(scores.lse_d), 4),
+                   av_offset=int(scores.offset))
+        return out
 
     def _sync(self) -> None:
         self._fh.flush()

@@ -128,6 +128,8 @@ def batch(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave pairs whose output exists from an earlier run (resume)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write one row per pair to this .jsonl or .csv "
                                           "file (replaced), as the batch goes."),
+    score: bool = typer.Option(False, "--score", help="With --report: add SyncNet lse_c, lse_d and av_offset "
+                               "columns for each video written (needs `talkhead download syncnet`)."),
     quiet: bool = Quiet, *, options,
 ) -> None:
     """Animate many pairs; models load once. PHOTOS and SPEECH are each a folder or one file:
@@ -152,6 +154,8 @@ def batch(
       talkhead batch photos/ drivers/ --reenact -o videos/
 
       talkhead batch photos/ speeches/ -o videos/ --shard 0/4 --report part0.jsonl
+
+      talkhead batch photos/ announcement.wav -o videos/ --report run.csv --score
     """
     from rich.markup import escape
 
@@ -172,9 +176,16 @@ def batch(
             from .io import check_not_input
 
             check_not_input(report, *(x for p in planned for x in (p.image, p.audio, p.output)))
+        scorer = None
+        if score:
+            if report is None:
+                from .errors import InputError
+
+                raise InputError("--score adds columns to the report: give --report FILE.jsonl or .csv")
+            scorer = _batch_scorer(opts)  # a missing SyncNet file fails here, before any pair is rendered
         pipeline = Pipeline(opts, log=_log(quiet))
         with contextlib.ExitStack() as stack:
-            sink = stack.enter_context(BatchReport(report)) if report is not None else None
+            sink = stack.enter_context(BatchReport(report, scorer)) if report is not None else None
             progress = stack.enter_context(progress_bars(quiet))
             bars = StageBars(progress)
             share = planned if shard is None else shard_pairs(planned, parse_shard(shard))
@@ -212,6 +223,19 @@ def _hint_existing(items, overwrite: bool) -> None:
         err_console.print(f"{n} output{' exists' if n == 1 else 's exist'} from an earlier run: --skip-existing "
                           f"leaves {'it' if n == 1 else 'them'} (resume), --overwrite replaces "
                           f"{'it' if n == 1 else 'them'}", highlight=False, markup=False)
+
+
+def _batch_scorer(opts):
+    """``video -> SyncScores`` with the installed SyncNet, on the batch's device and landmarker."""
+    from .devices import resolve_device
+    from .facetrack import face_detector
+    from .landmarks import resolve_landmarker
+    from .score import load_scorer, score_video
+
+    dev = str(resolve_device(opts.device))
+    model = load_scorer(None, opts.models_dir, device=dev)
+    detect = face_detector(resolve_landmarker(opts.landmarker, offline=opts.offline)[0], dev, None)
+    return lambda path: score_video(model, path, detect=detect).scores
 
 
 def _print_summary(items) -> None:
@@ -270,6 +294,91 @@ def reenact(
             err_console.print(f"[green]wrote[/] {result.output}  ({result.num_frames} frames at {result.fps:g} fps, "
                               f"{result.duration_s:.2f} s{'' if result.has_audio else ', no audio'})", highlight=False)
         _print_path(result.output)
+
+
+# ----------------------------------------------------------------------------------------------- score
+@app.command()
+def score(
+    videos: List[Path] = typer.Argument(..., help="MP4s (any video ffmpeg reads) with a face and speech."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores to this JSON file (replaced)."),
+    syncnet: Optional[Path] = typer.Option(None, "--syncnet", help=escape(
+        "A SyncNet file in syncnet_v2.model's layout [default: the installed one, `talkhead download syncnet`].")),
+    landmarker: str = typer.Option("auto", "--landmarker", help="Face landmarker: auto, fan or dlib."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    offline: bool = typer.Option(False, "--offline", help="Never download (the fan landmarker's weights)."),
+    models_dir: Optional[Path] = ModelsDir,
+    quiet: bool = Quiet,
+) -> None:
+    """Measure lip sync with SyncNet: LSE-C (higher is better), LSE-D (lower is better) and the AV offset.
+
+    Each video is resampled to 25 fps and 16 kHz; the face is tracked on every frame and cut as the
+    reference scripts do (joonson/syncnet_python). The offset is in frames (40 ms each) and ms:
+    positive = the audio leads the video; audio delayed by k frames scores -k. A video that cannot be
+    scored (no face, no audio, shorter than 6 frames) gets one line and the others are still scored;
+    exit code 1 if any failed. The weights are for research use only (models/syncnet.md).
+
+    [bold]Examples[/]
+
+      talkhead download syncnet
+
+      talkhead score out.mp4
+
+      talkhead score videos/*.mp4 --json scores.json
+    """
+    from rich.markup import escape as esc
+
+    from .devices import resolve_device
+    from .facetrack import face_detector
+    from .io import atomic_output, check_not_input, printable
+    from .landmarks import get_landmarker, resolve_landmarker
+    from .score import load_scorer, score_videos, summary
+
+    with errors():
+        if json_out is not None:
+            check_not_input(json_out, *videos)
+            sink = atomic_output(json_out, overwrite=True)  # checked now, before any model loads
+        dev = resolve_device(device)
+        backend, note = resolve_landmarker(landmarker, offline=offline)
+        if note and not quiet:
+            err_console.print(f"[yellow]note:[/] {esc(note)}", highlight=False)
+        model = load_scorer(syncnet, models_dir, device=str(dev))
+        get_landmarker(backend, str(dev), offline=offline)  # a missing backend fails once, here
+        detect = face_detector(backend, str(dev), None)
+        with progress_bars(quiet) as progress:
+            bars = StageBars(progress, {"syncnet": "windows"})
+            overall = progress.add_task("videos", total=len(videos), unit="videos")
+
+            def on_video(item) -> None:
+                bars.reset()
+                progress.advance(overall)
+                if item.error is not None:
+                    progress.console.print(f"[red]failed[/] {esc(printable(item.path))}: {esc(item.error)}",
+                                           highlight=False, soft_wrap=True)
+
+            items = score_videos(model, videos, detect=detect, progress=bars, on_video=on_video)
+        mean = summary(items)
+        table = Table(title="talkhead score (SyncNet)")
+        for col in ("video", "LSE-C", "LSE-D", "offset (frames)", "offset (ms)", "windows"):
+            table.add_column(col)
+        for item in items:
+            name = esc(printable(item.path))
+            if item.scores is None:
+                table.add_row(name, "-", "-", "-", "-", f"[red]failed[/]: {esc(item.error or '')}")
+            else:
+                s = item.scores
+                table.add_row(name, f"{s.lse_c:.3f}", f"{s.lse_d:.3f}", f"{s.offset:+d}", f"{s.offset_ms:+.0f}",
+                              str(s.num_windows))
+        if mean["scored"]:
+            table.add_row("[bold]mean[/]", f"{mean['lse_c']:.3f}", f"{mean['lse_d']:.3f}", f"{mean['offset_frames']:+.2f}",
+                          f"{mean['offset_frames'] * 40:+.0f}", f"{mean['scored']} videos")
+        out_console.print(table)
+        if json_out is not None:
+            with sink as tmp:
+                tmp.write_text(json.dumps({"videos": [i.as_dict() for i in items], "mean": mean}, indent=2) + "\n",
+                               encoding="utf-8")
+            _print_path(json_out)
+        if mean["failed"]:
+            raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------------------------- download

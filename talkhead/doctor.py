@@ -83,6 +83,24 @@ def _models(models_dir: Path) -> dict[str, Any]:
         out["manifest_problem"] = manifest_problem(models_dir)[1]
     except TalkheadError as exc:
         out["error"] = str(exc)
+    out["optional"] = _optional_models(models_dir)
+    return out
+
+
+def _optional_models(models_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every optional model (SMAC, SyncNet), installed or not: ``{name: {"title", "installed",
+    "install", "notice"}}`` (``install``: the command that gets it)."""
+    from .store import REGISTRY
+    from .store.registry import present
+
+    out = {}
+    for name, spec in REGISTRY.items():
+        if not spec.optional:
+            continue
+        by_hand = all(not f.sources for f in spec.checkpoints)
+        out[name] = {"title": spec.title, "installed": present(models_dir, spec),
+                     "install": f"talkhead download {name}" + (" --from-dir FOLDER" if by_hand else ""),
+                     "notice": spec.notice}
     return out
 
 
@@ -244,6 +262,14 @@ def render_report(report: dict[str, Any], console=None) -> None:
             detail = st.get("reason", "")
         tab.add_row(rel, f"[{colours.get(st['state'], 'white')}]{st['state']}[/]", detail)
     console.print(tab)
+
+    if models.get("optional"):
+        opt = Table(title="optional models")
+        for col in ("model", "installed", "get it with", "licence"):
+            opt.add_column(col)
+        for name, info in models["optional"].items():
+            opt.add_row(f"{name} ({info['title']})", "[green]yes[/]" if info["installed"] else "no", info["install"], info["notice"])
+        console.print(opt)
 
     lm = Table(title="landmark backends")
     for col in ("backend", "works offline", "detail"):

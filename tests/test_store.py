@@ -910,6 +910,10 @@ def test_model_registration_is_checked():
     cfg, ckpt = store.ModelFile("toy/c.json", "config", "c"), store.ModelFile("toy/w.pt", "checkpoint", "w")
     with pytest.raises(ValueError, match="config"):
         store.ModelSpec("toy", "toy", (ckpt,))
+    # a model without a config (SyncNet's bare state dict) is accepted only when each file checks itself
+    store.ModelSpec("toy", "toy", (store.ModelFile("toy/w.pt", "checkpoint", "w", check=lambda p: None),))
+    with pytest.raises(ValueError, match="config"):
+        store.ModelSpec("toy", "toy", (ckpt, cfg))
     with pytest.raises(ValueError, match="under toy/"):
         store.ModelSpec("toy", "toy", (store.ModelFile("other/c.json", "config", "c"), ckpt))
     with pytest.raises(ValueError, match="keys"):
@@ -931,7 +935,7 @@ def test_model_registration_is_checked():
     with pytest.raises(ValueError, match="already registered"):
         register_renderer(clash)
     assert "toy" not in store.REGISTRY and "toy" not in renderer_names()
-    assert store.REGISTRY["fomm"] is store.builtin.FOMM and list(store.REGISTRY) == ["fomm", "mssync", "smac"]
+    assert store.REGISTRY["fomm"] is store.builtin.FOMM and list(store.REGISTRY) == ["fomm", "mssync", "smac", "syncnet"]
 
 
 def test_registry_holds_callables_that_import_their_model_package_when_called():

@@ -1,5 +1,5 @@
-"""The models talkhead ships with: FOMM vox-adv-256 and the MS-Sync generator (what ``animate`` needs)
-and the optional SMAC renderer, registered with :func:`talkhead.store.registry.register_model` when
+"""The models talkhead ships with: FOMM vox-adv-256 and the MS-Sync generator (what ``animate`` needs),
+the optional SMAC renderer and the optional SyncNet scorer (``talkhead score``), registered with :func:`talkhead.store.registry.register_model` when
 the store is imported.
 
 Each layout and packaged-config callable imports its model package (layer 3) when it is called, never
@@ -31,6 +31,12 @@ FOMM_PINS = (
     Pin("md5", "8a45a24037871c045fbb8a6a8aa95ebc", "avatarify-trimmed", None,
         "avatarify's trimmed copy (228 MB: generator + kp_detector only); avatarify publishes its md5, "
         "its sha256 is recorded in manifest.json from the first verified copy"),
+)
+
+SYNCNET_PINS = (
+    Pin("sha256", "961e8696f888fce4f3f3a6c3d5b3267cf5b343100b238e79b2659bff2c605442", "published", 54573114,
+        "syncnet_v2.model as Oxford VGG publishes it (a torch.save'd state dict; VGG publishes no digest, this one "
+        "is the one independent codebases check)"),
 )
 
 Listing = Mapping[str, Mapping[str, tuple[int, ...]]]
@@ -130,6 +136,32 @@ SMAC = ModelSpec(
            "non-commercial use only (models/smac.md)",
 )
 
-for _spec in (FOMM, MSSYNC, SMAC):
+def syncnet_check(path: Path) -> None:
+    """SyncNet's file check (:func:`talkhead.syncnet.read_state_dict`: safe loading, exactly the
+    released keys and widths, BatchNorm counters optional, finite weights)."""
+    from .. import syncnet
+
+    syncnet.read_state_dict(path, mmap=True)
+
+
+SYNCNET = ModelSpec(
+    name="syncnet",
+    title="SyncNet v2",
+    files=(
+        ModelFile("syncnet/syncnet_v2.model", "checkpoint", "SyncNet v2 (lip-sync scorer, joonson/syncnet_python)",
+                  sources=(
+                      Source("url", "https://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model",
+                             "Oxford VGG (the authors' page)"),
+                      Source("url", "https://huggingface.co/ByteDance/LatentSync-1.6/resolve/main/auxiliary/"
+                             "syncnet_v2.model", "Hugging Face ByteDance/LatentSync-1.6 (its evaluation copy)"),
+                  ), pins=SYNCNET_PINS, check=syncnet_check),
+    ),
+    optional=True,
+    notice="SyncNet's weights are Oxford VGG's, for research purposes under Creative Commons Attribution: "
+           "not a commercial licence (models/syncnet.md)",
+)
+"""SyncNet has no config: the file is a bare state dict whose widths are the released ones."""
+
+for _spec in (FOMM, MSSYNC, SMAC, SYNCNET):
     register_model(_spec)
 del _spec

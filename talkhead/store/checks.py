@@ -40,7 +40,11 @@ def check_layout(name: str, files: Mapping[str, str | os.PathLike]) -> None:
 
 def check_checkpoint(spec: ModelSpec, f: ModelFile, path: Path, config_path: Optional[Path]) -> None:
     """Check one checkpoint file ``f`` at ``path`` against its layout for ``config_path`` (without
-    a config: safe loading, the entries and finite weights only)."""
+    a config: safe loading, the entries and finite weights only). A file with its own ``check``
+    (a bare state dict, SyncNet) is checked by it alone."""
+    if f.check is not None:
+        f.check(path)
+        return
     expected = f.layout(config_path) if config_path is not None and f.layout else None
     data = load_checkpoint(path, mmap=True)  # shapes + finiteness: mapped, not read into memory
     if not isinstance(data, Mapping):
@@ -73,14 +77,14 @@ def check_group(spec: ModelSpec, group: Mapping[str, Path]) -> None:
         CheckpointError naming the file.
     """
     cfg = spec.config
-    config_path = group.get(cfg.relpath)
-    if config_path is None and cfg.packaged:
+    config_path = group.get(cfg.relpath) if cfg is not None else None
+    if config_path is None and cfg is not None and cfg.packaged:
         config_path = packaged_path(cfg)
     current: Optional[ModelFile] = None
     try:
         checkpoints = [f for f in spec.checkpoints if f.relpath in group]
         if not checkpoints:
-            if config_path is not None and cfg.relpath in group:
+            if config_path is not None and cfg is not None and cfg.relpath in group:
                 for f in spec.checkpoints:  # the config alone: it must parse and describe a buildable model
                     if f.layout:
                         f.layout(config_path)
@@ -105,5 +109,5 @@ def blame(spec: ModelSpec, fresh: Sequence[str], exc: BaseException) -> list[str
     it names, the config for a config error, else all of them."""
     if len(fresh) <= 1:
         return list(fresh)
-    rel = spec.config.relpath if isinstance(exc, ConfigError) else getattr(exc, "model_file", None)
+    rel = spec.config.relpath if isinstance(exc, ConfigError) and spec.config is not None else getattr(exc, "model_file", None)
     return [rel] if rel in fresh else list(fresh)

@@ -130,7 +130,7 @@ def register_local(models_dir: str | os.PathLike | None = None, *, names: str | 
     for spec in specs:
         pending = {f.relpath: root / f.relpath for f in spec.files if states[f.relpath].state in takes}
         cfg = spec.config
-        needs_config = (states[cfg.relpath].state == PACKAGED
+        needs_config = (cfg is not None and states[cfg.relpath].state == PACKAGED
                         and any(c.relpath in pending or states[c.relpath].state == VERIFIED for c in spec.checkpoints))
         if not pending and not needs_config:
             continue
@@ -240,7 +240,7 @@ def install_from(source: str | os.PathLike | Iterable[str | os.PathLike],
                     raise CheckpointError(f"cannot copy {p} into {root}: {exc.strerror or exc}") from None
                 new[rel] = dst
             cfg = spec.config
-            if cfg.packaged and cfg.relpath not in new and not (root / cfg.relpath).is_file():
+            if cfg is not None and cfg.packaged and cfg.relpath not in new and not (root / cfg.relpath).is_file():
                 new[cfg.relpath] = stage_packaged(cfg, staging)
             group = {f.relpath: root / f.relpath for f in spec.files if (root / f.relpath).is_file()}
             group.update(new)

@@ -91,6 +91,9 @@ class ModelFile:
             share), or ``None``.
         key: the file's name within its model, what :func:`talkhead.store.model_file` asks for
             (``"config"``, ``"checkpoint"``, SMAC's ``"generator"``); default: ``role``.
+        check: for a checkpoint of a model without a config file (SyncNet's bare state dict),
+            ``check(path)`` raising a :class:`talkhead.errors.CheckpointError` for a bad file; it
+            replaces the ``layout``/``entries`` check. Imports its model package when called.
 
     Raises:
         ValueError: an unknown ``role``, a ``relpath`` without a model folder, or a ``packaged`` or
@@ -108,6 +111,7 @@ class ModelFile:
     strip_prefix: str = ""
     by_hand: Optional[str] = None
     key: str = ""
+    check: Optional[Callable[[Path], None]] = None
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -115,7 +119,7 @@ class ModelFile:
         model, _, name = self.relpath.partition("/")
         if not model or not name or "\\" in self.relpath:
             raise ValueError(f"relpath must be '<model>/<file name>', not {self.relpath!r}")
-        for what in ("packaged", "layout"):
+        for what in ("packaged", "layout", "check"):
             if getattr(self, what) is not None and not callable(getattr(self, what)):
                 raise ValueError(f"{self.relpath}: {what} must be a callable, not {getattr(self, what)!r}")
         if not self.key:
@@ -137,16 +141,17 @@ class ModelSpec:
     Attributes:
         name: registry key and subfolder of the models directory (``"fomm"``, ``"mssync"``, ``"smac"``).
         title: human-readable name.
-        files: the model's files: one config first, then one or more checkpoints (each with its
-            ``layout`` and ``entries``), every one under ``<name>/``, each with its own ``key``.
+        files: the model's files: one config first (or none, for a model whose checkpoint
+            describes itself, SyncNet), then one or more checkpoints (each with its ``layout`` and
+            ``entries``, or its own ``check``), every one under ``<name>/``, each with its own ``key``.
         optional: not needed by ``animate``: left out of the default set of
             :func:`talkhead.store.download` and :func:`talkhead.store.ensure_models`, and reported
             by :func:`talkhead.store.verify` only once one of its files is there.
         notice: one line users must see when the model is installed (SMAC's non-commercial licence).
 
     Raises:
-        ValueError: a bad name, a file outside ``<name>/``, not exactly one config (first), or
-            two files with one ``key``.
+        ValueError: a bad name, a file outside ``<name>/``, no file, more than one config or one
+            that is not first, no config and a checkpoint without ``check``, or two files with one ``key``.
     """
 
     name: str
@@ -161,8 +166,11 @@ class ModelSpec:
         stray = [f.relpath for f in self.files if f.model != self.name]
         if stray:
             raise ValueError(f"model {self.name!r}: files must lie under {self.name}/, not {', '.join(stray)}")
-        if not self.files or self.files[0].role != "config" or sum(f.role == "config" for f in self.files) != 1:
-            raise ValueError(f"model {self.name!r}: the first file, and only it, is the config")
+        configs = sum(f.role == "config" for f in self.files)
+        if not self.files or configs > 1 or (configs == 1 and self.files[0].role != "config"):
+            raise ValueError(f"model {self.name!r}: the first file, and only it, is the config (or there is none)")
+        if not configs and any(f.check is None for f in self.files):
+            raise ValueError(f"model {self.name!r}: without a config file every checkpoint needs its own check")
         keys = [f.key for f in self.files]
         if len(set(keys)) != len(keys):
             raise ValueError(f"model {self.name!r}: file keys must differ ({', '.join(keys)})")
@@ -180,9 +188,9 @@ class ModelSpec:
                          f"{', '.join(f.key for f in self.files)}")
 
     @property
-    def config(self) -> ModelFile:
-        """The config file."""
-        return self.files[0]
+    def config(self) -> Optional[ModelFile]:
+        """The config file, or ``None`` for a model without one (SyncNet)."""
+        return self.files[0] if self.files[0].role == "config" else None
 
     @property
     def checkpoints(self) -> tuple[ModelFile, ...]:
