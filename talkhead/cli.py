@@ -299,12 +299,13 @@ def reenact(
 # ----------------------------------------------------------------------------------------------- score
 @app.command()
 def score(
-    videos: List[Path] = typer.Argument(..., help="MP4s (any video ffmpeg reads) with a face and speech."),
+    videos: List[Path] = typer.Argument(..., metavar="VIDEOS...", help="MP4s (any video ffmpeg reads) with a face and "
+                                        "speech."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores to this JSON file (replaced)."),
     syncnet: Optional[Path] = typer.Option(None, "--syncnet", help=escape(
         "A SyncNet file in syncnet_v2.model's layout [default: the installed one, `talkhead download syncnet`].")),
-    landmarker: str = typer.Option("auto", "--landmarker", help="Face landmarker: auto, fan or dlib."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    landmarker: str = typer.Option("auto", "--landmarker", metavar="auto|fan|dlib", help="Face landmarker."),
+    device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda|mps", help="Where SyncNet runs."),
     offline: bool = typer.Option(False, "--offline", help="Never download (the fan landmarker's weights)."),
     models_dir: Optional[Path] = ModelsDir,
     quiet: bool = Quiet,
@@ -315,11 +316,10 @@ def score(
     reference scripts do (joonson/syncnet_python). The offset is in frames (40 ms each) and ms:
     positive = the audio leads the video; audio delayed by k frames scores -k. A video that cannot be
     scored (no face, no audio, shorter than 6 frames) gets one line and the others are still scored;
-    exit code 1 if any failed. The weights are for research use only (models/syncnet.md).
+    exit code 1 if any failed. The weights are for research use only (models/syncnet.md); install them
+    once with `talkhead download syncnet`.
 
-    [bold]Examples[/]
-
-      talkhead download syncnet
+    Examples
 
       talkhead score out.mp4
 

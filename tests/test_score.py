@@ -351,7 +351,7 @@ def test_shortest_clips(tmp_path, media):
         score_video(model, muxed, detect=lambda frame: box)
 
 
-def test_download_takes_the_first_source_that_is_the_pinned_copy(tmp_path, media, tiny_widths, server):
+def test_download_takes_the_first_source_that_is_the_pinned_copy(tmp_path, media, tiny_widths, server, caplog):
     """Sources in order; a valid SyncNet file that is not the pinned copy is passed over, the pinned
     one is checked, installed and recorded with its pin."""
     from test_store import Route
@@ -366,9 +366,12 @@ def test_download_takes_the_first_source_that_is_the_pinned_copy(tmp_path, media
     sources = {REL: [Source("url", server.url("/vgg/syncnet_v2.model"), "vgg"),
                      Source("url", server.url("/mirror/syncnet_v2.model"), "mirror")]}
     pins = {REL: [Pin("sha256", sha256_of(media["syncnet"]), "published")]}
-    logs = []
+    import logging
+
+    caplog.set_level(logging.INFO, logger="talkhead.store")
     root = tmp_path / "models"
-    result = download("syncnet", root, sources=sources, pins=pins, log=logs.append, retries=0, timeout=5)
+    result = download("syncnet", root, sources=sources, pins=pins, retries=0, timeout=5)
+    logs = caplog.messages  # each source tried: the talkhead.store logger (the CLI's -v)
     assert states_of(result) == {REL: store.VERIFIED}
     record = store.read_store_manifest(root)[REL]
     assert record["pin"] == "published" and record["source"].endswith("/mirror/syncnet_v2.model")
