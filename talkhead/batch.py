@@ -44,7 +44,7 @@ REPORT_FIELDS = ("image", "audio", "output", "status", "reason", "seconds", "fra
 """Columns of a batch report, in order (see :class:`BatchReport`)."""
 SCORE_FIELDS = ("lse_c", "lse_d", "av_offset", "score_error")
 """Columns a report with a scorer adds (``batch --report FILE --score``): SyncNet LSE-C, LSE-D and
-the AV offset in frames (+ = audio leads) of each written video, or why it could not be scored."""
+the AV offset in frames (+ = audio late) of each written video, or why it could not be scored."""
 
 NAMINGS = ("auto", "image", "audio", "stem")
 """Output naming rules of :func:`plan_outputs`."""

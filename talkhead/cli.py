@@ -314,7 +314,7 @@ def score(
 
     Each video is resampled to 25 fps and 16 kHz; the face is tracked on every frame and cut as the
     reference scripts do (joonson/syncnet_python). The offset is in frames (40 ms each) and ms:
-    positive = the audio leads the video; audio delayed by k frames scores -k. A video that cannot be
+    positive = the audio is late (the video leads): audio delayed by k frames scores +k. A video that cannot be
     scored (no face, no audio, shorter than 6 frames) gets one line and the others are still scored;
     exit code 1 if any failed. The weights are for research use only (models/syncnet.md); install them
     once with `talkhead download syncnet`.

@@ -14,8 +14,9 @@ For each video (:func:`score_video`):
 4. :func:`talkhead.syncnet.score_clip`: 13 MFCCs at 100 Hz, 5-frame video windows against 0.2 s
    audio windows at offsets -15..15 frames; LSE-D, LSE-C, AV offset.
 
-Offset sign: **positive = audio leads video** (the sound of a frame is heard before the frame is
-shown); a clip whose audio is delayed by k frames scores ``-k`` (-40 k ms).
+Offset sign: **positive = the audio is late** (the sound of a frame is heard after the frame is
+shown); a clip whose audio is delayed by k frames scores ``+k`` (+40 k ms), as ``talkhead evaluate``'s
+AV-Off; syncnet_python prints the opposite sign.
 
 Differences from the reference pipeline (joonson/syncnet_python): its faces come from S3FD and it
 drops face tracks of 4 s or less; here the boxes are our landmarker's (the detector box joined with

@@ -115,10 +115,10 @@ def test_face_boxes_without_a_face_is_one_error(media):
 
 
 # ------------------------------------------------------------------------------------------ offsets
-def test_audio_delay_through_the_video_path_gives_minus_k(tmp_path):
+def test_audio_delay_through_the_video_path_gives_k(tmp_path):
     """A lossless video whose frame t is flat grey of the level LevelCode reads from audio frame t,
-    its audio delayed by k frames in the container: score_video finds offset -k (positive = audio
-    leads), and the aligned clip scores offset 0 with the lowest LSE-D."""
+    its audio delayed by k frames in the container: score_video finds offset +k (positive = audio
+    late), and the aligned clip scores offset 0 with the lowest LSE-D."""
     speech, rate = sf.read(SPEECH, dtype="int16")
     from talkhead.syncnet.mfcc import mfcc
     from talkhead.syncnet.scoring import audio_windows
@@ -143,7 +143,7 @@ def test_audio_delay_through_the_video_path_gives_minus_k(tmp_path):
         writer.close()
         results[k] = score_video(MAKE.LevelCode(), video, detect=lambda frame: box[None])
     for k, item in results.items():
-        assert item.scores.offset == -k, (k, item.scores.offset)
+        assert item.scores.offset == k, (k, item.scores.offset)
     assert results[0].scores.lse_d < min(results[4].scores.lse_d, results[-3].scores.lse_d)
 
 

@@ -105,7 +105,7 @@ def test_parity_embeddings_and_distances(parity_run, parity):
 def test_parity_scores(parity_run, parity):
     """AV offset, LSE-D, LSE-C, the mean distance per offset and the per-frame confidence."""
     scores = parity_run["scores"]
-    assert scores.offset == int(parity["offset"])
+    assert scores.offset == -int(parity["offset"])  # the reference's sign, negated (scoring's module doc)
     assert scores.lse_d == pytest.approx(float(parity["lse_d"]), abs=ATOL)
     assert scores.lse_c == pytest.approx(float(parity["lse_c"]), abs=ATOL)
     np.testing.assert_allclose(scores.mean_distance, parity["mean_distance"], rtol=0, atol=ATOL)
@@ -162,10 +162,11 @@ def test_level_clip_is_what_our_mfcc_gives(level_clip):
 
 
 def test_offset_sign_matches_reference(parity, level_clip):
-    """Audio delayed by 3 frames: the reference reports offset -3; so do we (the sign convention)."""
+    """Audio delayed by 3 frames: the reference reports offset -3; we report +3 (its negation: audio late
+    is positive, as evaluate's AV-Off), with the same LSE-D and LSE-C."""
     k = int(parity["lag_frames"])
     scores = score_clip(MAKE.LevelCode(), level_clip["frames"], np.roll(level_clip["speech"], 640 * k))
-    assert scores.offset == int(parity["lag_offset"]) == -k
+    assert scores.offset == -int(parity["lag_offset"]) == k
     assert scores.lse_d == pytest.approx(float(parity["lag_lse_d"]), abs=ATOL)
     assert scores.lse_c == pytest.approx(float(parity["lag_lse_c"]), abs=ATOL)
 
@@ -173,10 +174,10 @@ def test_offset_sign_matches_reference(parity, level_clip):
 @pytest.mark.parametrize("k", range(-10, 11))
 def test_known_audio_delay_gives_its_offset(level_clip, k):
     """A real clip whose audio is delayed by k frames (k < 0: advanced), scored with an embedding model
-    whose streams agree exactly on aligned windows: the offset is -k (the audio's lead, reference
-    convention), the mean distance is lowest there alone, and LSE-D is lowest for the undelayed clip."""
+    whose streams agree exactly on aligned windows: the offset is +k (the audio's delay; the
+    reference prints -k), the mean distance is lowest there alone, and LSE-D is lowest for the undelayed clip."""
     scores = score_clip(MAKE.LevelCode(), level_clip["frames"], np.roll(level_clip["speech"], 640 * k))
-    assert scores.offset == -k
+    assert scores.offset == k
     best = VSHIFT + k
     others = np.delete(scores.mean_distance, best)
     assert scores.mean_distance[best] == scores.lse_d < others.min()

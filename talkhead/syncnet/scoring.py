@@ -15,13 +15,15 @@ Exactly the reference scoring (joonson/syncnet_python ``SyncNetInstance.evaluate
    zero vectors (the reference pads with zeros, so edge windows are compared with nothing and count
    ``||v_i + 1e-6||`` in the means).
 5. Scores (:func:`sync_scores`): ``mean_distance[j]`` = mean over i of ``D[i, j]``; ``j* = argmin``
-   (the first on ties); **AV offset** = ``s - j*`` frames; **LSE-D** = ``mean_distance[j*]``;
+   (the first on ties); **AV offset** = ``j* - s`` frames; **LSE-D** = ``mean_distance[j*]``;
    **LSE-C** = ``median(mean_distance) - LSE-D``; per-frame confidence =
    ``medfilt(median(mean_distance) - D[:, j*], 9)``.
 
-Sign of the offset: at the best offset, video window i matches audio window ``i - offset``. An
-offset of +k means the sound of a frame is heard k frames (40 k ms) *before* the frame is shown
-(audio leads video); delaying the audio by k frames gives ``-k``.
+Sign of the offset: at the best offset, video window i matches audio window ``i + offset``. An
+offset of +k means the sound of a frame is heard k frames (40 k ms) *after* the frame is shown (the
+video leads, the audio is late): delaying the audio by k frames gives ``+k``. This is the sign of
+``talkhead evaluate``'s AV-Off (motion leading speech is positive); the reference ``SyncNetInstance``
+prints the opposite sign (its ``vshift - argmin``).
 
 Frame crops: 224 x 224 (:func:`talkhead.syncnet.crop.syncnet_crop` cuts them from a face track).
 """
@@ -80,11 +82,11 @@ class SyncScores:
     """Lip-sync scores of one clip.
 
     Attributes:
-        offset: AV offset, frames (``-vshift .. vshift``; + = audio leads video, see the module doc).
+        offset: AV offset, frames (``-vshift .. vshift``; + = the audio is late, see the module doc).
         lse_d: LSE-D, the mean embedding distance at the best offset (lower = better sync).
         lse_c: LSE-C, ``median(mean_distance) - lse_d`` (higher = more confident sync).
         mean_distance: ``(2 vshift + 1,)`` float64 mean distance per candidate, index ``j`` = offset
-            ``vshift - j``.
+            ``j - vshift``.
         frame_confidence: ``(W,)`` float64 per-window confidence at the best offset, median-filtered
             over 9 windows (window i starts at frame i).
         num_windows: W.
@@ -233,7 +235,7 @@ def sync_scores(distances: torch.Tensor, vshift: int = VSHIFT) -> SyncScores:
     median = torch.median(mean_distance)
     frame_conf = (median - distances[:, min_index]).numpy()
     return SyncScores(
-        offset=int(vshift - int(min_index)),
+        offset=int(int(min_index) - vshift),  # the reference's vshift - argmin, negated (module doc)
         lse_d=float(min_value),
         lse_c=float(median - min_value),
         mean_distance=mean_distance.double().numpy(),
