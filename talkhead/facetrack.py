@@ -19,13 +19,13 @@ from .crop import FOMM_INCREASE_AREA, face_extent, fomm_square_box
 from .ffmpeg import MediaInfo, probe, read_frames
 from .landmarks import detect_faces, is_confident
 
-__all__ = ["IOU_WITH_INITIAL", "face_detector", "sample_faces", "face_track", "fixed_crop_box"]
+__all__ = ["IOU_WITH_INITIAL", "box_iou", "face_detector", "sample_faces", "face_track", "fixed_crop_box"]
 
 IOU_WITH_INITIAL = 0.25
 """FOMM ``crop-video.py`` ``--iou_with_initial``: a detection joins a track above this IoU."""
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two ``(x0, y0, x1, y1)`` boxes (continuous pixel coordinates)."""
     w = min(a[2], b[2]) - max(a[0], b[0])
     h = min(a[3], b[3]) - max(a[1], b[1])
@@ -61,7 +61,7 @@ def face_track(detections: Sequence[np.ndarray], *, iou_min: float = IOU_WITH_IN
             for ti, tr in enumerate(tracks):
                 if ti in used:
                     continue
-                iou = _iou(tr["init"], box)
+                iou = box_iou(tr["init"], box)
                 if iou > best_iou:
                     best, best_iou = ti, iou
             if best is None:

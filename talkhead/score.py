@@ -40,22 +40,17 @@ import numpy as np
 
 from .constants import FPS
 from .errors import InputError, NoFaceError, TalkheadError
+from .facetrack import box_iou
+from .progress import Progress
 
 __all__ = ["SCORE_VF", "VideoScore", "fill_track", "face_boxes", "score_video", "score_videos", "summary"]
 
 SCORE_VF = f"fps={FPS}"
 """The ffmpeg filter that resamples any video to SyncNet's 25 fps."""
 
-Progress = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``: ``"faces"`` (frames), ``"crops"`` (frames), ``"syncnet"`` (windows)."""
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0.0, w) * max(0.0, h)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+SCORE_STAGES = ("faces", "crops", "syncnet")
+"""The stages :data:`talkhead.progress.Progress` callbacks see here: ``"faces"`` (frames), ``"crops"``
+(frames), ``"syncnet"`` (windows)."""
 
 
 def fill_track(boxes: Sequence[Optional[np.ndarray]]) -> np.ndarray:
@@ -111,7 +106,7 @@ def face_boxes(path: str | os.PathLike, detect: Callable[[np.ndarray], np.ndarra
             box = None
             if len(found):
                 if last is not None:
-                    ious = [_iou(last, b) for b in found]
+                    ious = [box_iou(last, b) for b in found]
                     best = int(np.argmax(ious))
                     box = found[best] if ious[best] > 0 else None
                 if box is None and last is None:

@@ -100,3 +100,22 @@ def astro_face(astro_faces):
     from talkhead.landmarks import select_face
 
     return select_face(astro_faces, source="astronaut")
+
+
+@pytest.fixture
+def new_process():
+    """The store's hash memo cleared before and after the test, as in a new process (nothing hashed
+    yet). Modules of store tests use it with ``pytestmark = pytest.mark.usefixtures("new_process")``."""
+    from talkhead import store
+
+    store.clear_hash_memo()
+    yield
+    store.clear_hash_memo()
+
+
+@pytest.fixture
+def packaged_tiny_config(monkeypatch):
+    """Make the 'packaged' FOMM config the tiny one, so it fits the tiny checkpoint."""
+    import talkhead.fomm
+
+    monkeypatch.setattr(talkhead.fomm, "default_config_path", lambda: DATA / "fomm" / "tiny.yaml")

@@ -20,12 +20,13 @@ import pytest
 import torch
 import yaml
 
-import talkhead.fomm
 from helpers import states_of
 from talkhead import store
 from talkhead.checkpoints import load_checkpoint, require_finite
 from talkhead.errors import CheckpointError, ConfigError
 from talkhead.store import VERIFIED, install_from, read_store_manifest, register_local
+
+pytestmark = pytest.mark.usefixtures("new_process")  # each test starts like a new process: nothing hashed yet
 
 DATA = Path(__file__).parent / "data"
 
@@ -38,18 +39,6 @@ class Reduce:
 
     def __reduce__(self):
         return self.fn, self.args
-
-
-@pytest.fixture(autouse=True)
-def new_process():
-    store.clear_hash_memo()
-    yield
-    store.clear_hash_memo()
-
-
-@pytest.fixture
-def packaged_tiny_config(monkeypatch):
-    monkeypatch.setattr(talkhead.fomm, "default_config_path", lambda: DATA / "fomm" / "tiny.yaml")
 
 
 def _tiny_fomm() -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
-import shutil
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -30,6 +29,8 @@ from talkhead.syncnet import SyncNetConfig, expected_layout, read_state_dict
 from helpers import ASTRONAUT, SPEECH, assert_clean_error, run_cli, sha256_of, speech_excerpt, states_of, write_video
 from test_store import server  # noqa: F401 - the loopback HTTP server fixture
 
+pytestmark = pytest.mark.usefixtures("new_process")  # each test starts like a new process: nothing hashed yet
+
 SYNC = Path(__file__).parent / "data" / "syncnet"
 REL = "syncnet/syncnet_v2.model"
 
@@ -42,13 +43,6 @@ def _load_script():
 
 
 MAKE = _load_script()
-
-
-@pytest.fixture(autouse=True)
-def new_process():
-    store.clear_hash_memo()
-    yield
-    store.clear_hash_memo()
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ from talkhead.store import CORRUPT, MISSING, PACKAGED, VERIFIED, install_from, r
 from helpers import assert_clean_error, sha256_of, states_of
 from test_smac import DATA, rule_state_dict
 
+pytestmark = pytest.mark.usefixtures("new_process")  # each test starts like a new process: nothing hashed yet
+
 G, ME, CFG = (store.REGISTRY["smac"].file(key).relpath for key in ("generator", "motion_estimator", "config"))
 SMAC_FILES = [CFG, G, ME]
 
@@ -46,13 +48,6 @@ def released(tmp_path_factory) -> dict[str, Path]:
 def packaged_tiny(monkeypatch):
     """The 'packaged' SMAC config is the tiny one, so it fits the tiny weights."""
     monkeypatch.setattr(talkhead.smac, "default_config_path", lambda: DATA / "tiny.yml")
-
-
-@pytest.fixture(autouse=True)
-def new_process():
-    store.clear_hash_memo()
-    yield
-    store.clear_hash_memo()
 
 
 def smac_states(root: Path) -> dict[str, str]:

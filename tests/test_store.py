@@ -30,6 +30,8 @@ from talkhead.errors import CheckpointError, DownloadError, InputError
 from talkhead.store import (CORRUPT, MISSING, PACKAGED, UNVERIFIED, VERIFIED, Pin, Source, download, ensure_models,
                             install_from, model_card, read_store_manifest, register_local, resolve_models_dir, verify)
 
+pytestmark = pytest.mark.usefixtures("new_process")  # each test starts like a new process: nothing hashed yet
+
 DATA = Path(__file__).parent / "data"
 ALL = ["fomm/vox-adv-256.yaml", "fomm/vox-adv-cpk.pth.tar", "mssync/args", "mssync/model_chkpt.pt"]
 DOWNLOADED = ["fomm/vox-adv-cpk.pth.tar", "mssync/args", "mssync/model_chkpt.pt"]
@@ -43,20 +45,6 @@ def tiny_sources(tmp_path_factory, mssync_tiny_dir) -> dict[str, Path]:
             "fomm/vox-adv-cpk.pth.tar": DATA / "fomm" / "tiny-cpk.pth.tar",
             "mssync/args": mssync_tiny_dir / "args",
             "mssync/model_chkpt.pt": mssync_tiny_dir / "model_chkpt.pt"}
-
-
-@pytest.fixture(autouse=True)
-def new_process():
-    """Each test starts like a new process: nothing hashed yet."""
-    store.clear_hash_memo()
-    yield
-    store.clear_hash_memo()
-
-
-@pytest.fixture
-def packaged_tiny_config(monkeypatch):
-    """Make the 'packaged' FOMM config the tiny one, so it fits the tiny checkpoint."""
-    monkeypatch.setattr(talkhead.fomm, "default_config_path", lambda: DATA / "fomm" / "tiny.yaml")
 
 
 def arrange(root: Path, sources: dict[str, Path], rels=ALL) -> Path:
