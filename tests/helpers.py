@@ -575,3 +575,13 @@ def flip_byte(path: Path, keep_mtime: bool = False) -> None:
 def states_of(result) -> dict[str, str]:
     """``{relpath: state}`` of a store verification result (``{relpath: FileState}``)."""
     return {rel: st.state for rel, st in result.items()}
+
+
+def syncnet_fixture_script():
+    """``tests/data/syncnet/make_fixtures.py`` as a module (its seeded weights, stand-in models and clips)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("syncnet_make_fixtures", DATA / "syncnet" / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -9,7 +9,6 @@ with the fixture's injected :class:`LevelCode` model on a lossless clip whose au
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ from talkhead import store
 from talkhead.errors import CheckpointError, NoFaceError
 from talkhead.score import SCORE_VF, VideoScore, face_boxes, fill_track, score_video, summary
 from talkhead.syncnet import SyncNetConfig, expected_layout, read_state_dict
+from helpers import syncnet_fixture_script
 from helpers import ASTRONAUT, SPEECH, assert_clean_error, run_cli, sha256_of, speech_excerpt, states_of, write_video
 from test_store import server  # noqa: F401 - the loopback HTTP server fixture
 
@@ -35,14 +35,7 @@ SYNC = Path(__file__).parent / "data" / "syncnet"
 REL = "syncnet/syncnet_v2.model"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("syncnet_make_fixtures_score", SYNC / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MAKE = _load_script()
+MAKE = syncnet_fixture_script()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ data was made: tests/data/syncnet/make_fixtures.py, docs/fixtures.md), the relea
 layout and safe loading, the offset logic on a clip with a known audio delay, and the crop rule."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -18,20 +17,14 @@ from talkhead.syncnet import (SyncNet, SyncNetConfig, distance_matrix, expected_
                               crop_track)
 from talkhead.syncnet.layout import check_state_dict
 from talkhead.syncnet.scoring import VSHIFT, audio_windows, video_windows
+from helpers import syncnet_fixture_script
 
 DATA = Path(__file__).parent / "data"
 SYNC = DATA / "syncnet"
 ATOL = 1e-4  # the issue's parity tolerance; the measured differences are 0.0 (see test_parity_*)
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("syncnet_make_fixtures", SYNC / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MAKE = _load_script()
+MAKE = syncnet_fixture_script()
 
 
 @pytest.fixture(scope="module")
@@ -421,3 +414,13 @@ def test_crop_track_crops_each_frame_at_its_smoothed_box():
         np.testing.assert_array_equal(crops[t], syncnet_crop(frames[t], *track[t]))
     with pytest.raises(ValueError, match="19 frames but 20 boxes"):
         crop_track(frames[:19], boxes)
+
+
+def test_windows_of_another_shape_are_refused():
+    """The streams take only (B, 3, 5, 224, 224) lip windows and (B, 1, 13, 20) MFCC windows."""
+    net = SyncNet(SyncNetConfig.tiny()).eval()
+    for call in (net.embed_video, net.lip_features):
+        with pytest.raises(ValueError, match=r"\(B, 3, 5, 224, 224\)"):
+            call(torch.zeros(1, 3, 4, 224, 224))
+    with pytest.raises(ValueError, match=r"\(B, 1, 13, 20\)"):
+        net.embed_audio(torch.zeros(1, 1, 13, 19))

@@ -138,6 +138,12 @@ def _lip_trunk(ch: Sequence[int]) -> nn.Sequential:
     )
 
 
+def _check_video_windows(frames: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``frames`` is ``(B, 3, 5, 224, 224)`` (5-frame lip windows)."""
+    if frames.dim() != 5 or tuple(frames.shape[1:]) != VIDEO_WINDOW_SHAPE:
+        raise ValueError(f"SyncNet video windows must be (B, 3, 5, 224, 224), got {tuple(frames.shape)}")
+
+
 class SyncNet(nn.Module):
     """The two-stream SyncNet (reference ``SyncNetModel.S``), in the released state-dict layout:
     ``netcnnaud.*``, ``netfcaud.*``, ``netfclip.*``, ``netcnnlip.*``.
@@ -187,13 +193,11 @@ class SyncNet(nn.Module):
         Raises:
             ValueError: a tensor of another shape.
         """
-        if frames.dim() != 5 or tuple(frames.shape[1:]) != VIDEO_WINDOW_SHAPE:
-            raise ValueError(f"SyncNet video windows must be (B, 3, 5, 224, 224), got {tuple(frames.shape)}")
+        _check_video_windows(frames)
         feat = self.netcnnlip(frames)
         return self.netfclip(feat.flatten(1))
 
     def lip_features(self, frames: torch.Tensor) -> torch.Tensor:
         """The lip trunk's ``(B, 512)`` features before the head (reference ``forward_lipfeat``)."""
-        if frames.dim() != 5 or tuple(frames.shape[1:]) != VIDEO_WINDOW_SHAPE:
-            raise ValueError(f"SyncNet video windows must be (B, 3, 5, 224, 224), got {tuple(frames.shape)}")
+        _check_video_windows(frames)
         return self.netcnnlip(frames).flatten(1)
