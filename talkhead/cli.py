@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import cli_train
-from .cli_common import (State, StageBars, err_console, errors, finish_help, out_console, progress_bars,
+from .cli_common import (ModelsDir, Quiet, State, StageBars, err_console, errors, finish_help, out_console, progress_bars,
                          show_details)
 from .cli_options import with_options
 from .errors import TalkheadError
@@ -54,9 +54,6 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 # ----------------------------------------------------------------------------------------------- options
 # Options shared with the Python API are declared once, in talkhead.options (AnimateOptions), and turned
 # into Typer parameters by with_options; only command-specific options are declared here.
-ModelsDir = typer.Option(None, "--models-dir", file_okay=False, help=escape(
-    "Checkpoint folder [default: $TALKHEAD_MODELS, else the platform cache, ~/.cache/talkhead on Linux]."))
-Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
 def _print_path(path: Path) -> None:

@@ -165,6 +165,14 @@ def _termination_as_interrupt():
             signal.signal(sig, handler)
 
 
+# options several commands share (declared once; the Python API's options live in talkhead.options)
+ModelsDir = typer.Option(None, "--models-dir", file_okay=False, help=escape(
+    "Checkpoint folder [default: $TALKHEAD_MODELS, else the platform cache, ~/.cache/talkhead on Linux]."))
+"""``--models-dir``: where the checkpoints live (:func:`talkhead.store.resolve_models_dir`)."""
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+"""``--quiet``: no progress bars."""
+
+
 @contextlib.contextmanager
 def errors():
     """Map TalkheadError -> one line + exit 2; any other exception -> one line naming it as

@@ -21,7 +21,7 @@ import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .cli_common import StageBars, err_console, errors, out_console, progress_bars
+from .cli_common import ModelsDir, Quiet, StageBars, err_console, errors, out_console, progress_bars
 from rich.markup import escape
 
 from .cli_options import with_options
@@ -82,7 +82,6 @@ DataDir = typer.Argument(..., metavar="DATA_DIR", help="Training data folder wri
 RunConfig = typer.Option(None, "--config", help="YAML overriding the paper defaults.")
 Overrides = typer.Option(None, "--set", help="KEY=VALUE override (repeatable), e.g. --set steps=2000.")
 Resume = typer.Option(False, "--resume", help="Continue the run in RUN_DIR from its checkpoint.")
-Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 Device = typer.Option("auto", "--device", metavar="auto|cpu|cuda|mps",
                       help="Where to train: auto (cuda > mps > cpu), cpu, cuda or mps (the run config's device).")
 
@@ -214,29 +213,89 @@ def evaluate(
     split: Optional[str] = typer.Option(None, "--split", show_default=False,
                                         help=escape("Only ground-truth clips of this split (train, val, test) "
                                                     "[default: every split].")),
+    videos: Optional[Path] = typer.Option(None, "--videos", file_okay=False, show_default=False, help=escape(
+        "Folder of the rendered videos, `<clip id>.mp4`: adds SyncNet's LSE-C, LSE-D and AV offset to the generated "
+        "row, and to the ground-truth row for clips whose source video still exists [default: keypoint metrics "
+        "only].")),
+    syncnet: Optional[Path] = typer.Option(None, "--syncnet", help=escape(
+        "With --videos: a SyncNet file in syncnet_v2.model's layout [default: the installed one, "
+        "`talkhead download syncnet`].")),
+    landmarker: str = typer.Option("auto", "--landmarker", metavar="auto|fan|dlib", help="With --videos: face landmarker."),
+    offline: bool = typer.Option(False, "--offline", help="Never download (the fan landmarker's weights)."),
+    models_dir: Optional[Path] = ModelsDir,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
+    quiet: bool = Quiet,
 ) -> None:
     """Multi-scale AV synchrony (|AV-Off|, AV-Conf at 200/400/800/1600 ms) with static and ground-truth rows.
 
     GENERATED is matched to the ground-truth clips by clip id. Use a metric syncer pyramid trained
-    apart from the one the generator's loss used.
+    apart from the one the generator's loss used. With --videos, SyncNet scores the rendered videos
+    too (LSE-C higher is better, LSE-D lower is better, offset in 25-fps frames, positive = audio
+    late; see `talkhead score`); a clip whose video is missing or unscorable gets one line and the
+    others are still scored.
 
     Examples
 
       talkhead evaluate runs/gen-kp/ --ground-truth data/ --syncers runs/metric
 
       talkhead evaluate kp/ --ground-truth data/ --syncers metric/ --split test
+
+      talkhead evaluate kp/ --ground-truth data/ --syncers metric/ --videos out/
     """
     from .io import atomic_output
     from .train import evaluate as run, format_table, load_syncers
 
     with errors():
         gen, gt = load_eval_pairs(generated, ground_truth, split)
+        if videos is not None and not videos.is_dir():
+            raise InputError(f"--videos folder not found: {videos}")
         result = run(gen, gt, load_syncers(syncers))
-        out_console.print(format_table(result))
+        if videos is not None:
+            rows = {"generated": [videos / f"{g['id']}.mp4" for g in gen],
+                    "ground_truth": [_source_video(t["source"]) for t in gt]}
+            for name, lse in _syncnet_scores(rows, syncnet, landmarker, offline, models_dir, quiet).items():
+                result["rows"][name]["lse"] = lse
+        out_console.print(format_table(result), highlight=False, soft_wrap=True)
         if json_out is not None:
             with atomic_output(json_out, overwrite=True) as tmp:
                 Path(tmp).write_text(json.dumps(result, indent=2))
+
+
+def _source_video(source: str) -> Optional[Path]:
+    """A ground-truth clip's source video, when the manifest's ``source`` is a file that still exists."""
+    p = Path(source) if source else None
+    return p if p is not None and p.is_file() else None
+
+
+def _syncnet_scores(rows, syncnet, landmarker, offline, models_dir, quiet) -> dict:
+    """:func:`talkhead.train.syncnet_rows` with the CLI's SyncNet, landmarker and progress bars."""
+    from .devices import resolve_device
+    from .facetrack import face_detector
+    from .io import printable
+    from .landmarks import get_landmarker, resolve_landmarker
+    from .score import load_scorer
+    from .train import syncnet_rows
+
+    dev = str(resolve_device("auto"))
+    backend, note = resolve_landmarker(landmarker, offline=offline)
+    if note and not quiet:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    model = load_scorer(syncnet, models_dir, device=dev)
+    get_landmarker(backend, dev, offline=offline)  # a missing backend fails once, here
+    detect = face_detector(backend, dev, None)
+    with progress_bars(quiet) as progress:
+        bars = StageBars(progress, {"syncnet": "windows"})
+        overall = progress.add_task("SyncNet", total=sum(p is not None for v in rows.values() for p in v),
+                                    unit="videos")
+
+        def on_video(item) -> None:
+            bars.reset()
+            progress.advance(overall)
+            if item.error is not None:
+                progress.console.print(f"[red]not scored[/] {escape(printable(item.path))}: {escape(item.error)}",
+                                       highlight=False, soft_wrap=True)
+
+        return syncnet_rows(model, rows, detect=detect, progress=bars, on_video=on_video)
 
 
 def load_eval_pairs(generated: Path, ground_truth: Path, split: Optional[str] = None):
@@ -247,8 +306,9 @@ def load_eval_pairs(generated: Path, ground_truth: Path, split: Optional[str] = 
     ``kp_driving_jacobian (T,10,2,2)``.
 
     Returns:
-        ``(generated, ground_truth)``: two equally long lists of mappings with ``keypoints`` (and
-        ``logfbank`` for the ground truth).
+        ``(generated, ground_truth)``: two equally long lists of mappings with ``id`` (the clip id) and
+        ``keypoints``, plus ``logfbank`` and ``source`` (the manifest's source, e.g. a video path) for
+        the ground truth.
 
     Raises:
         InputError: a folder is missing, or no generated sequence matches a ground-truth clip.
@@ -256,7 +316,8 @@ def load_eval_pairs(generated: Path, ground_truth: Path, split: Optional[str] = 
     from .keypoints import load_keypoints_npz
     from .train.data import iter_clips
 
-    truth = {info.id: {"keypoints": kp, "logfbank": lf} for info, kp, lf in iter_clips(ground_truth, split)}
+    truth = {info.id: {"id": info.id, "source": info.source, "keypoints": kp, "logfbank": lf}
+             for info, kp, lf in iter_clips(ground_truth, split)}
     if (generated / "manifest.json").is_file():
         gen = {info.id: kp for info, kp, _ in iter_clips(generated)}
     elif generated.is_dir():
@@ -274,4 +335,4 @@ def load_eval_pairs(generated: Path, ground_truth: Path, split: Optional[str] = 
     ids = [i for i in truth if i in gen]
     if not ids:
         raise InputError(f"no generated sequence in {generated} matches a clip id of {ground_truth}")
-    return [{"keypoints": gen[i]} for i in ids], [truth[i] for i in ids]
+    return [{"id": i, "keypoints": gen[i]} for i in ids], [truth[i] for i in ids]

@@ -363,3 +363,62 @@ def test_download_takes_the_first_source_that_is_the_pinned_copy(tmp_path, media
     record = store.read_store_manifest(root)[REL]
     assert record["pin"] == "published" and record["source"].endswith("/mirror/syncnet_v2.model")
     assert any("vgg: sha256" in line and "not a known-good copy" in line for line in logs)
+
+
+# ------------------------------------------------------------------------------- evaluate --videos
+def test_evaluate_videos_adds_syncnet_columns(tmp_path, media):
+    """``evaluate --videos``: the generated row gets the SyncNet scores of ``<clip id>.mp4`` (the same
+    figures ``talkhead score`` gives that file), the ground-truth row those of the clips' source
+    videos that exist; a clip without a scorable video is one line and does not count; the static
+    row has none; without SyncNet installed it is one line naming the download."""
+    import dataclasses
+    import shutil
+
+    import yaml
+
+    from talkhead.facetrack import face_detector
+    from talkhead.score import load_scorer
+    from talkhead.train.data import read_manifest, write_manifest
+    from talkhead.train.synthetic import make_synthetic_dataset
+    from tiny_train import TINY_SYNCERS
+
+    data, syncers = tmp_path / "data", tmp_path / "syncers"
+    make_synthetic_dataset(data, num_clips=3, num_frames=60, val_clips=0, seed=0)
+    cfg = tmp_path / "syncers.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_SYNCERS))
+    assert run_cli("train", "syncers", data, "-o", syncers, "--config", cfg, "--quiet").exit_code == 0
+    clips = read_manifest(data)
+    ids = [c.id for c in clips]
+    write_manifest(data, [dataclasses.replace(clips[0], source=str(media["talk"]))] + clips[1:])
+    videos = tmp_path / "rendered"
+    videos.mkdir()
+    shutil.copy(media["talk"], videos / f"{ids[0]}.mp4")
+    shutil.copy(media["coffee"], videos / f"{ids[1]}.mp4")  # no face; ids[2] has no video at all
+    out = tmp_path / "eval.json"
+    args = ("evaluate", data, "--ground-truth", data, "--syncers", syncers, "--videos", videos,
+            "--landmarker", "dlib", "--offline", "--json", out, "--quiet")
+    result = run_cli(*args, "--syncnet", media["syncnet"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    want = score_video(load_scorer(media["syncnet"]), media["talk"], detect=face_detector("dlib", "cpu", None)).scores
+    gen, gt = rows["generated"]["lse"], rows["ground_truth"]["lse"]
+    assert (gen["videos"], gen["scored"], gen["failed"]) == (3, 1, 2)
+    assert (gt["videos"], gt["scored"], gt["failed"]) == (1, 1, 0)  # only clip 0's source is a video
+    for got in (gen, gt):
+        assert got["lse_c"] == pytest.approx(want.lse_c, abs=1e-6)
+        assert got["lse_d"] == pytest.approx(want.lse_d, abs=1e-6)
+        assert got["offset_frames"] == want.offset
+    assert "lse" not in rows["static"]
+    not_scored = [ln for ln in result.stderr.splitlines() if ln.startswith("not scored")]
+    assert len(not_scored) == 2 and any("no face" in ln for ln in not_scored)
+    assert any("not found" in ln for ln in not_scored)
+    head, *lines = result.stdout.strip().splitlines()
+    assert "LSE-C" in head and "LSE-D" in head
+    table = {ln.split()[0]: ln for ln in lines}
+    assert f"{want.lse_c:.3f}" in table["generated"] and f"{want.lse_d:.3f}" in table["ground_truth"]
+    assert table["static"].split()[-3:] == ["-", "-", "-"]
+
+    result = run_cli(*args, "--models-dir", tmp_path / "empty")
+    assert_clean_error(result, "not installed", "talkhead download syncnet")
+    result = run_cli("evaluate", data, "--ground-truth", data, "--syncers", syncers, "--videos", tmp_path / "nope")
+    assert_clean_error(result, "--videos", "nope")

@@ -23,12 +23,19 @@ generated and ground-truth 68-landmark sequences, in pixels (lower is better).
 
 :func:`evaluate` returns a JSON-serialisable dict with three rows: ``generated``, ``ground_truth``
 (the real motion, in sync by construction) and ``static`` (the first ground-truth frame held still).
+
+SyncNet's lip-sync scores of rendered videos (LSE-C, LSE-D and the AV offset, :mod:`talkhead.score`)
+join the table through :func:`syncnet_rows`: the generated row from the rendered ``<clip id>.mp4``
+files, the ground-truth row from the clips' source videos where they still exist. They measure the
+pixels (renderer included) with the pretrained SyncNet, where AV-Off/AV-Conf measure the keypoints
+with the metric syncers.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +43,8 @@ import torch
 from ..constants import FPS, KP_DIM, NUM_KP
 from ..errors import InputError
 from ..constants import LOGFBANK_PER_VIDEO_FRAME
+from ..progress import Progress
+from ..score import VideoScore, score_videos, summary
 from ..mssync.syncers import WINDOW_FRAMES, SyncerPyramid, level_name, pyramid_frames
 
 DEFAULT_MAX_SHIFT = 15
@@ -231,11 +240,42 @@ def evaluate(generated: Sequence[Any], ground_truth: Sequence[Any], syncers: Syn
             "num_clips": len(gens), "rows": rows}
 
 
+def syncnet_rows(model, videos: Mapping[str, Sequence[Optional[Path]]], *, detect: Callable[[np.ndarray], np.ndarray],
+                 progress: Optional[Progress] = None,
+                 on_video: Optional[Callable[[VideoScore], None]] = None) -> dict[str, Optional[dict]]:
+    """SyncNet scores (LSE-C, LSE-D, AV offset) of each row's videos, for :func:`evaluate`'s table.
+
+    Args:
+        model: a loaded SyncNet (:func:`talkhead.score.load_scorer`) or any embedding model.
+        videos: per row name (``"generated"``, ``"ground_truth"``), one video path per clip, or
+            ``None`` for a clip with no video to score (not counted).
+        detect: ``frame -> (k, 4)`` face boxes (:func:`talkhead.facetrack.face_detector`).
+        progress: ``progress(stage, done, total)`` for each video's stages.
+        on_video: called with each :class:`talkhead.score.VideoScore` as it is done (a video that
+            cannot be scored has its one-line ``error`` and the others are still scored).
+
+    Returns:
+        Per row, :func:`talkhead.score.summary` of its videos (``videos``, ``scored``, ``failed``,
+        ``lse_c``, ``lse_d``, ``offset_frames``, ``abs_offset_frames``; offsets in 25-fps frames,
+        positive = the audio is late), or ``None`` when the row has no video at all.
+    """
+    out: dict[str, Optional[dict]] = {}
+    for name, paths in videos.items():
+        todo = [Path(p) for p in paths if p is not None]
+        out[name] = summary(score_videos(model, todo, detect=detect, progress=progress, on_video=on_video)) \
+            if todo else None
+    return out
+
+
 def format_table(result: Mapping) -> str:
     """Plain-text table of an :func:`evaluate` result: one line per row, |AV-Off| (frames) and
-    AV-Conf per level, then LMD (pixels)."""
+    AV-Conf per level, then LMD (pixels); then, when a row has SyncNet scores (``row["lse"]``, see
+    :func:`syncnet_rows`), LSE-C, LSE-D and SyncNet's mean signed AV offset (25-fps frames)."""
     levels = list(result["levels"])
+    lse = any(row.get("lse") for row in result["rows"].values())
     head = f"{'':<14}" + "".join(f"{'|Off| ' + l:>16}{'Conf ' + l:>14}" for l in levels) + f"{'LMD px':>10}"
+    if lse:
+        head += f"{'LSE-C':>9}{'LSE-D':>9}{'SyncNet Off':>13}"
     lines = [head]
     for name, row in result["rows"].items():
         cells = []
@@ -246,5 +286,12 @@ def format_table(result: Mapping) -> str:
             cells.append(f"{off:>16}{conf:>14}")
         lm = "-" if row.get("lmd_px") is None or (isinstance(row["lmd_px"], float) and math.isnan(row["lmd_px"])) \
             else f"{row['lmd_px']:.2f}"
-        lines.append(f"{name:<14}" + "".join(cells) + f"{lm:>10}")
+        line = f"{name:<14}" + "".join(cells) + f"{lm:>10}"
+        if lse:
+            sc = row.get("lse") or {}
+            if sc.get("lse_c") is None:
+                line += f"{'-':>9}{'-':>9}{'-':>13}"
+            else:
+                line += f"{sc['lse_c']:>9.3f}{sc['lse_d']:>9.3f}{sc['offset_frames']:>+13.2f}"
+        lines.append(line)
     return "\n".join(lines)
