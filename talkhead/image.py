@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,14 +57,21 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     if not p.is_file():
         raise InputError(f"image is not a file: '{p}'")
     try:
-        with Image.open(p) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb8(img)
+        with warnings.catch_warnings():
+            # between Image.MAX_IMAGE_PIXELS and twice that (89-179 megapixels by default) Pillow only
+            # warns, in two lines on stderr; such a photo is decoded (and downscaled later), so the
+            # warning says nothing the user must act on. Above twice the limit it is refused below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb8(img)
     except UnidentifiedImageError:
         raise ImageError(f"'{p}' is not an image file (or a format Pillow cannot read)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"image '{p}' is too large to decode safely: {exc}") from None
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageError(f"image '{p}' is too large to decode safely (more than {limit:,} pixels, "
+                         "Pillow's decompression-bomb limit): downscale it first") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
         # Pillow reports truncated/corrupt data as OSError; some plugins and malformed EXIF blocks
         # surface as SyntaxError, ValueError, struct.error or IndexError.

@@ -6,6 +6,8 @@ cols ~140-320).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import skimage.data
@@ -134,3 +136,23 @@ def test_even_size():
     np.testing.assert_array_equal(even[:511, 313], odd[:, 312])            # one mirrored column
     assert even_size(ASTRO) is ASTRO
     assert even_size(np.ascontiguousarray(ASTRO[:, :301])).shape == (512, 302, 3)
+
+
+def test_huge_photos_decode_quietly_or_fail_in_one_line(tmp_path, monkeypatch):
+    """Between Pillow's pixel limit and twice it, a photo is decoded without Pillow's two-line
+    DecompressionBombWarning on stderr; above twice the limit it is one ImageError line. The limit
+    is lowered so the test photos stay small (same code path as a 100-200 megapixel photo)."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    warn = tmp_path / "warn.png"
+    Image.fromarray(np.full((40, 40, 3), 7, np.uint8)).save(warn)  # 1600 px: warn zone
+    bomb = tmp_path / "bomb.png"
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(bomb)  # 2500 px > 2 x 1000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning that escapes fails the test
+        assert load_image(warn).shape == (40, 40, 3)
+    with pytest.raises(ImageError) as info:
+        load_image(bomb)
+    msg = str(info.value)
+    assert "\n" not in msg and "bomb.png" in msg and "2,000 pixels" in msg and "downscale" in msg
