@@ -449,8 +449,12 @@ def _describe_failure(path: Path, exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, EOFError) or "truncated" in text or "Ran out of input" in text:
         what = "the file ends early (truncated, e.g. an incomplete download)"
-    elif zipfile.is_zipfile(path) or "zip archive" in text or "PytorchStreamReader" in text:
-        what = "the zip archive is corrupt or truncated"
+    elif isinstance(exc, zipfile.BadZipFile) or any(
+            s in text for s in ("zip archive", "PytorchStreamReader", "central directory", "CRC", "file not found")):
+        what = "the zip archive is corrupt or truncated"  # the container itself, not what it holds
+    elif zipfile.is_zipfile(path):
+        what = "the zip archive opens but what it holds is not a valid checkpoint (damaged, tampered with, or " \
+               "written by another program)"
     elif isinstance(exc, pickle.UnpicklingError) or "magic number" in text:
         what = "it is not a PyTorch checkpoint"
     else:

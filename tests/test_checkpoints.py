@@ -217,6 +217,38 @@ def test_corrupted_zip_member(tmp_path, weights):
         load_checkpoint(path)
 
 
+def test_zip_failures_name_the_archive_only_when_it_is_damaged(tmp_path):
+    """A sound zip archive whose pickle is not a checkpoint's (a storage typename or class renamed, the
+    CRCs recomputed) is not called "corrupt or truncated"; a damaged central directory is."""
+    import zipfile
+
+    src = tmp_path / "ok.pt"
+    torch.save({"w": torch.zeros(4)}, src)
+
+    def rewrite(name: str, old: bytes, new: bytes, *, fix_crc: bool = True) -> Path:
+        dst = tmp_path / name
+        if fix_crc:
+            with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as out:
+                for n in z.namelist():
+                    d = z.read(n)
+                    out.writestr(n, d.replace(old, new) if n.endswith("data.pkl") else d)
+        else:
+            data = src.read_bytes()
+            assert data.count(old) == 1
+            dst.write_bytes(data.replace(old, new))
+        return dst
+
+    for bad in (rewrite("typename.pt", b"storageq", b"storagXq"), rewrite("class.pt", b"FloatStorage", b"FloatStoragf")):
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(bad)
+        msg = str(info.value)
+        assert "corrupt" not in msg and "truncated" not in msg and "not a valid checkpoint" in msg, msg
+        assert "\n" not in msg and str(bad) in msg
+    flipped = rewrite("flipped.pt", b"PK\x05\x06", b"PK\x05\x07", fix_crc=False)  # end of central directory
+    with pytest.raises(CheckpointError, match="zip archive is corrupt"):
+        load_checkpoint(flipped)
+
+
 # ----------------------------------------------------------------------------------------------
 # state dict checks
 # ----------------------------------------------------------------------------------------------
