@@ -233,12 +233,19 @@ class VideoMotion:
                 raise InputError(f"driving video '{path}' has no video stream") from None
             raise InputError(f"cannot read driving video '{path}': {reason}") from None
         duration = num_frames / info.fps
+        # a variable-frame-rate stream (phones record VFR) has fewer or more frames than its duration
+        # at its average rate; its duration is the container's, and its frames are resampled below
+        vfr = info.duration_s > 0 and abs(num_frames - info.duration_s * info.fps) > max(2.0, 0.02 * num_frames)
+        if vfr:
+            duration = info.duration_s
         if opts.max_seconds is not None and duration > opts.max_seconds:
             raise InputError(f"driving video '{path}' lasts {duration:.2f} s, more than --max-seconds "
                              f"{opts.max_seconds:g}")
         self.audio = path if info.has_audio else None
         self.fps = float(opts.fps) if opts.fps is not None else info.fps
-        self.num_frames = num_frames if opts.fps is None else max(1, int(round(duration * self.fps)))
+        # frames are always read at the output rate (ffmpeg's fps filter: constant, time-aligned), so a
+        # VFR video is read and written at one explicit rate and stays in sync with its audio
+        self.num_frames = num_frames if opts.fps is None and not vfr else max(1, int(round(duration * self.fps)))
         if opts.crop == "auto":
             detections, frame_hw, step = sample_faces(path, face_detector(pipeline.faces, str(pipeline.device), None),
                                                       info=info)
@@ -250,7 +257,7 @@ class VideoMotion:
                 raise NoFaceError(f"no face found in driving video '{path}' ({n} frame{'s' * (n != 1)} sampled "
                                   f"every {step:.2g} s from the start)")
             self.box = tuple(int(v) for v in fixed_crop_box(boxes, frame_hw))
-        self._vf = _driving_filter(self.box, pipeline.frame_size, opts.fps)
+        self._vf = _driving_filter(self.box, pipeline.frame_size, self.fps)
 
     def _frames(self, vf: str, size: int):
         from .ffmpeg import read_frames
@@ -280,7 +287,7 @@ class VideoMotion:
             src_lm = landmarks_of(np.clip(np.round(_resize(crop, lm_size) * 255), 0, 255).astype(np.uint8))
             if src_lm is None:
                 raise NoFaceError(f"no face landmarks found in '{run.photo.path}' for --find-best-frame")
-        frames = self._frames(_driving_filter(self.box, lm_size, opts.fps), lm_size)
+        frames = self._frames(_driving_filter(self.box, lm_size, self.fps), lm_size)
         try:
             total = self.num_frames
             cb = (lambda done: run.progress("best-frame", done, max(done, total))) if run.progress else None

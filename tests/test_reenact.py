@@ -141,6 +141,29 @@ def test_silent_driving_clip_gives_a_silent_video_and_fps_resamples(clips, tiny_
     assert info.fps == 25 and info.num_frames == result.num_frames == 25
 
 
+def test_variable_frame_rate_driving_video_keeps_its_duration(clips, tiny_fomm, tmp_path):
+    """A VFR driving video (2 s at 30 fps, then 1.2 s at 10 fps: 72 frames over 3.2 s, the way phones
+    record) is read and written at one explicit rate: the output lasts as long as the input and its
+    audio, with duration x fps frames (read at the stream's nominal rate and written at its average,
+    it came out 1.5x too long)."""
+    ffmpeg = __import__("imageio_ffmpeg").get_ffmpeg_exe()
+    talk = tmp_path / "cfr.mp4"
+    write_video(talk, [face_frame(dx) for dx in applied_dx(np.arange(72) / SRC_FPS)], SRC_FPS, None)
+    wav = speech_wav(tmp_path / "vfr.wav", 3.2)
+    vfr = tmp_path / "vfr.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(talk), "-i", str(wav), "-vf",
+                    "setpts='if(lt(N,60),N/30,2+(N-60)/10)/TB'", "-fps_mode", "vfr", "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", str(vfr)], check=True)
+    src = probe(vfr)
+    assert src.num_frames == 72 and abs(src.duration_s - 3.2) < 0.1  # really variable: 72 frames, 3.2 s
+    pipe = load_reenact_pipeline(ReenactOptions(frame="crop", landmarker="dlib", device="cpu"), renderer=tiny_fomm)
+    result = reenact(pipe, PHOTO, vfr, tmp_path / "out.mp4")
+    out = probe(tmp_path / "out.mp4")
+    assert abs(out.duration_s - src.duration_s) < 2 / out.fps, (out, src)
+    assert abs(out.num_frames - src.duration_s * out.fps) <= 1 and out.num_frames == result.num_frames
+    assert out.has_audio and abs(out.audio_duration_s - out.num_frames / out.fps) < 0.1
+
+
 def test_full_frame_output_is_the_photo_size(clips, tiny_fomm, tmp_path):
     pipe = load_reenact_pipeline(ReenactOptions(frame="full", landmarker="dlib", device="cpu"), renderer=tiny_fomm)
     result = reenact(pipe, PHOTO, clips["silent"], tmp_path / "full.mp4")
