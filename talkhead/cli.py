@@ -484,7 +484,9 @@ def ui(
     """Serve a local web page (and HTTP API) for animate: drop a photo and a speech file, get the MP4.
 
     Needs the ui extra: pip install 'talkhead[ui]'. The models load once at start-up; requests run one
-    at a time. The options below are the page's defaults. Ctrl-C stops it and removes its temporary files.
+    at a time; uploads are limited to 500 MB. The options below are the page's defaults. Ctrl-C (exit 0)
+    or SIGTERM (exit 143) stops it and removes its temporary files; those of a server that was killed
+    outright are removed by the next start.
 
     Examples
 
@@ -494,11 +496,22 @@ def ui(
     """
     from . import ui as web
 
+    import signal
+
     with errors():
         opts = options()
         web.require_gradio()
-        web.serve(opts, host=host, port=port, share=share, log=_log(quiet),
-                  ready=lambda url: print(url, flush=True))
+        if host not in web.LOOPBACK:
+            err_console.print(f"[yellow]warning:[/] --host {host} serves the page and its API to every machine that "
+                              "can reach this one, with no login", highlight=False, soft_wrap=True)
+        if share:
+            err_console.print("[yellow]warning:[/] --share publishes the page through Gradio's share servers: anyone "
+                              "with the link can upload files and run the models on this machine",
+                              highlight=False, soft_wrap=True)
+        stopped_by = web.serve(opts, host=host, port=port, share=share, log=_log(quiet),
+                               ready=lambda url: print(url, flush=True))
+    if stopped_by == signal.SIGTERM:
+        raise typer.Exit(128 + signal.SIGTERM)  # the CLI's rule for SIGTERM: 143
 
 
 finish_help(app)  # every command's docstring -> its --help text (after the last command is registered)

@@ -48,6 +48,22 @@ API_NAME = "animate"
 REENACT_API_NAME = "reenact"
 """The Reenact tab's endpoint: ``/reenact(photo, driving_video, ...)`` (photo + driving video -> MP4)."""
 
+MAX_UPLOAD_MB = 500
+"""Largest upload the page accepts, megabytes (Gradio's ``max_file_size``): about 40 minutes of 1080p
+phone video or several hours of WAV speech; bigger files are refused before they are stored."""
+
+TEMP_PREFIX = "talkhead-ui-"
+"""Name prefix of a server's temporary root in the system temp folder."""
+
+OWNER_FILE = "owner.pid"
+"""File in a temporary root naming the server process that owns it (for :func:`sweep_stale_roots`)."""
+
+PAGE_CSS = "#status { overflow-wrap: anywhere; } #status code { white-space: pre-wrap; }"
+"""The status banner wraps at the page's width (long paths and commands included)."""
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+"""Hosts that serve this computer only (any other ``--host`` is reachable from the network)."""
+
 
 def require_gradio():
     """Import and return the ``gradio`` module.
@@ -287,11 +303,14 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
         with gr.Tab("Animate"):
             with gr.Row():
                 with gr.Column():
-                    image = _pass_unreadable_images(gr.Image(
-                        type="filepath", image_mode=None, label="Face photo", sources=["upload", "clipboard"],
-                        elem_id="photo", height=280))
-                    audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="Speech",
-                                     elem_id="speech")
+                    with gr.Row(equal_height=True):  # side by side: the button stays above the fold
+                        image = _pass_unreadable_images(gr.Image(
+                            type="filepath", image_mode=None, label="Face photo", sources=["upload", "clipboard"],
+                            elem_id="photo", height=280))
+                        audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="Speech",
+                                         elem_id="speech")
+                    button = gr.Button("Animate", variant="primary", elem_id="animate-button",
+                                       interactive=animator.load_error is None)
                     with gr.Accordion("Options", open=True):
                         motion = gr.Slider(0.0, 2.0, value=float(base.motion_scale), step=0.05,
                                            label="Motion scale", info="0 = still head, 1 = as generated")
@@ -301,8 +320,6 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                                          info="when several faces are found: 0 = the largest, 1 = the next, ...")
                         device = gr.Dropdown(list(DEVICES), value=base.device, label="Device",
                                              info="auto = cuda > mps > cpu; another device loads the models again")
-                    button = gr.Button("Animate", variant="primary", elem_id="animate-button",
-                                       interactive=animator.load_error is None)
                 with gr.Column():
                     video = gr.Video(label="Talking head (MP4)", elem_id="result", buttons=["download"],
                                      interactive=False, height=420)
@@ -316,6 +333,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                                     progress=_ProgressBridge(progress), motion_scale=motion_scale, frame=frame,
                                     face_index=face_index, device=device)
             except TalkheadError as exc:
+                animator.log(f"request failed: {exc}")
                 raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
 
         button.click(animate, inputs=[image, audio, motion, frame, face, device], outputs=video,
@@ -324,11 +342,14 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
         with gr.Tab("Reenact"):
             with gr.Row():
                 with gr.Column():
-                    r_photo = _pass_unreadable_images(gr.Image(
-                        type="filepath", image_mode=None, label="Face photo", sources=["upload", "clipboard"],
-                        elem_id="reenact-photo", height=280))
-                    r_driving = gr.Video(label="Driving video (a moving face; its audio is kept)",
-                                         sources=["upload"], elem_id="reenact-video", height=280)
+                    with gr.Row(equal_height=True):
+                        r_photo = _pass_unreadable_images(gr.Image(
+                            type="filepath", image_mode=None, label="Face photo", sources=["upload", "clipboard"],
+                            elem_id="reenact-photo", height=280))
+                        r_driving = gr.Video(label="Driving video (a moving face; its audio is kept)",
+                                             sources=["upload"], elem_id="reenact-video", height=280)
+                    r_button = gr.Button("Reenact", variant="primary", elem_id="reenact-button",
+                                         interactive=animator.load_error is None)
                     with gr.Accordion("Options", open=True):
                         r_frame = gr.Radio(list(FRAMES), value=frame.value, label="Frame",
                                            info="the whole photo, or the square face crop")
@@ -338,8 +359,6 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                                              info="start from the driving frame closest to the photo's pose")
                         r_face = gr.Number(value=base.face_index or 0, precision=0, minimum=0, label="Face index")
                         r_device = gr.Dropdown(list(DEVICES), value=base.device, label="Device")
-                    r_button = gr.Button("Reenact", variant="primary", elem_id="reenact-button",
-                                         interactive=animator.load_error is None)
                 with gr.Column():
                     r_video = gr.Video(label="Reenacted (MP4)", elem_id="reenact-result", buttons=["download"],
                                        interactive=False, height=420)
@@ -354,6 +373,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                                             find_best_frame=find_best_frame, frame=frame, face_index=face_index,
                                             device=device)
             except TalkheadError as exc:
+                animator.log(f"request failed: {exc}")
                 raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
 
         r_button.click(reenact, inputs=[r_photo, r_driving, r_frame, r_relative, r_best, r_face, r_device],
@@ -364,19 +384,24 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
 def _pass_unreadable_images(component):
     """Let an upload that Pillow cannot open reach the pipeline unchanged (returns ``component``).
 
-    Gradio's image preprocessing opens every upload and fails with a generic error on a non-image;
-    passing the path through lets :func:`talkhead.image.load_image` raise the CLI's
+    Gradio's image preprocessing opens every upload and fails with a generic error on a non-image
+    (and with Pillow's multi-line decompression-bomb error, naming the server's temp path, on a huge
+    one); passing the path through lets :func:`talkhead.image.load_image` raise the CLI's
     :class:`~talkhead.errors.ImageError` line instead. Done on the instance: a ``gr.Image`` subclass
     would make Gradio write a ``.pyi`` stub next to this module at import time.
     """
-    from PIL import UnidentifiedImageError
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
 
     preprocess = component.preprocess
 
     def tolerant(payload):
         try:
-            return preprocess(payload)
-        except (UnidentifiedImageError, OSError, ValueError):
+            with warnings.catch_warnings():  # a 90-180 megapixel photo: Pillow's warning is not for the log
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                return preprocess(payload)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
             return str(payload.path) if payload is not None and payload.path else None
 
     component.preprocess = tolerant
@@ -388,41 +413,108 @@ def _frame_label(value: str) -> str:
 
 
 def _status_markdown(load_error: str | None) -> str:
+    """The banner shown when the models could not be loaded: the error's own line, wrapped at the page's
+    width (no scrolling code box: the fix it names, e.g. ``talkhead download``, stays in view)."""
     if load_error is None:
         return ""
-    return "### ⚠ The models could not be loaded\n```\n" + load_error + "\n```\nFix it, then restart `talkhead ui`."
+    text = load_error.replace("<", "&lt;").replace(">", "&gt;")
+    return f"### ⚠ The models could not be loaded\n\n{text}\n\nFix it, then restart `talkhead ui`."
+
+
+def sweep_stale_roots(tempdir: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the temporary roots of servers that are gone (killed with SIGKILL, a power cut).
+
+    A root is stale when its :data:`OWNER_FILE` names a process that no longer exists; a root
+    without one (being created, or from another program) is left alone, and so is one whose owner
+    cannot be checked.
+
+    Args:
+        tempdir: where the roots are (default: the system temp folder, ``tempfile.gettempdir()``).
+
+    Returns:
+        The roots removed.
+    """
+    removed = []
+    for root in sorted(Path(tempdir or tempfile.gettempdir()).glob(TEMP_PREFIX + "*")):
+        try:
+            pid = int((root / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root)
+        except OSError:  # PermissionError: alive, another user's
+            continue
+    return removed
 
 
 def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
           log: Callable[[str], None] | None = None, ready: Callable[[str], None] | None = None,
-          stop: threading.Event | None = None) -> None:
+          stop: threading.Event | None = None) -> Optional[int]:
     """Load the models, start the page on ``http://host:port/`` and block until Ctrl-C (or SIGTERM).
 
     Every file the app writes (Gradio's uploads and results, the per-request folders) lives under
-    one temporary root (``talkhead-ui-*`` in the system temp folder), removed on the way out.
+    one temporary root (``talkhead-ui-*`` in the system temp folder, its owner's pid in
+    :data:`OWNER_FILE`), removed on the way out, also when a second signal arrives during the clean-up;
+    roots left by servers that were killed outright are swept at start-up (:func:`sweep_stale_roots`).
+    Uploads above :data:`MAX_UPLOAD_MB` are refused.
 
     Args:
         base: the command line's options.
         host: interface to listen on; the default serves this computer only.
         port: TCP port (0 = the first free one from 7860 up, Gradio's search).
-        share: also open a public Gradio share link (off by default).
-        log: status lines (loading, the URL, shutdown).
+        share: also open a public Gradio share link (off by default). When the link cannot be
+            made (offline), one ``log`` line says so and the page serves this computer only; Gradio's
+            own messages never reach stdout (where the URL is printed).
+        log: status lines (loading, the URL, failed requests, shutdown).
         ready: called with the local URL once the server accepts requests.
         stop: setting this event stops the server like Ctrl-C (for callers that run it in a thread;
             signal handlers are installed only in the main thread).
 
+    Returns:
+        The signal that stopped the server (``signal.SIGINT`` / ``signal.SIGTERM``), or ``None`` when
+        ``stop`` was set or the server ended by itself.
+
     Raises:
         TalkheadError: gradio is missing, or the port cannot be opened.
     """
+    import contextlib
+    import io
+
     gr = require_gradio()
     say = log or (lambda msg: None)
-    root = Path(tempfile.mkdtemp(prefix="talkhead-ui-"))
+    for stale in sweep_stale_roots():
+        say(f"removed {stale}, left by a server that was killed")
+    root = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+    (root / OWNER_FILE).write_text(str(os.getpid()))
     previous = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # read when the components are built
     demo = None
     stop = stop or threading.Event()
+    received: list[int] = []
     handlers: dict = {}
     served = False  # "stopped" is said only of a server that ran (a failed start is the error's one line)
+
+    state = {"serving": False, "cleaning": False}
+
+    def on_signal(signum, frame) -> None:
+        received.append(signum)
+        stop.set()
+        if not state["serving"] and not state["cleaning"]:  # still starting: stop now, as before serve()
+            previous_handler = handlers.get(signum)
+            if callable(previous_handler):
+                previous_handler(signum, frame)
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        # installed before anything is written and restored only after the clean-up, so a second
+        # SIGTERM (timeout, docker stop, systemd) cannot end the process half-way through it
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, on_signal)
     try:
         animator = Animator(base, root / "requests", log=say).load()
         if animator.load_error:
@@ -430,25 +522,29 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
         demo = build_app(animator)
         demo.queue(default_concurrency_limit=1)
         theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+        chatter = io.StringIO()
         try:
-            _, url, share_url = demo.launch(server_name=host, server_port=port or None, share=share,
-                                            prevent_thread_lock=True, quiet=True, show_error=True,
-                                            ssr_mode=False, theme=theme, footer_links=["api"])
+            with contextlib.redirect_stdout(chatter):  # Gradio's share-link messages: stdout is the URL's
+                _, url, share_url = demo.launch(server_name=host, server_port=port or None, share=share,
+                                                prevent_thread_lock=True, quiet=True, show_error=True,
+                                                ssr_mode=False, theme=theme, footer_links=["api"], css=PAGE_CSS,
+                                                max_file_size=f"{MAX_UPLOAD_MB}mb")
         except OSError as exc:
             raise TalkheadError(f"cannot serve on {host}:{port}: {exc}") from None
         url = f"http://{host}:{demo.server_port}/"
-        served = True
+        served = state["serving"] = True
+        if share and not share_url:
+            reason = next((ln.strip() for ln in chatter.getvalue().splitlines() if ln.strip()), "no reason given")
+            say(f"warning: no public share link could be made ({reason}); serving on {url} only")
         say(f"talkhead ui running on {url}" + (f" and {share_url}" if share_url else "") + "  (Ctrl-C to stop)")
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C / kill: leave the wait loop below, then clean up
-                handlers[sig] = signal.signal(sig, lambda *_: stop.set())
         if ready:
             ready(url)
         while not stop.is_set() and demo.is_running:
             stop.wait(0.2)
+        if received:
+            say(f"stopping ({signal.Signals(received[0]).name}): closing the server, removing temporary files")
     finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+        state["cleaning"] = True
         if demo is not None:
             demo.close(verbose=False)
         if previous is None:
@@ -458,7 +554,10 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
         shutil.rmtree(root, ignore_errors=True)
         if served:
             say("stopped; temporary files removed")
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return received[0] if received else None
 
 
-__all__ = ["Animator", "build_app", "serve", "request_options", "require_gradio", "INSTALL_HINT", "API_NAME",
+__all__ = ["Animator", "build_app", "serve", "sweep_stale_roots", "MAX_UPLOAD_MB", "LOOPBACK", "request_options", "require_gradio", "INSTALL_HINT", "API_NAME",
            "REENACT_API_NAME", "FRAMES"]

@@ -197,6 +197,17 @@ def test_api_reports_bad_uploads_with_the_cli_message(server, client, tmp_path):
 
     with pytest.raises(AppError, match=r"face index 3 requested but only 1 confident face\(s\) found in 'astronaut\.png'"):
         client.predict(handle_file(str(ASTRONAUT)), handle_file(str(SPEECH)), face_index=3, api_name="/animate")
+
+    huge = tmp_path / "huge.png"  # 20000 x 20000 (400 megapixels, a 60 KB file): Pillow refuses to decode it
+    Image.new("1", (20000, 20000)).save(huge)
+    with pytest.raises(AppError) as info:
+        client.predict(handle_file(str(huge)), handle_file(str(SPEECH)), api_name="/animate")
+    msg = str(info.value)
+    assert "'huge.png' is too large to decode safely" in msg and str(server.tmpdir) not in msg and "\n" not in msg
+    # the server's log names each failure it returned, and holds no traceback
+    wait_for(lambda: "too large to decode" in "".join(server.stderr), timeout=60, what="the failure in the log")
+    log = "".join(server.stderr)
+    assert "request failed: no face found in 'wall.png'" in log and "Traceback" not in log
     (root,) = server.temp_roots()
     assert not list((root / "requests").glob("request-*"))
 
@@ -227,25 +238,40 @@ def _chromium():
     return browser, driver
 
 
-def test_page_in_headless_chromium(server, tmp_path):
+def _headless(width: int = 1280, height: int = 900):
+    """A headless Chromium WebDriver with a ``width`` x ``height`` window (skips without one)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser, driver_path = _chromium()
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1200", "--mute-audio"):
+                f"--window-size={width},{height}", "--mute-audio"):
         opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    return webdriver.Chrome(service=Service(driver_path), options=opts)
+
+
+def _in_view(driver, element) -> bool:
+    """Whether ``element`` lies wholly inside the window without scrolling."""
+    return driver.execute_script(
+        "const r = arguments[0].getBoundingClientRect();"
+        "return r.top >= 0 && r.left >= 0 && r.bottom <= window.innerHeight && r.right <= window.innerWidth;",
+        element)
+
+
+def test_page_in_headless_chromium(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _headless(1280, 900)
     try:
         wait = WebDriverWait(driver, 120)
         driver.get(server.url)
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
         assert "talkhead" in driver.title
+        assert _in_view(driver, driver.find_element(By.ID, "animate-button"))  # above the fold at 1280 x 900
         driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
         driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))  # uploaded and previewed
@@ -303,7 +329,71 @@ def test_ctrl_c_stops_the_server_and_removes_its_temporary_files(tiny_models_dir
     assert "stopped; temporary files removed" in "".join(srv.stderr)
 
 
-def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch):
+def test_sigterm_twice_exits_143_and_leaves_nothing_and_a_killed_servers_root_is_swept(tiny_models_dir, tmp_path):
+    """SIGTERM as ``timeout``/``docker stop``/systemd send it: a second one during the clean-up does
+    not cut it short, the process exits 143 (the CLI's rule) and its root is gone. A root left by a
+    server that was SIGKILLed (its owner pid dead) is removed by the next start; one whose owner is
+    alive is kept."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from talkhead.ui import OWNER_FILE
+
+    _need_ui_extra()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, alive = tmp / "talkhead-ui-stale", tmp / "talkhead-ui-alive"
+    for root, pid in ((stale, dead.pid), (alive, os.getpid())):
+        (root / "gradio").mkdir(parents=True)
+        (root / "gradio" / "upload.png").write_bytes(b"x")
+        (root / OWNER_FILE).write_text(str(pid))
+    srv = Server(tiny_models_dir, tmp)
+    try:
+        assert not stale.exists() and alive.exists()
+        (root,) = [r for r in srv.temp_roots() if r != alive]
+        with pytest.raises(AppError, match="no face found"):
+            Client(srv.url, verbose=False, download_files=str(tmp_path)).predict(
+                handle_file(str(blank_photo(tmp_path / "wall.png"))), handle_file(str(SPEECH)), api_name="/animate")
+        assert any(p.is_file() for p in (root / "gradio").rglob("*"))
+        srv.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "stopping (SIGTERM)" in "".join(srv.stderr), timeout=60, proc=srv.proc,
+                 what="the server saying it stops")
+        srv.proc.send_signal(signal.SIGTERM)  # the second one, while it cleans up
+        assert srv.stop(signal.SIGTERM) == 143, "".join(srv.stderr)
+    finally:
+        srv.stop(signal.SIGKILL)
+    assert not root.exists() and srv.temp_roots() == [alive]
+    log = "".join(srv.stderr)
+    assert "stopped; temporary files removed" in log and "Traceback" not in log
+    assert f"removed {stale}" in log
+
+
+def test_ui_warns_before_serving_beyond_this_computer(monkeypatch):
+    """``--host`` other than loopback and ``--share`` each print one warning line before serving; a
+    server stopped by SIGTERM exits 143."""
+    from typer.testing import CliRunner
+
+    import talkhead.ui as web
+    from talkhead.cli import app
+
+    calls = []
+    monkeypatch.setattr(web, "require_gradio", lambda: None)
+    monkeypatch.setattr(web, "serve", lambda opts, **kw: calls.append(kw) or signal.SIGTERM)
+    result = CliRunner().invoke(app, ["ui", "--host", "0.0.0.0", "--share", "--landmarker", "dlib", "--offline"])
+    assert result.exit_code == 143, result.output
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 2 and "0.0.0.0" in warnings[0] and "no login" in warnings[0]
+    assert "--share" in warnings[1] and "anyone" in warnings[1]
+    assert calls and calls[0]["host"] == "0.0.0.0" and calls[0]["share"] is True
+    result = CliRunner().invoke(app, ["ui", "--landmarker", "dlib", "--offline"])
+    assert not [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
+    help_text = CliRunner().invoke(app, ["ui", "--help"]).output
+    assert f"{web.MAX_UPLOAD_MB} MB" in help_text  # the help states the upload limit the page applies
+
+
+def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch, capsys):
     """In-process serve() with an empty models dir: the page says what failed and how to fix it."""
     import tempfile
     import urllib.request
@@ -317,12 +407,12 @@ def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch
     empty = tmp_path / "models"
     empty.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    stop, urls, errors = threading.Event(), [], []
+    stop, urls, errors, logs = threading.Event(), [], [], []
 
     def run():
         try:
             serve(AnimateOptions(models_dir=empty, offline=True, landmarker="dlib", device="cpu"),
-                  port=_free_port(), ready=urls.append, stop=stop)
+                  port=_free_port(), ready=urls.append, stop=stop, share=True, log=logs.append)
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
@@ -334,12 +424,39 @@ def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch
         assert len(list(tmp_path.glob("talkhead-ui-*"))) == 1
         config = urllib.request.urlopen(urls[0] + "config", timeout=30).read().decode()
         assert "could not be loaded" in config and "talkhead download" in config and "Traceback" not in config
+        assert "```" not in config  # the fix is wrapped text, not a horizontally scrolling code box
         page = Client(urls[0], verbose=False, download_files=str(tmp_path))
         with pytest.raises(AppError, match="talkhead download"):
             page.predict(handle_file(str(ASTRONAUT)), handle_file(str(SPEECH)), api_name="/animate")
+        try:
+            driver = _headless(1280, 900)
+        except pytest.skip.Exception:
+            driver = None
+        if driver is not None:  # the banner as a user sees it: wrapped, the command in view
+            from selenium.webdriver.common.by import By
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            try:
+                driver.get(urls[0])
+                status = WebDriverWait(driver, 120).until(
+                    lambda d: next((e for e in d.find_elements(By.ID, "status") if "talkhead download" in e.text),
+                                   None))
+                assert _in_view(driver, status), status.rect
+                assert driver.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", status)
+                driver.save_screenshot(str(tmp_path / "banner.png"))
+                if os.environ.get("TALKHEAD_UI_SCREENSHOT"):
+                    shutil.copy(tmp_path / "banner.png", Path(os.environ["TALKHEAD_UI_SCREENSHOT"]).with_suffix(".banner.png"))
+            finally:
+                driver.quit()
     finally:
         stop.set()
         thread.join(120)  # guards against a hang only
     assert not thread.is_alive() and not errors
     assert list(tmp_path.glob("talkhead-ui-*")) == []
+    # --share where no link can be made (no network here): one warning line in the log, Gradio's own
+    # lines kept off stdout (where the URL goes); with a network the link is in the "running" line
+    out = capsys.readouterr().out
+    shared = [ln for ln in logs if ln.startswith("warning: no public share link")]
+    assert len(shared) == 1 or any(".gradio.live" in ln for ln in logs), logs
+    assert "Could not create share link" not in out and "\n" not in "".join(shared)
     assert not (ROOT / "talkhead" / "ui.pyi").exists()  # Gradio writes stubs beside modules that subclass components
