@@ -189,10 +189,14 @@ def _findings(report: dict[str, Any]) -> tuple[list[str], list[str]]:
                    else f"`talkhead download --force {st['model']}`)"))
         elif st["state"] == "unverified":
             warnings.append(f"{rel} is not recorded yet: it is checked and recorded on first use")
+        elif st["state"] == "verified" and st.get("reason"):
+            warnings.append(f"{rel} {st['reason']}: talkhead uses it as it is")
     missing = [rel for rel, st in files.items() if st["state"] == "missing"
                and not (st["model"] in REGISTRY and REGISTRY[st["model"]].optional)]
     if missing:
-        problems.append(f"checkpoints missing: {', '.join(missing)}: run `talkhead download`")
+        problems.append(f"checkpoints missing: {', '.join(missing)}: run `talkhead download`, or, without "
+                        "internet here, `talkhead download --from-dir FOLDER` with the files fetched elsewhere "
+                        "(models/*.md lists the sources)")
     partial = [rel for rel, st in files.items() if st["state"] == "missing" and rel not in missing]
     if partial:
         warnings.append(f"optional renderer files missing: {', '.join(partial)} (models/smac.md: install by hand "
@@ -236,7 +240,7 @@ def render_report(report: dict[str, Any], console=None) -> None:
 
     env = Table(title="environment", show_header=False)
     env.add_column("what")
-    env.add_column("value")
+    env.add_column("value", overflow="fold")  # paths are shown whole (folded), never cut with an ellipsis
     env.add_row("talkhead", str(report["talkhead"]["version"]))
     env.add_row("python", f"{report['python']['version']} ({report['python']['executable']})")
     env.add_row("torch", str(report["torch"].get("version")))
@@ -254,10 +258,12 @@ def render_report(report: dict[str, Any], console=None) -> None:
     colours = {"verified": "green", "packaged": "green", "missing": "red", "unverified": "yellow", "corrupt": "red"}
     tab = Table(title=f"checkpoints in {models['dir']}")
     for col in ("file", "state", "sha256 / reason"):
-        tab.add_column(col)
+        tab.add_column(col, overflow="fold")
     for rel, st in models.get("files", {}).items():
         if st["state"] == "verified":
             detail = (st.get("sha256") or "")[:16] + "..." + (f" ({st['pin']} copy)" if st.get("pin") else "")
+            if st.get("reason"):
+                detail += f"; [yellow]{st['reason']}[/]"
         else:
             detail = st.get("reason", "")
         tab.add_row(rel, f"[{colours.get(st['state'], 'white')}]{st['state']}[/]", detail)
@@ -273,7 +279,7 @@ def render_report(report: dict[str, Any], console=None) -> None:
 
     lm = Table(title="landmark backends")
     for col in ("backend", "works offline", "detail"):
-        lm.add_column(col)
+        lm.add_column(col, overflow="fold")
     for name, info in report["landmarkers"].items():
         detail = (info.get("model_path") or info.get("cache_dir") or "") if info.get("offline") else info.get("reason", "")
         lm.add_row(name, yes(info.get("offline")), str(detail))

@@ -88,8 +88,9 @@ def test_missing_checkpoints_mean_not_ready(tmp_path, fake_ffmpeg):
     assert report["models"]["exists"] is False and report["models"]["writable"] is True
     assert has_problems(report) and report["ready"] is False
     missing = [p for p in report["problems"] if "missing" in p]
-    assert missing == ["checkpoints missing: fomm/vox-adv-cpk.pth.tar, mssync/args, mssync/model_chkpt.pt: "
-                       "run `talkhead download`"]
+    assert len(missing) == 1 and missing[0].startswith(
+        "checkpoints missing: fomm/vox-adv-cpk.pth.tar, mssync/args, mssync/model_chkpt.pt: run `talkhead download`")
+    assert "talkhead download --from-dir FOLDER" in missing[0]  # the way in without internet
     assert not any("vox-adv-256.yaml" in m for m in report["problems"] + report["warnings"])
 
 
@@ -152,3 +153,35 @@ def test_render_report(registered, fake_ffmpeg, tmp_path):
     for needle in ("libx264", "verified", "corrupt", "fomm/vox-adv-cpk.pth.tar", "dlib", "problem:",
                    "verdict: not ready"):
         assert needle in text
+
+
+def test_render_report_shows_whole_paths_at_80_columns(tmp_path, fake_ffmpeg):
+    """A long models path is folded, never cut with an ellipsis, at a terminal's 80 columns."""
+    from rich.console import Console
+
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "models"
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    render_report(doctor_report(deep), console)
+    text = console.file.getvalue()
+    assert "\u2026" not in text and "..." not in text.replace("sha256 / reason", "")
+    joined = "".join(ln.strip("│ ┃") for ln in text.splitlines())
+    assert str(deep / "mssync" / "model_chkpt.pt").replace(" ", "") in joined.replace(" ", "").replace("│", "")
+
+
+def test_hand_placed_config_that_differs_is_said(registered, fake_ffmpeg, monkeypatch):
+    """A recorded FOMM config that is not the copy talkhead ships (here the tiny test config) is
+    verified, with a note and a warning saying it differs; the packaged copy itself gets neither."""
+    report = doctor_report(registered)
+    st = report["models"]["files"]["fomm/vox-adv-256.yaml"]
+    assert st["state"] == "verified" and "differs from the copy that ships with talkhead" in st["reason"]
+    assert any(w.startswith("fomm/vox-adv-256.yaml differs") for w in report["warnings"])
+    # the same bytes as the shipped copy (here: the shipped copy taken to be the tiny config): no note
+    import hashlib
+
+    import talkhead.store.verification as verification
+
+    tiny = hashlib.sha256((registered / "fomm" / "vox-adv-256.yaml").read_bytes()).hexdigest()
+    monkeypatch.setattr(verification, "_packaged_sha256", lambda f: tiny)
+    report = doctor_report(registered)
+    assert report["models"]["files"]["fomm/vox-adv-256.yaml"]["reason"] == ""
+    assert not any("differs" in w for w in report["warnings"])

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from ..errors import CheckpointError, InputError, TalkheadError
-from .checks import blame, check_group
+from .checks import blame, check_group, packaged_path
 from .manifest import STORE_MANIFEST_NAME, digests, hashed_this_process, manifest_problem, write_manifest
 from .paths import resolve_models_dir
 from .registry import ModelFile, Pin, PinMap, pins_of, specs_for
@@ -42,7 +42,8 @@ class ModelState:
         model: the model it belongs to (``"fomm"``, ``"mssync"``).
         state: ``"missing"``, ``"packaged"``, ``"verified"``, ``"corrupt"`` or ``"unverified"``.
         path: absolute path.
-        reason: why it is not ``verified`` (empty when it is).
+        reason: why it is not ``verified``; for a ``verified`` file, empty, or a note (a config that
+            differs from the copy that ships with talkhead).
         sha256: hex digest recorded in the manifest (``None`` when not recorded).
         size: recorded size in bytes (``None`` when not recorded).
         pin: label of the known-good copy it matches (``"published"``...), ``None`` if none.
@@ -105,7 +106,20 @@ def _file_state(root: Path, f: ModelFile, manifest: Mapping[str, dict], manifest
             return bad(f"its {pin.algorithm} is not that of the {pin.label!r} copy it was recorded as")
         if st.st_mtime_ns != entry.get("mtime_ns"):
             refreshed[f.relpath] = {**entry, "mtime_ns": st.st_mtime_ns}
-    return ModelState(f.relpath, model, VERIFIED, path, "", want_sha, want_size, entry.get("pin"))
+    note = ""
+    if f.packaged and want_sha != _packaged_sha256(f):
+        note = "differs from the copy that ships with talkhead (placed by hand or edited, then recorded)"
+    return ModelState(f.relpath, model, VERIFIED, path, note, want_sha, want_size, entry.get("pin"))
+
+
+def _packaged_sha256(f: ModelFile) -> Optional[str]:
+    """sha256 of the copy of ``f`` that ships with talkhead (a small config), ``None`` if unreadable."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(packaged_path(f).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def verify(models_dir: str | os.PathLike | None = None, names: str | Iterable[str] | None = None, *,
