@@ -452,6 +452,19 @@ def sweep_stale_roots(tempdir: str | os.PathLike | None = None) -> list[Path]:
     return removed
 
 
+def _gradio_default_dirs() -> list[Path]:
+    """Folders Gradio makes under its default temp folder, ``GRADIO_TEMP_DIR`` as it was when gradio
+    was imported (an import before :func:`serve` set it): the empty ``vibe_edit_history`` it creates
+    on every launch, and that folder's parent."""
+    try:
+        from gradio import routes
+
+        base = Path(routes.DEFAULT_TEMP_DIR)
+    except (ImportError, AttributeError, TypeError):
+        return []
+    return [base / "vibe_edit_history", base]
+
+
 def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
           log: Callable[[str], None] | None = None, ready: Callable[[str], None] | None = None,
           stop: threading.Event | None = None) -> Optional[int]:
@@ -491,6 +504,7 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
         say(f"removed {stale}, left by a server that was killed")
     root = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
     (root / OWNER_FILE).write_text(str(os.getpid()))
+    gradio_made = [p for p in _gradio_default_dirs() if not p.exists()]  # removed on the way out when empty
     previous = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # read when the components are built
     demo = None
@@ -552,6 +566,9 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
         else:
             os.environ["GRADIO_TEMP_DIR"] = previous
         shutil.rmtree(root, ignore_errors=True)
+        for leftover in gradio_made:  # innermost first; a folder something else has filled is kept
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
         if served:
             say("stopped; temporary files removed")
         for sig, handler in handlers.items():

@@ -326,6 +326,7 @@ def test_ctrl_c_stops_the_server_and_removes_its_temporary_files(tiny_models_dir
     finally:
         srv.stop(signal.SIGKILL)
     assert srv.temp_roots() == []
+    assert list((tmp_path / "tmp").iterdir()) == []  # nothing else either (Gradio's vibe_edit_history was left)
     assert "stopped; temporary files removed" in "".join(srv.stderr)
 
 
