@@ -18,8 +18,10 @@ import os
 import re
 import struct
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
@@ -585,3 +587,16 @@ def syncnet_fixture_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class QuietHTTPServer(ThreadingHTTPServer):
+    """The tests' loopback HTTP server: a client that hangs up mid-transfer (what the download tests
+    do on purpose) is not a server error, so its ``ConnectionResetError`` / ``BrokenPipeError`` is not
+    printed as a traceback in the middle of the test run; any other handler error still is."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            return
+        super().handle_error(request, client_address)

@@ -13,14 +13,14 @@ import json
 import re
 import shutil
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from helpers import states_of
+from helpers import QuietHTTPServer, states_of
 from talkhead import store
 from talkhead.checkpoints import load_checkpoint, require_finite
 from talkhead.errors import CheckpointError, ConfigError
@@ -303,7 +303,7 @@ class _Hostile(BaseHTTPRequestHandler):
 def hostile(mssync_tiny_dir):
     servers = []
     for _ in range(2):
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+        httpd = QuietHTTPServer(("127.0.0.1", 0), _Hostile)
         httpd.daemon_threads = True
         httpd.sent, httpd.release = 0, threading.Event()
         httpd.files = {"mssync/args": mssync_tiny_dir / "args", "mssync/model_chkpt.pt": mssync_tiny_dir / "model_chkpt.pt"}

@@ -16,7 +16,7 @@ import re
 import shutil
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +25,7 @@ import torch
 
 import talkhead.fomm
 from talkhead import store
-from helpers import flip_byte, sha256_of, states_of
+from helpers import QuietHTTPServer, flip_byte, sha256_of, states_of
 from talkhead.errors import CheckpointError, DownloadError, InputError
 from talkhead.store import (CORRUPT, MISSING, PACKAGED, UNVERIFIED, VERIFIED, Pin, Source, download, ensure_models,
                             install_from, model_card, read_store_manifest, register_local, resolve_models_dir, verify)
@@ -135,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     """A loopback HTTP server in a thread: ``server.routes[path] = Route(...)``, ``server.url(path)``,
     ``server.requests`` (path, Range header) in arrival order."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd = QuietHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.routes, httpd.requests = {}, []
     httpd.url = lambda path: f"http://127.0.0.1:{httpd.server_address[1]}{path}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
