@@ -31,7 +31,7 @@ import torch
 
 from .constants import FPS
 from .devices import resolve_device
-from .errors import InputError, NonFiniteError, TalkheadError
+from .errors import InputError, NoFaceError, NonFiniteError, TalkheadError
 from .keypoints import Keypoints, scale_head_motion
 from .options import AnimateOptions
 from .progress import Progress
@@ -255,6 +255,7 @@ class Pipeline:
         self._log = log
         self.log = log or (lambda msg: None)
         self._backend: str | None = None
+        self._pending_notes: list[str] = []  # said once the models are in place (see landmark_backend)
         self.models_dir: Optional[Path] = None
         if renderer is None or motion is None:
             from .store import resolve_models_dir
@@ -278,6 +279,7 @@ class Pipeline:
             DownloadError / CheckpointError / ConfigError: missing or bad checkpoints.
         """
         if self._renderer is not None and (self._motion is not None or not motion):
+            self.flush_notes()
             return self
         from .store import ensure_models, model_dir
 
@@ -294,7 +296,14 @@ class Pipeline:
 
             self._motion = MSSyncMotion(load_mssync(model_dir(self.models_dir, "mssync"), device=self.device))
             self._owns_motion = True
+        self.flush_notes()
         return self
+
+    def flush_notes(self) -> None:
+        """Say the notes held back so far (the landmarker's fallback), each once, through ``log``."""
+        notes, self._pending_notes = self._pending_notes, []
+        for note in notes:
+            self.log(note)
 
     @property
     def renderer(self) -> Renderer:
@@ -412,13 +421,15 @@ class Pipeline:
 
     def landmark_backend(self) -> str:
         """``options.landmarker`` resolved once (``auto`` -> fan or dlib, with a log line on fallback,
-        once per process: :func:`talkhead.landmarks.note_once`)."""
+        once per process: :func:`talkhead.landmarks.note_once`). The line waits until the models are
+        in place (:meth:`load`) or a face is not found: a run that stops at a missing checkpoint says
+        one line, the error."""
         if self._backend is None:
             from .landmarks import note_once, resolve_landmarker
 
             self._backend, note = resolve_landmarker(self.options.landmarker, offline=self.options.offline)
             if note_once(note):
-                self.log(note)
+                self._pending_notes.append(note)
         return self._backend
 
     def source_tensor(self, crop: np.ndarray) -> torch.Tensor:
@@ -536,7 +547,11 @@ class Pipeline:
         timings = {}
         t0 = time.perf_counter()
         motion.prepare(self)
-        source_photo = self.prepare_photo(photo)
+        try:
+            source_photo = self.prepare_photo(photo)
+        except NoFaceError:
+            self.flush_notes()  # which landmarker looked matters to a face it did not find
+            raise
         timings["prepare"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -130,15 +130,24 @@ def test_offline_quick_start_is_one_line_with_the_fix_first(tmp_path, no_dns):
     assert not (tmp_path / "x.mp4").exists()
 
 
-def test_offline_quick_start_with_auto_landmarks_adds_only_the_landmarker_note(tmp_path, no_dns, monkeypatch):
+def test_offline_quick_start_with_auto_landmarks_is_one_line_too(tmp_path, no_dns, monkeypatch):
+    """With the default ``--landmarker auto`` the landmarker's fallback note waits for the models:
+    the offline quick start is still the one error line. A photo without a face (found before any
+    model is needed) gets the note with its error, since which landmarker looked matters there."""
     import talkhead.landmarks as L
 
     monkeypatch.setattr(L, "_NOTED", set())  # as in a fresh process
     result = run_cli("animate", ASTRONAUT, SPEECH, "-o", tmp_path / "x.mp4", "--models-dir", tmp_path / "m")
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: could not download fomm/vox-adv-cpk.pth.tar")
+    monkeypatch.setattr(L, "_NOTED", set())
+    result = run_cli("animate", blank_photo(tmp_path / "wall.png"), SPEECH, "-o", tmp_path / "x.mp4",
+                     "--models-dir", tmp_path / "m")
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert result.exit_code == 2 and len(lines) == 2, result.stderr
     assert lines[0].startswith("landmarker auto: using dlib (") and "Errno" not in lines[0]
-    assert lines[1].startswith("error: could not download fomm/vox-adv-cpk.pth.tar")
+    assert lines[1].startswith("error: no face found")
 
 
 def test_verbose_shows_each_source_tried(tmp_path, no_dns):

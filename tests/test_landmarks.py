@@ -268,6 +268,8 @@ def test_pipeline_logs_the_auto_fallback_once(monkeypatch, tmp_path):
     pipe = Pipeline(AnimateOptions(offline=True, device="cpu"), renderer=object(), motion=object(), log=lines.append)
     assert AnimateOptions().landmarker == "auto"
     assert pipe.landmark_backend() == "dlib" and pipe.landmark_backend() == "dlib"
+    assert lines == []  # held back until the models are in place (a missing checkpoint stays one line)
+    pipe.load()
     assert len(lines) == 1 and lines[0].startswith("landmarker auto: using dlib")
     # once per process: a second pipeline (the next web request, batch item) says nothing
     again = Pipeline(AnimateOptions(offline=True, device="cpu"), renderer=object(), motion=object(), log=lines.append)
