@@ -324,6 +324,13 @@ class Pipeline:
         _detail(f"loading GFPGAN from {path}")
         self._restorer = load_gfpgan(path, infer_widths=True, device=self.device)
 
+    @property
+    def restorer(self):
+        """The face restorer of ``options.enhance`` (given, or loaded on first use; see
+        :meth:`_load_restorer`), ``None`` with ``enhance="none"``."""
+        self._load_restorer()
+        return self._restorer
+
     def restore_stage(self, photo: SourcePhoto, kp_source: Keypoints):
         """The :class:`talkhead.restore.FaceRestoreStage` of ``photo`` (``options.enhance``), or ``None``.
 
