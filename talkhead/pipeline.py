@@ -346,6 +346,8 @@ class Pipeline:
         if landmarks is None or landmarks.shape != (68, 2):
             raise InputError(f"--enhance {self.options.enhance} needs the face's 68 landmarks in {photo.path}, and "
                              "the landmarker gave none")
+        if hasattr(self._restorer, "precision"):
+            self._restorer.precision = self.options.precision  # checked for the device in __init__
         return FaceRestoreStage(self._restorer, photo.crop, landmarks, kp_source, self.options.enhance_strength)
 
     @property

@@ -87,6 +87,18 @@ def test_the_stored_noise_is_used_every_call():
     assert not torch.equal(r(x), a)
 
 
+def test_bf16_runs_under_autocast_close_to_fp32():
+    net = GFPGANv1Clean(TINY).eval()
+    net.load_state_dict(MAKE.seeded_state_dict(expected_layout(TINY), 4))
+    r = GFPGANRestorer(net)
+    x = torch.rand(1, 3, 64, 64)
+    ref = r(x)
+    r.precision = "bf16"
+    out = r(x)
+    assert out.dtype == torch.float32 and not torch.equal(out, ref)
+    assert float((out - ref).abs().max()) < 0.02
+
+
 # ------------------------------------------------------------------------------------------ files
 def test_read_and_load_a_tiny_file(tmp_path):
     path = tiny_file(tmp_path / "GFPGANv1.4.pth")
