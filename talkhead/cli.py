@@ -381,7 +381,7 @@ def score(
 # ----------------------------------------------------------------------------------------------- download
 @app.command()
 def download(
-    names: Optional[List[str]] = typer.Argument(None, metavar="MODELS", help=escape("Models to fetch (fomm, mssync, smac) [default: fomm and mssync, what animate needs].")),
+    names: Optional[List[str]] = typer.Argument(None, metavar="MODELS", help=escape("Models to fetch (fomm, mssync, smac, syncnet, gfpgan) [default: fomm and mssync, what animate needs].")),
     models_dir: Optional[Path] = ModelsDir,
     from_dir: Optional[Path] = typer.Option(None, "--from-dir", help="Install files you downloaded by hand from this folder instead."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help=escape("Base URL serving a models directory (URL/fomm/vox-adv-cpk.pth.tar, ...), tried after the public sources [default: $TALKHEAD_MIRROR].")),
@@ -401,6 +401,8 @@ def download(
       talkhead download fomm --from-dir ~/Downloads
 
       talkhead download smac --from-dir ~/Downloads/smac
+
+      talkhead download gfpgan
 
       talkhead download --mirror https://cache.example.com/talkhead
     """

@@ -89,6 +89,9 @@ class Compositor:
         feather: width of the blending band, as a fraction of the crop side ``S`` (0.12: 31 crop
             pixels at ``S`` = 256). The outermost crop pixel (``margin``) always gets weight 0.
         colour: colour matching, one of :data:`COLOUR_MATCHES`.
+        colour_side: side of the images the colour statistics are computed on, pixels (default
+            ``S / 2``). A face restored at ``2 S`` (:mod:`talkhead.restore`) is matched at the render's
+            ``S / 2``, so its colour correction is the plain render's.
 
     Attributes:
         region: ``(x0, y0, x1, y1)`` int pixels of the photo the crop covers, clipped to the photo
@@ -106,7 +109,7 @@ class Compositor:
     """Crop pixels at the very border given weight 0 (renderers are least reliable there)."""
 
     def __init__(self, photo: np.ndarray, face_crop: FaceCrop, *, feather: float = 0.12,
-                 colour: str = "lowfreq") -> None:
+                 colour: str = "lowfreq", colour_side: Optional[int] = None) -> None:
         import cv2
 
         photo = np.asarray(photo)
@@ -157,9 +160,9 @@ class Compositor:
         self._band_w = (inside & in_band).astype(np.float32)
         if self._band_w.sum() == 0:
             self.colour = "none"  # no band inside the photo: nothing to match against
-        # Colour statistics work at half the crop's resolution (S / 2 pixels a side).
-        self._half = max(8, S // 2)
-        self._lr = max(4, int(round(S / 8)))
+        # Colour statistics work at half the crop's resolution (S / 2 pixels a side) unless told.
+        self._half = max(8, int(colour_side) if colour_side else S // 2)
+        self._lr = max(4, int(round(self._half / 4)))
         self._sigma_lr = self._lr / 8.0  # = S / 8 crop pixels, in low-resolution pixels
         self._source_half = self._to_half(np.asarray(face_crop.crop, dtype=np.float32))
         self._band_half_source = self._to_half(self._band_w) * self._flatness(self._source_half)

@@ -27,7 +27,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .landmarks import Face
 
-__all__ = ["FOMM_INCREASE_AREA", "FaceCrop", "fomm_square_box", "face_extent", "fomm_crop", "no_crop"]
+__all__ = ["FOMM_INCREASE_AREA", "FaceCrop", "fomm_square_box", "face_extent", "fomm_crop", "no_crop", "crop_at_size"]
 
 FOMM_INCREASE_AREA = 0.1
 """``increase_area`` of FOMM ``crop-video.py`` ``compute_bbox`` (default of its ``--increase``): the
@@ -219,3 +219,14 @@ def no_crop(image: np.ndarray, size: int) -> FaceCrop:
     """
     image = _check_image(image)
     return _crop_resize(image, (0, 0, image.shape[1], image.shape[0]), size)
+
+
+def crop_at_size(image: np.ndarray, face_crop: FaceCrop, size: int) -> FaceCrop:
+    """The same box as ``face_crop``, cut from ``image`` again at another side ``size`` (the restore
+    stage's ``2 S`` face, :mod:`talkhead.restore`): same resize rule and border mirroring as
+    :func:`fomm_crop`, ``affine`` for the new size.
+
+    Raises:
+        ValueError: bad image shape or ``size`` < 1.
+    """
+    return _crop_resize(_check_image(image), face_crop.box, size)

@@ -26,6 +26,12 @@ CROPS = ("auto", "none")
 FRAMES = ("full", "crop")
 """``--frame`` choices: ``full`` = the whole photo with the face pasted back; ``crop`` = the renderer's square."""
 
+ENHANCERS = ("none", "gfpgan")
+"""``--enhance`` choices: ``none``; ``gfpgan`` = the restore stage with GFPGAN v1.4 (:mod:`talkhead.restore`)."""
+
+DEFAULT_ENHANCE_STRENGTH = 0.5
+"""``--enhance-strength`` default: half restored face, half render (why: README, "Sharper faces")."""
+
 DEFAULT_MAX_SIZE = 1920
 """``--max-size`` default: longest side of the output video, pixels."""
 
@@ -92,6 +98,10 @@ class AnimateOptions:
         still: shorthand for ``motion_scale=0``.
         renderer: the registered renderer (:mod:`talkhead.renderers`).
         crf: H.264 constant rate factor of the output video.
+        enhance: face restoration between render and paste-back, one of :data:`ENHANCERS` (``"gfpgan"``:
+            :class:`talkhead.restore.FaceRestoreStage` with GFPGAN v1.4, installed with
+            ``talkhead download gfpgan``; needs the face's landmarks, so not with ``crop="none"``).
+        enhance_strength: blend of the restored face with the render, in [0, 1].
 
     Raises:
         InputError: a value out of range or not among the choices (quoted in the message).
@@ -125,6 +135,10 @@ class AnimateOptions:
     renderer: str = opt("fomm", "Renderer: fomm (First Order Motion Model), or smac for reenact (non-commercial "
                         "licence).")
     crf: int = opt(18, "H.264 constant rate factor (lower = better quality, bigger file).", cli=False)
+    enhance: str = opt("none", "Face restoration: none, or gfpgan (GFPGAN v1.4 on the face, following the head; "
+                       "`talkhead download gfpgan` first).", choices=ENHANCERS)
+    enhance_strength: float = opt(DEFAULT_ENHANCE_STRENGTH, "Blend of the restored face with the render, 0 to 1 "
+                                  "(--enhance).")
 
     def __post_init__(self) -> None:
         check_choice("device", self.device, DEVICES)
@@ -150,6 +164,17 @@ class AnimateOptions:
         if self.still:
             scale = 0.0
         object.__setattr__(self, "motion_scale", scale)
+        check_choice("enhance", self.enhance, ENHANCERS)
+        try:
+            strength = float(self.enhance_strength)
+        except (TypeError, ValueError):
+            raise InputError(f"--enhance-strength must be a number in [0, 1], not {self.enhance_strength!r}") from None
+        if isinstance(self.enhance_strength, bool) or not 0.0 <= strength <= 1.0:  # NaN fails too
+            raise InputError(f"--enhance-strength must be a number in [0, 1], not {self.enhance_strength!r}")
+        object.__setattr__(self, "enhance_strength", strength)
+        if self.enhance != "none" and self.crop == "none":
+            raise InputError(f"--enhance {self.enhance} needs the face's landmarks to align it: use it with --crop "
+                             "auto, not --crop none")
         if self.models_dir is not None and not isinstance(self.models_dir, Path):
             object.__setattr__(self, "models_dir", Path(self.models_dir))
 
@@ -279,4 +304,5 @@ class PreprocessOptions:
 
 
 __all__ = ["AnimateOptions", "ReenactOptions", "PreprocessOptions", "LANDMARKERS", "CROPS", "FRAMES", "DEFAULT_MAX_SIZE",
+           "ENHANCERS", "DEFAULT_ENHANCE_STRENGTH",
            "opt", "same_as", "check_choice", "parse_shard"]

@@ -7,12 +7,13 @@ Data path (every way a face is moved: ``animate``, ``reenact``, ``batch``, the w
     motion source -> kp_driving batches (b,K,...), yielded as they are ready:
         SpeechMotion: audio -> load_speech (16 kHz) -> logfbank (M,26) at 100 Hz -> MS-Sync -> (T,10,...) at 25 fps
         VideoMotion (talkhead.reenact): driving video -> fixed face track -> renderer.detect -> relative motion
-    crop + kp_source + each batch -> renderer.render -> [paste back into the photo] -> ffmpeg (+ audio) -> MP4
+    crop + kp_source + each batch -> renderer.render -> [restore: talkhead.restore.FaceRestoreStage, 2 S crops]
+        -> [paste back into the photo] -> ffmpeg (+ audio) -> MP4
 
 Each stage is a plain function or a small object of the module that owns it; this module only composes
 them (:meth:`Pipeline.run`), owns the device, batching and progress reporting, and checks inputs and
 outputs once, before any heavy work. Its components (renderer, motion generator, landmarker) can be
-given to :class:`Pipeline` already built (tests, a second renderer); otherwise they are loaded from
+given to :class:`Pipeline` already built (tests, a second renderer, a face restorer); otherwise they are loaded from
 the models directory. With speech the keypoints drive the renderer as absolute positions, as in the
 reference ``execute_model.make_animation`` (no relative motion transfer): MS-Sync generates them
 starting from the source's own keypoints.
@@ -229,6 +230,8 @@ class Pipeline:
             progress) -> kp_driving``; default: MS-Sync loaded from the models directory.
         landmarker: a callable ``image (H, W, 3) uint8 -> list[talkhead.landmarks.Face]``; default: the
             ``options.landmarker`` backend.
+        restorer: a :class:`talkhead.restore.Restorer` used when ``options.enhance`` is not ``none``;
+            default: GFPGAN v1.4 from the models directory (:meth:`load`; never downloaded implicitly).
         log: receives one-line status messages (model loading, downloads).
         single_use: the pipeline makes one video (what ``talkhead animate`` and :func:`animate` do):
             the motion generator it loaded itself is released once the keypoints are generated, and its
@@ -245,7 +248,7 @@ class Pipeline:
 
     def __init__(self, options: AnimateOptions = AnimateOptions(), *, renderer: Renderer | None = None,
                  motion: MotionGenerator | None = None, landmarker: Callable | None = None,
-                 log: Callable[[str], None] | None = None, single_use: bool = False):
+                 log: Callable[[str], None] | None = None, single_use: bool = False, restorer: Callable | None = None):
         from .devices import check_precision
 
         self.options = options
@@ -257,7 +260,8 @@ class Pipeline:
         self._backend: str | None = None
         self._pending_notes: list[str] = []  # said once the models are in place (see landmark_backend)
         self.models_dir: Optional[Path] = None
-        if renderer is None or motion is None:
+        self._restorer = restorer
+        if renderer is None or motion is None or (options.enhance != "none" and restorer is None):
             from .store import resolve_models_dir
 
             self.models_dir = resolve_models_dir(options.models_dir)
@@ -278,6 +282,7 @@ class Pipeline:
         Raises:
             DownloadError / CheckpointError / ConfigError: missing or bad checkpoints.
         """
+        self._load_restorer()
         if self._renderer is not None and (self._motion is not None or not motion):
             self.flush_notes()
             return self
@@ -304,6 +309,55 @@ class Pipeline:
         notes, self._pending_notes = self._pending_notes, []
         for note in notes:
             self.log(note)
+
+    def _load_restorer(self) -> None:
+        """Load the ``options.enhance`` restorer unless given or loaded (an optional model: never
+        downloaded here; a file of other widths in the released key layout is accepted once the store
+        has recorded it, e.g. a tiny test file).
+
+        Raises:
+            InputError: the checkpoint is not installed (names the file and ``talkhead download gfpgan``).
+            CheckpointError: a bad file.
+        """
+        if self.options.enhance == "none" or self._restorer is not None:
+            return
+        from .store import ensure_models, model_file
+
+        path = model_file(self.models_dir, "gfpgan", "checkpoint")
+        if not path.is_file():
+            raise InputError(f"--enhance gfpgan needs the GFPGAN weights {path}, which are not installed: run "
+                             "`talkhead download gfpgan`")
+        ensure_models(self.models_dir, names=("gfpgan",), offline=True, log=self._log)
+        from .gfpgan import load_gfpgan
+
+        _detail(f"loading GFPGAN from {path}")
+        self._restorer = load_gfpgan(path, infer_widths=True, device=self.device)
+
+    @property
+    def restorer(self):
+        """The face restorer of ``options.enhance`` (given, or loaded on first use; see
+        :meth:`_load_restorer`), ``None`` with ``enhance="none"``."""
+        self._load_restorer()
+        return self._restorer
+
+    def restore_stage(self, photo: SourcePhoto, kp_source: Keypoints):
+        """The :class:`talkhead.restore.FaceRestoreStage` of ``photo`` (``options.enhance``), or ``None``.
+
+        Raises:
+            InputError: the photo's face has no 68 landmarks to align it with.
+        """
+        if self.options.enhance == "none":
+            return None
+        from .restore import FaceRestoreStage
+
+        self._load_restorer()
+        landmarks = None if photo.face is None else np.asarray(photo.face.landmarks)
+        if landmarks is None or landmarks.shape != (68, 2):
+            raise InputError(f"--enhance {self.options.enhance} needs the face's 68 landmarks in {photo.path}, and "
+                             "the landmarker gave none")
+        if hasattr(self._restorer, "precision"):
+            self._restorer.precision = self.options.precision  # checked for the device in __init__
+        return FaceRestoreStage(self._restorer, photo.crop, landmarks, kp_source, self.options.enhance_strength)
 
     @property
     def renderer(self) -> Renderer:
@@ -490,14 +544,24 @@ class Pipeline:
         self._last_photo = (key, SourcePhoto(path=path, image=image, crop=crop, face=face))
         return self._last_photo[1]
 
-    def compositor(self, photo: SourcePhoto):
+    def compositor(self, photo: SourcePhoto, face_size: Optional[int] = None):
         """The :class:`talkhead.compose.Compositor` pasting rendered crops into ``photo.image``
-        (``frame="full"``), or ``None`` (``frame="crop"``: the renderer's squares are the video)."""
+        (``frame="full"``), or ``None`` (``frame="crop"``: the renderer's squares are the video).
+
+        ``face_size``: the side of the crops it will paste, when not the render's (the restore stage's
+        ``2 S``): the compositor is then built for the same box cut at that size
+        (:func:`talkhead.crop.crop_at_size`), so the face is pasted from its own resolution; its colour
+        statistics stay at the render's ``S / 2`` (the plain path's colour match)."""
         if self.options.frame != "full":
             return None
         from .compose import Compositor
 
-        return Compositor(photo.image, photo.crop)
+        crop = photo.crop
+        if face_size is not None and face_size != crop.size:
+            from .crop import crop_at_size
+
+            return Compositor(photo.image, crop_at_size(photo.image, crop, face_size), colour_side=crop.size // 2)
+        return Compositor(photo.image, crop)
 
     # -- the whole job ------------------------------------------------------------------------------
     def run(self, photo: str | Path, motion: MotionSource, output: str | Path, *,
@@ -562,13 +626,15 @@ class Pipeline:
 
         run = MotionRun(pipeline=self, photo=source_photo, source=source, kp_source=kp_source,
                         keep=keep_keypoints or save_keypoints is not None, progress=progress)
-        compositor = self.compositor(source_photo)
-        size = (compositor.shape[1], compositor.shape[0]) if compositor else (self.frame_size, self.frame_size)
+        restore = self.restore_stage(source_photo, kp_source)
+        side = restore.out_size if restore is not None else self.frame_size
+        compositor = self.compositor(source_photo, side)
+        size = (compositor.shape[1], compositor.shape[0]) if compositor else (side, side)
         t0 = time.perf_counter()
         with VideoWriter(output, size=size, fps=motion.fps, audio_path=motion.audio, crf=self.options.crf,
                          overwrite=self.options.overwrite) as writer:
             done = self.render_into(writer, source, kp_source, motion.batches(run), motion.num_frames, progress,
-                                    compositor=compositor)
+                                    compositor=compositor, restore=restore)
         timings["render"] = time.perf_counter() - t0
 
         common = dict(output=output, num_frames=done, fps=float(motion.fps), duration_s=done / motion.fps,
@@ -606,12 +672,14 @@ class Pipeline:
                         progress=progress)
 
     def render_into(self, writer, source: torch.Tensor, kp_source: Keypoints, batches: Iterable[Keypoints],
-                    total: int, progress: Progress | None = None, *, compositor=None) -> int:
+                    total: int, progress: Progress | None = None, *, compositor=None, restore=None) -> int:
         """Render each kp_driving batch of ``batches`` and stream the frames into ``writer``; return the
         number of frames written.
 
-        With a ``compositor`` each rendered ``(b, S, S, 3)`` batch is pasted into the photo
-        (``(b, H, W, 3)`` uint8, one reused buffer) before it is written.
+        With a ``restore`` stage (:class:`talkhead.restore.FaceRestoreStage`) each rendered batch is
+        restored on the renderer's device first (``(b, 3, 2 S, 2 S)``, driven by the batch's keypoints).
+        With a ``compositor`` each rendered ``(b, S, S, 3)`` batch (``2 S`` when restored) is pasted
+        into the photo (``(b, H, W, 3)`` uint8, one reused buffer) before it is written.
 
         Device traffic: the frames stay on the renderer's device until they are bytes: without a
         compositor they are converted to uint8 there (:func:`talkhead.video.to_uint8_frames`) and
@@ -631,8 +699,8 @@ class Pipeline:
         they are encoded).
 
         Raises:
-            NonFiniteError: ``stage="render"``: a rendered batch holds NaN/inf (checked before it
-                reaches the encoder, so the writer aborts and nothing is written).
+            NonFiniteError: ``stage="render"`` / ``"restore"``: a rendered or restored batch holds
+                NaN/inf (checked before it reaches the encoder, so the writer aborts and nothing is written).
             Whatever ``batches``, ``writer.write`` or the compositor raise (the same exception, also
             from the thread).
         """
@@ -655,6 +723,9 @@ class Pipeline:
             for kp_driving in batches:
                 frames = renderer.render(encoding, kp_driving)  # (b, 3, S, S) in [0, 1]
                 _check_finite("render", f"frames {done}-{done + len(kp_driving) - 1}{hint}", frames)
+                if restore is not None:
+                    frames = restore(frames, kp_driving)  # (b, 3, 2S, 2S) in [0, 1]
+                    _check_finite("restore", f"restored frames {done}-{done + len(kp_driving) - 1}", frames)
                 out.put(host_frames(frames, uint8=compositor is None, own=threaded))
                 done += len(kp_driving)
                 if progress:

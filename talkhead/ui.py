@@ -79,11 +79,13 @@ def require_gradio():
 
 
 def request_options(base: AnimateOptions, *, motion_scale: float | None = None, frame: str | None = None,
-                    face_index: float | int | None = None, device: str | None = None) -> AnimateOptions:
+                    face_index: float | int | None = None, device: str | None = None, enhance: str | None = None,
+                    enhance_strength: float | None = None) -> AnimateOptions:
     """The options of one request: ``base`` (the command line's) with the page's choices applied.
 
     ``motion_scale`` (0 = still head) and ``frame`` (a :data:`FRAMES` label or ``"full"``/``"crop"``)
-    override the base. ``None`` keeps the base value; a blank face index means "the largest confident face". The run always writes a fresh
+    override the base, and so do ``enhance`` (``none``/``gfpgan``) and ``enhance_strength`` (the face
+    restoration, :mod:`talkhead.restore`). ``None`` keeps the base value; a blank face index means "the largest confident face". The run always writes a fresh
     file in its own folder, so ``overwrite`` is on.
 
     Raises:
@@ -100,6 +102,10 @@ def request_options(base: AnimateOptions, *, motion_scale: float | None = None, 
         changes["face_index"] = None
     if frame is not None:
         changes["frame"] = FRAMES.get(frame, frame)
+    if enhance is not None:
+        changes["enhance"] = enhance
+    if enhance_strength is not None:
+        changes["enhance_strength"] = enhance_strength
     if motion_scale is not None:
         changes["motion_scale"] = float(motion_scale)
         changes["still"] = False  # the page's slider decides (--still only set its starting value, 0)
@@ -138,6 +144,7 @@ class Animator:
         self.load_error: Optional[str] = None
         self._pipeline = pipeline
         self._by_device: dict[str, Any] = {}
+        self._restorers: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()  # the queue runs one request at a time; this guards direct callers too
 
     def load(self) -> "Animator":
@@ -179,7 +186,26 @@ class Animator:
 
         loaded = self._loaded_for(options.device)
         return Pipeline(options, renderer=loaded.renderer, motion=loaded.motion, landmarker=loaded.landmarker,
-                        log=self.log)
+                        log=self.log, restorer=self._restorer_for(options, loaded))
+
+    def _restorer_for(self, options: AnimateOptions, loaded):
+        """The face restorer of ``options.enhance`` on ``loaded``'s device, loaded once and kept (``None``
+        for ``enhance="none"``).
+
+        Raises:
+            InputError: its weights are not installed (names ``talkhead download gfpgan``).
+        """
+        if options.enhance == "none":
+            return None
+        key = (str(loaded.device), options.enhance)
+        if key not in self._restorers:
+            from .pipeline import Pipeline
+
+            self.log(f"loading the {options.enhance} face restorer on {key[0]}")
+            opts = dataclasses.replace(self.base, device=options.device, enhance=options.enhance)
+            self._restorers[key] = Pipeline(opts, renderer=loaded.renderer, motion=loaded.motion,
+                                            log=self.log).restorer
+        return self._restorers[key]
 
     def _loaded_for(self, device: str):
         """The loaded pipeline on ``device`` (loading it once for a device other than the start-up one)."""
@@ -286,9 +312,11 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
     """The Gradio page over ``animator``: an *Animate* tab whose button is the ``/animate`` endpoint.
 
     Endpoint ``/animate(image, audio, motion_scale=1.0, frame="full photo", face_index=0,
-    device=<--device>) -> MP4 path``; the defaults are the command line's options (``frame`` is
-    ``"face crop"`` where :class:`AnimateOptions` has no ``frame`` field). Element ids for scripted
-    browsers: ``photo``, ``speech``, ``animate-button``, ``result``, ``status``.
+    device=<--device>, enhance=<--enhance>, enhance_strength=<--enhance-strength>) -> MP4 path``; the
+    defaults are the command line's options (``frame`` is ``"face crop"`` where :class:`AnimateOptions`
+    has no ``frame`` field); ``/reenact`` takes the same two face-restoration options last. Element ids
+    for scripted browsers: ``photo``, ``speech``, ``animate-button``, ``result``, ``status``, ``enhance``,
+    ``enhance-strength`` (``reenact-enhance``, ``reenact-enhance-strength`` on the Reenact tab).
 
     Returns:
         The ``gradio.Blocks`` (not launched; call ``.queue(...).launch(...)`` or use :func:`serve`).
@@ -320,23 +348,26 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                                          info="when several faces are found: 0 = the largest, 1 = the next, ...")
                         device = gr.Dropdown(list(DEVICES), value=base.device, label="Device",
                                              info="auto = cuda > mps > cpu; another device loads the models again")
+                        enhance, strength = _enhance_controls(gr, base, "")
                 with gr.Column():
                     video = gr.Video(label="Talking head (MP4)", elem_id="result", buttons=["download"],
                                      interactive=False, height=420)
 
         def animate(image: str | None, audio: str | None, motion_scale: float = motion.value,
                     frame: str = frame.value, face_index: float | None = face.value, device: str = base.device,
+                    enhance: str = base.enhance, enhance_strength: float = float(base.enhance_strength),
                     progress=gr.Progress()) -> str:
             """Animate the photo with the speech; returns the MP4 (H.264 + AAC, 25 fps)."""
             try:
                 return animator.run(image, audio, keep=video.move_resource_to_block_cache,
                                     progress=_ProgressBridge(progress), motion_scale=motion_scale, frame=frame,
-                                    face_index=face_index, device=device)
+                                    face_index=face_index, device=device, enhance=enhance,
+                                    enhance_strength=enhance_strength)
             except TalkheadError as exc:
                 animator.log(f"request failed: {exc}")
                 raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
 
-        button.click(animate, inputs=[image, audio, motion, frame, face, device], outputs=video,
+        button.click(animate, inputs=[image, audio, motion, frame, face, device, enhance, strength], outputs=video,
                      api_name=API_NAME, concurrency_limit=1)
 
         with gr.Tab("Reenact"):
@@ -359,26 +390,42 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                                              info="start from the driving frame closest to the photo's pose")
                         r_face = gr.Number(value=base.face_index or 0, precision=0, minimum=0, label="Face index")
                         r_device = gr.Dropdown(list(DEVICES), value=base.device, label="Device")
+                        r_enhance, r_strength = _enhance_controls(gr, base, "reenact-")
                 with gr.Column():
                     r_video = gr.Video(label="Reenacted (MP4)", elem_id="reenact-result", buttons=["download"],
                                        interactive=False, height=420)
 
         def reenact(photo: str | None, driving_video: str | None, frame: str = r_frame.value,
                     relative: bool = True, find_best_frame: bool = False, face_index: float | None = r_face.value,
-                    device: str = base.device, progress=gr.Progress()) -> str:
+                    device: str = base.device, enhance: str = base.enhance,
+                    enhance_strength: float = float(base.enhance_strength), progress=gr.Progress()) -> str:
             """Move the face in the photo like the face in the driving video; returns the MP4."""
             try:
                 return animator.run_reenact(photo, driving_video, keep=r_video.move_resource_to_block_cache,
                                             progress=_ProgressBridge(progress), relative=relative,
                                             find_best_frame=find_best_frame, frame=frame, face_index=face_index,
-                                            device=device)
+                                            device=device, enhance=enhance, enhance_strength=enhance_strength)
             except TalkheadError as exc:
                 animator.log(f"request failed: {exc}")
                 raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
 
-        r_button.click(reenact, inputs=[r_photo, r_driving, r_frame, r_relative, r_best, r_face, r_device],
+        r_button.click(reenact, inputs=[r_photo, r_driving, r_frame, r_relative, r_best, r_face, r_device, r_enhance,
+                                        r_strength],
                        outputs=r_video, api_name=REENACT_API_NAME, concurrency_limit=1)
     return demo
+
+
+def _enhance_controls(gr, base: AnimateOptions, prefix: str):
+    """The face-restoration controls of a tab: ``(enhance radio, strength slider)`` (``--enhance``,
+    ``--enhance-strength``), starting at the command line's values."""
+    from .options import ENHANCERS
+
+    enhance = gr.Radio(list(ENHANCERS), value=base.enhance, label="Face restoration", elem_id=f"{prefix}enhance",
+                       info="gfpgan: GFPGAN v1.4 on the face, following the head (`talkhead download gfpgan`; "
+                            "slower)")
+    strength = gr.Slider(0.0, 1.0, value=float(base.enhance_strength), step=0.05, label="Restoration strength",
+                         elem_id=f"{prefix}enhance-strength", info="0 = the render, 1 = fully restored")
+    return enhance, strength
 
 
 def _pass_unreadable_images(component):

@@ -27,7 +27,7 @@ README = PACKAGE_DIR.parent / "README.md"
 LAYERS: dict[int, str] = {
     1: "errors constants progress memory",
     2: "io ffmpeg checkpoints devices",
-    3: "audio image landmarks/ crop facetrack compose video keypoints rendering fomm/ mssync/ smac/ syncnet/",
+    3: "audio image landmarks/ crop facetrack compose video keypoints rendering restore fomm/ mssync/ smac/ syncnet/ gfpgan/",
     4: "options renderers store/",
     5: "pipeline reenact batch score",
     6: "cli cli_common cli_options cli_train ui doctor train/ __init__ __main__",

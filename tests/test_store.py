@@ -923,7 +923,7 @@ def test_model_registration_is_checked():
     with pytest.raises(ValueError, match="already registered"):
         register_renderer(clash)
     assert "toy" not in store.REGISTRY and "toy" not in renderer_names()
-    assert store.REGISTRY["fomm"] is store.builtin.FOMM and list(store.REGISTRY) == ["fomm", "mssync", "smac", "syncnet"]
+    assert store.REGISTRY["fomm"] is store.builtin.FOMM and list(store.REGISTRY) == ["fomm", "mssync", "smac", "syncnet", "gfpgan"]
 
 
 def test_registry_holds_callables_that_import_their_model_package_when_called():

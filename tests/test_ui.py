@@ -147,6 +147,26 @@ def server(tiny_models_dir, tmp_path_factory):
     srv.stop(signal.SIGKILL)
 
 
+def test_the_pages_face_restoration_reaches_the_options_and_needs_its_weights(tmp_path):
+    """Both tabs pass ``enhance`` / ``enhance_strength``; a restorer is loaded once per device, and a
+    missing one is the CLI's line (names ``talkhead download gfpgan``)."""
+    from helpers import ToyRenderer, toy_motion
+    from talkhead.pipeline import Pipeline
+    from talkhead.ui import Animator
+
+    base = AnimateOptions(device="cpu", models_dir=tmp_path / "models")
+    opts = request_options(base, enhance="gfpgan", enhance_strength=0.3)
+    assert (opts.enhance, opts.enhance_strength) == ("gfpgan", 0.3)
+    assert request_options(base).enhance == "none"
+    with pytest.raises(InputError, match="--enhance-strength must be a number in"):
+        request_options(base, enhance="gfpgan", enhance_strength=2)
+    animator = Animator(base, tmp_path, pipeline=Pipeline(base, renderer=ToyRenderer(), motion=toy_motion))
+    animator._by_device["cpu"] = animator._pipeline
+    assert animator.pipeline_for(request_options(base))._restorer is None
+    with pytest.raises(InputError, match="talkhead download gfpgan"):
+        animator.pipeline_for(opts)
+
+
 @pytest.fixture
 def client(server, tmp_path):
     from gradio_client import Client

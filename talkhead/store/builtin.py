@@ -1,5 +1,6 @@
 """The models talkhead ships with: FOMM vox-adv-256 and the MS-Sync generator (what ``animate`` needs),
-the optional SMAC renderer and the optional SyncNet scorer (``talkhead score``), registered with :func:`talkhead.store.registry.register_model` when
+the optional SMAC renderer, the optional SyncNet scorer (``talkhead score``) and the optional GFPGAN
+face restorer (``--enhance gfpgan``), registered with :func:`talkhead.store.registry.register_model` when
 the store is imported.
 
 Each layout and packaged-config callable imports its model package (layer 3) when it is called, never
@@ -38,6 +39,15 @@ SYNCNET_PINS = (
         "syncnet_v2.model as Oxford VGG publishes it (a torch.save'd state dict; VGG publishes no digest, this one "
         "is the one independent codebases check)"),
 )
+
+GFPGAN_PINS = (
+    Pin("sha256", "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad", "published", 348632874,
+        "GFPGANv1.4.pth as TencentARC's GitHub release v1.3.0 carries it (params_ema of GFPGANv1Clean); TencentARC "
+        "publishes no digest, this one is the one independent codebases check"),
+)
+
+GFPGAN_RELEASE = "https://github.com/TencentARC/GFPGAN/releases/download"
+"""TencentARC/GFPGAN's GitHub releases (README: v1.3.0 carries GFPGANv1.4.pth; v1.3.4 has the same file)."""
 
 Listing = Mapping[str, Mapping[str, tuple[int, ...]]]
 
@@ -162,6 +172,31 @@ SYNCNET = ModelSpec(
 )
 """SyncNet has no config: the file is a bare state dict whose widths are the released ones."""
 
-for _spec in (FOMM, MSSYNC, SMAC, SYNCNET):
+
+def gfpgan_check(path: Path) -> None:
+    """GFPGAN's file check (:func:`talkhead.gfpgan.read_state_dict`: safe loading, a ``params_ema`` entry
+    with exactly v1.4's keys and shapes, finite weights)."""
+    from .. import gfpgan
+
+    gfpgan.read_state_dict(path, mmap=True)
+
+
+GFPGAN = ModelSpec(
+    name="gfpgan",
+    title="GFPGAN v1.4",
+    files=(
+        ModelFile("gfpgan/GFPGANv1.4.pth", "checkpoint", "GFPGAN v1.4 face restorer (TencentARC, clean architecture)",
+                  sources=(
+                      Source("url", f"{GFPGAN_RELEASE}/v1.3.0/GFPGANv1.4.pth", "GitHub release v1.3.0 of TencentARC/GFPGAN"),
+                      Source("url", f"{GFPGAN_RELEASE}/v1.3.4/GFPGANv1.4.pth", "GitHub release v1.3.4 of TencentARC/GFPGAN"),
+                  ), pins=GFPGAN_PINS, check=gfpgan_check),
+    ),
+    optional=True,
+    notice="GFPGAN's code is Apache-2.0; its weights were trained on FFHQ, whose images are CC BY-NC-SA 4.0 "
+           "(models/gfpgan.md)",
+)
+"""GFPGAN has no config: the file's ``params_ema`` entry is checked against v1.4's widths."""
+
+for _spec in (FOMM, MSSYNC, SMAC, SYNCNET, GFPGAN):
     register_model(_spec)
 del _spec
