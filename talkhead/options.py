@@ -218,6 +218,8 @@ class PreprocessOptions:
     (same flags and help); ``device`` defaults to ``cpu`` here, as before (``auto`` also works).
 
     Attributes:
+        renderer: the registered renderer whose keypoint detector makes the training keypoints (its
+            keypoint space: ``fomm`` 10, ``smac`` 15), recorded in the data manifest.
         crop: ``"auto"``: one fixed FOMM crop per clip around the tracked face; ``"none"``: the videos
             already are face crops (whole frames resized).
         shard: ``"I/N"``: process only share ``I`` of ``N`` (:func:`talkhead.train.preprocess.shard_jobs`);
@@ -242,6 +244,8 @@ class PreprocessOptions:
                           "auto (cuda > mps > cpu), cuda or mps.")
     landmarker: str = same_as(AnimateOptions, "landmarker")
     offline: bool = same_as(AnimateOptions, "offline")
+    renderer: str = same_as(AnimateOptions, "renderer", help="Whose keypoints to extract: fomm (10, what the released "
+                            "MS-Sync speaks) or smac (15, to train MS-Sync for SMAC; non-commercial licence).")
     crop: str = opt("auto", "auto: one fixed face crop per clip (FOMM rule); none: the videos are face crops.",
                     choices=CROPS)
     shard: str = opt("0/1", "I/N: process the I-th of N deterministic shares of the inputs (merge with merge-shards).")
@@ -260,6 +264,9 @@ class PreprocessOptions:
         check_choice("device", self.device, DEVICES)
         check_choice("landmarker", self.landmarker, LANDMARKERS)
         check_choice("crop", self.crop, CROPS)
+        from .renderers import get_renderer
+
+        get_renderer(self.renderer)  # InputError naming the registered renderers
         i, n = parse_shard(self.shard)
         object.__setattr__(self, "shard", f"{i}/{n}")
         for name in ("min_frames", "max_detections", "batch_size", "flush_every"):
