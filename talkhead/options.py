@@ -91,6 +91,10 @@ class AnimateOptions:
         motion_scale: head motion multiplier (0 = still head, lips and expression kept; 1 = as generated).
         still: shorthand for ``motion_scale=0``.
         renderer: the registered renderer (:mod:`talkhead.renderers`).
+        motion_model: an MS-Sync model folder (``args`` + ``model_chkpt.pt``: ``RUN_DIR/mssync`` of
+            ``train generator``, or ``RUN_DIR``) used instead of the downloaded one; its keypoint space
+            (``args``) must be the renderer's (:meth:`talkhead.pipeline.Pipeline.check_motion_pairing`).
+            ``None``: the released MS-Sync (FOMM's space).
         crf: H.264 constant rate factor of the output video.
 
     Raises:
@@ -122,8 +126,11 @@ class AnimateOptions:
     motion_scale: float = opt(1.0, "Head motion: 0 = still head (lips and expression kept), 0.5 calmer, 1 as "
                               "generated, 1.5 livelier.")
     still: bool = opt(False, "Hold the head still (= --motion-scale 0).")
-    renderer: str = opt("fomm", "Renderer: fomm (First Order Motion Model), or smac for reenact (non-commercial "
-                        "licence).")
+    renderer: str = opt("fomm", "Renderer: fomm (First Order Motion Model), or smac (non-commercial licence; "
+                        "reenact, or animate with a --motion-model trained for it).")
+    motion_model: Optional[Path] = opt(None, "A trained MS-Sync folder (args + model_chkpt.pt: RUN_DIR/mssync of "
+                                       "`talkhead train generator`, or RUN_DIR) instead of the downloaded one; it "
+                                       "must speak the renderer's keypoints.")
     crf: int = opt(18, "H.264 constant rate factor (lower = better quality, bigger file).", cli=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +159,8 @@ class AnimateOptions:
         object.__setattr__(self, "motion_scale", scale)
         if self.models_dir is not None and not isinstance(self.models_dir, Path):
             object.__setattr__(self, "models_dir", Path(self.models_dir))
+        if self.motion_model is not None and not isinstance(self.motion_model, Path):
+            object.__setattr__(self, "motion_model", Path(self.motion_model))
 
 
 def parse_shard(value) -> tuple[int, int]:

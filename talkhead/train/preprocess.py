@@ -454,7 +454,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
     from ..renderers import get_renderer
 
     entry = get_renderer(o.renderer)
-    space = KeypointSpace(entry.name, entry.num_kp, True)
+    space = entry.space
     if (out_dir / DATA_MANIFEST_NAME).is_file():  # refused before any model loads (DatasetWriter checks again)
         have = read_data(out_dir)[1]
         if have != space:
