@@ -8,6 +8,11 @@ run trains on). Each stage runs ``--steps + 1`` optimisation steps with the defa
 
     python benchmarks/bench_train_steps.py --space smac --steps 3 --threads 2
     python benchmarks/bench_train_steps.py --space fomm --device cuda --steps 20
+    python benchmarks/bench_train_steps.py --space smac --steps 1 --count   # + FLOPs and aten ops of one step
+
+``--count`` also counts, during the untimed first step, the floating-point operations
+(``torch.utils.flop_counter``) and the aten operator calls (each roughly one kernel launch on a GPU) of
+one optimisation step: what a GPU estimate can be built on where no GPU is at hand.
 
 Figures: benchmarks/README.md, "Training steps per second".
 """
@@ -40,6 +45,35 @@ def make_data(root: Path, space: str) -> Path:
     return out
 
 
+COUNTS: dict[str, dict] = {}
+
+
+def count_first_step(task_cls) -> None:
+    """Count FLOPs and aten operator calls of ``task_cls.train_step`` at step 1 (the untimed warm-up)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class OpCounter(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            OpCounter.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    original = task_cls.train_step
+
+    def train_step(self, batch, step):
+        if step != 1:
+            return original(self, batch, step)
+        OpCounter.calls = 0
+        with FlopCounterMode(display=False) as flops, OpCounter():
+            out = original(self, batch, step)
+        COUNTS[task_cls.name] = {"gflop_per_step": flops.get_total_flops() / 1e9, "aten_ops_per_step": OpCounter.calls}
+        return out
+
+    task_cls.train_step = train_step
+
+
 def timed_run(fn, *args, steps: int, **kwargs) -> dict:
     """Run ``fn`` (train_syncers / train_generator) for ``steps + 1`` steps; time steps 2 .. steps + 1."""
     marks: dict[int, float] = {}
@@ -62,23 +96,39 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--stage", choices=("syncers", "generator", "both"), default="both")
+    ap.add_argument("--count", action="store_true", help="count FLOPs and aten ops of the first (untimed) step")
+    ap.add_argument("--syncers-batch", type=int, default=None, help="override batch_size of train syncers (default 64)")
+    ap.add_argument("--generator-batch", type=int, default=None, help="override batch_size of train generator "
+                    "(default 50; FLOPs scale with it, the number of aten ops hardly does)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from talkhead.train import train_generator, train_syncers
+    from talkhead.train.generator import GeneratorTask
+    from talkhead.train.syncers import SyncerTask
+
+    if args.count:
+        count_first_step(SyncerTask)
+        count_first_step(GeneratorTask)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = make_data(tmp, args.space)
-        out = {"space": args.space, "device": args.device, "threads": torch.get_num_threads()}
+        out = {"space": args.space, "device": args.device, "threads": torch.get_num_threads(),
+               "syncers_batch": args.syncers_batch or 64, "generator_batch": args.generator_batch or 50}
         syncers_steps = args.steps if args.stage != "generator" else 0
+        batch = lambda n: {} if n is None else {"batch_size": n}
         res = timed_run(train_syncers, data, tmp / "syncers", steps=max(syncers_steps, 1),
-                        overrides={"device": args.device})
+                        overrides={"device": args.device, **batch(args.syncers_batch)})
         if args.stage != "generator":
             out["syncers"] = res
         if args.stage != "syncers":
             out["generator"] = timed_run(train_generator, data, tmp / "gen", syncers_dir=tmp / "syncers",
-                                         steps=args.steps, overrides={"device": args.device})
+                                         steps=args.steps, overrides={"device": args.device,
+                                                                      **batch(args.generator_batch)})
+        for stage, counts in COUNTS.items():
+            if stage in out:
+                out[stage].update(counts)
         print(json.dumps(out, indent=1))
 
 

@@ -49,8 +49,8 @@ discriminators, the frozen syncers, both optimisers, RNG states), ``metrics.json
 ``final_metrics.json``; and, rewritten atomically at every checkpoint, the released inference
 format in ``RUN_DIR/mssync/``: ``args`` (one JSON line, :meth:`MSSyncConfig.to_args_file`) and
 ``model_chkpt.pt`` = ``{'checkpoints': generator state dict, 'steps': step}``, so
-``talkhead.mssync.load_mssync(RUN_DIR / "mssync")`` and ``talkhead animate --models-dir RUN_DIR``
-(next to a ``fomm/`` folder) use the trained generator directly.
+``talkhead.mssync.load_mssync(RUN_DIR)`` and ``talkhead animate --motion-model RUN_DIR`` (with a renderer of the
+data's keypoint space) use the trained generator directly.
 """
 from __future__ import annotations
 
