@@ -34,7 +34,7 @@ def make_data(root: Path, space: str) -> Path:
     from talkhead.train.data import DatasetWriter, iter_clips, read_manifest
 
     fomm_dir = root / "data-fomm"
-    make_synthetic_dataset(fomm_dir, num_clips=24, num_frames=200, val_clips=2)
+    make_synthetic_dataset(fomm_dir, num_clips=24, num_frames=200, val_clips=0)  # no val split: no validation
     if space == "fomm":
         return fomm_dir
     out = root / "data-smac"
@@ -69,6 +69,7 @@ def count_first_step(task_cls) -> None:
         with FlopCounterMode(display=False) as flops, OpCounter():
             out = original(self, batch, step)
         COUNTS[task_cls.name] = {"gflop_per_step": flops.get_total_flops() / 1e9, "aten_ops_per_step": OpCounter.calls}
+        print(task_cls.name, json.dumps(COUNTS[task_cls.name]), flush=True)
         return out
 
     task_cls.train_step = train_step
