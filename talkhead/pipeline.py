@@ -645,7 +645,7 @@ class Pipeline:
             output_path: the MP4 to write.
             save_keypoints: optional ``.npz`` receiving ``kp_driving_value (T,K,2)``,
                 ``kp_driving_jacobian (T,K,2,2)``, ``kp_source_value (1,K,2)``,
-                ``kp_source_jacobian (1,10,2,2)``, ``crop_box (4,)``, ``crop_affine (2,3)`` and ``fps``.
+                ``kp_source_jacobian (1,K,2,2)``, ``crop_box (4,)``, ``crop_affine (2,3)`` and ``fps``.
             progress: ``progress(stage, done, total)`` callback.
 
         Raises:
