@@ -526,7 +526,8 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
 
     Raises:
         InputError / OutputError: colliding outputs, an output that is an input, or an ``out_dir``
-            that cannot be created.
+            that cannot be created; with speech, a motion model and a renderer of different keypoint
+            spaces (:meth:`talkhead.pipeline.Pipeline.check_motion_pairing`).
     """
     from .errors import OutputError
     from .pipeline import SpeechMotion
@@ -537,6 +538,9 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
     planned = plan_outputs(pairs, out_dir, naming, protected)  # names from the whole batch, so shards agree
     if shard is not None:
         planned = shard_pairs(planned, shard)
+    check_pairing = getattr(pipeline, "check_motion_pairing", None)  # a Pipeline has it (stand-ins may not)
+    if driving == "speech" and check_pairing is not None:  # motion and renderer spaces differ: one line, before any pair
+        check_pairing()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -256,7 +256,7 @@ def _print_summary(items) -> None:
 
 # ----------------------------------------------------------------------------------------------- reenact
 @app.command()
-@with_options(ReenactOptions, exclude=("motion_scale", "still"))  # speech-motion options: not used here
+@with_options(ReenactOptions, exclude=("motion_scale", "still", "motion_model"))  # speech-motion options: not used here
 def reenact(
     photo: Path = typer.Argument(..., metavar="PHOTO", help="Face photo (PNG, JPEG, WebP, BMP)."),
     driving_video: Path = typer.Argument(..., metavar="DRIVING_VIDEO", help="Video of a face whose head motion drives the photo (its audio is kept)."),

@@ -94,14 +94,18 @@ def preprocess(
     quiet: bool = Quiet,
     *, options,
 ) -> None:
-    """Videos -> per clip FOMM keypoints + jacobians (T,10,6) at 25 fps and the logfbank at 100 Hz.
+    """Videos -> per clip the renderer's keypoints + jacobians (T,K,6) at 25 fps and the logfbank at 100 Hz.
 
+    --renderer fomm (the default) takes FOMM's 10 keypoints, what the released MS-Sync speaks; --renderer
+    smac takes SMAC's 15, to train an MS-Sync for SMAC. The data folder records which; it holds one kind.
     Resumable (clips already done are skipped); clips with no face, no audio or too few frames are
     skipped and reported. With --shard I/N, join the shard folders with `talkhead merge-shards`.
 
     Examples
 
       talkhead preprocess videos/ -o data/
+
+      talkhead preprocess videos/ -o data-smac/ --renderer smac --device cuda
 
       talkhead preprocess a.mp4 b.mp4 -o data/ --split val --landmarker dlib
 

@@ -40,10 +40,12 @@ to size its inference input (``R = int(M / 3.9943)`` frames, ``round(3.9943 R)``
 reference exactly. Not a different concept of "rows per frame", a reference quirk to reproduce."""
 
 NUM_KP = 10
-"""Number of FOMM keypoints (``KEYPOINTS_DIM`` in the MS-Sync reference)."""
+"""Number of FOMM vox-adv-256 keypoints (``KEYPOINTS_DIM`` in the MS-Sync reference): the keypoint count of
+the released MS-Sync and of data, ``args`` and syncer configs that do not state theirs. Models and data
+take their own count from their config (:class:`talkhead.keypoints.KeypointSpace`); this is the default."""
 
 KP_DIM = 6
-"""Numbers per keypoint in MS-Sync sequences: ``[x, y, j00, j01, j10, j11]``."""
+"""Numbers per keypoint in MS-Sync sequences with jacobians: ``[x, y, j00, j01, j10, j11]`` (2 without)."""
 
 DETECT_EVERY_S = 0.5
 """Seconds between the video frames a face is looked for in (``preprocess``'s training clips and

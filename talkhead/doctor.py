@@ -289,7 +289,7 @@ def render_report(report: dict[str, Any], console=None) -> None:
     for col in ("renderer", "drives", "licence"):
         rend.add_column(col)
     for name, info in report.get("renderers", {}).items():
-        rend.add_row(name, "animate + reenact" if info["audio_driven"] else "reenact only", info["licence"])
+        rend.add_row(name, "animate + reenact" if info["audio_driven"] else "reenact; animate with a --motion-model for it", info["licence"])
     console.print(rend)
 
     for msg in report.get("problems", []):

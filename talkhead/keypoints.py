@@ -18,8 +18,60 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 import torch
 
-from .constants import KP_DIM
+from .constants import KP_DIM, NUM_KP
 from .errors import InputError
+
+
+@dataclass(frozen=True)
+class KeypointSpace:
+    """Which keypoints a sequence holds: those of one renderer's detector, their count, and whether each
+    carries a 2x2 jacobian. Keypoints of two spaces are not interchangeable (FOMM's 10 learnt keypoints
+    mean nothing to SMAC's dense motion network, which expects its own 15), so every producer records its
+    space (training data manifests, MS-Sync ``args``, syncer configs) and every consumer checks it.
+
+    Attributes:
+        renderer: the registered renderer whose detector defines the keypoints (``"fomm"``, ``"smac"``).
+        num_kp: keypoints per frame ``K``.
+        jacobians: whether each keypoint has a jacobian (packed sequences ``(T, K, 6)``; else ``(T, K, 2)``).
+
+    Raises:
+        ValueError: an empty renderer name or ``num_kp`` below 1.
+    """
+
+    renderer: str
+    num_kp: int
+    jacobians: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.renderer, str) or not self.renderer:
+            raise ValueError(f"a keypoint space needs a renderer name, got {self.renderer!r}")
+        if isinstance(self.num_kp, bool) or not isinstance(self.num_kp, int) or self.num_kp < 1:
+            raise ValueError(f"a keypoint space needs num_kp >= 1, got {self.num_kp!r}")
+
+    @property
+    def kp_dim(self) -> int:
+        """Numbers per keypoint in packed sequences: 6 (``[x, y, j00, j01, j10, j11]``) or 2 (``[x, y]``)."""
+        return KP_DIM if self.jacobians else 2
+
+    @classmethod
+    def from_kp_dim(cls, renderer: str, num_kp: int, kp_dim: int) -> "KeypointSpace":
+        """The space of packed ``(T, num_kp, kp_dim)`` sequences (``kp_dim`` 6 or 2).
+
+        Raises:
+            ValueError: ``kp_dim`` other than 6 or 2, or a bad name or count.
+        """
+        if kp_dim not in (KP_DIM, 2):
+            raise ValueError(f"kp_dim must be {KP_DIM} (with jacobians) or 2 (without), got {kp_dim!r}")
+        return cls(renderer, num_kp, kp_dim == KP_DIM)
+
+    def describe(self) -> str:
+        """E.g. ``"the smac keypoint space (15 keypoints with jacobians)"``: for one-line errors."""
+        return (f"the {self.renderer} keypoint space ({self.num_kp} keypoints "
+                f"{'with' if self.jacobians else 'without'} jacobians)")
+
+
+FOMM_SPACE = KeypointSpace("fomm", NUM_KP, True)
+"""FOMM vox-adv-256's keypoint space: 10 keypoints with jacobians, what the released MS-Sync generates."""
 
 
 @dataclass(frozen=True)
@@ -318,5 +370,5 @@ def load_keypoints_npz(path, name: str = "kp_driving") -> Keypoints:
     return Keypoints(value, jacobian)
 
 
-__all__ = ["Keypoints", "HeadMotion", "fit_head_motion", "scale_head_motion", "save_keypoints_npz",
+__all__ = ["KeypointSpace", "FOMM_SPACE", "Keypoints", "HeadMotion", "fit_head_motion", "scale_head_motion", "save_keypoints_npz",
            "load_keypoints_npz"]

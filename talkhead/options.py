@@ -97,6 +97,10 @@ class AnimateOptions:
         motion_scale: head motion multiplier (0 = still head, lips and expression kept; 1 = as generated).
         still: shorthand for ``motion_scale=0``.
         renderer: the registered renderer (:mod:`talkhead.renderers`).
+        motion_model: an MS-Sync model folder (``args`` + ``model_chkpt.pt``: ``RUN_DIR/mssync`` of
+            ``train generator``, or ``RUN_DIR``) used instead of the downloaded one; its keypoint space
+            (``args``) must be the renderer's (:meth:`talkhead.pipeline.Pipeline.check_motion_pairing`).
+            ``None``: the released MS-Sync (FOMM's space).
         crf: H.264 constant rate factor of the output video.
         enhance: face restoration between render and paste-back, one of :data:`ENHANCERS` (``"gfpgan"``:
             :class:`talkhead.restore.FaceRestoreStage` with GFPGAN v1.4, installed with
@@ -132,8 +136,11 @@ class AnimateOptions:
     motion_scale: float = opt(1.0, "Head motion: 0 = still head (lips and expression kept), 0.5 calmer, 1 as "
                               "generated, 1.5 livelier.")
     still: bool = opt(False, "Hold the head still (= --motion-scale 0).")
-    renderer: str = opt("fomm", "Renderer: fomm (First Order Motion Model), or smac for reenact (non-commercial "
-                        "licence).")
+    renderer: str = opt("fomm", "Renderer: fomm (First Order Motion Model), or smac (non-commercial licence; "
+                        "reenact, or animate with a --motion-model trained for it).")
+    motion_model: Optional[Path] = opt(None, "A trained MS-Sync folder (args + model_chkpt.pt: RUN_DIR/mssync of "
+                                       "`talkhead train generator`, or RUN_DIR) instead of the downloaded one; it "
+                                       "must speak the renderer's keypoints.")
     crf: int = opt(18, "H.264 constant rate factor (lower = better quality, bigger file).", cli=False)
     enhance: str = opt("none", "Face restoration: none, or gfpgan (GFPGAN v1.4 on the face, following the head; "
                        "`talkhead download gfpgan` first).", choices=ENHANCERS)
@@ -177,6 +184,8 @@ class AnimateOptions:
                              "auto, not --crop none")
         if self.models_dir is not None and not isinstance(self.models_dir, Path):
             object.__setattr__(self, "models_dir", Path(self.models_dir))
+        if self.motion_model is not None and not isinstance(self.motion_model, Path):
+            object.__setattr__(self, "motion_model", Path(self.motion_model))
 
 
 def parse_shard(value) -> tuple[int, int]:
@@ -243,6 +252,8 @@ class PreprocessOptions:
     (same flags and help); ``device`` defaults to ``cpu`` here, as before (``auto`` also works).
 
     Attributes:
+        renderer: the registered renderer whose keypoint detector makes the training keypoints (its
+            keypoint space: ``fomm`` 10, ``smac`` 15), recorded in the data manifest.
         crop: ``"auto"``: one fixed FOMM crop per clip around the tracked face; ``"none"``: the videos
             already are face crops (whole frames resized).
         shard: ``"I/N"``: process only share ``I`` of ``N`` (:func:`talkhead.train.preprocess.shard_jobs`);
@@ -267,6 +278,8 @@ class PreprocessOptions:
                           "auto (cuda > mps > cpu), cuda or mps.")
     landmarker: str = same_as(AnimateOptions, "landmarker")
     offline: bool = same_as(AnimateOptions, "offline")
+    renderer: str = same_as(AnimateOptions, "renderer", help="Whose keypoints to extract: fomm (10, what the released "
+                            "MS-Sync speaks) or smac (15, to train MS-Sync for SMAC; non-commercial licence).")
     crop: str = opt("auto", "auto: one fixed face crop per clip (FOMM rule); none: the videos are face crops.",
                     choices=CROPS)
     shard: str = opt("0/1", "I/N: process the I-th of N deterministic shares of the inputs (merge with merge-shards).")
@@ -285,6 +298,9 @@ class PreprocessOptions:
         check_choice("device", self.device, DEVICES)
         check_choice("landmarker", self.landmarker, LANDMARKERS)
         check_choice("crop", self.crop, CROPS)
+        from .renderers import get_renderer
+
+        get_renderer(self.renderer)  # InputError naming the registered renderers
         i, n = parse_shard(self.shard)
         object.__setattr__(self, "shard", f"{i}/{n}")
         for name in ("min_frames", "max_detections", "batch_size", "flush_every"):

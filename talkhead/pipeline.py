@@ -5,7 +5,8 @@ Data path (every way a face is moved: ``animate``, ``reenact``, ``batch``, the w
     photo  -> load_image (H,W,3 uint8) -> landmarker / select_face -> fomm_crop (S,S,3 float [0,1])
     crop   -> renderer.detect -> kp_source Keypoints (1,K,2) + (1,K,2,2)
     motion source -> kp_driving batches (b,K,...), yielded as they are ready:
-        SpeechMotion: audio -> load_speech (16 kHz) -> logfbank (M,26) at 100 Hz -> MS-Sync -> (T,10,...) at 25 fps
+        SpeechMotion: audio -> load_speech (16 kHz) -> logfbank (M,26) at 100 Hz -> MS-Sync -> (T,K,...) at 25 fps
+                      (the MS-Sync, released or ``--motion-model``, must generate the renderer's keypoint space)
         VideoMotion (talkhead.reenact): driving video -> fixed face track -> renderer.detect -> relative motion
     crop + kp_source + each batch -> renderer.render -> [restore: talkhead.restore.FaceRestoreStage, 2 S crops]
         -> [paste back into the photo] -> ffmpeg (+ audio) -> MP4
@@ -76,16 +77,16 @@ class Result:
 @dataclass
 class AnimateResult(Result):
     """What one ``animate`` (speech-driven) run produced: a :class:`Result` at 25 fps whose
-    ``kp_driving`` is the generated sequence ``(T, 10, ...)``; ``duration_s`` is the speech's."""
+    ``kp_driving`` is the generated sequence ``(T, K, ...)``; ``duration_s`` is the speech's."""
 
     @property
     def keypoints(self) -> np.ndarray:
-        """``(T, 10, 2)`` float32 kp_driving values."""
+        """``(T, K, 2)`` float32 kp_driving values."""
         return self.kp_driving.numpy()[0]
 
     @property
     def jacobians(self) -> np.ndarray:
-        """``(T, 10, 2, 2)`` float32 kp_driving jacobians."""
+        """``(T, K, 2, 2)`` float32 kp_driving jacobians."""
         return self.kp_driving.numpy()[1]
 
 
@@ -227,7 +228,8 @@ class Pipeline:
         renderer: a built :class:`~talkhead.renderers.Renderer` (FOMM's ``detect``/``render``
             interface); default: the registered ``fomm`` renderer loaded from the models directory.
         motion: a :class:`~talkhead.renderers.MotionGenerator`, ``motion(kp_source, logfbank,
-            progress) -> kp_driving``; default: MS-Sync loaded from the models directory.
+            progress) -> kp_driving``; default: MS-Sync loaded from ``options.motion_model``, else the
+            downloaded one from the models directory.
         landmarker: a callable ``image (H, W, 3) uint8 -> list[talkhead.landmarks.Face]``; default: the
             ``options.landmarker`` backend.
         restorer: a :class:`talkhead.restore.Restorer` used when ``options.enhance`` is not ``none``;
@@ -291,7 +293,11 @@ class Pipeline:
         _detail(f"loading models from {self.models_dir}")
         entry = get_renderer(self.options.renderer)
         load_motion = motion and self._motion is None
-        needed = (*(entry.store_names if self._renderer is None else ()), *(("mssync",) if load_motion else ()))
+        if load_motion:
+            self.check_motion_pairing()  # one line naming both, before any checkpoint loads
+        own_model = self.options.motion_model is not None
+        needed = (*(entry.store_names if self._renderer is None else ()),
+                  *(("mssync",) if load_motion and not own_model else ()))
         if needed:
             ensure_models(self.models_dir, names=needed, offline=self.options.offline, log=self._log)
         if self._renderer is None:
@@ -299,7 +305,9 @@ class Pipeline:
         if load_motion:
             from .mssync import MSSyncMotion, load_mssync
 
-            self._motion = MSSyncMotion(load_mssync(model_dir(self.models_dir, "mssync"), device=self.device))
+            # a trained model is checked as the downloaded one is: safe load, layout against its args, finite
+            path = self.options.motion_model if own_model else model_dir(self.models_dir, "mssync")
+            self._motion = MSSyncMotion(load_mssync(path, device=self.device))
             self._owns_motion = True
         self.flush_notes()
         return self
@@ -358,6 +366,62 @@ class Pipeline:
         if hasattr(self._restorer, "precision"):
             self._restorer.precision = self.options.precision  # checked for the device in __init__
         return FaceRestoreStage(self._restorer, photo.crop, landmarks, kp_source, self.options.enhance_strength)
+
+    def motion_space(self):
+        """The :class:`~talkhead.keypoints.KeypointSpace` the speech motion generator produces, known
+        before it loads: the given generator's ``space`` attribute (``None`` if it has none), else the
+        ``options.motion_model`` folder's ``args`` (:attr:`talkhead.mssync.MSSyncConfig.space`), else
+        the released MS-Sync's, FOMM's.
+
+        Raises:
+            CheckpointError / ConfigError: the ``motion_model`` folder, or its ``args``, is missing or bad.
+        """
+        from .keypoints import FOMM_SPACE
+
+        if self._motion is not None:
+            return getattr(self._motion, "space", None)
+        if self.options.motion_model is None:
+            return FOMM_SPACE
+        from .mssync.config import ARGS_NAME, MSSyncConfig, resolve_model_dir
+
+        return MSSyncConfig.from_args_file(resolve_model_dir(self.options.motion_model) / ARGS_NAME).space
+
+    def check_motion_pairing(self) -> None:
+        """Refuse, in one line naming both, a speech motion generator and a renderer of different keypoint
+        spaces (a 10-keypoint FOMM-space MS-Sync with ``--renderer smac``, a 15-keypoint SMAC-space one with
+        ``fomm``): called before any checkpoint loads or frame renders. A renderer given to the constructor
+        is checked by its ``num_kp`` only; a motion generator without a ``space`` is not checked.
+
+        Raises:
+            InputError: the spaces differ.
+            CheckpointError / ConfigError: a bad ``motion_model`` folder (:meth:`motion_space`).
+        """
+        motion = self.motion_space()
+        if motion is None:
+            return
+        if self._renderer is None:
+            entry = get_renderer(self.options.renderer)
+            name, takes = entry.name, entry.space
+            if motion == takes:
+                return
+        else:
+            name, num_kp = self.options.renderer, getattr(self._renderer, "num_kp", None)
+            if num_kp is None or int(num_kp) == motion.num_kp:
+                return
+            from .keypoints import KeypointSpace
+
+            takes = KeypointSpace(name, int(num_kp), True)
+        if self._motion is not None:
+            which = "the given motion generator"
+        elif self.options.motion_model is not None:
+            which = f"the MS-Sync model {self.options.motion_model}"
+        else:
+            which = "the released MS-Sync"
+        hint = (f"pass --motion-model with an MS-Sync trained for {name} (README, \"Training MS-Sync for another "
+                f"renderer\"), or use `talkhead reenact --renderer {name}`" if self.options.motion_model is None
+                else f"use --renderer {motion.renderer}, or an MS-Sync trained for {name}")
+        raise InputError(f"{which} generates {motion.describe()}, but --renderer {name} takes {takes.describe()}: "
+                         f"{hint}")
 
     @property
     def renderer(self) -> Renderer:
@@ -660,9 +724,9 @@ class Pipeline:
             image_path: a photo (PNG, JPEG, WebP, BMP) holding a face.
             audio_path: speech in any format ffmpeg or libsndfile reads.
             output_path: the MP4 to write.
-            save_keypoints: optional ``.npz`` receiving ``kp_driving_value (T,10,2)``,
-                ``kp_driving_jacobian (T,10,2,2)``, ``kp_source_value (1,10,2)``,
-                ``kp_source_jacobian (1,10,2,2)``, ``crop_box (4,)``, ``crop_affine (2,3)`` and ``fps``.
+            save_keypoints: optional ``.npz`` receiving ``kp_driving_value (T,K,2)``,
+                ``kp_driving_jacobian (T,K,2,2)``, ``kp_source_value (1,K,2)``,
+                ``kp_source_jacobian (1,K,2,2)``, ``crop_box (4,)``, ``crop_affine (2,3)`` and ``fps``.
             progress: ``progress(stage, done, total)`` callback.
 
         Raises:
@@ -785,7 +849,8 @@ class SpeechMotion:
         audio: speech in any format ffmpeg or libsndfile reads.
 
     Raises:
-        InputError (:meth:`check`): the renderer is not driven by the released MS-Sync's keypoint space.
+        InputError (:meth:`check`): the motion generator (released, or ``options.motion_model``) and the
+            renderer are of different keypoint spaces (:meth:`Pipeline.check_motion_pairing`).
         AudioError / AudioTooShortError (:meth:`prepare`): undecodable, silent or too short speech.
     """
 
@@ -802,11 +867,7 @@ class SpeechMotion:
         self._kp_driving: Optional[Keypoints] = None
 
     def check(self, pipeline: "Pipeline") -> None:
-        entry = get_renderer(pipeline.options.renderer)
-        if not entry.audio_driven and pipeline._renderer is None:
-            raise InputError(f"--renderer {entry.name} cannot be driven by speech: the released MS-Sync generates "
-                             f"FOMM's 10-keypoint space, {entry.name} uses {entry.num_kp} keypoints; use it with "
-                             f"`talkhead reenact --renderer {entry.name}`")
+        pipeline.check_motion_pairing()
 
     def prepare(self, pipeline: "Pipeline") -> None:
         from .audio import load_speech, logfbank

@@ -80,7 +80,9 @@ class RendererEntry:
         load: ``load(models_dir: Path, device: torch.device, options) -> Renderer`` (files already ensured).
         frame_size: ``frame_size(models_dir) -> int``, the crop side in pixels, read from config without
             loading any checkpoint (so inputs can be cropped and checked before models load).
-        audio_driven: whether the released MS-Sync generator drives it (same keypoint space).
+        audio_driven: whether the released MS-Sync generator drives it (it takes FOMM's keypoint space);
+            another renderer is driven by speech through an MS-Sync trained in its own space (``animate
+            --motion-model``; README, "Training MS-Sync for another renderer"). See :attr:`space`.
         licence: a short licence note (shown where it restricts use).
         models: store models this renderer brings (:class:`talkhead.store.ModelSpec`, each named in
             ``store_names``): :func:`register_renderer` registers them with the store, so a new
@@ -96,6 +98,17 @@ class RendererEntry:
     audio_driven: bool = True
     licence: str = ""
     models: tuple["ModelSpec", ...] = ()
+
+    @property
+    def space(self):
+        """The :class:`~talkhead.keypoints.KeypointSpace` its keypoints live in: FOMM's (the released
+        MS-Sync's) for an audio-driven 10-keypoint renderer, else its own (``name``, ``num_kp``, with
+        jacobians). What ``preprocess --renderer`` records and what an MS-Sync must generate to drive it."""
+        from .keypoints import FOMM_SPACE, KeypointSpace
+
+        if self.audio_driven and self.num_kp == FOMM_SPACE.num_kp:
+            return FOMM_SPACE
+        return KeypointSpace(self.name, self.num_kp, True)
 
 
 _RENDERERS: dict[str, RendererEntry] = {}
@@ -216,7 +229,8 @@ def _smac_frame_size(models_dir: Optional[Path]) -> int:
 
 
 register_renderer(RendererEntry(
-    name="smac", summary="SMAC, multi-scale motion/appearance codebooks (Zhao et al., CVPR 2025); reenact only",
+    name="smac", summary="SMAC, multi-scale motion/appearance codebooks (Zhao et al., CVPR 2025); reenact, or "
+                         "animate with a --motion-model trained for it",
     num_kp=15, store_names=("smac",), load=_load_smac, frame_size=_smac_frame_size, audio_driven=False,
     licence="CC BY-NC 4.0 code and weights, NTU S-Lab licence parts: non-commercial use only (models/smac.md)"))
 

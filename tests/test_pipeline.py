@@ -314,7 +314,10 @@ def test_smac_is_registered_for_reenact_and_refused_for_animate(tmp_path):
         entry.load(tmp_path, torch.device("cpu"), AnimateOptions(renderer="smac"))
     result = CliRunner().invoke(app, ["animate", str(ASTRONAUT), str(SPEECH), "-o", str(tmp_path / "o.mp4"),
                                       "--renderer", "smac", "--models-dir", str(tmp_path)])
-    assert result.exit_code == 2 and "cannot be driven by speech" in result.output
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "the released MS-Sync generates the fomm keypoint space (10 keypoints" in result.output
+    assert "--renderer smac takes the smac keypoint space (15 keypoints" in result.output
+    assert "--motion-model" in result.output
     assert "talkhead reenact --renderer smac" in result.output and not (tmp_path / "o.mp4").exists()
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ..errors import ConfigError
+from ..constants import KP_DIM, NUM_KP
+from ..errors import CheckpointError, ConfigError
+from ..keypoints import FOMM_SPACE, KeypointSpace
 
 ARGS_NAME = "args"
 """File name of the config in a released MS-Sync model directory (one line of JSON, see the module docstring)."""
@@ -25,6 +27,10 @@ ARGS_NAME = "args"
 CHECKPOINT_NAME = "model_chkpt.pt"
 """File name of the checkpoint in a released MS-Sync model directory (``{'checkpoints': generator state
 dict, ...}``)."""
+
+MSSYNC_DIRNAME = "mssync"
+"""Sub-folder holding an MS-Sync model directory: in the models folder (the downloaded one) and in a
+``train generator`` run folder (``RUN_DIR/mssync``, see :func:`talkhead.mssync.resolve_model_dir`)."""
 
 DEEP_MLP_LAYERS: Mapping[str, tuple[int, ...]] = MappingProxyType({
     "4": (4,),
@@ -60,6 +66,12 @@ GENERATOR_KEYS: tuple[str, ...] = (
 """``args`` keys the generator (``DynamicalModel``) and its inference procedure need; each is
 required by :meth:`MSSyncConfig.from_dict`."""
 
+SPACE_KEYS: tuple[str, ...] = ("num_kp", "keypoint_space")
+"""``args`` keys naming the keypoint space a model generates (:class:`~talkhead.keypoints.KeypointSpace`:
+``num_kp`` keypoints of the renderer ``keypoint_space``, with jacobians when ``data_dim`` is 6). Optional:
+the released ``args`` has neither, and means FOMM's 10 keypoints (``num_kp`` 10, ``keypoint_space``
+``"fomm"``); ``train generator`` writes both, from its data."""
+
 DISCRIMINATOR_KEYS: tuple[str, ...] = (
     "coord_dim_D", "nblocks_frame_D", "dis_config", "hidden_size_D", "seq_stream_weight",
     "frame_weight",
@@ -93,17 +105,38 @@ ARGS_MAX_BYTES = 1 << 20
 MAX_SIZES: Mapping[str, int] = MappingProxyType({
     "data_dim": 6, "obs_len": 100, "audio_dim": 4096, "coord_dim": 4096, "hidden_size": 512,
     "expansion_fact_do": 32, "pyramid_layers_g": 4, "nheads_tf": 64, "nlayers_tf": 16, "coord_dim_D": 4096,
-    "hidden_size_D": 8192,
+    "hidden_size_D": 8192, "num_kp": 128,
 })
 """Largest accepted value of each integer ``args`` key: 8x the published model's widths (``audio_dim``,
 ``coord_dim``, ``coord_dim_D`` 512, ``hidden_size`` 64, ``hidden_size_D`` 1024, ``expansion_fact_do`` 4),
-16 transformer layers, 64 heads, ``data_dim`` at most 6 (x, y and a 2x2 jacobian) and a warm-up
+16 transformer layers, 64 heads, ``data_dim`` at most 6 (x, y and a 2x2 jacobian), at most 128 keypoints and a warm-up
 ``obs_len`` of at most 100 frames (4 s; published: 3). Beyond, building the network alone would cost
 gigabytes (or overflow), and the value is refused as a config error naming ``args`` and the key."""
 
 _INT_KEYS = ("data_dim", "obs_len", "audio_dim", "coord_dim", "hidden_size", "expansion_fact_do",
              "pyramid_layers_g", "nheads_tf", "nlayers_tf", "coord_dim_D", "nblocks_frame_D",
-             "dis_config", "hidden_size_D")
+             "dis_config", "hidden_size_D", "num_kp")
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The MS-Sync model directory (``args`` + ``model_chkpt.pt``) a user points at: ``path`` itself, or,
+    for a ``train generator`` run folder, its :data:`MSSYNC_DIRNAME` sub-folder (``RUN_DIR/mssync``).
+
+    ``path`` is taken as it is when it holds ``args`` or ``model_chkpt.pt`` (so a half-copied model is
+    reported by name where it is loaded), else ``path/mssync`` when that holds ``args``.
+
+    Raises:
+        CheckpointError: ``path`` is not a directory.
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise CheckpointError(f"MS-Sync model directory not found: {path} (expected a folder with {ARGS_NAME} and "
+                              f"{CHECKPOINT_NAME}, or a `talkhead train generator` run folder)")
+    if (path / ARGS_NAME).exists() or (path / CHECKPOINT_NAME).exists():
+        return path
+    if (path / MSSYNC_DIRNAME / ARGS_NAME).is_file():
+        return path / MSSYNC_DIRNAME
+    return path
 
 
 def _as_int(value: Any) -> int | None:
@@ -125,7 +158,7 @@ def _short(value: Any, limit: int = 40) -> str:
 def _type_problems(args: Mapping[str, Any]) -> list[str]:
     """Null or wrongly-typed values of the keys MSSyncConfig reads, one message per key."""
     problems = []
-    for key in GENERATOR_KEYS + DISCRIMINATOR_KEYS:
+    for key in GENERATOR_KEYS + SPACE_KEYS + DISCRIMINATOR_KEYS:
         if key not in args:
             continue
         value = args[key]
@@ -133,6 +166,9 @@ def _type_problems(args: Mapping[str, Any]) -> list[str]:
             problems.append(f"key {key!r} is null")
         elif value is None:
             continue
+        elif key == "keypoint_space":
+            if not isinstance(value, str) or not value:
+                problems.append(f"key {key!r} = {_short(value)} is not a renderer name (expected a string such as 'fomm')")
         elif key == "nblocks_do":  # the reference looks it up as a string: "4" and 4 are both valid
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 problems.append(f"key {key!r} = {_short(value)} is a {type(value).__name__} (expected an integer)")
@@ -154,6 +190,11 @@ class MSSyncConfig:
     Field meanings (reference ``nets/networks.py``/``nets/resnet.py``; widths are features):
 
     - ``data_dim``: numbers per keypoint, 6 = ``[x, y, j00, j01, j10, j11]`` (2 without jacobians).
+    - ``num_kp``: keypoints per frame (the reference's hard-coded ``KEYPOINTS_DIM`` = 10; ``args`` key
+      ``num_kp``, 10 when absent), and ``keypoint_space``: the renderer whose keypoints they are
+      (``"fomm"`` when absent); together with ``data_dim`` they are :attr:`space`. Every layer whose
+      width depends on the keypoints (the keypoint encoder's input, the masks, leaves and velocity)
+      follows them; the hidden widths 272/1088 (:data:`~talkhead.mssync.generator.ENCODER_WIDTH`) do not.
     - ``obs_len``: warm-up length, frames at 25 fps (kp0 is repeated ``obs_len`` times).
     - ``audio_dim``: width of every level of the audio feature pyramid (not the input width: the
       input is always the 26-band logfbank).
@@ -196,6 +237,8 @@ class MSSyncConfig:
     hidden_size_D: int | None = None
     seq_stream_weight: float | None = None
     frame_weight: float | None = None
+    num_kp: int = NUM_KP
+    keypoint_space: str = FOMM_SPACE.renderer
     args: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False,
                                     compare=False, hash=False)
 
@@ -233,6 +276,8 @@ class MSSyncConfig:
         if isinstance(self.coord_dim, int) and isinstance(self.nheads_tf, int) and self.nheads_tf > 0 \
                 and self.coord_dim % self.nheads_tf:
             problems.append(f"coord_dim={self.coord_dim} is not divisible by nheads_tf={self.nheads_tf}")
+        if not isinstance(self.keypoint_space, str) or not self.keypoint_space:
+            problems.append(f"keypoint_space={self.keypoint_space!r} (expected a renderer name such as 'fomm')")
         if problems:
             raise ConfigError("invalid MS-Sync config: " + "; ".join(problems))
         if not isinstance(self.args, MappingProxyType):
@@ -265,7 +310,7 @@ class MSSyncConfig:
         if problems:
             raise ConfigError(f"{source}: invalid MS-Sync args: " + "; ".join(problems))
         values = {k: args[k] for k in GENERATOR_KEYS}
-        values.update({k: args[k] for k in DISCRIMINATOR_KEYS if k in args and args[k] is not None})
+        values.update({k: args[k] for k in SPACE_KEYS + DISCRIMINATOR_KEYS if k in args and args[k] is not None})
         try:
             return cls(**values, args=MappingProxyType(dict(args)))
         except ConfigError as exc:
@@ -318,13 +363,17 @@ class MSSyncConfig:
         """The released ``args`` JSON object: the source mapping with this config's values.
 
         Keys keep their source order (for :meth:`default`, ``train.py``'s argparse order); fields
-        that are ``None`` are left out. ``json.dumps`` of it is what ``train.py`` writes.
+        that are ``None`` are left out, and so are the keypoint-space keys (:data:`SPACE_KEYS`) of a
+        FOMM-space model whose source lacked them (the released ``args`` round-trips unchanged).
+        ``json.dumps`` of it is what ``train.py`` writes.
         """
         out = dict(self.args)
         for f in dataclasses.fields(self):
             if f.name == "args":
                 continue
             value = getattr(self, f.name)
+            if f.name in SPACE_KEYS and f.name not in self.args and value == f.default:
+                continue
             if value is not None:
                 out[f.name] = value
         return out
@@ -334,6 +383,17 @@ class MSSyncConfig:
         Path(path).write_text(json.dumps(self.to_args_dict()), encoding="utf-8")
 
     # -- derived --------------------------------------------------------------------------------
+    @property
+    def space(self) -> KeypointSpace:
+        """The keypoint space the model generates: ``keypoint_space``'s ``num_kp`` keypoints, with
+        jacobians when ``data_dim`` is 6 (:data:`talkhead.keypoints.FOMM_SPACE` for the released model)."""
+        return KeypointSpace(self.keypoint_space, self.num_kp, self.data_dim == KP_DIM)
+
+    @property
+    def frame_dim(self) -> int:
+        """Numbers per generated frame: ``num_kp * data_dim`` (60 for the released model)."""
+        return self.num_kp * self.data_dim
+
     @property
     def deep_mlp_layers(self) -> tuple[int, ...]:
         """``DEEP_MLP_LAYERS[str(nblocks_do)]`` (the reference looks ``nblocks_do`` up as a string)."""

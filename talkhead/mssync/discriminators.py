@@ -1,6 +1,6 @@
 """The MS-Sync training discriminator (reference ``nets/networks.py`` ``Discriminator``).
 
-Two critics over keypoint sequences (10 keypoints x ``data_dim``):
+Two critics over keypoint sequences (``num_kp`` keypoints x ``data_dim``; 10 x 6 for the released model):
 
 - a frame critic ``landmark_classifier`` scoring every generated frame's embedding;
 - a multi-scale sequence critic: an LSTM encodes windows of 5, 10, 20, 40 frames (``dis_config`` 1)
@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..constants import NUM_KP
 from .blocks import DeepMLP, frame_encoder
 from .config import DEEP_MLP_LAYERS, DISCRIMINATOR_WINDOWS, MSSyncConfig
 
 DISCRIMINATOR_WIDTH = 408
-"""Hard-coded width of the discriminator's keypoint encoder (reference constant)."""
+"""Hard-coded width of the discriminator's keypoint encoder (reference constant; 408 = 6 x 68, a hidden width
+that does not follow the keypoint count)."""
 
 
 class SpectralLinear(nn.Module):
@@ -92,7 +92,7 @@ class ProjectionDisc(nn.Module):
 class MSSyncDiscriminator(nn.Module):
     """The reference MS-Sync ``Discriminator`` (frame critic + multi-scale sequence critic).
 
-    Sub-modules: ``encoder_x`` Linear(60, 408) -> LayerNorm -> Linear(408, 1632) -> GELU ->
+    Sub-modules: ``encoder_x`` Linear(num_kp * data_dim (60 released), 408) -> LayerNorm -> Linear(408, 1632) -> GELU ->
     Linear(1632, coord_dim_D); ``landmark_classifier`` DeepMLP(coord_dim_D -> 1,
     ``DEEP_MLP_LAYERS[str(nblocks_frame_D)]``, expansion 4); ``lstm`` LSTM(coord_dim_D,
     hidden_size_D); ``D_seq`` :class:`ProjectionDisc`.
@@ -114,8 +114,8 @@ class MSSyncDiscriminator(nn.Module):
         self.all_tf = all_tf
         self.lambda_seq_stream = config.seq_stream_weight
         self.lambda_frame = config.frame_weight
-        self.input_dim = NUM_KP
-        self.emb_dim = NUM_KP * config.data_dim
+        self.input_dim = config.num_kp
+        self.emb_dim = config.frame_dim
         self.encoder_x = frame_encoder(self.emb_dim, DISCRIMINATOR_WIDTH, config.coord_dim_D)
         self.landmark_classifier = DeepMLP(config.coord_dim_D, 1, layers=list(DEEP_MLP_LAYERS[str(config.nblocks_frame_D)]),
                                            expansion_fact=4)
@@ -127,8 +127,8 @@ class MSSyncDiscriminator(nn.Module):
         """Scores of a sequence given its observed prefix.
 
         Args:
-            x_obs: ``(B, obs, 10, data_dim)`` observed (conditioning) frames.
-            x: ``(B, S, 10, data_dim)`` frames to judge (S >= 5 for ``dis_config`` 1).
+            x_obs: ``(B, obs, num_kp, data_dim)`` observed (conditioning) frames.
+            x: ``(B, S, num_kp, data_dim)`` frames to judge (S >= 5 for ``dis_config`` 1).
 
         Returns:
             ``(seq_score (B, 1), frame_score (B*S, 1))``.
@@ -168,8 +168,8 @@ class MSSyncDiscriminator(nn.Module):
         """Generator adversarial loss: ``-(w_seq mean(seq) + w_frame mean(frame))``.
 
         Args:
-            x: ground truth ``(B, obs_len + S, 10, >= data_dim)`` (only its observed part is used).
-            x_pred: generated ``(B, S, 10, data_dim)``.
+            x: ground truth ``(B, obs_len + S, num_kp, >= data_dim)`` (only its observed part is used).
+            x_pred: generated ``(B, S, num_kp, data_dim)``.
 
         Returns:
             ``(loss, adv_loss_seq, adv_loss_frame)`` scalars.

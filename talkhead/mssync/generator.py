@@ -3,7 +3,8 @@
 Paper: "A Comprehensive Multi-scale Approach for Speech and Dynamics Synchrony in Talking Head
 Generation" (MS-Sync); code: LouisBearing/HMo-audio ``nets/networks.py`` ``DynamicalModel``.
 
-One step of the model, for the keypoint frame ``x_t`` (10 keypoints x ``data_dim`` numbers):
+One step of the model, for the keypoint frame ``x_t`` (``K = num_kp`` keypoints x ``data_dim`` numbers;
+the released model: 10 x 6, so a frame is 60 numbers):
 
 - ``c_t = encoder_x(x_t)``: keypoint embedding (``coord_dim``).
 - ``h_t = lin_out(transformer([c_{t-K+1} .. c_t])[-1])``: causal temporal module without
@@ -11,7 +12,7 @@ One step of the model, for the keypoint frame ``x_t`` (10 keypoints x ``data_dim
 - for each pyramid level l = 0..3, ``z_l = [h_t, c_t, a_l(t+1)]`` where ``a_l`` is level l of the
   audio pyramid (``encoder_a``), resampled to the frame rate (25 fps).
 - multi-scale module: a grouped DeepMLP backbone (``deep_output``) over ``[z_0..z_3]`` yields per
-  level a leaf ``v_l`` (60) and a mask ``m_l`` (10); a bias stream (``deep_output_bias``,
+  level a leaf ``v_l`` (K * data_dim) and a mask ``m_l`` (K); a bias stream (``deep_output_bias``,
   ``mask_bias``, ``leaf_bias``) sees only ``[h_t, c_t]``. Masks are repeated per keypoint
   coordinate and normalised over the 5 streams with a softmax (paper eq. 8).
 - velocity ``dx_t = final_block([m_b v_b | m_0 v_0 | .. | m_3 v_3])`` and integration
@@ -28,17 +29,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import load_checkpoint, load_state_dict_checked, require_finite
-from ..constants import NUM_KP
 from ..errors import CheckpointError
 from ..progress import Progress
 from .blocks import AudioPyramidEncoder, DeepMLP, frame_encoder
-from .config import ARGS_NAME, CHECKPOINT_NAME, MSSyncConfig
+from .config import ARGS_NAME, CHECKPOINT_NAME, MSSyncConfig, resolve_model_dir
 
 MAX_CONTEXT_LENGTH = 40
 """Most keypoint embeddings the temporal transformer sees (reference ``MAX_CONTEXT_LENGTH``), frames."""
 
 ENCODER_WIDTH = 272
-"""Hard-coded width of the keypoint encoder and of one multi-scale stream (reference constant)."""
+"""Hard-coded width of the keypoint encoder and of one multi-scale stream (reference constant; 272 = 4 x 68,
+from the reference's 68-landmark days). A hidden width: it does not follow the keypoint count, so a model
+in another keypoint space keeps it (only the layers that read or write a frame change width)."""
 
 TRANSFORMER_FF_DIM = 1024
 """Hard-coded ``dim_feedforward`` of the temporal transformer (reference constant)."""
@@ -56,14 +58,16 @@ class MSSyncGenerator(nn.Module):
     Sub-modules (names, order and shapes give exactly the reference state-dict keys, so the
     released ``model_chkpt.pt['checkpoints']`` loads with ``strict=True``):
 
-    - ``encoder_x``: Linear(60, 272) -> LayerNorm(272) -> Linear(272, 1088) -> GELU ->
+    With ``F = num_kp * data_dim`` numbers per frame (60 for the released 10 x 6) and ``K = num_kp``:
+
+    - ``encoder_x``: Linear(F, 272) -> LayerNorm(272) -> Linear(272, 1088) -> GELU ->
       Linear(1088, coord_dim).
     - ``encoder_a``: :class:`~talkhead.mssync.blocks.AudioPyramidEncoder` (4 levels, width audio_dim).
     - ``deep_output``/``mask``/``leaf``: grouped (4 groups) DeepMLPs,
-      ``4*(hidden+coord+audio) -> 4*272 -> 4*10`` (masks) and ``-> 4*60`` (leaves).
+      ``4*(hidden+coord+audio) -> 4*272 -> 4*K`` (masks) and ``-> 4*F`` (leaves).
     - ``deep_output_bias``/``mask_bias``/``leaf_bias``: the audio-free bias stream,
-      ``hidden+coord -> 272 -> 10`` and ``-> 60``.
-    - ``final_block``: Linear(5*60, 60), the velocity.
+      ``hidden+coord -> 272 -> K`` and ``-> F``.
+    - ``final_block``: Linear(5*F, F), the velocity.
     - ``temp_module``: ``nn.TransformerEncoder`` of ``nlayers_tf`` post-norm layers (d_model
       coord_dim, nheads_tf heads, feed-forward 1024, dropout 0, ReLU, sequence-first).
     - ``lin_out``: Linear(coord_dim, hidden_size).
@@ -75,8 +79,8 @@ class MSSyncGenerator(nn.Module):
         super().__init__()
         self.config = config
         self.h_size = config.hidden_size
-        self.input_dim = NUM_KP
-        self.emb_dim = NUM_KP * config.data_dim
+        self.input_dim = config.num_kp
+        self.emb_dim = config.frame_dim
 
         self.encoder_x = frame_encoder(self.emb_dim, ENCODER_WIDTH, config.coord_dim)
         self.encoder_a = AudioPyramidEncoder(config.audio_dim, n_levels=config.pyramid_layers_g)
@@ -85,16 +89,16 @@ class MSSyncGenerator(nn.Module):
         layers = list(config.deep_mlp_layers)
         expansion = config.expansion_fact_do
         in_dim = self.h_size + config.audio_dim + config.coord_dim
-        frame_dim = NUM_KP * config.data_dim
+        frame_dim = config.frame_dim
         self.deep_output = DeepMLP(in_dim * groups, ENCODER_WIDTH * groups, layers=layers[:-1],
                                    expansion_fact=expansion, groups=groups)
-        self.mask = DeepMLP(ENCODER_WIDTH * groups, NUM_KP * groups, layers=layers[-1:],
+        self.mask = DeepMLP(ENCODER_WIDTH * groups, config.num_kp * groups, layers=layers[-1:],
                             expansion_fact=expansion, groups=groups)
         self.leaf = DeepMLP(ENCODER_WIDTH * groups, frame_dim * groups, layers=layers[-1:],
                             expansion_fact=expansion, groups=groups)
         self.deep_output_bias = DeepMLP(in_dim - config.audio_dim, ENCODER_WIDTH, layers=layers[:-1],
                                         expansion_fact=expansion)
-        self.mask_bias = DeepMLP(ENCODER_WIDTH, NUM_KP, layers=layers[-1:], expansion_fact=expansion)
+        self.mask_bias = DeepMLP(ENCODER_WIDTH, config.num_kp, layers=layers[-1:], expansion_fact=expansion)
         self.leaf_bias = DeepMLP(ENCODER_WIDTH, frame_dim, layers=layers[-1:], expansion_fact=expansion)
         self.final_block = nn.Linear(frame_dim * (groups + 1), frame_dim)
 
@@ -132,19 +136,19 @@ class MSSyncGenerator(nn.Module):
             deep_out_input: ``(N, 4 * (hidden + coord + audio))``, per level ``[h, c, a_l]``.
 
         Returns:
-            Velocity ``(N, 10 * data_dim)``. Reference: ``DynamicalModel.deep_out_forward``.
+            Velocity ``(N, num_kp * data_dim)``. Reference: ``DynamicalModel.deep_out_forward``.
         """
         groups = self.config.pyramid_layers_g
         data_dim = self.config.data_dim
         backbone = self.deep_output(deep_out_input)
-        leaf = self.leaf(backbone)                                    # (N, G*60)
-        leaf = torch.stack(leaf.split(leaf.shape[-1] // groups, dim=-1), dim=0)       # (G, N, 60)
-        mask = self.mask(backbone).repeat_interleave(data_dim, dim=1)                  # (N, G*60)
-        mask = torch.stack(mask.split(mask.shape[-1] // groups, dim=-1), dim=0)       # (G, N, 60)
+        leaf = self.leaf(backbone)                                    # (N, G*F)
+        leaf = torch.stack(leaf.split(leaf.shape[-1] // groups, dim=-1), dim=0)       # (G, N, F)
+        mask = self.mask(backbone).repeat_interleave(data_dim, dim=1)                  # (N, G*F)
+        mask = torch.stack(mask.split(mask.shape[-1] // groups, dim=-1), dim=0)       # (G, N, F)
 
         per_group = deep_out_input.shape[1] // groups - self.config.audio_dim       # hidden + coord
         backbone_bias = self.deep_output_bias(deep_out_input[:, :per_group])
-        leaf = torch.cat([self.leaf_bias(backbone_bias)[None], leaf], dim=0)          # (G+1, N, 60)
+        leaf = torch.cat([self.leaf_bias(backbone_bias)[None], leaf], dim=0)          # (G+1, N, F)
         mask_bias = self.mask_bias(backbone_bias).repeat_interleave(data_dim, dim=1)
         mask = torch.cat([mask_bias[None], mask], dim=0)
         if self.config.streams_merging_activation == "softmax":
@@ -216,14 +220,14 @@ class MSSyncGenerator(nn.Module):
         """Warm up on ``inpt`` and roll out autoregressively under ``audio`` (reference signature).
 
         Args:
-            inpt: observed keypoint frames ``(B, obs_len, 10, data_dim)`` (teacher-forced warm-up;
+            inpt: observed keypoint frames ``(B, obs_len, num_kp, data_dim)`` (teacher-forced warm-up;
                 at inference kp0 repeated ``obs_len`` times).
             audio: logfbank ``(B, 4 * (obs_len + seq_len), 26)`` at 100 Hz (4 rows per frame).
 
         Returns:
-            ``(x_rec, x_pred)``: ``x_rec`` ``(B, obs_len - 1, 10, data_dim)`` = ``inpt[:, j]`` plus its
+            ``(x_rec, x_pred)``: ``x_rec`` ``(B, obs_len - 1, num_kp, data_dim)`` = ``inpt[:, j]`` plus its
             warm-up velocity for j < obs_len - 1 (an empty ``(0, 0, 0, 0)`` tensor when
-            ``obs_len == 1``, as in the reference); ``x_pred`` ``(B, seq_len, 10, data_dim)``, the
+            ``obs_len == 1``, as in the reference); ``x_pred`` ``(B, seq_len, num_kp, data_dim)``, the
             integrated positions (paper eq. 7). Differentiable (used for training).
         """
         return self.rollout(inpt, audio)
@@ -238,9 +242,9 @@ class MSSyncGenerator(nn.Module):
             trace: optional dict filled with detached intermediates (fixture names):
                 ``fpn_raw_i`` ``(B, audio_dim, L_i)``, ``audio_pyramid_i`` ``(B, T, audio_dim)``,
                 ``encoder_x_obs`` ``(B, obs_len, coord_dim)``, ``temporal_obs`` ``(B, obs_len, hidden)``,
-                ``vel_obs`` ``(B*obs_len, 60)``, and per decoding step i (seq_len - 1 steps)
+                ``vel_obs`` ``(B*obs_len, F)``, and per decoding step i (seq_len - 1 steps)
                 ``encoder_x_decode`` ``(S-1, B, coord_dim)``, ``temporal_decode`` ``(S-1, B, hidden)``,
-                ``vel_decode`` ``(S-1, B, 60)``, ``context_len_decode`` ``(S-1,)`` int64.
+                ``vel_decode`` ``(S-1, B, F)``, ``context_len_decode`` ``(S-1,)`` int64.
             progress: ``progress("keypoints", done, seq_len)`` after the warm-up (done = 1) and after each
                 decoding step (x_pred frames produced so far).
             incremental: compute the transformer only at the last context position (with cached
@@ -271,7 +275,7 @@ class MSSyncGenerator(nn.Module):
         z = torch.cat([hidden, coord], dim=-1)
         z = torch.cat([torch.cat([z, a[:, 1:obs_len + 1]], dim=-1) for a in pyramid], dim=-1)
         vel = self.merge_streams(z.flatten(end_dim=1))
-        positions = inpt + vel.view(bs, obs_len, NUM_KP, cfg.data_dim)
+        positions = inpt + vel.view(bs, obs_len, cfg.num_kp, cfg.data_dim)
         if trace is not None:
             trace["encoder_x_obs"] = coord.detach()
             trace["temporal_obs"] = hidden.detach()
@@ -301,7 +305,7 @@ class MSSyncGenerator(nn.Module):
             z = torch.cat([h_i, coord_i], dim=-1)
             z = torch.cat([torch.cat([z, a[:, i + obs_len + 1]], dim=-1) for a in pyramid], dim=-1)
             vel_i = self.merge_streams(z)
-            last_pos = last_pos + vel_i.view(bs, NUM_KP, cfg.data_dim)
+            last_pos = last_pos + vel_i.view(bs, cfg.num_kp, cfg.data_dim)
             outputs.append(last_pos)
             if trace is not None:
                 steps["encoder_x_decode"].append(coord_i.detach())
@@ -312,7 +316,7 @@ class MSSyncGenerator(nn.Module):
                 progress("keypoints", i + 2, seq_len)
         if trace is not None:
             widths = {"encoder_x_decode": cfg.coord_dim, "temporal_decode": cfg.hidden_size,
-                      "vel_decode": NUM_KP * cfg.data_dim}
+                      "vel_decode": cfg.frame_dim}
             for name, width in widths.items():
                 trace[name] = torch.stack(steps[name]) if steps[name] else inpt.new_empty(0, bs, width)
             trace["context_len_decode"] = torch.tensor(steps["context_len_decode"], dtype=torch.int64)
@@ -320,7 +324,8 @@ class MSSyncGenerator(nn.Module):
 
 
 def load_mssync(model_dir: str | Path, *, device: str | torch.device = "cpu") -> MSSyncGenerator:
-    """Load a released MS-Sync model directory (``args`` + ``model_chkpt.pt``) for inference.
+    """Load an MS-Sync model directory (``args`` + ``model_chkpt.pt``: the released one, or one written by
+    ``train generator``, given as ``RUN_DIR/mssync`` or as ``RUN_DIR``: :func:`resolve_model_dir`) for inference.
 
     Only ``model_chkpt.pt['checkpoints']`` (the generator's state dict) is read, strictly, through
     :func:`talkhead.checkpoints.load_checkpoint` (CPU, no full pickle). The model is moved to
@@ -337,9 +342,7 @@ def load_mssync(model_dir: str | Path, *, device: str | torch.device = "cpu") ->
         StateDictMismatchError: the state dict does not match the ``args`` architecture.
         ConfigError: ``args`` lacks keys or holds bad values.
     """
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise CheckpointError(f"MS-Sync model directory not found: {model_dir}")
+    model_dir = resolve_model_dir(model_dir)
     args_path, ckpt_path = model_dir / ARGS_NAME, model_dir / CHECKPOINT_NAME
     for path in (args_path, ckpt_path):
         if not path.is_file():

@@ -8,8 +8,8 @@ Reproduces the reference ``execute_model.execute_model`` (LouisBearing/HMo-audio
    ``4 * (obs_len - 1)`` of them, in reverse order, are put in front (the warm-up's audio); 5 rows are
    reflect-padded at the end (rows n-2, ..., n-6) and the padded audio is cut to ``4 R`` rows.
    This is ``audio_in``, ``(1, 4 (obs_len-1) + min(4R, n+5), 26)``.
-3. ``inpt`` = kp0 = ``kp_source.pack()`` = ``[value, jacobian flattened row-major]`` ``(1, 10, 6)``
-   repeated ``obs_len`` times.
+3. ``inpt`` = kp0 = ``kp_source.pack()`` = ``[value, jacobian flattened row-major]`` ``(1, K, 6)``
+   (``K = num_kp``: 10 for the released model) repeated ``obs_len`` times.
 4. ``x_rec, x_pred = model(inpt, audio_in)``; ``out_kp = [x_rec[:, -1:]; x_pred]``: frame 0 is kp0
    plus the warm-up velocity, not kp0 itself. Frame t is conditioned on logfbank rows near 4 t,
    i.e. on time t / 25 s.
@@ -113,22 +113,23 @@ def build_audio_input(logfbank: torch.Tensor | np.ndarray, *, obs_len: int, seq_
     return torch.cat([mirror, padded], dim=0)[None]
 
 
-def build_warmup_input(kp_source: Keypoints, *, obs_len: int) -> torch.Tensor:
-    """``inpt``: kp0 ``[x, y, j00, j01, j10, j11]`` ``(1, 10, 6)`` repeated ``obs_len`` times.
+def build_warmup_input(kp_source: Keypoints, *, obs_len: int, num_kp: int = NUM_KP) -> torch.Tensor:
+    """``inpt``: kp0 ``[x, y, j00, j01, j10, j11]`` ``(1, K, 6)`` repeated ``obs_len`` times.
 
     Args:
-        kp_source: :class:`~talkhead.keypoints.Keypoints` value ``(1, 10, 2)`` in [-1, 1] and jacobian
-            ``(1, 10, 2, 2)`` (flattened row-major by :meth:`Keypoints.pack`).
+        kp_source: :class:`~talkhead.keypoints.Keypoints` value ``(1, K, 2)`` in [-1, 1] and jacobian
+            ``(1, K, 2, 2)`` (flattened row-major by :meth:`Keypoints.pack`).
+        num_kp: ``K``, the model's keypoint count (``MSSyncConfig.num_kp``; 10 for the released model).
 
     Returns:
-        ``(1, obs_len, 10, 6)``.
+        ``(1, obs_len, K, 6)``.
 
     Raises:
-        ValueError: wrong shapes, or keypoints without jacobians.
+        ValueError: wrong shapes (another keypoint count), or keypoints without jacobians.
     """
-    if len(kp_source) != 1 or kp_source.num_kp != NUM_KP or kp_source.jacobian is None:
+    if len(kp_source) != 1 or kp_source.num_kp != num_kp or kp_source.jacobian is None:
         jac = None if kp_source.jacobian is None else tuple(kp_source.jacobian.shape)
-        raise ValueError(f"kp_source must be value (1, {NUM_KP}, 2) and jacobian (1, {NUM_KP}, 2, 2), "
+        raise ValueError(f"kp_source must be value (1, {num_kp}, 2) and jacobian (1, {num_kp}, 2, 2), "
                          f"got {tuple(kp_source.value.shape)} and {jac}")
     return kp_source.pack()[:, None].repeat(1, obs_len, 1, 1)
 
@@ -139,8 +140,8 @@ def generate_keypoints_trace(model: MSSyncGenerator, kp_source: Keypoints, logfb
     """:func:`generate_keypoints` returning every intermediate (names of the golden fixture).
 
     Returns:
-        dict with ``audio_in`` ``(1, L, 26)``, ``inpt`` ``(1, obs_len, 10, 6)``, ``x_rec``
-        ``(1, obs_len-1, 10, 6)``, ``x_pred`` ``(1, S, 10, 6)``, ``out_kp`` ``(1, T, 10, 6)``
+        dict with ``audio_in`` ``(1, L, 26)``, ``inpt`` ``(1, obs_len, K, 6)``, ``x_rec``
+        ``(1, obs_len-1, K, 6)``, ``x_pred`` ``(1, S, K, 6)``, ``out_kp`` ``(1, T, K, 6)``
         (T = S + 1), plus the model's trace (see :meth:`MSSyncGenerator.rollout`) with the batch
         axis of the per-step arrays dropped: ``fpn_raw_i``, ``audio_pyramid_i``, ``encoder_x_obs``,
         ``temporal_obs``, ``vel_obs`` ``(obs_len, 60)``, ``encoder_x_decode`` ``(S-1, coord_dim)``,
@@ -156,13 +157,13 @@ def generate_keypoints_trace(model: MSSyncGenerator, kp_source: Keypoints, logfb
     """
     cfg = model.config
     if cfg.data_dim != KP_DIM:
-        raise ConfigError(f"MS-Sync model has data_dim={cfg.data_dim}; generating FOMM keypoints with "
-                          f"jacobians needs data_dim={KP_DIM}")
+        raise ConfigError(f"MS-Sync model has data_dim={cfg.data_dim}; generating keypoints with "
+                          f"jacobians (what the renderers take) needs data_dim={KP_DIM}")
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     with torch.inference_mode():
         audio_in = build_audio_input(torch.as_tensor(logfbank).to(device), obs_len=cfg.obs_len, seq_len=seq_len)
-        inpt = build_warmup_input(kp_source.to(device, dtype), obs_len=cfg.obs_len)
+        inpt = build_warmup_input(kp_source.to(device, dtype), obs_len=cfg.obs_len, num_kp=cfg.num_kp)
         total = int(audio_in.shape[1] / 4) - cfg.obs_len + (1 if cfg.obs_len > 1 else 0)
         offset = 1 if cfg.obs_len > 1 else 0
         cb = (lambda stage, done, _n: progress(stage, done + offset, total)) if progress is not None else None
@@ -185,8 +186,8 @@ def generate_keypoints(model: MSSyncGenerator, kp_source: Keypoints, logfbank, *
 
     Args:
         model: a loaded :class:`MSSyncGenerator` (``data_dim`` 6), e.g. from ``load_mssync``.
-        kp_source: FOMM kp_source :class:`~talkhead.keypoints.Keypoints`, value ``(1, 10, 2)`` in [-1, 1]
-            of the keypoint grid and jacobian ``(1, 10, 2, 2)``.
+        kp_source: the renderer's source :class:`~talkhead.keypoints.Keypoints`, value ``(1, K, 2)`` in [-1, 1]
+            of the keypoint grid and jacobian ``(1, K, 2, 2)``, ``K = model.config.num_kp``.
         logfbank: ``(M, 26)`` log filterbank of the speech at 100 Hz (array or tensor; float64 is
             cast to float32 as the reference's ``torch.Tensor(melspec)``).
         seq_len: if > 0, generate at most ``1 + seq_len`` frames (the reference ``max_l``
@@ -194,8 +195,8 @@ def generate_keypoints(model: MSSyncGenerator, kp_source: Keypoints, logfbank, *
         progress: ``progress("keypoints", done, total)`` in frames during the autoregressive decoding.
 
     Returns:
-        kp_driving :class:`~talkhead.keypoints.Keypoints` at 25 fps, value ``(T, 10, 2)`` and jacobian
-        ``(T, 10, 2, 2)`` on the model's device; ``T = num_frames(num_samples)`` for a full run. Frame 0
+        kp_driving :class:`~talkhead.keypoints.Keypoints` at 25 fps, value ``(T, K, 2)`` and jacobian
+        ``(T, K, 2, 2)`` on the model's device; ``T = num_frames(num_samples)`` for a full run. Frame 0
         is kp0 plus a velocity.
 
     Raises:
@@ -231,18 +232,25 @@ class MSSyncMotion:
     """The pipeline's motion generator (:class:`talkhead.renderers.MotionGenerator`) over a loaded MS-Sync.
 
     ``motion(kp_source, logfbank, progress)`` is :func:`generate_keypoints` run on one CPU thread (see
-    ``_single_cpu_thread``): kp_source ``(1, 10, ...)`` + logfbank ``(M, 26)`` at 100 Hz -> kp_driving
-    Keypoints ``(T, 10, ...)`` at 25 fps on the model's device.
+    ``_single_cpu_thread``): kp_source ``(1, K, ...)`` + logfbank ``(M, 26)`` at 100 Hz -> kp_driving
+    Keypoints ``(T, K, ...)`` at 25 fps on the model's device.
 
     Attributes:
         model: the :class:`MSSyncGenerator`.
-        num_kp: 10 (FOMM's keypoint space).
+        num_kp: its keypoint count (10 for the released model, FOMM's space).
+        space: the :class:`~talkhead.keypoints.KeypointSpace` it generates (``model.config.space``).
     """
-
-    num_kp = NUM_KP
 
     def __init__(self, model: MSSyncGenerator):
         self.model = model
+
+    @property
+    def num_kp(self) -> int:
+        return self.model.config.num_kp
+
+    @property
+    def space(self):
+        return self.model.config.space
 
     @property
     def device(self) -> torch.device:

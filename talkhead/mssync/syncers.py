@@ -4,7 +4,7 @@ A *syncer* embeds a short window of keypoint motion and the speech heard during 
 space where aligned pairs have a high cosine similarity. The *pyramid* has 4 syncers, one per time
 scale (:data:`LEVEL_MS` = 200, 400, 800, 1600 ms):
 
-* level 1 sees the raw streams: 5 video frames (25 fps) of keypoints ``(5, 10, 6)`` and the 20
+* level 1 sees the raw streams: 5 video frames (25 fps) of keypoints ``(5, K, 6)`` (K = 10 for FOMM) and the 20
   logfbank rows ``(20, 26)`` heard during them (frame t <-> rows 4t..4t+3);
 * level ``l > 1`` sees the same number of frames of both streams after ``l - 1`` blur-and-halve
   steps (:func:`blur_halve`: centred 7-tap moving average with reflect padding, then every 2nd
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from ..checkpoints import load_checkpoint, load_state_dict_checked
 from ..constants import KP_DIM, LOGFBANK_PER_VIDEO_FRAME, N_FILT, NUM_KP
+from ..keypoints import FOMM_SPACE, KeypointSpace
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write
 
@@ -97,7 +98,7 @@ def build_pyramid(keypoints: torch.Tensor, logfbank: torch.Tensor, levels: int =
     """Multi-scale inputs of the syncer pyramid.
 
     Args:
-        keypoints: ``(B, F, 10, 6)`` keypoint sequences at 25 fps.
+        keypoints: ``(B, F, K, d)`` keypoint sequences at 25 fps.
         logfbank: ``(B, 4F', 26)`` aligned logfbank (frame t <-> rows 4t..4t+3), ``F' >= F``.
         levels: pyramid depth (4 in the paper).
         kernel_size: blur width of :func:`blur_halve` (7 in the reference).
@@ -105,7 +106,7 @@ def build_pyramid(keypoints: torch.Tensor, logfbank: torch.Tensor, levels: int =
             level that cannot be blurred (``F_l <= kernel_size // 2``), returning fewer levels.
 
     Returns:
-        ``levels`` pairs ``(kp_l (B, F / 2**l, 10, 6), lf_l (B, 4F / 2**l, 26))`` for ``l = 0..levels-1``
+        ``levels`` pairs ``(kp_l (B, F / 2**l, K, d), lf_l (B, 4F / 2**l, 26))`` for ``l = 0..levels-1``
         after cropping both streams to ``F = pyramid_frames(F, levels)`` frames, so every level keeps
         exactly 4 logfbank rows per frame (fewer pairs with ``partial``).
 
@@ -133,10 +134,10 @@ def sliding_windows(kp: torch.Tensor, lf: torch.Tensor) -> tuple[torch.Tensor, t
     """All aligned windows of one level, one per start frame ``p = 0 .. P-1`` with ``P = F - 4``.
 
     Args:
-        kp: ``(B, F, 10, 6)``; lf: ``(B, 4F, 26)``.
+        kp: ``(B, F, K, d)``; lf: ``(B, 4F, 26)``.
 
     Returns:
-        ``(x (B, P, 5, 10, 6), a (B, P, 20, 26))``: ``x[:, p] = kp[:, p:p+5]``,
+        ``(x (B, P, 5, K, d), a (B, P, 20, 26))``: ``x[:, p] = kp[:, p:p+5]``,
         ``a[:, p] = lf[:, 4p:4p+20]`` (start-aligned, as the reference ``lip_sync_pyramid_loss``).
     """
     x = kp.unfold(1, WINDOW_FRAMES, 1).permute(0, 1, 4, 2, 3)
@@ -148,40 +149,64 @@ def sliding_windows(kp: torch.Tensor, lf: torch.Tensor) -> tuple[torch.Tensor, t
 # ============================================================================================ models
 @dataclass(frozen=True)
 class SyncerConfig:
-    """Syncer-pyramid hyper-parameters (the ``model`` section of the run config)."""
+    """Syncer-pyramid hyper-parameters (the ``model`` section of the run config).
+
+    ``num_kp``, ``kp_dim`` and ``keypoint_space`` are the keypoint space the keypoint encoders read
+    (:attr:`space`; ``train syncers`` sets them from its data's manifest); a config without them (runs and
+    files written before they existed) means FOMM's 10 keypoints with jacobians.
+    """
 
     levels: int = 4
     kernel_size: int = 7
     hidden: int = 256
     embed_dim: int = 128
     kp_scale: float = 10.0
+    num_kp: int = NUM_KP
+    kp_dim: int = KP_DIM
+    keypoint_space: str = FOMM_SPACE.renderer
 
     @classmethod
     def from_mapping(cls, m: Mapping) -> "SyncerConfig":
-        """Build from a mapping, ignoring unknown keys. Raises ConfigError on bad values."""
+        """Build from a mapping, ignoring unknown keys (a key set to ``None`` keeps its default). Raises
+        ConfigError on bad values."""
+        kinds = {"kp_scale": float, "keypoint_space": str}
         try:
-            cfg = cls(**{k: (float(m[k]) if k == "kp_scale" else int(m[k]))
-                         for k in cls.__dataclass_fields__ if k in m})
+            cfg = cls(**{k: kinds.get(k, int)(m[k]) for k in cls.__dataclass_fields__ if m.get(k) is not None})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad syncer model config {dict(m)!r}: {exc}") from None
         if not 1 <= cfg.levels <= 6 or cfg.kernel_size % 2 != 1 or min(cfg.hidden, cfg.embed_dim) < 1:
             raise ConfigError(f"bad syncer model config {cfg}")
+        try:
+            cfg.space
+        except ValueError as exc:
+            raise ConfigError(f"bad syncer model config {cfg}: {exc}") from None
         return cfg
+
+    @property
+    def space(self) -> KeypointSpace:
+        """The :class:`~talkhead.keypoints.KeypointSpace` of the keypoint windows the syncers judge.
+
+        Raises:
+            ValueError: a count below 1 or a ``kp_dim`` other than 6 or 2.
+        """
+        return KeypointSpace.from_kp_dim(self.keypoint_space, self.num_kp, self.kp_dim)
 
 
 class KeypointEncoder(nn.Module):
-    """``(N, 5, 10, 6)`` keypoint window -> ``(N, D)`` unit-norm embedding.
+    """``(N, 5, K, d)`` keypoint window -> ``(N, D)`` unit-norm embedding (``K = num_kp``, ``d = kp_dim``:
+    10 x 6 by default).
 
     The window minus its temporal mean, times ``kp_scale`` (keypoint motion is a few hundredths of
-    the [-1, 1] grid; the factor brings encoder inputs to order 1), is read as a 60-channel
+    the [-1, 1] grid; the factor brings encoder inputs to order 1), is read as a ``K d``-channel (60)
     sequence of 5 steps by two 3-tap convolutions, flattened (keeping the order of the 5 steps) and
     mapped by a 2-layer MLP.
     """
 
-    def __init__(self, hidden: int, embed_dim: int, kp_scale: float = 10.0):
+    def __init__(self, hidden: int, embed_dim: int, kp_scale: float = 10.0, *, num_kp: int = NUM_KP,
+                 kp_dim: int = KP_DIM):
         super().__init__()
         self.kp_scale = float(kp_scale)
-        c = NUM_KP * KP_DIM
+        c = num_kp * kp_dim
         self.conv = nn.Sequential(nn.Conv1d(c, hidden, 3, padding=1), nn.LeakyReLU(0.2),
                                   nn.Conv1d(hidden, hidden, 3, padding=1), nn.LeakyReLU(0.2))
         self.head = nn.Sequential(nn.Linear(hidden * WINDOW_FRAMES, hidden), nn.LeakyReLU(0.2),
@@ -189,7 +214,7 @@ class KeypointEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - x.mean(dim=1, keepdim=True)) * self.kp_scale
-        h = self.conv(x.flatten(2).transpose(1, 2))  # (N, 60, 5)
+        h = self.conv(x.flatten(2).transpose(1, 2))  # (N, K d, 5)
         return F.normalize(self.head(h.flatten(1)), dim=-1)
 
 
@@ -215,14 +240,15 @@ class AudioEncoder(nn.Module):
 
 
 class Syncer(nn.Module):
-    """One pyramid level: ``(x (N, 5, 10, 6), a (N, 20, 26)) -> (e_x (N, D), e_a (N, D))``, unit norm.
+    """One pyramid level: ``(x (N, 5, K, d), a (N, 20, 26)) -> (e_x (N, D), e_a (N, D))``, unit norm.
 
     The sync score of a pair is ``(e_x * e_a).sum(-1)`` (cosine similarity, paper eq. 2).
     """
 
-    def __init__(self, hidden: int = 256, embed_dim: int = 128, kp_scale: float = 10.0):
+    def __init__(self, hidden: int = 256, embed_dim: int = 128, kp_scale: float = 10.0, *, num_kp: int = NUM_KP,
+                 kp_dim: int = KP_DIM):
         super().__init__()
-        self.kp_encoder = KeypointEncoder(hidden, embed_dim, kp_scale)
+        self.kp_encoder = KeypointEncoder(hidden, embed_dim, kp_scale, num_kp=num_kp, kp_dim=kp_dim)
         self.audio_encoder = AudioEncoder(hidden, embed_dim)
 
     def forward(self, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,7 +258,7 @@ class Syncer(nn.Module):
 class SyncerPyramid(nn.Module):
     """Four (``config.levels``) independent syncers over the blur-and-halve pyramid.
 
-    ``forward(keypoints (B, F, 10, 6), logfbank (B, 4F, 26))`` returns, per level ``l``, the
+    ``forward(keypoints (B, F, K, d), logfbank (B, 4F, 26))`` returns, per level ``l``, the
     embeddings of every window: ``(e_x (B, P_l, D), e_a (B, P_l, D))`` with
     ``P_l = F / 2**l - 4`` (``F`` cropped to a multiple of ``2**(levels-1)``); window ``p`` of
     level ``l`` starts at original frame ``p * 2**l``.
@@ -242,7 +268,13 @@ class SyncerPyramid(nn.Module):
         super().__init__()
         cfg = config if isinstance(config, SyncerConfig) else SyncerConfig.from_mapping(config or {})
         self.config = cfg
-        self.syncers = nn.ModuleList(Syncer(cfg.hidden, cfg.embed_dim, cfg.kp_scale) for _ in range(cfg.levels))
+        self.syncers = nn.ModuleList(Syncer(cfg.hidden, cfg.embed_dim, cfg.kp_scale, num_kp=cfg.num_kp,
+                                            kp_dim=cfg.kp_dim) for _ in range(cfg.levels))
+
+    @property
+    def space(self) -> KeypointSpace:
+        """The keypoint space its keypoint encoders read (``config.space``)."""
+        return self.config.space
 
     @property
     def levels(self) -> int:
@@ -255,7 +287,7 @@ class SyncerPyramid(nn.Module):
         return build_pyramid(keypoints, logfbank, self.config.levels, self.config.kernel_size, partial=partial)
 
     def embed_level(self, level: int, kp: torch.Tensor, lf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings of all windows of one level's inputs ``kp (B, F_l, 10, 6)``, ``lf (B, 4F_l, 26)``."""
+        """Embeddings of all windows of one level's inputs ``kp (B, F_l, K, d)``, ``lf (B, 4F_l, 26)``."""
         x, a = sliding_windows(kp, lf)
         b, p = x.shape[:2]
         e_x, e_a = self.syncers[level](x.reshape(b * p, *x.shape[2:]), a.reshape(b * p, *a.shape[2:]))
@@ -267,7 +299,7 @@ class SyncerPyramid(nn.Module):
 
     def forward(self, keypoints: torch.Tensor, logfbank: torch.Tensor | None = None
                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``forward(keypoints (B, F, 10, 6), logfbank (B, 4F, 26))``, or ``forward(pyramid)`` with a
+        """``forward(keypoints (B, F, K, d), logfbank (B, 4F, 26))``, or ``forward(pyramid)`` with a
         pre-built list of levels."""
         if logfbank is None:
             return self.embed_pyramid(keypoints)

@@ -3,13 +3,19 @@
 Layout of a data directory ``DATA_DIR``::
 
     DATA_DIR/manifest.json       {"format": "talkhead-train-data", "version": 1, "fps": 25,
-                                  "logfbank_hz": 100, "num_kp": 10, "kp_dim": 6, "n_filt": 26,
+                                  "logfbank_hz": 100, "keypoint_space": "fomm", "num_kp": 10, "kp_dim": 6,
+                                  "n_filt": 26,
                                   "clips": [{"id", "num_frames", "num_logfbank_frames", "source", "split"}, ...]}
-    DATA_DIR/clips/<id>.npz      keypoints (T, 10, 6) float32, logfbank (M, 26) float32
+    DATA_DIR/clips/<id>.npz      keypoints (T, K, 6) float32, logfbank (M, 26) float32
 
-* ``keypoints[t, k] = [x, y, j00, j01, j10, j11]``: FOMM keypoint ``k`` of video frame ``t`` (25 fps),
+* **Keypoint space**: ``keypoint_space`` (the renderer whose detector made the keypoints: ``"fomm"``,
+  ``"smac"``), ``num_kp`` (``K``: 10 for FOMM, 15 for SMAC) and ``kp_dim`` (6 with jacobians, 2 without)
+  are one :class:`~talkhead.keypoints.KeypointSpace` (:func:`read_data_space`); every clip of a data
+  directory is in it, and a writer, a merge or a trainer meeting another space refuses in one line.
+  A manifest without ``keypoint_space`` (written before it existed) is FOMM's 10-keypoint space.
+* ``keypoints[t, k] = [x, y, j00, j01, j10, j11]``: keypoint ``k`` of video frame ``t`` (25 fps),
   position in the keypoint grid's [-1, 1] coordinates and its 2x2 jacobian, row-major. This is the
-  MS-Sync sequence layout (``KP_DIM = 6`` numbers per keypoint).
+  MS-Sync sequence layout (``KP_DIM = 6`` numbers per keypoint; ``[x, y]`` without jacobians).
 * ``logfbank`` is exactly ``talkhead.audio.logfbank(samples, 16000)`` of the clip's speech (26 mel
   bands, 25 ms window, 10 ms hop: 100 rows per second), stored as float32.
 * Alignment: video frame ``t`` (40 ms) covers logfbank rows ``4t .. 4t+3``. Real recordings give
@@ -21,7 +27,7 @@ Writers are atomic (temporary file + ``os.replace``): a crash never leaves a hal
 manifest. :class:`DatasetWriter` reopens an existing directory and appends, so preprocessing can be
 resumed; the manifest is rewritten after every ``flush_every`` clips and on close.
 
-Datasets return aligned segments ``(keypoints (F, 10, 6), logfbank (4F, 26))`` as float32 tensors.
+Datasets return aligned segments ``(keypoints (F, K, 6), logfbank (4F, 26))`` as float32 tensors.
 :func:`shard_indices` and :class:`StepBatchSampler` give DistributedSampler-style deterministic
 sharding by ``(rank, world_size)``; the batch of a given optimisation step is a pure function of
 ``(seed, step, rank, world_size)``, which is what makes resumed training bit-identical.
@@ -39,9 +45,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..constants import FPS, KP_DIM, LOGFBANK_HZ, LOGFBANK_PER_VIDEO_FRAME, N_FILT, NUM_KP
+from ..constants import FPS, LOGFBANK_HZ, LOGFBANK_PER_VIDEO_FRAME, N_FILT
 from ..errors import InputError
 from ..io import atomic_write
+from ..keypoints import FOMM_SPACE, KeypointSpace
 
 FORMAT_NAME = "talkhead-train-data"
 FORMAT_VERSION = 1
@@ -86,15 +93,17 @@ def usable_frames(num_frames: int, num_logfbank_frames: int) -> int:
 
 
 def check_clip_arrays(keypoints: np.ndarray, logfbank: np.ndarray, *, max_mismatch_frames: float | None = 2,
-                      what: str = "clip") -> tuple[np.ndarray, np.ndarray]:
+                      what: str = "clip", space: KeypointSpace = FOMM_SPACE) -> tuple[np.ndarray, np.ndarray]:
     """Validate one clip's arrays and return them as contiguous float32.
 
     Args:
-        keypoints: ``(T, 10, 6)`` FOMM keypoints + jacobians per 25-fps frame.
+        keypoints: ``(T, K, d)`` keypoints (+ jacobians) per 25-fps frame, ``K = space.num_kp``,
+            ``d = space.kp_dim`` (FOMM: ``(T, 10, 6)``).
         logfbank: ``(M, 26)`` logfbank rows at 100 Hz.
         max_mismatch_frames: largest allowed ``|M / 4 - T|`` in video frames (audio and video
             durations of one clip must agree to within this many 40 ms frames).
         what: name used in error messages.
+        space: the data directory's keypoint space.
 
     Raises:
         DataFormatError: wrong rank/shape, non-finite values, empty clip, or audio/video durations
@@ -102,8 +111,9 @@ def check_clip_arrays(keypoints: np.ndarray, logfbank: np.ndarray, *, max_mismat
     """
     kp = np.asarray(keypoints)
     lf = np.asarray(logfbank)
-    if kp.ndim != 3 or kp.shape[1:] != (NUM_KP, KP_DIM):
-        raise DataFormatError(f"{what}: keypoints must have shape (T, {NUM_KP}, {KP_DIM}), got {kp.shape}")
+    if kp.ndim != 3 or kp.shape[1:] != (space.num_kp, space.kp_dim):
+        raise DataFormatError(f"{what}: keypoints must have shape (T, {space.num_kp}, {space.kp_dim}) "
+                              f"({space.describe()}), got {kp.shape}")
     if lf.ndim != 2 or lf.shape[1] != N_FILT:
         raise DataFormatError(f"{what}: logfbank must have shape (M, {N_FILT}), got {lf.shape}")
     if kp.shape[0] == 0 or lf.shape[0] < LOGFBANK_PER_VIDEO_FRAME:
@@ -119,13 +129,52 @@ def check_clip_arrays(keypoints: np.ndarray, logfbank: np.ndarray, *, max_mismat
 
 
 # --------------------------------------------------------------------------------------- manifest
-def _manifest_header() -> dict:
+_SPACE_KEYS = ("keypoint_space", "num_kp", "kp_dim")
+
+
+def _manifest_header(space: KeypointSpace = FOMM_SPACE) -> dict:
     return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "fps": FPS, "logfbank_hz": LOGFBANK_HZ,
-            "num_kp": NUM_KP, "kp_dim": KP_DIM, "n_filt": N_FILT}
+            "keypoint_space": space.renderer, "num_kp": space.num_kp, "kp_dim": space.kp_dim, "n_filt": N_FILT}
 
 
-def write_manifest(data_dir: str | Path, clips: Sequence[ClipInfo]) -> Path:
-    """Atomically write ``DATA_DIR/manifest.json`` listing ``clips`` (ids must be unique).
+def mixed_spaces_error(where: str, have: KeypointSpace, new: KeypointSpace, what: str) -> DataFormatError:
+    """The one-line refusal to mix two keypoint spaces: ``where`` holds ``have``, ``what`` is ``new``."""
+    return DataFormatError(f"{where} holds {have.describe()}, but {what} is {new.describe()}: keypoints of two "
+                           "spaces cannot be mixed; use a separate folder per renderer")
+
+
+SPACE_CONFIG_KEYS = ("keypoint_space", "num_kp", "kp_dim")
+"""The ``model`` keys of a ``train syncers`` / ``train generator`` run config that hold its keypoint space
+(``null`` in the defaults: :func:`settle_run_space` sets them from the data's manifest)."""
+
+
+def settle_run_space(model: dict, data_dir: str | Path, *, resume: bool = False) -> KeypointSpace:
+    """Set a run config's ``model`` keypoint-space keys (:data:`SPACE_CONFIG_KEYS`) from ``DATA_DIR``'s
+    manifest, in place, and return that space; keys already set (by ``--config``/``--set``, or by the
+    run being resumed) must name the same space.
+
+    Raises:
+        DataFormatError: the data's manifest is unreadable, or the config (or the resumed run) is in
+            another keypoint space (one line naming both).
+    """
+    space = read_data_space(data_dir)
+    given = {k: model.get(k) for k in SPACE_CONFIG_KEYS}
+    want = {"keypoint_space": space.renderer, "num_kp": space.num_kp, "kp_dim": space.kp_dim}
+    merged = {k: want[k] if given[k] is None else given[k] for k in SPACE_CONFIG_KEYS}
+    if merged != want:
+        try:
+            have = KeypointSpace.from_kp_dim(merged["keypoint_space"], merged["num_kp"], merged["kp_dim"])
+        except (TypeError, ValueError) as exc:
+            raise DataFormatError(f"bad keypoint space in the run config (model.{', model.'.join(SPACE_CONFIG_KEYS)}): "
+                                  f"{exc}") from None
+        where = "the run being resumed" if resume else "the run config"
+        raise mixed_spaces_error(where, have, space, f"{data_dir}'s data")
+    model.update(want)
+    return space
+
+
+def write_manifest(data_dir: str | Path, clips: Sequence[ClipInfo], space: KeypointSpace = FOMM_SPACE) -> Path:
+    """Atomically write ``DATA_DIR/manifest.json`` listing ``clips`` (ids must be unique) in ``space``.
 
     Raises:
         DataFormatError: duplicate clip ids.
@@ -135,7 +184,7 @@ def write_manifest(data_dir: str | Path, clips: Sequence[ClipInfo]) -> Path:
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise DataFormatError(f"duplicate clip ids in manifest: {dup[:5]}")
-    doc = _manifest_header()
+    doc = _manifest_header(space)
     doc["clips"] = [asdict(c) for c in clips]
     text = json.dumps(doc, indent=1).encode()
     path = data_dir / DATA_MANIFEST_NAME
@@ -144,14 +193,43 @@ def write_manifest(data_dir: str | Path, clips: Sequence[ClipInfo]) -> Path:
 
 
 def read_manifest(data_dir: str | Path) -> list[ClipInfo]:
-    """Read ``DATA_DIR/manifest.json``.
+    """Read ``DATA_DIR/manifest.json``'s clip records (:func:`read_data` without the keypoint space)."""
+    return read_data(data_dir)[0]
+
+
+def read_data_space(data_dir: str | Path) -> KeypointSpace:
+    """The keypoint space of ``DATA_DIR``'s clips, from its manifest (see the module docstring).
+
+    Raises:
+        DataFormatError: as :func:`read_data`.
+    """
+    return read_data(data_dir)[1]
+
+
+def _space_of(doc: dict, path: Path) -> KeypointSpace:
+    """The manifest document's keypoint space (FOMM's when it records none)."""
+    if not any(k in doc for k in _SPACE_KEYS):
+        return FOMM_SPACE
+    renderer = doc.get("keypoint_space", FOMM_SPACE.renderer if doc.get("num_kp", FOMM_SPACE.num_kp) == FOMM_SPACE.num_kp
+                       else None)
+    if renderer is None:
+        raise DataFormatError(f"{path}: num_kp={doc.get('num_kp')!r} but no keypoint_space says whose keypoints "
+                              "they are (e.g. \"keypoint_space\": \"smac\")")
+    try:
+        return KeypointSpace.from_kp_dim(renderer, doc.get("num_kp", FOMM_SPACE.num_kp), doc.get("kp_dim", FOMM_SPACE.kp_dim))
+    except ValueError as exc:
+        raise DataFormatError(f"{path}: bad keypoint space: {exc}") from None
+
+
+def read_data(data_dir: str | Path) -> tuple[list[ClipInfo], KeypointSpace]:
+    """Read ``DATA_DIR/manifest.json``: its clip records and keypoint space.
 
     Accepts the full document (see module docstring) or, for hand-made data, a bare JSON list of
-    clip records.
+    clip records (FOMM's keypoint space).
 
     Raises:
         DataFormatError: missing/unreadable manifest, wrong format name/version, constants that differ
-            from this package's (fps, keypoints, bands), or malformed clip records.
+            from this package's (fps, logfbank rate, bands), a bad keypoint space, or malformed clip records.
     """
     path = Path(data_dir) / DATA_MANIFEST_NAME
     if not path.is_file():
@@ -160,6 +238,7 @@ def read_manifest(data_dir: str | Path) -> list[ClipInfo]:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataFormatError(f"unreadable manifest {path}: {exc}") from None
+    space = FOMM_SPACE
     if isinstance(doc, list):
         records = doc
     elif isinstance(doc, dict):
@@ -168,10 +247,11 @@ def read_manifest(data_dir: str | Path) -> list[ClipInfo]:
         if int(doc.get("version", FORMAT_VERSION)) > FORMAT_VERSION:
             raise DataFormatError(f"{path}: format version {doc['version']} is newer than supported {FORMAT_VERSION}")
         for key, want in _manifest_header().items():
-            if key in ("format", "version"):
+            if key in ("format", "version") or key in _SPACE_KEYS:
                 continue
             if key in doc and doc[key] != want:
                 raise DataFormatError(f"{path}: {key}={doc[key]!r} but talkhead expects {want!r}")
+        space = _space_of(doc, path)
         records = doc.get("clips")
         if not isinstance(records, list):
             raise DataFormatError(f"{path}: 'clips' must be a list")
@@ -188,7 +268,7 @@ def read_manifest(data_dir: str | Path) -> list[ClipInfo]:
         if not _ID_RE.match(clip.id):
             raise DataFormatError(f"{path}: clip id {clip.id!r} is not file-safe")
         clips.append(clip)
-    return clips
+    return clips, space
 
 
 def clip_path(data_dir: str | Path, clip_id: str) -> Path:
@@ -197,25 +277,29 @@ def clip_path(data_dir: str | Path, clip_id: str) -> Path:
 
 
 def write_clip(data_dir: str | Path, clip_id: str, keypoints: np.ndarray, logfbank: np.ndarray, *,
-               source: str = "", split: str = "train", max_mismatch_frames: int = 2) -> ClipInfo:
+               source: str = "", split: str = "train", max_mismatch_frames: int = 2,
+               space: KeypointSpace = FOMM_SPACE) -> ClipInfo:
     """Validate and atomically write ``clips/<id>.npz``; return its manifest record (manifest untouched).
 
     Args:
-        keypoints: ``(T, 10, 6)``; logfbank: ``(M, 26)`` (see :func:`check_clip_arrays`).
+        keypoints: ``(T, K, d)`` in ``space``; logfbank: ``(M, 26)`` (see :func:`check_clip_arrays`).
 
     Raises:
         DataFormatError: bad id or arrays.
     """
     if not _ID_RE.match(clip_id):
         raise DataFormatError(f"clip id {clip_id!r} is not file-safe (use letters, digits, '.', '_', '-')")
-    kp, lf = check_clip_arrays(keypoints, logfbank, max_mismatch_frames=max_mismatch_frames, what=clip_id)
+    kp, lf = check_clip_arrays(keypoints, logfbank, max_mismatch_frames=max_mismatch_frames, what=clip_id,
+                               space=space)
     atomic_write(clip_path(data_dir, clip_id), lambda f: np.savez(f, keypoints=kp, logfbank=lf))
     return ClipInfo(id=clip_id, num_frames=int(kp.shape[0]), num_logfbank_frames=int(lf.shape[0]),
                     source=source, split=split)
 
 
-def load_clip(data_dir: str | Path, clip: ClipInfo | str) -> tuple[np.ndarray, np.ndarray]:
-    """Read one clip: ``(keypoints (T, 10, 6) float32, logfbank (M, 26) float32)``.
+def load_clip(data_dir: str | Path, clip: ClipInfo | str, space: KeypointSpace | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Read one clip: ``(keypoints (T, K, d) float32, logfbank (M, 26) float32)``, checked against the
+    data directory's keypoint ``space`` (read from its manifest when not given).
 
     Raises:
         DataFormatError: missing/corrupt file, or shapes that contradict the manifest record.
@@ -230,7 +314,8 @@ def load_clip(data_dir: str | Path, clip: ClipInfo | str) -> tuple[np.ndarray, n
     if isinstance(clip, ClipInfo) and (kp.shape[0] != clip.num_frames or lf.shape[0] != clip.num_logfbank_frames):
         raise DataFormatError(f"{path}: holds T={kp.shape[0]}, M={lf.shape[0]} but the manifest says "
                               f"T={clip.num_frames}, M={clip.num_logfbank_frames}")
-    return check_clip_arrays(kp, lf, max_mismatch_frames=None, what=str(path))
+    space = read_data_space(data_dir) if space is None else space
+    return check_clip_arrays(kp, lf, max_mismatch_frames=None, what=str(path), space=space)
 
 
 class DatasetWriter:
@@ -245,16 +330,24 @@ class DatasetWriter:
     work). The manifest is rewritten atomically every ``flush_every`` additions and on close, so an
     interrupted preprocessing run loses at most ``flush_every`` clips from the manifest (their files
     are simply rewritten on the next run).
+
+    Every clip is in the writer's keypoint ``space`` (recorded in the manifest); an existing directory
+    of another space is refused (:class:`DataFormatError`, one line naming both) before anything is written.
     """
 
-    def __init__(self, data_dir: str | Path, *, flush_every: int = 50, max_mismatch_frames: int = 2):
+    def __init__(self, data_dir: str | Path, *, flush_every: int = 50, max_mismatch_frames: int = 2,
+                 space: KeypointSpace = FOMM_SPACE):
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.space = space
         self.flush_every = int(flush_every)
         self.max_mismatch_frames = max_mismatch_frames
         self._clips: dict[str, ClipInfo] = {}
         if (self.data_dir / DATA_MANIFEST_NAME).is_file():
-            self._clips = {c.id: c for c in read_manifest(self.data_dir)}
+            clips, have = read_data(self.data_dir)
+            if have != space:
+                raise mixed_spaces_error(str(self.data_dir), have, space, "this run's keypoints")
+            self._clips = {c.id: c for c in clips}
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._pending = 0
 
     def has(self, clip_id: str) -> bool:
@@ -270,7 +363,7 @@ class DatasetWriter:
             split: str = "train") -> ClipInfo:
         """Write one clip (replacing a clip with the same id) and record it; see :func:`write_clip`."""
         info = write_clip(self.data_dir, clip_id, keypoints, logfbank, source=source, split=split,
-                          max_mismatch_frames=self.max_mismatch_frames)
+                          max_mismatch_frames=self.max_mismatch_frames, space=self.space)
         self._clips[clip_id] = info
         self._pending += 1
         if self._pending >= self.flush_every:
@@ -279,7 +372,7 @@ class DatasetWriter:
 
     def flush(self) -> None:
         """Rewrite the manifest now."""
-        write_manifest(self.data_dir, self.clips)
+        write_manifest(self.data_dir, self.clips, self.space)
         self._pending = 0
 
     def close(self) -> None:
@@ -371,13 +464,16 @@ class ClipStore:
         min_frames: drop clips with fewer usable frames than this.
         cache: keep loaded clips in memory (small and medium datasets); ``False`` re-reads each access.
 
+    Attributes:
+        space: the data's :class:`~talkhead.keypoints.KeypointSpace` (from the manifest).
+
     Raises:
         DataFormatError: no clip of ``split`` has ``min_frames`` usable frames.
     """
 
     def __init__(self, data_dir: str | Path, split: str | None = "train", *, min_frames: int = 1, cache: bool = True):
         self.data_dir = Path(data_dir)
-        all_clips = read_manifest(self.data_dir)
+        all_clips, self.space = read_data(self.data_dir)
         self.clips = [c for c in all_clips if (split is None or c.split == split) and c.usable_frames >= min_frames]
         if not self.clips:
             have = sorted({c.split for c in all_clips})
@@ -390,11 +486,11 @@ class ClipStore:
         return len(self.clips)
 
     def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(keypoints (U, 10, 6), logfbank (4U, 26))`` of clip ``index``, cut to ``U`` usable frames."""
+        """``(keypoints (U, K, d), logfbank (4U, 26))`` of clip ``index``, cut to ``U`` usable frames."""
         if index in self._mem:
             return self._mem[index]
         clip = self.clips[index]
-        kp, lf = load_clip(self.data_dir, clip)
+        kp, lf = load_clip(self.data_dir, clip, self.space)
         u = clip.usable_frames
         out = (kp[:u], lf[: u * LOGFBANK_PER_VIDEO_FRAME])
         if self.cache:
@@ -407,7 +503,7 @@ class WindowDataset(Dataset):
 
     Item ``i`` is a dict:
 
-    * ``keypoints``: ``(F, 10, 6)`` float32 tensor, frames ``s .. s+F-1`` of the clip (25 fps);
+    * ``keypoints``: ``(F, K, d)`` float32 tensor, frames ``s .. s+F-1`` of the clip (25 fps);
     * ``logfbank``: ``(4F, 26)`` float32 tensor, rows ``4s .. 4s+4F-1`` (frame t <-> rows 4t..4t+3);
     * ``clip``: int, index of the clip in ``self.store.clips``; ``start``: int, ``s`` in frames.
 
@@ -454,8 +550,9 @@ class WindowDataset(Dataset):
 
 
 def iter_clips(data_dir: str | Path, split: str | None = None) -> Iterable[tuple[ClipInfo, np.ndarray, np.ndarray]]:
-    """Yield ``(record, keypoints (T, 10, 6), logfbank (M, 26))`` for each clip of ``split`` (all if None)."""
-    for clip in read_manifest(data_dir):
+    """Yield ``(record, keypoints (T, K, d), logfbank (M, 26))`` for each clip of ``split`` (all if None)."""
+    clips, space = read_data(data_dir)
+    for clip in clips:
         if split is None or clip.split == split:
-            kp, lf = load_clip(data_dir, clip)
+            kp, lf = load_clip(data_dir, clip, space)
             yield clip, kp, lf

@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from ..constants import FPS, KP_DIM, NUM_KP
+from ..constants import FPS
 from ..errors import InputError
 from ..constants import LOGFBANK_PER_VIDEO_FRAME
 from ..progress import Progress
@@ -56,7 +56,8 @@ class EvalClip:
     """One sequence to evaluate.
 
     Attributes:
-        keypoints: ``(T, 10, 6)`` FOMM keypoints + jacobians at 25 fps.
+        keypoints: ``(T, K, d)`` keypoints (+ jacobians) at 25 fps in the metric syncers' keypoint space
+            (FOMM: ``(T, 10, 6)``).
         logfbank: ``(M, 26)`` logfbank of the speech (100 Hz; frame t <-> rows 4t..4t+3); needed on
             ground-truth clips (generated clips are scored against their ground truth's speech).
         landmarks: optional ``(T, 68, 2)`` 68-point landmarks in pixels (for LMD).
@@ -67,7 +68,7 @@ class EvalClip:
     landmarks: np.ndarray | None = None
 
 
-def _as_clip(obj: Any, what: str) -> EvalClip:
+def _as_clip(obj: Any, what: str, space) -> EvalClip:
     if isinstance(obj, EvalClip):
         clip = obj
     elif isinstance(obj, Mapping):
@@ -75,8 +76,9 @@ def _as_clip(obj: Any, what: str) -> EvalClip:
     else:
         clip = EvalClip(np.asarray(obj))
     kp = np.asarray(clip.keypoints, dtype=np.float32)
-    if kp.ndim != 3 or kp.shape[1:] != (NUM_KP, KP_DIM):
-        raise InputError(f"{what}: keypoints must have shape (T, {NUM_KP}, {KP_DIM}), got {kp.shape}")
+    if kp.ndim != 3 or kp.shape[1:] != (space.num_kp, space.kp_dim):
+        raise InputError(f"{what}: keypoints must have shape (T, {space.num_kp}, {space.kp_dim}) (the syncers' "
+                         f"{space.describe()}), got {kp.shape}")
     lf = None if clip.logfbank is None else np.asarray(clip.logfbank, dtype=np.float32)
     lm = None if clip.landmarks is None else np.asarray(clip.landmarks, dtype=np.float64)
     if lm is not None and (lm.ndim != 3 or lm.shape[1:] != (68, 2)):
@@ -197,7 +199,7 @@ def evaluate(generated: Sequence[Any], ground_truth: Sequence[Any], syncers: Syn
 
     Args:
         generated: per clip, an :class:`EvalClip`, a mapping with ``keypoints`` (and optionally
-            ``landmarks``), or a bare ``(T, 10, 6)`` array.
+            ``landmarks``), or a bare ``(T, K, d)`` array.
         ground_truth: per clip (same order), an :class:`EvalClip`/mapping with ``keypoints``,
             ``logfbank`` and optionally ``landmarks``; its speech scores both rows.
         syncers: the *metric* syncer pyramid (trained separately from any loss syncer).
@@ -211,14 +213,15 @@ def evaluate(generated: Sequence[Any], ground_truth: Sequence[Any], syncers: Syn
         Every value is a plain float/int/str/None (``json.dumps`` works).
 
     Raises:
-        InputError: different numbers of clips, bad shapes, a ground-truth clip without logfbank.
+        InputError: different numbers of clips, bad shapes (keypoints of another space than the syncers'),
+            a ground-truth clip without logfbank.
     """
     if len(generated) != len(ground_truth):
         raise InputError(f"{len(generated)} generated clips but {len(ground_truth)} ground-truth clips")
     if not len(generated):
         raise InputError("nothing to evaluate")
-    gens = [_as_clip(g, f"generated[{i}]") for i, g in enumerate(generated)]
-    gts = [_as_clip(g, f"ground_truth[{i}]") for i, g in enumerate(ground_truth)]
+    gens = [_as_clip(g, f"generated[{i}]", syncers.space) for i, g in enumerate(generated)]
+    gts = [_as_clip(g, f"ground_truth[{i}]", syncers.space) for i, g in enumerate(ground_truth)]
     for i, g in enumerate(gts):
         if g.logfbank is None:
             raise InputError(f"ground_truth[{i}] has no logfbank (the speech to score against)")

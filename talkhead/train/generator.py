@@ -1,6 +1,7 @@
 """MS-Sync generator training (paper sec. 3.2-3.3, eq. 6-14): the multi-scale autoregressive GAN.
 
-One optimisation step on a batch of aligned training windows (``keypoints (B, O+S, 10, 6)`` and
+One optimisation step on a batch of aligned training windows (``keypoints (B, O+S, K, 6)``, ``K`` keypoints of
+the data's keypoint space (10 for FOMM, 15 for SMAC; recorded in the data manifest and in the exported ``args``), and
 their ``logfbank (B, 4(O+S), 26)``, frame t <-> rows 4t..4t+3; ``O = obs_len`` warm-up frames,
 ``S = seq_len`` predicted frames) does, as the reference ``AudioHMoTrainer`` (``nets/trainer.py``):
 
@@ -48,8 +49,8 @@ discriminators, the frozen syncers, both optimisers, RNG states), ``metrics.json
 ``final_metrics.json``; and, rewritten atomically at every checkpoint, the released inference
 format in ``RUN_DIR/mssync/``: ``args`` (one JSON line, :meth:`MSSyncConfig.to_args_file`) and
 ``model_chkpt.pt`` = ``{'checkpoints': generator state dict, 'steps': step}``, so
-``talkhead.mssync.load_mssync(RUN_DIR / "mssync")`` and ``talkhead animate --models-dir RUN_DIR``
-(next to a ``fomm/`` folder) use the trained generator directly.
+``talkhead.mssync.load_mssync(RUN_DIR)`` and ``talkhead animate --motion-model RUN_DIR`` (with a renderer of the
+data's keypoint space) use the trained generator directly.
 """
 from __future__ import annotations
 
@@ -66,12 +67,13 @@ from scipy.ndimage import uniform_filter1d
 from torch import nn
 
 from ..constants import KP_DIM, NUM_KP
+from ..keypoints import FOMM_SPACE
 from ..io import atomic_output
 from ..errors import ConfigError
 from ..mssync import MSSyncConfig, MSSyncDiscriminator, MSSyncGenerator
 from ..mssync.config import ARGS_NAME, CHECKPOINT_NAME, DISCRIMINATOR_WINDOWS
 from ..mssync.discriminators import ProjectionDisc
-from .data import ClipStore, DataFormatError, WindowDataset
+from .data import ClipStore, DataFormatError, WindowDataset, mixed_spaces_error, settle_run_space
 from .engine import (
     EngineConfig,
     ProgressFn,
@@ -111,10 +113,10 @@ def hinge_g_loss(fake: torch.Tensor) -> torch.Tensor:
 
 
 def l2_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``mean over (B, T, 10) of sum over the last axis of (pred - target)^2`` (reference ``l2_loss``).
+    """``mean over (B, T, K) of sum over the last axis of (pred - target)^2`` (reference ``l2_loss``).
 
     Args:
-        pred, target: ``(B, T, 10, 6)`` keypoints + jacobians; ``T = 0`` gives 0.
+        pred, target: ``(B, T, K, 6)`` keypoints + jacobians; ``T = 0`` gives 0.
     """
     if pred.numel() == 0:
         return pred.new_zeros(())
@@ -122,7 +124,7 @@ def l2_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def first_order_loss(x: torch.Tensor) -> torch.Tensor:
-    """``mean |x[:, t+1] - x[:, t]|`` over a ``(B, T, 10, 6)`` sequence (reference ``velocity_regularization_loss``)."""
+    """``mean |x[:, t+1] - x[:, t]|`` over a ``(B, T, K, 6)`` sequence (reference ``velocity_regularization_loss``)."""
     return torch.diff(x, dim=1).abs().mean()
 
 
@@ -140,7 +142,7 @@ class PairedSequenceDiscriminator(nn.Module):
     """Multi-scale window critic over *pairs* of sequences (PacGAN packing 2), hinge-trained.
 
     Items ``2k`` and ``2k+1`` of a batch form pair ``k``. Every frame is embedded
-    (``Linear(10*d, E) -> LayerNorm -> GELU -> Linear(E, E)``); one LSTM (width ``H``) encodes the
+    (``Linear(K*d, E) -> LayerNorm -> GELU -> Linear(E, E)``); one LSTM (width ``H``) encodes the
     conditioning frames and every overlapping window of each size (see :func:`window_starts`); the
     final LSTM states of the two members are max-pooled (order-free), and a distance-weighted
     projection critic (:class:`~talkhead.mssync.discriminators.ProjectionDisc`) scores each pooled
@@ -153,14 +155,15 @@ class PairedSequenceDiscriminator(nn.Module):
         data_dim: numbers per keypoint (6).
         embed_dim: ``E``; hidden: ``H``.
         windows: window sizes in frames (e.g. 5, 10, 20, 40).
+        num_kp: ``K``, keypoints per frame (10 for FOMM's space).
     """
 
     def __init__(self, data_dim: int = KP_DIM, embed_dim: int = 512, hidden: int = 1024,
-                 windows: Sequence[int] = (5, 10, 20, 40)) -> None:
+                 windows: Sequence[int] = (5, 10, 20, 40), num_kp: int = NUM_KP) -> None:
         super().__init__()
         self.data_dim = data_dim
         self.windows = tuple(int(w) for w in windows)
-        self.encoder_x = nn.Sequential(nn.Linear(NUM_KP * data_dim, embed_dim), nn.LayerNorm(embed_dim), nn.GELU(),
+        self.encoder_x = nn.Sequential(nn.Linear(num_kp * data_dim, embed_dim), nn.LayerNorm(embed_dim), nn.GELU(),
                                        nn.Linear(embed_dim, embed_dim))
         self.lstm = nn.LSTM(input_size=embed_dim, hidden_size=hidden)
         self.D_seq = ProjectionDisc(hidden)
@@ -174,7 +177,7 @@ class PairedSequenceDiscriminator(nn.Module):
         """Scores of the pairs of a batch.
 
         Args:
-            x_obs: ``(B, O, 10, d)`` conditioning frames (``O >= 1``); x: ``(B, S, 10, d)`` judged frames.
+            x_obs: ``(B, O, K, d)`` conditioning frames (``O >= 1``); x: ``(B, S, K, d)`` judged frames.
 
         Returns:
             ``(B/2, 1)`` critic scores (higher: more real).
@@ -279,7 +282,8 @@ def default_config() -> dict:
 
 def build_mssync_config(cfg: GeneratorRunConfig | Mapping, *, data_dir: str | Path | None = None, run_dir: str | Path | None = None
                         ) -> MSSyncConfig:
-    """The MS-Sync ``args`` of a generator run: released defaults, the run's ``model`` section and
+    """The MS-Sync ``args`` of a generator run: released defaults, the run's ``model`` section (with its
+    keypoint space: ``num_kp``, ``keypoint_space`` and ``data_dim`` from ``model.kp_dim``; FOMM's when unset) and
     its training facts (``seq_len``, ``batch_size``, learning rates, ``adam_beta_1``, loss weights,
     ``lip_loss_weight`` = the sync weight, ``syncer_pyramid`` = True, ``lip_syncer_path``).
 
@@ -290,8 +294,11 @@ def build_mssync_config(cfg: GeneratorRunConfig | Mapping, *, data_dir: str | Pa
     args = MSSyncConfig.default().to_args_dict()
     args.update({k: cfg.model[k] for k in MODEL_KEYS})
     w = cfg.losses
+    model = cfg.model
     args.update({
-        "keypoints": True, "data_dim": KP_DIM, "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
+        "num_kp": FOMM_SPACE.num_kp if model.get("num_kp") is None else model["num_kp"],
+        "keypoint_space": model.get("keypoint_space") or FOMM_SPACE.renderer,
+        "keypoints": True, "data_dim": KP_DIM if model.get("kp_dim") is None else model["kp_dim"], "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
         "learning_rate_g": cfg.lr_g, "learning_rate_d": cfg.lr_d, "adam_beta_1": cfg.betas[0],
         "adv_loss_weight": w.adv, "seq_stream_weight": w.window, "frame_weight": w.frame,
         "lip_loss_weight": w.sync, "sup_loss_weight": w.sup, "reco_loss_weight": w.reco,
@@ -305,7 +312,11 @@ def build_mssync_config(cfg: GeneratorRunConfig | Mapping, *, data_dir: str | Pa
 
 
 def _check_config(cfg: GeneratorRunConfig, mcfg: MSSyncConfig, syncers: SyncerPyramid) -> tuple[int, ...]:
-    """Validate sizes that only fail deep inside a step; return the discriminator windows."""
+    """Validate sizes that only fail deep inside a step, and that the syncers judge the generator's keypoint
+    space; return the discriminator windows."""
+    if syncers.space != mcfg.space:
+        raise mixed_spaces_error(f"the syncer pyramid {cfg.syncers}", syncers.space, mcfg.space,
+                                 "the generator's training data")
     obs, seq, bs = mcfg.obs_len, cfg.seq_len, cfg.batch_size
     if obs < 2:
         raise ConfigError(f"model.obs_len={obs}: training needs at least 2 warm-up frames (the discriminators "
@@ -348,7 +359,7 @@ class SmoothedClipStore(ClipStore):
         self._smoothed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(keypoints (U, 10, 6) smoothed, logfbank (4U, 26))`` of clip ``index`` (cached)."""
+        """``(keypoints (U, K, 6) smoothed, logfbank (4U, 26))`` of clip ``index`` (cached)."""
         if index not in self._smoothed:
             kp, lf = super().get(index)
             if self.kp_smoothing > 1 and kp.shape[0] > 1:
@@ -373,7 +384,7 @@ def augment_batch(keypoints: torch.Tensor, logfbank: torch.Tensor, *, scale: flo
     """Random per-sequence augmentation (reference ``VoxLipsDataset.__getitem__``), from torch's global RNG.
 
     Args:
-        keypoints: ``(B, F, 10, 6)``; logfbank: ``(B, 4F, 26)``.
+        keypoints: ``(B, F, K, 6)``; logfbank: ``(B, 4F, 26)``.
         scale: all 6 numbers of every keypoint times ``U(1 - scale, 1 + scale)`` (``rescale_kp``).
         translate: positions ``[x, y]`` plus ``U(-translate, translate)`` per axis (``translate_kp``), grid units.
         audio_shift: logfbank plus ``U(-r, r)``, ``r = audio_shift * (max - min)`` of the sequence.
@@ -461,8 +472,8 @@ class GeneratorTask(TrainTask):
         self.generator = MSSyncGenerator(self.mcfg).to(ctx.device)
         self.discriminator = MSSyncDiscriminator(self.mcfg).to(ctx.device)
         self.discriminator.windows = self.windows
-        self.paired = PairedSequenceDiscriminator(KP_DIM, self.mcfg.coord_dim_D, self.mcfg.hidden_size_D,
-                                                  self.windows).to(ctx.device)
+        self.paired = PairedSequenceDiscriminator(self.mcfg.data_dim, self.mcfg.coord_dim_D, self.mcfg.hidden_size_D,
+                                                  self.windows, num_kp=self.mcfg.num_kp).to(ctx.device)
         self.g_params = list(self.generator.parameters())
         self.d_params = list(self.discriminator.parameters()) + list(self.paired.parameters())
         self.opt_g = torch.optim.Adam(self.g_params, lr=cfg.lr_g, betas=cfg.betas)
@@ -470,6 +481,9 @@ class GeneratorTask(TrainTask):
         frames = self.obs_len + self.seq_len
         k = cfg.kp_smoothing
         self.train_set = make_windows(self.data_dir, "train", frames, cfg.window_hop, k)
+        if self.train_set.store.space != self.mcfg.space:  # train_generator settles it; a hand-made config may not
+            raise mixed_spaces_error("the run config", self.mcfg.space, self.train_set.store.space,
+                                     f"{self.data_dir}'s data")
         try:
             val = make_windows(self.data_dir, "val", frames, frames, k)
         except DataFormatError:
@@ -501,7 +515,7 @@ class GeneratorTask(TrainTask):
         return cfg.lr_g * factor, cfg.lr_d * factor
 
     def _sync_loss(self, x: torch.Tensor, x_rec: torch.Tensor, x_pred: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        """Multi-scale AV synchrony loss on ``[x_0, x_rec, x_pred]`` ``(B, O+S, 10, 6)`` vs ``audio (B, 4(O+S), 26)``."""
+        """Multi-scale AV synchrony loss on ``[x_0, x_rec, x_pred]`` ``(B, O+S, K, 6)`` vs ``audio (B, 4(O+S), 26)``."""
         seq = torch.cat([x[:, :1], x_rec, x_pred], dim=1)
         return pyramid_sync_loss(self.syncers, seq, audio)
 
@@ -632,6 +646,7 @@ def train_generator(data_dir: str | Path, run_dir: str | Path, *, syncers_dir: s
             :func:`talkhead.train.engine.run_training`.
     """
     cfg = resolve_run_config(DEFAULTS_PATH, run_dir, resume=resume, config=config, overrides=overrides)
+    settle_run_space(cfg["model"], data_dir, resume=resume)  # the generator speaks the data's keypoint space
     if syncers_dir is not None:
         cfg["syncers"] = str(Path(syncers_dir).expanduser().absolute())
     elif not resume and not cfg.get("syncers"):

@@ -1,9 +1,12 @@
 """Talking-head videos -> MS-Sync training data (keypoints + logfbank per clip).
 
-This is the paper's VoxCeleb2 (II) preparation: every video is turned into the FOMM keypoint
-sequence of its face and the logfbank of its speech, written in the training data format of
-:mod:`talkhead.train.data` (``manifest.json`` + ``clips/<id>.npz`` holding ``keypoints (T, 10, 6)``
-and ``logfbank (M, 26)``). Per video:
+This is the paper's VoxCeleb2 (II) preparation: every video is turned into the keypoint sequence of
+its face and the logfbank of its speech, written in the training data format of
+:mod:`talkhead.train.data` (``manifest.json`` + ``clips/<id>.npz`` holding ``keypoints (T, K, 6)``
+and ``logfbank (M, 26)``). The keypoints are those of the renderer ``options.renderer`` (its detector):
+FOMM's 10 (the released MS-Sync's space, the default) or SMAC's 15 (``--renderer smac``, its motion
+estimator's keypoint detector); the manifest records which (:func:`talkhead.train.data.read_data_space`),
+and a data folder holds one space only. Per video:
 
 1. **Audio**: the container's first audio stream decoded to 16 kHz mono with
    :func:`talkhead.audio.load_speech`, then :func:`talkhead.audio.logfbank` - the very features
@@ -24,10 +27,11 @@ and ``logfbank (M, 26)``). Per video:
    within the clip is kept in the keypoints. ``crop="none"``: the video is already a face crop;
    whole frames are resized.
 4. **Frames**: ffmpeg resamples to 25 fps (``fps=25`` filter: nearest source frame), crops and
-   resizes to the FOMM frame size (as ``crop-video.py``'s ffmpeg ``crop,scale`` does, here with the
+   resizes to the renderer's frame size (256 for both) (as ``crop-video.py``'s ffmpeg ``crop,scale`` does, here with the
    anti-aliasing ``area`` scaler); only ``batch_size`` small frames are in memory at a time.
-5. **Keypoints**: :meth:`talkhead.fomm.FOMM.detect` in batches -> ``[x, y, j00, j01, j10, j11]`` per
-   keypoint (value in the crop's [-1, 1] keypoint grid, jacobian row-major): ``(T, 10, 6)`` at 25 fps.
+5. **Keypoints**: the renderer's ``detect`` (:meth:`talkhead.fomm.FOMM.detect`,
+   :meth:`talkhead.smac.SMAC.detect`) in batches -> ``[x, y, j00, j01, j10, j11]`` per keypoint (value
+   in the crop's [-1, 1] keypoint grid, jacobian row-major): ``(T, K, 6)`` at 25 fps.
 6. **Alignment**: ``U = min(T, M // 4)`` frames are kept, with logfbank rows ``0 .. 4U - 1`` (frame
    ``t`` <-> rows ``4t .. 4t+3``, see :mod:`talkhead.train.data`).
 
@@ -70,15 +74,16 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..constants import FPS, KP_DIM, LOGFBANK_PER_VIDEO_FRAME, NUM_KP
+from ..constants import FPS, LOGFBANK_PER_VIDEO_FRAME
 from ..errors import ConfigError, FFmpegError, InputError, TalkheadError
 from ..devices import resolve_device
 from ..facetrack import face_detector, face_track, fixed_crop_box, sample_faces  # noqa: F401 (face_track, fixed_crop_box: public here too)
 from ..ffmpeg import read_frames
+from ..keypoints import FOMM_SPACE, KeypointSpace
 from ..options import PreprocessOptions
 from ..progress import Progress
-from .data import (ClipInfo, DataFormatError, DatasetWriter, clip_path, read_manifest,
-                   write_manifest)
+from .data import (DATA_MANIFEST_NAME, ClipInfo, DataFormatError, DatasetWriter, clip_path, mixed_spaces_error,
+                   read_data, write_manifest)
 
 __all__ = [
     "VIDEO_EXTS", "SKIPPED_NAME", "ID_PATTERN", "VideoJob", "ClipOutcome", "PreprocessReport",
@@ -342,8 +347,8 @@ def _detect_crop(path: Path, detect, *, detect_every_s: float, max_detections: i
 
 
 def _keypoints(path: Path, fomm, vf: str, size: int, batch_size: int, est_frames: int,
-               progress: Optional[Progress]) -> np.ndarray:
-    """Stream the filtered 25-fps frames through ``fomm.detect`` -> ``(T, 10, 6)`` float32."""
+               progress: Optional[Progress], space: KeypointSpace) -> np.ndarray:
+    """Stream the filtered 25-fps frames through the renderer's ``detect`` -> ``(T, K, 6)`` float32."""
     _, frames = read_frames(path, vf, (size, size))
     out: list[np.ndarray] = []
     batch: list[np.ndarray] = []
@@ -370,17 +375,29 @@ def _keypoints(path: Path, fomm, vf: str, size: int, batch_size: int, est_frames
     finally:
         frames.close()
     if not out:
-        return np.zeros((0, NUM_KP, KP_DIM), np.float32)
+        return np.zeros((0, space.num_kp, space.kp_dim), np.float32)
     return np.concatenate(out).astype(np.float32)
 
 
-def _resolve_fomm(fomm, fomm_config, fomm_checkpoint, models_dir, offline: bool, device: str):
-    if fomm is not None:
-        return fomm
-    from ..fomm import load_fomm
-
+def _resolve_renderer(renderer, fomm_config, fomm_checkpoint, options: PreprocessOptions, device: str):
+    """The renderer whose detector makes the keypoints: the one given, FOMM from the two files, or
+    ``options.renderer`` loaded from the models folder (through the store: checked, recorded)."""
+    if renderer is not None:
+        return renderer
     if (fomm_config is None) != (fomm_checkpoint is None):
         raise ConfigError("give both fomm_config and fomm_checkpoint, or neither (then models_dir is used)")
+    if fomm_config is not None and options.renderer != "fomm":
+        raise ConfigError(f"fomm_config/fomm_checkpoint given, but the renderer is {options.renderer!r}")
+    if fomm_config is None and options.renderer != "fomm":
+        from ..renderers import get_renderer
+        from ..store import ensure_models
+
+        entry = get_renderer(options.renderer)
+        root = ensure_models(options.models_dir, names=entry.store_names, offline=options.offline)
+        return entry.load(root, torch.device(device), options)
+    from ..fomm import load_fomm
+
+    models_dir, offline = options.models_dir, options.offline
     if fomm_config is None:
         from ..store import ensure_models, model_file
 
@@ -390,7 +407,7 @@ def _resolve_fomm(fomm, fomm_config, fomm_checkpoint, models_dir, offline: bool,
 
 
 def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike,
-               options: PreprocessOptions = PreprocessOptions(), *, fomm=None,
+               options: PreprocessOptions = PreprocessOptions(), *, fomm=None, renderer=None,
                fomm_config: str | os.PathLike | None = None, fomm_checkpoint: str | os.PathLike | None = None,
                landmarker: Optional[Callable[[np.ndarray], Sequence]] = None, root: str | os.PathLike | None = None,
                progress: Optional[Progress] = None,
@@ -401,12 +418,13 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
         videos: video files (mp4, mkv, avi, webm, ... any fps; anything ffmpeg decodes) and/or folders
             (searched recursively for :data:`VIDEO_EXTS`).
         out_dir: the data directory (created; an existing one is resumed).
-        options: the run's :class:`~talkhead.options.PreprocessOptions` (landmark backend, crop,
-            shard, split, thresholds, device, models folder; the CLI builds it from its flags).
-        fomm: a loaded :class:`talkhead.fomm.FOMM` (its keypoint detector is used, on its device).
-            Otherwise ``fomm_config`` + ``fomm_checkpoint`` (official YAML + ``vox-adv-cpk.pth.tar``) are
-            loaded, or else the models folder (``options.models_dir``, ``options.offline``) through
-            ``talkhead.store``.
+        options: the run's :class:`~talkhead.options.PreprocessOptions` (renderer, landmark backend,
+            crop, shard, split, thresholds, device, models folder; the CLI builds it from its flags).
+        fomm, renderer: a loaded renderer of ``options.renderer``'s kind (:class:`talkhead.fomm.FOMM`,
+            :class:`talkhead.smac.SMAC`; ``fomm`` is the older name of the same argument): its keypoint
+            detector is used, on its device. Otherwise, for FOMM, ``fomm_config`` + ``fomm_checkpoint``
+            (official YAML + ``vox-adv-cpk.pth.tar``) are loaded, or else the renderer's files in the models
+            folder (``options.models_dir``, ``options.offline``) through ``talkhead.store``.
         landmarker: a callable ``image (H, W, 3) uint8 -> faces`` (:class:`talkhead.landmarks.Face`
             objects, or plain ``(x0, y0, x1, y1)`` boxes, which are used as they are) replacing the
             ``options.landmarker`` backend.
@@ -420,8 +438,10 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
     Raises:
         InputError: a missing input path, or no videos at all.
         LandmarkerUnavailableError: the face backend cannot be loaded (checked before any video).
-        ConfigError / CheckpointError: FOMM cannot be loaded.
-        DataFormatError: an existing, malformed data directory.
+        ConfigError / CheckpointError: the renderer cannot be loaded, or gives keypoints of another count
+            than its registry entry says.
+        DataFormatError: an existing, malformed data directory, or one of another keypoint space (one line
+            naming both spaces).
         Problems of single videos (no face, no audio, too short, undecodable) are never raised:
         they are reported as skipped, with the reason.
     """
@@ -431,7 +451,18 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
     jobs = plan_jobs(videos, root=root, shard=shard)
     out_dir = Path(out_dir)
     device = str(resolve_device(o.device))
-    fomm = _resolve_fomm(fomm, fomm_config, fomm_checkpoint, o.models_dir, o.offline, device)
+    from ..renderers import get_renderer
+
+    entry = get_renderer(o.renderer)
+    space = entry.space
+    if (out_dir / DATA_MANIFEST_NAME).is_file():  # refused before any model loads (DatasetWriter checks again)
+        have = read_data(out_dir)[1]
+        if have != space:
+            raise mixed_spaces_error(str(out_dir), have, space, f"--renderer {entry.name}'s")
+    fomm = _resolve_renderer(renderer if renderer is not None else fomm, fomm_config, fomm_checkpoint, o, device)
+    if int(getattr(fomm, "num_kp", space.num_kp)) != space.num_kp:
+        raise ConfigError(f"the {entry.name} renderer detects {fomm.num_kp} keypoints, not the {space.num_kp} of "
+                          f"its registry entry")
     size = int(fomm.frame_size)
     detect = None
     if crop == "auto":
@@ -452,7 +483,8 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
         if on_clip:
             on_clip(outcome)
 
-    with DatasetWriter(out_dir, flush_every=o.flush_every, max_mismatch_frames=max_av_mismatch_frames) as writer:
+    with DatasetWriter(out_dir, flush_every=o.flush_every, max_mismatch_frames=max_av_mismatch_frames,
+                       space=space) as writer:
         for n, job in enumerate(jobs):
             if progress:
                 progress("videos", n, len(jobs))
@@ -483,7 +515,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
                 else:
                     vf = f"fps={FPS},format=rgb24,scale={size}:{size}:flags=area"
                 est = int(math.ceil(speech.duration_s * FPS))
-                kp = _keypoints(job.path, fomm, vf, size, o.batch_size, est, progress)
+                kp = _keypoints(job.path, fomm, vf, size, o.batch_size, est, progress, space)
                 num_t, num_m = len(kp), len(feats)
                 if abs(num_m / LOGFBANK_PER_VIDEO_FRAME - num_t) > max_av_mismatch_frames:
                     raise _Skip(f"audio ({num_m / 100:.2f} s) and video ({num_t / FPS:.2f} s) durations differ "
@@ -529,21 +561,32 @@ def merge_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.Path
         The merged manifest's records.
 
     Raises:
-        DataFormatError: a shard without a manifest, a missing clip file, or one id with different
-            contents in two places.
+        DataFormatError: a shard without a manifest, a missing clip file, one id with different
+            contents in two places, or folders of different keypoint spaces (one line naming both;
+            checked before anything is linked or copied).
     """
     from ..io import atomic_output
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     merged: dict[str, ClipInfo] = {}
-    if (out_dir / "manifest.json").is_file():
-        merged = {c.id: c for c in read_manifest(out_dir)}
-    skipped = read_skipped(out_dir)
+    space, space_of = None, None
+    if (out_dir / DATA_MANIFEST_NAME).is_file():
+        clips, space = read_data(out_dir)
+        merged, space_of = {c.id: c for c in clips}, str(out_dir)
+    shards = []
     for shard_dir in map(Path, shard_dirs):
-        if shard_dir.resolve() == out_dir.resolve():
+        if out_dir.exists() and shard_dir.resolve() == out_dir.resolve():
             continue
-        for clip in read_manifest(shard_dir):
+        clips, shard_space = read_data(shard_dir)
+        if space is None:
+            space, space_of = shard_space, str(shard_dir)
+        elif shard_space != space:
+            raise mixed_spaces_error(space_of, space, shard_space, str(shard_dir))
+        shards.append((shard_dir, clips))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    skipped = read_skipped(out_dir)
+    for shard_dir, clips in shards:
+        for clip in clips:
             src = clip_path(shard_dir, clip.id)
             dst = clip_path(out_dir, clip.id)
             if not src.is_file():
@@ -572,7 +615,7 @@ def merge_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.Path
     for k in list(skipped):
         if k in merged:
             del skipped[k]
-    write_manifest(out_dir, list(merged.values()))
+    write_manifest(out_dir, list(merged.values()), space if space is not None else FOMM_SPACE)
     if skipped:
         _write_skipped(out_dir, skipped)
     return list(merged.values())

@@ -33,7 +33,7 @@ from ..constants import LOGFBANK_PER_VIDEO_FRAME
 from ..errors import CheckpointError, ConfigError
 from ..mssync.syncers import (WINDOW_FRAMES, SyncerConfig, SyncerPyramid, build_pyramid, level_name, read_syncer_file,
                               syncers_from_state)
-from .data import DataFormatError, WindowDataset
+from .data import DataFormatError, WindowDataset, mixed_spaces_error, read_data_space, settle_run_space
 from .evaluate import av_sync_clips
 from .engine import CHECKPOINT_NAME, EngineConfig, ProgressFn, RunContext, TrainTask, read_run_checkpoint, resolve_run_config, run_training
 
@@ -48,7 +48,7 @@ def pyramid_sync_loss(pyramid: SyncerPyramid, keypoints: torch.Tensor, logfbank:
 
     Args:
         pyramid: a trained (usually frozen) :class:`SyncerPyramid`.
-        keypoints: ``(B, F, 10, 6)`` generated keypoints; logfbank: ``(B, 4F, 26)``.
+        keypoints: ``(B, F, K, 6)`` generated keypoints; logfbank: ``(B, 4F, 26)``.
         levels: 0-based levels to use (default all).
 
     Returns:
@@ -135,7 +135,7 @@ class PyramidSegments(torch.utils.data.Dataset):
 
     Item ``i`` (segment ``s .. s+F-1`` of a clip; ``s`` and ``F`` multiples of ``2**(levels-1)``)::
 
-        {"levels": [(kp_l (F / 2**l, 10, 6), lf_l (4F / 2**l, 26)) for l in 0..levels-1],
+        {"levels": [(kp_l (F / 2**l, K, 6), lf_l (4F / 2**l, 26)) for l in 0..levels-1],
          "clip": clip index, "start": s (frames at 25 fps)}
 
     Raises:
@@ -158,7 +158,7 @@ class PyramidSegments(torch.utils.data.Dataset):
         return len(self.windows)
 
     def clip_pyramid(self, clip: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Levels of the whole clip: ``[(kp_l (U_l, 10, 6), lf_l (4 U_l, 26)), ...]``; the last
+        """Levels of the whole clip: ``[(kp_l (U_l, K, 6), lf_l (4 U_l, 26)), ...]``; the last
         ``cache_clips`` clips used are kept in memory (least recently used evicted first)."""
         if clip in self._pyr:
             self._pyr.move_to_end(clip)
@@ -184,7 +184,7 @@ class PyramidSegments(torch.utils.data.Dataset):
 
 
 def collate_segments(items: list[dict]) -> dict:
-    """Stack :class:`PyramidSegments` items: ``levels`` -> ``[(kp_l (B, F_l, 10, 6), lf_l (B, 4F_l, 26))]``,
+    """Stack :class:`PyramidSegments` items: ``levels`` -> ``[(kp_l (B, F_l, K, 6), lf_l (B, 4F_l, 26))]``,
     ``clip`` and ``start`` -> ``(B,)`` int64."""
     levels = [(torch.stack([it["levels"][l][0] for it in items]), torch.stack([it["levels"][l][1] for it in items]))
               for l in range(len(items[0]["levels"]))]
@@ -237,6 +237,9 @@ class SyncerTask(TrainTask):
         cfg = self.cfg = SyncerRunConfig.from_config(ctx.config)
         self.ctx = ctx
         self.model_cfg = cfg.model
+        data_space = read_data_space(self.data_dir)
+        if self.model_cfg.space != data_space:  # train_syncers settles it; a hand-made config may not
+            raise mixed_spaces_error("the run config", self.model_cfg.space, data_space, f"{self.data_dir}'s data")
         unit = 2 ** (self.model_cfg.levels - 1)
         f = cfg.segment_frames
         if f % unit or f < WINDOW_FRAMES * unit + unit:
@@ -365,6 +368,7 @@ def train_syncers(data_dir: str | Path, run_dir: str | Path, *, config: str | Pa
         TrainingInterrupted: see :func:`talkhead.train.engine.run_training`.
     """
     cfg = resolve_run_config(DEFAULTS_PATH, run_dir, resume=resume, config=config, overrides=overrides)
+    settle_run_space(cfg["model"], data_dir, resume=resume)  # the syncers read the data's keypoint space
     return run_training(SyncerTask(data_dir), run_dir, cfg, resume=resume, progress=progress)
 
 
