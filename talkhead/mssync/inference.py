@@ -253,14 +253,6 @@ class MSSyncMotion:
         with _single_cpu_thread(self.device):
             return generate_keypoints(self.model, kp_source, logfbank, progress=progress)
 
-    def stream(self, kp_source: Keypoints, chunks, num_rows: int, *, window: int = 25,
-               progress: Progress | None = None):
-        """The same keypoints in windows of ``window`` frames while the logfbank arrives in chunks
-        (:func:`talkhead.mssync.windowed.stream_keypoints`: equal to :meth:`__call__`, context bounded)."""
-        from .windowed import stream_keypoints
-
-        return stream_keypoints(self.model, kp_source, chunks, num_rows, window=window, progress=progress)
-
 
 __all__ = ["MSSyncMotion", "MIN_NUM_SAMPLES", "num_frames", "required_len", "frames_for_logfbank",
            "build_audio_input", "build_warmup_input", "generate_keypoints", "generate_keypoints_trace"]

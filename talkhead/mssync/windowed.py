@@ -42,7 +42,7 @@ from ..keypoints import Keypoints
 from ..progress import Progress
 from .blocks import AudioPyramidEncoder, align_corners_weights, resample_frames
 from .generator import MAX_CONTEXT_LENGTH, MSSyncGenerator
-from .inference import REFLECT_PAD_ROWS, _kept_rows, _single_cpu_thread, build_warmup_input, required_len
+from .inference import REFLECT_PAD_ROWS, MSSyncMotion, _kept_rows, _single_cpu_thread, build_warmup_input, required_len
 
 DEFAULT_WINDOW = 25
 """Keypoint frames per window :func:`stream_keypoints` yields by default (1 s at 25 fps)."""
@@ -376,4 +376,17 @@ def stream_keypoints(model: MSSyncGenerator, kp_source: Keypoints, chunks: Itera
         yield Keypoints.unpack(packed)
 
 
-__all__ = ["DEFAULT_WINDOW", "audio_in_length", "audio_in_pieces", "AudioPyramidStream", "Rollout", "stream_keypoints"]
+class StreamingMSSyncMotion(MSSyncMotion):
+    """:class:`~talkhead.mssync.inference.MSSyncMotion` that can also stream: what the pipeline loads.
+
+    ``motion(kp_source, logfbank, progress)`` is the one-pass generation; ``motion.stream(kp_source, chunks,
+    num_rows, window=, progress=)`` yields the same keypoints window by window (:func:`stream_keypoints`).
+    """
+
+    def stream(self, kp_source: Keypoints, chunks: Iterable, num_rows: int, *, window: int = DEFAULT_WINDOW,
+               progress: Progress | None = None) -> Iterator[Keypoints]:
+        """:func:`stream_keypoints` with this model (each window on one CPU thread)."""
+        return stream_keypoints(self.model, kp_source, chunks, num_rows, window=window, progress=progress)
+
+
+__all__ = ["DEFAULT_WINDOW", "StreamingMSSyncMotion", "audio_in_length", "audio_in_pieces", "AudioPyramidStream", "Rollout", "stream_keypoints"]
