@@ -97,9 +97,10 @@ HOP_LEN = int(round(HOP_S * SAMPLE_RATE))
 _BLOCK_FRAMES = 1 << 18
 """Frames per decoded block (about 6 s at 44.1 kHz)."""
 
-_FFT_CHUNK = 8192
+_FFT_CHUNK = 1024
 """logfbank frames per chunk (signal normalisation, framing and rfft batch; bounds the temporary
-complex spectrum to about 34 MB)."""
+complex spectrum to about 4 MB). Also the first rows a streamed ``animate`` waits for (10 s of speech,
+:class:`LogfbankStream`); it was 8192 (34 MB) before streaming."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -371,3 +371,17 @@ def test_one_animate_parses_its_renderer_config_once(tiny_models_dir, tmp_path, 
     assert tio.read_yaml_config(config, "test config") == {"a": 1} and len(parses) == 2
     config.write_text("a: 22\n")  # another size: parsed anew
     assert tio.read_yaml_config(config, "test config") == {"a": 22} and len(parses) == 3
+
+
+def test_streamed_animate_keypoints_equal_the_one_pass_generation(tiny_models_dir, tmp_path):
+    """animate decodes, computes the logfbank and generates the keypoints window by window while it renders;
+    the keypoints equal MS-Sync's one-pass generation from the whole file's logfbank."""
+    from talkhead.audio import speech_features
+
+    opts = AnimateOptions(models_dir=str(tiny_models_dir), device="cpu", offline=True, frame="crop")
+    pipe = Pipeline(opts, landmarker=astronaut_face)
+    result = pipe.animate(ASTRONAUT, SPEECH, tmp_path / "a.mp4")
+    one_pass = pipe.motion(result.kp_source, speech_features(SPEECH)[1])   # the whole sequence at once
+    assert len(result.kp_driving) == len(one_pass) == 119 and result.num_frames == 120
+    assert torch.allclose(result.kp_driving.value, one_pass.value, rtol=0, atol=1e-6)
+    assert torch.allclose(result.kp_driving.jacobian, one_pass.jacobian, rtol=0, atol=1e-6)
