@@ -46,7 +46,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -64,6 +64,12 @@ __all__ = [
     "mel_filterbank",
     "num_logfbank_frames",
     "speech_features",
+    "speech_blocks",
+    "scan_speech",
+    "SpeechInfo",
+    "SignalStats",
+    "LogfbankStream",
+    "logfbank_stream",
 ]
 
 MIN_NUM_SAMPLES = 1361
@@ -91,9 +97,10 @@ HOP_LEN = int(round(HOP_S * SAMPLE_RATE))
 _BLOCK_FRAMES = 1 << 18
 """Frames per decoded block (about 6 s at 44.1 kHz)."""
 
-_FFT_CHUNK = 8192
+_FFT_CHUNK = 1024
 """logfbank frames per chunk (signal normalisation, framing and rfft batch; bounds the temporary
-complex spectrum to about 34 MB)."""
+complex spectrum to about 4 MB). Also the first rows a streamed ``animate`` waits for (10 s of speech,
+:class:`LogfbankStream`); it was 8192 (34 MB) before streaming."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,23 +138,22 @@ class Speech:
 # decoding
 # ------------------------------------------------------------------------------------------------
 class _ToMono16k:
-    """Averages channels and resamples blocks to 16 kHz (streamed soxr), collecting the result."""
+    """Averages channels and resamples blocks to 16 kHz (streamed soxr)."""
 
     def __init__(self, path: Path, rate: int, channels: int) -> None:
         if rate <= 0 or channels <= 0:
             raise AudioError(f"{path}: invalid audio stream ({rate} Hz, {channels} channels)")
         self.path, self.rate, self.channels = path, rate, channels
-        self._parts: list[np.ndarray] = []
         self._stream = None
         if rate != SAMPLE_RATE:
             import soxr
 
             self._stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY)
 
-    def feed(self, block: np.ndarray) -> None:
-        """``block`` ``(n, channels)`` float32 at the source rate."""
+    def feed(self, block: np.ndarray) -> np.ndarray:
+        """``block`` ``(n, channels)`` float32 at the source rate -> 16 kHz mono float32 (maybe empty)."""
         if block.shape[0] == 0:
-            return
+            return np.zeros(0, np.float32)
         if not np.isfinite(block).all():
             raise AudioError(f"{self.path}: audio holds non-finite samples (NaN or infinity)")
         if self.channels == 1:
@@ -156,26 +162,13 @@ class _ToMono16k:
             mono = block.mean(axis=1, dtype=np.float64).astype(np.float32)
         if self._stream is not None:
             mono = self._stream.resample_chunk(mono)
-        self._parts.append(mono)
+        return mono
 
     def finish(self) -> np.ndarray:
-        """All samples, ``(N,)`` float32 at 16 kHz."""
-        if self._stream is not None:
-            self._parts.append(self._stream.resample_chunk(np.zeros(0, np.float32), last=True))
-        if not self._parts:
+        """The resampler's last samples (empty at 16 kHz)."""
+        if self._stream is None:
             return np.zeros(0, np.float32)
-        return np.concatenate(self._parts).astype(np.float32, copy=False)
-
-
-def _decode_soundfile(path: Path) -> tuple[np.ndarray, int, int]:
-    """Decode with libsndfile. Raises ``soundfile.SoundFileError`` (a RuntimeError) if it cannot."""
-    import soundfile as sf
-
-    with sf.SoundFile(os.fsencode(path)) as f:  # bytes: names that are not UTF-8 work too
-        out = _ToMono16k(path, f.samplerate, f.channels)
-        for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
-            out.feed(block)
-        return out.finish(), f.samplerate, f.channels
+        return self._stream.resample_chunk(np.zeros(0, np.float32), last=True).astype(np.float32, copy=False)
 
 
 _AU_MAGIC = b".snd"
@@ -196,9 +189,23 @@ def _read_exact(stream, n: int) -> bytes:
     return data if data is not None else b""
 
 
-def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int, int]:
+def _blocks_soundfile(f, path: Path, info: dict):
+    """16 kHz mono blocks of an open ``soundfile.SoundFile`` (closed at the end)."""
+    with f:
+        out = _ToMono16k(path, f.samplerate, f.channels)
+        info.update(source_sample_rate=int(f.samplerate), source_channels=int(f.channels), decoder="soundfile")
+        for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
+            mono = out.feed(block)
+            if mono.size:
+                yield mono
+        tail = out.finish()
+        if tail.size:
+            yield tail
+
+
+def _blocks_ffmpeg(path: Path, info: dict):
     """Decode the first audio stream with ffmpeg: float32 PCM at the source rate and channel
-    count, piped out as Sun AU.
+    count, piped out as Sun AU, yielded as 16 kHz mono blocks.
 
     The AU container (24-byte big-endian header: magic, data offset, size, encoding, rate,
     channels) states rate and channel count up front and allows an unknown length, so the PCM can
@@ -218,17 +225,20 @@ def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int, int]:
                     raise AudioError(f"cannot decode audio file {path}: unexpected PCM from ffmpeg")
                 _read_exact(proc.stdout, offset - 24)
                 out = _ToMono16k(path, rate, channels)
+                info.update(source_sample_rate=int(rate), source_channels=int(channels), decoder="ffmpeg")
                 frame_bytes = 4 * channels
                 while True:
                     chunk = _read_exact(proc.stdout, _BLOCK_FRAMES * frame_bytes)
                     usable = len(chunk) - len(chunk) % frame_bytes
                     if usable:
                         block = np.frombuffer(chunk[:usable], dtype=">f4").astype(np.float32)
-                        out.feed(block.reshape(-1, channels))
+                        mono = out.feed(block.reshape(-1, channels))
+                        if mono.size:
+                            yield mono
                     if len(chunk) < _BLOCK_FRAMES * frame_bytes:
                         break
             rc = proc.wait()
-        except BaseException:
+        except BaseException:  # an error, or the consumer closed the generator early
             proc.kill()
             proc.wait()
             raise
@@ -237,7 +247,66 @@ def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int, int]:
         if rc != 0 or out is None:
             err.seek(0)
             raise AudioError(f"cannot decode audio file {path}: {_ffmpeg_reason(err.read()[-4000:])}")
-    return out.finish(), rate, channels
+        tail = out.finish()
+        if tail.size:
+            yield tail
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"audio file not found: {path}")
+    if not path.is_file():
+        raise InputError(f"audio path is not a file: {path}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"audio file is not readable (permission denied): {path}")
+
+
+def speech_blocks(path: str | os.PathLike, info: Optional[dict] = None) -> Iterator[np.ndarray]:
+    """The file's speech as 16 kHz mono float32 blocks, decoded as they are read (what :func:`load_speech`
+    holds whole, in pieces): libsndfile when it opens the file, else ffmpeg piping raw PCM.
+
+    Args:
+        path: the audio file.
+        info: optional dict receiving ``source_sample_rate``, ``source_channels`` and ``decoder`` once
+            the stream is open.
+
+    Yields:
+        ``(n,)`` float32 blocks (at most ~6 s each); concatenated, :func:`load_speech`'s samples.
+
+    Raises:
+        InputError: missing or unreadable file. AudioError: undecodable, no audio stream, non-finite
+        samples (no length checks: see :func:`scan_speech`). FFmpegError: no ffmpeg binary.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    _check_readable(path)
+    info = {} if info is None else info
+    try:
+        f = sf.SoundFile(os.fsencode(path))  # bytes: names that are not UTF-8 work too
+    except sf.SoundFileError:
+        yield from _blocks_ffmpeg(path, info)
+        return
+    try:
+        yield from _blocks_soundfile(f, path, info)
+    except sf.SoundFileError as exc:
+        raise _SoundfileFailed(f"cannot decode audio file {path}: {exc}") from None
+
+
+class _SoundfileFailed(AudioError):
+    """libsndfile opened the file but failed inside it (:func:`load_speech` then tries ffmpeg)."""
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int, int, str]:
+    """All samples (16 kHz mono float32), the source rate and channels, and the decoder used."""
+    info: dict = {}
+    try:
+        parts = list(speech_blocks(path, info))
+    except _SoundfileFailed:
+        info = {}  # libsndfile opened the file but failed inside it: ffmpeg may read it
+        parts = list(_blocks_ffmpeg(path, info))
+    samples = np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
+    return samples, info.get("source_sample_rate", 0), info.get("source_channels", 0), info.get("decoder", "ffmpeg")
 
 
 def load_speech(path: str | os.PathLike) -> Speech:
@@ -262,45 +331,15 @@ def load_speech(path: str | os.PathLike) -> Speech:
         FFmpegError: the file needs ffmpeg and no ffmpeg binary is available.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"audio file not found: {path}")
-    if not path.is_file():
-        raise InputError(f"audio path is not a file: {path}")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"audio file is not readable (permission denied): {path}")
+    _check_readable(path)
+    samples, rate, channels, decoder = _decode(path)
 
-    import soundfile as sf
-
-    decoder = "soundfile"
-    try:
-        samples, rate, channels = _decode_soundfile(path)
-    except sf.SoundFileError:
-        decoder = "ffmpeg"
-        samples, rate, channels = _decode_ffmpeg(path)
-
-    n = samples.shape[0]
-    if n == 0:
-        raise AudioError(f"audio file {path} contains no samples (0 s of audio)")
-    if n < MIN_NUM_SAMPLES:
-        raise AudioTooShortError(
-            f"audio file {path} is too short: {n / SAMPLE_RATE:.4f} s ({n} samples at 16 kHz); "
-            f"the keypoint generator needs at least {MIN_NUM_SAMPLES / SAMPLE_RATE:.4f} s "
-            f"({MIN_NUM_SAMPLES} samples)")
-    peak = _centred_peak(samples)
-    if peak < SILENCE_PEAK:
-        raise AudioError(
-            f"audio file {path} is silent: peak {peak:.2e} of full scale after removing the mean "
-            f"(threshold {SILENCE_PEAK:g}, -80 dBFS)")
+    stats = SignalStats()
+    stats.feed(samples)
+    _check_length_and_level(path, samples.shape[0], stats.peak)
     samples.setflags(write=False)
     return Speech(samples=samples, sample_rate=SAMPLE_RATE, path=path, source_sample_rate=int(rate),
                   source_channels=int(channels), decoder=decoder)
-
-
-def _centred_peak(samples: np.ndarray) -> float:
-    """max |x - mean(x)|, in float64."""
-    x = np.asarray(samples)
-    mean = float(np.mean(x, dtype=np.float64))
-    return max(abs(float(x.max()) - mean), abs(float(x.min()) - mean))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -375,7 +414,9 @@ def logfbank(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     Memory: the signal is normalised, pre-emphasised and framed per chunk of :data:`_FFT_CHUNK`
     frames (with their exact sample ranges, so every value is computed as in one pass): beyond the
     input and the ``(M, 26)`` output, temporary memory does not grow with the length (no
-    full-length float64 copy; measured: ``benchmarks/README.md``, "logfbank speed and memory").
+    full-length float64 copy; measured: ``benchmarks/README.md``, "logfbank speed and memory"). The mean
+    is summed per block of :data:`_SUM_BLOCK` samples (:class:`SignalStats`), so :func:`logfbank_stream`
+    (a file streamed, never held whole) gives bit-identical rows.
 
     Raises:
         ValueError: ``samples`` is not 1-D or ``sample_rate`` is not 16000.
@@ -397,45 +438,275 @@ def logfbank(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     for start in range(0, n, step):
         if not np.isfinite(x[start:start + step]).all():
             raise AudioError("cannot compute the logfbank: audio holds non-finite samples")
-    # Mean in float64 (pairwise summation; the same as the mean of a float64 copy to within an ulp).
-    mean = np.mean(x, dtype=np.float64)
-    peak = 0.0
-    for start in range(0, n, step):
-        chunk = x[start:start + step].astype(np.float64)
-        chunk -= mean
-        peak = max(peak, float(np.max(np.abs(chunk))))
+    stats = SignalStats()
+    stats.feed(x)
+    mean, peak = stats.mean, stats.peak
     if peak == 0:
         raise AudioError("cannot compute the logfbank of silent audio (all samples equal)")
-
     m = num_logfbank_frames(n)
-    fb_t = mel_filterbank().T  # (257, 26)
-    eps = np.finfo(np.float64).eps
     out = np.empty((m, N_FILT))
     for f0 in range(0, m, _FFT_CHUNK):
         f1 = min(f0 + _FFT_CHUNK, m)
         lo, hi = f0 * HOP_LEN, (f1 - 1) * HOP_LEN + WIN_LEN  # padded-signal samples these frames cover
-        seg = np.zeros(hi - lo)  # pre-emphasised, normalised signal on [lo, hi); zeros past the end
-        src_lo = max(lo - 1, 0)  # one sample before lo feeds the pre-emphasis of sample lo
-        xs = x[src_lo:min(hi, n)].astype(np.float64)
-        xs -= mean
-        xs /= peak
-        if lo == 0:
-            seg[0] = xs[0]
-            seg[1:xs.shape[0]] = xs[1:] - PREEMPH * xs[:-1]
-        else:
-            seg[:xs.shape[0] - 1] = xs[1:] - PREEMPH * xs[:-1]
-        frames = np.lib.stride_tricks.sliding_window_view(seg, WIN_LEN)[::HOP_LEN]  # (f1 - f0, 400) view
-        spec = np.fft.rfft(frames, NFFT)
-        del frames, seg, xs
-        power = np.abs(spec)
-        del spec
-        np.square(power, out=power)
-        power *= 1.0 / NFFT
-        feat = power @ fb_t
-        del power
-        feat[feat == 0] = eps
-        out[f0:f1] = np.log(feat)
+        out[f0:f1] = _logfbank_rows(x[max(lo - 1, 0):min(hi, n)], lo, f1 - f0, mean, peak)
     return out
+
+
+def _logfbank_rows(xs: np.ndarray, lo: int, count: int, mean: float, peak: float) -> np.ndarray:
+    """logfbank rows of ``count`` frames whose first frame starts at sample ``lo`` (a multiple of 160).
+
+    ``xs`` holds the signal's samples ``[max(lo - 1, 0), min(hi, N))`` with ``hi = lo + 160 (count - 1) + 400``
+    (one sample before ``lo`` feeds its pre-emphasis; samples past the end are zero-padded). Steps 1-6 of
+    :func:`logfbank`; ``(count, 26)`` float64.
+    """
+    hi = lo + (count - 1) * HOP_LEN + WIN_LEN
+    seg = np.zeros(hi - lo)  # pre-emphasised, normalised signal on [lo, hi); zeros past the end
+    xs = np.asarray(xs).astype(np.float64)
+    xs -= mean
+    xs /= peak
+    if lo == 0:
+        seg[0] = xs[0]
+        seg[1:xs.shape[0]] = xs[1:] - PREEMPH * xs[:-1]
+    else:
+        seg[:xs.shape[0] - 1] = xs[1:] - PREEMPH * xs[:-1]
+    frames = np.lib.stride_tricks.sliding_window_view(seg, WIN_LEN)[::HOP_LEN]  # (count, 400) view
+    spec = np.fft.rfft(frames, NFFT)
+    del frames, seg, xs
+    power = np.abs(spec)
+    del spec
+    np.square(power, out=power)
+    power *= 1.0 / NFFT
+    feat = power @ mel_filterbank().T
+    del power
+    feat[feat == 0] = np.finfo(np.float64).eps
+    return np.log(feat)
+
+
+_SUM_BLOCK = 1 << 20
+"""Samples per block of the mean's sum (:class:`SignalStats`): the sum is the same whatever the pieces."""
+
+
+class SignalStats:
+    """Sample count, mean and centred peak of a signal fed in pieces of any size (the normalisation of
+    :func:`logfbank`).
+
+    The sum is taken per fixed block of :data:`_SUM_BLOCK` samples from sample 0 (float64 pairwise sum per
+    block, blocks added in order), so a signal fed whole or in any pieces gives bit-identical statistics:
+    the streamed logfbank (:class:`LogfbankStream`) equals the one-pass one exactly.
+
+    Attributes:
+        num_samples: samples fed.
+        mean: float64 mean (valid once everything is fed).
+        peak: ``max |x - mean|`` in float64 (= ``max(max(x) - mean, mean - min(x))``, rounding being monotone).
+    """
+
+    def __init__(self) -> None:
+        self.num_samples = 0
+        self._total = 0.0
+        self._carry: list[np.ndarray] = []
+        self._carried = 0
+        self._min = np.inf
+        self._max = -np.inf
+
+    def feed(self, x: np.ndarray) -> None:
+        """Add samples ``(n,)`` (any real dtype)."""
+        x = np.asarray(x)
+        if not x.size:
+            return
+        self.num_samples += x.shape[0]
+        self._min = min(self._min, float(x.min()))
+        self._max = max(self._max, float(x.max()))
+        pos = 0
+        if self._carried:
+            take = min(_SUM_BLOCK - self._carried, x.shape[0])
+            self._carry.append(x[:take])
+            self._carried += take
+            pos = take
+            if self._carried == _SUM_BLOCK:
+                self._total += float(np.sum(np.concatenate(self._carry), dtype=np.float64))
+                self._carry, self._carried = [], 0
+        while x.shape[0] - pos >= _SUM_BLOCK:
+            self._total += float(np.sum(x[pos:pos + _SUM_BLOCK], dtype=np.float64))
+            pos += _SUM_BLOCK
+        if pos < x.shape[0]:
+            self._carry.append(np.array(x[pos:]))
+            self._carried += x.shape[0] - pos
+
+    @property
+    def mean(self) -> float:
+        total = self._total
+        if self._carried:
+            total += float(np.sum(np.concatenate(self._carry), dtype=np.float64))
+        return total / self.num_samples if self.num_samples else 0.0
+
+    @property
+    def peak(self) -> float:
+        if not self.num_samples:
+            return 0.0
+        mean = self.mean
+        return max(self._max - mean, mean - self._min)
+
+
+@dataclass(frozen=True)
+class SpeechInfo:
+    """What :func:`scan_speech` learnt from a file without keeping its samples.
+
+    Attributes:
+        path: the file. num_samples: 16 kHz mono samples N. mean, peak: :class:`SignalStats` of them
+        (float64). source_sample_rate, source_channels, decoder: as in :class:`Speech`.
+    """
+
+    path: Path
+    num_samples: int
+    mean: float
+    peak: float
+    source_sample_rate: int
+    source_channels: int
+    decoder: str
+
+    @property
+    def duration_s(self) -> float:
+        """``N / 16000`` seconds."""
+        return self.num_samples / SAMPLE_RATE
+
+    @property
+    def num_logfbank_rows(self) -> int:
+        """Rows of its logfbank (:func:`num_logfbank_frames`)."""
+        return num_logfbank_frames(self.num_samples)
+
+
+def scan_speech(path: str | os.PathLike) -> SpeechInfo:
+    """Decode a file once, streaming (:func:`speech_blocks`), for its length and normalisation, keeping no samples.
+
+    The checks and messages are :func:`load_speech`'s; the memory is one decoded block (~6 s), whatever
+    the length.
+
+    Raises:
+        as :func:`load_speech`.
+    """
+    path = Path(path)
+    _check_readable(path)
+    info: dict = {}
+    stats = SignalStats()
+    try:
+        for block in speech_blocks(path, info):
+            stats.feed(block)
+    except _SoundfileFailed:
+        info, stats = {}, SignalStats()
+        for block in _blocks_ffmpeg(path, info):
+            stats.feed(block)
+    _check_length_and_level(path, stats.num_samples, stats.peak)
+    return SpeechInfo(path=path, num_samples=stats.num_samples, mean=stats.mean, peak=stats.peak,
+                      source_sample_rate=int(info.get("source_sample_rate", 0)),
+                      source_channels=int(info.get("source_channels", 0)), decoder=info.get("decoder", "ffmpeg"))
+
+
+def _check_length_and_level(path: Path, n: int, peak: float) -> None:
+    if n == 0:
+        raise AudioError(f"audio file {path} contains no samples (0 s of audio)")
+    if n < MIN_NUM_SAMPLES:
+        raise AudioTooShortError(
+            f"audio file {path} is too short: {n / SAMPLE_RATE:.4f} s ({n} samples at 16 kHz); "
+            f"the keypoint generator needs at least {MIN_NUM_SAMPLES / SAMPLE_RATE:.4f} s "
+            f"({MIN_NUM_SAMPLES} samples)")
+    if peak < SILENCE_PEAK:
+        raise AudioError(
+            f"audio file {path} is silent: peak {peak:.2e} of full scale after removing the mean "
+            f"(threshold {SILENCE_PEAK:g}, -80 dBFS)")
+
+
+class LogfbankStream:
+    """:func:`logfbank` computed as the samples arrive: feed 16 kHz blocks, get logfbank rows.
+
+    Args:
+        num_samples: the signal's total length N (rows: :func:`num_logfbank_frames`); ``None`` for an
+            open-ended stream (live use: rows come out as soon as their 400 samples are in).
+        mean, peak: the normalisation (:class:`SignalStats` of the whole signal for the exact
+            :func:`logfbank`; live use passes its own estimate).
+        chunk_frames: rows computed per batch. With the default :data:`_FFT_CHUNK` (the grid of
+            :func:`logfbank`) and the file's :class:`SignalStats`, the rows are bit-identical to
+            :func:`logfbank` of the whole signal.
+
+    Memory: at most one chunk of samples and rows (and the block fed), whatever the length.
+    """
+
+    def __init__(self, num_samples: Optional[int], mean: float, peak: float, *, chunk_frames: int = 0) -> None:
+        if not peak > 0 or not np.isfinite(peak) or not np.isfinite(mean):
+            raise AudioError(f"cannot compute the logfbank with peak {peak!r} and mean {mean!r}")
+        self.num_samples = num_samples
+        self.total_rows = None if num_samples is None else num_logfbank_frames(num_samples)
+        self.mean, self.peak = float(mean), float(peak)
+        self.chunk = int(chunk_frames) or _FFT_CHUNK
+        self._buf = np.zeros(0, np.float32)
+        self._start = 0  # signal index of _buf[0]
+        self.rows_done = 0
+        self.received = 0
+
+    def feed(self, block: np.ndarray) -> list[np.ndarray]:
+        """Add samples ``(n,)``; return the row batches ``(k, 26)`` float64 now complete (maybe none)."""
+        block = np.asarray(block)
+        if block.size:
+            self.received += block.shape[0]
+            self._buf = np.concatenate([self._buf, block]) if self._buf.size else np.array(block)
+        return self._drain(final=False)
+
+    def finish(self) -> list[np.ndarray]:
+        """The remaining rows (the end zero-padded as :func:`logfbank` pads it).
+
+        Raises:
+            AudioError: fewer samples than ``num_samples`` were fed.
+        """
+        if self.num_samples is not None and self.received != self.num_samples:
+            raise AudioError(f"the audio stream gave {self.received} samples, {self.num_samples} were expected "
+                             "(the file changed while it was read?)")
+        if self.num_samples is None:
+            self.num_samples = self.received
+            self.total_rows = num_logfbank_frames(self.received) if self.received else 0
+        return self._drain(final=True)
+
+    def _drain(self, final: bool) -> list[np.ndarray]:
+        out = []
+        end = self._start + self._buf.shape[0]  # samples received
+        while True:
+            f0 = self.rows_done
+            if self.total_rows is not None and f0 >= self.total_rows:
+                break
+            if self.total_rows is not None:
+                f1 = min(f0 + self.chunk, self.total_rows)
+            else:  # open-ended: as many complete frames as there are, up to a chunk
+                f1 = min(f0 + self.chunk, max(f0, (end - WIN_LEN) // HOP_LEN + 1) if end >= WIN_LEN else f0)
+                if f1 <= f0:
+                    break
+            lo, hi = f0 * HOP_LEN, (f1 - 1) * HOP_LEN + WIN_LEN
+            n = self.num_samples if self.num_samples is not None and final else None
+            if not final and end < hi:
+                break
+            stop = min(hi, n) if n is not None else min(hi, end)
+            src = max(lo - 1, 0)
+            out.append(_logfbank_rows(self._buf[src - self._start:stop - self._start], lo, f1 - f0,
+                                      self.mean, self.peak))
+            self.rows_done = f1
+            keep = max(f1 * HOP_LEN - 1, 0)  # the next chunk reads from one sample before its first frame
+            if keep > self._start:
+                self._buf = self._buf[keep - self._start:]
+                self._start = keep
+        return out
+
+
+def logfbank_stream(blocks: Iterable[np.ndarray], info: SpeechInfo) -> Iterator[np.ndarray]:
+    """The logfbank of a file's speech in row batches, from its decoded blocks and its :func:`scan_speech`
+    info: bit-identical to ``logfbank(load_speech(path).samples)``, without holding either whole.
+
+    Yields:
+        ``(k, 26)`` float64 row batches, ``info.num_logfbank_rows`` rows in all.
+
+    Raises:
+        AudioError: the blocks hold a different number of samples than ``info`` (the file changed).
+    """
+    stream = LogfbankStream(info.num_samples, info.mean, info.peak)
+    for block in blocks:
+        yield from stream.feed(block)
+    yield from stream.finish()
 
 
 def speech_features(path: str | os.PathLike) -> tuple[Speech, np.ndarray]:

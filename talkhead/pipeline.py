@@ -5,7 +5,7 @@ Data path (every way a face is moved: ``animate``, ``reenact``, ``batch``, the w
     photo  -> load_image (H,W,3 uint8) -> landmarker / select_face -> fomm_crop (S,S,3 float [0,1])
     crop   -> renderer.detect -> kp_source Keypoints (1,K,2) + (1,K,2,2)
     motion source -> kp_driving batches (b,K,...), yielded as they are ready:
-        SpeechMotion: audio -> load_speech (16 kHz) -> logfbank (M,26) at 100 Hz -> MS-Sync -> (T,K,...) at 25 fps
+        SpeechMotion: audio -> 16 kHz blocks -> logfbank rows (100 Hz) -> MS-Sync, windowed -> (w,K,...) at 25 fps
                       (the MS-Sync, released or ``--motion-model``, must generate the renderer's keypoint space)
         VideoMotion (talkhead.reenact): driving video -> fixed face track -> renderer.detect -> relative motion
     crop + kp_source + each batch -> renderer.render -> [restore: talkhead.restore.FaceRestoreStage, 2 S crops]
@@ -236,10 +236,9 @@ class Pipeline:
             default: GFPGAN v1.4 from the models directory (:meth:`load`; never downloaded implicitly).
         log: receives one-line status messages (model loading, downloads).
         single_use: the pipeline makes one video (what ``talkhead animate`` and :func:`animate` do):
-            the motion generator it loaded itself is released once the keypoints are generated, and its
-            memory returned to the system before rendering (:func:`talkhead.memory.return_freed_memory`;
-            measured in ``benchmarks/README.md``, "Winograd bottleneck + MS-Sync released before
-            rendering"), which lowers the run's peak RSS. A later :meth:`animate`
+            the motion generator it loaded itself is released once the last keypoint window is generated
+            (the keypoints stream while the first frames render, :class:`SpeechMotion`), and its memory
+            returned to the system (:func:`talkhead.memory.return_freed_memory`). A later :meth:`animate`
             call loads it again. A ``motion`` given to the constructor is never released.
 
     Raises:
@@ -303,11 +302,12 @@ class Pipeline:
         if self._renderer is None:
             self._renderer = entry.load(self.models_dir, self.device, self.options)
         if load_motion:
-            from .mssync import MSSyncMotion, load_mssync
+            from .mssync import load_mssync
+            from .mssync.windowed import StreamingMSSyncMotion
 
             # a trained model is checked as the downloaded one is: safe load, layout against its args, finite
             path = self.options.motion_model if own_model else model_dir(self.models_dir, "mssync")
-            self._motion = MSSyncMotion(load_mssync(path, device=self.device))
+            self._motion = StreamingMSSyncMotion(load_mssync(path, device=self.device))
             self._owns_motion = True
         self.flush_notes()
         return self
@@ -797,22 +797,73 @@ class Pipeline:
         return done
 
 
-def held_batches(kp_driving: Keypoints, total: int, batch_size: int) -> Iterator[Keypoints]:
+def held_batches(kp_driving: Keypoints | Iterable[Keypoints], total: int, batch_size: int) -> Iterator[Keypoints]:
     """``total`` frames of ``kp_driving`` ``(T, K, ...)`` in batches of ``batch_size``: frame ``t`` is
     ``kp_driving[min(t, T - 1)]``, so the last pose is held when the video needs more frames than
     there are keypoint sets (see :func:`num_video_frames`) and the extra sets are dropped when it
     needs fewer.
 
+    ``kp_driving`` may also be an iterable of windows ``(w_i, K, ...)`` (a streamed generator,
+    :meth:`SpeechMotion.batches`): they are regrouped into the same batches as it arrives, each batch
+    yielded as soon as its frames exist; windows past ``total`` frames are still consumed (so the
+    generator finishes) and dropped.
+
     Raises:
         ValueError: ``kp_driving`` is empty, or ``total``/``batch_size`` below 1.
     """
-    T = len(kp_driving)
-    if T < 1 or total < 1 or batch_size < 1:
-        raise ValueError(f"held_batches needs keypoints, total >= 1 and batch_size >= 1 (T={T}, total={total}, "
+    if total < 1 or batch_size < 1:
+        raise ValueError(f"held_batches needs total >= 1 and batch_size >= 1 (total={total}, "
                          f"batch_size={batch_size})")
-    for start in range(0, total, batch_size):
-        idx = torch.arange(start, min(start + batch_size, total), device=kp_driving.device).clamp_(max=T - 1)
-        yield kp_driving[idx]
+    windows = [kp_driving] if isinstance(kp_driving, Keypoints) else kp_driving
+    pending: list[Keypoints] = []
+    have = emitted = 0
+    last: Optional[Keypoints] = None
+    for window in windows:
+        room = total - emitted - have
+        if len(window):
+            last = window[-1]
+        if room <= 0 or not len(window):
+            continue
+        window = window[:room] if len(window) > room else window
+        pending.append(window)
+        have += len(window)
+        while have >= batch_size:
+            joined = pending[0] if len(pending) == 1 else Keypoints.cat(pending)
+            yield joined[:batch_size]
+            rest = joined[batch_size:]
+            pending, have, emitted = ([rest] if len(rest) else []), have - batch_size, emitted + batch_size
+    if last is None:
+        raise ValueError("held_batches needs keypoints (T=0)")
+    while emitted < total:
+        fill = min(batch_size, total - emitted) - have
+        if fill > 0:
+            pending.append(Keypoints(last.value.expand(fill, *last.value.shape[1:]),
+                                     None if last.jacobian is None else last.jacobian.expand(fill, *last.jacobian.shape[1:])))
+        joined = pending[0] if len(pending) == 1 else Keypoints.cat(pending)
+        n = min(batch_size, total - emitted)
+        yield joined[:n]
+        rest = joined[n:]
+        pending, have, emitted = ([rest] if len(rest) else []), len(rest), emitted + n
+
+
+def speech_keypoint_windows(pipeline: Pipeline, kp_source: Keypoints,
+                            windows: Iterable[Keypoints]) -> Iterator[Keypoints]:
+    """Each generated window ``(w, 10, ...)`` moved to the pipeline's device, checked finite and its head
+    motion scaled by ``options.motion_scale`` (:func:`talkhead.keypoints.scale_head_motion`, frame by
+    frame, so windows give the same keypoints as the whole sequence).
+
+    Raises:
+        NonFiniteError: ``stage="keypoints"``: NaN/inf generated keypoints.
+    """
+    done = 0
+    for window in windows:
+        window = window.to(pipeline.device)
+        _check_finite("keypoints", f"generated driving keypoints {done}-{done + len(window) - 1}", window.value,
+                      window.jacobian)
+        if pipeline.options.motion_scale != 1.0:
+            window = scale_head_motion(window, kp_source, pipeline.options.motion_scale)
+        done += len(window)
+        yield window
 
 
 def speech_keypoints(pipeline: Pipeline, kp_source: Keypoints, logfbank: np.ndarray,
@@ -820,16 +871,18 @@ def speech_keypoints(pipeline: Pipeline, kp_source: Keypoints, logfbank: np.ndar
     """kp_driving ``(T, 10, ...)`` on the pipeline's device, generated by its motion generator (MS-Sync)
     from kp_source ``(1, 10, ...)`` and ``logfbank (M, 26)`` at 100 Hz, the head motion scaled by
     ``options.motion_scale`` (:func:`talkhead.keypoints.scale_head_motion`; 1 leaves the keypoints
-    untouched). ``T`` is :func:`talkhead.mssync.num_frames` of the speech (25 fps).
+    untouched). ``T`` is :func:`talkhead.mssync.num_frames` of the speech (25 fps). The whole sequence at
+    once; :class:`SpeechMotion` streams it instead.
 
     Raises:
         NonFiniteError: ``stage="keypoints"``: NaN/inf generated keypoints.
     """
-    kp_driving = pipeline.motion(kp_source, logfbank, progress=progress).to(pipeline.device)
-    _check_finite("keypoints", "generated driving keypoints", kp_driving.value, kp_driving.jacobian)
-    if pipeline.options.motion_scale != 1.0:
-        kp_driving = scale_head_motion(kp_driving, kp_source, pipeline.options.motion_scale)
-    return kp_driving
+    return next(speech_keypoint_windows(pipeline, kp_source, [pipeline.motion(kp_source, logfbank, progress=progress)]))
+
+
+KEYPOINT_WINDOW = 25
+"""Keypoint frames MS-Sync generates per window while a video renders (1 s at 25 fps): the first frame
+renders after one window, whatever the speech's length."""
 
 
 class SpeechMotion:
@@ -838,12 +891,22 @@ class SpeechMotion:
 
     The video has :func:`num_video_frames` frames (as long as the speech within one frame); frame
     ``t`` is drawn from kp_driving ``min(t, T-1)`` (:func:`held_batches`). The speech's own file is
-    muxed as the audio track. The keypoints are generated whole before the first batch is yielded;
-    with a single-use pipeline the motion generator it loaded is then released, and the decoded
-    samples and logfbank are dropped, before rendering starts.
+    muxed as the audio track.
+
+    Streaming: :meth:`prepare` decodes the file once without keeping its samples
+    (:func:`talkhead.audio.scan_speech`: length, normalisation, the input checks); :meth:`batches` decodes
+    it again block by block, computes the logfbank as the blocks come (:func:`talkhead.audio.logfbank_stream`)
+    and, with a motion generator that streams (``stream(kp_source, chunks, num_rows, window=, progress=)``,
+    :class:`talkhead.mssync.windowed.StreamingMSSyncMotion`, what :meth:`Pipeline.load` loads), generates the keypoints window by window
+    (:data:`KEYPOINT_WINDOW` frames, :func:`talkhead.mssync.windowed.stream_keypoints`), yielding each
+    batch as soon as its keypoints exist: the first frame is rendered after one window, and neither the
+    samples, the logfbank nor the audio pyramid are held for the whole clip. The keypoints equal the
+    one-pass generation's. A motion generator without ``stream`` gets the whole logfbank at once. With a
+    single-use pipeline the motion generator it loaded is released once the last window is generated.
 
     ``--save-keypoints`` arrays: ``kp_driving_value (T,10,2)``, ``kp_driving_jacobian (T,10,2,2)``,
-    ``kp_source_*`` ``(1,10,...)``, ``crop_box (4,)``, ``crop_affine (2,3)``, ``fps`` (25).
+    ``kp_source_*`` ``(1,10,...)``, ``crop_box (4,)``, ``crop_affine (2,3)``, ``fps`` (25). The driving
+    keypoints are kept (on the CPU, 240 bytes a frame) only when the run keeps them.
 
     Args:
         audio: speech in any format ffmpeg or libsndfile reads.
@@ -863,33 +926,46 @@ class SpeechMotion:
         self.audio: Optional[Path] = self.path
         self.num_frames = 0
         self.duration_s = 0.0
-        self._logfbank: Optional[np.ndarray] = None
-        self._kp_driving: Optional[Keypoints] = None
+        self._info = None
+        self._kept: list[Keypoints] = []
 
     def check(self, pipeline: "Pipeline") -> None:
         pipeline.check_motion_pairing()
 
     def prepare(self, pipeline: "Pipeline") -> None:
-        from .audio import load_speech, logfbank
+        from .audio import scan_speech
 
-        speech = load_speech(self.path)
-        self._logfbank = logfbank(speech.samples, speech.sample_rate)
-        self.duration_s = speech.duration_s
-        self.num_frames = num_video_frames(speech.duration_s)
+        self._info = scan_speech(self.path)
+        self.duration_s = self._info.duration_s
+        self.num_frames = num_video_frames(self.duration_s)
 
-    def batches(self, run: MotionRun) -> Iterator[Keypoints]:
-        pipeline = run.pipeline
-        self._kp_driving = speech_keypoints(pipeline, run.kp_source, self._logfbank, run.progress)
-        self._logfbank = None  # rendering needs neither the samples nor the logfbank
+    def _windows(self, run: MotionRun) -> Iterator[Keypoints]:
+        from .audio import logfbank_stream, speech_blocks
+
+        pipeline, info = run.pipeline, self._info
+        chunks = logfbank_stream(speech_blocks(self.path), info)
+        motion = pipeline.motion
+        if hasattr(motion, "stream"):
+            windows = motion.stream(run.kp_source, chunks, info.num_logfbank_rows, window=KEYPOINT_WINDOW,
+                                    progress=run.progress)
+        else:
+            windows = iter([motion(run.kp_source, np.concatenate(list(chunks)), progress=run.progress)])
+        for window in speech_keypoint_windows(pipeline, run.kp_source, windows):
+            if run.keep:
+                self._kept.append(window.to("cpu"))
+            yield window
         if pipeline.single_use:
             pipeline.release_motion()
-        yield from held_batches(self._kp_driving, self.num_frames, pipeline.batch_size)
+
+    def batches(self, run: MotionRun) -> Iterator[Keypoints]:
+        self._kept = []
+        yield from held_batches(self._windows(run), self.num_frames, run.pipeline.batch_size)
 
     def finish(self, run: MotionRun, result: dict) -> tuple[Result, dict, dict]:
-        kp_driving = self._kp_driving.to("cpu")
-        self._kp_driving = None
+        kp_driving = Keypoints.cat(self._kept) if self._kept else None
+        self._kept = []
         out = AnimateResult(**{**result, "duration_s": self.duration_s}, kp_driving=kp_driving)
-        return out, {"kp_driving": kp_driving}, {"fps": np.int64(FPS)}
+        return out, ({"kp_driving": kp_driving} if kp_driving is not None else {}), {"fps": np.int64(FPS)}
 
 
 def animate(image: str | Path, audio: str | Path, output: str | Path, options: AnimateOptions = AnimateOptions(),
@@ -904,4 +980,4 @@ def animate(image: str | Path, audio: str | Path, output: str | Path, options: A
 
 
 __all__ = ["AnimateOptions", "Result", "AnimateResult", "SourcePhoto", "MotionRun", "MotionSource", "SpeechMotion",
-           "speech_keypoints", "Pipeline", "animate", "held_batches", "resolve_device", "num_video_frames", "host_frames", "TalkheadError"]
+           "speech_keypoints", "speech_keypoint_windows", "KEYPOINT_WINDOW", "Pipeline", "animate", "held_batches", "resolve_device", "num_video_frames", "host_frames", "TalkheadError"]

@@ -309,3 +309,92 @@ def test_speech_is_frozen(speech16):
     with pytest.raises(ValueError):
         speech.samples[0] = 1.0
     assert isinstance(speech, Speech) and speech.path == speech16
+
+
+# ----------------------------------------------------------------------------------------------
+# streaming: scan_speech + speech_blocks + logfbank_stream (a file never held whole)
+# ----------------------------------------------------------------------------------------------
+def _streamed(path) -> tuple[audio.SpeechInfo, np.ndarray, int]:
+    info = audio.scan_speech(path)
+    biggest = 0
+
+    def blocks():
+        nonlocal biggest
+        for block in audio.speech_blocks(path):
+            biggest = max(biggest, block.shape[0])
+            yield block
+    rows = list(audio.logfbank_stream(blocks(), info))
+    return info, np.concatenate(rows), biggest
+
+
+@pytest.mark.parametrize("make", ["16k", "44k_stereo", "m4a"])
+def test_streamed_logfbank_is_bit_identical(make, data_dir, tmp_path, ffmpeg_exe, monkeypatch):
+    """The file decoded twice in blocks (scan, then rows) gives exactly logfbank(load_speech(...)), on the
+    soundfile path (with resampling) and on the ffmpeg pipe; blocks stay small."""
+    monkeypatch.setattr(audio, "_BLOCK_FRAMES", 4096)  # many blocks even for 4.8 s
+    monkeypatch.setattr(audio, "_FFT_CHUNK", 100)      # many logfbank chunks
+    monkeypatch.setattr(audio, "_SUM_BLOCK", 10_000)    # many sum blocks, not aligned with the decoded ones
+    path = data_dir / "audio" / ("speech_16k.wav" if make == "16k" else "speech_44k_stereo.wav")
+    if make == "m4a":
+        path2 = tmp_path / "speech.m4a"
+        subprocess.run([ffmpeg_exe, "-nostdin", "-y", "-loglevel", "error", "-i", str(path), "-c:a", "aac",
+                        str(path2)], check=True)
+        path = path2
+    speech = load_speech(path)
+    info, rows, biggest = _streamed(path)
+    assert (info.num_samples, info.source_sample_rate, info.source_channels, info.decoder) == \
+        (speech.num_samples, speech.source_sample_rate, speech.source_channels, speech.decoder)
+    assert info.num_logfbank_rows == len(rows)
+    assert np.array_equal(rows, logfbank(speech.samples))
+    assert biggest <= 4096 * 16000 // 44100 + 4096 // 8 if make != "16k" else biggest <= 4096
+
+
+def test_signal_stats_do_not_depend_on_the_pieces(monkeypatch):
+    monkeypatch.setattr(audio, "_SUM_BLOCK", 1000)
+    rng = np.random.default_rng(0)
+    # magnitudes from 1e-12 to 1: float64 sums of these round (seed 0: one pairwise sum of all differs
+    # from the 1000-sample block sums by 2.7e-15), so a different grouping would show
+    x = (rng.normal(size=12_345) * 10.0 ** rng.uniform(-12, 0, 12_345)).astype(np.float32)
+    whole = audio.SignalStats()
+    whole.feed(x)
+    for size in (1, 7, 999, 1000, 5000):
+        parts = audio.SignalStats()
+        for i in range(0, len(x), size):
+            parts.feed(x[i:i + size])
+        assert (parts.num_samples, parts.mean, parts.peak) == (whole.num_samples, whole.mean, whole.peak)
+    assert whole.peak == np.max(np.abs(x.astype(np.float64) - whole.mean))
+
+
+def test_open_ended_logfbank_stream_matches_within_rounding():
+    """Live use: rows come out as soon as their 400 samples are in (small chunks: equal up to float rounding)."""
+    x = (np.random.default_rng(4).normal(size=20_000) * 0.2).astype(np.float32)
+    stats = audio.SignalStats()
+    stats.feed(x)
+    stream = audio.LogfbankStream(None, stats.mean, stats.peak, chunk_frames=3)
+    rows, pending = [], 0
+    for i in range(0, len(x), 320):
+        got = stream.feed(x[i:i + 320])
+        rows += got
+        done = sum(len(r) for r in rows)
+        assert done == (min(i + 320, len(x)) - 400) // 160 + 1 or done == 0  # every complete frame, no more
+    rows += stream.finish()
+    np.testing.assert_allclose(np.concatenate(rows), logfbank(x), rtol=0, atol=1e-12)
+
+
+def test_scan_speech_errors_are_load_speech_errors(tmp_path, speech16):
+    silent = _write(tmp_path / "silent.wav", np.zeros(16000, np.float32), subtype="FLOAT")
+    with pytest.raises(AudioError, match="silent"):
+        audio.scan_speech(silent)
+    x, _ = sf.read(speech16, dtype="int16")
+    with pytest.raises(AudioTooShortError):
+        audio.scan_speech(_write(tmp_path / "short.wav", x[:MIN_NUM_SAMPLES - 1]))
+    with pytest.raises(InputError, match="not found"):
+        audio.scan_speech(tmp_path / "nope.wav")
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    with pytest.raises(AudioError, match="cannot decode"):
+        audio.scan_speech(corrupt)
+    stream = audio.LogfbankStream(20_000, 0.0, 1.0)
+    stream.feed(np.ones(100, np.float32))
+    with pytest.raises(AudioError, match="expected"):
+        stream.finish()

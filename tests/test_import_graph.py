@@ -29,7 +29,7 @@ LAYERS: dict[int, str] = {
     2: "io ffmpeg checkpoints devices",
     3: "audio image landmarks/ crop facetrack compose video keypoints rendering restore fomm/ mssync/ smac/ syncnet/ gfpgan/",
     4: "options renderers store/",
-    5: "pipeline reenact batch score",
+    5: "pipeline live reenact batch score",
     6: "cli cli_common cli_options cli_train ui doctor train/ __init__ __main__",
 }
 """Layer number -> the modules in it, lowest first. ``x`` is ``talkhead/x.py``; ``x/`` is the package

@@ -321,9 +321,10 @@ def test_smac_is_registered_for_reenact_and_refused_for_animate(tmp_path):
     assert "talkhead reenact --renderer smac" in result.output and not (tmp_path / "o.mp4").exists()
 
 
-def test_single_use_releases_the_motion_generator_before_rendering(tiny_models_dir, tmp_path, monkeypatch):
-    """``single_use`` (what `talkhead animate` runs) drops the MS-Sync model it loaded once the keypoints
-    exist, before any frame renders, without changing the video; the next animate loads it again."""
+def test_single_use_releases_the_motion_generator_after_the_last_window(tiny_models_dir, tmp_path, monkeypatch):
+    """The keypoints stream: the first frames render while MS-Sync is still generating; ``single_use`` (what
+    `talkhead animate` runs) drops the MS-Sync model it loaded once the last keypoint window exists, without
+    changing the video; the next animate loads it again."""
     import talkhead.mssync as mssync
 
     loads = []
@@ -337,10 +338,11 @@ def test_single_use_releases_the_motion_generator_before_rendering(tiny_models_d
     render = FOMM.render
     monkeypatch.setattr(FOMM, "render", lambda self, *a, **k: seen_at_render.append(pipe._motion) or render(self, *a, **k))
     first = pipe.animate(ASTRONAUT, SPEECH, tmp_path / "a.mp4")
-    assert seen_at_render and set(seen_at_render) == {None} and pipe._motion is None and len(loads) == 1
+    # 120 frames from 119 keypoint sets: the first renders before the keypoints are done, the held last one after
+    assert seen_at_render[0] is not None and seen_at_render[-1] is None and pipe._motion is None and len(loads) == 1
     del seen_at_render[:]
     second = pipe.animate(ASTRONAUT, SPEECH, tmp_path / "b.mp4")  # loads it again
-    assert len(loads) == 2 and seen_at_render and set(seen_at_render) == {None}
+    assert len(loads) == 2 and seen_at_render[0] is not None and seen_at_render[-1] is None
     kept = Pipeline(opts, landmarker=astronaut_face).animate(ASTRONAUT, SPEECH, tmp_path / "c.mp4")
     for result in (second, kept):
         assert torch.equal(result.kp_driving.value, first.kp_driving.value)
@@ -372,3 +374,17 @@ def test_one_animate_parses_its_renderer_config_once(tiny_models_dir, tmp_path, 
     assert tio.read_yaml_config(config, "test config") == {"a": 1} and len(parses) == 2
     config.write_text("a: 22\n")  # another size: parsed anew
     assert tio.read_yaml_config(config, "test config") == {"a": 22} and len(parses) == 3
+
+
+def test_streamed_animate_keypoints_equal_the_one_pass_generation(tiny_models_dir, tmp_path):
+    """animate decodes, computes the logfbank and generates the keypoints window by window while it renders;
+    the keypoints equal MS-Sync's one-pass generation from the whole file's logfbank."""
+    from talkhead.audio import speech_features
+
+    opts = AnimateOptions(models_dir=str(tiny_models_dir), device="cpu", offline=True, frame="crop")
+    pipe = Pipeline(opts, landmarker=astronaut_face)
+    result = pipe.animate(ASTRONAUT, SPEECH, tmp_path / "a.mp4")
+    one_pass = pipe.motion(result.kp_source, speech_features(SPEECH)[1])   # the whole sequence at once
+    assert len(result.kp_driving) == len(one_pass) == 119 and result.num_frames == 120
+    assert torch.allclose(result.kp_driving.value, one_pass.value, rtol=0, atol=1e-6)
+    assert torch.allclose(result.kp_driving.jacobian, one_pass.jacobian, rtol=0, atol=1e-6)

@@ -286,3 +286,43 @@ def frame_encoder(in_dim: int, width: int, out_dim: int) -> nn.Sequential:
     """
     return nn.Sequential(nn.Linear(in_dim, width), nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(),
                          nn.Linear(4 * width, out_dim))
+
+
+def align_corners_weights(in_len: int, out_len: int, frames: torch.Tensor,
+                          dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices and weights of linear resampling with ``align_corners=True``, for some output frames.
+
+    Output frame ``f`` of ``F.interpolate(x, size=out_len, mode="linear", align_corners=True)`` is
+    ``x[i0] * w0 + x[i1] * w1`` with ``r = f (in_len - 1) / (out_len - 1)`` (0 when ``out_len == 1``),
+    ``i0 = floor(r)``, ``i1 = min(i0 + 1, in_len - 1)``, ``w1 = r - i0``, ``w0 = 1 - w1``; ``r`` and the
+    weights are computed in float32 for float32 (and lower) tensors, as torch's CPU kernel does, so the
+    indices agree with it also for long clips (where float32 ``r`` is coarse). Used by
+    :meth:`MSSyncGenerator.embed_audio` and by the windowed rollout (:mod:`talkhead.mssync.windowed`), so
+    both compute every pyramid frame with the same arithmetic, element by element.
+
+    Args:
+        in_len: source length (>= 1); out_len: output length (>= 1).
+        frames: ``(F,)`` int64 output frame indices.
+        dtype: the dtype of the tensor to be resampled (the weights' dtype).
+
+    Returns:
+        ``(i0, i1, w0, w1)``, each ``(F,)`` (indices int64, weights ``dtype``) on ``frames``' device.
+    """
+    opmath = dtype if dtype == torch.float64 else torch.float32
+    if out_len > 1:
+        scale = torch.tensor(in_len - 1, dtype=opmath, device=frames.device) / (out_len - 1)
+    else:
+        scale = torch.zeros((), dtype=opmath, device=frames.device)
+    real = scale * frames.to(opmath)
+    i0 = real.floor().long().clamp_(max=in_len - 1)
+    w1 = (real - i0.to(opmath)).clamp_(0, 1)
+    w0 = 1 - w1
+    i1 = torch.where(i0 < in_len - 1, i0 + 1, i0)
+    return i0, i1, w0.to(dtype), w1.to(dtype)
+
+
+def resample_frames(level: torch.Tensor, i0: torch.Tensor, i1: torch.Tensor, w0: torch.Tensor,
+                    w1: torch.Tensor) -> torch.Tensor:
+    """``level[..., i0] * w0 + level[..., i1] * w1``: ``(B, C, n)`` -> ``(B, C, F)`` (see
+    :func:`align_corners_weights`; indices relative to ``level``'s first column)."""
+    return level[..., i0] * w0 + level[..., i1] * w1

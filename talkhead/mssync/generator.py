@@ -31,7 +31,7 @@ from torch import nn
 from ..checkpoints import load_checkpoint, load_state_dict_checked, require_finite
 from ..errors import CheckpointError
 from ..progress import Progress
-from .blocks import AudioPyramidEncoder, DeepMLP, frame_encoder
+from .blocks import AudioPyramidEncoder, DeepMLP, align_corners_weights, frame_encoder, resample_frames
 from .config import ARGS_NAME, CHECKPOINT_NAME, MSSyncConfig, resolve_model_dir
 
 MAX_CONTEXT_LENGTH = 40
@@ -118,11 +118,13 @@ class MSSyncGenerator(nn.Module):
 
         Returns:
             4 tensors ``(B, int(L/4), audio_dim)``: each level linearly interpolated
-            (``align_corners=True``) to ``int(L/4)`` frames. Reference: ``DynamicalModel.embed_audio``.
+            (``align_corners=True``, as ``F.interpolate``: :func:`~talkhead.mssync.blocks.align_corners_weights`) to ``int(L/4)`` frames. Reference: ``DynamicalModel.embed_audio``.
         """
         tgt_len = int(audio.shape[1] / 4)
         levels = self.encoder_a(audio)
-        out = tuple(F.interpolate(t, size=tgt_len, mode="linear", align_corners=True).transpose(1, 2) for t in levels)
+        frames = torch.arange(tgt_len, device=audio.device)
+        out = tuple(resample_frames(t, *align_corners_weights(t.shape[-1], tgt_len, frames, t.dtype)).transpose(1, 2)
+                    for t in levels)
         if trace is not None:
             for i, (raw, res) in enumerate(zip(levels, out)):
                 trace[f"fpn_raw_{i}"] = raw.detach()
