@@ -80,6 +80,10 @@ MIN_NUM_SAMPLES = 1361
 reference ``execute_model`` fails (a reflect-pad RuntimeError, or an IndexError when M <= 3 rows;
 see docs/fixtures.md, "minimum audio")."""
 
+MAX_CHANNELS = 8
+"""Most channels a speech file may have (7.1): the AAC track of the video cannot hold more, so a file
+with more is refused when it is opened, before any model runs."""
+
 SILENCE_PEAK = 1e-4
 """Audio whose peak absolute value after removing its mean is below this (full scale = 1.0,
 i.e. -80 dBFS, about 3 LSB of 16-bit audio) is rejected as silent: the reference normalisation
@@ -143,6 +147,9 @@ class _ToMono16k:
     def __init__(self, path: Path, rate: int, channels: int) -> None:
         if rate <= 0 or channels <= 0:
             raise AudioError(f"{path}: invalid audio stream ({rate} Hz, {channels} channels)")
+        if channels > MAX_CHANNELS:
+            raise AudioError(f"audio file {path} has {channels} channels; talkhead takes speech with at most "
+                             f"{MAX_CHANNELS} (mono or stereo is best): mix it down first")
         self.path, self.rate, self.channels = path, rate, channels
         self._stream = None
         if rate != SAMPLE_RATE:
@@ -282,6 +289,9 @@ def speech_blocks(path: str | os.PathLike, info: Optional[dict] = None) -> Itera
     path = Path(path)
     _check_readable(path)
     info = {} if info is None else info
+    if _looks_like_mp3(path):  # libsndfile's mpg123 prints its own lines on a damaged MP3: ffmpeg, quietly
+        yield from _blocks_ffmpeg(path, info)
+        return
     try:
         f = sf.SoundFile(os.fsencode(path))  # bytes: names that are not UTF-8 work too
     except sf.SoundFileError:
@@ -291,6 +301,16 @@ def speech_blocks(path: str | os.PathLike, info: Optional[dict] = None) -> Itera
         yield from _blocks_soundfile(f, path, info)
     except sf.SoundFileError as exc:
         raise _SoundfileFailed(f"cannot decode audio file {path}: {exc}") from None
+
+
+def _looks_like_mp3(path: Path) -> bool:
+    """An MP3 by its first bytes (an ID3 tag, or an MPEG audio frame sync), whatever its name."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(3)
+    except OSError:
+        return False
+    return head.startswith(b"ID3") or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE6 in (0xE2, 0xE4, 0xE6))
 
 
 class _SoundfileFailed(AudioError):
@@ -312,7 +332,8 @@ def _decode(path: Path) -> tuple[np.ndarray, int, int, str]:
 def load_speech(path: str | os.PathLike) -> Speech:
     """Decode an audio file into 16 kHz mono float32 :class:`Speech`.
 
-    libsndfile is tried first (wav, flac, ogg, mp3, aiff, ...); anything it cannot open goes
+    libsndfile is tried first (wav, flac, ogg, aiff, ...); MP3 (by its first bytes) and anything it
+    cannot open goes
     through ffmpeg (m4a/aac, mp4/mov/webm audio tracks, ...). Channels are averaged (the reference
     keeps channel 1 instead); other rates are resampled with soxr 'HQ'.
 

@@ -35,6 +35,11 @@ DEFAULT_ENHANCE_STRENGTH = 0.5
 DEFAULT_MAX_SIZE = 1920
 """``--max-size`` default: longest side of the output video, pixels."""
 
+DEFAULT_MAX_SECONDS = 1800.0
+"""``animate --max-seconds`` default: 30 minutes of speech, 45,000 frames at 25 fps, which is hours of
+rendering on a CPU (README, Performance); a longer input is refused before any model runs unless the
+limit is raised (0 = no limit)."""
+
 
 def opt(default, help: str, *flags: str, cli: bool = True, choices: tuple[str, ...] | None = None,
         auto: bool = False):
@@ -106,6 +111,8 @@ class AnimateOptions:
             :class:`talkhead.restore.FaceRestoreStage` with GFPGAN v1.4, installed with
             ``talkhead download gfpgan``; needs the face's landmarks, so not with ``crop="none"``).
         enhance_strength: blend of the restored face with the render, in [0, 1].
+        max_seconds: refuse speech longer than this many seconds (checked before any model runs);
+            ``0`` or ``None`` = no limit. Default :data:`DEFAULT_MAX_SECONDS`.
 
     Raises:
         InputError: a value out of range or not among the choices (quoted in the message).
@@ -146,6 +153,9 @@ class AnimateOptions:
                        "`talkhead download gfpgan` first).", choices=ENHANCERS)
     enhance_strength: float = opt(DEFAULT_ENHANCE_STRENGTH, "Blend of the restored face with the render, 0 to 1 "
                                   "(--enhance).")
+    max_seconds: Optional[float] = opt(DEFAULT_MAX_SECONDS, "Refuse speech longer than this many seconds, before "
+                                       "any model runs (30 min = 45,000 frames, hours of rendering on a CPU); "
+                                       "0 = no limit.")
 
     def __post_init__(self) -> None:
         check_choice("device", self.device, DEVICES)
@@ -186,6 +196,15 @@ class AnimateOptions:
             object.__setattr__(self, "models_dir", Path(self.models_dir))
         if self.motion_model is not None and not isinstance(self.motion_model, Path):
             object.__setattr__(self, "motion_model", Path(self.motion_model))
+        if self.max_seconds is not None:
+            try:
+                limit = float(self.max_seconds)
+            except (TypeError, ValueError):
+                raise InputError(f"--max-seconds must be a number of seconds >= 0, not {self.max_seconds!r}") from None
+            if isinstance(self.max_seconds, bool) or not limit >= 0 or math.isinf(limit):  # NaN fails too
+                raise InputError(f"--max-seconds must be a number of seconds >= 0 (0 = no limit), not "
+                                 f"{self.max_seconds!r}")
+            object.__setattr__(self, "max_seconds", limit or None)
 
 
 def parse_shard(value) -> tuple[int, int]:
@@ -220,7 +239,7 @@ class ReenactOptions(AnimateOptions):
         find_best_frame: FOMM demo ``--find_best_frame``: the initial driving frame is the one whose
             face is closest to the photo's (normalised 68 landmarks), not the first.
         fps: output frame rate (frames per second); ``None`` = the driving video's own.
-        max_seconds: refuse a driving video longer than this (seconds); ``None`` = no limit.
+        max_seconds: refuse a driving video longer than this (seconds); ``None`` (default) or ``0`` = no limit.
 
     Raises:
         InputError: a value out of range or not among the choices (quoted in the message).
@@ -234,14 +253,14 @@ class ReenactOptions(AnimateOptions):
                                 "(by landmarks), not from the first (FOMM demo --find_best_frame).",
                                 "--find-best-frame")
     fps: Optional[float] = opt(None, "Output frame rate [default: the driving video's].")
-    max_seconds: Optional[float] = opt(None, "Refuse driving videos longer than this many seconds.")
+    max_seconds: Optional[float] = same_as(AnimateOptions, "max_seconds", default=None,
+                                           help="Refuse driving videos longer than this many seconds [default: no "
+                                                "limit].")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.fps is not None and not 0 < self.fps <= 240:
             raise InputError(f"--fps must be in (0, 240], not {self.fps}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise InputError(f"--max-seconds must be more than 0, not {self.max_seconds}")
 
 
 @dataclass(frozen=True)

@@ -938,6 +938,15 @@ class SpeechMotion:
         self._info = scan_speech(self.path)
         self.duration_s = self._info.duration_s
         self.num_frames = num_video_frames(self.duration_s)
+        limit = pipeline.options.max_seconds
+        if limit is not None and self.duration_s > limit:
+            raise InputError(f"speech '{self.path}' lasts {_minutes(self.duration_s)}, more than --max-seconds "
+                             f"{limit:g} ({_minutes(limit)}): {self.num_frames:,} frames to render, hours on a CPU "
+                             "(README, Performance); raise --max-seconds (0 = no limit) to render it anyway")
+        peak = self._info.peak + abs(self._info.mean)
+        if peak > 1.0:  # only a float file can hold samples above full scale
+            pipeline.log(f"note: speech '{self.path}' peaks at {peak:.1f} x full scale: the keypoints use it as it "
+                         "is, but the video's audio track will be clipped (normalise the file to avoid it)")
 
     def _windows(self, run: MotionRun) -> Iterator[Keypoints]:
         from .audio import logfbank_stream, speech_blocks
@@ -966,6 +975,11 @@ class SpeechMotion:
         self._kept = []
         out = AnimateResult(**{**result, "duration_s": self.duration_s}, kp_driving=kp_driving)
         return out, ({"kp_driving": kp_driving} if kp_driving is not None else {}), {"fps": np.int64(FPS)}
+
+
+def _minutes(seconds: float) -> str:
+    """``95.0`` -> ``"1.6 min"``; under a minute, seconds."""
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
 def animate(image: str | Path, audio: str | Path, output: str | Path, options: AnimateOptions = AnimateOptions(),

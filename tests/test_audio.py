@@ -204,8 +204,8 @@ def test_compressed_formats(name, tmp_path, speech16, ref_features, ffmpeg_exe, 
                     *extra, str(path)], check=True)
     speech, fb = speech_features(path)
     assert abs(speech.num_samples - N_SPEECH) <= 160  # encoder delay removed, within one hop
-    if name.startswith("m4a"):
-        assert speech.decoder == "ffmpeg"  # libsndfile does not read MP4/AAC
+    if name.startswith("m4a") or name == "mp3":
+        assert speech.decoder == "ffmpeg"  # libsndfile does not read MP4/AAC; MP3 goes to ffmpeg, quietly
     if name == "m4a_48k_stereo":
         assert (speech.source_sample_rate, speech.source_channels) == (48000, 2)
     n = min(len(fb), len(ref_features))
@@ -215,6 +215,44 @@ def test_compressed_formats(name, tmp_path, speech16, ref_features, ffmpeg_exe, 
     else:
         # measured mean abs 0.03-0.14; a 10 ms misalignment alone gives 0.57
         assert d.mean() < 0.25, d.mean()
+
+
+def test_damaged_mp3_decodes_quietly_through_ffmpeg(tmp_path, speech16, ffmpeg_exe):
+    """An MP3 with damaged frames: decoded by ffmpeg (the frames it can read), nothing printed by a
+    decoder library on stderr (libsndfile's mpg123 printed a dozen lines before talkhead's own); also
+    under a name that hides what it is."""
+    import sys
+
+    good = tmp_path / "speech.mp3"
+    subprocess.run([ffmpeg_exe, "-nostdin", "-y", "-loglevel", "error", "-i", str(speech16), "-c:a", "libmp3lame",
+                    "-b:a", "64k", str(good)], check=True)
+    data = bytearray(good.read_bytes())
+    rng = np.random.default_rng(0)
+    for i in range(2000, 20000, 997):
+        data[i:i + 40] = rng.integers(0, 256, 40, dtype=np.uint8).tobytes()
+    bad = tmp_path / "damaged.audio"
+    bad.write_bytes(bytes(data))
+    code = ("import sys; from talkhead.audio import load_speech; s = load_speech(sys.argv[1]); "
+            "print(s.decoder, round(s.duration_s, 2))")
+    proc = subprocess.run([sys.executable, "-c", code, str(bad)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    decoder, seconds = proc.stdout.split()
+    assert decoder == "ffmpeg" and abs(float(seconds) - N_SPEECH / 16000) < 0.2
+    assert proc.stderr == ""
+
+
+def test_more_channels_than_a_video_track_holds_is_one_line_at_once(tmp_path):
+    """A 256-channel WAV is refused when it is opened (before any model runs), in one line; 8 channels
+    (7.1) are taken."""
+    path = tmp_path / "many.wav"
+    sf.write(path, np.random.default_rng(0).normal(0, 0.1, (1600, 256)).astype(np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError) as info:
+        audio.scan_speech(path)
+    msg = str(info.value)
+    assert "256 channels" in msg and "at most 8" in msg and "\n" not in msg
+    eight = tmp_path / "eight.wav"
+    sf.write(eight, np.random.default_rng(0).normal(0, 0.1, (3200, 8)).astype(np.float32), 16000, subtype="FLOAT")
+    assert audio.scan_speech(eight).source_channels == 8
 
 
 def test_file_without_audio_stream(tmp_path, ffmpeg_exe):

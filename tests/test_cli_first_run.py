@@ -166,3 +166,42 @@ def test_verbose_is_accepted_after_the_subcommand(tmp_path, no_dns):
     proc = subprocess.run([sys.executable, "-m", "talkhead", "doctor", "--models-dir", str(tmp_path / "m"), "-v"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "No such option" not in proc.stderr, proc.stderr
+
+
+def test_max_seconds_refuses_long_speech_before_any_model(tmp_path, no_dns):
+    """``--max-seconds``: speech longer than the limit is one line naming both durations and the way on,
+    before any checkpoint is looked for (the models folder is empty); 0 lifts the limit (the run then
+    stops at the missing checkpoints); a negative or NaN limit is a usage error."""
+    args = ("animate", ASTRONAUT, SPEECH, "-o", tmp_path / "x.mp4", "--models-dir", tmp_path / "m",
+            "--landmarker", "dlib", "--offline")
+    line = assert_clean_error(run_cli(*args, "--max-seconds", "2"), "lasts 4.8 s", "--max-seconds 2")
+    assert "0 = no limit" in line and "120 frames" in line
+    assert_clean_error(run_cli(*args, "--max-seconds", "0"), "missing")
+    for bad in ("-1", "nan"):
+        assert_clean_error(run_cli(*args, "--max-seconds", bad), "--max-seconds must be")
+    from talkhead.options import DEFAULT_MAX_SECONDS, AnimateOptions
+
+    assert AnimateOptions().max_seconds == DEFAULT_MAX_SECONDS == 1800
+
+
+def test_speech_above_full_scale_is_said_once(tmp_path):
+    """A float WAV far above full scale: a note that the video's audio will be clipped (the keypoints
+    use it as is); a normal file says nothing."""
+    import soundfile as sf
+
+    from talkhead.options import AnimateOptions
+    from talkhead.pipeline import SpeechMotion
+
+    samples, rate = sf.read(SPEECH, dtype="float32")
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, samples * 8.0, rate, subtype="FLOAT")
+
+    class Stub:
+        options = AnimateOptions(landmarker="dlib", device="cpu")
+        lines: list = []
+        log = lines.append
+
+    SpeechMotion(loud).prepare(Stub)
+    assert len(Stub.lines) == 1 and "x full scale" in Stub.lines[0] and "clipped" in Stub.lines[0]
+    SpeechMotion(SPEECH).prepare(Stub)
+    assert len(Stub.lines) == 1
