@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import cli_train
-from .cli_common import (ModelsDir, Quiet, State, StageBars, err_console, errors, finish_help, out_console, progress_bars,
+from .cli_common import (ModelsDir, Quiet, State, StageBars, syncnet_scoring, err_console, errors, finish_help, out_console, progress_bars,
                          show_details)
 from .cli_options import with_options
 from .errors import TalkheadError
@@ -324,34 +324,15 @@ def score(
     """
     from rich.markup import escape as esc
 
-    from .devices import resolve_device
-    from .facetrack import face_detector
     from .io import atomic_output, check_not_input, printable
-    from .landmarks import get_landmarker, resolve_landmarker
-    from .score import load_scorer, score_videos, summary
+    from .score import score_videos, summary
 
     with errors():
         if json_out is not None:
             check_not_input(json_out, *videos)
             sink = atomic_output(json_out, overwrite=True)  # checked now, before any model loads
-        dev = resolve_device(device)
-        backend, note = resolve_landmarker(landmarker, offline=offline)
-        if note and not quiet:
-            err_console.print(f"[yellow]note:[/] {esc(note)}", highlight=False)
-        model = load_scorer(syncnet, models_dir, device=str(dev))
-        get_landmarker(backend, str(dev), offline=offline)  # a missing backend fails once, here
-        detect = face_detector(backend, str(dev), None)
-        with progress_bars(quiet) as progress:
-            bars = StageBars(progress, {"syncnet": "windows"})
-            overall = progress.add_task("videos", total=len(videos), unit="videos")
-
-            def on_video(item) -> None:
-                bars.reset()
-                progress.advance(overall)
-                if item.error is not None:
-                    progress.console.print(f"[red]failed[/] {esc(printable(item.path))}: {esc(item.error)}",
-                                           highlight=False, soft_wrap=True)
-
+        with syncnet_scoring(syncnet, landmarker, offline, models_dir, device, quiet, total=len(videos),
+                             label="videos", failed="failed") as (model, detect, bars, on_video):
             items = score_videos(model, videos, detect=detect, progress=bars, on_video=on_video)
         mean = summary(items)
         table = Table(title="talkhead score (SyncNet)")

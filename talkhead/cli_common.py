@@ -255,3 +255,45 @@ class StageBars:
 
 __all__ = ["err_console", "out_console", "State", "Terminated", "fail", "errors", "progress_bars", "StageBars",
            "help_text", "finish_help", "show_details"]
+
+
+@contextlib.contextmanager
+def syncnet_scoring(syncnet, landmarker: str, offline: bool, models_dir, device: str, quiet: bool, *,
+                    total: int, label: str, failed: str):
+    """The command-line side of SyncNet scoring, shared by ``score`` and ``evaluate --videos``: the
+    landmarker (its fallback note), the SyncNet (:func:`talkhead.score.load_scorer`), the face detector
+    and the progress bars.
+
+    Yields:
+        ``(model, detect, progress, on_video)`` for :func:`talkhead.score.score_videos`: ``on_video``
+        advances the ``label`` bar (``total`` videos) and prints ``"<failed> VIDEO: reason"`` for a
+        video that could not be scored.
+
+    Raises:
+        InputError: SyncNet not installed (names ``talkhead download syncnet``); as
+        :func:`talkhead.landmarks.get_landmarker` for a missing landmark backend.
+    """
+    from .devices import resolve_device
+    from .facetrack import face_detector
+    from .landmarks import get_landmarker, resolve_landmarker
+    from .score import load_scorer
+
+    dev = str(resolve_device(device))
+    backend, note = resolve_landmarker(landmarker, offline=offline)
+    if note and not quiet:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    model = load_scorer(syncnet, models_dir, device=dev)
+    get_landmarker(backend, dev, offline=offline)  # a missing backend fails once, here
+    detect = face_detector(backend, dev, None)
+    with progress_bars(quiet) as progress:
+        bars = StageBars(progress, {"syncnet": "windows"})
+        overall = progress.add_task(label, total=total, unit="videos")
+
+        def on_video(item) -> None:
+            bars.reset()
+            progress.advance(overall)
+            if item.error is not None:
+                progress.console.print(f"[red]{failed}[/] {escape(printable(item.path))}: {escape(item.error)}",
+                                       highlight=False, soft_wrap=True)
+
+        yield model, detect, bars, on_video

@@ -21,7 +21,7 @@ import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .cli_common import ModelsDir, Quiet, StageBars, err_console, errors, out_console, progress_bars
+from .cli_common import ModelsDir, Quiet, StageBars, err_console, errors, out_console, progress_bars, syncnet_scoring
 from rich.markup import escape
 
 from .cli_options import with_options
@@ -273,32 +273,11 @@ def _source_video(source: str) -> Optional[Path]:
 
 def _syncnet_scores(rows, syncnet, landmarker, offline, models_dir, quiet) -> dict:
     """:func:`talkhead.train.syncnet_rows` with the CLI's SyncNet, landmarker and progress bars."""
-    from .devices import resolve_device
-    from .facetrack import face_detector
-    from .io import printable
-    from .landmarks import get_landmarker, resolve_landmarker
-    from .score import load_scorer
     from .train import syncnet_rows
 
-    dev = str(resolve_device("auto"))
-    backend, note = resolve_landmarker(landmarker, offline=offline)
-    if note and not quiet:
-        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    model = load_scorer(syncnet, models_dir, device=dev)
-    get_landmarker(backend, dev, offline=offline)  # a missing backend fails once, here
-    detect = face_detector(backend, dev, None)
-    with progress_bars(quiet) as progress:
-        bars = StageBars(progress, {"syncnet": "windows"})
-        overall = progress.add_task("SyncNet", total=sum(p is not None for v in rows.values() for p in v),
-                                    unit="videos")
-
-        def on_video(item) -> None:
-            bars.reset()
-            progress.advance(overall)
-            if item.error is not None:
-                progress.console.print(f"[red]not scored[/] {escape(printable(item.path))}: {escape(item.error)}",
-                                       highlight=False, soft_wrap=True)
-
+    total = sum(p is not None for v in rows.values() for p in v)
+    with syncnet_scoring(syncnet, landmarker, offline, models_dir, "auto", quiet, total=total, label="SyncNet",
+                         failed="not scored") as (model, detect, bars, on_video):
         return syncnet_rows(model, rows, detect=detect, progress=bars, on_video=on_video)
 
 
