@@ -268,12 +268,15 @@ def _check_readable(path: Path) -> None:
         raise InputError(f"audio file is not readable (permission denied): {path}")
 
 
-def speech_blocks(path: str | os.PathLike, info: Optional[dict] = None) -> Iterator[np.ndarray]:
+def speech_blocks(path: str | os.PathLike, info: Optional[dict] = None, *,
+                  decoder: Optional[str] = None) -> Iterator[np.ndarray]:
     """The file's speech as 16 kHz mono float32 blocks, decoded as they are read (what :func:`load_speech`
     holds whole, in pieces): libsndfile when it opens the file, else ffmpeg piping raw PCM.
 
     Args:
         path: the audio file.
+        decoder: ``"ffmpeg"`` to go straight to ffmpeg (a file :func:`scan_speech` found libsndfile
+            fails inside: pass its :attr:`SpeechInfo.decoder`); ``None``: choose as described.
         info: optional dict receiving ``source_sample_rate``, ``source_channels`` and ``decoder`` once
             the stream is open.
 
@@ -289,7 +292,7 @@ def speech_blocks(path: str | os.PathLike, info: Optional[dict] = None) -> Itera
     path = Path(path)
     _check_readable(path)
     info = {} if info is None else info
-    if _looks_like_mp3(path):  # libsndfile's mpg123 prints its own lines on a damaged MP3: ffmpeg, quietly
+    if decoder == "ffmpeg" or _looks_like_mp3(path):  # libsndfile's mpg123 prints its own lines on a damaged MP3: ffmpeg, quietly
         yield from _blocks_ffmpeg(path, info)
         return
     try:
@@ -567,14 +570,19 @@ class SignalStats:
         mean = self.mean
         return max(self._max - mean, mean - self._min)
 
+    @property
+    def max_abs(self) -> float:
+        """The largest ``|x|`` fed, in full-scale units (1.0 = full scale); 0.0 before any sample."""
+        return max(self._max, -self._min) if self.num_samples else 0.0
+
 
 @dataclass(frozen=True)
 class SpeechInfo:
     """What :func:`scan_speech` learnt from a file without keeping its samples.
 
     Attributes:
-        path: the file. num_samples: 16 kHz mono samples N. mean, peak: :class:`SignalStats` of them
-        (float64). source_sample_rate, source_channels, decoder: as in :class:`Speech`.
+        path: the file. num_samples: 16 kHz mono samples N. mean, peak, max_abs: :class:`SignalStats` of
+        them (float64; max_abs above 1.0 = samples beyond full scale, only a float file holds them). source_sample_rate, source_channels, decoder: as in :class:`Speech`.
     """
 
     path: Path
@@ -584,6 +592,7 @@ class SpeechInfo:
     source_sample_rate: int
     source_channels: int
     decoder: str
+    max_abs: float = 0.0
 
     @property
     def duration_s(self) -> float:
@@ -619,7 +628,7 @@ def scan_speech(path: str | os.PathLike) -> SpeechInfo:
     _check_length_and_level(path, stats.num_samples, stats.peak)
     return SpeechInfo(path=path, num_samples=stats.num_samples, mean=stats.mean, peak=stats.peak,
                       source_sample_rate=int(info.get("source_sample_rate", 0)),
-                      source_channels=int(info.get("source_channels", 0)), decoder=info.get("decoder", "ffmpeg"))
+                      source_channels=int(info.get("source_channels", 0)), decoder=info.get("decoder", "ffmpeg"), max_abs=stats.max_abs)
 
 
 def _check_length_and_level(path: Path, n: int, peak: float) -> None:

@@ -116,7 +116,8 @@ class _Utterance:
         self.pyramid = AudioPyramidStream(model.encoder_a, None, None, device=param.device, dtype=param.dtype,
                                           chunk_rows=_ENCODER_CHUNK)
         with torch.inference_mode():
-            inpt = build_warmup_input(kp_start.to(param.device, param.dtype), obs_len=model.config.obs_len)
+            inpt = build_warmup_input(kp_start.to(param.device, param.dtype), obs_len=model.config.obs_len,
+                                      num_kp=model.config.num_kp)
             self.rollout = Rollout(model, inpt, self.pyramid)
         self.kp_frames: list[Keypoints] = []  # MS-Sync frames made, from index kp_base
         self.kp_base = 0

@@ -943,7 +943,7 @@ class SpeechMotion:
             raise InputError(f"speech '{self.path}' lasts {_minutes(self.duration_s)}, more than --max-seconds "
                              f"{limit:g} ({_minutes(limit)}): {self.num_frames:,} frames to render, hours on a CPU "
                              "(README, Performance); raise --max-seconds (0 = no limit) to render it anyway")
-        peak = self._info.peak + abs(self._info.mean)
+        peak = self._info.max_abs
         if peak > 1.0:  # only a float file can hold samples above full scale
             pipeline.log(f"note: speech '{self.path}' peaks at {peak:.1f} x full scale: the keypoints use it as it "
                          "is, but the video's audio track will be clipped (normalise the file to avoid it)")
@@ -952,7 +952,7 @@ class SpeechMotion:
         from .audio import logfbank_stream, speech_blocks
 
         pipeline, info = run.pipeline, self._info
-        chunks = logfbank_stream(speech_blocks(self.path), info)
+        chunks = logfbank_stream(speech_blocks(self.path, decoder=info.decoder), info)
         motion = pipeline.motion
         if hasattr(motion, "stream"):
             windows = motion.stream(run.kp_source, chunks, info.num_logfbank_rows, window=KEYPOINT_WINDOW,

@@ -224,14 +224,14 @@ class FaceRestoreStage:
             raise ValueError(f"the restore stage takes ({len(kp_driving)}, 3, {self.size}, {self.size}) frames, "
                              f"got {tuple(frames.shape)}")
         N, S2 = self.face_size, self.out_size
+        up = F.interpolate(frames, scale_factor=UPSCALE, mode=self.upsample_mode, align_corners=False)
+        if self.strength == 0.0:  # nothing of the restored face is kept: do not run the restorer
+            return up.clamp(0.0, 1.0)
         M = _homogeneous(self.alignments(kp_driving))                    # crop px -> aligned px
         aligned = warp_affine(frames, torch.linalg.inv(M)[:, :2], (N, N))
         restored = self.restorer(aligned).to(frames.dtype)
         if self.colour:
             restored = self.colour_match(restored, aligned)
-        up = F.interpolate(frames, scale_factor=UPSCALE, mode=self.upsample_mode, align_corners=False)
-        if self.strength == 0.0:
-            return up.clamp(0.0, 1.0)
         # 2S pixel u2 -> crop pixel u = (u2 + 0.5) / UPSCALE - 0.5 -> aligned pixel M u
         scale = torch.tensor([[1.0 / UPSCALE, 0.0, 0.5 / UPSCALE - 0.5], [0.0, 1.0 / UPSCALE, 0.5 / UPSCALE - 0.5],
                               [0.0, 0.0, 1.0]], dtype=M.dtype)

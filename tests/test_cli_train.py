@@ -155,3 +155,15 @@ def test_merge_shards_cli(tmp_path):
     assert sorted(ids) == ["s0-synth_0000", "s0-synth_0001", "s1-synth_0000", "s1-synth_0001"] and "4 clips" in result.output
     result = run_cli("merge-shards", tmp_path / "missing", "-o", tmp_path / "all")
     assert_clean_error(result, "shard folder not found", "missing")
+
+
+def test_evaluate_refuses_ground_truth_of_another_keypoint_space(runs, tmp_path):
+    """Keypoints of the syncers' shape (10 x 6) but another renderer's space are not scored by them: one
+    line naming both spaces, exit 2."""
+    data = tmp_path / "other"
+    shutil.copytree(runs["data"], data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest.update(keypoint_space="other", num_kp=10, kp_dim=6)
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    result = run_cli("evaluate", data, "--ground-truth", data, "--syncers", runs["syncers"])
+    assert_clean_error(result, "other", "fomm")

@@ -14,6 +14,8 @@ from typing import Optional, Union
 
 import torch
 
+from ..fomm.model import PRECISION_DTYPES
+
 from ..checkpoints import check_top_level, load_checkpoint, load_state_dict_checked, require_finite
 from ..errors import CheckpointError, StateDictMismatchError
 from .layout import ENTRY, check_state_dict, config_from_state_dict
@@ -85,7 +87,7 @@ class GFPGANRestorer(torch.nn.Module):
         if self.precision == "fp32":
             out = self.net(x)
         else:
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            dtype = PRECISION_DTYPES[self.precision]  # KeyError on a value that is not a precision
             with torch.autocast(device_type=x.device.type, dtype=dtype):
                 out = self.net(x)
         return ((out.float().clamp(-1.0, 1.0) + 1.0) * 0.5)
