@@ -320,14 +320,32 @@ class _SoundfileFailed(AudioError):
     """libsndfile opened the file but failed inside it (:func:`load_speech` then tries ffmpeg)."""
 
 
+class _Blocks(list):
+    """A sink of :func:`_feed_blocks` that keeps every block."""
+
+    feed = list.append
+
+
+def _feed_blocks(path: Path, new_sink):
+    """Feed every 16 kHz block of ``path`` (:func:`speech_blocks`) to ``new_sink()``; when libsndfile
+    opened the file but fails inside it, start again with ffmpeg and a fresh sink (the one fallback
+    :func:`load_speech` and :func:`scan_speech` share). Returns ``(sink, info)``."""
+    for decoder in (None, "ffmpeg"):
+        info: dict = {}
+        sink = new_sink()
+        try:
+            for block in speech_blocks(path, info, decoder=decoder):
+                sink.feed(block)
+            return sink, info
+        except _SoundfileFailed:
+            if decoder == "ffmpeg":
+                raise
+    raise AssertionError("unreachable")
+
+
 def _decode(path: Path) -> tuple[np.ndarray, int, int, str]:
     """All samples (16 kHz mono float32), the source rate and channels, and the decoder used."""
-    info: dict = {}
-    try:
-        parts = list(speech_blocks(path, info))
-    except _SoundfileFailed:
-        info = {}  # libsndfile opened the file but failed inside it: ffmpeg may read it
-        parts = list(_blocks_ffmpeg(path, info))
+    parts, info = _feed_blocks(path, _Blocks)
     samples = np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
     return samples, info.get("source_sample_rate", 0), info.get("source_channels", 0), info.get("decoder", "ffmpeg")
 
@@ -355,8 +373,7 @@ def load_speech(path: str | os.PathLike) -> Speech:
         FFmpegError: the file needs ffmpeg and no ffmpeg binary is available.
     """
     path = Path(path)
-    _check_readable(path)
-    samples, rate, channels, decoder = _decode(path)
+    samples, rate, channels, decoder = _decode(path)  # speech_blocks checks the file is there and readable
 
     stats = SignalStats()
     stats.feed(samples)
@@ -615,20 +632,12 @@ def scan_speech(path: str | os.PathLike) -> SpeechInfo:
         as :func:`load_speech`.
     """
     path = Path(path)
-    _check_readable(path)
-    info: dict = {}
-    stats = SignalStats()
-    try:
-        for block in speech_blocks(path, info):
-            stats.feed(block)
-    except _SoundfileFailed:
-        info, stats = {}, SignalStats()
-        for block in _blocks_ffmpeg(path, info):
-            stats.feed(block)
+    stats, info = _feed_blocks(path, SignalStats)
     _check_length_and_level(path, stats.num_samples, stats.peak)
     return SpeechInfo(path=path, num_samples=stats.num_samples, mean=stats.mean, peak=stats.peak,
                       source_sample_rate=int(info.get("source_sample_rate", 0)),
-                      source_channels=int(info.get("source_channels", 0)), decoder=info.get("decoder", "ffmpeg"), max_abs=stats.max_abs)
+                      source_channels=int(info.get("source_channels", 0)), decoder=info.get("decoder", "ffmpeg"),
+                      max_abs=stats.max_abs)
 
 
 def _check_length_and_level(path: Path, n: int, peak: float) -> None:

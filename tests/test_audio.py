@@ -436,3 +436,23 @@ def test_scan_speech_errors_are_load_speech_errors(tmp_path, speech16):
     stream.feed(np.ones(100, np.float32))
     with pytest.raises(AudioError, match="expected"):
         stream.finish()
+
+
+def test_a_file_libsndfile_fails_inside_is_read_by_ffmpeg_on_every_path(monkeypatch, speech16):
+    """libsndfile opens the file but fails part-way (a damaged file): load_speech and scan_speech start
+    again with ffmpeg, and the streamed decode the pipeline runs after the scan goes straight to the
+    decoder the scan settled on, so it reads every sample too."""
+    def fails_inside(f, path, info):
+        with f:
+            yield np.zeros(160, np.float32)
+            raise sf.SoundFileError("damaged block")
+
+    monkeypatch.setattr(audio, "_blocks_soundfile", fails_inside)
+    speech = load_speech(speech16)
+    assert speech.decoder == "ffmpeg" and speech.num_samples == N_SPEECH
+    info = audio.scan_speech(speech16)
+    assert info.decoder == "ffmpeg" and info.num_samples == N_SPEECH
+    streamed = np.concatenate(list(audio.speech_blocks(speech16, decoder=info.decoder)))
+    np.testing.assert_array_equal(streamed, speech.samples)
+    with pytest.raises(AudioError, match="damaged block"):
+        list(audio.speech_blocks(speech16))  # without it, the second decode fails where the scan did
