@@ -291,8 +291,8 @@ def load_eval_pairs(generated: Path, ground_truth: Path, split: Optional[str] = 
     """Match generated sequences to ground-truth clips by clip id.
 
     ``generated`` is a training-data folder (``manifest.json``) or a folder of ``<clip id>.npz`` files
-    holding ``keypoints (T,10,6)`` or the ``--save-keypoints`` arrays ``kp_driving_value (T,10,2)`` +
-    ``kp_driving_jacobian (T,10,2,2)``.
+    holding ``keypoints (T,K,6)`` or the ``--save-keypoints`` arrays ``kp_driving_value (T,K,2)`` +
+    ``kp_driving_jacobian (T,K,2,2)`` (``K``: the keypoint space's count, 10 for FOMM).
 
     Returns:
         ``(generated, ground_truth)``: two equally long lists of mappings with ``id`` (the clip id) and

@@ -184,3 +184,16 @@ def test_a_run_config_of_another_space_is_refused(tmp_path):
         settle_run_space({"keypoint_space": "fomm", "num_kp": 10, "kp_dim": 6}, tmp_path / "smac", resume=True)
     with pytest.raises(DataFormatError, match="the run config holds the smac keypoint space \\(10 keypoints"):
         settle_run_space({"num_kp": 10}, tmp_path / "smac")
+
+
+def test_a_motion_model_data_dim_of_neither_2_nor_6_is_a_config_error(tiny_args):
+    """``data_dim`` 4 is not a keypoint space (points are 2 numbers, points + jacobian 6): asking the
+    config for its space is one ConfigError, not a space that describes the model wrongly."""
+    import dataclasses
+
+    from talkhead.errors import ConfigError
+    from talkhead.mssync.config import MSSyncConfig
+
+    cfg = dataclasses.replace(MSSyncConfig.from_dict(tiny_args), data_dim=4)
+    with pytest.raises(ConfigError, match="kp_dim must be"):
+        cfg.space

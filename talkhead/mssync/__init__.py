@@ -6,7 +6,7 @@ Public API:
 - :class:`MSSyncGenerator` - the reference ``DynamicalModel`` (training forward + inference rollout).
 - :class:`MSSyncDiscriminator` - the reference training ``Discriminator``.
 - :func:`load_mssync` - a released model directory (``args`` + ``model_chkpt.pt``) -> generator.
-- :func:`generate_keypoints` - kp_source + logfbank ``(M, 26)`` -> kp_driving Keypoints ``(T, 10, ...)``
+- :func:`generate_keypoints` - kp_source + logfbank ``(M, 26)`` -> kp_driving Keypoints ``(T, K, ...)`` (``K = config.num_kp``, 10 released)
   at 25 fps, exactly as the reference ``execute_model``.
 - :class:`MSSyncMotion` - the pipeline's motion generator over a loaded model.
 - :func:`num_frames`, :data:`MIN_NUM_SAMPLES` - the frame-count rule for 16-kHz audio.

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ..constants import KP_DIM, NUM_KP
+from ..constants import NUM_KP
 from ..errors import CheckpointError, ConfigError
 from ..keypoints import FOMM_SPACE, KeypointSpace
 
@@ -386,8 +386,15 @@ class MSSyncConfig:
     @property
     def space(self) -> KeypointSpace:
         """The keypoint space the model generates: ``keypoint_space``'s ``num_kp`` keypoints, with
-        jacobians when ``data_dim`` is 6 (:data:`talkhead.keypoints.FOMM_SPACE` for the released model)."""
-        return KeypointSpace(self.keypoint_space, self.num_kp, self.data_dim == KP_DIM)
+        jacobians when ``data_dim`` is 6 (:data:`talkhead.keypoints.FOMM_SPACE` for the released model).
+
+        Raises:
+            ConfigError: ``data_dim`` is neither 2 nor 6.
+        """
+        try:
+            return KeypointSpace.from_kp_dim(self.keypoint_space, self.num_kp, self.data_dim)
+        except ValueError as exc:  # a data_dim that is neither 2 (points) nor 6 (points + jacobians)
+            raise ConfigError(f"MS-Sync args: {exc}") from None
 
     @property
     def frame_dim(self) -> int:

@@ -115,7 +115,7 @@ def av_sync_clip(syncers: SyncerPyramid, keypoints: np.ndarray | torch.Tensor, l
     """|AV-Off| and AV-Conf of one clip at every pyramid level.
 
     Args:
-        keypoints: ``(T, 10, 6)``; logfbank: ``(M, 26)``; the clip is cut to ``min(T, M // 4)``
+        keypoints: ``(T, K, d)`` in the syncers' space (FOMM: ``(T, 10, 6)``); logfbank: ``(M, 26)``; the clip is cut to ``min(T, M // 4)``
             frames, then to a multiple of ``2**(levels-1)``.
 
     Returns:
