@@ -248,17 +248,16 @@ def evaluate(
     """
     from .io import atomic_output
     from .train import evaluate as run, format_table, load_syncers
-    from .train.data import mixed_spaces_error, read_data_space
+    from .train.data import read_data_space, require_same_space
 
     with errors():
         gen, gt = load_eval_pairs(generated, ground_truth, split)
         if videos is not None and not videos.is_dir():
             raise InputError(f"--videos folder not found: {videos}")
         pyramid = load_syncers(syncers)
-        truth_space = read_data_space(ground_truth)
-        if truth_space != pyramid.space:  # same shapes are not the same keypoints (another renderer's 10 x 6)
-            raise mixed_spaces_error(f"the syncers {syncers}", pyramid.space, truth_space,
-                                     f"the ground truth {ground_truth}")
+        # same shapes are not the same keypoints (another renderer's 10 x 6)
+        require_same_space(f"the syncers {syncers}", pyramid.space, read_data_space(ground_truth),
+                           f"the ground truth {ground_truth}")
         result = run(gen, gt, pyramid)
         if videos is not None:
             rows = {"generated": [videos / f"{g['id']}.mp4" for g in gen],

@@ -137,10 +137,16 @@ def _manifest_header(space: KeypointSpace = FOMM_SPACE) -> dict:
             "keypoint_space": space.renderer, "num_kp": space.num_kp, "kp_dim": space.kp_dim, "n_filt": N_FILT}
 
 
-def mixed_spaces_error(where: str, have: KeypointSpace, new: KeypointSpace, what: str) -> DataFormatError:
-    """The one-line refusal to mix two keypoint spaces: ``where`` holds ``have``, ``what`` is ``new``."""
-    return DataFormatError(f"{where} holds {have.describe()}, but {what} is {new.describe()}: keypoints of two "
-                           "spaces cannot be mixed; use a separate folder per renderer")
+def require_same_space(where: str, have: KeypointSpace, new: KeypointSpace, what: str) -> None:
+    """The one check that two keypoint spaces are the same (data folders, shards, run configs, syncers,
+    evaluation): ``where`` holds ``have``, ``what`` is ``new``.
+
+    Raises:
+        DataFormatError: they differ (one line naming both).
+    """
+    if have != new:
+        raise DataFormatError(f"{where} holds {have.describe()}, but {what} is {new.describe()}: keypoints of two "
+                              "spaces cannot be mixed; use a separate folder per renderer")
 
 
 SPACE_CONFIG_KEYS = ("keypoint_space", "num_kp", "kp_dim")
@@ -167,8 +173,7 @@ def settle_run_space(model: dict, data_dir: str | Path, *, resume: bool = False)
         except (TypeError, ValueError) as exc:
             raise DataFormatError(f"bad keypoint space in the run config (model.{', model.'.join(SPACE_CONFIG_KEYS)}): "
                                   f"{exc}") from None
-        where = "the run being resumed" if resume else "the run config"
-        raise mixed_spaces_error(where, have, space, f"{data_dir}'s data")
+        require_same_space("the run being resumed" if resume else "the run config", have, space, f"{data_dir}'s data")
     model.update(want)
     return space
 
@@ -344,8 +349,7 @@ class DatasetWriter:
         self._clips: dict[str, ClipInfo] = {}
         if (self.data_dir / DATA_MANIFEST_NAME).is_file():
             clips, have = read_data(self.data_dir)
-            if have != space:
-                raise mixed_spaces_error(str(self.data_dir), have, space, "this run's keypoints")
+            require_same_space(str(self.data_dir), have, space, "this run's keypoints")
             self._clips = {c.id: c for c in clips}
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._pending = 0

@@ -73,7 +73,7 @@ from ..errors import ConfigError
 from ..mssync import MSSyncConfig, MSSyncDiscriminator, MSSyncGenerator
 from ..mssync.config import ARGS_NAME, CHECKPOINT_NAME, DISCRIMINATOR_WINDOWS
 from ..mssync.discriminators import ProjectionDisc
-from .data import ClipStore, DataFormatError, WindowDataset, mixed_spaces_error, settle_run_space
+from .data import ClipStore, DataFormatError, WindowDataset, require_same_space, settle_run_space
 from .engine import (
     EngineConfig,
     ProgressFn,
@@ -314,9 +314,7 @@ def build_mssync_config(cfg: GeneratorRunConfig | Mapping, *, data_dir: str | Pa
 def _check_config(cfg: GeneratorRunConfig, mcfg: MSSyncConfig, syncers: SyncerPyramid) -> tuple[int, ...]:
     """Validate sizes that only fail deep inside a step, and that the syncers judge the generator's keypoint
     space; return the discriminator windows."""
-    if syncers.space != mcfg.space:
-        raise mixed_spaces_error(f"the syncer pyramid {cfg.syncers}", syncers.space, mcfg.space,
-                                 "the generator's training data")
+    require_same_space(f"the syncer pyramid {cfg.syncers}", syncers.space, mcfg.space, "the generator's training data")
     obs, seq, bs = mcfg.obs_len, cfg.seq_len, cfg.batch_size
     if obs < 2:
         raise ConfigError(f"model.obs_len={obs}: training needs at least 2 warm-up frames (the discriminators "
@@ -481,9 +479,8 @@ class GeneratorTask(TrainTask):
         frames = self.obs_len + self.seq_len
         k = cfg.kp_smoothing
         self.train_set = make_windows(self.data_dir, "train", frames, cfg.window_hop, k)
-        if self.train_set.store.space != self.mcfg.space:  # train_generator settles it; a hand-made config may not
-            raise mixed_spaces_error("the run config", self.mcfg.space, self.train_set.store.space,
-                                     f"{self.data_dir}'s data")
+        # train_generator settles it; a hand-made config may not
+        require_same_space("the run config", self.mcfg.space, self.train_set.store.space, f"{self.data_dir}'s data")
         try:
             val = make_windows(self.data_dir, "val", frames, frames, k)
         except DataFormatError:

@@ -82,7 +82,7 @@ from ..ffmpeg import read_frames
 from ..keypoints import FOMM_SPACE, KeypointSpace
 from ..options import PreprocessOptions
 from ..progress import Progress
-from .data import (DATA_MANIFEST_NAME, ClipInfo, DataFormatError, DatasetWriter, clip_path, mixed_spaces_error,
+from .data import (DATA_MANIFEST_NAME, ClipInfo, DataFormatError, DatasetWriter, clip_path, require_same_space,
                    read_data, write_manifest)
 
 __all__ = [
@@ -456,9 +456,7 @@ def preprocess(videos: Sequence[str | os.PathLike] | str | os.PathLike, out_dir:
     entry = get_renderer(o.renderer)
     space = entry.space
     if (out_dir / DATA_MANIFEST_NAME).is_file():  # refused before any model loads (DatasetWriter checks again)
-        have = read_data(out_dir)[1]
-        if have != space:
-            raise mixed_spaces_error(str(out_dir), have, space, f"--renderer {entry.name}'s")
+        require_same_space(str(out_dir), read_data(out_dir)[1], space, f"--renderer {entry.name}'s")
     fomm = _resolve_renderer(renderer if renderer is not None else fomm, fomm_config, fomm_checkpoint, o, device)
     if int(getattr(fomm, "num_kp", space.num_kp)) != space.num_kp:
         raise ConfigError(f"the {entry.name} renderer detects {fomm.num_kp} keypoints, not the {space.num_kp} of "
@@ -580,8 +578,8 @@ def merge_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.Path
         clips, shard_space = read_data(shard_dir)
         if space is None:
             space, space_of = shard_space, str(shard_dir)
-        elif shard_space != space:
-            raise mixed_spaces_error(space_of, space, shard_space, str(shard_dir))
+        else:
+            require_same_space(space_of, space, shard_space, str(shard_dir))
         shards.append((shard_dir, clips))
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped = read_skipped(out_dir)

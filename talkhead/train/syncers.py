@@ -33,7 +33,7 @@ from ..constants import LOGFBANK_PER_VIDEO_FRAME
 from ..errors import CheckpointError, ConfigError
 from ..mssync.syncers import (WINDOW_FRAMES, SyncerConfig, SyncerPyramid, build_pyramid, level_name, read_syncer_file,
                               syncers_from_state)
-from .data import DataFormatError, WindowDataset, mixed_spaces_error, read_data_space, settle_run_space
+from .data import DataFormatError, WindowDataset, read_data_space, require_same_space, settle_run_space
 from .evaluate import av_sync_clips
 from .engine import CHECKPOINT_NAME, EngineConfig, ProgressFn, RunContext, TrainTask, read_run_checkpoint, resolve_run_config, run_training
 
@@ -237,9 +237,9 @@ class SyncerTask(TrainTask):
         cfg = self.cfg = SyncerRunConfig.from_config(ctx.config)
         self.ctx = ctx
         self.model_cfg = cfg.model
-        data_space = read_data_space(self.data_dir)
-        if self.model_cfg.space != data_space:  # train_syncers settles it; a hand-made config may not
-            raise mixed_spaces_error("the run config", self.model_cfg.space, data_space, f"{self.data_dir}'s data")
+        # train_syncers settles it; a hand-made config may not
+        require_same_space("the run config", self.model_cfg.space, read_data_space(self.data_dir),
+                           f"{self.data_dir}'s data")
         unit = 2 ** (self.model_cfg.levels - 1)
         f = cfg.segment_frames
         if f % unit or f < WINDOW_FRAMES * unit + unit:
