@@ -15,6 +15,9 @@ peak RSS (``ru_maxrss``) is its own.
 
     python benchmarks/bench_stream.py --seconds 5 60 600 --render-frames 8      # time to first frame
     python benchmarks/bench_stream.py --seconds 5 600 3600 --render-frames 50   # peak RSS
+
+Each child also samples its VmRSS every 20 ms and prints the largest value in each phase: before the first
+keypoint window, first window -> first frame written, the rest of the rollout, and after it (finish, mux).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,10 +48,18 @@ def _make_audio(seconds: float, path: Path) -> None:
     del np
 
 
+def _vm_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run_one(seconds: float, models_dir: Path, workdir: Path, render_frames: int, frame: str) -> dict:
     import torch
 
-    from talkhead.pipeline import AnimateOptions, Pipeline
+    from talkhead.pipeline import AnimateOptions, Pipeline, SpeechMotion
     from talkhead.video import VideoWriter
 
     audio = workdir / f"speech_{seconds:g}s.wav"
@@ -75,6 +87,25 @@ def run_one(seconds: float, models_dir: Path, workdir: Path, render_frames: int,
         return real_render_into(self, writer, source, kp_source, cut(), total, progress, **kw)
     Pipeline.render_into = render_into
 
+    real_windows = SpeechMotion._windows
+
+    def windows(self, run):
+        for w in real_windows(self, run):
+            marks.setdefault("first_window", time.perf_counter())
+            yield w
+        marks["rollout_end"] = time.perf_counter()
+    SpeechMotion._windows = windows
+
+    trace: list = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            trace.append((time.perf_counter(), _vm_rss_mib()))
+            stop.wait(0.02)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+
     pipe = Pipeline(AnimateOptions(models_dir=models_dir, device="cpu", landmarker="dlib", offline=True,
                                    overwrite=True, frame=frame), single_use=True)
     t0 = time.perf_counter()
@@ -85,6 +116,12 @@ def run_one(seconds: float, models_dir: Path, workdir: Path, render_frames: int,
     out["keypoint_frames"] = len(result.kp_driving) if result.kp_driving is not None else None
     out["timings"] = result.timings
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stop.set()
+    sampler.join()
+    edges = [("call", t0), *sorted(marks.items(), key=lambda kv: kv[1]), ("end", time.perf_counter())]
+    out["phases"] = [{"from": a, "to": b, "seconds": tb - ta,
+                      "max_rss_mib": max((r for t, r in trace if ta <= t < tb), default=None)}
+                     for (a, ta), (b, tb) in zip(edges, edges[1:])]
     return out
 
 
@@ -118,6 +155,9 @@ def main() -> None:
             print(f"{s:>6g} s speech, {res['frames']:>6d} frames ({res['keypoint_frames']} keypoint sets) | first frame "
                   f"{res['first_frame_s']:.2f} s | wall {res['wall_s']:.1f} s | peak RSS {res['peak_rss_mib']:.0f} MiB | "
                   f"load avg {open('/proc/loadavg').read().split()[0]}", flush=True)
+            print("        RSS by phase: " + "; ".join(
+                f"{p['from']} -> {p['to']} {p['seconds']:.1f} s: max {p['max_rss_mib'] or float('nan'):.0f} MiB"
+                for p in res["phases"]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
