@@ -24,17 +24,20 @@ what to install.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import queue
 import shutil
 import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .constants import DEVICES
 from .errors import InputError, TalkheadError
 from .options import AnimateOptions
+from .video import SEGMENT_S
 
 INSTALL_HINT = "pip install 'talkhead[ui]'"
 """The command that installs the page's dependencies (the ``ui`` extra: gradio)."""
@@ -63,6 +66,19 @@ PAGE_CSS = "#status { overflow-wrap: anywhere; } #status code { white-space: pre
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 """Hosts that serve this computer only (any other ``--host`` is reachable from the network)."""
+
+STREAM_TOOLS = ("ffmpeg", "ffprobe")
+"""What Gradio's streaming video output runs from ``PATH`` (it re-muxes each segment for the browser's
+HLS player); without them the page shows each video once it is finished."""
+
+
+def can_stream() -> bool:
+    """Whether the page can play a video while it renders: :data:`STREAM_TOOLS` are on ``PATH``."""
+    return all(shutil.which(tool) for tool in STREAM_TOOLS)
+
+
+class _Stopped(Exception):
+    """Raised in a request's render thread once the request has ended (Stop, a closed page, an error)."""
 
 
 def require_gradio():
@@ -134,11 +150,13 @@ class Animator:
         pipeline: an already built :class:`~talkhead.pipeline.Pipeline` (tests); default: built
             from ``base``.
         log: one-line status messages (model loading), e.g. printed to the terminal.
+        segment_s: length of the segments :meth:`stream` hands out, seconds.
     """
 
     def __init__(self, base: AnimateOptions, workdir: Path, *, pipeline=None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, segment_s: float = SEGMENT_S):
         self.base = base
+        self.segment_s = float(segment_s)
         self.workdir = Path(workdir)
         self.log = log or (lambda msg: None)
         self.load_error: Optional[str] = None
@@ -264,6 +282,11 @@ class Animator:
         Raises:
             TalkheadError: as :meth:`run`.
         """
+        photo, motion, options = self._reenact_job(photo, video, relative, find_best_frame, choices)
+        return self._render(photo, motion, options, "reenacted", keep=keep, progress=progress)
+
+    def _reenact_job(self, photo, video, relative, find_best_frame, choices):
+        """``(photo, VideoMotion, ReenactOptions)`` of one reenact request (uploads checked)."""
         from .options import ReenactOptions
         from .reenact import VideoMotion
 
@@ -271,7 +294,7 @@ class Animator:
         options = request_options(self.base, **choices)
         common = {f.name: getattr(options, f.name) for f in dataclasses.fields(AnimateOptions)}
         options = ReenactOptions(**common, relative=bool(relative), find_best_frame=bool(find_best_frame))
-        return self._render(photo, VideoMotion(video), options, "reenacted", keep=keep, progress=progress)
+        return photo, VideoMotion(video), options
 
     def _check_uploads(self, photo: str | None, driving: str | None, missing: str) -> None:
         """The start-up load error, a missing photo, or a missing speech/video (``missing``), in that order."""
@@ -282,23 +305,99 @@ class Animator:
         if not driving:
             raise InputError(missing)
 
+    def stream(self, image: str | None, audio: str | None, *, keep: Callable[[Path], str],
+               progress: Callable | None = None, **choices) -> Iterator[tuple[str, str]]:
+        """Animate one (photo, speech) upload, handing out the video while it renders: what the page plays.
+
+        Yields ``("segment", path)`` for each finished segment (:class:`talkhead.video.SegmentWriter`:
+        :attr:`segment_s` seconds of H.264 with its slice of the speech, in order; the path is valid until
+        the next item is asked for), then ``("video", served path)``: the whole MP4, the CLI's, kept with
+        ``keep`` as in :meth:`run`. Closing the generator early (the page's Stop, a closed tab) stops the
+        render at its next batch and removes everything it wrote.
+
+        Raises:
+            TalkheadError: as :meth:`run` (also after segments were handed out; the MP4 is then never made).
+        """
+        from .pipeline import SpeechMotion
+
+        self._check_uploads(image, audio, "no speech: drop a speech file or record one first")
+        options = request_options(self.base, **choices)
+        yield from self._stream(image, SpeechMotion(audio), options, "talking", keep=keep, progress=progress,
+                                segment_s=self.segment_s)
+
+    def stream_reenact(self, photo: str | None, video: str | None, *, keep: Callable[[Path], str],
+                       progress: Callable | None = None, relative: bool = True, find_best_frame: bool = False,
+                       **choices) -> Iterator[tuple[str, str]]:
+        """:meth:`run_reenact`, handing out the video while it renders, as :meth:`stream` does."""
+        photo, motion, options = self._reenact_job(photo, video, relative, find_best_frame, choices)
+        yield from self._stream(photo, motion, options, "reenacted", keep=keep, progress=progress,
+                                segment_s=self.segment_s)
+
     def _render(self, photo: str, motion, options: AnimateOptions, suffix: str, *, keep: Callable[[Path], str],
                 progress: Callable | None) -> str:
+        """One request through :meth:`talkhead.pipeline.Pipeline.run`; returns the kept MP4 (:meth:`_stream`
+        without segments)."""
+        for _, path in self._stream(photo, motion, options, suffix, keep=keep, progress=progress, segment_s=None):
+            pass
+        return path
+
+    def _stream(self, photo: str, motion, options: AnimateOptions, suffix: str, *, keep: Callable[[Path], str],
+                progress: Callable | None, segment_s: float | None) -> Iterator[tuple[str, str]]:
         """One request through :meth:`talkhead.pipeline.Pipeline.run` on the loaded components, in a
-        per-request temporary folder; errors keep their type, with upload paths shortened to file names."""
+        per-request temporary folder, the render in a thread of its own: ``("segment", path)`` items while
+        it renders (with ``segment_s``; none with ``None``), then ``("video", keep(mp4))``. Errors keep
+        their type, with upload paths shortened to file names."""
+        from .video import SegmentWriter
+
         uploads = (photo, *(path for path, _ in motion.inputs))
         with self._lock:
             pipeline = self.pipeline_for(options)
             self.workdir.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix="request-", dir=self.workdir) as work:
                 output = Path(work) / f"{Path(photo).stem or 'talkhead'}-{suffix}.mp4"
-                try:
-                    pipeline.run(photo, motion, output, keep_keypoints=False, progress=progress)
-                except TalkheadError as exc:
-                    exc.args = (_short_paths(str(exc), *uploads),)
-                    raise
-                return keep(output)
+                preview = None
+                if segment_s is not None:
+                    (Path(work) / "segments").mkdir()
+                    preview = functools.partial(SegmentWriter, Path(work) / "segments",
+                                                lambda segment: ready.put(("segment", segment)), seconds=segment_s)
+                ready: queue.Queue = queue.Queue()
+                stop = threading.Event()
 
+                def report(stage: str, done: int, total: int) -> None:  # the render's thread; stops it too
+                    if stop.is_set():
+                        raise _Stopped()
+                    if progress:
+                        progress(stage, done, total)
+
+                def job() -> None:
+                    try:
+                        pipeline.run(photo, motion, output, keep_keypoints=False, progress=report, preview=preview)
+                        ready.put(("done", None))
+                    except BaseException as exc:  # handed to the request's thread, which raises it
+                        ready.put(("error", exc))
+
+                render = threading.Thread(target=job, name="talkhead-ui-render", daemon=True)
+                render.start()
+                handed: Optional[Path] = None
+                try:
+                    while True:
+                        kind, value = ready.get()
+                        if handed is not None:  # served by now: Gradio read it before asking for more
+                            handed.unlink(missing_ok=True)
+                            handed = None
+                        if kind == "segment":
+                            handed = value.path
+                            yield "segment", str(value.path)
+                        elif kind == "error":
+                            if isinstance(value, TalkheadError):
+                                value.args = (_short_paths(str(value), *uploads),)
+                            raise value
+                        else:
+                            break
+                    yield "video", keep(output)
+                finally:
+                    stop.set()  # a request that ends early (an error, a Stop) ends its render first
+                    render.join()
 
 def _short_paths(message: str, *paths: str) -> str:
     """``message`` with each upload's server-side path replaced by its file name."""
@@ -308,21 +407,50 @@ def _short_paths(message: str, *paths: str) -> str:
     return message
 
 
-def build_app(animator: Animator, *, title: str = "talkhead"):
-    """The Gradio page over ``animator``: an *Animate* tab whose button is the ``/animate`` endpoint.
+def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | None = None):
+    """The Gradio page over ``animator``: an *Animate* and a *Reenact* tab, and their HTTP endpoints.
+
+    The page's buttons play the video while it renders: a streaming player (``gr.Video(streaming=True)``)
+    gets each segment of :meth:`Animator.stream` as it is finished (Gradio joins them into one HLS
+    stream), and once the whole MP4 (the CLI's) is written it is offered for download beside it
+    (``result-file``); an error shows its one line and offers no file. Without :data:`STREAM_TOOLS`
+    (``stream=False``) the player gets the finished MP4 instead.
 
     Endpoint ``/animate(image, audio, motion_scale=1.0, frame="full photo", face_index=0,
     device=<--device>, enhance=<--enhance>, enhance_strength=<--enhance-strength>) -> MP4 path``; the
     defaults are the command line's options (``frame`` is ``"face crop"`` where :class:`AnimateOptions`
-    has no ``frame`` field); ``/reenact`` takes the same two face-restoration options last. Element ids
-    for scripted browsers: ``photo``, ``speech``, ``animate-button``, ``result``, ``status``, ``enhance``,
-    ``enhance-strength`` (``reenact-enhance``, ``reenact-enhance-strength`` on the Reenact tab).
+    has no ``frame`` field); ``/reenact`` takes the same two face-restoration options last. They answer
+    with the finished MP4 (no segments). Element ids for scripted browsers: ``photo``, ``speech``,
+    ``animate-button``, ``result`` (the player), ``result-file`` (the MP4 to download), ``status``,
+    ``enhance``, ``enhance-strength`` (``reenact-result``, ``reenact-result-file``, ``reenact-enhance``,
+    ``reenact-enhance-strength`` on the Reenact tab).
+
+    Args:
+        animator: the loaded models and request handler.
+        title: the page's title.
+        stream: play videos while they render (default: :func:`can_stream`).
 
     Returns:
         The ``gradio.Blocks`` (not launched; call ``.queue(...).launch(...)`` or use :func:`serve`).
     """
     gr = require_gradio()
     base = animator.base
+    streaming = can_stream() if stream is None else bool(stream)
+    busy = {"concurrency_limit": 1, "concurrency_id": "render"}  # one render at a time, page and API alike
+
+    def player(label: str, elem_id: str):
+        """The result player (streaming: segments as they come) and the finished MP4's download box."""
+        video = gr.Video(label=label, elem_id=elem_id, interactive=False, height=420, streaming=streaming,
+                         autoplay=streaming, buttons=[])
+        return video, gr.File(label="MP4 (download, once finished)", elem_id=f"{elem_id}-file", interactive=False)
+
+    def page_items(items: Iterator[tuple[str, str]]):
+        """:meth:`Animator.stream` items -> (player, download) values."""
+        for kind, path in items:
+            if kind == "segment":
+                yield path, gr.skip()
+            else:
+                yield (gr.skip() if streaming else path), path
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {title}\nOne face photo + speech → a talking-head video (MS-Sync keypoints, FOMM "
@@ -350,8 +478,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                                              info="auto = cuda > mps > cpu; another device loads the models again")
                         enhance, strength = _enhance_controls(gr, base, "")
                 with gr.Column():
-                    video = gr.Video(label="Talking head (MP4)", elem_id="result", buttons=["download"],
-                                     interactive=False, height=420)
+                    video, video_file = player("Talking head (plays while it renders)", "result")
 
         def animate(image: str | None, audio: str | None, motion_scale: float = motion.value,
                     frame: str = frame.value, face_index: float | None = face.value, device: str = base.device,
@@ -359,7 +486,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                     progress=gr.Progress()) -> str:
             """Animate the photo with the speech; returns the MP4 (H.264 + AAC, 25 fps)."""
             try:
-                return animator.run(image, audio, keep=video.move_resource_to_block_cache,
+                return animator.run(image, audio, keep=video_file.move_resource_to_block_cache,
                                     progress=_ProgressBridge(progress), motion_scale=motion_scale, frame=frame,
                                     face_index=face_index, device=device, enhance=enhance,
                                     enhance_strength=enhance_strength)
@@ -367,8 +494,28 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                 animator.log(f"request failed: {exc}")
                 raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
 
-        button.click(animate, inputs=[image, audio, motion, frame, face, device, enhance, strength], outputs=video,
-                     api_name=API_NAME, concurrency_limit=1)
+        def animate_page(image: str | None, audio: str | None, motion_scale: float = motion.value,
+                         frame: str = frame.value, face_index: float | None = face.value, device: str = base.device,
+                         enhance: str = base.enhance, enhance_strength: float = float(base.enhance_strength),
+                         progress=gr.Progress()):
+            """The page's Animate button: the video's segments while it renders, then the MP4."""
+            choices = dict(motion_scale=motion_scale, frame=frame, face_index=face_index, device=device,
+                           enhance=enhance, enhance_strength=enhance_strength)
+            try:
+                if not streaming:
+                    path = animate(image, audio, progress=progress, **choices)
+                    yield path, path
+                    return
+                yield from page_items(animator.stream(image, audio, keep=video_file.move_resource_to_block_cache,
+                                                      progress=_ProgressBridge(progress), **choices))
+            except TalkheadError as exc:
+                animator.log(f"request failed: {exc}")
+                raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
+
+        inputs = [image, audio, motion, frame, face, device, enhance, strength]
+        button.click(animate_page, inputs=inputs, outputs=[video, video_file], api_name="animate_page",
+                     api_visibility="private", show_progress_on=[video_file], **busy)
+        gr.on([], animate, inputs=inputs, outputs=video_file, api_name=API_NAME, **busy)
 
         with gr.Tab("Reenact"):
             with gr.Row():
@@ -392,8 +539,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                         r_device = gr.Dropdown(list(DEVICES), value=base.device, label="Device")
                         r_enhance, r_strength = _enhance_controls(gr, base, "reenact-")
                 with gr.Column():
-                    r_video = gr.Video(label="Reenacted (MP4)", elem_id="reenact-result", buttons=["download"],
-                                       interactive=False, height=420)
+                    r_video, r_video_file = player("Reenacted (plays while it renders)", "reenact-result")
 
         def reenact(photo: str | None, driving_video: str | None, frame: str = r_frame.value,
                     relative: bool = True, find_best_frame: bool = False, face_index: float | None = r_face.value,
@@ -401,7 +547,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                     enhance_strength: float = float(base.enhance_strength), progress=gr.Progress()) -> str:
             """Move the face in the photo like the face in the driving video; returns the MP4."""
             try:
-                return animator.run_reenact(photo, driving_video, keep=r_video.move_resource_to_block_cache,
+                return animator.run_reenact(photo, driving_video, keep=r_video_file.move_resource_to_block_cache,
                                             progress=_ProgressBridge(progress), relative=relative,
                                             find_best_frame=find_best_frame, frame=frame, face_index=face_index,
                                             device=device, enhance=enhance, enhance_strength=enhance_strength)
@@ -409,9 +555,30 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                 animator.log(f"request failed: {exc}")
                 raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
 
-        r_button.click(reenact, inputs=[r_photo, r_driving, r_frame, r_relative, r_best, r_face, r_device, r_enhance,
-                                        r_strength],
-                       outputs=r_video, api_name=REENACT_API_NAME, concurrency_limit=1)
+        def reenact_page(photo: str | None, driving_video: str | None, frame: str = r_frame.value,
+                         relative: bool = True, find_best_frame: bool = False,
+                         face_index: float | None = r_face.value, device: str = base.device,
+                         enhance: str = base.enhance, enhance_strength: float = float(base.enhance_strength),
+                         progress=gr.Progress()):
+            """The page's Reenact button: the video's segments while it renders, then the MP4."""
+            choices = dict(relative=relative, find_best_frame=find_best_frame, frame=frame, face_index=face_index,
+                           device=device, enhance=enhance, enhance_strength=enhance_strength)
+            try:
+                if not streaming:
+                    path = reenact(photo, driving_video, progress=progress, **choices)
+                    yield path, path
+                    return
+                yield from page_items(animator.stream_reenact(
+                    photo, driving_video, keep=r_video_file.move_resource_to_block_cache,
+                    progress=_ProgressBridge(progress), **choices))
+            except TalkheadError as exc:
+                animator.log(f"request failed: {exc}")
+                raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
+
+        r_inputs = [r_photo, r_driving, r_frame, r_relative, r_best, r_face, r_device, r_enhance, r_strength]
+        r_button.click(reenact_page, inputs=r_inputs, outputs=[r_video, r_video_file], api_name="reenact_page",
+                       api_visibility="private", show_progress_on=[r_video_file], **busy)
+        gr.on([], reenact, inputs=r_inputs, outputs=r_video_file, api_name=REENACT_API_NAME, **busy)
     return demo
 
 

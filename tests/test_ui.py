@@ -481,3 +481,86 @@ def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch
     assert len(shared) == 1 or any(".gradio.live" in ln for ln in logs), logs
     assert "Could not create share link" not in out and "\n" not in "".join(shared)
     assert not (ROOT / "talkhead" / "ui.pyi").exists()  # Gradio writes stubs beside modules that subclass components
+
+
+# --------------------------------------------------------------------------------------- playing while it renders
+@pytest.fixture
+def gated_page(tmp_path, monkeypatch):
+    """An in-process page over toy components whose render stops after 50 frames (2 s) until the test
+    sets ``gate``: ``(url, gate, reached, animator)``; ``reached`` is set when the render waits there."""
+    _need_ui_extra()
+    from helpers import ToyRenderer, astronaut_face, toy_motion
+    from talkhead.pipeline import Pipeline
+    from talkhead.ui import Animator, build_app, can_stream
+
+    if not can_stream():
+        pytest.skip("Gradio's streaming video output needs ffmpeg and ffprobe on PATH (apt-get install ffmpeg)")
+    gate, reached = threading.Event(), threading.Event()
+
+    class GatedRenderer(ToyRenderer):
+        rendered = 0
+
+        def frames(self, source, kp_source, kp_driving):
+            if self.rendered >= 50:
+                reached.set()
+                assert gate.wait(300), "the test never let the render go on"
+            self.rendered += len(kp_driving)
+            return super().frames(source, kp_source, kp_driving)
+
+    base = AnimateOptions(device="cpu", batch_size=5, landmarker="dlib", offline=True)
+    pipeline = Pipeline(base, renderer=GatedRenderer(), motion=toy_motion, landmarker=astronaut_face)
+    animator = Animator(base, tmp_path / "requests", pipeline=pipeline, segment_s=1.0)
+    animator._by_device["cpu"] = pipeline  # the injected components are "loaded"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    demo = build_app(animator)
+    demo.queue(default_concurrency_limit=1)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
+    try:
+        yield f"http://127.0.0.1:{port}/", gate, reached, animator
+    finally:
+        gate.set()
+        demo.close(verbose=False)
+
+
+def test_the_page_plays_the_video_while_it_renders_then_offers_the_mp4(gated_page, tmp_path):
+    """Headless Chromium: with the render held after its first 2 s of frames, the result player is
+    already playing (Gradio's streaming output, fed each finished segment); the MP4 to download appears
+    only once the render is let go, and it is the whole video."""
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, gate, reached, _ = gated_page
+    driver = _headless(1280, 900)
+    try:
+        wait = WebDriverWait(driver, 120)
+        driver.get(url)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
+        driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
+        wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
+        playing = ("const v = document.querySelector('#result video');"
+                   "return !!v && v.currentTime > 0 && !v.paused && v.readyState >= 2;")
+        wait.until(lambda d: d.execute_script(playing), "the player never played while the render was held")
+        assert reached.is_set() and not gate.is_set()  # the render is held: the job cannot have finished
+        assert not driver.find_elements(By.CSS_SELECTOR, "#result-file a[href*='.mp4']")  # nothing to download yet
+        shot = tmp_path / "streaming.png"
+        driver.save_screenshot(str(shot))
+        if os.environ.get("TALKHEAD_UI_SCREENSHOT"):
+            shutil.copy(shot, Path(os.environ["TALKHEAD_UI_SCREENSHOT"]).with_suffix(".streaming.png"))
+
+        gate.set()
+        link = wait.until(lambda d: next((a for a in d.find_elements(By.CSS_SELECTOR, "#result-file a")
+                                          if ".mp4" in (a.get_attribute("href") or "")), None))
+        mp4 = tmp_path / "downloaded.mp4"
+        mp4.write_bytes(urllib.request.urlopen(link.get_attribute("href"), timeout=60).read())
+        info = probe(mp4)
+        assert (info.video_codec, info.audio_codec, info.num_frames) == ("h264", "aac", 120)  # the CLI's MP4, whole
+        assert "Error" not in driver.find_element(By.ID, "result").text
+    finally:
+        driver.quit()
