@@ -23,6 +23,7 @@ what to install.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import os
@@ -376,7 +377,9 @@ class Animator:
                     except BaseException as exc:  # handed to the request's thread, which raises it
                         ready.put(("error", exc))
 
-                render = threading.Thread(target=job, name="talkhead-ui-render", daemon=True)
+                # in the request's context: Gradio's progress bar finds its request through context variables
+                render = threading.Thread(target=contextvars.copy_context().run, args=(job,), name="talkhead-ui-render",
+                                          daemon=True)
                 render.start()
                 handed: Optional[Path] = None
                 try:

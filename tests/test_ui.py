@@ -296,26 +296,29 @@ def test_page_in_headless_chromium(server, tmp_path):
         driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))  # uploaded and previewed
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
-        # record every text the result panel shows while the request runs (the progress bar's labels)
+        # record every text the download box shows while the request runs (the progress bar's labels: it is
+        # shown there, so that it does not cover the player)
         driver.execute_script("""
             window.__seen = [];
             new MutationObserver(() => {
-                const panel = document.querySelector('#result');
+                const panel = document.querySelector('#result-file');
                 const text = panel ? panel.innerText : '';
                 if (text && window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
             }).observe(document.body, {subtree: true, childList: true, characterData: true});""")
         wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
-        video = wait.until(lambda d: next((v for v in d.find_elements(By.CSS_SELECTOR, "#result video")
-                                           if v.get_attribute("src")), None))
-        assert video.get_attribute("src").split("?")[0].endswith(".mp4")
-        wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1 && arguments[0].duration",
-                                              video))  # the player has the file's metadata
+        link = wait.until(lambda d: next((a for a in d.find_elements(By.CSS_SELECTOR, "#result-file a")
+                                          if ".mp4" in (a.get_attribute("href") or "")), None))
+        assert "astronaut-talking.mp4" in driver.find_element(By.ID, "result-file").text.replace("\n", "")  # once written
+        assert link.get_attribute("href").split("?")[0].endswith(".mp4")
+        video = driver.find_element(By.CSS_SELECTOR, "#result video")  # the player streamed the segments
+        wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1 && arguments[0].duration > 4",
+                                              video))
         seen = "\n".join(driver.execute_script("return window.__seen"))
         assert "keypoints (MS-Sync)" in seen and "frames (FOMM + ffmpeg)" in seen  # progress: keypoints, then frames
         assert seen.index("keypoints (MS-Sync)") < seen.index("frames (FOMM + ffmpeg)")
         assert "/120 frames" in seen and "Error" not in seen
         duration = driver.execute_script("return arguments[0].duration", video)
-        assert duration == pytest.approx(4.8, abs=0.1)
+        assert duration == pytest.approx(4.8, abs=0.15)
         driver.execute_script("window.scrollTo(0, 0)")
         shot = tmp_path / "ui-screenshot.png"
         driver.save_screenshot(str(shot))
@@ -564,3 +567,76 @@ def test_the_page_plays_the_video_while_it_renders_then_offers_the_mp4(gated_pag
         assert "Error" not in driver.find_element(By.ID, "result").text
     finally:
         driver.quit()
+
+
+def _toy_animator(tmp_path, renderer, segment_s=1.0):
+    from helpers import astronaut_face, toy_motion
+    from talkhead.pipeline import Pipeline
+    from talkhead.ui import Animator
+
+    base = AnimateOptions(device="cpu", batch_size=5)
+    pipeline = Pipeline(base, renderer=renderer, motion=toy_motion, landmarker=astronaut_face)
+    animator = Animator(base, tmp_path / "requests", pipeline=pipeline, segment_s=segment_s)
+    animator._by_device["cpu"] = pipeline
+    return animator
+
+
+def test_a_render_error_after_segments_ends_the_stream_with_its_line_and_no_mp4(tmp_path):
+    """Segments already played stay played; the error is the CLI's one line (upload names only); the MP4
+    is never kept, and the request's folder is gone."""
+    import torch
+
+    from helpers import ToyRenderer
+    from talkhead.errors import NonFiniteError
+
+    class BadAfterTwoSeconds(ToyRenderer):
+        rendered = 0
+
+        def frames(self, source, kp_source, kp_driving):
+            frames = super().frames(source, kp_source, kp_driving)
+            self.rendered += len(kp_driving)
+            if self.rendered > 50:
+                frames[0, 0, 0, 0] = torch.inf
+            return frames
+
+    kept = []
+    items = []
+    animator = _toy_animator(tmp_path, BadAfterTwoSeconds())
+    with pytest.raises(NonFiniteError) as err:
+        for kind, path in animator.stream(str(ASTRONAUT), str(SPEECH), keep=kept.append):
+            items.append(kind)
+            assert Path(path).is_file() and probe(path).num_frames == 25  # each 1 s segment, playable
+    assert items == ["segment", "segment"] and kept == []
+    assert "\n" not in str(err.value) and err.value.stage == "render"
+    assert list((tmp_path / "requests").iterdir()) == []
+
+
+def test_closing_the_stream_stops_the_render(tmp_path):
+    """The page's request ends early (Stop, a closed tab: Gradio closes the generator): the render stops
+    at its next batch, nothing is kept, the request's folder is gone."""
+    from helpers import ToyRenderer, wait_for
+
+    gate, reached = threading.Event(), threading.Event()
+
+    class Held(ToyRenderer):
+        rendered = 0
+
+        def frames(self, source, kp_source, kp_driving):
+            if self.rendered >= 50:
+                reached.set()
+                assert gate.wait(300)
+            self.rendered += len(kp_driving)
+            return super().frames(source, kp_source, kp_driving)
+
+    renderer, kept = Held(), []
+    stream = _toy_animator(tmp_path, renderer).stream(str(ASTRONAUT), str(SPEECH), keep=kept.append)
+    assert next(stream)[0] == "segment"
+    wait_for(reached.is_set, timeout=120, what="the render reaching the held batch")
+    closing = threading.Thread(target=stream.close)
+    closing.start()
+    wait_for(lambda: stream.gi_running or not closing.is_alive(), timeout=60, what="the stream closing")
+    gate.set()
+    closing.join(120)
+    assert not closing.is_alive()
+    assert renderer.rendered < 120 and kept == []  # stopped after the batch in hand
+    assert list((tmp_path / "requests").iterdir()) == []
