@@ -3,9 +3,11 @@
 The page: drop a face photo and a speech file (or record from the microphone), pick the options
 users reach for (motion scale, full photo or crop, face index, device), press *Animate*, watch the
 progress bar (the pipeline's ``progress(stage, done, total)`` callback: ``keypoints`` then ``render``
-frames), get the MP4 in a player with a download button. A *Reenact* tab moves the photo like the
-face in a driving video (:func:`talkhead.reenact.reenact`, endpoint ``/reenact``). The animate event
-is the API endpoint ``/animate``, so another program can call it::
+frames) and the video playing while it renders (:meth:`Animator.stream`: segments of
+:class:`talkhead.video.SegmentWriter` fed to Gradio's streaming player), then download the MP4. A
+*Reenact* tab moves the photo like the face in a driving video (:func:`talkhead.reenact.reenact`,
+endpoint ``/reenact``), played the same way. The animate job is also the API endpoint ``/animate``
+(answering with the finished MP4), so another program can call it::
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
@@ -750,6 +752,9 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
         animator = Animator(base, root / "requests", log=say).load()
         if animator.load_error:
             say(f"models not loaded (shown on the page): {animator.load_error}")
+        if not can_stream():
+            say(f"note: the page shows each video once it is finished; to play it while it renders, put "
+                f"{' and '.join(STREAM_TOOLS)} on PATH (Gradio's streaming player runs them)")
         demo = build_app(animator)
         demo.queue(default_concurrency_limit=1)
         theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -793,5 +798,5 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
     return received[0] if received else None
 
 
-__all__ = ["Animator", "build_app", "serve", "sweep_stale_roots", "MAX_UPLOAD_MB", "LOOPBACK", "request_options", "require_gradio", "INSTALL_HINT", "API_NAME",
+__all__ = ["Animator", "build_app", "serve", "can_stream", "STREAM_TOOLS", "sweep_stale_roots", "MAX_UPLOAD_MB", "LOOPBACK", "request_options", "require_gradio", "INSTALL_HINT", "API_NAME",
            "REENACT_API_NAME", "FRAMES"]

@@ -491,13 +491,19 @@ def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch
 def gated_page(tmp_path, monkeypatch):
     """An in-process page over toy components whose render stops after 50 frames (2 s) until the test
     sets ``gate``: ``(url, gate, reached, animator)``; ``reached`` is set when the render waits there."""
-    _need_ui_extra()
-    from helpers import ToyRenderer, astronaut_face, toy_motion
-    from talkhead.pipeline import Pipeline
-    from talkhead.ui import Animator, build_app, can_stream
+    from talkhead.ui import can_stream
 
+    _need_ui_extra()
     if not can_stream():
         pytest.skip("Gradio's streaming video output needs ffmpeg and ffprobe on PATH (apt-get install ffmpeg)")
+    yield from _toy_page(tmp_path, monkeypatch, stream=True)
+
+
+def _toy_page(tmp_path, monkeypatch, stream: bool):
+    from helpers import ToyRenderer, astronaut_face, toy_motion
+    from talkhead.pipeline import Pipeline
+    from talkhead.ui import Animator, build_app
+
     gate, reached = threading.Event(), threading.Event()
 
     class GatedRenderer(ToyRenderer):
@@ -515,7 +521,7 @@ def gated_page(tmp_path, monkeypatch):
     animator = Animator(base, tmp_path / "requests", pipeline=pipeline, segment_s=1.0)
     animator._by_device["cpu"] = pipeline  # the injected components are "loaded"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
-    demo = build_app(animator)
+    demo = build_app(animator, stream=stream)
     demo.queue(default_concurrency_limit=1)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
@@ -640,3 +646,39 @@ def test_closing_the_stream_stops_the_render(tmp_path):
     assert not closing.is_alive()
     assert renderer.rendered < 120 and kept == []  # stopped after the batch in hand
     assert list((tmp_path / "requests").iterdir()) == []
+
+
+@pytest.fixture
+def finished_only_page(tmp_path, monkeypatch):
+    """The toy page as it is served without ffmpeg/ffprobe on PATH (``stream=False``), render not held."""
+    _need_ui_extra()
+    for page in _toy_page(tmp_path, monkeypatch, stream=False):
+        page[1].set()
+        yield page
+
+
+def test_without_the_streaming_tools_the_page_shows_the_finished_mp4(finished_only_page):
+    """Headless Chromium: the player gets the whole MP4 once it is written, and the download box offers it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = finished_only_page[0]
+    driver = _headless(1280, 900)
+    try:
+        wait = WebDriverWait(driver, 120)
+        driver.get(url)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
+        driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
+        wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
+        video = wait.until(lambda d: next((v for v in d.find_elements(By.CSS_SELECTOR, "#result video")
+                                           if ".mp4" in (v.get_attribute("src") or "")), None))
+        wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1 && arguments[0].duration", video))
+        assert driver.execute_script("return arguments[0].duration", video) == pytest.approx(4.8, abs=0.1)
+        wait.until(lambda d: any(".mp4" in (a.get_attribute("href") or "")
+                                 for a in d.find_elements(By.CSS_SELECTOR, "#result-file a")))
+    finally:
+        driver.quit()
