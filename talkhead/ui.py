@@ -80,6 +80,10 @@ def can_stream() -> bool:
     return all(shutil.which(tool) for tool in STREAM_TOOLS)
 
 
+WAIT_S = 0.5
+"""How often a request that has nothing new for the page yields anyway (seconds): a Stop takes effect there."""
+
+
 class _Stopped(Exception):
     """Raised in a request's render thread once the request has ended (Stop, a closed page, an error)."""
 
@@ -309,14 +313,15 @@ class Animator:
             raise InputError(missing)
 
     def stream(self, image: str | None, audio: str | None, *, keep: Callable[[Path], str],
-               progress: Callable | None = None, **choices) -> Iterator[tuple[str, str]]:
+               progress: Callable | None = None, segments: bool = True, **choices) -> Iterator[tuple[str, str]]:
         """Animate one (photo, speech) upload, handing out the video while it renders: what the page plays.
 
         Yields ``("segment", path)`` for each finished segment (:class:`talkhead.video.SegmentWriter`:
         :attr:`segment_s` seconds of H.264 with its slice of the speech, in order; the path is valid until
-        the next item is asked for), then ``("video", served path)``: the whole MP4, the CLI's, kept with
-        ``keep`` as in :meth:`run`. Closing the generator early (the page's Stop, a closed tab) stops the
-        render at its next batch and removes everything it wrote.
+        the next item is asked for; none with ``segments=False``), ``("wait", "")`` every :data:`WAIT_S`
+        while nothing is new, then ``("video", served path)``: the whole MP4, the CLI's, kept with ``keep``
+        as in :meth:`run`. Closing the generator early (the page's Stop, a closed tab) returns at once and
+        stops the render at its next batch; its files are then removed.
 
         Raises:
             TalkheadError: as :meth:`run` (also after segments were handed out; the MP4 is then never made).
@@ -326,15 +331,15 @@ class Animator:
         self._check_uploads(image, audio, "no speech: drop a speech file or record one first")
         options = request_options(self.base, **choices)
         yield from self._stream(image, SpeechMotion(audio), options, "talking", keep=keep, progress=progress,
-                                segment_s=self.segment_s)
+                                segment_s=self.segment_s if segments else None)
 
     def stream_reenact(self, photo: str | None, video: str | None, *, keep: Callable[[Path], str],
                        progress: Callable | None = None, relative: bool = True, find_best_frame: bool = False,
-                       **choices) -> Iterator[tuple[str, str]]:
+                       segments: bool = True, **choices) -> Iterator[tuple[str, str]]:
         """:meth:`run_reenact`, handing out the video while it renders, as :meth:`stream` does."""
         photo, motion, options = self._reenact_job(photo, video, relative, find_best_frame, choices)
         yield from self._stream(photo, motion, options, "reenacted", keep=keep, progress=progress,
-                                segment_s=self.segment_s)
+                                segment_s=self.segment_s if segments else None)
 
     def _render(self, photo: str, motion, options: AnimateOptions, suffix: str, *, keep: Callable[[Path], str],
                 progress: Callable | None) -> str:
@@ -348,61 +353,92 @@ class Animator:
                 progress: Callable | None, segment_s: float | None) -> Iterator[tuple[str, str]]:
         """One request through :meth:`talkhead.pipeline.Pipeline.run` on the loaded components, in a
         per-request temporary folder, the render in a thread of its own: ``("segment", path)`` items while
-        it renders (with ``segment_s``; none with ``None``), then ``("video", keep(mp4))``. Errors keep
-        their type, with upload paths shortened to file names."""
+        it renders (with ``segment_s``; none with ``None``), ``("wait", "")`` every :data:`WAIT_S` without
+        one (a generator can only be closed where it yields: this is where a Stop gets in), then
+        ``("video", keep(mp4))``. Errors keep their type, with upload paths shortened to file names.
+
+        Closing it early returns at once: the render stops at its next batch, and then its folder is
+        removed and the next request may start (it waits for that)."""
         from .video import SegmentWriter
 
         uploads = (photo, *(path for path, _ in motion.inputs))
-        with self._lock:
+        self._lock.acquire()
+        try:
             pipeline = self.pipeline_for(options)
             self.workdir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix="request-", dir=self.workdir) as work:
-                output = Path(work) / f"{Path(photo).stem or 'talkhead'}-{suffix}.mp4"
-                preview = None
-                if segment_s is not None:
-                    (Path(work) / "segments").mkdir()
-                    preview = functools.partial(SegmentWriter, Path(work) / "segments",
-                                                lambda segment: ready.put(("segment", segment)), seconds=segment_s)
-                ready: queue.Queue = queue.Queue()
-                stop = threading.Event()
+            work = Path(tempfile.mkdtemp(prefix="request-", dir=self.workdir))
+            output = work / f"{Path(photo).stem or 'talkhead'}-{suffix}.mp4"
+            ready: queue.Queue = queue.Queue()
+            preview = None
+            if segment_s is not None:
+                (work / "segments").mkdir()
+                preview = functools.partial(SegmentWriter, work / "segments",
+                                            lambda segment: ready.put(("segment", segment)), seconds=segment_s)
+            stop = threading.Event()
+            parties, settling = [2], threading.Lock()
 
-                def report(stage: str, done: int, total: int) -> None:  # the render's thread; stops it too
-                    if stop.is_set():
-                        raise _Stopped()
-                    if progress:
-                        progress(stage, done, total)
+            def settle() -> None:
+                """The request's thread and the render's each call this once they are done with the
+                folder; the last one removes it and lets the next request in."""
+                with settling:
+                    parties[0] -= 1
+                    last = parties[0] == 0
+                if last:
+                    shutil.rmtree(work, ignore_errors=True)
+                    self._lock.release()
 
-                def job() -> None:
-                    try:
-                        pipeline.run(photo, motion, output, keep_keypoints=False, progress=report, preview=preview)
-                        ready.put(("done", None))
-                    except BaseException as exc:  # handed to the request's thread, which raises it
-                        ready.put(("error", exc))
+            def report(stage: str, done: int, total: int) -> None:  # the render's thread; stops it too
+                if stop.is_set():
+                    raise _Stopped()
+                if progress:
+                    progress(stage, done, total)
 
-                # in the request's context: Gradio's progress bar finds its request through context variables
-                render = threading.Thread(target=contextvars.copy_context().run, args=(job,), name="talkhead-ui-render",
-                                          daemon=True)
-                render.start()
-                handed: Optional[Path] = None
+            def job() -> None:
                 try:
-                    while True:
-                        kind, value = ready.get()
-                        if handed is not None:  # served by now: Gradio read it before asking for more
-                            handed.unlink(missing_ok=True)
-                            handed = None
-                        if kind == "segment":
-                            handed = value.path
-                            yield "segment", str(value.path)
-                        elif kind == "error":
-                            if isinstance(value, TalkheadError):
-                                value.args = (_short_paths(str(value), *uploads),)
-                            raise value
-                        else:
-                            break
-                    yield "video", keep(output)
+                    pipeline.run(photo, motion, output, keep_keypoints=False, progress=report, preview=preview)
+                    ready.put(("done", None))
+                except BaseException as exc:  # handed to the request's thread, which raises it
+                    ready.put(("error", exc))
                 finally:
-                    stop.set()  # a request that ends early (an error, a Stop) ends its render first
-                    render.join()
+                    settle()
+
+            # in the request's context: Gradio's progress bar finds its request through context variables
+            render = threading.Thread(target=contextvars.copy_context().run, args=(job,), name="talkhead-ui-render",
+                                      daemon=True)
+            render.start()
+        except BaseException:
+            self._lock.release()
+            raise
+        handed: Optional[Path] = None
+        ended = False  # by the render (its MP4 or its error), not by the request closing early
+        try:
+            while True:
+                try:
+                    kind, value = ready.get(timeout=WAIT_S)
+                except queue.Empty:
+                    yield "wait", ""
+                    continue
+                if handed is not None:  # served by now: Gradio read it before asking for more
+                    handed.unlink(missing_ok=True)
+                    handed = None
+                if kind == "segment":
+                    handed = value.path
+                    yield "segment", str(value.path)
+                elif kind == "error":
+                    ended = True
+                    if isinstance(value, TalkheadError):
+                        value.args = (_short_paths(str(value), *uploads),)
+                    raise value
+                else:
+                    break
+            ended = True
+            yield "video", keep(output)
+        finally:
+            stop.set()  # a request that ends early (a Stop, a closed page) stops its render
+            if not ended:
+                self.log("request stopped: its render ends after the frames in hand")
+            settle()
+
 
 def _short_paths(message: str, *paths: str) -> str:
     """``message`` with each upload's server-side path replaced by its file name."""
@@ -418,16 +454,18 @@ def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | Non
     The page's buttons play the video while it renders: a streaming player (``gr.Video(streaming=True)``)
     gets each segment of :meth:`Animator.stream` as it is finished (Gradio joins them into one HLS
     stream), and once the whole MP4 (the CLI's) is written it is offered for download beside it
-    (``result-file``); an error shows its one line and offers no file. Without :data:`STREAM_TOOLS`
-    (``stream=False``) the player gets the finished MP4 instead.
+    (``result-file``); an error shows its one line and offers no file. *Stop* ends the render in
+    progress (Gradio closes the request's generator at its next item, at most :data:`WAIT_S` away; the
+    render stops at its next batch) and offers no file. Without :data:`STREAM_TOOLS` (``stream=False``)
+    the player gets the finished MP4 instead.
 
     Endpoint ``/animate(image, audio, motion_scale=1.0, frame="full photo", face_index=0,
     device=<--device>, enhance=<--enhance>, enhance_strength=<--enhance-strength>) -> MP4 path``; the
     defaults are the command line's options (``frame`` is ``"face crop"`` where :class:`AnimateOptions`
     has no ``frame`` field); ``/reenact`` takes the same two face-restoration options last. They answer
     with the finished MP4 (no segments). Element ids for scripted browsers: ``photo``, ``speech``,
-    ``animate-button``, ``result`` (the player), ``result-file`` (the MP4 to download), ``status``,
-    ``enhance``, ``enhance-strength`` (``reenact-result``, ``reenact-result-file``, ``reenact-enhance``,
+    ``animate-button``, ``animate-stop``, ``result`` (the player), ``result-file`` (the MP4 to download), ``status``,
+    ``enhance``, ``enhance-strength`` (``reenact-button``, ``reenact-stop``, ``reenact-result``, ``reenact-result-file``, ``reenact-enhance``,
     ``reenact-enhance-strength`` on the Reenact tab).
 
     Args:
@@ -454,8 +492,18 @@ def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | Non
         for kind, path in items:
             if kind == "segment":
                 yield path, gr.skip()
-            else:
+            elif kind == "video":
                 yield (gr.skip() if streaming else path), path
+            else:  # "wait": nothing new, a Stop may close the generator here
+                yield gr.skip(), gr.skip()
+
+    def run_buttons(label: str, prefix: str):
+        """The tab's run button and its Stop (ends the render in progress; offers no file)."""
+        with gr.Row():
+            run = gr.Button(label, variant="primary", elem_id=f"{prefix}-button", scale=4,
+                            interactive=animator.load_error is None)
+            stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop", scale=1, min_width=80)
+        return run, stop
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {title}\nOne face photo + speech → a talking-head video (MS-Sync keypoints, FOMM "
@@ -470,8 +518,7 @@ def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | Non
                             elem_id="photo", height=280))
                         audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="Speech",
                                          elem_id="speech")
-                    button = gr.Button("Animate", variant="primary", elem_id="animate-button",
-                                       interactive=animator.load_error is None)
+                    button, stop_button = run_buttons("Animate", "animate")
                     with gr.Accordion("Options", open=True):
                         motion = gr.Slider(0.0, 2.0, value=float(base.motion_scale), step=0.05,
                                            label="Motion scale", info="0 = still head, 1 = as generated")
@@ -507,19 +554,17 @@ def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | Non
             choices = dict(motion_scale=motion_scale, frame=frame, face_index=face_index, device=device,
                            enhance=enhance, enhance_strength=enhance_strength)
             try:
-                if not streaming:
-                    path = animate(image, audio, progress=progress, **choices)
-                    yield path, path
-                    return
                 yield from page_items(animator.stream(image, audio, keep=video_file.move_resource_to_block_cache,
-                                                      progress=_ProgressBridge(progress), **choices))
+                                                      progress=_ProgressBridge(progress), segments=streaming,
+                                                      **choices))
             except TalkheadError as exc:
                 animator.log(f"request failed: {exc}")
                 raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
 
         inputs = [image, audio, motion, frame, face, device, enhance, strength]
-        button.click(animate_page, inputs=inputs, outputs=[video, video_file], api_name="animate_page",
-                     api_visibility="private", show_progress_on=[video_file], **busy)
+        page = button.click(animate_page, inputs=inputs, outputs=[video, video_file], api_name="animate_page",
+                            api_visibility="private", show_progress_on=[video_file], **busy)
+        stop_button.click(None, cancels=[page])
         gr.on([], animate, inputs=inputs, outputs=video_file, api_name=API_NAME, **busy)
 
         with gr.Tab("Reenact"):
@@ -531,8 +576,7 @@ def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | Non
                             elem_id="reenact-photo", height=280))
                         r_driving = gr.Video(label="Driving video (a moving face; its audio is kept)",
                                              sources=["upload"], elem_id="reenact-video", height=280)
-                    r_button = gr.Button("Reenact", variant="primary", elem_id="reenact-button",
-                                         interactive=animator.load_error is None)
+                    r_button, r_stop_button = run_buttons("Reenact", "reenact")
                     with gr.Accordion("Options", open=True):
                         r_frame = gr.Radio(list(FRAMES), value=frame.value, label="Frame",
                                            info="the whole photo, or the square face crop")
@@ -569,20 +613,18 @@ def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | Non
             choices = dict(relative=relative, find_best_frame=find_best_frame, frame=frame, face_index=face_index,
                            device=device, enhance=enhance, enhance_strength=enhance_strength)
             try:
-                if not streaming:
-                    path = reenact(photo, driving_video, progress=progress, **choices)
-                    yield path, path
-                    return
                 yield from page_items(animator.stream_reenact(
                     photo, driving_video, keep=r_video_file.move_resource_to_block_cache,
-                    progress=_ProgressBridge(progress), **choices))
+                    progress=_ProgressBridge(progress), segments=streaming, **choices))
             except TalkheadError as exc:
                 animator.log(f"request failed: {exc}")
                 raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
 
         r_inputs = [r_photo, r_driving, r_frame, r_relative, r_best, r_face, r_device, r_enhance, r_strength]
-        r_button.click(reenact_page, inputs=r_inputs, outputs=[r_video, r_video_file], api_name="reenact_page",
-                       api_visibility="private", show_progress_on=[r_video_file], **busy)
+        r_page = r_button.click(reenact_page, inputs=r_inputs, outputs=[r_video, r_video_file],
+                                api_name="reenact_page", api_visibility="private", show_progress_on=[r_video_file],
+                                **busy)
+        r_stop_button.click(None, cancels=[r_page])
         gr.on([], reenact, inputs=r_inputs, outputs=r_video_file, api_name=REENACT_API_NAME, **busy)
     return demo
 

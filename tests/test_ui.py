@@ -6,6 +6,7 @@ and finally stopped with Ctrl-C (SIGINT), after which its temporary folder must 
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -490,7 +491,8 @@ def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch
 @pytest.fixture
 def gated_page(tmp_path, monkeypatch):
     """An in-process page over toy components whose render stops after 50 frames (2 s) until the test
-    sets ``gate``: ``(url, gate, reached, animator)``; ``reached`` is set when the render waits there."""
+    sets ``gate``: ``(url, gate, reached, animator, log)``; ``reached`` is set when the render waits there,
+    ``log`` holds the animator's lines."""
     from talkhead.ui import can_stream
 
     _need_ui_extra()
@@ -504,7 +506,7 @@ def _toy_page(tmp_path, monkeypatch, stream: bool):
     from talkhead.pipeline import Pipeline
     from talkhead.ui import Animator, build_app
 
-    gate, reached = threading.Event(), threading.Event()
+    gate, reached, log = threading.Event(), threading.Event(), []
 
     class GatedRenderer(ToyRenderer):
         rendered = 0
@@ -518,7 +520,7 @@ def _toy_page(tmp_path, monkeypatch, stream: bool):
 
     base = AnimateOptions(device="cpu", batch_size=5, landmarker="dlib", offline=True)
     pipeline = Pipeline(base, renderer=GatedRenderer(), motion=toy_motion, landmarker=astronaut_face)
-    animator = Animator(base, tmp_path / "requests", pipeline=pipeline, segment_s=1.0)
+    animator = Animator(base, tmp_path / "requests", pipeline=pipeline, segment_s=1.0, log=log.append)
     animator._by_device["cpu"] = pipeline  # the injected components are "loaded"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     demo = build_app(animator, stream=stream)
@@ -526,7 +528,7 @@ def _toy_page(tmp_path, monkeypatch, stream: bool):
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
     try:
-        yield f"http://127.0.0.1:{port}/", gate, reached, animator
+        yield f"http://127.0.0.1:{port}/", gate, reached, animator, log
     finally:
         gate.set()
         demo.close(verbose=False)
@@ -542,7 +544,7 @@ def test_the_page_plays_the_video_while_it_renders_then_offers_the_mp4(gated_pag
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, gate, reached, _ = gated_page
+    url, gate, reached, _, _ = gated_page
     driver = _headless(1280, 900)
     try:
         wait = WebDriverWait(driver, 120)
@@ -610,8 +612,9 @@ def test_a_render_error_after_segments_ends_the_stream_with_its_line_and_no_mp4(
     animator = _toy_animator(tmp_path, BadAfterTwoSeconds())
     with pytest.raises(NonFiniteError) as err:
         for kind, path in animator.stream(str(ASTRONAUT), str(SPEECH), keep=kept.append):
-            items.append(kind)
-            assert Path(path).is_file() and probe(path).num_frames == 25  # each 1 s segment, playable
+            if kind != "wait":
+                items.append(kind)
+                assert Path(path).is_file() and probe(path).num_frames == 25  # each 1 s segment, playable
     assert items == ["segment", "segment"] and kept == []
     assert "\n" not in str(err.value) and err.value.stage == "render"
     assert list((tmp_path / "requests").iterdir()) == []
@@ -635,17 +638,20 @@ def test_closing_the_stream_stops_the_render(tmp_path):
             return super().frames(source, kp_source, kp_driving)
 
     renderer, kept = Held(), []
-    stream = _toy_animator(tmp_path, renderer).stream(str(ASTRONAUT), str(SPEECH), keep=kept.append)
-    assert next(stream)[0] == "segment"
+    animator = _toy_animator(tmp_path, renderer)
+    stream = animator.stream(str(ASTRONAUT), str(SPEECH), keep=kept.append)
+    assert next(kind for kind, _ in stream if kind != "wait") == "segment"
     wait_for(reached.is_set, timeout=120, what="the render reaching the held batch")
-    closing = threading.Thread(target=stream.close)
-    closing.start()
-    wait_for(lambda: stream.gi_running or not closing.is_alive(), timeout=60, what="the stream closing")
+    assert next(kind for kind, _ in stream if kind == "wait")  # (the second segment may come first)
+    assert [kind for kind, _ in itertools.islice(stream, 2)] == ["wait", "wait"]  # held: nothing new, yet it yields
+    stream.close()  # returns at once, the render still held
+    (request,) = (tmp_path / "requests").iterdir()  # the render's: removed once it has stopped
     gate.set()
-    closing.join(120)
-    assert not closing.is_alive()
+    wait_for(lambda: not request.exists(), timeout=120, what="the stopped render's folder going")
     assert renderer.rendered < 120 and kept == []  # stopped after the batch in hand
-    assert list((tmp_path / "requests").iterdir()) == []
+    # the next request runs (it waited for the stopped one), to the end
+    items = [kind for kind, _ in animator.stream(str(ASTRONAUT), str(SPEECH), keep=kept.append)]
+    assert items[-1] == "video" and items.count("segment") == 5 and len(kept) == 1
 
 
 @pytest.fixture
@@ -680,5 +686,40 @@ def test_without_the_streaming_tools_the_page_shows_the_finished_mp4(finished_on
         assert driver.execute_script("return arguments[0].duration", video) == pytest.approx(4.8, abs=0.1)
         wait.until(lambda d: any(".mp4" in (a.get_attribute("href") or "")
                                  for a in d.find_elements(By.CSS_SELECTOR, "#result-file a")))
+    finally:
+        driver.quit()
+
+
+def test_stop_on_the_page_stops_the_render_and_offers_no_file(gated_page):
+    """Headless Chromium: Stop while the render is held; once let go it stops at its next batch, its
+    request folder goes, and no MP4 is offered."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from helpers import wait_for
+
+    url, gate, reached, animator, log = gated_page
+    driver = _headless(1280, 900)
+    try:
+        wait = WebDriverWait(driver, 120)
+        driver.get(url)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
+        driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
+        wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
+        wait_for(reached.is_set, timeout=120, what="the render reaching the held batch")
+        (request,) = animator.workdir.iterdir()
+        driver.find_element(By.ID, "animate-stop").click()
+        # Gradio closes the request's generator at its next item (the render is held: a "wait")
+        wait_for(lambda: any(line.startswith("request stopped") for line in log), timeout=60,
+                 what="the request ending while its render is held")
+        gate.set()
+        wait_for(lambda: not request.exists(), timeout=120, what="the stopped render's folder going")
+        assert animator._pipeline.renderer.rendered < 120
+        assert not animator._lock.locked()
+        assert not driver.find_elements(By.CSS_SELECTOR, "#result-file a[href*='.mp4']")
     finally:
         driver.quit()
