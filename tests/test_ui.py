@@ -573,8 +573,45 @@ def test_the_page_plays_the_video_while_it_renders_then_offers_the_mp4(gated_pag
         info = probe(mp4)
         assert (info.video_codec, info.audio_codec, info.num_frames) == ("h264", "aac", 120)  # the CLI's MP4, whole
         assert "Error" not in driver.find_element(By.ID, "result").text
+
+        # what the player was given, joined (Gradio's own file of the stream): every frame, and the speech
+        # continuous and in sync with them across the segment boundaries (1 s, 2 s, ...)
+        playlist = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)"
+                                         ".find(n => n.includes('playlist.m3u8'))")
+        played = tmp_path / "played.mp4"
+        played.write_bytes(urllib.request.urlopen(playlist.replace("playlist.m3u8", "playlist-file"), timeout=60).read())
+        assert probe(played).num_frames == 120
+        offsets = _speech_offsets_s(played, [0.3, 0.9, 1.9, 2.9, 3.9])  # windows across 1, 2, 3 and 4 s
+        assert max(offsets) - min(offsets) < 1e-3, offsets  # no gap, no drift at the boundaries
+        assert abs(offsets[0]) <= 1 / 25, offsets  # the sound where its frames are, within a frame
     finally:
         driver.quit()
+
+
+def _speech_offsets_s(video: Path, at_s: list[float], window_s: float = 0.25, search_s: float = 0.2) -> list[float]:
+    """Where SPEECH's sound at each of ``at_s`` is heard in ``video``, relative to the video's frames
+    (seconds; positive = late): cross-correlation of 16 kHz mono windows, plus the streams' start times."""
+    import json
+
+    import soundfile as sf
+
+    streams = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(video)],
+                                        capture_output=True, check=True).stdout)["streams"]
+    start = {s["codec_type"]: float(s.get("start_time", 0)) for s in streams}
+    heard = np.frombuffer(subprocess.run(["ffmpeg", "-v", "error", "-i", str(video), "-vn", "-f", "s16le", "-ac", "1",
+                                          "-ar", "16000", "-"], capture_output=True, check=True).stdout,
+                          np.int16).astype(np.float32)
+    speech, rate = sf.read(SPEECH, dtype="float32")
+    win, search = int(window_s * rate), int(search_s * rate)
+    offsets = []
+    for t in at_s:
+        ref = speech[int(t * rate):int(t * rate) + win]
+        lo = max(0, int(t * rate) - search)
+        part = heard[lo:int(t * rate) + win + search]
+        scores = np.correlate(part, ref, mode="valid") / (np.sqrt(np.convolve(part ** 2, np.ones(win), "valid")) + 1e-9)
+        heard_at = (lo + int(np.argmax(scores))) / rate + start["audio"]
+        offsets.append(heard_at - t - start["video"])
+    return offsets
 
 
 def _toy_animator(tmp_path, renderer, segment_s=1.0):
