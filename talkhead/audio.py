@@ -65,6 +65,7 @@ __all__ = [
     "num_logfbank_frames",
     "speech_features",
     "speech_blocks",
+    "source_blocks",
     "scan_speech",
     "SpeechInfo",
     "SignalStats",
@@ -210,9 +211,25 @@ def _blocks_soundfile(f, path: Path, info: dict):
             yield tail
 
 
-def _blocks_ffmpeg(path: Path, info: dict):
+class _AsIs:
+    """The blocks as decoded: ``(n, channels)`` float32 at the source rate (what :func:`source_blocks` yields)."""
+
+    def __init__(self, path: Path, rate: int, channels: int) -> None:
+        if rate <= 0 or channels <= 0:
+            raise AudioError(f"{path}: invalid audio stream ({rate} Hz, {channels} channels)")
+        self.channels = channels
+
+    def feed(self, block: np.ndarray) -> np.ndarray:
+        return block
+
+    def finish(self) -> np.ndarray:
+        return np.zeros((0, self.channels), np.float32)
+
+
+def _blocks_ffmpeg(path: Path, info: dict, convert=_ToMono16k):
     """Decode the first audio stream with ffmpeg: float32 PCM at the source rate and channel
-    count, piped out as Sun AU, yielded as 16 kHz mono blocks.
+    count, piped out as Sun AU, yielded as 16 kHz mono blocks (``convert``: :class:`_ToMono16k`), or
+    as decoded (:class:`_AsIs`).
 
     The AU container (24-byte big-endian header: magic, data offset, size, encoding, rate,
     channels) states rate and channel count up front and allows an unknown length, so the PCM can
@@ -231,7 +248,7 @@ def _blocks_ffmpeg(path: Path, info: dict):
                 if encoding != _AU_FLOAT32 or offset < 24:
                     raise AudioError(f"cannot decode audio file {path}: unexpected PCM from ffmpeg")
                 _read_exact(proc.stdout, offset - 24)
-                out = _ToMono16k(path, rate, channels)
+                out = convert(path, rate, channels)
                 info.update(source_sample_rate=int(rate), source_channels=int(channels), decoder="ffmpeg")
                 frame_bytes = 4 * channels
                 while True:
@@ -257,6 +274,28 @@ def _blocks_ffmpeg(path: Path, info: dict):
         tail = out.finish()
         if tail.size:
             yield tail
+
+
+def source_blocks(path: str | os.PathLike, info: Optional[dict] = None) -> Iterator[np.ndarray]:
+    """The first audio stream of ``path`` (speech, or a video's sound) as it is: its own sample rate and
+    channels, decoded by ffmpeg as it is read - the decoder that muxes it into the MP4
+    (:class:`talkhead.video.VideoWriter`), so a slice of these samples is what the MP4 plays there.
+
+    Args:
+        path: any file ffmpeg reads with an audio stream.
+        info: optional dict receiving ``source_sample_rate`` (Hz), ``source_channels`` and ``decoder``
+            (``"ffmpeg"``) once the stream is open (before the first block).
+
+    Yields:
+        ``(n, channels)`` float32 blocks, full scale [-1, 1] (at most ~6 s each).
+
+    Raises:
+        InputError: missing or unreadable file. AudioError: undecodable, no audio stream. FFmpegError:
+        no ffmpeg binary.
+    """
+    path = Path(path)
+    _check_readable(path)
+    yield from _blocks_ffmpeg(path, {} if info is None else info, _AsIs)
 
 
 def _check_readable(path: Path) -> None:

@@ -21,6 +21,7 @@ starting from the source's own keypoints.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -630,7 +631,7 @@ class Pipeline:
     # -- the whole job ------------------------------------------------------------------------------
     def run(self, photo: str | Path, motion: MotionSource, output: str | Path, *,
             save_keypoints: str | Path | None = None, keep_keypoints: bool = True,
-            progress: Progress | None = None) -> Result:
+            progress: Progress | None = None, preview: Optional[Callable[..., object]] = None) -> Result:
         """Render ``output`` (MP4: H.264 yuv420p [+ AAC]) of the face in ``photo`` moved by ``motion``.
 
         The one orchestrator of every way a face is moved (``animate``, ``reenact``, ``batch``, the web
@@ -650,6 +651,11 @@ class Pipeline:
                 frame for K = 10).
             progress: ``progress(stage, done, total)`` callback (stages ``keypoints``, ``best-frame``,
                 ``render``).
+            preview: a second frame sink for every frame as it is written, made when the video's size is
+                known: ``preview(size=(W, H), fps=, audio_path=, crf=)`` returns a context manager with
+                ``write(frames)``, e.g. ``functools.partial(talkhead.video.SegmentWriter, folder,
+                on_segment)`` (short playable MP4 segments while the whole MP4 renders: the web page).
+                It is closed before the MP4 is finished; an error in either aborts both.
 
         Returns:
             The motion source's :class:`Result` (:class:`AnimateResult`, :class:`talkhead.reenact.ReenactResult`).
@@ -665,7 +671,7 @@ class Pipeline:
         """
         from .io import check_input_file, check_outputs
         from .keypoints import save_keypoints_npz
-        from .video import VideoWriter
+        from .video import FrameTee, VideoWriter
 
         motion.check(self)
         photo = check_input_file(photo, "photo")
@@ -696,8 +702,11 @@ class Pipeline:
         size = (compositor.shape[1], compositor.shape[0]) if compositor else (side, side)
         t0 = time.perf_counter()
         with VideoWriter(output, size=size, fps=motion.fps, audio_path=motion.audio, crf=self.options.crf,
-                         overwrite=self.options.overwrite) as writer:
-            done = self.render_into(writer, source, kp_source, motion.batches(run), motion.num_frames, progress,
+                         overwrite=self.options.overwrite) as writer, \
+                (preview(size=size, fps=motion.fps, audio_path=motion.audio, crf=self.options.crf)
+                 if preview is not None else contextlib.nullcontext()) as second:
+            sink = writer if second is None else FrameTee(writer, second)
+            done = self.render_into(sink, source, kp_source, motion.batches(run), motion.num_frames, progress,
                                     compositor=compositor, restore=restore)
         timings["render"] = time.perf_counter() - t0
 

@@ -3,9 +3,11 @@
 The page: drop a face photo and a speech file (or record from the microphone), pick the options
 users reach for (motion scale, full photo or crop, face index, device), press *Animate*, watch the
 progress bar (the pipeline's ``progress(stage, done, total)`` callback: ``keypoints`` then ``render``
-frames), get the MP4 in a player with a download button. A *Reenact* tab moves the photo like the
-face in a driving video (:func:`talkhead.reenact.reenact`, endpoint ``/reenact``). The animate event
-is the API endpoint ``/animate``, so another program can call it::
+frames) and the video playing while it renders (:meth:`Animator.stream`: segments of
+:class:`talkhead.video.SegmentWriter` fed to Gradio's streaming player), then download the MP4. A
+*Reenact* tab moves the photo like the face in a driving video (:func:`talkhead.reenact.reenact`,
+endpoint ``/reenact``), played the same way. The animate job is also the API endpoint ``/animate``
+(answering with the finished MP4), so another program can call it::
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
@@ -23,18 +25,22 @@ what to install.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 import os
+import queue
 import shutil
 import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .constants import DEVICES
 from .errors import InputError, TalkheadError
 from .options import AnimateOptions
+from .video import SEGMENT_S
 
 INSTALL_HINT = "pip install 'talkhead[ui]'"
 """The command that installs the page's dependencies (the ``ui`` extra: gradio)."""
@@ -63,6 +69,23 @@ PAGE_CSS = "#status { overflow-wrap: anywhere; } #status code { white-space: pre
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 """Hosts that serve this computer only (any other ``--host`` is reachable from the network)."""
+
+STREAM_TOOLS = ("ffmpeg", "ffprobe")
+"""What Gradio's streaming video output runs from ``PATH`` (it re-muxes each segment for the browser's
+HLS player); without them the page shows each video once it is finished."""
+
+
+def can_stream() -> bool:
+    """Whether the page can play a video while it renders: :data:`STREAM_TOOLS` are on ``PATH``."""
+    return all(shutil.which(tool) for tool in STREAM_TOOLS)
+
+
+WAIT_S = 0.5
+"""How often a request that has nothing new for the page yields anyway (seconds): a Stop takes effect there."""
+
+
+class _Stopped(Exception):
+    """Raised in a request's render thread once the request has ended (Stop, a closed page, an error)."""
 
 
 def require_gradio():
@@ -134,11 +157,13 @@ class Animator:
         pipeline: an already built :class:`~talkhead.pipeline.Pipeline` (tests); default: built
             from ``base``.
         log: one-line status messages (model loading), e.g. printed to the terminal.
+        segment_s: length of the segments :meth:`stream` hands out, seconds.
     """
 
     def __init__(self, base: AnimateOptions, workdir: Path, *, pipeline=None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, segment_s: float = SEGMENT_S):
         self.base = base
+        self.segment_s = float(segment_s)
         self.workdir = Path(workdir)
         self.log = log or (lambda msg: None)
         self.load_error: Optional[str] = None
@@ -264,6 +289,11 @@ class Animator:
         Raises:
             TalkheadError: as :meth:`run`.
         """
+        photo, motion, options = self._reenact_job(photo, video, relative, find_best_frame, choices)
+        return self._render(photo, motion, options, "reenacted", keep=keep, progress=progress)
+
+    def _reenact_job(self, photo, video, relative, find_best_frame, choices):
+        """``(photo, VideoMotion, ReenactOptions)`` of one reenact request (uploads checked)."""
         from .options import ReenactOptions
         from .reenact import VideoMotion
 
@@ -271,7 +301,7 @@ class Animator:
         options = request_options(self.base, **choices)
         common = {f.name: getattr(options, f.name) for f in dataclasses.fields(AnimateOptions)}
         options = ReenactOptions(**common, relative=bool(relative), find_best_frame=bool(find_best_frame))
-        return self._render(photo, VideoMotion(video), options, "reenacted", keep=keep, progress=progress)
+        return photo, VideoMotion(video), options
 
     def _check_uploads(self, photo: str | None, driving: str | None, missing: str) -> None:
         """The start-up load error, a missing photo, or a missing speech/video (``missing``), in that order."""
@@ -282,22 +312,132 @@ class Animator:
         if not driving:
             raise InputError(missing)
 
+    def stream(self, image: str | None, audio: str | None, *, keep: Callable[[Path], str],
+               progress: Callable | None = None, segments: bool = True, **choices) -> Iterator[tuple[str, str]]:
+        """Animate one (photo, speech) upload, handing out the video while it renders: what the page plays.
+
+        Yields ``("segment", path)`` for each finished segment (:class:`talkhead.video.SegmentWriter`:
+        :attr:`segment_s` seconds of H.264 with its slice of the speech, in order; the path is valid until
+        the next item is asked for; none with ``segments=False``), ``("wait", "")`` every :data:`WAIT_S`
+        while nothing is new, then ``("video", served path)``: the whole MP4, the CLI's, kept with ``keep``
+        as in :meth:`run`. Closing the generator early (the page's Stop, a closed tab) returns at once and
+        stops the render at its next batch; its files are then removed.
+
+        Raises:
+            TalkheadError: as :meth:`run` (also after segments were handed out; the MP4 is then never made).
+        """
+        from .pipeline import SpeechMotion
+
+        self._check_uploads(image, audio, "no speech: drop a speech file or record one first")
+        options = request_options(self.base, **choices)
+        yield from self._stream(image, SpeechMotion(audio), options, "talking", keep=keep, progress=progress,
+                                segment_s=self.segment_s if segments else None)
+
+    def stream_reenact(self, photo: str | None, video: str | None, *, keep: Callable[[Path], str],
+                       progress: Callable | None = None, relative: bool = True, find_best_frame: bool = False,
+                       segments: bool = True, **choices) -> Iterator[tuple[str, str]]:
+        """:meth:`run_reenact`, handing out the video while it renders, as :meth:`stream` does."""
+        photo, motion, options = self._reenact_job(photo, video, relative, find_best_frame, choices)
+        yield from self._stream(photo, motion, options, "reenacted", keep=keep, progress=progress,
+                                segment_s=self.segment_s if segments else None)
+
     def _render(self, photo: str, motion, options: AnimateOptions, suffix: str, *, keep: Callable[[Path], str],
                 progress: Callable | None) -> str:
+        """One request through :meth:`talkhead.pipeline.Pipeline.run`; returns the kept MP4 (:meth:`_stream`
+        without segments)."""
+        for _, path in self._stream(photo, motion, options, suffix, keep=keep, progress=progress, segment_s=None):
+            pass
+        return path
+
+    def _stream(self, photo: str, motion, options: AnimateOptions, suffix: str, *, keep: Callable[[Path], str],
+                progress: Callable | None, segment_s: float | None) -> Iterator[tuple[str, str]]:
         """One request through :meth:`talkhead.pipeline.Pipeline.run` on the loaded components, in a
-        per-request temporary folder; errors keep their type, with upload paths shortened to file names."""
+        per-request temporary folder, the render in a thread of its own: ``("segment", path)`` items while
+        it renders (with ``segment_s``; none with ``None``), ``("wait", "")`` every :data:`WAIT_S` without
+        one (a generator can only be closed where it yields: this is where a Stop gets in), then
+        ``("video", keep(mp4))``. Errors keep their type, with upload paths shortened to file names.
+
+        Closing it early returns at once: the render stops at its next batch, and then its folder is
+        removed and the next request may start (it waits for that)."""
+        from .video import SegmentWriter
+
         uploads = (photo, *(path for path, _ in motion.inputs))
-        with self._lock:
+        self._lock.acquire()
+        try:
             pipeline = self.pipeline_for(options)
             self.workdir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix="request-", dir=self.workdir) as work:
-                output = Path(work) / f"{Path(photo).stem or 'talkhead'}-{suffix}.mp4"
+            work = Path(tempfile.mkdtemp(prefix="request-", dir=self.workdir))
+            output = work / f"{Path(photo).stem or 'talkhead'}-{suffix}.mp4"
+            ready: queue.Queue = queue.Queue()
+            preview = None
+            if segment_s is not None:
+                (work / "segments").mkdir()
+                preview = functools.partial(SegmentWriter, work / "segments",
+                                            lambda segment: ready.put(("segment", segment)), seconds=segment_s)
+            stop = threading.Event()
+            parties, settling = [2], threading.Lock()
+
+            def settle() -> None:
+                """The request's thread and the render's each call this once they are done with the
+                folder; the last one removes it and lets the next request in."""
+                with settling:
+                    parties[0] -= 1
+                    last = parties[0] == 0
+                if last:
+                    shutil.rmtree(work, ignore_errors=True)
+                    self._lock.release()
+
+            def report(stage: str, done: int, total: int) -> None:  # the render's thread; stops it too
+                if stop.is_set():
+                    raise _Stopped()
+                if progress:
+                    progress(stage, done, total)
+
+            def job() -> None:
                 try:
-                    pipeline.run(photo, motion, output, keep_keypoints=False, progress=progress)
-                except TalkheadError as exc:
-                    exc.args = (_short_paths(str(exc), *uploads),)
-                    raise
-                return keep(output)
+                    pipeline.run(photo, motion, output, keep_keypoints=False, progress=report, preview=preview)
+                    ready.put(("done", None))
+                except BaseException as exc:  # handed to the request's thread, which raises it
+                    ready.put(("error", exc))
+                finally:
+                    settle()
+
+            # in the request's context: Gradio's progress bar finds its request through context variables
+            render = threading.Thread(target=contextvars.copy_context().run, args=(job,), name="talkhead-ui-render",
+                                      daemon=True)
+            render.start()
+        except BaseException:
+            self._lock.release()
+            raise
+        handed: Optional[Path] = None
+        ended = False  # by the render (its MP4 or its error), not by the request closing early
+        try:
+            while True:
+                try:
+                    kind, value = ready.get(timeout=WAIT_S)
+                except queue.Empty:
+                    yield "wait", ""
+                    continue
+                if handed is not None:  # served by now: Gradio read it before asking for more
+                    handed.unlink(missing_ok=True)
+                    handed = None
+                if kind == "segment":
+                    handed = value.path
+                    yield "segment", str(value.path)
+                elif kind == "error":
+                    ended = True
+                    if isinstance(value, TalkheadError):
+                        value.args = (_short_paths(str(value), *uploads),)
+                    raise value
+                else:
+                    break
+            ended = True
+            yield "video", keep(output)
+        finally:
+            stop.set()  # a request that ends early (a Stop, a closed page) stops its render
+            if not ended:
+                self.log("request stopped: its render ends after the frames in hand")
+            settle()
 
 
 def _short_paths(message: str, *paths: str) -> str:
@@ -308,21 +448,62 @@ def _short_paths(message: str, *paths: str) -> str:
     return message
 
 
-def build_app(animator: Animator, *, title: str = "talkhead"):
-    """The Gradio page over ``animator``: an *Animate* tab whose button is the ``/animate`` endpoint.
+def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | None = None):
+    """The Gradio page over ``animator``: an *Animate* and a *Reenact* tab, and their HTTP endpoints.
+
+    The page's buttons play the video while it renders: a streaming player (``gr.Video(streaming=True)``)
+    gets each segment of :meth:`Animator.stream` as it is finished (Gradio joins them into one HLS
+    stream), and once the whole MP4 (the CLI's) is written it is offered for download beside it
+    (``result-file``); an error shows its one line and offers no file. *Stop* ends the render in
+    progress (Gradio closes the request's generator at its next item, at most :data:`WAIT_S` away; the
+    render stops at its next batch) and offers no file. Without :data:`STREAM_TOOLS` (``stream=False``)
+    the player gets the finished MP4 instead.
 
     Endpoint ``/animate(image, audio, motion_scale=1.0, frame="full photo", face_index=0,
     device=<--device>, enhance=<--enhance>, enhance_strength=<--enhance-strength>) -> MP4 path``; the
     defaults are the command line's options (``frame`` is ``"face crop"`` where :class:`AnimateOptions`
-    has no ``frame`` field); ``/reenact`` takes the same two face-restoration options last. Element ids
-    for scripted browsers: ``photo``, ``speech``, ``animate-button``, ``result``, ``status``, ``enhance``,
-    ``enhance-strength`` (``reenact-enhance``, ``reenact-enhance-strength`` on the Reenact tab).
+    has no ``frame`` field); ``/reenact`` takes the same two face-restoration options last. They answer
+    with the finished MP4 (no segments). Element ids for scripted browsers: ``photo``, ``speech``,
+    ``animate-button``, ``animate-stop``, ``result`` (the player), ``result-file`` (the MP4 to download), ``status``,
+    ``enhance``, ``enhance-strength`` (``reenact-button``, ``reenact-stop``, ``reenact-result``, ``reenact-result-file``, ``reenact-enhance``,
+    ``reenact-enhance-strength`` on the Reenact tab).
+
+    Args:
+        animator: the loaded models and request handler.
+        title: the page's title.
+        stream: play videos while they render (default: :func:`can_stream`).
 
     Returns:
         The ``gradio.Blocks`` (not launched; call ``.queue(...).launch(...)`` or use :func:`serve`).
     """
     gr = require_gradio()
     base = animator.base
+    streaming = can_stream() if stream is None else bool(stream)
+    busy = {"concurrency_limit": 1, "concurrency_id": "render"}  # one render at a time, page and API alike
+
+    def player(label: str, elem_id: str):
+        """The result player (streaming: segments as they come) and the finished MP4's download box."""
+        video = gr.Video(label=label, elem_id=elem_id, interactive=False, height=420, streaming=streaming,
+                         autoplay=streaming, buttons=[])
+        return video, gr.File(label="MP4 (download, once finished)", elem_id=f"{elem_id}-file", interactive=False)
+
+    def page_items(items: Iterator[tuple[str, str]]):
+        """:meth:`Animator.stream` items -> (player, download) values."""
+        for kind, path in items:
+            if kind == "segment":
+                yield path, gr.skip()
+            elif kind == "video":
+                yield (gr.skip() if streaming else path), path
+            else:  # "wait": nothing new, a Stop may close the generator here
+                yield gr.skip(), gr.skip()
+
+    def run_buttons(label: str, prefix: str):
+        """The tab's run button and its Stop (ends the render in progress; offers no file)."""
+        with gr.Row():
+            run = gr.Button(label, variant="primary", elem_id=f"{prefix}-button", scale=4,
+                            interactive=animator.load_error is None)
+            stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop", scale=1, min_width=80)
+        return run, stop
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {title}\nOne face photo + speech → a talking-head video (MS-Sync keypoints, FOMM "
@@ -337,8 +518,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                             elem_id="photo", height=280))
                         audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="Speech",
                                          elem_id="speech")
-                    button = gr.Button("Animate", variant="primary", elem_id="animate-button",
-                                       interactive=animator.load_error is None)
+                    button, stop_button = run_buttons("Animate", "animate")
                     with gr.Accordion("Options", open=True):
                         motion = gr.Slider(0.0, 2.0, value=float(base.motion_scale), step=0.05,
                                            label="Motion scale", info="0 = still head, 1 = as generated")
@@ -350,8 +530,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                                              info="auto = cuda > mps > cpu; another device loads the models again")
                         enhance, strength = _enhance_controls(gr, base, "")
                 with gr.Column():
-                    video = gr.Video(label="Talking head (MP4)", elem_id="result", buttons=["download"],
-                                     interactive=False, height=420)
+                    video, video_file = player("Talking head (plays while it renders)", "result")
 
         def animate(image: str | None, audio: str | None, motion_scale: float = motion.value,
                     frame: str = frame.value, face_index: float | None = face.value, device: str = base.device,
@@ -359,7 +538,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                     progress=gr.Progress()) -> str:
             """Animate the photo with the speech; returns the MP4 (H.264 + AAC, 25 fps)."""
             try:
-                return animator.run(image, audio, keep=video.move_resource_to_block_cache,
+                return animator.run(image, audio, keep=video_file.move_resource_to_block_cache,
                                     progress=_ProgressBridge(progress), motion_scale=motion_scale, frame=frame,
                                     face_index=face_index, device=device, enhance=enhance,
                                     enhance_strength=enhance_strength)
@@ -367,8 +546,26 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                 animator.log(f"request failed: {exc}")
                 raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
 
-        button.click(animate, inputs=[image, audio, motion, frame, face, device, enhance, strength], outputs=video,
-                     api_name=API_NAME, concurrency_limit=1)
+        def animate_page(image: str | None, audio: str | None, motion_scale: float = motion.value,
+                         frame: str = frame.value, face_index: float | None = face.value, device: str = base.device,
+                         enhance: str = base.enhance, enhance_strength: float = float(base.enhance_strength),
+                         progress=gr.Progress()):
+            """The page's Animate button: the video's segments while it renders, then the MP4."""
+            choices = dict(motion_scale=motion_scale, frame=frame, face_index=face_index, device=device,
+                           enhance=enhance, enhance_strength=enhance_strength)
+            try:
+                yield from page_items(animator.stream(image, audio, keep=video_file.move_resource_to_block_cache,
+                                                      progress=_ProgressBridge(progress), segments=streaming,
+                                                      **choices))
+            except TalkheadError as exc:
+                animator.log(f"request failed: {exc}")
+                raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
+
+        inputs = [image, audio, motion, frame, face, device, enhance, strength]
+        page = button.click(animate_page, inputs=inputs, outputs=[video, video_file], api_name="animate_page",
+                            api_visibility="private", show_progress_on=[video_file], **busy)
+        stop_button.click(None, cancels=[page])
+        gr.on([], animate, inputs=inputs, outputs=video_file, api_name=API_NAME, **busy)
 
         with gr.Tab("Reenact"):
             with gr.Row():
@@ -379,8 +576,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                             elem_id="reenact-photo", height=280))
                         r_driving = gr.Video(label="Driving video (a moving face; its audio is kept)",
                                              sources=["upload"], elem_id="reenact-video", height=280)
-                    r_button = gr.Button("Reenact", variant="primary", elem_id="reenact-button",
-                                         interactive=animator.load_error is None)
+                    r_button, r_stop_button = run_buttons("Reenact", "reenact")
                     with gr.Accordion("Options", open=True):
                         r_frame = gr.Radio(list(FRAMES), value=frame.value, label="Frame",
                                            info="the whole photo, or the square face crop")
@@ -392,8 +588,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                         r_device = gr.Dropdown(list(DEVICES), value=base.device, label="Device")
                         r_enhance, r_strength = _enhance_controls(gr, base, "reenact-")
                 with gr.Column():
-                    r_video = gr.Video(label="Reenacted (MP4)", elem_id="reenact-result", buttons=["download"],
-                                       interactive=False, height=420)
+                    r_video, r_video_file = player("Reenacted (plays while it renders)", "reenact-result")
 
         def reenact(photo: str | None, driving_video: str | None, frame: str = r_frame.value,
                     relative: bool = True, find_best_frame: bool = False, face_index: float | None = r_face.value,
@@ -401,7 +596,7 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                     enhance_strength: float = float(base.enhance_strength), progress=gr.Progress()) -> str:
             """Move the face in the photo like the face in the driving video; returns the MP4."""
             try:
-                return animator.run_reenact(photo, driving_video, keep=r_video.move_resource_to_block_cache,
+                return animator.run_reenact(photo, driving_video, keep=r_video_file.move_resource_to_block_cache,
                                             progress=_ProgressBridge(progress), relative=relative,
                                             find_best_frame=find_best_frame, frame=frame, face_index=face_index,
                                             device=device, enhance=enhance, enhance_strength=enhance_strength)
@@ -409,9 +604,28 @@ def build_app(animator: Animator, *, title: str = "talkhead"):
                 animator.log(f"request failed: {exc}")
                 raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
 
-        r_button.click(reenact, inputs=[r_photo, r_driving, r_frame, r_relative, r_best, r_face, r_device, r_enhance,
-                                        r_strength],
-                       outputs=r_video, api_name=REENACT_API_NAME, concurrency_limit=1)
+        def reenact_page(photo: str | None, driving_video: str | None, frame: str = r_frame.value,
+                         relative: bool = True, find_best_frame: bool = False,
+                         face_index: float | None = r_face.value, device: str = base.device,
+                         enhance: str = base.enhance, enhance_strength: float = float(base.enhance_strength),
+                         progress=gr.Progress()):
+            """The page's Reenact button: the video's segments while it renders, then the MP4."""
+            choices = dict(relative=relative, find_best_frame=find_best_frame, frame=frame, face_index=face_index,
+                           device=device, enhance=enhance, enhance_strength=enhance_strength)
+            try:
+                yield from page_items(animator.stream_reenact(
+                    photo, driving_video, keep=r_video_file.move_resource_to_block_cache,
+                    progress=_ProgressBridge(progress), segments=streaming, **choices))
+            except TalkheadError as exc:
+                animator.log(f"request failed: {exc}")
+                raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
+
+        r_inputs = [r_photo, r_driving, r_frame, r_relative, r_best, r_face, r_device, r_enhance, r_strength]
+        r_page = r_button.click(reenact_page, inputs=r_inputs, outputs=[r_video, r_video_file],
+                                api_name="reenact_page", api_visibility="private", show_progress_on=[r_video_file],
+                                **busy)
+        r_stop_button.click(None, cancels=[r_page])
+        gr.on([], reenact, inputs=r_inputs, outputs=r_video_file, api_name=REENACT_API_NAME, **busy)
     return demo
 
 
@@ -580,6 +794,9 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
         animator = Animator(base, root / "requests", log=say).load()
         if animator.load_error:
             say(f"models not loaded (shown on the page): {animator.load_error}")
+        if not can_stream():
+            say(f"note: the page shows each video once it is finished; to play it while it renders, put "
+                f"{' and '.join(STREAM_TOOLS)} on PATH (Gradio's streaming player runs them)")
         demo = build_app(animator)
         demo.queue(default_concurrency_limit=1)
         theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -623,5 +840,5 @@ def serve(base: AnimateOptions, *, host: str = "127.0.0.1", port: int = 7860, sh
     return received[0] if received else None
 
 
-__all__ = ["Animator", "build_app", "serve", "sweep_stale_roots", "MAX_UPLOAD_MB", "LOOPBACK", "request_options", "require_gradio", "INSTALL_HINT", "API_NAME",
+__all__ = ["Animator", "build_app", "serve", "can_stream", "STREAM_TOOLS", "sweep_stale_roots", "MAX_UPLOAD_MB", "LOOPBACK", "request_options", "require_gradio", "INSTALL_HINT", "API_NAME",
            "REENACT_API_NAME", "FRAMES"]

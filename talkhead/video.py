@@ -7,6 +7,10 @@ length of the video; the original speech file is muxed in by the same ffmpeg pro
 written to a hidden temporary file beside the target (:func:`talkhead.io.atomic_output`) and renamed
 into place only when ffmpeg succeeded: on any error or Ctrl-C ffmpeg is killed and nothing partial
 remains.
+
+:class:`SegmentWriter` cuts the same frames into short standalone MP4 segments as they arrive (each
+with its slice of the audio, losslessly), for a page that plays the video while it renders;
+:class:`FrameTee` feeds one batch to both.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import os
 import queue
 import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Optional
@@ -25,9 +30,13 @@ from .constants import FPS
 from .errors import FFmpegError, InputError
 from .io import AtomicOutput, check_output_path, signals_deferred
 
-__all__ = ["to_uint8_frames", "VideoWriter", "WriterThread"]
+__all__ = ["to_uint8_frames", "VideoWriter", "WriterThread", "Segment", "SegmentWriter", "FrameTee",
+           "SEGMENT_S", "segment_sample"]
 
 _MP4_SUFFIXES = {".mp4", ".m4v", ".mov"}
+
+AUDIO_CODECS = ("aac", "flac")
+"""Audio encoders :class:`VideoWriter` offers (``audio_codec``)."""
 
 MIN_FREE_BYTES = 64 * 1024
 """The encoder stops at once when the output's file system has less than this free (bytes): the
@@ -152,6 +161,9 @@ class VideoWriter:
         crf: x264 constant rate factor, 0 (lossless) .. 51; 18 is visually lossless.
         overwrite: allow replacing an existing ``path``.
         preset: x264 speed/size preset (``ultrafast`` .. ``veryslow``).
+        audio_codec: ``"aac"`` (128 kbit/s, what a video to keep gets), or ``"flac"``: lossless, the
+            samples decode exactly as they were given (no encoder priming or padding), what a
+            :class:`SegmentWriter` segment needs so that its slices join without a gap.
 
     Raises:
         OutputError: (constructor) ``path`` exists without ``overwrite``, or its folder is missing or
@@ -163,7 +175,7 @@ class VideoWriter:
 
     def __init__(self, path: str | os.PathLike, *, size: tuple[int, int], fps: float = FPS,
                  audio_path: str | os.PathLike | None = None, crf: int = 18, overwrite: bool = False,
-                 preset: str = "medium"):
+                 preset: str = "medium", audio_codec: str = "aac"):
         try:
             width, height = (int(v) for v in size)
         except (TypeError, ValueError) as err:
@@ -174,6 +186,9 @@ class VideoWriter:
             raise ValueError(f"fps must be > 0, got {fps!r}")
         if not 0 <= crf <= 51:
             raise ValueError(f"crf must be within 0..51, got {crf!r}")
+        if audio_codec not in AUDIO_CODECS:
+            raise ValueError(f"audio_codec must be one of {', '.join(AUDIO_CODECS)}, got {audio_codec!r}")
+        self.audio_codec = audio_codec
         self.path = check_output_path(path, overwrite, probe=False)  # the temporary file proves writability
         self.overwrite = overwrite
         self.audio_path = None if audio_path is None else Path(os.path.abspath(Path(audio_path).expanduser()))
@@ -195,7 +210,7 @@ class VideoWriter:
         suffix = self.path.suffix.lower()
         opts: dict[str, Any] = {"f": "matroska" if suffix == ".mkv" else ("mov" if suffix == ".mov" else "mp4")}
         if self.audio_path is not None:
-            opts.update({"b:a": "128k", "acodec": "aac"})
+            opts.update({"b:a": "128k", "acodec": "aac"} if self.audio_codec == "aac" else {"acodec": self.audio_codec})
         opts["crf"] = self.crf
         if suffix != ".mkv":
             opts["movflags"] = "+faststart"
@@ -224,7 +239,7 @@ class VideoWriter:
         caps = _ff.ffmpeg_capabilities()
         if not caps["has_libx264"]:
             raise FFmpegError(f"ffmpeg {caps['exe']!r} (version {caps['version']}) has no libx264 encoder")
-        if self.audio_path is not None and not caps["has_aac"]:
+        if self.audio_path is not None and self.audio_codec == "aac" and not caps["has_aac"]:
             raise FFmpegError(f"ffmpeg {caps['exe']!r} (version {caps['version']}) has no aac encoder")
         free = _free_bytes(self.path.parent)
         if free is not None and free < MIN_FREE_BYTES:
@@ -492,3 +507,291 @@ class WriterThread:
         self._join(self.JOIN_TIMEOUT_S)
         self._thread = None
         return False
+
+
+# ------------------------------------------------------------------------------------------ segments
+SEGMENT_S = 2.0
+"""Default length of a :class:`SegmentWriter` segment, seconds (50 frames at 25 fps): what a page that
+plays a video while it renders waits for before its first picture, and each segment's share of
+ffmpeg start-up work after that."""
+
+
+def segment_sample(frame: int, fps: float, sample_rate: int) -> int:
+    """The first audio sample of video frame ``frame``: ``round(frame * sample_rate / fps)``.
+
+    Frame ``f`` plays from ``f / fps`` seconds, so the samples ``[segment_sample(a), segment_sample(b))``
+    are the sound of frames ``[a, b)``; consecutive ranges join without a gap or an overlap (640 samples
+    a frame at 16 kHz and 25 fps, 1764 at 44.1 kHz).
+    """
+    return int(round(frame * sample_rate / fps))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One finished segment of a :class:`SegmentWriter`: a standalone MP4 (H.264, + FLAC audio).
+
+    Attributes:
+        path: the MP4 (in the writer's folder; the receiver may move or delete it).
+        index: 0, 1, 2, ... in playing order.
+        start_frame / num_frames: its frames' place in the whole video.
+        fps: frames per second.
+        start_sample / num_samples: its audio's place in the audio file's samples (``num_samples`` 0
+            when it has no audio: none given, or the audio ended earlier).
+        sample_rate: the audio's rate, Hz (0 without audio).
+    """
+
+    path: Path
+    index: int
+    start_frame: int
+    num_frames: int
+    fps: float
+    start_sample: int = 0
+    num_samples: int = 0
+    sample_rate: int = 0
+
+    @property
+    def start_s(self) -> float:
+        """Where it starts in the whole video, seconds."""
+        return self.start_frame / self.fps
+
+    @property
+    def duration_s(self) -> float:
+        """Its video's length, seconds (``num_frames / fps``)."""
+        return self.num_frames / self.fps
+
+
+class _AudioSlicer:
+    """Consecutive ``(n, channels)`` float32 slices of an audio file's first stream, decoded once
+    (:func:`talkhead.audio.source_blocks`): ``take(n)`` returns the next ``n`` samples, fewer at the end."""
+
+    def __init__(self, path: Path):
+        from .audio import source_blocks
+
+        self.info: dict = {}
+        self._blocks = source_blocks(path, self.info)
+        self._pending: list[np.ndarray] = []
+        self._held = 0
+        self._ended = False
+        self._fill(1)  # opens the stream: sample_rate / channels are known from here on
+        self.sample_rate = int(self.info.get("source_sample_rate") or 0)
+        self.channels = int(self.info.get("source_channels") or 1)
+
+    def _fill(self, n: int) -> None:
+        while self._held < n and not self._ended:
+            block = next(self._blocks, None)
+            if block is None:
+                self._ended = True
+            elif len(block):
+                self._pending.append(block)
+                self._held += len(block)
+
+    def take(self, n: int) -> np.ndarray:
+        self._fill(n)
+        joined = np.concatenate(self._pending) if self._pending else np.zeros((0, self.channels), np.float32)
+        out, rest = joined[:n], joined[n:]
+        self._pending, self._held = ([rest] if len(rest) else []), len(rest)
+        return out
+
+    def close(self) -> None:
+        self._blocks.close()  # stops the decoding ffmpeg
+
+
+class SegmentWriter:
+    """Cut a stream of frames into consecutive short MP4 segments, each playable on its own, as the
+    frames arrive: what a web page plays while the whole video is still rendering.
+
+    Every ``round(seconds * fps)`` frames make one segment: H.264 (a :class:`VideoWriter`, keyframe
+    first) with the matching slice of ``audio_path``'s first audio stream - the samples
+    ``[segment_sample(first frame), segment_sample(first frame of the next segment))`` - in lossless
+    FLAC, so the slices decode to exactly those samples and join without a gap (AAC would add its
+    encoder priming and padding to every segment, ~46 ms of silence and drift each). The last segment
+    holds the frames left (and the audio left, up to a frame's worth more or less than its frames,
+    as in the whole MP4). Played one after another, the segments are the whole video: the same frame
+    count, the same samples.
+
+    ``on_segment(Segment)`` is called once a segment is finished, in the thread that wrote its last
+    frame (or closes the writer); from then on the file is the receiver's. The audio is decoded once,
+    as it is needed (:func:`talkhead.audio.source_blocks`): memory holds one segment's slice.
+
+    Usage (beside the :class:`VideoWriter` of the whole video, e.g. through :class:`FrameTee`)::
+
+        with SegmentWriter(folder, on_segment, size=(W, H), fps=25, audio_path="speech.wav") as seg:
+            for batch in render():
+                seg.write(batch)
+
+    Args:
+        folder: an existing folder for the segments (``segment-00000.mp4``, ...) and their audio slices.
+        on_segment: called with each finished :class:`Segment`.
+        size / fps / crf / preset: as :class:`VideoWriter` (``veryfast``: a segment is for watching now).
+        audio_path: the file whose first audio stream is sliced into the segments, or ``None``.
+        seconds: segment length, seconds (:data:`SEGMENT_S`); at least one frame.
+
+    Raises:
+        ValueError: (constructor) ``seconds <= 0``, or :class:`VideoWriter`'s own checks; (write) frames of
+            the wrong shape or dtype.
+        InputError: (constructor) ``folder`` is not a folder, ``audio_path`` does not exist.
+        AudioError: the audio cannot be decoded. FFmpegError: a segment's encoding failed.
+        Whatever ``on_segment`` raises.
+    """
+
+    def __init__(self, folder: str | os.PathLike, on_segment: Callable[[Segment], Any], *, size: tuple[int, int],
+                 fps: float = FPS, audio_path: str | os.PathLike | None = None, seconds: float = SEGMENT_S,
+                 crf: int = 23, preset: str = "veryfast"):
+        if not seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {seconds!r}")
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps!r}")
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise InputError(f"segment folder {str(folder)!r} is not a folder")
+        self.audio_path = None if audio_path is None else Path(audio_path)
+        if self.audio_path is not None and not self.audio_path.is_file():
+            raise InputError(f"audio file {str(audio_path)!r} does not exist")
+        self.on_segment = on_segment
+        self.size, self.fps, self.crf, self.preset = size, fps, crf, preset
+        self.frames_per_segment = max(1, int(round(seconds * fps)))
+        self.num_frames = 0  # frames written, all segments
+        self.segments: list[Segment] = []
+        self._audio: _AudioSlicer | None = None
+        self._video: VideoWriter | None = None
+        self._wav: Path | None = None
+        self._slice = (0, 0)
+        self._open = False
+        VideoWriter(self.folder / "segment-check.mp4", size=size, fps=fps, crf=crf, preset=preset)  # its checks
+
+    def __enter__(self) -> "SegmentWriter":
+        if self._open:
+            raise RuntimeError("SegmentWriter is already open")
+        self._open = True
+        try:
+            if self.audio_path is not None:
+                self._audio = _AudioSlicer(self.audio_path)
+        except BaseException:
+            self.abort()
+            raise
+        return self
+
+    def _start(self) -> None:
+        """Open the next segment: its audio slice (a WAV beside it) and its encoder."""
+        import soundfile as sf
+
+        index, first = len(self.segments), self.num_frames
+        name = f"segment-{index:05d}"
+        audio = None
+        if self._audio is not None and self._audio.sample_rate > 0:
+            rate = self._audio.sample_rate
+            start = segment_sample(first, self.fps, rate)
+            pcm = self._audio.take(segment_sample(first + self.frames_per_segment, self.fps, rate) - start)
+            self._slice = (start, len(pcm))
+            if len(pcm):
+                self._wav = self.folder / f".{name}.wav"
+                # 16-bit like the speech files it comes from; x * 32768 undoes the decoder's scaling exactly
+                sf.write(self._wav, np.clip(np.rint(pcm * 32768.0), -32768, 32767).astype(np.int16), rate,
+                         subtype="PCM_16")
+                audio = self._wav
+        else:
+            self._slice = (0, 0)
+        self._video = VideoWriter(self.folder / f"{name}.mp4", size=self.size, fps=self.fps, audio_path=audio,
+                                  crf=self.crf, preset=self.preset, audio_codec="flac")
+        self._video.__enter__()
+        self._first = first
+
+    def _finish(self) -> None:
+        """Close the segment in hand and hand it to ``on_segment``."""
+        video, self._video = self._video, None
+        path = video.close()
+        self._drop_wav()
+        start, count = self._slice
+        segment = Segment(path=path, index=len(self.segments), start_frame=self._first, num_frames=video.num_frames,
+                          fps=self.fps, start_sample=start, num_samples=count,
+                          sample_rate=self._audio.sample_rate if count else 0)
+        self.segments.append(segment)
+        self.on_segment(segment)
+
+    def _drop_wav(self) -> None:
+        if self._wav is not None:
+            self._wav.unlink(missing_ok=True)
+            self._wav = None
+
+    def write(self, frames: Any) -> None:
+        """Add frames ``(H, W, 3)`` or ``(b, H, W, 3)`` (see :func:`to_uint8_frames`); every segment they
+        complete is finished and handed over before this returns.
+
+        Raises:
+            RuntimeError: outside the ``with`` block. Otherwise as the class.
+        """
+        if not self._open:
+            raise RuntimeError("SegmentWriter.write() outside its with-block")
+        batch = to_uint8_frames(frames)
+        i = 0
+        while i < len(batch):
+            if self._video is None:
+                self._start()
+            take = min(len(batch) - i, self.frames_per_segment - self._video.num_frames)
+            self._video.write(batch[i:i + take])
+            self.num_frames += take
+            i += take
+            if self._video.num_frames == self.frames_per_segment:
+                self._finish()
+
+    def close(self) -> list[Segment]:
+        """Finish the last segment (the frames left) and stop decoding; return every segment.
+
+        Raises:
+            RuntimeError: not open. FFmpegError: the last segment's encoding failed.
+        """
+        if not self._open:
+            raise RuntimeError("SegmentWriter is not open")
+        try:
+            if self._video is not None:
+                self._finish()
+        except BaseException:
+            self.abort()
+            raise
+        self._open = False
+        if self._audio is not None:
+            self._audio.close()
+            self._audio = None
+        return list(self.segments)
+
+    def abort(self) -> None:
+        """Stop: kill the segment in hand (its file is never created) and the audio decoder; the
+        segments already handed over are the receiver's. Idempotent."""
+        self._open = False
+        video, self._video = self._video, None
+        if video is not None:
+            video.abort()
+        self._drop_wav()
+        if self._audio is not None:
+            self._audio.close()
+            self._audio = None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+class FrameTee:
+    """A frame sink that writes every batch to several sinks in turn (e.g. the whole video's
+    :class:`VideoWriter` and a :class:`SegmentWriter`); the batch is converted once
+    (:func:`to_uint8_frames`).
+
+    Args:
+        *sinks: objects with ``write(frames (b, H, W, 3) uint8)``.
+
+    Raises:
+        (write) whatever a sink raises; the sinks after it do not get that batch.
+    """
+
+    def __init__(self, *sinks):
+        self.sinks = sinks
+        self.num_frames = 0
+
+    def write(self, frames: Any) -> None:
+        batch = to_uint8_frames(frames)
+        for sink in self.sinks:
+            sink.write(batch)
+        self.num_frames += len(batch)

@@ -388,3 +388,44 @@ def test_streamed_animate_keypoints_equal_the_one_pass_generation(tiny_models_di
     assert len(result.kp_driving) == len(one_pass) == 119 and result.num_frames == 120
     assert torch.allclose(result.kp_driving.value, one_pass.value, rtol=0, atol=1e-6)
     assert torch.allclose(result.kp_driving.jacobian, one_pass.jacobian, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- preview segments
+def test_a_preview_sink_gets_every_frame_as_it_renders_and_an_error_aborts_both(tmp_path):
+    """``run(preview=...)``: segments are handed over while the render goes on (the first one before the
+    last batch renders), they add up to the MP4's frames and the speech; a render error mid-way leaves
+    the segments already handed over and no MP4."""
+    import functools
+
+    from talkhead.errors import NonFiniteError
+    from talkhead.pipeline import SpeechMotion
+    from talkhead.video import SegmentWriter
+
+    renderer = ToyRenderer()
+    pipe = Pipeline(AnimateOptions(batch_size=5, frame="crop"), renderer=renderer, motion=toy_motion,
+                    landmarker=astronaut_face)
+    (tmp_path / "segs").mkdir()
+    got, rendered_at = [], []
+
+    def on_segment(segment):
+        got.append(segment)
+        rendered_at.append(sum(renderer.calls))
+
+    result = pipe.run(ASTRONAUT, SpeechMotion(SPEECH), tmp_path / "out.mp4",
+                      preview=functools.partial(SegmentWriter, tmp_path / "segs", on_segment, seconds=1.0))
+    assert [s.num_frames for s in got] == [25, 25, 25, 25, 20]  # 4.8 s: 120 frames
+    assert sum(s.num_frames for s in got) == result.num_frames == probe(tmp_path / "out.mp4").num_frames
+    assert rendered_at[0] < 120  # handed over while frames were still to render
+    assert sum(s.num_samples for s in got) == 76800 and got[-1].sample_rate == 16000  # all 4.8 s of the speech
+    assert probe(got[0].path).audio_codec == "flac"
+
+    (tmp_path / "bad").mkdir()
+    got.clear()
+    with pytest.raises(NonFiniteError):
+        Pipeline(AnimateOptions(batch_size=4, frame="crop"), renderer=_InfRender(), motion=toy_motion,
+                 landmarker=astronaut_face).run(
+            ASTRONAUT, SpeechMotion(SPEECH), tmp_path / "bad.mp4",
+            preview=functools.partial(SegmentWriter, tmp_path / "bad", on_segment, seconds=0.2))
+    # batches of 4: the third goes bad, so frames 0-7 were written: one whole segment of 5
+    assert not (tmp_path / "bad.mp4").exists() and [s.num_frames for s in got] == [5]
+    assert [p.name for p in sorted((tmp_path / "bad").iterdir())] == ["segment-00000.mp4"]

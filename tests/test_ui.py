@@ -6,6 +6,7 @@ and finally stopped with Ctrl-C (SIGINT), after which its temporary folder must 
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -296,26 +297,29 @@ def test_page_in_headless_chromium(server, tmp_path):
         driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))  # uploaded and previewed
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
-        # record every text the result panel shows while the request runs (the progress bar's labels)
+        # record every text the download box shows while the request runs (the progress bar's labels: it is
+        # shown there, so that it does not cover the player)
         driver.execute_script("""
             window.__seen = [];
             new MutationObserver(() => {
-                const panel = document.querySelector('#result');
+                const panel = document.querySelector('#result-file');
                 const text = panel ? panel.innerText : '';
                 if (text && window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
             }).observe(document.body, {subtree: true, childList: true, characterData: true});""")
         wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
-        video = wait.until(lambda d: next((v for v in d.find_elements(By.CSS_SELECTOR, "#result video")
-                                           if v.get_attribute("src")), None))
-        assert video.get_attribute("src").split("?")[0].endswith(".mp4")
-        wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1 && arguments[0].duration",
-                                              video))  # the player has the file's metadata
+        link = wait.until(lambda d: next((a for a in d.find_elements(By.CSS_SELECTOR, "#result-file a")
+                                          if ".mp4" in (a.get_attribute("href") or "")), None))
+        assert "astronaut-talking.mp4" in driver.find_element(By.ID, "result-file").text.replace("\n", "")  # once written
+        assert link.get_attribute("href").split("?")[0].endswith(".mp4")
+        video = driver.find_element(By.CSS_SELECTOR, "#result video")  # the player streamed the segments
+        wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1 && arguments[0].duration > 4",
+                                              video))
         seen = "\n".join(driver.execute_script("return window.__seen"))
         assert "keypoints (MS-Sync)" in seen and "frames (FOMM + ffmpeg)" in seen  # progress: keypoints, then frames
         assert seen.index("keypoints (MS-Sync)") < seen.index("frames (FOMM + ffmpeg)")
         assert "/120 frames" in seen and "Error" not in seen
         duration = driver.execute_script("return arguments[0].duration", video)
-        assert duration == pytest.approx(4.8, abs=0.1)
+        assert duration == pytest.approx(4.8, abs=0.15)
         driver.execute_script("window.scrollTo(0, 0)")
         shot = tmp_path / "ui-screenshot.png"
         driver.save_screenshot(str(shot))
@@ -481,3 +485,278 @@ def test_missing_checkpoints_show_on_the_page_with_the_fix(tmp_path, monkeypatch
     assert len(shared) == 1 or any(".gradio.live" in ln for ln in logs), logs
     assert "Could not create share link" not in out and "\n" not in "".join(shared)
     assert not (ROOT / "talkhead" / "ui.pyi").exists()  # Gradio writes stubs beside modules that subclass components
+
+
+# --------------------------------------------------------------------------------------- playing while it renders
+@pytest.fixture
+def gated_page(tmp_path, monkeypatch):
+    """An in-process page over toy components whose render stops after 50 frames (2 s) until the test
+    sets ``gate``: ``(url, gate, reached, animator, log)``; ``reached`` is set when the render waits there,
+    ``log`` holds the animator's lines."""
+    from talkhead.ui import can_stream
+
+    _need_ui_extra()
+    if not can_stream():
+        pytest.skip("Gradio's streaming video output needs ffmpeg and ffprobe on PATH (apt-get install ffmpeg)")
+    yield from _toy_page(tmp_path, monkeypatch, stream=True)
+
+
+def _toy_page(tmp_path, monkeypatch, stream: bool):
+    from helpers import ToyRenderer, astronaut_face, toy_motion
+    from talkhead.pipeline import Pipeline
+    from talkhead.ui import Animator, build_app
+
+    gate, reached, log = threading.Event(), threading.Event(), []
+
+    class GatedRenderer(ToyRenderer):
+        rendered = 0
+
+        def frames(self, source, kp_source, kp_driving):
+            if self.rendered >= 50:
+                reached.set()
+                assert gate.wait(300), "the test never let the render go on"
+            self.rendered += len(kp_driving)
+            return super().frames(source, kp_source, kp_driving)
+
+    base = AnimateOptions(device="cpu", batch_size=5, landmarker="dlib", offline=True)
+    pipeline = Pipeline(base, renderer=GatedRenderer(), motion=toy_motion, landmarker=astronaut_face)
+    animator = Animator(base, tmp_path / "requests", pipeline=pipeline, segment_s=1.0, log=log.append)
+    animator._by_device["cpu"] = pipeline  # the injected components are "loaded"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    demo = build_app(animator, stream=stream)
+    demo.queue(default_concurrency_limit=1)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
+    try:
+        yield f"http://127.0.0.1:{port}/", gate, reached, animator, log
+    finally:
+        gate.set()
+        demo.close(verbose=False)
+
+
+def test_the_page_plays_the_video_while_it_renders_then_offers_the_mp4(gated_page, tmp_path):
+    """Headless Chromium: with the render held after its first 2 s of frames, the result player is
+    already playing (Gradio's streaming output, fed each finished segment); the MP4 to download appears
+    only once the render is let go, and it is the whole video."""
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, gate, reached, _, _ = gated_page
+    driver = _headless(1280, 900)
+    try:
+        wait = WebDriverWait(driver, 120)
+        driver.get(url)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
+        driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
+        wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
+        playing = ("const v = document.querySelector('#result video');"
+                   "return !!v && v.currentTime > 0 && !v.paused && v.readyState >= 2;")
+        wait.until(lambda d: d.execute_script(playing), "the player never played while the render was held")
+        assert reached.is_set() and not gate.is_set()  # the render is held: the job cannot have finished
+        assert not driver.find_elements(By.CSS_SELECTOR, "#result-file a[href*='.mp4']")  # nothing to download yet
+        shot = tmp_path / "streaming.png"
+        driver.save_screenshot(str(shot))
+        if os.environ.get("TALKHEAD_UI_SCREENSHOT"):
+            shutil.copy(shot, Path(os.environ["TALKHEAD_UI_SCREENSHOT"]).with_suffix(".streaming.png"))
+
+        gate.set()
+        link = wait.until(lambda d: next((a for a in d.find_elements(By.CSS_SELECTOR, "#result-file a")
+                                          if ".mp4" in (a.get_attribute("href") or "")), None))
+        mp4 = tmp_path / "downloaded.mp4"
+        mp4.write_bytes(urllib.request.urlopen(link.get_attribute("href"), timeout=60).read())
+        info = probe(mp4)
+        assert (info.video_codec, info.audio_codec, info.num_frames) == ("h264", "aac", 120)  # the CLI's MP4, whole
+        assert "Error" not in driver.find_element(By.ID, "result").text
+
+        # what the player was given, joined (Gradio's own file of the stream): every frame, and the speech
+        # continuous and in sync with them across the segment boundaries (1 s, 2 s, ...)
+        playlist = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)"
+                                         ".find(n => n.includes('playlist.m3u8'))")
+        played = tmp_path / "played.mp4"
+        played.write_bytes(urllib.request.urlopen(playlist.replace("playlist.m3u8", "playlist-file"), timeout=60).read())
+        assert probe(played).num_frames == 120
+        offsets = _speech_offsets_s(played, [0.3, 0.9, 1.9, 2.9, 3.9])  # windows across 1, 2, 3 and 4 s
+        assert max(offsets) - min(offsets) < 1e-3, offsets  # no gap, no drift at the boundaries
+        assert abs(offsets[0]) <= 1 / 25, offsets  # the sound where its frames are, within a frame
+    finally:
+        driver.quit()
+
+
+def _speech_offsets_s(video: Path, at_s: list[float], window_s: float = 0.25, search_s: float = 0.2) -> list[float]:
+    """Where SPEECH's sound at each of ``at_s`` is heard in ``video``, relative to the video's frames
+    (seconds; positive = late): cross-correlation of 16 kHz mono windows, plus the streams' start times."""
+    import json
+
+    import soundfile as sf
+
+    streams = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(video)],
+                                        capture_output=True, check=True).stdout)["streams"]
+    start = {s["codec_type"]: float(s.get("start_time", 0)) for s in streams}
+    heard = np.frombuffer(subprocess.run(["ffmpeg", "-v", "error", "-i", str(video), "-vn", "-f", "s16le", "-ac", "1",
+                                          "-ar", "16000", "-"], capture_output=True, check=True).stdout,
+                          np.int16).astype(np.float32)
+    speech, rate = sf.read(SPEECH, dtype="float32")
+    win, search = int(window_s * rate), int(search_s * rate)
+    offsets = []
+    for t in at_s:
+        ref = speech[int(t * rate):int(t * rate) + win]
+        lo = max(0, int(t * rate) - search)
+        part = heard[lo:int(t * rate) + win + search]
+        scores = np.correlate(part, ref, mode="valid") / (np.sqrt(np.convolve(part ** 2, np.ones(win), "valid")) + 1e-9)
+        heard_at = (lo + int(np.argmax(scores))) / rate + start["audio"]
+        offsets.append(heard_at - t - start["video"])
+    return offsets
+
+
+def _toy_animator(tmp_path, renderer, segment_s=1.0):
+    from helpers import astronaut_face, toy_motion
+    from talkhead.pipeline import Pipeline
+    from talkhead.ui import Animator
+
+    base = AnimateOptions(device="cpu", batch_size=5)
+    pipeline = Pipeline(base, renderer=renderer, motion=toy_motion, landmarker=astronaut_face)
+    animator = Animator(base, tmp_path / "requests", pipeline=pipeline, segment_s=segment_s)
+    animator._by_device["cpu"] = pipeline
+    return animator
+
+
+def test_a_render_error_after_segments_ends_the_stream_with_its_line_and_no_mp4(tmp_path):
+    """Segments already played stay played; the error is the CLI's one line (upload names only); the MP4
+    is never kept, and the request's folder is gone."""
+    import torch
+
+    from helpers import ToyRenderer
+    from talkhead.errors import NonFiniteError
+
+    class BadAfterTwoSeconds(ToyRenderer):
+        rendered = 0
+
+        def frames(self, source, kp_source, kp_driving):
+            frames = super().frames(source, kp_source, kp_driving)
+            self.rendered += len(kp_driving)
+            if self.rendered > 50:
+                frames[0, 0, 0, 0] = torch.inf
+            return frames
+
+    kept = []
+    items = []
+    animator = _toy_animator(tmp_path, BadAfterTwoSeconds())
+    with pytest.raises(NonFiniteError) as err:
+        for kind, path in animator.stream(str(ASTRONAUT), str(SPEECH), keep=kept.append):
+            if kind != "wait":
+                items.append(kind)
+                assert Path(path).is_file() and probe(path).num_frames == 25  # each 1 s segment, playable
+    assert items == ["segment", "segment"] and kept == []
+    assert "\n" not in str(err.value) and err.value.stage == "render"
+    assert list((tmp_path / "requests").iterdir()) == []
+
+
+def test_closing_the_stream_stops_the_render(tmp_path):
+    """The page's request ends early (Stop, a closed tab: Gradio closes the generator): the render stops
+    at its next batch, nothing is kept, the request's folder is gone."""
+    from helpers import ToyRenderer, wait_for
+
+    gate, reached = threading.Event(), threading.Event()
+
+    class Held(ToyRenderer):
+        rendered = 0
+
+        def frames(self, source, kp_source, kp_driving):
+            if self.rendered >= 50:
+                reached.set()
+                assert gate.wait(300)
+            self.rendered += len(kp_driving)
+            return super().frames(source, kp_source, kp_driving)
+
+    renderer, kept = Held(), []
+    animator = _toy_animator(tmp_path, renderer)
+    stream = animator.stream(str(ASTRONAUT), str(SPEECH), keep=kept.append)
+    assert next(kind for kind, _ in stream if kind != "wait") == "segment"
+    wait_for(reached.is_set, timeout=120, what="the render reaching the held batch")
+    assert next(kind for kind, _ in stream if kind == "wait")  # (the second segment may come first)
+    assert [kind for kind, _ in itertools.islice(stream, 2)] == ["wait", "wait"]  # held: nothing new, yet it yields
+    stream.close()  # returns at once, the render still held
+    (request,) = (tmp_path / "requests").iterdir()  # the render's: removed once it has stopped
+    gate.set()
+    wait_for(lambda: not request.exists(), timeout=120, what="the stopped render's folder going")
+    assert renderer.rendered < 120 and kept == []  # stopped after the batch in hand
+    # the next request runs (it waited for the stopped one), to the end
+    items = [kind for kind, _ in animator.stream(str(ASTRONAUT), str(SPEECH), keep=kept.append)]
+    assert items[-1] == "video" and items.count("segment") == 5 and len(kept) == 1
+
+
+@pytest.fixture
+def finished_only_page(tmp_path, monkeypatch):
+    """The toy page as it is served without ffmpeg/ffprobe on PATH (``stream=False``), render not held."""
+    _need_ui_extra()
+    for page in _toy_page(tmp_path, monkeypatch, stream=False):
+        page[1].set()
+        yield page
+
+
+def test_without_the_streaming_tools_the_page_shows_the_finished_mp4(finished_only_page):
+    """Headless Chromium: the player gets the whole MP4 once it is written, and the download box offers it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = finished_only_page[0]
+    driver = _headless(1280, 900)
+    try:
+        wait = WebDriverWait(driver, 120)
+        driver.get(url)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
+        driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
+        wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
+        video = wait.until(lambda d: next((v for v in d.find_elements(By.CSS_SELECTOR, "#result video")
+                                           if ".mp4" in (v.get_attribute("src") or "")), None))
+        wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1 && arguments[0].duration", video))
+        assert driver.execute_script("return arguments[0].duration", video) == pytest.approx(4.8, abs=0.1)
+        wait.until(lambda d: any(".mp4" in (a.get_attribute("href") or "")
+                                 for a in d.find_elements(By.CSS_SELECTOR, "#result-file a")))
+    finally:
+        driver.quit()
+
+
+def test_stop_on_the_page_stops_the_render_and_offers_no_file(gated_page):
+    """Headless Chromium: Stop while the render is held; once let go it stops at its next batch, its
+    request folder goes, and no MP4 is offered."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from helpers import wait_for
+
+    url, gate, reached, animator, log = gated_page
+    driver = _headless(1280, 900)
+    try:
+        wait = WebDriverWait(driver, 120)
+        driver.get(url)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
+        driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
+        wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
+        wait_for(reached.is_set, timeout=120, what="the render reaching the held batch")
+        (request,) = animator.workdir.iterdir()
+        driver.find_element(By.ID, "animate-stop").click()
+        # Gradio closes the request's generator at its next item (the render is held: a "wait")
+        wait_for(lambda: any(line.startswith("request stopped") for line in log), timeout=60,
+                 what="the request ending while its render is held")
+        gate.set()
+        wait_for(lambda: not request.exists(), timeout=120, what="the stopped render's folder going")
+        assert animator._pipeline.renderer.rendered < 120
+        assert not animator._lock.locked()
+        assert not driver.find_elements(By.CSS_SELECTOR, "#result-file a[href*='.mp4']")
+    finally:
+        driver.quit()

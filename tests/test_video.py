@@ -373,3 +373,112 @@ def test_full_disk_real_tmpfs_fails_within_a_few_frames(small_tmpfs):
     assert "No space left on device" in msg and str(out) in msg and "\n" not in msg
     assert w.num_frames < 200
     assert os.listdir(small_tmpfs) == []
+
+
+# ------------------------------------------------------------------------------------------ segments
+def _segment_audio(path: Path, channels: int) -> np.ndarray:
+    """A file's audio decoded by ffmpeg to int16 ``(n, channels)`` at its own rate (empty without audio)."""
+    out = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-vn", "-f", "s16le", "-acodec", "pcm_s16le",
+                          "pipe:"], capture_output=True)
+    return np.frombuffer(out.stdout, np.int16).reshape(-1, channels)
+
+
+def _stereo_noise(path: Path, seconds: float, rate: int = 22050, seed: int = 0) -> np.ndarray:
+    pcm = (np.random.RandomState(seed).randn(int(round(seconds * rate)), 2) * 3000).astype(np.int16)
+    sf.write(path, pcm, rate, subtype="PCM_16")
+    return pcm
+
+
+def test_segments_join_into_the_whole_video_frames_and_samples(tmp_path):
+    """63 frames at 25 fps in batches of 7 (crossing the boundaries), segments of 10 frames, 22.05 kHz
+    stereo audio half a frame longer than the video: each segment holds its frames and exactly the samples
+    of those frames; played in order they are the whole MP4's frames and the audio file's samples."""
+    from talkhead.video import FrameTee, SegmentWriter, segment_sample
+
+    fps, total = 25, 63
+    pcm = _stereo_noise(tmp_path / "a.wav", total / fps + 0.02)
+    frames = np.random.RandomState(1).randint(0, 256, (total, 48, 64, 3), np.uint8)
+    (tmp_path / "segs").mkdir()
+    got = []
+    with VideoWriter(tmp_path / "whole.mp4", size=(64, 48), fps=fps, audio_path=tmp_path / "a.wav", crf=0) as whole, \
+            SegmentWriter(tmp_path / "segs", got.append, size=(64, 48), fps=fps, audio_path=tmp_path / "a.wav",
+                          seconds=0.4, crf=0) as segments:
+        tee = FrameTee(whole, segments)
+        for i in range(0, total, 7):
+            tee.write(frames[i:i + 7])
+            assert sum(s.num_frames for s in got) == (i + 7) // 10 * 10  # each finished as soon as it is full
+    assert [s.num_frames for s in got] == [10] * 6 + [3]
+    assert [s.index for s in got] == list(range(7)) and [s.start_frame for s in got] == list(range(0, 61, 10))
+    assert sum(s.duration_s for s in got) == pytest.approx(total / fps)
+    assert sorted(p.name for p in (tmp_path / "segs").iterdir()) == [f"segment-{i:05d}.mp4" for i in range(7)]
+
+    _, whole_frames = decode_frames(tmp_path / "whole.mp4")
+    joined = []
+    for s in got:
+        info = probe(s.path)
+        assert (info.video_codec, info.audio_codec, info.num_frames) == ("h264", "flac", s.num_frames)
+        assert info.fps == pytest.approx(fps)
+        joined.append(decode_frames(s.path)[1])
+    assert np.array_equal(np.concatenate(joined), whole_frames)  # lossless x264: the same frames, in order
+
+    audio = [_segment_audio(s.path, 2) for s in got]
+    for s, a in zip(got, audio):
+        assert s.sample_rate == 22050 and s.start_sample == segment_sample(s.start_frame, fps, 22050)
+        assert len(a) == s.num_samples
+    assert [len(a) for a in audio[:-1]] == [8820] * 6  # 882 samples a frame, no priming, no padding
+    assert np.array_equal(np.concatenate(audio), pcm)  # every sample once, in order; the tail in the last
+
+
+def test_segments_without_audio_and_with_audio_shorter_than_the_video(tmp_path):
+    from talkhead.video import SegmentWriter
+
+    frames = np.zeros((30, 32, 32, 3), np.uint8)
+    got = []
+    with SegmentWriter(tmp_path, got.append, size=(32, 32), fps=25, seconds=0.5) as w:  # round(12.5) = 12
+        w.write(frames)
+    assert [s.num_frames for s in got] == [12, 12, 6] and all(s.num_samples == 0 for s in got)
+    assert probe(got[0].path).audio_codec is None
+
+    pcm = _stereo_noise(tmp_path / "short.wav", 0.6, rate=16000)  # 15 frames' worth of sound for 30 frames
+    (tmp_path / "b").mkdir()
+    got = []
+    with SegmentWriter(tmp_path / "b", got.append, size=(32, 32), fps=25, audio_path=tmp_path / "short.wav",
+                       seconds=0.4) as w:
+        w.write(frames)
+    assert [s.num_samples for s in got] == [6400, 3200, 0]
+    assert probe(got[2].path).audio_codec is None and probe(got[2].path).num_frames == 10
+    assert np.array_equal(np.concatenate([_segment_audio(s.path, 2) for s in got[:2]]), pcm)
+
+
+def test_segment_writer_stops_cleanly_and_checks_its_arguments(tmp_path):
+    """An error inside the block: the segments handed over stay, the one in hand is never created and no
+    audio slice is left; bad arguments are refused before anything starts."""
+    from talkhead.video import SegmentWriter
+
+    speech = speech_excerpt(tmp_path / "s.wav", 2.0)
+    (tmp_path / "segs").mkdir()
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        with SegmentWriter(tmp_path / "segs", got.append, size=(32, 32), audio_path=speech, seconds=0.4) as w:
+            w.write(np.zeros((14, 32, 32, 3), np.uint8))
+            raise KeyboardInterrupt
+    assert [s.num_frames for s in got] == [10]
+    assert names(tmp_path / "segs") == ["segment-00000.mp4"]  # no segment-00001, no .wav, no temporary file
+
+    def refuse(segment):
+        raise RuntimeError(f"receiver failed on {segment.index}")
+
+    (tmp_path / "r").mkdir()
+    with pytest.raises(RuntimeError, match="receiver failed on 0"):
+        with SegmentWriter(tmp_path / "r", refuse, size=(32, 32), seconds=0.4) as w:
+            w.write(np.zeros((12, 32, 32, 3), np.uint8))
+    assert names(tmp_path / "r") == ["segment-00000.mp4"]
+
+    with pytest.raises(ValueError, match="seconds must be > 0"):
+        SegmentWriter(tmp_path, print, size=(32, 32), seconds=0)
+    with pytest.raises(InputError, match="is not a folder"):
+        SegmentWriter(tmp_path / "missing", print, size=(32, 32))
+    with pytest.raises(InputError, match="does not exist"):
+        SegmentWriter(tmp_path, print, size=(32, 32), audio_path=tmp_path / "nope.wav")
+    with pytest.raises(ValueError, match="audio_codec must be one of"):
+        VideoWriter(tmp_path / "x.mp4", size=(32, 32), audio_codec="mp3")
