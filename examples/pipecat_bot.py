@@ -11,7 +11,8 @@ speech the service re-emitted, as the transport would play them, into an MP4::
 The models come from ``--models-dir`` (default: ``$TALKHEAD_MODELS`` or ``~/.cache/talkhead``, filled by
 ``talkhead download``). The video starts with ``--idle`` seconds of idle frames, then the speech, then idle
 again until the speech has played; the frames are made in real time when the machine keeps up (on a CPU
-at full size it does not: ``--frame crop`` is quicker, and the run then simply takes longer).
+at full size it does not: ``--frame crop`` and ``--precision bf16`` are quicker, ``--threads 1`` keeps a
+busy shared CPU from stalling, and the run then simply takes longer).
 
 **A real bot.** Keep the service and swap the two stand-ins:
 
@@ -137,8 +138,14 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--frame", choices=("full", "crop"), default="full")
     ap.add_argument("--landmarker", default="auto")
-    ap.add_argument("--precision", default="fp32")
-    asyncio.run(run(ap.parse_args(argv)))
+    ap.add_argument("--precision", default="fp32", help="fp32, or bf16 (CPUs with native bf16, CUDA) / fp16 (CUDA)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; 1 on a busy CPU)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -259,7 +259,6 @@ class LiveSession:
         self._last_kp: Optional[Keypoints] = None
         self._return_from: Optional[Keypoints] = None
         self._return_left = 0
-        self._starve = 0
         self._frames_for_rows: list[int] = []
 
     # -- setup ---------------------------------------------------------------------------------
@@ -399,7 +398,6 @@ class LiveSession:
         self._utterances.clear()
         self._to16k = None
         self._return_left = 0
-        self._starve = 0
         self._samples_in = self._samples_out  # the dropped speech will never play
 
     @property

@@ -111,8 +111,9 @@ class SourcePhoto:
 
 @dataclass
 class PhotoStages:
-    """What every frame of one photo uses, made once (:meth:`Pipeline.photo_stages`): the models loaded,
-    the source encoded, the restore stage and the paste-back built.
+    """What every frame of one photo uses, made once (:meth:`Pipeline.photo_stages`, models loaded): the
+    source crop and its keypoints, the restore stage and the paste-back (the renderer's
+    ``encode_source`` of the crop is its caller's: :meth:`Pipeline.render_into`, the live session).
 
     Attributes:
         photo: the :class:`SourcePhoto`.
