@@ -58,6 +58,7 @@ __all__ = [
     "MIN_NUM_SAMPLES",
     "SILENCE_PEAK",
     "RESAMPLE_QUALITY",
+    "ToMono16k",
     "Speech",
     "load_speech",
     "logfbank",
@@ -142,16 +143,29 @@ class Speech:
 # ------------------------------------------------------------------------------------------------
 # decoding
 # ------------------------------------------------------------------------------------------------
-class _ToMono16k:
-    """Averages channels and resamples blocks to 16 kHz (streamed soxr)."""
+class ToMono16k:
+    """Streamed conversion of audio blocks to 16 kHz mono float32: channels averaged, then resampled with a
+    streamed soxr at :data:`RESAMPLE_QUALITY` (``soxr.ResampleStream``) unless the rate is already 16 kHz.
 
-    def __init__(self, path: Path, rate: int, channels: int) -> None:
+    The one definition of "to mono 16 kHz" for the file decoders (:func:`speech_blocks`) and the chunks
+    pushed to a live session (:meth:`talkhead.live.LiveSession.push`).
+
+    Args:
+        source: names the audio in error messages (``"audio file x.wav"``, ``"speech chunk"``).
+        rate: the blocks' sample rate, Hz.
+        channels: the blocks' channel count.
+
+    Raises:
+        AudioError: a rate or channel count that is not positive, or more than :data:`MAX_CHANNELS` channels.
+    """
+
+    def __init__(self, source: str, rate: int, channels: int) -> None:
         if rate <= 0 or channels <= 0:
-            raise AudioError(f"{path}: invalid audio stream ({rate} Hz, {channels} channels)")
+            raise AudioError(f"{source}: invalid audio stream ({rate} Hz, {channels} channels)")
         if channels > MAX_CHANNELS:
-            raise AudioError(f"audio file {path} has {channels} channels; talkhead takes speech with at most "
+            raise AudioError(f"{source} has {channels} channels; talkhead takes speech with at most "
                              f"{MAX_CHANNELS} (mono or stereo is best): mix it down first")
-        self.path, self.rate, self.channels = path, rate, channels
+        self.source, self.rate, self.channels = source, rate, channels
         self._stream = None
         if rate != SAMPLE_RATE:
             import soxr
@@ -159,11 +173,17 @@ class _ToMono16k:
             self._stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY)
 
     def feed(self, block: np.ndarray) -> np.ndarray:
-        """``block`` ``(n, channels)`` float32 at the source rate -> 16 kHz mono float32 (maybe empty)."""
+        """``block`` ``(n, channels)`` float32 at :attr:`rate` -> 16 kHz mono float32 ``(m,)`` (maybe empty;
+        the resampler holds back a few samples until :meth:`finish`).
+
+        Raises:
+            AudioError: NaN or infinite samples (checked before the resampler sees the block, so a
+                refused block changes nothing).
+        """
         if block.shape[0] == 0:
             return np.zeros(0, np.float32)
         if not np.isfinite(block).all():
-            raise AudioError(f"{self.path}: audio holds non-finite samples (NaN or infinity)")
+            raise AudioError(f"{self.source}: audio holds non-finite samples (NaN or infinity)")
         if self.channels == 1:
             mono = np.ascontiguousarray(block[:, 0], dtype=np.float32)
         else:
@@ -173,7 +193,7 @@ class _ToMono16k:
         return mono
 
     def finish(self) -> np.ndarray:
-        """The resampler's last samples (empty at 16 kHz)."""
+        """The resampler's last samples (empty at 16 kHz); the converter is spent afterwards."""
         if self._stream is None:
             return np.zeros(0, np.float32)
         return self._stream.resample_chunk(np.zeros(0, np.float32), last=True).astype(np.float32, copy=False)
@@ -200,7 +220,7 @@ def _read_exact(stream, n: int) -> bytes:
 def _blocks_soundfile(f, path: Path, info: dict):
     """16 kHz mono blocks of an open ``soundfile.SoundFile`` (closed at the end)."""
     with f:
-        out = _ToMono16k(path, f.samplerate, f.channels)
+        out = ToMono16k(f"audio file {path}", f.samplerate, f.channels)
         info.update(source_sample_rate=int(f.samplerate), source_channels=int(f.channels), decoder="soundfile")
         for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
             mono = out.feed(block)
@@ -214,9 +234,9 @@ def _blocks_soundfile(f, path: Path, info: dict):
 class _AsIs:
     """The blocks as decoded: ``(n, channels)`` float32 at the source rate (what :func:`source_blocks` yields)."""
 
-    def __init__(self, path: Path, rate: int, channels: int) -> None:
+    def __init__(self, source: str, rate: int, channels: int) -> None:
         if rate <= 0 or channels <= 0:
-            raise AudioError(f"{path}: invalid audio stream ({rate} Hz, {channels} channels)")
+            raise AudioError(f"{source}: invalid audio stream ({rate} Hz, {channels} channels)")
         self.channels = channels
 
     def feed(self, block: np.ndarray) -> np.ndarray:
@@ -226,9 +246,9 @@ class _AsIs:
         return np.zeros((0, self.channels), np.float32)
 
 
-def _blocks_ffmpeg(path: Path, info: dict, convert=_ToMono16k):
+def _blocks_ffmpeg(path: Path, info: dict, convert=ToMono16k):
     """Decode the first audio stream with ffmpeg: float32 PCM at the source rate and channel
-    count, piped out as Sun AU, yielded as 16 kHz mono blocks (``convert``: :class:`_ToMono16k`), or
+    count, piped out as Sun AU, yielded as 16 kHz mono blocks (``convert``: :class:`ToMono16k`), or
     as decoded (:class:`_AsIs`).
 
     The AU container (24-byte big-endian header: magic, data offset, size, encoding, rate,
@@ -248,7 +268,7 @@ def _blocks_ffmpeg(path: Path, info: dict, convert=_ToMono16k):
                 if encoding != _AU_FLOAT32 or offset < 24:
                     raise AudioError(f"cannot decode audio file {path}: unexpected PCM from ffmpeg")
                 _read_exact(proc.stdout, offset - 24)
-                out = convert(path, rate, channels)
+                out = convert(f"audio file {path}", rate, channels)
                 info.update(source_sample_rate=int(rate), source_channels=int(channels), decoder="ffmpeg")
                 frame_bytes = 4 * channels
                 while True:

@@ -12,10 +12,13 @@
     frame = session.pull()                            # LiveFrame: image (H, W, 3) uint8 + its audio
     session.interrupt()                               # barge-in: drop what is queued, idle from the next frame
 
-The same stages as ``animate``, chunk by chunk: speech -> 16 kHz (streamed soxr) -> logfbank rows as
-their 25 ms windows fill (:class:`talkhead.audio.LogfbankStream`) -> MS-Sync, one frame at a time
-(:class:`talkhead.mssync.windowed.Rollout` over an open-ended :class:`~talkhead.mssync.windowed.AudioPyramidStream`)
--> the renderer -> paste-back into the photo. Each :meth:`LiveSession.pull` returns one frame and exactly
+The same stages as ``animate``, chunk by chunk: speech -> 16 kHz mono (:class:`talkhead.audio.ToMono16k`,
+streamed soxr) -> logfbank rows as their 25 ms windows fill (:class:`talkhead.audio.LogfbankStream`) ->
+MS-Sync, one frame at a time (:class:`talkhead.mssync.windowed.Rollout` over an open-ended
+:class:`~talkhead.mssync.windowed.AudioPyramidStream`) -> head motion scaled by ``options.motion_scale``
+(:func:`talkhead.pipeline.speech_keypoint_windows`) -> the renderer -> [``options.enhance``: the restore
+stage] -> paste-back into the photo (:meth:`talkhead.pipeline.Pipeline.photo_stages` and
+:meth:`~talkhead.pipeline.Pipeline.render_batch`, the stages ``animate`` runs). Each :meth:`LiveSession.pull` returns one frame and exactly
 the audio that plays during it, so audio and video cannot drift apart.
 
 **Latency.** MS-Sync looks ahead: a frame's keypoints depend on the audio pyramid's coarsest level
@@ -27,7 +30,8 @@ until then the session emits idle frames (the speech is delayed, not cut). Rende
 
 **Idle.** With no speech queued the face shows the photo's own expression (mouth as in the photo:
 use a photo with a closed mouth) under a small, smooth head motion (a few hundredths of the crop,
-incommensurate sines), so it is never a frozen picture. Speech starts from the current idle pose
+incommensurate sines, scaled by ``options.motion_scale`` like speech motion: 0 keeps the head still,
+idle frames included), so it is never a frozen picture at the default scale. Speech starts from the current idle pose
 (MS-Sync's warm-up uses it) and, at its end, the pose eases back to idle over
 :data:`RETURN_FRAMES` frames; :meth:`LiveSession.interrupt` drops the queued speech and the next
 frame is idle.
@@ -42,7 +46,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -75,7 +79,8 @@ class LiveFrame:
 
     Attributes:
         image: ``(H, W, 3)`` uint8 RGB: the whole photo with the face pasted (``options.frame == "full"``) or
-            the renderer's square crop.
+            the renderer's square crop (``2 S`` with ``options.enhance``); ``None`` from :meth:`LiveSession.step`
+            until :meth:`LiveSession.render` draws it.
         audio: ``(n,)`` float32 16 kHz samples in [-1, 1] played during this frame (zeros when idle);
             ``n = round((k + 1) 16000 / fps) - round(k 16000 / fps)`` for the session's k-th frame.
         index: the frame's number in the session (0, 1, ...); it starts at ``index / fps`` seconds.
@@ -90,6 +95,8 @@ class LiveFrame:
     speaking: bool
     speech_time_s: Optional[float] = None
     keypoint_time_s: Optional[float] = None
+    keypoints: Optional[Keypoints] = field(default=None, repr=False)
+    """The frame's driving keypoints ``(1, K, ...)`` on the device, as rendered (head motion scaled)."""
 
 
 class _Utterance:
@@ -241,19 +248,17 @@ class LiveSession:
         self.fps = float(fps)
         self._rng = np.random.default_rng(seed)
         self._phases = self._rng.uniform(0, 2 * math.pi, 4)
-        self._photo = None
+        self._stages = None                   # pipeline.PhotoStages of the photo
         self._encoding = None
-        self._kp_source: Optional[Keypoints] = None
-        self._compositor = None
         self._model = None
         self._index = 0
         self._utterances: deque[_Utterance] = deque()
-        self._resampler = None
-        self._resampler_rate = 0
+        self._to16k = None                    # audio.ToMono16k of the chunks' rate and channels
+        self._samples_in = 0
+        self._samples_out = 0
         self._last_kp: Optional[Keypoints] = None
         self._return_from: Optional[Keypoints] = None
         self._return_left = 0
-        self._starve = 0
         self._frames_for_rows: list[int] = []
 
     # -- setup ---------------------------------------------------------------------------------
@@ -266,17 +271,13 @@ class LiveSession:
         """
         pipe = self.pipeline
         prepared = pipe.prepare_photo(photo)
-        pipe.load()
-        source = pipe.source_tensor(prepared.crop.crop)
         with torch.inference_mode():
-            kp_source = pipe.detect_source(source)
-            encoding = pipe.renderer.encode_source(source, kp_source)
-        compositor = pipe.compositor(prepared)
-        motion = pipe.motion
-        model = getattr(motion, "model", None)
+            stages = pipe.photo_stages(prepared)
+            encoding = pipe.renderer.encode_source(stages.source, stages.kp_source)
+        model = getattr(pipe.motion, "model", None)
         if model is None:
             raise InputError("the live session needs MS-Sync as the pipeline's motion generator")
-        self._photo, self._encoding, self._kp_source, self._compositor = prepared, encoding, kp_source, compositor
+        self._stages, self._encoding = stages, encoding
         if self._model is not model:
             self._model = model
             self._build_lookahead_table()
@@ -286,9 +287,7 @@ class LiveSession:
     def frame_size(self) -> tuple[int, int]:
         """``(width, height)`` of the frames :meth:`pull` returns (after :meth:`set_photo`)."""
         self._require_photo()
-        if self._compositor is not None:
-            return self._compositor.shape[1], self._compositor.shape[0]
-        return self.pipeline.frame_size, self.pipeline.frame_size
+        return self._stages.frame_size
 
     # -- lookahead -----------------------------------------------------------------------------
     def _pyramid_frame(self, t: int) -> int:
@@ -334,24 +333,42 @@ class LiveSession:
     def push(self, samples, sample_rate: int) -> None:
         """Queue speech: ``(n,)`` or ``(n, channels)`` int16 or float (in [-1, 1]) samples at ``sample_rate`` Hz.
 
-        Chunks may have any size and rate (each rate is resampled to 16 kHz with a streamed soxr 'HQ';
-        channels are averaged). Checked before anything is queued, so a bad chunk changes nothing.
+        Chunks may have any size and rate (channels averaged, then resampled to 16 kHz, streamed:
+        :class:`talkhead.audio.ToMono16k`; a change of rate or channel count flushes the previous
+        resampler). Checked before anything is queued, so a bad chunk changes nothing.
 
         Raises:
             InputError: not an array of int16/float samples, a sample rate that is not a positive
-                integer, or more than 2 dimensions. AudioError: NaN or infinite samples.
+                integer, more than 2 dimensions, or no photo set yet. AudioError: NaN or infinite
+                samples, more than :data:`talkhead.audio.MAX_CHANNELS` channels.
         """
+        from .audio import ToMono16k
+
         x = self._check_chunk(samples, sample_rate)
         self._require_model()
-        mono = self._resample(x, int(sample_rate))
+        rate, channels = int(sample_rate), x.shape[1]
+        old = self._to16k
+        same = old is not None and (old.rate, old.channels) == (rate, channels)
+        conv = old if same else ToMono16k("speech chunk", rate, channels)
+        mono = conv.feed(x)                   # raises before any state changes
+        if not same:
+            self._to16k = conv
+            if old is not None:
+                mono = np.concatenate([old.finish(), mono])
+        self._queue(mono)
+
+    def _queue(self, mono: np.ndarray) -> None:
         if not mono.size:
             return
         if not self._utterances or self._utterances[-1].ended:
-            self._utterances.append(_Utterance(self, self._current_pose()))
-        self._utterances[-1].add(mono)
+            self._utterances.append(_Utterance(self, self._idle_pose(self._index)))
+        self._utterances[-1].add(mono.astype(np.float32, copy=False))
+        self._samples_in += len(mono)
 
     @staticmethod
     def _check_chunk(samples, sample_rate) -> np.ndarray:
+        """The chunk as ``(n, channels)`` float32 (int16 scaled by 1/32768); finiteness is checked by the
+        converter."""
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
             raise InputError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
         x = np.asarray(samples) if not isinstance(samples, torch.Tensor) else samples.detach().cpu().numpy()
@@ -359,69 +376,73 @@ class LiveSession:
             x = x.astype(np.float32) / 32768.0
         elif x.dtype in (np.float32, np.float64, np.float16):
             x = x.astype(np.float32)
-            if not np.isfinite(x).all():
-                raise AudioError("speech chunk holds NaN or infinite samples")
         else:
             raise InputError(f"speech samples must be int16 or float (in [-1, 1]), got dtype {x.dtype}")
-        if x.ndim == 2:
-            x = x.mean(axis=1, dtype=np.float64).astype(np.float32)
-        elif x.ndim != 1:
+        if x.ndim == 1:
+            x = x[:, None]
+        elif x.ndim != 2:
             raise InputError(f"speech samples must have shape (n,) or (n, channels), got {x.shape}")
         return x
 
-    def _resample(self, x: np.ndarray, rate: int) -> np.ndarray:
-        if rate == SAMPLE_RATE and self._resampler is None:
-            return x
-        import soxr
-
-        from .audio import RESAMPLE_QUALITY
-
-        parts = []
-        if self._resampler is not None and rate != self._resampler_rate:
-            parts.append(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-            self._resampler = None
-        if rate != SAMPLE_RATE:
-            if self._resampler is None:
-                self._resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY)
-                self._resampler_rate = rate
-            parts.append(self._resampler.resample_chunk(x))
-        else:
-            parts.append(x)
-        return np.concatenate(parts).astype(np.float32, copy=False)
-
     def end_speech(self) -> None:
         """The speech pushed so far is a complete utterance: its last frames no longer wait for lookahead."""
-        if self._resampler is not None:
-            tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-            self._resampler = None
-            if tail.size and self._utterances and not self._utterances[-1].ended:
-                self._utterances[-1].add(tail.astype(np.float32))
+        if self._to16k is not None:
+            tail, self._to16k = self._to16k.finish(), None
+            if self._utterances and not self._utterances[-1].ended:
+                self._queue(tail)
         if self._utterances:
             self._utterances[-1].end()
 
     def interrupt(self) -> None:
         """Drop all queued speech (and the resampler's state): the next frame is idle."""
         self._utterances.clear()
-        self._resampler = None
+        self._to16k = None
         self._return_left = 0
-        self._starve = 0
+        self._samples_in = self._samples_out  # the dropped speech will never play
 
     @property
     def queued_s(self) -> float:
         """Seconds of speech queued and not yet emitted (16 kHz samples)."""
         return sum(u.queued for u in self._utterances) / SAMPLE_RATE
 
+    @property
+    def samples_in(self) -> int:
+        """16 kHz speech samples queued so far in the session (an interruption sets it back to
+        :attr:`samples_out`: the speech it dropped will never play)."""
+        return self._samples_in
+
+    @property
+    def samples_out(self) -> int:
+        """16 kHz speech samples emitted with frames so far (the silence padding an utterance's last frame
+        is not counted). The speech queued before a point has played once this reaches that point's
+        :attr:`samples_in`."""
+        return self._samples_out
+
     # -- frames out ------------------------------------------------------------------------------
     def pull(self) -> LiveFrame:
-        """The next frame and the audio that plays during it.
+        """The next frame and the audio that plays during it: :meth:`step`, then :meth:`render`.
 
         A speech frame when the queued speech's next frame has its lookahead (or the utterance ended);
         otherwise an idle frame with silent audio (an utterance waiting for its lookahead keeps its
         place: its speech is delayed, never cut).
 
         Raises:
-            InputError: no photo set yet (:meth:`set_photo`).
+            InputError: no photo set yet (:meth:`set_photo`). NonFiniteError: NaN/inf keypoints or frames.
         """
+        frame = self.step()
+        frame.image = self.render(frame.keypoints)
+        return frame
+
+    def step(self) -> LiveFrame:
+        """Advance one frame without drawing it: its audio, its keypoints (MS-Sync run as needed) and
+        flags, ``image=None``. :meth:`render` draws it; a caller that must not lose the speech when
+        drawing fails (the Pipecat service) plays the audio either way.
+
+        Raises:
+            InputError: no photo set yet. NonFiniteError: ``stage="keypoints"``: NaN/inf generated keypoints.
+        """
+        from .pipeline import speech_keypoint_windows
+
         self._require_photo()
         k = self._index
         n_audio = int(round((k + 1) * SAMPLE_RATE / self.fps)) - int(round(k * SAMPLE_RATE / self.fps))
@@ -435,32 +456,38 @@ class LiveSession:
             m = utt.frames_out
             t = int(math.floor(m * FPS / self.fps))
             if t < utt.keypoint_frames_available() and (utt.queued > 0 or utt.ended):
-                kp = utt.keypoint(t)
+                kp = next(speech_keypoint_windows(self.pipeline, self._stages.kp_source, [utt.keypoint(t)]))
                 speech_time = utt.emitted / SAMPLE_RATE
+                before = utt.emitted
                 audio = utt.take_audio(n_audio)
+                self._samples_out += utt.emitted - before
                 utt.frames_out += 1
                 self._last_kp = kp
                 self._return_left = 0
-                frame = LiveFrame(self._render(kp), audio, k, True, speech_time, t / FPS)
+                frame = LiveFrame(None, audio, k, True, speech_time, t / FPS, keypoints=kp)
         if frame is None:
-            kp = self._current_pose()
+            kp = self._idle_pose(k, self.pipeline.options.motion_scale)
             if self._return_left > 0 and self._return_from is not None:
                 w = self._return_left / (RETURN_FRAMES + 1)
                 kp = Keypoints(w * self._return_from.value + (1 - w) * kp.value,
                                w * self._return_from.jacobian + (1 - w) * kp.jacobian)
                 self._return_left -= 1
-            frame = LiveFrame(self._render(kp), np.zeros(n_audio, np.float32), k, False)
+            frame = LiveFrame(None, np.zeros(n_audio, np.float32), k, False, keypoints=kp)
         self._index += 1
         return frame
 
-    def _idle_pose(self, k: int) -> Keypoints:
-        """The idle keypoints at output frame ``k``: kp_source under a small similarity (roll, shift)."""
+    def _idle_pose(self, k: int, scale: float = 1.0) -> Keypoints:
+        """The idle keypoints at output frame ``k``: kp_source under a small similarity (roll, shift), its
+        angle and shift times ``scale`` (``options.motion_scale`` for the frames shown: a similarity of
+        kp_source scaled as :func:`talkhead.keypoints.scale_head_motion` scales one; MS-Sync's warm-up
+        takes the unscaled pose, as ``animate``'s generator sees the unscaled motion)."""
         t = k / self.fps
         p = self._phases
-        angle = IDLE_ROTATION * (0.6 * math.sin(2 * math.pi * 0.13 * t + p[0]) + 0.4 * math.sin(2 * math.pi * 0.31 * t + p[1]))
-        dx = IDLE_SHIFT * math.sin(2 * math.pi * 0.17 * t + p[2])
-        dy = IDLE_SHIFT * 0.6 * math.sin(2 * math.pi * 0.23 * t + p[3])
-        src = self._kp_source
+        angle = scale * IDLE_ROTATION * (0.6 * math.sin(2 * math.pi * 0.13 * t + p[0])
+                                         + 0.4 * math.sin(2 * math.pi * 0.31 * t + p[1]))
+        dx = scale * IDLE_SHIFT * math.sin(2 * math.pi * 0.17 * t + p[2])
+        dy = scale * IDLE_SHIFT * 0.6 * math.sin(2 * math.pi * 0.23 * t + p[3])
+        src = self._stages.kp_source
         c, s = math.cos(angle), math.sin(angle)
         rot = torch.tensor([[c, -s], [s, c]], dtype=src.value.dtype, device=src.value.device)
         centre = src.value.mean(dim=1, keepdim=True)
@@ -469,21 +496,25 @@ class LiveSession:
         jac = None if src.jacobian is None else rot @ src.jacobian
         return Keypoints(value, jac)
 
-    def _current_pose(self) -> Keypoints:
-        return self._idle_pose(self._index)
+    def render(self, kp: Keypoints) -> np.ndarray:
+        """Draw driving keypoints ``(1, K, ...)`` of this photo: render, restore (``options.enhance``), paste
+        back (``options.frame == "full"``) -> ``(H, W, 3)`` uint8 RGB (:attr:`frame_size`).
 
-    def _render(self, kp: Keypoints) -> np.ndarray:
+        Raises:
+            InputError: no photo set yet. NonFiniteError: ``stage="render"`` / ``"restore"``: NaN/inf frames.
+        """
         from .pipeline import host_frames
 
-        pipe = self.pipeline
+        self._require_photo()
+        pipe, stages = self.pipeline, self._stages
         with torch.inference_mode():
-            frames = pipe.renderer.render(self._encoding, kp.to(pipe.device))
-        if self._compositor is None:
+            frames = pipe.render_batch(self._encoding, kp.to(pipe.device), stages.restore, first=self._index - 1)
+        if stages.compositor is None:
             return host_frames(frames, uint8=True)[0]
-        return self._compositor.paste(host_frames(frames, uint8=False))[0]
+        return stages.compositor.paste(host_frames(frames, uint8=False))[0]
 
     def _require_photo(self) -> None:
-        if self._photo is None:
+        if self._stages is None:
             raise InputError("no photo set: call set_photo(photo) before pulling frames")
 
     def _require_model(self) -> None:

@@ -111,6 +111,36 @@ class SourcePhoto:
 
 
 @dataclass
+class PhotoStages:
+    """What every frame of one photo uses, made once (:meth:`Pipeline.photo_stages`, models loaded): the
+    source crop and its keypoints, the restore stage and the paste-back (the renderer's
+    ``encode_source`` of the crop is its caller's: :meth:`Pipeline.render_into`, the live session).
+
+    Attributes:
+        photo: the :class:`SourcePhoto`.
+        source: its crop ``(1, 3, S, S)`` float32 in [0, 1] on the device.
+        kp_source: its keypoints ``(1, K, ...)`` on the device.
+        restore: the :class:`talkhead.restore.FaceRestoreStage` of ``options.enhance``, or ``None``.
+        compositor: the :class:`talkhead.compose.Compositor` (``frame="full"``), or ``None``.
+        face_side: the side of the face crops the stages hand to the compositor: ``S``, or ``2 S`` restored.
+    """
+
+    photo: SourcePhoto
+    source: torch.Tensor = field(repr=False)
+    kp_source: Keypoints = field(repr=False)
+    restore: object = field(default=None, repr=False)
+    compositor: object = field(default=None, repr=False)
+    face_side: int = 0
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the video frames: the photo's with a compositor, else the face crop's."""
+        if self.compositor is not None:
+            return self.compositor.shape[1], self.compositor.shape[0]
+        return self.face_side, self.face_side
+
+
+@dataclass
 class MotionRun:
     """What a :class:`MotionSource` gets when the run starts (models loaded, the photo encoded).
 
@@ -628,6 +658,24 @@ class Pipeline:
             return Compositor(photo.image, crop_at_size(photo.image, crop, face_size), colour_side=crop.size // 2)
         return Compositor(photo.image, crop)
 
+    def photo_stages(self, photo: SourcePhoto, *, motion: bool = True) -> PhotoStages:
+        """Load the models (:meth:`load`; ``motion``: the motion generator too) and make what every frame of
+        ``photo`` uses: the source crop tensor, kp_source (:meth:`detect_source`), the restore stage
+        (:meth:`restore_stage`) and the compositor at the side the stages paste (:meth:`compositor`). The
+        one photo set-up of :meth:`run` and the live session.
+
+        Raises:
+            DownloadError / CheckpointError / ConfigError: models. NonFiniteError: NaN/inf source keypoints.
+            InputError: ``options.enhance`` without its weights or without the face's landmarks.
+        """
+        self.load(motion=motion)
+        source = self.source_tensor(photo.crop.crop)
+        kp_source = self.detect_source(source)
+        restore = self.restore_stage(photo, kp_source)
+        side = restore.out_size if restore is not None else self.frame_size
+        return PhotoStages(photo=photo, source=source, kp_source=kp_source, restore=restore,
+                           compositor=self.compositor(photo, side), face_side=side)
+
     # -- the whole job ------------------------------------------------------------------------------
     def run(self, photo: str | Path, motion: MotionSource, output: str | Path, *,
             save_keypoints: str | Path | None = None, keep_keypoints: bool = True,
@@ -689,25 +737,20 @@ class Pipeline:
         timings["prepare"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        self.load(motion=motion.needs_generator)
-        source = self.source_tensor(source_photo.crop.crop)
-        kp_source = self.detect_source(source)
+        stages = self.photo_stages(source_photo, motion=motion.needs_generator)
+        source, kp_source = stages.source, stages.kp_source
         timings["load"] = time.perf_counter() - t0
 
         run = MotionRun(pipeline=self, photo=source_photo, source=source, kp_source=kp_source,
                         keep=keep_keypoints or save_keypoints is not None, progress=progress)
-        restore = self.restore_stage(source_photo, kp_source)
-        side = restore.out_size if restore is not None else self.frame_size
-        compositor = self.compositor(source_photo, side)
-        size = (compositor.shape[1], compositor.shape[0]) if compositor else (side, side)
         t0 = time.perf_counter()
-        with VideoWriter(output, size=size, fps=motion.fps, audio_path=motion.audio, crf=self.options.crf,
-                         overwrite=self.options.overwrite) as writer, \
-                (preview(size=size, fps=motion.fps, audio_path=motion.audio, crf=self.options.crf)
+        with VideoWriter(output, size=stages.frame_size, fps=motion.fps, audio_path=motion.audio,
+                         crf=self.options.crf, overwrite=self.options.overwrite) as writer, \
+                (preview(size=stages.frame_size, fps=motion.fps, audio_path=motion.audio, crf=self.options.crf)
                  if preview is not None else contextlib.nullcontext()) as second:
             sink = writer if second is None else FrameTee(writer, second)
             done = self.render_into(sink, source, kp_source, motion.batches(run), motion.num_frames, progress,
-                                    compositor=compositor, restore=restore)
+                                    compositor=stages.compositor, restore=stages.restore)
         timings["render"] = time.perf_counter() - t0
 
         common = dict(output=output, num_frames=done, fps=float(motion.fps), duration_s=done / motion.fps,
@@ -743,6 +786,24 @@ class Pipeline:
         """
         return self.run(image_path, SpeechMotion(audio_path), output_path, save_keypoints=save_keypoints,
                         progress=progress)
+
+    def render_batch(self, encoding, kp_driving: Keypoints, restore=None, *, first: int = 0) -> torch.Tensor:
+        """Render one kp_driving batch ``(b, K, ...)`` from the encoded source
+        (``renderer.encode_source``) and restore it with ``restore`` (a
+        :class:`talkhead.restore.FaceRestoreStage`, or ``None``): ``(b, 3, S, S)`` float in [0, 1] on the
+        renderer's device (``(b, 3, 2 S, 2 S)`` restored). ``first``: the batch's first frame number (messages).
+
+        Raises:
+            NonFiniteError: ``stage="render"`` / ``"restore"``: the rendered or restored frames hold NaN/inf.
+        """
+        hint = "; with --precision fp16 it may have overflowed, try bf16 or fp32" if self.options.precision == "fp16" else ""
+        last = first + len(kp_driving) - 1
+        frames = self.renderer.render(encoding, kp_driving)  # (b, 3, S, S) in [0, 1]
+        _check_finite("render", f"frames {first}-{last}{hint}", frames)
+        if restore is not None:
+            frames = restore(frames, kp_driving)  # (b, 3, 2S, 2S) in [0, 1]
+            _check_finite("restore", f"restored frames {first}-{last}", frames)
+        return frames
 
     def render_into(self, writer, source: torch.Tensor, kp_source: Keypoints, batches: Iterable[Keypoints],
                     total: int, progress: Progress | None = None, *, compositor=None, restore=None) -> int:
@@ -780,7 +841,6 @@ class Pipeline:
         from .video import WriterThread
 
         threaded = self.writer_thread
-        hint = "; with --precision fp16 it may have overflowed, try bf16 or fp32" if self.options.precision == "fp16" else ""
         buffer = None
         renderer = self.renderer
 
@@ -794,11 +854,7 @@ class Pipeline:
         encoding = renderer.encode_source(source, kp_source)  # once; every batch renders from it
         with WriterThread(writer.write, paste if compositor is not None else None, threaded=threaded) as out:
             for kp_driving in batches:
-                frames = renderer.render(encoding, kp_driving)  # (b, 3, S, S) in [0, 1]
-                _check_finite("render", f"frames {done}-{done + len(kp_driving) - 1}{hint}", frames)
-                if restore is not None:
-                    frames = restore(frames, kp_driving)  # (b, 3, 2S, 2S) in [0, 1]
-                    _check_finite("restore", f"restored frames {done}-{done + len(kp_driving) - 1}", frames)
+                frames = self.render_batch(encoding, kp_driving, restore, first=done)
                 out.put(host_frames(frames, uint8=compositor is None, own=threaded))
                 done += len(kp_driving)
                 if progress:
@@ -1002,5 +1058,5 @@ def animate(image: str | Path, audio: str | Path, output: str | Path, options: A
                                                       progress=progress)
 
 
-__all__ = ["AnimateOptions", "Result", "AnimateResult", "SourcePhoto", "MotionRun", "MotionSource", "SpeechMotion",
+__all__ = ["AnimateOptions", "Result", "AnimateResult", "SourcePhoto", "PhotoStages", "MotionRun", "MotionSource", "SpeechMotion",
            "speech_keypoints", "speech_keypoint_windows", "KEYPOINT_WINDOW", "Pipeline", "animate", "held_batches", "resolve_device", "num_video_frames", "host_frames", "TalkheadError"]

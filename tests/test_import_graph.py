@@ -30,7 +30,7 @@ LAYERS: dict[int, str] = {
     3: "audio image landmarks/ crop facetrack compose video keypoints rendering restore fomm/ mssync/ smac/ syncnet/ gfpgan/",
     4: "options renderers store/",
     5: "pipeline live reenact batch score",
-    6: "cli cli_common cli_options cli_train ui doctor train/ __init__ __main__",
+    6: "cli cli_common cli_options cli_train ui doctor integrations/ train/ __init__ __main__",
 }
 """Layer number -> the modules in it, lowest first. ``x`` is ``talkhead/x.py``; ``x/`` is the package
 ``talkhead/x`` and every module under it (``store/`` also covers today's ``store.py``); ``__init__``

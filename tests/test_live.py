@@ -114,7 +114,7 @@ def test_interruption_empties_the_queue_and_idles_next_frame(session, speech):
     assert session.queued_s == 0
     f = session.pull()
     assert not f.speaking and not f.audio.any()
-    assert f.image.tobytes() == session._render(session._idle_pose(f.index)).tobytes()  # idle at once, no easing
+    assert f.image.tobytes() == session.render(session._idle_pose(f.index)).tobytes()  # idle at once, no easing
     # and speech pushed afterwards plays again
     session.push(speech, 16000)
     session.end_speech()
@@ -133,7 +133,11 @@ def test_utterance_end_eases_back_to_idle(session, speech):
     (np.zeros(100, np.int32), 16000, InputError, "int16 or float"),
     (np.array(["a"]), 16000, InputError, "int16 or float"),
     (np.array([0.1, np.nan], np.float32), 16000, AudioError, "NaN"),
+    (np.array([[0.1, 0.0], [np.inf, 0.0]]), 16000, AudioError, "infinity"),
+    (np.array([0.1, -np.inf], np.float16), 22050, AudioError, "infinity"),
+    (np.zeros((10, 9), np.float32), 16000, AudioError, "channels"),
     (np.zeros(100, np.float32), 0, InputError, "positive integer"),
+    (np.zeros(100, np.float32), -8000, InputError, "positive integer"),
     (np.zeros(100, np.float32), 16000.5, InputError, "positive integer"),
     (np.zeros((2, 2, 2), np.float32), 16000, InputError, "shape"),
 ])
@@ -143,7 +147,28 @@ def test_bad_chunks_raise_and_change_nothing(session, speech, chunk, rate, error
     with pytest.raises(error, match=match):
         session.push(chunk, rate)
     assert session.queued_s == before
-    session.pull()                                                    # still usable
+    session.push(speech[8000:16000], 16000)                           # still usable
+    session.end_speech()
+    assert session.samples_in == 16000
+    frames = [session.pull() for _ in range(26)]
+    assert sum(f.speaking for f in frames) == 25 and session.samples_out == 16000
+
+
+def test_a_bad_chunk_after_a_rate_change_keeps_the_resampler(session, speech):
+    """A NaN chunk at a new rate is refused before the previous rate's resampler is flushed: the speech
+    queued at 22.05 kHz still comes out whole (its resampler tail included)."""
+    import soxr
+
+    x = soxr.resample(speech[:16000].astype(np.float32) / 32768, 16000, 22050).astype(np.float32)
+    session.push(x, 22050)
+    with pytest.raises(AudioError, match="NaN"):
+        session.push(np.array([np.nan] * 100, np.float32), 16000)
+    session.end_speech()
+    assert abs(session.samples_in - 16000) <= 2                        # the tail came with end_speech
+    n = 0
+    while session.queued_s > 0:
+        n += session.pull().speaking
+    assert n == 25 and session.samples_out == session.samples_in
 
 
 def test_pull_before_photo_and_photo_without_face(pipeline, tmp_path, speech):
@@ -163,3 +188,56 @@ def test_pull_before_photo_and_photo_without_face(pipeline, tmp_path, speech):
     assert session.pull().image.shape == before.shape                # the previous photo is kept
     with pytest.raises(InputError, match="fps"):
         LiveSession(pipeline, fps=0)
+
+
+def test_motion_scale_zero_keeps_the_head_still(tiny_models_dir, speech):
+    """options.motion_scale reaches the live frames as animate's: 0 -> idle frames are the photo's pose
+    (identical), and the speech frames' keypoints are the scaled generated ones."""
+    from talkhead.keypoints import scale_head_motion
+
+    opts = AnimateOptions(models_dir=str(tiny_models_dir), device="cpu", offline=True, frame="crop", motion_scale=0)
+    session = LiveSession(Pipeline(opts, landmarker=_faces), fps=25)
+    session.set_photo(ASTRONAUT)
+    idle = [session.pull() for _ in range(4)]
+    assert len({f.image.tobytes() for f in idle}) == 1                 # a still head: nothing moves when idle
+    torch.testing.assert_close(idle[0].keypoints.value, session._stages.kp_source.value, atol=1e-6, rtol=0)
+    moving = LiveSession(Pipeline(AnimateOptions(models_dir=str(tiny_models_dir), device="cpu", offline=True,
+                                                 frame="crop"), landmarker=_faces), fps=25)
+    moving.set_photo(ASTRONAUT)
+    for _ in range(4):
+        moving.step()                                                  # the same idle pose when speech starts
+    for s in (session, moving):
+        s.push(speech[:16000], 16000)
+        s.end_speech()
+    still = [session.pull() for _ in range(3)]
+    free = [moving.step() for _ in range(3)]
+    assert all(f.speaking for f in still + free)
+    for a, b in zip(still, free):
+        expected = scale_head_motion(b.keypoints, moving._stages.kp_source, 0.0)
+        torch.testing.assert_close(a.keypoints.value, expected.value, atol=1e-5, rtol=0)
+
+
+def test_enhance_runs_the_restore_stage(tiny_models_dir, speech, astro_face):
+    """options.enhance: the live frames go through the restore stage (2 S crops, the restorer called per
+    frame), as animate's."""
+    from talkhead.restore import identity_restorer
+
+    calls = []
+    base = identity_restorer(256)
+
+    class Counting:
+        face_size = base.face_size
+
+        def __call__(self, x):
+            calls.append(x.shape)
+            return base(x)
+
+    opts = AnimateOptions(models_dir=str(tiny_models_dir), device="cpu", offline=True, frame="crop", enhance="gfpgan")
+    session = LiveSession(Pipeline(opts, landmarker=lambda image: [astro_face], restorer=Counting()), fps=25)
+    session.set_photo(ASTRONAUT)
+    assert session.frame_size == (128, 128)
+    session.push(speech[:8000], 16000)
+    session.end_speech()
+    frames = [session.pull() for _ in range(3)]
+    assert frames[0].speaking and all(f.image.shape == (128, 128, 3) for f in frames)
+    assert len(calls) == 3
