@@ -431,7 +431,8 @@ def _toy_pipeline(calls: list, **options):
         calls.append(int(image[0, 0, 0]))
         return [] if image.min() == image.max() else astronaut_face(image)
 
-    cache = options.pop("source_cache", None) or SourceCache(2)
+    cache = options.pop("source_cache", None)
+    cache = SourceCache(2) if cache is None else cache  # (an empty cache is falsy: it has a length)
     return Pipeline(AnimateOptions(**{"frame": "crop", **options}), renderer=ToyRenderer(), motion=toy_motion,
                     landmarker=landmarker, source_cache=cache)
 
@@ -446,7 +447,7 @@ def test_source_cache_hits_only_the_same_photo_content_under_the_same_options(tm
     from helpers import ToyRenderer, toy_motion
 
     calls: list = []
-    cache = SourceCache(capacity=4)
+    cache = SourceCache(capacity=8)  # every entry below stays
     pipe = _toy_pipeline(calls, source_cache=cache)
     photo, copy = tmp_path / "me.png", tmp_path / "copy.png"
     shutil.copy(ASTRONAUT, photo)
