@@ -18,6 +18,11 @@ no pair's output is ever replaced by another pair of the same run, with or witho
 A failing pair - whatever the exception - is recorded with a one-line reason and the batch goes on
 (:func:`run_batch`); only Ctrl-C / SIGTERM stop it. :class:`BatchReport` writes one JSON-lines or CSV
 row per pair as the batch goes.
+
+Per-pair overhead (:func:`run_batch`): the same photo content is decoded, searched, cropped and encoded once
+(the pipeline's :class:`talkhead.pipeline.SourceCache`), the next pair is prepared in a thread while one
+renders, and the previous pair's ffmpeg finishes in another; each video is the one its pair gives alone.
+Measured: ``benchmarks/README.md``, "Batch: per-item overhead".
 """
 from __future__ import annotations
 
