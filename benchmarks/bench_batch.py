@@ -67,7 +67,7 @@ class Recorder:
 
     def item(self) -> tuple[str, str]:
         return getattr(self.local, "item", "?"), ("main" if threading.current_thread() is threading.main_thread()
-                                                  else "ahead")
+                                                  else "other")
 
     def add(self, stage: str, seconds: float) -> None:
         item, kind = self.item()

@@ -514,7 +514,7 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
     Overlap (``prepare_ahead``, with a pipeline that has ``prepare``/``start_render``): while a pair renders,
     one thread prepares the next pair (:meth:`~talkhead.pipeline.Pipeline.prepare`: input checks, audio scan,
     photo decode, face, crop and - with speech - its keypoints and source encoding, through the pipeline's
-    :class:`~talkhead.pipeline.SourceCache`), and another finishes the previous one (ffmpeg encoding what it
+    :class:`~talkhead.pipeline.SourceCache`, and its first MS-Sync keypoint window), and another finishes the previous one (ffmpeg encoding what it
     still holds, the file moved into place: :meth:`~talkhead.pipeline.RenderedRun.complete`). Frames are
     rendered on the calling thread, one pair at a time, in order; each pair's video is what it would be
     alone. Items are reported in order, from the finishing thread (``on_item``, ``report``); ``on_start`` is
@@ -630,7 +630,7 @@ def _run_overlapped(pipeline, planned: list[Pair], motion_of, settled, failed, e
 
     def prepare(pair: Pair):
         return pipeline.prepare(pair.image, motion_of(pair.audio), pair.output, keep_keypoints=False,
-                                encode=encode_ahead)
+                                encode=encode_ahead, prefetch=encode_ahead)
 
     def complete(pair: Pair, rendered, t0: float) -> None:
         try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -901,11 +902,13 @@ class Pipeline:
 
     def prepare(self, photo: str | Path, motion: MotionSource, output: str | Path, *,
                 save_keypoints: str | Path | None = None, keep_keypoints: bool = True,
-                encode: bool = True) -> PreparedRun:
+                encode: bool = True, prefetch: bool = False) -> PreparedRun:
         """The first half of :meth:`run` (same arguments, same checks and errors, in the same order):
         the inputs exist, the outputs are checked, the motion source decodes its input
         (``motion.prepare``) and the photo is prepared (:meth:`prepare_source`, through the source cache;
         ``encode=False``: without its keypoints and encoding, which :meth:`start_render` then computes).
+        ``prefetch`` (with ``encode``): a motion source that can (``motion.prefetch(pipeline, kp_source)``,
+        :meth:`SpeechMotion.prefetch`) also generates its first keypoint window now.
         Nothing is written. A batch prepares the next pair in a thread while the current one renders.
 
         Raises:
@@ -926,6 +929,10 @@ class Pipeline:
         except NoFaceError:
             self.flush_notes()  # which landmarker looked matters to a face it did not find
             raise
+        if prefetch and source.encoded and hasattr(motion, "prefetch"):
+            t1 = time.perf_counter()
+            motion.prefetch(self, source.kp_source)
+            timings["load"] += time.perf_counter() - t1
         timings["prepare"] = time.perf_counter() - t0 - timings["load"]
         return PreparedRun(motion=motion, output=output, save_keypoints=save_keypoints,
                            keep_keypoints=keep_keypoints, source=source, timings=timings)
@@ -1188,6 +1195,7 @@ class SpeechMotion:
         self.duration_s = 0.0
         self._info = None
         self._kept: list[Keypoints] = []
+        self._prefetched: Optional[tuple] = None  # (kp_source, progress relay, windows, first window): prefetch
 
     def check(self, pipeline: "Pipeline") -> None:
         pipeline.check_motion_pairing()
@@ -1208,33 +1216,80 @@ class SpeechMotion:
             pipeline.log(f"note: speech '{self.path}' peaks at {peak:.1f} x full scale: the keypoints use it as it "
                          "is, but the video's audio track will be clipped (normalise the file to avoid it)")
 
-    def _windows(self, run: MotionRun) -> Iterator[Keypoints]:
+    def _windows(self, pipeline: "Pipeline", kp_source: Keypoints, progress: Progress | None) -> Iterator[Keypoints]:
         from .audio import logfbank_stream, speech_blocks
 
-        pipeline, info = run.pipeline, self._info
+        info = self._info
         chunks = logfbank_stream(speech_blocks(self.path, decoder=info.decoder), info)
         motion = pipeline.motion
         if hasattr(motion, "stream"):
-            windows = motion.stream(run.kp_source, chunks, info.num_logfbank_rows, window=KEYPOINT_WINDOW,
-                                    progress=run.progress)
+            windows = motion.stream(kp_source, chunks, info.num_logfbank_rows, window=KEYPOINT_WINDOW,
+                                    progress=progress)
         else:
-            windows = iter([motion(run.kp_source, np.concatenate(list(chunks)), progress=run.progress)])
-        for window in speech_keypoint_windows(pipeline, run.kp_source, windows):
-            if run.keep:
-                self._kept.append(window.to("cpu"))
-            yield window
+            windows = iter([motion(kp_source, np.concatenate(list(chunks)), progress=progress)])
+        yield from speech_keypoint_windows(pipeline, kp_source, windows)
         if pipeline.single_use:
             pipeline.release_motion()
 
+    def prefetch(self, pipeline: "Pipeline", kp_source: Keypoints) -> None:
+        """Generate the first keypoint window now (after :meth:`prepare`), so that :meth:`batches` starts
+        rendering at once: a batch does this for the next pair while the current one renders
+        (:meth:`Pipeline.prepare` with ``prefetch``). The windows are the same; the ``keypoints`` progress
+        of the first window is passed on when :meth:`batches` starts.
+
+        Raises:
+            AudioError: the streamed decode failed. NonFiniteError: NaN/inf keypoints.
+        """
+        relay = _ProgressRelay()
+        windows = self._windows(pipeline, kp_source, relay)
+        first = next(windows, None)
+        self._prefetched = (kp_source, relay, windows, first)
+
     def batches(self, run: MotionRun) -> Iterator[Keypoints]:
         self._kept = []
-        yield from held_batches(self._windows(run), self.num_frames, run.pipeline.batch_size)
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[0] is run.kp_source:
+            _, relay, rest, first = prefetched
+            relay.attach(run.progress)
+            windows = itertools.chain(() if first is None else (first,), rest)
+        else:
+            windows = self._windows(run.pipeline, run.kp_source, run.progress)
+
+        def kept(windows):
+            for window in windows:
+                if run.keep:
+                    self._kept.append(window.to("cpu"))
+                yield window
+
+        yield from held_batches(kept(windows), self.num_frames, run.pipeline.batch_size)
 
     def finish(self, run: MotionRun, result: dict) -> tuple[Result, dict, dict]:
         kp_driving = Keypoints.cat(self._kept) if self._kept else None
         self._kept = []
         out = AnimateResult(**{**result, "duration_s": self.duration_s}, kp_driving=kp_driving)
         return out, ({"kp_driving": kp_driving} if kp_driving is not None else {}), {"fps": np.int64(FPS)}
+
+
+class _ProgressRelay:
+    """A ``progress(stage, done, total)`` callback whose receiver is attached later: calls before
+    :meth:`attach` are held (the last one per stage) and replayed to it."""
+
+    def __init__(self):
+        self._target: Progress | None = None
+        self._held: dict = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self._target is None:
+            self._held[stage] = (done, total)
+        else:
+            self._target(stage, done, total)
+
+    def attach(self, target: Progress | None) -> None:
+        held, self._held = self._held, {}
+        self._target = target
+        if target is not None:
+            for stage, (done, total) in held.items():
+                target(stage, done, total)
 
 
 def _minutes(seconds: float) -> str:
