@@ -12,7 +12,8 @@ alternates them):
 * ``sequential``: :func:`talkhead.batch.run_batch` with ``prepare_ahead=False`` and no source cache: every
   item is prepared, rendered and finished in turn (what a batch did before the fast batch);
 * ``fast``: ``run_batch`` as shipped: the source cache (same photo content + options -> its landmarks, crop,
-  keypoints and source encoding reused) and the next item prepared in a thread while this one renders;
+  keypoints and source encoding reused), the next item prepared in a thread while this one renders (with its
+  first MS-Sync window), the previous item's ffmpeg finished in another thread;
 * ``single``: each item as its own ``talkhead.animate`` call (a fresh single-use pipeline: models load
   every time), what running ``animate`` N times in one process costs;
 * ``load``: only what ``single`` adds to ``sequential`` per item, measured: a fresh single-use pipeline's
@@ -25,8 +26,8 @@ ffmpeg finish (closing stdin: x264 encodes the frames still in its lookahead, AA
 item's share of the batch's wall time minus what scales with its frames on the rendering thread (render,
 paste-back, write, later MS-Sync windows): the per-item cost a batch pays besides rendering.
 Stages that ran in another thread (the next item's preparation, the previous item's ffmpeg finish) are
-listed apart ("+ overlapped"): they overlap a render. CPU seconds (this process + ffmpeg) per item are printed too:
-less sensitive to the machine's other tenants than wall time.
+listed apart ("+ overlapped"): they overlap a render. CPU seconds (this process + ffmpeg) per item are printed
+too (on the loaded 2-core VM they swung with the other tenants as much as wall time: see the README).
 
     python benchmarks/bench_batch.py                       # sequential vs fast, 1 round, + model load
     python benchmarks/bench_batch.py --rounds 2 --modes sequential fast

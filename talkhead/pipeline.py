@@ -873,6 +873,8 @@ class Pipeline:
         any model loads; then photo -> kp_source, and for each kp_driving batch the motion source
         yields: render -> [paste back into the photo] -> encode, streamed. The MP4 (and the keypoints
         ``.npz``) are written atomically: on any error or Ctrl-C nothing partial remains.
+        It is :meth:`prepare` (no file written; the photo through :attr:`source_cache`) then :meth:`render`
+        (:meth:`start_render` + :meth:`RenderedRun.complete`), the halves a batch overlaps.
 
         Args:
             photo: a face photo (PNG, JPEG, WebP, BMP).
