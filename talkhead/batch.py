@@ -18,6 +18,11 @@ no pair's output is ever replaced by another pair of the same run, with or witho
 A failing pair - whatever the exception - is recorded with a one-line reason and the batch goes on
 (:func:`run_batch`); only Ctrl-C / SIGTERM stop it. :class:`BatchReport` writes one JSON-lines or CSV
 row per pair as the batch goes.
+
+Per-pair overhead (:func:`run_batch`): the same photo content is decoded, searched, cropped and encoded once
+(the pipeline's :class:`talkhead.pipeline.SourceCache`), the next pair is prepared in a thread while one
+renders, and the previous pair's ffmpeg finishes in another; each video is the one its pair gives alone.
+Measured: ``benchmarks/README.md``, "Batch: per-item overhead".
 """
 from __future__ import annotations
 
@@ -498,12 +503,23 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
               naming: str = "auto", on_item: Callable[[BatchItem], None] | None = None,
               on_start: Callable[[Pair], None] | None = None, progress=None,
               report: BatchReport | None = None, driving: str = "speech",
-              protected: Iterable[str | Path] = (), shard: Optional[tuple[int, int]] = None) -> list[BatchItem]:
+              protected: Iterable[str | Path] = (), shard: Optional[tuple[int, int]] = None,
+              prepare_ahead: bool = True) -> list[BatchItem]:
     """Render every pair with one loaded ``pipeline`` (a :class:`talkhead.pipeline.Pipeline`): each
     pair's ``audio`` drives its photo as speech (:class:`talkhead.pipeline.SpeechMotion`) or, with
     ``driving="video"``, as a driving video (:class:`talkhead.reenact.VideoMotion`).
 
     Outputs are planned first (:func:`plan_outputs`: collisions are an error before any work).
+
+    Overlap (``prepare_ahead``, with a pipeline that has ``prepare``/``start_render``): while a pair renders,
+    one thread prepares the next pair (:meth:`~talkhead.pipeline.Pipeline.prepare`: input checks, audio scan,
+    photo decode, face, crop and - with speech - its keypoints and source encoding, through the pipeline's
+    :class:`~talkhead.pipeline.SourceCache`, and its first MS-Sync keypoint window), and another finishes the previous one (ffmpeg encoding what it
+    still holds, the file moved into place: :meth:`~talkhead.pipeline.RenderedRun.complete`). Frames are
+    rendered on the calling thread, one pair at a time, in order; each pair's video is what it would be
+    alone. Items are reported in order, from the finishing thread (``on_item``, ``report``); ``on_start`` is
+    called on the calling thread when a pair starts rendering (or fails to prepare).
+    ``prepare_ahead=False``: each pair prepared, rendered and finished in turn.
 
     Args:
         pairs: the jobs (unmatched ones are reported as ``skipped`` with their note).
@@ -512,17 +528,20 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
             batch); a file this run wrote is never a reason to skip.
         naming: see :func:`plan_outputs`.
         on_item: called with each finished :class:`BatchItem`; on_start: with each pair before it runs.
-        progress: passed to ``Pipeline.run`` for each pair.
+        progress: passed to the pipeline's rendering for each pair.
         driving: ``"speech"`` or ``"video"`` (:data:`DRIVINGS`).
         protected: files no output may replace (the pairs CSV, the report; see :func:`plan_outputs`).
         shard: ``(I, N)``: render only share ``I`` of ``N`` (:func:`shard_pairs`): N machines given the same
             arguments and ``I = 0..N-1`` write together exactly what one unsharded run writes.
         report: receives each item as it finishes.
+        prepare_ahead: overlap the next pair's preparation and the previous pair's finish with rendering.
 
     Returns:
-        One :class:`BatchItem` per pair. A pair's error of any type - a :class:`TalkheadError` or an
-        unexpected one (named as such) - makes it ``failed`` and the batch goes on; only
-        ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM through the CLI) stops it.
+        One :class:`BatchItem` per pair, in order (``seconds``: from the pair's start on the calling thread
+        to its end; with the overlap its preparation ran before that, during the previous pair). A pair's
+        error of any type - a :class:`TalkheadError` or an unexpected one (named as such) - makes it
+        ``failed`` and the batch goes on; only ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM through the CLI)
+        stops it: the pair rendering is discarded, the one finishing is finished and reported first.
 
     Raises:
         InputError / OutputError: colliding outputs, an output that is an input, or an ``out_dir``
@@ -547,35 +566,126 @@ def run_batch(pipeline, pairs: list[Pair], out_dir: str | Path, *, skip_existing
         raise OutputError(f"cannot create the output folder {printable(out_dir)!r}: {err.strerror or err}") from err
     existed = {_key(p.output) for p in planned if p.runnable and os.path.lexists(p.output)}
     written: set[str] = set()
-    items = []
-    for pair in planned:
-        t0 = time.perf_counter()
+    items: list[BatchItem] = []
+
+    def settled(pair: Pair) -> Optional[BatchItem]:
+        """The item of a pair that is not rendered (unmatched, already written, skipped), else ``None``."""
         if not pair.runnable:
-            item = BatchItem(pair, None, "skipped", pair.note or "unmatched file")
-        elif _key(pair.output) in written:  # unreachable after plan_outputs; kept as the last guard
-            item = BatchItem(pair, pair.output, "failed", "another pair of this run already wrote "
+            return BatchItem(pair, None, "skipped", pair.note or "unmatched file")
+        if _key(pair.output) in written:  # unreachable after plan_outputs; kept as the last guard
+            return BatchItem(pair, pair.output, "failed", "another pair of this run already wrote "
                              f"{printable(pair.output)!r}; it is not replaced")
-        elif skip_existing and _key(pair.output) in existed and os.path.lexists(pair.output):
-            item = BatchItem(pair, pair.output, "skipped", "output exists from an earlier run (--skip-existing)")
-        else:
-            if on_start:
-                on_start(pair)
-            try:
-                result = pipeline.run(pair.image, motion_of(pair.audio), pair.output, keep_keypoints=False,
-                                      progress=progress)
-                item = BatchItem(pair, pair.output, "done", frames=int(result.num_frames))
-            except TalkheadError as exc:
-                item = BatchItem(pair, pair.output, "failed", printable(str(exc) or type(exc).__name__), error=exc)
-            except Exception as exc:  # noqa: BLE001 - any error of one pair must not end the batch
-                item = BatchItem(pair, pair.output, "failed", unexpected_reason(exc), error=exc)
-            if os.path.lexists(pair.output):
-                written.add(_key(pair.output))
-        item.seconds = time.perf_counter() - t0
+        if skip_existing and _key(pair.output) in existed and os.path.lexists(pair.output):
+            return BatchItem(pair, pair.output, "skipped", "output exists from an earlier run (--skip-existing)")
+        return None
+
+    def failed(pair: Pair, exc: BaseException) -> BatchItem:
+        if isinstance(exc, TalkheadError):
+            return BatchItem(pair, pair.output, "failed", printable(str(exc) or type(exc).__name__), error=exc)
+        return BatchItem(pair, pair.output, "failed", unexpected_reason(exc), error=exc)
+
+    def emit(item: BatchItem, t0: float, t1: Optional[float] = None) -> None:
+        """Record a finished item (``seconds``: ``t0`` to ``t1``, default now), in the report and ``on_item``."""
+        if item.status != "skipped" and item.output is not None and os.path.lexists(item.output):
+            written.add(_key(item.output))
+        item.seconds = (time.perf_counter() if t1 is None else t1) - t0
         items.append(item)
         if report is not None:
             report.write(item)
         if on_item:
             on_item(item)
+
+    overlap = prepare_ahead and all(hasattr(pipeline, name) for name in ("prepare", "start_render"))
+    if not overlap:
+        for pair in planned:
+            t0 = time.perf_counter()
+            item = settled(pair)
+            if item is None:
+                if on_start:
+                    on_start(pair)
+                try:
+                    result = pipeline.run(pair.image, motion_of(pair.audio), pair.output, keep_keypoints=False,
+                                          progress=progress)
+                    item = BatchItem(pair, pair.output, "done", frames=int(result.num_frames))
+                except Exception as exc:  # noqa: BLE001 - any error of one pair must not end the batch
+                    item = failed(pair, exc)
+            emit(item, t0)
+        return items
+    return _run_overlapped(pipeline, planned, motion_of, settled, failed, emit, items, on_start, progress,
+                           encode_ahead=driving == "speech")
+
+
+def _run_overlapped(pipeline, planned: list[Pair], motion_of, settled, failed, emit, items: list[BatchItem],
+                    on_start, progress, *, encode_ahead: bool) -> list[BatchItem]:
+    """:func:`run_batch`'s loop with the next pair prepared and the previous one finished in threads.
+
+    ``encode_ahead``: the thread also computes the photo's keypoints and source encoding (speech: the
+    render loop uses the renderer's generator only; a driving video's frames go through its detector on the
+    calling thread, so then they are computed there)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    preparer = ThreadPoolExecutor(1, thread_name_prefix="talkhead-prepare")
+    finisher = ThreadPoolExecutor(1, thread_name_prefix="talkhead-finish")  # one thread: items stay in order
+    emitted: list[Future] = []
+
+    def prepare(pair: Pair):
+        return pipeline.prepare(pair.image, motion_of(pair.audio), pair.output, keep_keypoints=False,
+                                encode=encode_ahead, prefetch=encode_ahead)
+
+    def complete(pair: Pair, rendered, t0: float) -> None:
+        try:
+            item = BatchItem(pair, pair.output, "done", frames=int(rendered.complete().num_frames))
+        except Exception as exc:  # noqa: BLE001 - any error of one pair must not end the batch
+            item = failed(pair, exc)
+        emit(item, t0)
+
+    def submit(fn, *args) -> None:
+        emitted.append(finisher.submit(fn, *args))
+        for fut in emitted:  # an error of on_item / the report ends the batch, as without the overlap
+            if fut.done() and fut.exception() is not None:
+                raise fut.exception()
+
+    todo = [(k, pair) for k, pair in enumerate(planned)]
+    ahead: dict[int, Future] = {}
+    rendered = None
+    try:
+        for pos, (k, pair) in enumerate(todo):
+            t0 = time.perf_counter()
+            item = settled(pair)
+            if item is not None:
+                ahead.pop(k, None)
+                submit(emit, item, t0, time.perf_counter())
+                continue
+            if on_start:
+                on_start(pair)
+            try:
+                fut = ahead.pop(k, None)
+                prepared = fut.result() if fut is not None else prepare(pair)
+            except Exception as exc:  # noqa: BLE001
+                submit(emit, failed(pair, exc), t0, time.perf_counter())
+                continue
+            nxt = next(((j, p) for j, p in todo[pos + 1:] if settled(p) is None), None)
+            if nxt is not None and nxt[0] not in ahead:
+                ahead[nxt[0]] = preparer.submit(prepare, nxt[1])
+            try:
+                rendered = pipeline.start_render(prepared, progress=progress)
+            except Exception as exc:  # noqa: BLE001
+                submit(emit, failed(pair, exc), t0, time.perf_counter())
+                continue
+            submit(complete, pair, rendered, t0)
+            rendered = None
+    except BaseException:
+        if rendered is not None:
+            rendered.abort()
+        for fut in ahead.values():
+            fut.cancel()
+        preparer.shutdown(wait=False, cancel_futures=True)
+        finisher.shutdown(wait=True)  # the pair finishing is finished and reported
+        raise
+    preparer.shutdown(wait=True)
+    finisher.shutdown(wait=True)
+    for fut in emitted:
+        fut.result()  # an error of on_item / the report
     return items
 
 

@@ -157,7 +157,7 @@ def batch(
     from rich.markup import escape
 
     from .batch import BatchReport, collect_pairs, plan_outputs, run_batch, shard_pairs
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, SourceCache
 
     with errors():
         opts = options()
@@ -180,7 +180,8 @@ def batch(
 
                 raise InputError("--score adds columns to the report: give --report FILE.jsonl or .csv")
             scorer = _batch_scorer(opts)  # a missing SyncNet file fails here, before any pair is rendered
-        pipeline = Pipeline(opts, log=_log(quiet))
+        # 2 photos: the one rendering and the next, prepared ahead (run_batch)
+        pipeline = Pipeline(opts, log=_log(quiet), source_cache=SourceCache(capacity=2))
         with contextlib.ExitStack() as stack:
             sink = stack.enter_context(BatchReport(report, scorer)) if report is not None else None
             progress = stack.enter_context(progress_bars(quiet))
@@ -188,8 +189,7 @@ def batch(
             share = planned if shard is None else shard_pairs(planned, parse_shard(shard))
             overall = progress.add_task("pairs", total=len(share), unit="pairs")
 
-            def on_item(item):
-                bars.reset()
+            def on_item(item):  # called in order, from the thread that finishes the pairs (run_batch)
                 progress.advance(overall)
                 if item.status == "failed" and not quiet:
                     progress.console.print(f"[red]failed[/] {escape(item.pair.label)}: {escape(item.reason)}",
@@ -201,7 +201,7 @@ def batch(
                     progress.console.print(escape("".join(traceback.format_exception(item.error))), highlight=False)
 
             items = run_batch(pipeline, jobs, out_dir, skip_existing=skip_existing, naming=naming, on_item=on_item,
-                              progress=bars, report=sink, driving=driving, protected=protected,
+                              on_start=lambda pair: bars.reset(), progress=bars, report=sink, driving=driving, protected=protected,
                               shard=parse_shard(shard) if shard is not None else None)
         _print_summary(items)
         _hint_existing(items, opts.overwrite)

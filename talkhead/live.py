@@ -270,14 +270,12 @@ class LiveSession:
             InputError / ImageError / NoFaceError: a bad photo. DownloadError / CheckpointError: models.
         """
         pipe = self.pipeline
-        prepared = pipe.prepare_photo(photo)
         with torch.inference_mode():
-            stages = pipe.photo_stages(prepared)
-            encoding = pipe.renderer.encode_source(stages.source, stages.kp_source)
+            stages = pipe.photo_stages(pipe.prepare_source(photo, motion=True))
         model = getattr(pipe.motion, "model", None)
         if model is None:
             raise InputError("the live session needs MS-Sync as the pipeline's motion generator")
-        self._stages, self._encoding = stages, encoding
+        self._stages, self._encoding = stages, stages.encoding
         if self._model is not model:
             self._model = model
             self._build_lookahead_table()

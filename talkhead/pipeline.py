@@ -21,10 +21,13 @@ starting from the source's own keypoints.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import hashlib
+import itertools
 import logging
-import os
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Protocol, runtime_checkable
@@ -111,26 +114,67 @@ class SourcePhoto:
 
 
 @dataclass
-class PhotoStages:
-    """What every frame of one photo uses, made once (:meth:`Pipeline.photo_stages`, models loaded): the
-    source crop and its keypoints, the restore stage and the paste-back (the renderer's
-    ``encode_source`` of the crop is its caller's: :meth:`Pipeline.render_into`, the live session).
+class PreparedSource:
+    """A photo ready to render (:meth:`Pipeline.prepare_source`): decoded, its face found and cropped, and
+    (``encoded``) its keypoints and the renderer's source encoding computed.
 
     Attributes:
         photo: the :class:`SourcePhoto`.
-        source: its crop ``(1, 3, S, S)`` float32 in [0, 1] on the device.
-        kp_source: its keypoints ``(1, K, ...)`` on the device.
+        source: its crop ``(1, 3, S, S)`` float32 in [0, 1] on the device; ``None`` until encoded.
+        kp_source: its keypoints ``(1, K, ...)`` on the device; ``None`` until encoded.
+        encoding: ``renderer.encode_source(source, kp_source)`` (the per-source part of a render);
+            ``None`` until encoded.
+        owners: ``(renderer, landmarker)`` it was made with: a cached entry is used only with these
+            very objects (identity), so another renderer or landmarker never sees it.
+    """
+
+    photo: SourcePhoto
+    source: Optional[torch.Tensor] = field(default=None, repr=False)
+    kp_source: Optional[Keypoints] = field(default=None, repr=False)
+    encoding: object = field(default=None, repr=False)
+    owners: tuple = field(default=(None, None), repr=False)
+
+    @property
+    def encoded(self) -> bool:
+        """Whether the keypoints and the source encoding exist."""
+        return self.encoding is not None
+
+
+@dataclass
+class PhotoStages:
+    """What every frame of one photo uses, made once (:meth:`Pipeline.photo_stages`, models loaded): the
+    prepared source (crop, keypoints, the renderer's source encoding), the restore stage and the paste-back.
+
+    Attributes:
+        prepared: the encoded :class:`PreparedSource` (``photo``, ``source``, ``kp_source``, ``encoding``).
         restore: the :class:`talkhead.restore.FaceRestoreStage` of ``options.enhance``, or ``None``.
         compositor: the :class:`talkhead.compose.Compositor` (``frame="full"``), or ``None``.
         face_side: the side of the face crops the stages hand to the compositor: ``S``, or ``2 S`` restored.
     """
 
-    photo: SourcePhoto
-    source: torch.Tensor = field(repr=False)
-    kp_source: Keypoints = field(repr=False)
+    prepared: PreparedSource = field(repr=False)
     restore: object = field(default=None, repr=False)
     compositor: object = field(default=None, repr=False)
     face_side: int = 0
+
+    @property
+    def photo(self) -> SourcePhoto:
+        return self.prepared.photo
+
+    @property
+    def source(self) -> torch.Tensor:
+        """The crop ``(1, 3, S, S)`` float32 in [0, 1] on the device."""
+        return self.prepared.source
+
+    @property
+    def kp_source(self) -> Keypoints:
+        """The crop's keypoints ``(1, K, ...)`` on the device."""
+        return self.prepared.kp_source
+
+    @property
+    def encoding(self):
+        """``renderer.encode_source(source, kp_source)``."""
+        return self.prepared.encoding
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -138,6 +182,76 @@ class PhotoStages:
         if self.compositor is not None:
             return self.compositor.shape[1], self.compositor.shape[0]
         return self.face_side, self.face_side
+
+
+class SourceCache:
+    """The last ``capacity`` :class:`PreparedSource` s, shared by the runs of a batch and the web page's
+    requests (each request has its own :class:`Pipeline`): the same photo again is neither decoded, nor its
+    face searched, nor its keypoints or source encoding computed again.
+
+    Exact by construction: the key (:meth:`Pipeline.source_key`) is the photo file's content (SHA-256 of its
+    bytes, not its name or time stamp) and every option that shapes the prepared source (frame, max_size,
+    crop, face_index, the landmark backend, frame size, device, renderer, precision); an entry is used only
+    with the very renderer and landmarker objects that made it. It assumes their weights are not changed in
+    place while it is in use (training never uses it). Thread-safe (a batch prepares the next item in a
+    thread); least recently used entries are dropped first.
+
+    Args:
+        capacity: entries kept (>= 1). A batch needs 2 (the item rendering and the one prepared ahead).
+
+    Attributes:
+        hits / misses: lookups that found / did not find their entry.
+    """
+
+    def __init__(self, capacity: int = 2):
+        if capacity < 1:
+            raise ValueError(f"SourceCache capacity must be >= 1, not {capacity}")
+        self.capacity = int(capacity)
+        self._entries: OrderedDict[tuple, PreparedSource] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple, owners: tuple) -> Optional[PreparedSource]:
+        """The entry of ``key`` made with ``owners`` (identity), or ``None`` (counted as a miss)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or len(entry.owners) != len(owners) or \
+                    any(a is not b for a, b in zip(entry.owners, owners)):
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+
+    def put(self, key: tuple, entry: PreparedSource) -> None:
+        """Keep ``entry`` under ``key`` (replacing an older one), dropping the least recently used beyond
+        ``capacity``."""
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+def file_digest(path: str | Path) -> Optional[str]:
+    """SHA-256 (hex) of a file's bytes, or ``None`` when it cannot be read (the decoder then says why)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 @dataclass
@@ -159,6 +273,89 @@ class MotionRun:
     kp_source: Keypoints
     keep: bool = False
     progress: Optional[Progress] = None
+
+
+@dataclass
+class PreparedRun:
+    """One video ready to render (:meth:`Pipeline.prepare`): its inputs checked and decoded, its photo
+    prepared (:class:`PreparedSource`); nothing written yet. :meth:`Pipeline.render` makes the video.
+
+    Attributes:
+        motion: the prepared :class:`MotionSource`.
+        output / save_keypoints: the checked output paths (``save_keypoints`` may be ``None``).
+        keep_keypoints: return the driving keypoints in the result.
+        source: the :class:`PreparedSource` (encoded unless prepared with ``encode=False``).
+        timings: seconds so far (``prepare``, ``load``; see :class:`Result`).
+    """
+
+    motion: "MotionSource"
+    output: Path
+    save_keypoints: Optional[Path]
+    keep_keypoints: bool
+    source: PreparedSource
+    timings: dict = field(default_factory=dict)
+
+
+class RenderedRun:
+    """Every frame of a run written to ffmpeg (:meth:`Pipeline.start_render`); the video is not finished yet.
+
+    :meth:`complete` closes ffmpeg's input, waits for it to encode what it still holds (x264's lookahead,
+    the audio, the mux), moves the file into place and returns the :class:`Result`; :meth:`abort` kills
+    ffmpeg and deletes the temporary file instead. Exactly one of them must be called. A batch completes a
+    run in another thread while the next one renders (:func:`talkhead.batch.run_batch`).
+    """
+
+    def __init__(self, pipeline: "Pipeline", prepared: PreparedRun, run: MotionRun, writer, done: int, t0: float,
+                 preview=None):
+        self._pipeline, self._prepared, self._run, self._writer = pipeline, prepared, run, writer
+        self._preview = preview  # Pipeline.run's second sink: closed before the MP4 is finished
+        self.num_frames, self._t0 = done, t0
+
+    def complete(self) -> "Result":
+        """Finish the MP4 (and the keypoints ``.npz``) and return the run's :class:`Result`.
+
+        Raises:
+            FFmpegError: encoding failed (nothing is left at the output path).
+            OutputError: the file cannot be moved into place.
+        """
+        from .keypoints import save_keypoints_npz
+
+        writer, self._writer = self._writer, None
+        if writer is None:
+            raise RuntimeError("RenderedRun.complete() after complete() or abort()")
+        preview, self._preview = self._preview, None
+        if preview is not None:
+            try:
+                preview.close()
+            except BaseException:
+                writer.abort()
+                raise
+        writer.close()  # aborts (temporary file removed) on any failure
+        prepared, run = self._prepared, self._run
+        timings = {**prepared.timings, "render": time.perf_counter() - self._t0}
+        photo, motion, options = prepared.source.photo, prepared.motion, self._pipeline.options
+        done = self.num_frames
+        common = dict(output=prepared.output, num_frames=done, fps=float(motion.fps), duration_s=done / motion.fps,
+                      has_audio=motion.audio is not None, crop_box=tuple(photo.crop.box),
+                      kp_source=run.kp_source.to("cpu"), timings=timings)
+        result, keypoints, extras = motion.finish(run, common)
+        if prepared.save_keypoints is not None:
+            extras = {"crop_box": np.asarray(photo.crop.box, dtype=np.float64),
+                      "crop_affine": np.asarray(photo.crop.affine, dtype=np.float64), **extras}
+            save_keypoints_npz(prepared.save_keypoints, {"kp_source": result.kp_source, **keypoints}, extras,
+                               overwrite=options.overwrite)
+        if not prepared.keep_keypoints:
+            result.kp_driving = None
+        return result
+
+    def abort(self) -> None:
+        """Kill ffmpeg and delete the temporary file (idempotent; a no-op after :meth:`complete`)."""
+        writer, self._writer = self._writer, None
+        preview, self._preview = self._preview, None
+        if preview is not None:
+            preview.abort()
+        if writer is not None:
+            writer.abort()
 
 
 @runtime_checkable
@@ -271,6 +468,10 @@ class Pipeline:
             (the keypoints stream while the first frames render, :class:`SpeechMotion`), and its memory
             returned to the system (:func:`talkhead.memory.return_freed_memory`). A later :meth:`animate`
             call loads it again. A ``motion`` given to the constructor is never released.
+        source_cache: where prepared photos are kept between runs (:class:`SourceCache`): ``True`` (default)
+            a private one holding the last photo (one photo, many recordings: decoded, its face found and
+            encoded once); a :class:`SourceCache` shared with other pipelines (the web page's requests, each
+            with its own options); ``False``: none.
 
     Raises:
         DownloadError / CheckpointError / ConfigError: missing or bad checkpoints.
@@ -280,7 +481,8 @@ class Pipeline:
 
     def __init__(self, options: AnimateOptions = AnimateOptions(), *, renderer: Renderer | None = None,
                  motion: MotionGenerator | None = None, landmarker: Callable | None = None,
-                 log: Callable[[str], None] | None = None, single_use: bool = False, restorer: Callable | None = None):
+                 log: Callable[[str], None] | None = None, single_use: bool = False, restorer: Callable | None = None,
+                 source_cache: SourceCache | bool = True):
         from .devices import check_precision
 
         self.options = options
@@ -303,7 +505,9 @@ class Pipeline:
         self._owns_motion = False  # loaded by load(), so it can be released and loaded again
         self._precision_applied: object = None
         self._frame_size: Optional[int] = None
-        self._last_photo: Optional[tuple[tuple, SourcePhoto]] = None
+        if source_cache is True:
+            source_cache = SourceCache(capacity=1)
+        self.source_cache: Optional[SourceCache] = source_cache if isinstance(source_cache, SourceCache) else None
 
     def load(self, *, motion: bool = True) -> "Pipeline":
         """Load the components not given to the constructor (downloading missing checkpoints unless
@@ -620,8 +824,7 @@ class Pipeline:
 
     def prepare_photo(self, path: str | Path) -> SourcePhoto:
         """Decode the photo (:func:`talkhead.image.load_image`), size it (:meth:`photo`) and find its face
-        (:meth:`find_face`); no model is loaded. The last photo prepared is kept: the same unchanged file
-        again (a batch of one photo with many recordings) is not decoded nor searched again.
+        (:meth:`find_face`); no model is loaded, nothing is cached (:meth:`prepare_source` caches).
 
         Raises:
             InputError / ImageError / NoFaceError: bad photo.
@@ -629,15 +832,71 @@ class Pipeline:
         from .image import load_image
 
         path = Path(path)
-        st = path.stat()
-        key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        if self._last_photo is not None and self._last_photo[0] == key:
-            return self._last_photo[1]  # one photo, many recordings (batch): decoded and its face found once
         image = self.photo(load_image(path), source=str(path))
         _detail(f"finding the face in {path}")
         crop, face = self.find_face(image, source=str(path))
-        self._last_photo = (key, SourcePhoto(path=path, image=image, crop=crop, face=face))
-        return self._last_photo[1]
+        return SourcePhoto(path=path, image=image, crop=crop, face=face)
+
+    def source_key(self, path: str | Path) -> Optional[tuple]:
+        """The :class:`SourceCache` key of the photo file ``path`` under this pipeline's options: the SHA-256
+        of its bytes and every option that shapes its :class:`PreparedSource` (frame, max_size, crop,
+        face_index, the landmark backend, frame size, device, renderer name, precision). ``None`` when the
+        file cannot be read (nothing is cached; the decoder reports the error)."""
+        digest = file_digest(path)
+        if digest is None:
+            return None
+        o = self.options
+        backend = None if o.crop == "none" or self.landmarker is not None else self.landmark_backend()
+        return (digest, o.frame, o.max_size if o.frame == "full" else None, o.crop,
+                o.face_index if o.crop != "none" else None, backend, self.frame_size, str(self.device), o.renderer,
+                o.precision)
+
+    def prepare_source(self, path: str | Path, *, motion: bool = True, encode: bool = True,
+                       timings: Optional[dict] = None) -> PreparedSource:
+        """The photo ``path`` ready to render: :meth:`prepare_photo`, then (``encode``) the models loaded
+        (:meth:`load`, ``motion``: the motion generator too), the crop's keypoints (:meth:`detect_source`) and
+        the renderer's source encoding (``renderer.encode_source``), taken from :attr:`source_cache` when the
+        same photo content was prepared under the same options (:meth:`source_key`) - the same values
+        (the same objects), not recomputed. A bad photo is refused before any model loads.
+
+        ``encode=False`` stops after the photo (no model; the result's ``encoding`` is ``None``): a batch
+        prepares the next photo this way while the driving video of the current one is read through the
+        renderer's detector. ``timings`` receives ``prepare`` (photo) and ``load`` (models + encoding) seconds.
+
+        Raises:
+            InputError / ImageError / NoFaceError: bad photo.
+            DownloadError / CheckpointError / ConfigError: missing or bad checkpoints.
+            NonFiniteError: NaN/inf source keypoints.
+        """
+        path = Path(path)
+        timings = {} if timings is None else timings
+        t0 = time.perf_counter()
+        cache = self.source_cache
+        key = self.source_key(path) if cache is not None else None
+        entry = cache.get(key, (self._renderer, self.landmarker)) if key is not None else None
+        if entry is None:
+            entry = PreparedSource(photo=self.prepare_photo(path), owners=(self._renderer, self.landmarker))
+            if key is not None:
+                cache.put(key, entry)
+        elif entry.photo.path != path:  # the same content under another name: messages name this file
+            entry = dataclasses.replace(entry, photo=dataclasses.replace(entry.photo, path=path))
+        timings["prepare"] = time.perf_counter() - t0
+        timings.setdefault("load", 0.0)
+        if not encode:
+            return entry
+        t0 = time.perf_counter()
+        self.load(motion=motion)
+        if not entry.encoded:
+            source = self.source_tensor(entry.photo.crop.crop)
+            kp_source = self.detect_source(source)
+            renderer = self.renderer
+            entry = PreparedSource(photo=entry.photo, source=source, kp_source=kp_source,
+                                   encoding=renderer.encode_source(source, kp_source),
+                                   owners=(renderer, self.landmarker))
+            if key is not None:
+                cache.put(key, entry)
+        timings["load"] = time.perf_counter() - t0
+        return entry
 
     def compositor(self, photo: SourcePhoto, face_size: Optional[int] = None):
         """The :class:`talkhead.compose.Compositor` pasting rendered crops into ``photo.image``
@@ -658,23 +917,18 @@ class Pipeline:
             return Compositor(photo.image, crop_at_size(photo.image, crop, face_size), colour_side=crop.size // 2)
         return Compositor(photo.image, crop)
 
-    def photo_stages(self, photo: SourcePhoto, *, motion: bool = True) -> PhotoStages:
-        """Load the models (:meth:`load`; ``motion``: the motion generator too) and make what every frame of
-        ``photo`` uses: the source crop tensor, kp_source (:meth:`detect_source`), the restore stage
-        (:meth:`restore_stage`) and the compositor at the side the stages paste (:meth:`compositor`). The
-        one photo set-up of :meth:`run` and the live session.
+    def photo_stages(self, prepared: PreparedSource) -> PhotoStages:
+        """What every frame of an encoded ``prepared`` source (:meth:`prepare_source`) uses: the restore stage
+        (:meth:`restore_stage`) and the compositor at the side the stages paste (:meth:`compositor`). The one
+        photo set-up of :meth:`start_render` and the live session.
 
         Raises:
-            DownloadError / CheckpointError / ConfigError: models. NonFiniteError: NaN/inf source keypoints.
             InputError: ``options.enhance`` without its weights or without the face's landmarks.
         """
-        self.load(motion=motion)
-        source = self.source_tensor(photo.crop.crop)
-        kp_source = self.detect_source(source)
-        restore = self.restore_stage(photo, kp_source)
+        restore = self.restore_stage(prepared.photo, prepared.kp_source)
         side = restore.out_size if restore is not None else self.frame_size
-        return PhotoStages(photo=photo, source=source, kp_source=kp_source, restore=restore,
-                           compositor=self.compositor(photo, side), face_side=side)
+        return PhotoStages(prepared=prepared, restore=restore, compositor=self.compositor(prepared.photo, side),
+                           face_side=side)
 
     # -- the whole job ------------------------------------------------------------------------------
     def run(self, photo: str | Path, motion: MotionSource, output: str | Path, *,
@@ -688,6 +942,8 @@ class Pipeline:
         any model loads; then photo -> kp_source, and for each kp_driving batch the motion source
         yields: render -> [paste back into the photo] -> encode, streamed. The MP4 (and the keypoints
         ``.npz``) are written atomically: on any error or Ctrl-C nothing partial remains.
+        It is :meth:`prepare` (no file written; the photo through :attr:`source_cache`) then :meth:`render`
+        (:meth:`start_render` + :meth:`RenderedRun.complete`), the halves a batch overlaps.
 
         Args:
             photo: a face photo (PNG, JPEG, WebP, BMP).
@@ -700,8 +956,8 @@ class Pipeline:
             progress: ``progress(stage, done, total)`` callback (stages ``keypoints``, ``best-frame``,
                 ``render``).
             preview: a second frame sink for every frame as it is written, made when the video's size is
-                known: ``preview(size=(W, H), fps=, audio_path=, crf=)`` returns a context manager with
-                ``write(frames)``, e.g. ``functools.partial(talkhead.video.SegmentWriter, folder,
+                known: ``preview(size=(W, H), fps=, audio_path=, crf=)`` returns an object with ``write(frames)``,
+                ``close()`` and ``abort()``, e.g. ``functools.partial(talkhead.video.SegmentWriter, folder,
                 on_segment)`` (short playable MP4 segments while the whole MP4 renders: the web page).
                 It is closed before the MP4 is finished; an error in either aborts both.
 
@@ -717,54 +973,92 @@ class Pipeline:
             DownloadError / CheckpointError / ConfigError: missing or bad checkpoints.
             FFmpegError: encoding failed.
         """
+        return self.render(self.prepare(photo, motion, output, save_keypoints=save_keypoints,
+                                        keep_keypoints=keep_keypoints), progress=progress, preview=preview)
+
+    def prepare(self, photo: str | Path, motion: MotionSource, output: str | Path, *,
+                save_keypoints: str | Path | None = None, keep_keypoints: bool = True,
+                encode: bool = True, prefetch: bool = False) -> PreparedRun:
+        """The first half of :meth:`run` (same arguments, same checks and errors, in the same order):
+        the inputs exist, the outputs are checked, the motion source decodes its input
+        (``motion.prepare``) and the photo is prepared (:meth:`prepare_source`, through the source cache;
+        ``encode=False``: without its keypoints and encoding, which :meth:`start_render` then computes).
+        ``prefetch`` (with ``encode``): a motion source that can (``motion.prefetch(pipeline, kp_source)``,
+        :meth:`SpeechMotion.prefetch`) also generates its first keypoint window now.
+        Nothing is written. A batch prepares the next pair in a thread while the current one renders.
+
+        Raises:
+            As :meth:`run`, except FFmpegError / NonFiniteError of rendering.
+        """
         from .io import check_input_file, check_outputs
-        from .keypoints import save_keypoints_npz
-        from .video import FrameTee, VideoWriter
 
         motion.check(self)
         photo = check_input_file(photo, "photo")
         inputs = [check_input_file(path, role) for path, role in motion.inputs]
         output, save_keypoints = check_outputs([output, save_keypoints], [photo, *inputs],
                                                overwrite=self.options.overwrite)
-        timings = {}
         t0 = time.perf_counter()
         motion.prepare(self)
+        timings: dict = {}
         try:
-            source_photo = self.prepare_photo(photo)
+            source = self.prepare_source(photo, motion=motion.needs_generator, encode=encode, timings=timings)
         except NoFaceError:
             self.flush_notes()  # which landmarker looked matters to a face it did not find
             raise
-        timings["prepare"] = time.perf_counter() - t0
+        if prefetch and source.encoded and hasattr(motion, "prefetch"):
+            t1 = time.perf_counter()
+            motion.prefetch(self, source.kp_source)
+            timings["load"] += time.perf_counter() - t1
+        timings["prepare"] = time.perf_counter() - t0 - timings["load"]
+        return PreparedRun(motion=motion, output=output, save_keypoints=save_keypoints,
+                           keep_keypoints=keep_keypoints, source=source, timings=timings)
 
+    def render(self, prepared: PreparedRun, *, progress: Progress | None = None,
+               preview: Optional[Callable[..., object]] = None) -> Result:
+        """The second half of :meth:`run`: render, encode and finish the video of a :meth:`prepare` d run.
+
+        Raises:
+            As :meth:`run`.
+        """
+        return self.start_render(prepared, progress=progress, preview=preview).complete()
+
+    def start_render(self, prepared: PreparedRun, *, progress: Progress | None = None,
+                     preview: Optional[Callable[..., object]] = None) -> RenderedRun:
+        """Render every frame of ``prepared`` into ffmpeg (and ``preview``, :meth:`run`); return the
+        :class:`RenderedRun` whose ``complete()`` finishes the MP4 (or ``abort()`` discards it). On an error
+        here ffmpeg (and the preview) is killed and its temporary file removed before the error propagates.
+
+        Raises:
+            As :meth:`run`.
+        """
+        from .video import FrameTee, VideoWriter
+
+        motion, source = prepared.motion, prepared.source
+        if not source.encoded:
+            source = prepared.source = self.prepare_source(source.photo.path, motion=motion.needs_generator,
+                                                           timings=prepared.timings)
+        run = MotionRun(pipeline=self, photo=source.photo, source=source.source, kp_source=source.kp_source,
+                        keep=prepared.keep_keypoints or prepared.save_keypoints is not None, progress=progress)
+        stages = self.photo_stages(source)
+        size = stages.frame_size
         t0 = time.perf_counter()
-        stages = self.photo_stages(source_photo, motion=motion.needs_generator)
-        source, kp_source = stages.source, stages.kp_source
-        timings["load"] = time.perf_counter() - t0
-
-        run = MotionRun(pipeline=self, photo=source_photo, source=source, kp_source=kp_source,
-                        keep=keep_keypoints or save_keypoints is not None, progress=progress)
-        t0 = time.perf_counter()
-        with VideoWriter(output, size=stages.frame_size, fps=motion.fps, audio_path=motion.audio,
-                         crf=self.options.crf, overwrite=self.options.overwrite) as writer, \
-                (preview(size=stages.frame_size, fps=motion.fps, audio_path=motion.audio, crf=self.options.crf)
-                 if preview is not None else contextlib.nullcontext()) as second:
-            sink = writer if second is None else FrameTee(writer, second)
-            done = self.render_into(sink, source, kp_source, motion.batches(run), motion.num_frames, progress,
-                                    compositor=stages.compositor, restore=stages.restore)
-        timings["render"] = time.perf_counter() - t0
-
-        common = dict(output=output, num_frames=done, fps=float(motion.fps), duration_s=done / motion.fps,
-                      has_audio=motion.audio is not None, crop_box=tuple(source_photo.crop.box),
-                      kp_source=kp_source.to("cpu"), timings=timings)
-        result, keypoints, extras = motion.finish(run, common)
-        if save_keypoints is not None:
-            extras = {"crop_box": np.asarray(source_photo.crop.box, dtype=np.float64),
-                      "crop_affine": np.asarray(source_photo.crop.affine, dtype=np.float64), **extras}
-            save_keypoints_npz(save_keypoints, {"kp_source": result.kp_source, **keypoints}, extras,
-                               overwrite=self.options.overwrite)
-        if not keep_keypoints:
-            result.kp_driving = None
-        return result
+        writer = VideoWriter(prepared.output, size=size, fps=motion.fps, audio_path=motion.audio,
+                             crf=self.options.crf, overwrite=self.options.overwrite)
+        writer.__enter__()
+        second = None
+        try:
+            if preview is not None:
+                second = preview(size=size, fps=motion.fps, audio_path=motion.audio, crf=self.options.crf)
+                second.__enter__()
+            done = self.render_into(writer if second is None else FrameTee(writer, second), source.source,
+                                    source.kp_source, motion.batches(run), motion.num_frames, progress,
+                                    compositor=stages.compositor, restore=stages.restore, encoding=source.encoding)
+        except BaseException:
+            if second is not None:
+                second.abort()
+            writer.abort()
+            raise
+        return RenderedRun(self, prepared, run, writer, done, t0, preview=second)
 
     def animate(self, image_path: str | Path, audio_path: str | Path, output_path: str | Path, *,
                 save_keypoints: str | Path | None = None,
@@ -806,7 +1100,8 @@ class Pipeline:
         return frames
 
     def render_into(self, writer, source: torch.Tensor, kp_source: Keypoints, batches: Iterable[Keypoints],
-                    total: int, progress: Progress | None = None, *, compositor=None, restore=None) -> int:
+                    total: int, progress: Progress | None = None, *, compositor=None, restore=None,
+                    encoding=None) -> int:
         """Render each kp_driving batch of ``batches`` and stream the frames into ``writer``; return the
         number of frames written.
 
@@ -828,6 +1123,8 @@ class Pipeline:
             source: the photo's crop ``(1, 3, S, S)``; kp_source: its keypoints ``(1, K, ...)``.
             batches: kp_driving batches ``(b, K, ...)`` in frame order (e.g. :func:`held_batches`).
             total: the expected number of frames (progress only).
+            encoding: ``renderer.encode_source(source, kp_source)`` when already computed (a
+                :class:`PreparedSource`'s); default: computed here.
 
         Progress is reported per rendered batch (with the writer thread, up to 3 batches before
         they are encoded).
@@ -851,7 +1148,8 @@ class Pipeline:
             return compositor.paste(frames, out=buffer)
 
         done = 0
-        encoding = renderer.encode_source(source, kp_source)  # once; every batch renders from it
+        if encoding is None:
+            encoding = renderer.encode_source(source, kp_source)  # once; every batch renders from it
         with WriterThread(writer.write, paste if compositor is not None else None, threaded=threaded) as out:
             for kp_driving in batches:
                 frames = self.render_batch(encoding, kp_driving, restore, first=done)
@@ -993,6 +1291,7 @@ class SpeechMotion:
         self.duration_s = 0.0
         self._info = None
         self._kept: list[Keypoints] = []
+        self._prefetched: Optional[tuple] = None  # (kp_source, progress relay, windows, first window): prefetch
 
     def check(self, pipeline: "Pipeline") -> None:
         pipeline.check_motion_pairing()
@@ -1013,33 +1312,80 @@ class SpeechMotion:
             pipeline.log(f"note: speech '{self.path}' peaks at {peak:.1f} x full scale: the keypoints use it as it "
                          "is, but the video's audio track will be clipped (normalise the file to avoid it)")
 
-    def _windows(self, run: MotionRun) -> Iterator[Keypoints]:
+    def _windows(self, pipeline: "Pipeline", kp_source: Keypoints, progress: Progress | None) -> Iterator[Keypoints]:
         from .audio import logfbank_stream, speech_blocks
 
-        pipeline, info = run.pipeline, self._info
+        info = self._info
         chunks = logfbank_stream(speech_blocks(self.path, decoder=info.decoder), info)
         motion = pipeline.motion
         if hasattr(motion, "stream"):
-            windows = motion.stream(run.kp_source, chunks, info.num_logfbank_rows, window=KEYPOINT_WINDOW,
-                                    progress=run.progress)
+            windows = motion.stream(kp_source, chunks, info.num_logfbank_rows, window=KEYPOINT_WINDOW,
+                                    progress=progress)
         else:
-            windows = iter([motion(run.kp_source, np.concatenate(list(chunks)), progress=run.progress)])
-        for window in speech_keypoint_windows(pipeline, run.kp_source, windows):
-            if run.keep:
-                self._kept.append(window.to("cpu"))
-            yield window
+            windows = iter([motion(kp_source, np.concatenate(list(chunks)), progress=progress)])
+        yield from speech_keypoint_windows(pipeline, kp_source, windows)
         if pipeline.single_use:
             pipeline.release_motion()
 
+    def prefetch(self, pipeline: "Pipeline", kp_source: Keypoints) -> None:
+        """Generate the first keypoint window now (after :meth:`prepare`), so that :meth:`batches` starts
+        rendering at once: a batch does this for the next pair while the current one renders
+        (:meth:`Pipeline.prepare` with ``prefetch``). The windows are the same; the ``keypoints`` progress
+        of the first window is passed on when :meth:`batches` starts.
+
+        Raises:
+            AudioError: the streamed decode failed. NonFiniteError: NaN/inf keypoints.
+        """
+        relay = _ProgressRelay()
+        windows = self._windows(pipeline, kp_source, relay)
+        first = next(windows, None)
+        self._prefetched = (kp_source, relay, windows, first)
+
     def batches(self, run: MotionRun) -> Iterator[Keypoints]:
         self._kept = []
-        yield from held_batches(self._windows(run), self.num_frames, run.pipeline.batch_size)
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[0] is run.kp_source:
+            _, relay, rest, first = prefetched
+            relay.attach(run.progress)
+            windows = itertools.chain(() if first is None else (first,), rest)
+        else:
+            windows = self._windows(run.pipeline, run.kp_source, run.progress)
+
+        def kept(windows):
+            for window in windows:
+                if run.keep:
+                    self._kept.append(window.to("cpu"))
+                yield window
+
+        yield from held_batches(kept(windows), self.num_frames, run.pipeline.batch_size)
 
     def finish(self, run: MotionRun, result: dict) -> tuple[Result, dict, dict]:
         kp_driving = Keypoints.cat(self._kept) if self._kept else None
         self._kept = []
         out = AnimateResult(**{**result, "duration_s": self.duration_s}, kp_driving=kp_driving)
         return out, ({"kp_driving": kp_driving} if kp_driving is not None else {}), {"fps": np.int64(FPS)}
+
+
+class _ProgressRelay:
+    """A ``progress(stage, done, total)`` callback whose receiver is attached later: calls before
+    :meth:`attach` are held (the last one per stage) and replayed to it."""
+
+    def __init__(self):
+        self._target: Progress | None = None
+        self._held: dict = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self._target is None:
+            self._held[stage] = (done, total)
+        else:
+            self._target(stage, done, total)
+
+    def attach(self, target: Progress | None) -> None:
+        held, self._held = self._held, {}
+        self._target = target
+        if target is not None:
+            for stage, (done, total) in held.items():
+                target(stage, done, total)
 
 
 def _minutes(seconds: float) -> str:
@@ -1058,5 +1404,6 @@ def animate(image: str | Path, audio: str | Path, output: str | Path, options: A
                                                       progress=progress)
 
 
-__all__ = ["AnimateOptions", "Result", "AnimateResult", "SourcePhoto", "PhotoStages", "MotionRun", "MotionSource", "SpeechMotion",
+__all__ = ["AnimateOptions", "Result", "AnimateResult", "SourcePhoto", "PreparedSource", "PhotoStages", "SourceCache", "PreparedRun",
+           "RenderedRun", "MotionRun", "MotionSource", "SpeechMotion", "file_digest",
            "speech_keypoints", "speech_keypoint_windows", "KEYPOINT_WINDOW", "Pipeline", "animate", "held_batches", "resolve_device", "num_video_frames", "host_frames", "TalkheadError"]

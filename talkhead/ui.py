@@ -171,6 +171,9 @@ class Animator:
         self._by_device: dict[str, Any] = {}
         self._restorers: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()  # the queue runs one request at a time; this guards direct callers too
+        from .pipeline import SourceCache
+
+        self._sources = SourceCache(capacity=2)  # a request with the last photos again reuses its prepared source
 
     def load(self) -> "Animator":
         """Load the models (and the landmark backend) once; a failure is kept in :attr:`load_error`.
@@ -211,7 +214,7 @@ class Animator:
 
         loaded = self._loaded_for(options.device)
         return Pipeline(options, renderer=loaded.renderer, motion=loaded.motion, landmarker=loaded.landmarker,
-                        log=self.log, restorer=self._restorer_for(options, loaded))
+                        log=self.log, restorer=self._restorer_for(options, loaded), source_cache=self._sources)
 
     def _restorer_for(self, options: AnimateOptions, loaded):
         """The face restorer of ``options.enhance`` on ``loaded``'s device, loaded once and kept (``None``

@@ -191,7 +191,11 @@ def test_photos_dir_with_one_speech_non_utf8_name_and_unexpected_error(tiny_mode
     shutil.copy(photos / "front.png", folder / "1_front.png")
     odd = os.fsdecode(b"2_caf\xe9.png")  # Latin-1 bytes: not UTF-8
     shutil.copy(photos / "mirror.png", folder / odd)
-    shutil.copy(photos / "front.png", folder / "3_broken.png")
+    import imageio.v3 as iio
+
+    broken = iio.imread(photos / "front.png")
+    broken[0, 0] ^= 1  # not 1_front.png's content, which the source cache would find (no find_face call)
+    iio.imwrite(folder / "3_broken.png", broken)
     shutil.copy(photos / "dark.jpg", folder / "4_dark.jpg")
     real = pipeline_mod.Pipeline.find_face
 
@@ -412,3 +416,185 @@ def test_shards_together_write_what_one_unsharded_run_writes(tmp_path):
         shard_pairs(pairs, (3, 3))
     result = run_cli("batch", "/nowhere", "/nowhere", "-o", tmp_path / "o", "--shard", "2/2")
     assert_clean_error(result, "--shard must be I/N")
+
+
+# ------------------------------------------------------------------------------------------- fast batch
+def _toy_pipeline(calls: list, **options):
+    """A ToyRenderer pipeline whose landmarker records each photo it searches (``calls``); a photo
+    whose pixels are all one value has no face."""
+    from talkhead.options import AnimateOptions
+    from talkhead.pipeline import Pipeline, SourceCache
+
+    from helpers import ToyRenderer, astronaut_face, toy_motion
+
+    def landmarker(image):
+        calls.append(int(image[0, 0, 0]))
+        return [] if image.min() == image.max() else astronaut_face(image)
+
+    cache = options.pop("source_cache", None)
+    cache = SourceCache(2) if cache is None else cache  # (an empty cache is falsy: it has a length)
+    return Pipeline(AnimateOptions(**{"frame": "crop", **options}), renderer=ToyRenderer(), motion=toy_motion,
+                    landmarker=landmarker, source_cache=cache)
+
+
+def test_source_cache_hits_only_the_same_photo_content_under_the_same_options(tmp_path):
+    """The key is the file's bytes + the options that shape the prepared source: a renamed copy hits, the
+    same name with new content misses, and so do another frame / max-size / face index, or another
+    renderer; a hit is the very prepared source (keypoints and encoding not recomputed)."""
+    from talkhead.options import AnimateOptions
+    from talkhead.pipeline import Pipeline, SourceCache
+
+    from helpers import ToyRenderer, toy_motion
+
+    calls: list = []
+    cache = SourceCache(capacity=8)  # every entry below stays
+    pipe = _toy_pipeline(calls, source_cache=cache)
+    photo, copy = tmp_path / "me.png", tmp_path / "copy.png"
+    shutil.copy(ASTRONAUT, photo)
+    shutil.copy(ASTRONAUT, copy)
+    first = pipe.prepare_source(photo)
+    assert first.encoded and len(calls) == 1
+    again = pipe.prepare_source(copy)
+    assert len(calls) == 1 and again.encoding is first.encoding and again.kp_source is first.kp_source
+    assert again.photo.path == copy  # messages name the file of this run
+    import imageio.v3 as iio
+
+    img = iio.imread(ASTRONAUT)[..., :3]
+    stat = photo.stat()
+    iio.imwrite(photo, np.ascontiguousarray(img[:, ::-1]))  # new content, same name and time stamp
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed = pipe.prepare_source(photo)
+    assert len(calls) == 2 and not np.array_equal(changed.photo.image, first.photo.image)
+    # other options, same cache and same components
+    lm, renderer = pipe.landmarker, pipe.renderer
+    for opts in (AnimateOptions(frame="full"), AnimateOptions(frame="full", max_size=300),
+                 AnimateOptions(frame="crop", face_index=0)):
+        n = len(calls)
+        Pipeline(opts, renderer=renderer, motion=toy_motion, landmarker=lm, source_cache=cache).prepare_source(copy)
+        assert len(calls) == n + 1, opts
+    other = Pipeline(AnimateOptions(frame="crop"), renderer=ToyRenderer(), motion=toy_motion, landmarker=lm,
+                     source_cache=cache)
+    n = len(calls)
+    assert other.prepare_source(copy).encoding is not first.encoding and len(calls) == n + 1
+
+
+def test_error_of_the_item_prepared_ahead_is_that_items_only(tmp_path):
+    """Pairs b (no face), c (an unexpected error in the landmarker) and d (undecodable speech) fail while
+    they are prepared in the thread, during the render of the pair before; each is reported for itself,
+    in order, and every other pair is written whole."""
+    from talkhead.errors import NoFaceError
+
+    calls: list = []
+    pipe = _toy_pipeline(calls)
+    real = pipe.landmarker
+
+    def landmarker(image):
+        if image[0, 0, 0] == 7:
+            raise ZeroDivisionError("float division by zero")
+        return real(image)
+
+    pipe.landmarker = landmarker
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(ASTRONAUT, src / "a.png")
+    blank_value = {"b": 128, "c": 7}
+    import imageio.v3 as iio
+
+    img = iio.imread(ASTRONAUT)[..., :3].copy()
+    for name, value in blank_value.items():
+        pic = img.copy() if name == "c" else np.full_like(img, value)
+        pic[0, 0] = value
+        iio.imwrite(src / f"{name}.png", pic)
+    shutil.copy(ASTRONAUT, src / "d.png")
+    shutil.copy(ASTRONAUT, src / "e.png")
+    for name in "abce":
+        shutil.copy(SPEECH, src / f"{name}.wav")
+    (src / "d.wav").write_bytes(b"RIFF not really a wav file")
+    jobs, naming = collect_pairs(src, src)
+    seen = []
+    items = run_batch(pipe, jobs, tmp_path / "out", naming=naming, on_item=seen.append)
+    assert [i.status for i in items] == ["done", "failed", "failed", "failed", "done"]
+    assert [i.pair.image.stem for i in seen] == list("abcde")
+    assert isinstance(items[1].error, NoFaceError) and "b.png" in items[1].reason
+    assert items[2].reason.startswith("unexpected error (ZeroDivisionError")
+    assert "d.wav" in items[3].reason
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.mp4", "e.mp4"]
+    for name in ("a.mp4", "e.mp4"):
+        assert probe(tmp_path / "out" / name).num_frames == items[0].frames
+
+
+def test_overlapped_batch_writes_what_each_item_writes_alone(tiny_models_dir, photos, speech_1s, tmp_path,
+                                                             monkeypatch):
+    """Three pairs (one photo twice, then another; three different speeches) through the overlapped batch
+    with the tiny models: the frames given to ffmpeg, the decoded videos and every keypoint set driving the
+    renderer equal those of ``animate`` run for each pair alone; the repeated photo is searched and encoded
+    once."""
+    import soundfile as sf
+
+    from talkhead.fomm import FOMM
+    from talkhead.options import AnimateOptions
+    from talkhead.pipeline import Pipeline, SourceCache, animate
+    from talkhead.video import VideoWriter, to_uint8_frames
+
+    from helpers import decode_frames
+
+    samples, sr = sf.read(speech_1s)
+    speeches = [tmp_path / "one.wav", tmp_path / "two.wav", tmp_path / "three.wav"]
+    sf.write(speeches[0], samples, sr)
+    sf.write(speeches[1], samples[::-1], sr)
+    sf.write(speeches[2], np.roll(samples, len(samples) // 3), sr)
+    images = [photos / "front.png", photos / "front.png", photos / "mirror.png"]
+    opts = AnimateOptions(models_dir=tiny_models_dir, landmarker="dlib", offline=True, device="cpu")
+
+    written: dict = {}
+    driven: list = []
+    counts = {"faces": 0, "encodings": 0}
+    real_write, real_render, real_encode = VideoWriter.write, FOMM.render, FOMM.encode_source
+    real_find = Pipeline.find_face
+
+    def write(self, frames):
+        written.setdefault(self.path.name, []).append(to_uint8_frames(frames).copy())
+        return real_write(self, frames)
+
+    def render(self, encoding, kp_driving):
+        driven.append((encoding.kp_source.value.clone(), kp_driving.value.clone(), kp_driving.jacobian.clone()))
+        return real_render(self, encoding, kp_driving)
+
+    def encode_source(self, *a, **kw):
+        counts["encodings"] += 1
+        return real_encode(self, *a, **kw)
+
+    def find_face(self, *a, **kw):
+        counts["faces"] += 1
+        return real_find(self, *a, **kw)
+
+    monkeypatch.setattr(VideoWriter, "write", write)
+    monkeypatch.setattr(FOMM, "render", render)
+    monkeypatch.setattr(FOMM, "encode_source", encode_source)
+    monkeypatch.setattr(Pipeline, "find_face", find_face)
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for k, (img, sp) in enumerate(zip(images, speeches)):
+        animate(img, sp, alone / f"item{k}.mp4", opts)
+    alone_written, alone_driven = written, driven
+    written, driven = {}, []
+    counts.update(faces=0, encodings=0)
+
+    pairs = [Pair(img, sp, tmp_path / "batch" / f"item{k}.mp4") for k, (img, sp) in enumerate(zip(images, speeches))]
+    items = run_batch(Pipeline(opts, source_cache=SourceCache(2)), pairs, tmp_path / "batch")
+    assert [i.status for i in items] == ["done"] * 3, [i.reason for i in items]
+    assert counts == {"faces": 2, "encodings": 2}  # front.png once for its two pairs
+    assert sorted(written) == sorted(alone_written) == ["item0.mp4", "item1.mp4", "item2.mp4"]
+    for name in written:
+        assert np.array_equal(np.concatenate(written[name]), np.concatenate(alone_written[name])), name
+        assert np.array_equal(decode_frames(tmp_path / "batch" / name)[1], decode_frames(alone / name)[1]), name
+    assert len(driven) == len(alone_driven) == 75
+    for got, want in zip(driven, alone_driven):
+        assert all(torch_equal(a, b) for a, b in zip(got, want))
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))

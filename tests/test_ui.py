@@ -760,3 +760,35 @@ def test_stop_on_the_page_stops_the_render_and_offers_no_file(gated_page):
         assert not driver.find_elements(By.CSS_SELECTOR, "#result-file a[href*='.mp4']")
     finally:
         driver.quit()
+
+# --------------------------------------------------------------------------------------- prepared sources
+def test_a_request_with_the_last_photo_reuses_its_prepared_source(tmp_path):
+    """Each request has its own Pipeline; the Animator's SourceCache is shared by them: the same photo
+    content (uploaded again, under another name) is not searched nor encoded again and gives the same
+    video; another frame option prepares it anew."""
+    from helpers import ToyRenderer, astronaut_face, decode_frames, toy_motion
+    from talkhead.pipeline import Pipeline
+    from talkhead.ui import Animator
+
+    calls = []
+    base = AnimateOptions(device="cpu", frame="crop")
+    animator = Animator(base, tmp_path / "work", pipeline=Pipeline(
+        base, renderer=ToyRenderer(), motion=toy_motion, landmarker=lambda im: calls.append(1) or astronaut_face(im)))
+    animator._by_device["cpu"] = animator._pipeline
+    kept = []
+
+    def keep(path):
+        kept.append(tmp_path / f"kept{len(kept)}.mp4")
+        shutil.copy(path, kept[-1])
+        return str(kept[-1])
+
+    uploads = [tmp_path / "a" / "me.png", tmp_path / "b" / "upload.png"]
+    for up in uploads:
+        up.parent.mkdir()
+        shutil.copy(ASTRONAUT, up)
+    animator.run(str(uploads[0]), str(SPEECH), keep=keep)
+    animator.run(str(uploads[1]), str(SPEECH), keep=keep)
+    assert len(calls) == 1 and animator._sources.hits == 1
+    assert np.array_equal(decode_frames(kept[0])[1], decode_frames(kept[1])[1])
+    animator.run(str(uploads[1]), str(SPEECH), keep=keep, frame="full")
+    assert len(calls) == 2
