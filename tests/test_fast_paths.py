@@ -206,6 +206,40 @@ def test_hourglass_fused_equals_plain(cpu_kind_as):
     torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch,cin,cout,k,size,rows", [(1, 8, 3, 7, 20, 64), (2, 5, 2, 7, 13, 4), (1, 6, 4, 5, 9, 1)])
+def test_tap_gemm_conv_equals_conv2d(batch, cin, cout, k, size, rows):
+    g = torch.Generator().manual_seed(k + cin)
+    x = torch.randn(batch, cin, size, size + 3, generator=g)
+    weight = torch.randn(cout, cin, k, k, generator=g) / k
+    bias = torch.randn(cout, generator=g)
+    want = torch.nn.functional.conv2d(x.double(), weight.double(), bias.double(), padding=k // 2)
+    got = winograd.tap_gemm_conv(x.contiguous(memory_format=torch.channels_last), weight, bias, rows=rows)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6)
+    exact = winograd.tap_gemm_conv(x.double(), weight.double(), bias.double(), rows=rows)
+    torch.testing.assert_close(exact, want, rtol=0, atol=1e-12)
+
+
+def test_final_conv_takes_the_tap_gemm_where_chosen(monkeypatch):
+    from talkhead.fomm import blocks
+
+    assert winograd.use_tap_gemm(7, 64, 3, 256, 256) and not winograd.use_tap_gemm(7, 108, 12, 64, 64)
+    assert not winograd.use_tap_gemm(7, 64, 3, 64, 64) and not winograd.use_tap_gemm(3, 64, 3, 256, 256)
+    calls = []
+    monkeypatch.setattr(blocks, "tap_gemm_conv", lambda *a, **kw: calls.append(1) or winograd.tap_gemm_conv(*a, **kw))
+    conv = torch.nn.Conv2d(4, 3, 7, padding=3).eval()
+    x = torch.randn(1, 4, 128, 128, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        got = blocks.fused_narrow_conv(conv, x)
+        assert calls == [1]
+        with winograd_inference(False):
+            direct = blocks.fused_narrow_conv(conv, x)
+        assert calls == [1]
+        want = conv(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(direct, want, rtol=0, atol=1e-5)
+
+
 @pytest.fixture()
 def fomm(fomm_tiny_files):
     return load_fomm(*fomm_tiny_files)

@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .winograd import WinogradTransform, choose_transform, kernel_taps, winograd_applies, winograd_conv, winograd_weight
+from .winograd import (WinogradTransform, choose_transform, kernel_taps, tap_gemm_conv, use_tap_gemm, winograd_applies,
+                       winograd_conv, winograd_weight)
 
 
 def make_coordinate_grid(height: int, width: int, *, dtype: torch.dtype = torch.float32,
@@ -359,6 +360,20 @@ def conv_bn_relu(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: torch.Tensor)
 def fused_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` with its weight cached in channels_last (the output is channels_last)."""
     return fused_conv_bn(conv, None, x)
+
+
+def fused_narrow_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a convolution with few output channels (the generator's final 7x7): by
+    :func:`talkhead.fomm.winograd.tap_gemm_conv` where :func:`talkhead.fomm.winograd.use_tap_gemm` picks it
+    (CPU, float32, stride 1, zero padding ``k // 2``, not under autocast; switched off with the Winograd
+    convolutions by :func:`winograd_inference`), else :func:`fused_conv`. ``(B, Cin, H, W) -> (B, Cout, H, W)``;
+    the module's own weight is used (nothing cached)."""
+    k = conv.kernel_size[0]
+    if (winograd_enabled() and not torch.is_autocast_enabled(x.device.type)
+            and winograd_applies(conv, x) and tuple(conv.padding) == (k // 2, k // 2) and k % 2 == 1
+            and conv.bias is not None and use_tap_gemm(k, x.shape[1], conv.out_channels, x.shape[2], x.shape[3])):
+        return tap_gemm_conv(x, conv.weight.detach(), conv.bias.detach())
+    return fused_conv(conv, x)
 
 
 def _subpixel_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,8 @@ import torch
 
 __all__ = ["WinogradTransform", "F2_3", "F4_3", "F3_2", "F2_2", "TRANSFORMS", "kernel_taps", "transform_taps",
            "winograd_weight", "winograd_conv",
-           "winograd_applies", "choose_transform", "cpu_kind", "release_workspace", "TILES_PER_STEP"]
+           "winograd_applies", "choose_transform", "cpu_kind", "release_workspace", "TILES_PER_STEP",
+           "tap_gemm_conv", "use_tap_gemm", "TAP_ROWS"]
 
 TILES_PER_STEP = 1024
 """Output tiles (over the batch) transformed and multiplied per step of :func:`winograd_conv`: bounds the
@@ -203,7 +204,8 @@ def _workspace(x: torch.Tensor, shapes: Sequence[tuple]) -> list[torch.Tensor]:
     buf = getattr(_WORKSPACE, "buf", None)
     if buf is None or buf.dtype != x.dtype or buf.device != x.device or buf.numel() < sum(sizes):
         _WORKSPACE.buf = None
-        buf = _WORKSPACE.buf = torch.empty(sum(sizes), dtype=x.dtype, device=x.device)
+        with torch.inference_mode(False):  # a plain tensor: usable in and out of inference mode
+            buf = _WORKSPACE.buf = torch.empty(sum(sizes), dtype=x.dtype, device=x.device)
     out, start = [], 0
     for shape, size in zip(shapes, sizes):
         out.append(buf[start:start + size].view(shape))
@@ -334,3 +336,60 @@ def choose_transform(kernel: int, cin: int, cout: int, height: int, width: int, 
     if kernel == 2 and pixels >= 32 * 32 and (kind == "avx2" or pixels <= 32 * 32):
         return F3_2
     return None
+
+
+TAP_ROWS = 64
+"""Output rows per step of :func:`tap_gemm_conv`: bounds its product temporary at
+``4 k^2 Cout (TAP_ROWS + k - 1) W`` bytes (10.5 MiB for the generator's final 7x7 conv at 256x256)."""
+
+
+def tap_gemm_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, rows: int = TAP_ROWS) -> torch.Tensor:
+    """A stride-1 ``k x k`` convolution with zero padding ``k // 2`` and few output channels, as one matrix
+    product per band of rows, ``P = W_taps (k^2 Cout, Cin) @ X^T (Cin, pixels)``, then ``k^2`` shifted
+    additions of ``P``'s image planes into the output: the same multiply-adds as the direct convolution
+    (summed in another order), but the product runs as a wide GEMM where a direct kernel with 3 output
+    channels uses a fraction of the vector units (measured: ``benchmarks/README.md``, "FOMM rendering").
+
+    Args:
+        x: ``(B, Cin, H, W)`` float (read as channels_last: ``X`` is a view of it, not a copy).
+        weight: ``(Cout, Cin, k, k)``, ``k`` odd; bias: ``(Cout,)``.
+        rows: output rows per step (see :data:`TAP_ROWS`).
+
+    Returns:
+        ``(B, Cout, H, W)``, contiguous (NCHW).
+    """
+    bsz, cin, h, w = x.shape
+    cout, _, k, _ = weight.shape
+    p = k // 2
+    taps = weight.permute(2, 3, 0, 1).reshape(k * k * cout, cin)  # rows (ky, kx, co)
+    xr = x.permute(0, 2, 3, 1)
+    if not xr.is_contiguous():
+        xr = xr.contiguous()
+    out = bias.view(1, cout, 1, 1).expand(bsz, cout, h, w).contiguous()
+    band = max(1, min(int(rows), h))
+    (work,) = _workspace(x, [(k * k * cout, (band + 2 * p) * w)])
+    for b in range(bsz):
+        for y0 in range(0, h, band):
+            y1 = min(h, y0 + band)
+            r0, r1 = max(0, y0 - p), min(h, y1 + p)  # the input rows these outputs read
+            n = (r1 - r0) * w
+            prod = torch.mm(taps, xr[b, r0:r1].reshape(n, cin).t(), out=work[:, :n]).view(k, k, cout, r1 - r0, w)
+            o = out[b, :, y0:y1]
+            for ky in range(k):  # output row y reads input row y + ky - p
+                ya, yb = max(y0, r0 - ky + p), min(y1, r1 - ky + p)
+                if ya >= yb:
+                    continue
+                for kx in range(k):
+                    xa, xb = max(0, p - kx), min(w, w + p - kx)
+                    o[:, ya - y0:yb - y0, xa:xb] += prod[ky, kx, :, ya + ky - p - r0:yb + ky - p - r0, xa + kx - p:xb + kx - p]
+    return out
+
+
+def use_tap_gemm(kernel: int, cin: int, cout: int, height: int, width: int, *, kind: Optional[str] = None) -> bool:
+    """Whether the fused path computes a stride-1 ``kernel x kernel`` convolution (zero padding ``kernel // 2``)
+    by :func:`tap_gemm_conv`: for wide kernels with at most 4 output channels on maps of 128x128 and more (the
+    generator's final 64 -> 3 7x7 at 256x256: 1.5x faster with AVX2 kernels, 1.7x with AVX-512; the dense
+    motion's 108 -> 12 heads at 64x64 stayed faster direct on both). Decided here, beside
+    :func:`choose_transform`; ``kind`` as there (both kinds agree today)."""
+    del kind  # the same rule for both kinds (measured)
+    return kernel >= 5 and kernel % 2 == 1 and cout <= 4 and height * width >= 128 * 128
