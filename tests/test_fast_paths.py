@@ -165,6 +165,18 @@ def test_res_block_fused_equals_plain_with_and_without_winograd(size, transform)
     assert plain.abs().max() > 0.5
 
 
+def test_winograd_weights_follow_the_input_size():
+    # one block at two sizes (a source of another size, a resized render): each size's transform, each exact
+    torch.manual_seed(2)
+    block = ResBlock2d(6).eval()
+    _randomise_batch_norms(block, 5)
+    for size, name in [(16, "F(2x2,3x3)"), (32, "F(4x4,3x3)"), (16, "F(2x2,3x3)")]:
+        x = torch.randn(1, 6, size, size)
+        plain, fused = _plain_and_fused(block, x)
+        assert block.conv1.__dict__["_fused_winograd"].transform.name == name
+        torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
+
+
 def test_res_block_winograd_against_float64():
     # one fused block (BN folded, F(4x4, 3x3) twice, residual) against the plain block in float64
     import copy
