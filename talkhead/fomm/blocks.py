@@ -121,15 +121,16 @@ def fused_inference(enabled: bool = True) -> Iterator[None]:
 
 
 def winograd_enabled() -> bool:
-    """Whether the fused path computes the residual blocks' convolutions by Winograd F(2x2, 3x3) where it
-    applies (CPU, float32, even sizes; on by default; see :func:`winograd_inference`)."""
+    """Whether the fused path runs its faster exact convolution algorithms where they apply (CPU, float32):
+    the Winograd convolutions :func:`talkhead.fomm.winograd.choose_transform` picks and the tap GEMM of the
+    final 7x7 (:func:`fused_narrow_conv`); on by default; see :func:`winograd_inference`."""
     return getattr(_FUSED, "winograd", True)
 
 
 @contextlib.contextmanager
 def winograd_inference(enabled: bool = True) -> Iterator[None]:
-    """Switch the Winograd convolutions of the fused path on or off in this thread (a context manager);
-    off, the residual blocks use the same oneDNN convolutions as the other blocks.
+    """Switch the Winograd convolutions (and the final conv's tap GEMM) of the fused path on or off in this
+    thread (a context manager); off, every convolution runs on oneDNN's direct kernels.
 
     Public API for comparing the two (``tests/test_fast_paths.py``, ``benchmarks/bench_render.py``);
     not used by the CLI or the pipeline, which always run the default (on)."""

@@ -338,9 +338,12 @@ def choose_transform(kernel: int, cin: int, cout: int, height: int, width: int, 
     return None
 
 
-TAP_ROWS = 64
+TAP_ROWS = 32
 """Output rows per step of :func:`tap_gemm_conv`: bounds its product temporary at
-``4 k^2 Cout (TAP_ROWS + k - 1) W`` bytes (10.5 MiB for the generator's final 7x7 conv at 256x256)."""
+``4 k^2 Cout (TAP_ROWS + k - 1) W`` bytes (5.7 MiB for the generator's final 7x7 conv at 256x256) and keeps
+each shifted addition (``Cout x TAP_ROWS x W`` elements) under torch's parallel grain, so that the additions
+run without thread barriers: fastest measured (1 thread) and the least hurt on a loaded machine with 2
+threads (``benchmarks/README.md``, "FOMM rendering")."""
 
 
 def tap_gemm_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, rows: int = TAP_ROWS) -> torch.Tensor:
