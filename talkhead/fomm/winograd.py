@@ -42,11 +42,13 @@ __all__ = ["WinogradTransform", "F2_3", "F4_3", "F3_2", "F2_2", "TRANSFORMS", "k
            "winograd_applies", "choose_transform", "cpu_kind", "release_workspace", "TILES_PER_STEP",
            "tap_gemm_conv", "use_tap_gemm", "TAP_ROWS"]
 
-TILES_PER_STEP = 1024
-"""Output tiles (over the batch) transformed and multiplied per step of :func:`winograd_conv`: bounds the
-temporaries at ~``12 a^2 TILES_PER_STEP (Cin + Cout)`` bytes (float32), besides the padded input and the
-output (e.g. 28 MiB for F(4x4, 3x3) at 256 channels); a 64x64 map is one step for F(4x4, 3x3) (256 tiles)
-and F(2x2, 3x3) (1024)."""
+TILES_PER_STEP = 128
+"""Output tiles (over the batch) transformed and multiplied per step of :func:`winograd_conv` (whole tile rows,
+at least one): bounds the reused temporaries (:func:`_workspace`) at ~``4 a^2 (TILES_PER_STEP (2 Cin + Cout)
++ Cin Cout)`` bytes (float32; the last term only for weights transformed per call), besides the padded input
+and the output: 19 MiB for the bottleneck's F(4x4, 3x3) (two steps of 8 tile rows per 64x64 map, as fast as
+one step of 16: ``benchmarks/README.md``, "FOMM rendering"). 1024 tiles held ~97 MiB for the encoder's
+128 -> 256 convolution at 128x128 and raised the render's peak RSS by ~70 MiB."""
 
 
 def _toom_cook(m: int, r: int, points: Sequence[Fraction]) -> tuple[list, list, list]:
@@ -254,8 +256,10 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
     step = max(1, min(th, int(tiles_per_step) // max(1, bsz * tw)))
     n_max = bsz * step * tw
     taps = u.shape[0] == r * r
-    d, v, prods, y, ut = _workspace(x, [(a * a, n_max * cin), (a * a, n_max * cin), (a * a, n_max, cout),
-                                        (m * m, n_max * cout), (a * a, cin * cout) if taps else (0,)])
+    # d (the gathered tiles) is dead once transformed, so the output transform's y reuses its memory
+    dy, v, prods, ut = _workspace(x, [(max(a * a * n_max * cin, m * m * n_max * cout),), (a * a, n_max * cin),
+                                      (a * a, n_max, cout), (a * a, cin * cout) if taps else (0,)])
+    d, y = dy[:a * a * n_max * cin].view(a * a, n_max * cin), dy[:m * m * n_max * cout].view(m * m, n_max * cout)
     if taps:
         u = transform_taps(u, transform, out=ut)
     elif u.shape != (a * a, cin, cout):
@@ -284,7 +288,7 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
             dst.copy_(yy)
             rows = min(r1, ho) - r0
             out[:, r0:r0 + rows, :wo].add_(res[:, r0:r0 + rows])
-    del pad, d, v, prods, y, ut
+    del pad, dy, d, v, prods, y, ut
     if th * m != ho or tw * m != wo:
         out = out[:, :ho, :wo].contiguous()
     out = out.permute(0, 3, 1, 2)
