@@ -1,4 +1,4 @@
-"""Winograd convolutions for the FOMM fused path on CPU: fewer multiplies, the same convolution.
+"""Winograd (and tap-GEMM) convolutions for the FOMM fused path on CPU: fewer multiplies, the same convolution.
 
 A stride-1, zero-padded ``r x r`` convolution computed tile by tile: each ``m x m`` block of outputs comes
 from an ``a x a`` block (``a = m + r - 1``) of the padded input as ``Y = A^T [ (G g G^T) * (B^T d B) ] A``
@@ -9,8 +9,12 @@ channel pair that is ``a^2`` multiplies instead of ``m^2 r^2``:
 - :data:`F2_3`, F(2x2, 3x3): 16 for 36 (2.25x fewer); transform entries 0, +-1, +-1/2.
 - :data:`F4_3`, F(4x4, 3x3): 36 for 144 (4x fewer); interpolation points 0, 1, -1, 1/2, -2 (the
   smallest largest error of the point sets tried: ``benchmarks/README.md``, "FOMM rendering").
-- :data:`F2_2`, F(2x2, 2x2), for the sub-pixel (2x2) form of the up blocks: 9 for 16 (1.78x fewer);
-  entries 0 and +-1 only.
+- :data:`F3_2`, F(3x3, 2x2), for the sub-pixel (2x2) form of the up blocks: 16 for 36 (2.25x fewer);
+  points 0, 1, -1. (:data:`F2_2`, F(2x2, 2x2), 9 for 16, was evaluated and is not chosen.)
+
+Besides Winograd, :func:`tap_gemm_conv` computes a wide convolution with few output channels (the
+generator's final 64 -> 3 7x7) as one wide matrix product and shifted additions: the same multiplies, a
+faster kernel.
 
 The input transform is one gather of the overlapping tiles (a strided copy, tile-major) and one matrix
 product with ``B^T (x) B^T`` on the ``(a^2, tiles * C)`` view; the output transform one product with
@@ -23,7 +27,8 @@ convolution (F(4x4, 3x3) about 3x a direct float32 convolution's largest error, 
 the full-size frames stay as close to the plain path and to float64 as the direct kernels' frames
 (``benchmarks/README.md``, "FOMM rendering"; ``tests/test_fast_paths.py`` pins each transform against a
 float64 convolution and the fused blocks against the plain ones). Which transform a convolution gets is
-decided in one place, :func:`choose_transform`, per CPU kind.
+decided in one place, :func:`choose_transform` (and :func:`use_tap_gemm` beside it), per shape and CPU kind
+(:func:`cpu_kind`).
 
 Not in the reference (FOMM uses ``nn.Conv2d``); the result is the same convolution up to float32 rounding.
 """
@@ -46,7 +51,7 @@ TILES_PER_STEP = 128
 """Output tiles (over the batch) transformed and multiplied per step of :func:`winograd_conv` (whole tile rows,
 at least one): bounds the reused temporaries (:func:`_workspace`) at ~``4 a^2 (TILES_PER_STEP (2 Cin + Cout)
 + Cin Cout)`` bytes (float32; the last term only for weights transformed per call), besides the padded input
-and the output: 19 MiB for the bottleneck's F(4x4, 3x3) (two steps of 8 tile rows per 64x64 map, as fast as
+and the output: 22 MiB for the bottleneck's F(4x4, 3x3) (two steps of 8 tile rows per 64x64 map, as fast as
 one step of 16: ``benchmarks/README.md``, "FOMM rendering"). 1024 tiles held ~97 MiB for the encoder's
 128 -> 256 convolution at 128x128 and raised the render's peak RSS by ~70 MiB."""
 
