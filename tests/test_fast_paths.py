@@ -127,6 +127,7 @@ def test_choose_transform_per_shape_and_cpu_kind(kind):
     assert choose_transform(3, 256, 512, 16, 16, kind=kind) is F2_3  # hourglass level 2
     assert choose_transform(3, 512, 1024, 8, 8, kind=kind) is None  # deep levels: direct
     assert choose_transform(7, 64, 3, 256, 256, kind=kind) is None  # the final 7x7
+    assert choose_transform(3, 3, 64, 64, 64, kind=kind) is None  # an image input (keypoint detector)
     assert choose_transform(2, 256, 256, 32, 32, kind=kind) is F3_2  # hourglass's last up block
     assert choose_transform(2, 512, 512, 16, 16, kind=kind) is None
     wide = F3_2 if kind == "avx2" else None  # the generator's up blocks: F(3x3, 2x2) only where it won

@@ -323,7 +323,8 @@ def choose_transform(kernel: int, cin: int, cout: int, height: int, width: int, 
     rendering", Winograd rows):
 
     - 3x3 on maps of 32x32 and more (the bottleneck at 64x64, the dense-motion hourglass's first two
-      levels): F(4x4, 3x3), 1.2-2.1x faster than direct on both kinds.
+      levels): F(4x4, 3x3), 1.2-2.1x faster than direct on both kinds; not on a 3-channel image input
+      (tiny products: the keypoint detector's first conv ran 5.6x slower).
     - 3x3 on 16x16 maps: F(2x2, 3x3), 1.2-1.4x; smaller maps (8x8, 4x4: the deep hourglass levels,
       bound by reading the weights): direct.
     - 2x2 (the up blocks' sub-pixel form) on inputs of 32x32 and more: F(3x3, 2x2) where it won, i.e. with
@@ -336,6 +337,8 @@ def choose_transform(kernel: int, cin: int, cout: int, height: int, width: int, 
     """
     kind = cpu_kind() if kind is None else kind
     pixels = height * width
+    if cin < 4:  # an image input (the keypoint detector's 3 -> 64 at 64x64: 5.6x slower than direct)
+        return None
     if kernel == 3:
         if pixels >= 32 * 32:
             return F4_3
