@@ -21,7 +21,7 @@ work (a 3x3 convolution counts its 9 multiply-adds per output and channel pair w
 the up blocks count the 3x3 on the upsampled map). "rate" = nominal GFLOP / measured time, so a group
 that runs a Winograd or sub-pixel kernel can exceed the SGEMM peak. "bound": the group's convolutions
 each timed alone with the best kernel this CPU has for its shape, in this run (oneDNN's direct kernel
-on pre-packed weights, the sub-pixel 2x2 form, each Winograd transform), summed: how fast the group
+on pre-packed weights, the sub-pixel 2x2 form, each Winograd transform, the tap GEMM), summed: how fast the group
 could go if everything around its convolutions were free. "SGEMM": a 2048^3 ``torch.mm``, the CPU's
 practical float32 peak.
 
@@ -219,6 +219,8 @@ def conv_candidates(conv: torch.nn.Conv2d, shape: tuple, upsampled: bool) -> dic
                 cands[f"sub-pixel {t.name}"] = lambda u=u, t=t: wg.winograd_conv(xl, u, b2, t, padding=1)
         return cands
     cands["direct"] = direct(x, weight, bias, pad)
+    if hasattr(wg, "tap_gemm_conv") and k >= 5 and conv.out_channels <= 4:
+        cands["tap GEMM"] = lambda: wg.tap_gemm_conv(x, conv.weight.detach(), bias)
     if k == 3 and tuple(conv.padding) == (1, 1):
         for t in transforms:
             if t.r == 3:
