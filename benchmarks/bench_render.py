@@ -15,8 +15,9 @@ plain eager path, and the largest absolute difference of its frames from the pla
     python benchmarks/bench_render.py --threads 1 --clock cpu   # CPU seconds: robust on a busy machine
 
 Engines: ``plain`` (the reference-shaped eager path, ``fused_inference(False)``), ``fused`` (default
-eager path: Winograd bottleneck on CPU), ``fused_direct`` (the fused path with
-``winograd_inference(False)``: oneDNN's direct convolutions in the bottleneck too), ``plain_cl`` (plain path on channels_last weights/inputs only), ``compile``
+eager path: Winograd convolutions and the final conv's tap GEMM on CPU where ``talkhead.fomm.winograd``
+chooses them), ``fused_direct`` (the fused path with ``winograd_inference(False)``: oneDNN's direct convolutions
+everywhere), ``plain_cl`` (plain path on channels_last weights/inputs only), ``compile``
 (``torch.compile`` of the fused decode, inductor; compile time reported), ``jit_freeze``
 (``torch.jit.trace`` + ``torch.jit.freeze`` of the plain path: conv/BN folding by TorchScript),
 ``onnxruntime`` (if installed: the plain render graph exported with ``torch.onnx``).

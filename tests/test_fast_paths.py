@@ -15,7 +15,9 @@ from talkhead.devices import default_batch_size
 from talkhead.fomm import load_fomm
 from talkhead.fomm.blocks import (Hourglass, ResBlock2d, UpBlock2d, fused_inference, use_fused, winograd_enabled,
                                   winograd_inference)
-from talkhead.fomm.winograd import winograd_applies, winograd_conv3x3, winograd_weight
+from talkhead.fomm import winograd
+from talkhead.fomm.winograd import (F2_2, F2_3, F3_2, F4_3, TRANSFORMS, choose_transform, cpu_kind, kernel_taps,
+                                    winograd_applies, winograd_conv, winograd_weight)
 from talkhead.keypoints import Keypoints
 from talkhead.mssync import load_mssync
 
@@ -55,74 +57,204 @@ def test_fused_path_only_in_eval_without_grad():
         assert use_fused(block)
 
 
-@pytest.mark.parametrize("size", [8, 16, 24])  # below, at and above the sub-pixel threshold (16x16)
-def test_up_block_fused_equals_upsample_then_conv(size):
-    torch.manual_seed(0)
-    block = UpBlock2d(6, 5).eval()
-    _randomise_batch_norms(block, 1)
-    x = torch.randn(2, 6, size, size)
-    plain, fused = _plain_and_fused(block, x)
-    assert fused.shape == plain.shape == (2, 5, 2 * size, 2 * size)
-    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
-    assert plain.abs().max() > 0.5  # a real signal, not an all-zero ReLU output
+# --- Winograd convolutions ---------------------------------------------------------------------------
+@pytest.mark.parametrize("transform", list(TRANSFORMS.values()), ids=list(TRANSFORMS))
+def test_winograd_transforms_are_exact_in_float64(transform):
+    # in float64 a Winograd convolution is the convolution to ~1e-13: every transform entry is right
+    g = torch.Generator().manual_seed(transform.m)
+    r = transform.r
+    x = torch.randn(2, 3, 11, 7, dtype=torch.float64, generator=g)  # ragged: partial tiles at both ends
+    weight = torch.randn(5, 3, r, r, dtype=torch.float64, generator=g)
+    bias = torch.randn(5, dtype=torch.float64, generator=g)
+    for padding in (1, r // 2):
+        want = torch.nn.functional.conv2d(x, weight, bias, padding=padding)
+        got = winograd_conv(x, winograd_weight(weight, transform), bias, transform, padding=padding)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
-def test_hourglass_fused_equals_plain():
-    torch.manual_seed(0)
-    hourglass = Hourglass(block_expansion=8, in_features=5, num_blocks=3, max_features=32).eval()
-    _randomise_batch_norms(hourglass, 2)
-    plain, fused = _plain_and_fused(hourglass, torch.randn(1, 5, 32, 32))
-    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
+# float32 against a float64 convolution: F(4x4, 3x3)'s larger transform entries round more (still at the
+# level of a direct float32 convolution on these sizes: benchmarks/README.md, "FOMM rendering")
+WINOGRAD_F32_ATOL = {"F(2x2,3x3)": 2e-6, "F(4x4,3x3)": 1e-5, "F(3x3,2x2)": 2e-6, "F(2x2,2x2)": 2e-6}
 
 
-# --- Winograd F(2x2, 3x3) -----------------------------------------------------------------------------
-@pytest.mark.parametrize("batch,cin,cout,size,tile_rows", [(1, 16, 24, 16, 16), (2, 8, 8, 10, 2), (1, 5, 7, 4, 1)])
-def test_winograd_conv_equals_conv2d(batch, cin, cout, size, tile_rows):
+@pytest.mark.parametrize("transform", list(TRANSFORMS.values()), ids=list(TRANSFORMS))
+@pytest.mark.parametrize("batch,cin,cout,size,tiles", [(1, 16, 24, 16, 1024), (2, 8, 8, 10, 4), (1, 5, 7, 4, 1)])
+def test_winograd_conv_equals_conv2d(transform, batch, cin, cout, size, tiles):
     g = torch.Generator().manual_seed(cin)
-    conv = torch.nn.Conv2d(cin, cout, 3, padding=1)
+    r = transform.r
+    conv = torch.nn.Conv2d(cin, cout, r, padding=1)
     x = torch.randn(batch, cin, size, size, generator=g)
-    residual = torch.randn(batch, cout, size, size, generator=g)
-    assert winograd_applies(conv, x)
     with torch.no_grad():
-        u = winograd_weight(conv.weight)
-        assert u.shape == (16, cin, cout)
         want = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
-        got = winograd_conv3x3(x, u, conv.bias, tile_rows=tile_rows)
+        residual = torch.randn(want.shape, generator=g).float()
+        assert winograd_applies(conv, x)
+        u = winograd_weight(conv.weight, transform)
+        assert u.shape == (transform.a ** 2, cin, cout)
+        got = winograd_conv(x, u, conv.bias, transform, tiles_per_step=tiles)
         assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
-        torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6)
-        # the whole image at once gives the same numbers as tile-row chunks
-        assert torch.equal(winograd_conv3x3(x, u, conv.bias, tile_rows=size), got)
-        fused = winograd_conv3x3(x, u, conv.bias, residual=residual, relu=True)
-        torch.testing.assert_close(fused.double(), (want + residual.double()).relu(), rtol=0, atol=2e-6)
+        atol = WINOGRAD_F32_ATOL[transform.name]
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=atol)
+        # one step for the whole image gives the same convolution as tile-row steps (the transform products
+        # may round differently with their width)
+        whole = winograd_conv(x, u, conv.bias, transform, tiles_per_step=1 << 20)
+        torch.testing.assert_close(whole, got, rtol=0, atol=atol)
+        # the kernel taps, transformed on the call, give the same convolution
+        taps = winograd_conv(x, kernel_taps(conv.weight), conv.bias, transform, tiles_per_step=tiles)
+        torch.testing.assert_close(taps, got, rtol=0, atol=atol)
+        fused = winograd_conv(x, u, conv.bias, transform, residual=residual, relu=True, tiles_per_step=tiles)
+        torch.testing.assert_close(fused.double(), (want + residual.double()).relu(), rtol=0, atol=atol)
 
 
 def test_winograd_is_only_for_what_it_computes():
     x = torch.randn(1, 4, 8, 8)
     assert winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1), x)
-    assert not winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1), torch.randn(1, 4, 7, 8))  # odd height
+    assert winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1), torch.randn(1, 4, 7, 8))  # ragged tiles
     assert not winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1), x.double())
     assert not winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1, stride=2), x)
     assert not winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1, groups=2), x)
     assert not winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), x)
-    assert not winograd_applies(torch.nn.Conv2d(4, 4, 5, padding=2), x)
+    assert not winograd_applies(torch.nn.Conv2d(4, 4, 3, padding=(1, 0)), x)
+    with pytest.raises(ValueError, match="3x3 kernels"):
+        winograd_weight(torch.zeros(4, 4, 5, 5), F2_3)
 
 
-@pytest.mark.parametrize("size", [12, 9])  # Winograd at an even size; the direct fallback at an odd one
-def test_res_block_fused_equals_plain_with_and_without_winograd(size):
+@pytest.mark.parametrize("kind", ["avx512", "avx2"])
+def test_choose_transform_per_shape_and_cpu_kind(kind):
+    # the FOMM shapes (benchmarks/README.md, "FOMM rendering"): bottleneck and hourglass 3x3s, sub-pixel 2x2s
+    assert choose_transform(3, 256, 256, 64, 64, kind=kind) is F4_3  # bottleneck
+    assert choose_transform(3, 128, 256, 32, 32, kind=kind) is F4_3  # hourglass level 1
+    assert choose_transform(3, 256, 512, 16, 16, kind=kind) is None  # hourglass level 2 (F(2x2, 3x3) moved SMAC)
+    assert choose_transform(3, 512, 1024, 8, 8, kind=kind) is None  # deep levels: direct
+    assert choose_transform(7, 64, 3, 256, 256, kind=kind) is None  # the final 7x7
+    assert choose_transform(3, 3, 64, 64, 64, kind=kind) is None  # an image input (keypoint detector)
+    assert choose_transform(2, 256, 256, 32, 32, kind=kind) is F3_2  # hourglass's last up block
+    assert choose_transform(2, 512, 512, 16, 16, kind=kind) is None
+    wide = F3_2 if kind == "avx2" else None  # the generator's up blocks: F(3x3, 2x2) only where it won
+    assert choose_transform(2, 256, 512, 64, 64, kind=kind) is wide
+    assert choose_transform(2, 128, 256, 128, 128, kind=kind) is wide
+
+
+def test_cpu_kind_reads_torch_capability():
+    assert cpu_kind("AVX512") == "avx512" and cpu_kind("AVX2") == "avx2" and cpu_kind("DEFAULT") == "avx2"
+    assert cpu_kind() in ("avx512", "avx2")
+
+
+@pytest.fixture(params=["avx512", "avx2"])
+def cpu_kind_as(request, monkeypatch):
+    """Run the fused blocks as if on a CPU of this kind (the transform choice; the arithmetic is this CPU's)."""
+    monkeypatch.setattr(winograd, "cpu_kind", lambda capability=None: request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("size,transform", [(32, "F(4x4,3x3)"), (36, "F(4x4,3x3)"), (16, None)])
+def test_res_block_fused_equals_plain_with_and_without_winograd(size, transform):
     torch.manual_seed(0)
     block = ResBlock2d(12).eval()
     _randomise_batch_norms(block, 3)
     x = torch.randn(2, 12, size, size)
     assert winograd_enabled()
     plain, fused = _plain_and_fused(block, x)
+    state = block.conv1.__dict__.get("_fused_winograd")
+    assert (state.transform.name if state is not None else None) == transform
     with torch.inference_mode(), winograd_inference(False):
         direct = block(x)
         assert not winograd_enabled()
     assert winograd_enabled()
-    assert ("_fused_winograd" in block.conv1.__dict__) == (size % 2 == 0)
     torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
     torch.testing.assert_close(direct, plain, rtol=0, atol=1e-5)
     assert plain.abs().max() > 0.5
+
+
+def test_winograd_weights_follow_the_input_size(monkeypatch):
+    # one block at two sizes (a source of another size, a resized render) with two transforms (F(2x2, 3x3)
+    # is not chosen today: forced at 16x16 here): each size's transform, each exact
+    from talkhead.fomm import blocks
+
+    monkeypatch.setattr(blocks, "choose_transform", lambda k, cin, cout, h, w: F4_3 if h * w >= 1024 else F2_3)
+    torch.manual_seed(2)
+    block = ResBlock2d(6).eval()
+    _randomise_batch_norms(block, 5)
+    for size, name in [(16, "F(2x2,3x3)"), (32, "F(4x4,3x3)"), (16, "F(2x2,3x3)")]:
+        x = torch.randn(1, 6, size, size)
+        plain, fused = _plain_and_fused(block, x)
+        assert block.conv1.__dict__["_fused_winograd"].transform.name == name
+        torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
+
+
+def test_res_block_winograd_against_float64():
+    # one fused block (BN folded, F(4x4, 3x3) twice, residual) against the plain block in float64
+    import copy
+
+    torch.manual_seed(1)
+    block = ResBlock2d(16).eval()
+    _randomise_batch_norms(block, 4)
+    x = torch.randn(1, 16, 32, 32)
+    with torch.inference_mode():
+        fused = block(x)
+        with fused_inference(False):
+            want = copy.deepcopy(block).double()(x.double())
+    assert block.conv2.__dict__["_fused_winograd"].transform is F4_3
+    torch.testing.assert_close(fused.double(), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [8, 16, 24, 32])  # below, at and above the sub-pixel threshold (16x16); F(3x3, 2x2)
+def test_up_block_fused_equals_upsample_then_conv(size, cpu_kind_as):
+    torch.manual_seed(0)
+    block = UpBlock2d(6, 5).eval()
+    _randomise_batch_norms(block, 1)
+    x = torch.randn(2, 6, size, size)
+    plain, fused = _plain_and_fused(block, x)
+    assert ("_fused_winograd_subpixel" in block.conv.__dict__) == (size >= 32)
+    assert fused.shape == plain.shape == (2, 5, 2 * size, 2 * size)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
+    assert plain.abs().max() > 0.5  # a real signal, not an all-zero ReLU output
+
+
+def test_hourglass_fused_equals_plain(cpu_kind_as):
+    torch.manual_seed(0)
+    hourglass = Hourglass(block_expansion=8, in_features=5, num_blocks=3, max_features=32).eval()
+    _randomise_batch_norms(hourglass, 2)
+    plain, fused = _plain_and_fused(hourglass, torch.randn(1, 5, 64, 64))
+    # F(4x4, 3x3) at 64 and 32 (encoder), F(3x3, 2x2) for the sub-pixel up block at 32; 16x16 and below direct
+    chosen = sorted(v.transform.name for m in hourglass.modules() for k, v in m.__dict__.items()
+                    if k.startswith("_fused_winograd"))
+    assert chosen == ["F(3x3,2x2)", "F(4x4,3x3)", "F(4x4,3x3)"]
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch,cin,cout,k,size,rows", [(1, 8, 3, 7, 20, 64), (2, 5, 2, 7, 13, 4), (1, 6, 4, 5, 9, 1)])
+def test_tap_gemm_conv_equals_conv2d(batch, cin, cout, k, size, rows):
+    g = torch.Generator().manual_seed(k + cin)
+    x = torch.randn(batch, cin, size, size + 3, generator=g)
+    weight = torch.randn(cout, cin, k, k, generator=g) / k
+    bias = torch.randn(cout, generator=g)
+    want = torch.nn.functional.conv2d(x.double(), weight.double(), bias.double(), padding=k // 2)
+    got = winograd.tap_gemm_conv(x.contiguous(memory_format=torch.channels_last), weight, bias, rows=rows)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6)
+    exact = winograd.tap_gemm_conv(x.double(), weight.double(), bias.double(), rows=rows)
+    torch.testing.assert_close(exact, want, rtol=0, atol=1e-12)
+
+
+def test_final_conv_takes_the_tap_gemm_where_chosen(monkeypatch):
+    from talkhead.fomm import blocks
+
+    assert winograd.use_tap_gemm(7, 64, 3, 256, 256) and not winograd.use_tap_gemm(7, 108, 12, 64, 64)
+    assert not winograd.use_tap_gemm(7, 64, 3, 64, 64) and not winograd.use_tap_gemm(3, 64, 3, 256, 256)
+    calls = []
+    monkeypatch.setattr(blocks, "tap_gemm_conv", lambda *a, **kw: calls.append(1) or winograd.tap_gemm_conv(*a, **kw))
+    conv = torch.nn.Conv2d(4, 3, 7, padding=3).eval()
+    x = torch.randn(1, 4, 128, 128, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        got = blocks.fused_narrow_conv(conv, x)
+        assert calls == [1]
+        with winograd_inference(False):
+            direct = blocks.fused_narrow_conv(conv, x)
+        assert calls == [1]
+        want = conv(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(direct, want, rtol=0, atol=1e-5)
 
 
 @pytest.fixture()
@@ -153,7 +285,7 @@ def test_fomm_render_fused_equals_plain(fomm, fomm_parity):
     with winograd_inference(False):
         direct = _render(fomm, source, kp_source, kp_driving)
     fused = _render(fomm, source, kp_source, kp_driving)
-    assert any("_fused_winograd" in b.conv1.__dict__ for b in fomm.generator.bottleneck)  # it ran
+    assert any("_fused_winograd_subpixel" in b.conv.__dict__ for b in fomm.generator.up_blocks)  # it ran
     torch.testing.assert_close(direct, plain, rtol=0, atol=1e-5)
     assert fused.is_contiguous() and fused.shape == plain.shape == (3, 3, 64, 64)
     torch.testing.assert_close(fused, plain, rtol=0, atol=1e-5)
@@ -265,10 +397,12 @@ def test_fused_path_keeps_only_the_packed_weight_on_cpu(fomm, fomm_parity):
     states = _fused_states(fomm.generator)
     convs = [s for s in states if hasattr(s, "packed")]
     assert convs and all(s.packed is not None and s.weight is None for s in convs)
-    # the bottleneck's convolutions keep their Winograd transform instead (and nothing else)
-    bottleneck = [c for b in fomm.generator.bottleneck for c in (b.conv1, b.conv2)]
-    assert all(set(k for k in c.__dict__ if k.startswith("_fused_")) == {"_fused_winograd"} for c in bottleneck)
-    assert len(states) == len(convs) + len(bottleneck)
+    # a convolution that runs as a Winograd one keeps its Winograd weights instead: never both copies
+    wino = [s for s in states if hasattr(s, "transform")]
+    assert wino and len(states) == len(convs) + len(wino)
+    for m in fomm.generator.modules():
+        assert not ("_fused_winograd" in m.__dict__ and "_fused_conv" in m.__dict__)
+        assert not ("_fused_winograd_subpixel" in m.__dict__ and "_fused_conv_subpixel" in m.__dict__)
     single = _render(fomm, source, kp_source, kp_driving[torch.arange(1, 2)])  # new shape: re-packed
     torch.testing.assert_close(single, batch3[1:2], rtol=0, atol=1e-5)
     again = _render(fomm, source, kp_source, kp_driving)
@@ -297,7 +431,7 @@ def test_separate_large_allocations_is_harmless():
 def test_winograd_is_left_to_the_direct_convs_under_autocast():
     # --precision bf16/fp16 runs the decoder under torch.autocast: its measured deviation is the direct path's
     block = ResBlock2d(8).eval()
-    x = torch.randn(1, 8, 8, 8)
+    x = torch.randn(1, 8, 32, 32)  # 32x32: F(4x4, 3x3) without autocast
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         block(x)
     assert "_fused_winograd" not in block.conv1.__dict__ and "_fused_winograd" not in block.conv2.__dict__

@@ -26,10 +26,11 @@ weights are cached on the module (on CPU only the oneDNN-packed copy, not the fo
 from: one extra copy of the weights, not two) and rebuilt when a parameter or running statistic changes
 (in-place updates included).
 
-On CPU in float32 the 3x3 convolutions of the residual blocks (the generator's bottleneck: 12 of them at
-256 channels and 64x64, ~70 % of a frame's multiply-adds) run as Winograd F(2x2, 3x3)
-(:mod:`talkhead.fomm.winograd`: 2.25x fewer multiplies, rounding error no larger than the direct
-kernel's); :func:`winograd_inference` switches that part off.
+On CPU in float32 the 3x3 convolutions (the generator's bottleneck: 12 of them at 256 channels and 64x64,
+most of a frame's multiply-adds; the dense-motion hourglass at 16x16 and above) and the sub-pixel 2x2
+convolutions of the up blocks run as Winograd convolutions where :func:`talkhead.fomm.winograd.choose_transform`
+picks one for the shape and CPU kind (F(4x4, 3x3): 4x fewer multiplies; F(2x2, 3x3); F(3x3, 2x2));
+:func:`winograd_inference` switches that part off.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .winograd import winograd_applies, winograd_conv3x3, winograd_weight
+from .winograd import (WinogradTransform, choose_transform, kernel_taps, tap_gemm_conv, use_tap_gemm, winograd_applies,
+                       winograd_conv, winograd_weight)
 
 
 def make_coordinate_grid(height: int, width: int, *, dtype: torch.dtype = torch.float32,
@@ -119,15 +121,16 @@ def fused_inference(enabled: bool = True) -> Iterator[None]:
 
 
 def winograd_enabled() -> bool:
-    """Whether the fused path computes the residual blocks' convolutions by Winograd F(2x2, 3x3) where it
-    applies (CPU, float32, even sizes; on by default; see :func:`winograd_inference`)."""
+    """Whether the fused path runs its faster exact convolution algorithms where they apply (CPU, float32):
+    the Winograd convolutions :func:`talkhead.fomm.winograd.choose_transform` picks and the tap GEMM of the
+    final 7x7 (:func:`fused_narrow_conv`); on by default; see :func:`winograd_inference`."""
     return getattr(_FUSED, "winograd", True)
 
 
 @contextlib.contextmanager
 def winograd_inference(enabled: bool = True) -> Iterator[None]:
-    """Switch the Winograd convolutions of the fused path on or off in this thread (a context manager);
-    off, the residual blocks use the same oneDNN convolutions as the other blocks.
+    """Switch the Winograd convolutions (and the final conv's tap GEMM) of the fused path on or off in this
+    thread (a context manager); off, every convolution runs on oneDNN's direct kernels.
 
     Public API for comparing the two (``tests/test_fast_paths.py``, ``benchmarks/bench_render.py``);
     not used by the CLI or the pipeline, which always run the default (on)."""
@@ -286,35 +289,60 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[Opti
 
 
 class _WinogradState:
-    """What :func:`winograd_forward` keeps per convolution: the source key, ``u`` ``(16, Cin, Cout)`` and the bias."""
+    """What :func:`winograd_forward` keeps per convolution: the source key, the transform, the bias and either
+    the transformed weight ``u`` ``(a^2, Cin, Cout)`` (``transform.keep_transformed``) or the kernel taps
+    ``(r^2, Cin, Cout)`` it is computed from on every call (the size of the weight: no larger than the packed
+    copy the direct path would keep)."""
 
-    __slots__ = ("key", "u", "bias")
+    __slots__ = ("key", "transform", "weight", "bias")
 
-    def __init__(self, key: tuple, u: torch.Tensor, bias: torch.Tensor):
-        self.key, self.u, self.bias = key, u, bias
+    def __init__(self, key: tuple, transform: WinogradTransform, weight: torch.Tensor, bias: torch.Tensor):
+        self.key, self.transform, self.weight, self.bias = key, transform, weight, bias
 
 
-def winograd_forward(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: torch.Tensor, *, relu: bool = False,
-                     residual: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-    """``relu?(bn(conv(x)) + residual)`` by Winograd F(2x2, 3x3) (:func:`talkhead.fomm.winograd.winograd_conv3x3`),
-    or ``None`` where it does not apply (switched off, not a 3x3 stride-1 pad-1 convolution, input or weight
-    not float32 on CPU, odd sizes, under ``torch.autocast`` as ``--precision bf16`` runs): the caller then
-    takes the direct path. Shapes: ``x (B, Cin, H, W)``, ``residual (B, Cout, H, W)`` -> ``(B, Cout, H, W)``
-    channels_last.
+def winograd_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[Optional[torch.Tensor]], *,
+                     kernel: Optional[int] = None, out_channels: Optional[int] = None,
+                     padding: Optional[int] = None, relu: bool = False, residual: Optional[torch.Tensor] = None,
+                     cache: str = "_fused_winograd") -> Optional[torch.Tensor]:
+    """``relu?(conv'(x) + residual)`` by a Winograd convolution (:func:`talkhead.fomm.winograd.winograd_conv`),
+    where ``conv'`` has the weights ``build()`` returns, or ``None`` where none applies (switched off, no
+    transform chosen for the shape and CPU kind, not a stride-1 square zero-padded convolution, input or
+    weight not float32 on CPU, under ``torch.autocast`` as ``--precision bf16`` runs): the caller then
+    takes the direct path.
 
-    The transformed folded weight ``(16, Cin, Cout)`` is cached on ``conv`` (16/9 of the weight's size,
-    in place of the oneDNN-packed copy the direct path would keep) and rebuilt when a source tensor
-    changes, as in :func:`conv_forward`.
+    Args:
+        conv: the module whose settings are used and on which the derived weights are cached (``cache``).
+        x: ``(B, Cin, H, W)``.
+        build: ``build() -> (weight (Cout', Cin, k, k), bias (Cout',))``, e.g. :func:`folded_weights`.
+        sources: the tensors ``build`` reads (the cache key, as in :func:`conv_forward`).
+        kernel, out_channels, padding: ``k``, ``Cout'`` and the padding of the built convolution (default:
+            ``conv``'s); known before building so that a convolution left to the direct path builds nothing.
+        residual: ``(B, Cout', Ho, Wo)`` added before the ReLU.
+
+    Returns:
+        ``(B, Cout', Ho, Wo)`` channels_last, or ``None``.
     """
-    if not (winograd_enabled() and winograd_applies(conv, x)) or torch.is_autocast_enabled(x.device.type):
+    pad = int(conv.padding[0] if padding is None else padding)
+    if (not winograd_enabled() or torch.is_autocast_enabled(x.device.type)
+            or not winograd_applies(conv, x, padding=(pad, pad))):
         return None  # under autocast (--precision bf16/fp16): the direct convs, whose deviation was measured
+    k = int(conv.kernel_size[0] if kernel is None else kernel)
+    cout = int(conv.out_channels if out_channels is None else out_channels)
+    transform = choose_transform(k, x.shape[1], cout, x.shape[2], x.shape[3])
+    if transform is None:
+        return None
 
     def make(key: tuple) -> _WinogradState:
-        weight, bias = _built(lambda: folded_weights(conv, bn))
-        return _WinogradState(key, winograd_weight(weight), bias)
+        weight, bias = _built(build)
+        with torch.inference_mode(False), torch.no_grad():
+            kept = winograd_weight(weight, transform) if transform.keep_transformed else kernel_taps(weight)
+        return _WinogradState(key, transform, kept, bias)
 
-    state = _cached_state(conv, "_fused_winograd", conv_bn_sources(conv, bn), make)
-    return winograd_conv3x3(x, state.u, state.bias, relu=relu, residual=residual)
+    state = conv.__dict__.get(cache)
+    if state is not None and state.transform is not transform:  # another shape chose another transform
+        del conv.__dict__[cache]
+    state = _cached_state(conv, cache, sources, make)
+    return winograd_conv(x, state.weight, state.bias, transform, padding=pad, relu=relu, residual=residual)
 
 
 def fused_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: torch.Tensor, relu: bool = False) -> torch.Tensor:
@@ -323,9 +351,30 @@ def fused_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: torch.Tensor
     return conv_forward(conv, x, lambda: folded_weights(conv, bn), conv_bn_sources(conv, bn), relu=relu)
 
 
+def conv_bn_relu(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: torch.Tensor) -> torch.Tensor:
+    """``relu(bn(conv(x)))`` on the fused path: a Winograd convolution where :func:`winograd_forward` takes
+    it, else :func:`fused_conv_bn`. Channels_last output."""
+    y = winograd_forward(conv, x, lambda: folded_weights(conv, bn), conv_bn_sources(conv, bn), relu=True)
+    return fused_conv_bn(conv, bn, x, relu=True) if y is None else y
+
+
 def fused_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` with its weight cached in channels_last (the output is channels_last)."""
     return fused_conv_bn(conv, None, x)
+
+
+def fused_narrow_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a convolution with few output channels (the generator's final 7x7): by
+    :func:`talkhead.fomm.winograd.tap_gemm_conv` where :func:`talkhead.fomm.winograd.use_tap_gemm` picks it
+    (CPU, float32, stride 1, zero padding ``k // 2``, not under autocast; switched off with the Winograd
+    convolutions by :func:`winograd_inference`), else :func:`fused_conv`. ``(B, Cin, H, W) -> (B, Cout, H, W)``;
+    the module's own weight is used (nothing cached)."""
+    k = conv.kernel_size[0]
+    if (winograd_enabled() and not torch.is_autocast_enabled(x.device.type)
+            and winograd_applies(conv, x) and tuple(conv.padding) == (k // 2, k // 2) and k % 2 == 1
+            and conv.bias is not None and use_tap_gemm(k, x.shape[1], conv.out_channels, x.shape[2], x.shape[3])):
+        return tap_gemm_conv(x, conv.weight.detach(), conv.bias.detach())
+    return fused_conv(conv, x)
 
 
 def _subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -380,10 +429,11 @@ class ResBlock2d(nn.Module):
         # norm2 directly follows conv1 and is folded into it.
         h = F.batch_norm(x, self.norm1.running_mean, self.norm1.running_var, self.norm1.weight, self.norm1.bias,
                          False, 0.0, self.norm1.eps).relu_()
-        y = winograd_forward(self.conv1, self.norm2, h, relu=True)
-        h = fused_conv_bn(self.conv1, self.norm2, h, relu=True) if y is None else y
-        y = winograd_forward(self.conv2, None, h, residual=x)
-        return fused_conv(self.conv2, h).add_(x) if y is None else y
+        conv1, conv2, norm2 = self.conv1, self.conv2, self.norm2
+        y = winograd_forward(conv1, h, lambda: folded_weights(conv1, norm2), conv_bn_sources(conv1, norm2), relu=True)
+        h = fused_conv_bn(conv1, norm2, h, relu=True) if y is None else y
+        y = winograd_forward(conv2, h, lambda: folded_weights(conv2, None), conv_bn_sources(conv2, None), residual=x)
+        return fused_conv(conv2, h).add_(x) if y is None else y
 
 
 class UpBlock2d(nn.Module):
@@ -414,7 +464,7 @@ class UpBlock2d(nn.Module):
     def _fused(self, x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
         conv, norm = self.conv, self.norm
         if not _is_subpixel_conv(conv) or x.shape[2] * x.shape[3] < SUBPIXEL_MIN_PIXELS:
-            result = fused_conv_bn(conv, norm, F.interpolate(x, scale_factor=2, mode="nearest"), relu=True)
+            result = conv_bn_relu(conv, norm, F.interpolate(x, scale_factor=2, mode="nearest"))
             return out.copy_(result) if out is not None else result
 
         def subpixel():
@@ -423,8 +473,12 @@ class UpBlock2d(nn.Module):
 
         b, _, h, w = x.shape
         cout = conv.out_channels
-        phases = conv_forward(conv, x, subpixel, conv_bn_sources(conv, norm), relu=True, padding=(1, 1),
-                              cache="_fused_conv_subpixel")  # (B, 4 Cout, H + 1, W + 1)
+        sources = conv_bn_sources(conv, norm)
+        phases = winograd_forward(conv, x, subpixel, sources, kernel=2, out_channels=4 * cout, padding=1, relu=True,
+                                  cache="_fused_winograd_subpixel")
+        if phases is None:
+            phases = conv_forward(conv, x, subpixel, sources, relu=True, padding=(1, 1),
+                                  cache="_fused_conv_subpixel")  # (B, 4 Cout, H + 1, W + 1)
         if out is None:
             out = torch.empty(b, cout, 2 * h, 2 * w, dtype=x.dtype, device=x.device, memory_format=CHANNELS_LAST)
         for p in range(2):
@@ -447,7 +501,7 @@ class DownBlock2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_fused(self):
-            return F.avg_pool2d(fused_conv_bn(self.conv, self.norm, x, relu=True), kernel_size=2)
+            return F.avg_pool2d(conv_bn_relu(self.conv, self.norm, x), kernel_size=2)
         return F.avg_pool2d(F.relu(self.norm(self.conv(x))), kernel_size=2)
 
 
@@ -464,7 +518,7 @@ class SameBlock2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_fused(self):
-            return fused_conv_bn(self.conv, self.norm, x, relu=True)
+            return conv_bn_relu(self.conv, self.norm, x)
         return F.relu(self.norm(self.conv(x)))
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import CHANNELS_LAST, DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, fused_conv, use_fused
+from .blocks import CHANNELS_LAST, DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, fused_narrow_conv, use_fused
 from .dense_motion import DenseMotionNetwork
 
 
@@ -93,7 +93,7 @@ class OcclusionAwareGenerator(nn.Module):
         for block in self.up_blocks:
             out = block(out)
         if fused:
-            return torch.sigmoid_(fused_conv(self.final, out)).contiguous()
+            return torch.sigmoid_(fused_narrow_conv(self.final, out)).contiguous()
         return torch.sigmoid(self.final(out))
 
     def deform_input(self, inp: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:

@@ -1,123 +1,409 @@
-"""Winograd F(2x2, 3x3) convolution for the FOMM generator's bottleneck on CPU.
+"""Winograd (and tap-GEMM) convolutions for the FOMM fused path on CPU: fewer multiplies, the same convolution.
 
-A 3x3, stride-1, zero-padded convolution computed tile by tile: each 2x2 block of outputs comes from a
-4x4 block of the (padded) input as ``Y = A^T [ (G g G^T) * (B^T d B) ] A`` (Lavin & Gray, "Fast Algorithms
-for Convolutional Neural Networks", CVPR 2016, eq. 8 with m = 2, r = 3), the elementwise products summed
-over input channels as 16 matrix products. That is 16 multiplies per 4 outputs instead of 36: the
-multiply count of the 12 bottleneck convolutions (256 -> 256 channels at 64x64, most of a frame's time
-on CPU: ``benchmarks/README.md``, "FOMM rendering") falls 2.25x, for transforms that are additions only
-(the input and output transforms) and a weight transform done once per weight.
+A stride-1, zero-padded ``r x r`` convolution computed tile by tile: each ``m x m`` block of outputs comes
+from an ``a x a`` block (``a = m + r - 1``) of the padded input as ``Y = A^T [ (G g G^T) * (B^T d B) ] A``
+(Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016, eq. 8), the elementwise
+products summed over input channels as ``a^2`` matrix products (one ``torch.bmm``). Per ``m^2`` outputs and
+channel pair that is ``a^2`` multiplies instead of ``m^2 r^2``:
 
-Numerics: F(2x2, 3x3) has transform entries 0, +-1 and +-1/2 only, so its rounding error stays at the
-level of a direct float32 convolution (``tests/test_fast_paths.py`` holds it within 2e-6 of a float64
-convolution; measured against oneDNN's direct kernel: ``benchmarks/README.md``, "FOMM rendering", Winograd
-row). The larger tiles
-(F(4x4, 3x3)) are not used: their transforms have entries up to 8 and lose about a digit.
+- :data:`F2_3`, F(2x2, 3x3): 16 for 36 (2.25x fewer); transform entries 0, +-1, +-1/2.
+- :data:`F4_3`, F(4x4, 3x3): 36 for 144 (4x fewer); interpolation points 0, 1, -1, 1/2, -2 (the
+  smallest largest error of the point sets tried: ``benchmarks/README.md``, "FOMM rendering").
+- :data:`F3_2`, F(3x3, 2x2), for the sub-pixel (2x2) form of the up blocks: 16 for 36 (2.25x fewer);
+  points 0, 1, -1. (:data:`F2_2`, F(2x2, 2x2), 9 for 16, was evaluated and is not chosen.)
 
-Not in the reference (FOMM uses ``nn.Conv2d``); the result is the same convolution up to float32
-rounding, pinned by ``tests/test_fast_paths.py``.
+Besides Winograd, :func:`tap_gemm_conv` computes a wide convolution with few output channels (the
+generator's final 64 -> 3 7x7) as one wide matrix product and shifted additions: the same multiplies, a
+faster kernel.
+
+The input transform is one gather of the overlapping tiles (a strided copy, tile-major) and one matrix
+product with ``B^T (x) B^T`` on the ``(a^2, tiles * C)`` view; the output transform one product with
+``A^T (x) A^T`` and one strided copy into the channels_last output (with the residual added in the same
+pass); the bias is added to the one product entry that every output reads with weight 1 (1/a^2 of the
+products' size, not a pass over the output).
+
+Numerics: the larger the tile, the larger the transform entries and the rounding error of one
+convolution (F(4x4, 3x3) about 3x a direct float32 convolution's largest error, F(2x2, 3x3) below it);
+the full-size frames stay as close to the plain path and to float64 as the direct kernels' frames
+(``benchmarks/README.md``, "FOMM rendering"; ``tests/test_fast_paths.py`` pins each transform against a
+float64 convolution and the fused blocks against the plain ones). Which transform a convolution gets is
+decided in one place, :func:`choose_transform` (and :func:`use_tap_gemm` beside it), per shape and CPU kind
+(:func:`cpu_kind`).
+
+Not in the reference (FOMM uses ``nn.Conv2d``); the result is the same convolution up to float32 rounding.
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+import threading
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["winograd_weight", "winograd_conv3x3", "winograd_applies", "TILE_ROWS"]
+__all__ = ["WinogradTransform", "F2_3", "F4_3", "F3_2", "F2_2", "TRANSFORMS", "kernel_taps", "transform_taps",
+           "winograd_weight", "winograd_conv",
+           "winograd_applies", "choose_transform", "cpu_kind", "release_workspace", "TILES_PER_STEP",
+           "tap_gemm_conv", "use_tap_gemm", "TAP_ROWS"]
 
-TILE_ROWS = 16
-"""Default rows of output tiles per step of :func:`winograd_conv3x3` (measured: ``benchmarks/README.md``,
-"FOMM rendering", Winograd row)."""
+TILES_PER_STEP = 128
+"""Output tiles (over the batch) transformed and multiplied per step of :func:`winograd_conv` (whole tile rows,
+at least one): bounds the reused temporaries (:func:`_workspace`) at ~``4 a^2 (TILES_PER_STEP (2 Cin + Cout)
++ Cin Cout)`` bytes (float32; the last term only for weights transformed per call), besides the padded input
+and the output: 22 MiB for the bottleneck's F(4x4, 3x3) (two steps of 8 tile rows per 64x64 map, as fast as
+one step of 16: ``benchmarks/README.md``, "FOMM rendering"). 1024 tiles held ~97 MiB for the encoder's
+128 -> 256 convolution at 128x128 and raised the render's peak RSS by ~70 MiB."""
 
 
-def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    """3x3 kernels ``(Cout, Cin, 3, 3)`` -> their F(2x2, 3x3) transforms ``U = G g G^T``, ``(16, Cin, Cout)``.
+def _toom_cook(m: int, r: int, points: Sequence[Fraction]) -> tuple[list, list, list]:
+    """Exact (rational) ``B^T (a x a)``, ``G (a x r)``, ``A^T (m x a)`` of F(m, r) for the finite
+    interpolation ``points`` (``a - 1`` of them) and the point at infinity (Lavin & Gray, sec. 4; the
+    Toom-Cook construction): ``A^T`` evaluates the output polynomial's coefficients, ``G`` the filter's at
+    the points (divided by the Lagrange denominators), ``B^T`` the data's (the Lagrange basis, scaled)."""
+    a = m + r - 1
+    pts = [Fraction(p) for p in points]
+    if len(pts) != a - 1 or len(set(pts)) != len(pts):
+        raise ValueError(f"F({m}, {r}) needs {a - 1} distinct finite points, got {points}")
+    at = [[p ** i for p in pts] + [Fraction(int(i == m - 1))] for i in range(m)]
+    denom = []
+    for j, p in enumerate(pts):
+        d = Fraction(1)
+        for k, q in enumerate(pts):
+            if k != j:
+                d *= p - q
+        denom.append(d)
+    g = [[p ** k / denom[j] for k in range(r)] for j, p in enumerate(pts)] + [[Fraction(int(k == r - 1)) for k in range(r)]]
+    # B^T row j (finite point p_j): the coefficients of prod_{k != j} (x - p_k), i.e. the Lagrange numerator
+    # (the denominators sit in G); the last row: the coefficients of prod_k (x - p_k) (the point at infinity).
+    bt = []
+    for j in range(a):
+        poly = [Fraction(1)]
+        for k, q in enumerate(pts):
+            if k != j:
+                poly = [(poly[i - 1] if i > 0 else 0) - q * (poly[i] if i < len(poly) else 0) for i in range(len(poly) + 1)]
+        bt.append(poly + [Fraction(0)] * (a - len(poly)))
+    return bt, g, at
 
-    ``U[4 i + j]`` is the ``(Cin, Cout)`` matrix the input-transform entry ``(i, j)`` of every tile
-    is multiplied by. ``G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`` (Lavin & Gray).
-    Computed in float64 and rounded once to ``weight``'s dtype.
+
+@dataclass(frozen=True)
+class WinogradTransform:
+    """The matrices of one Winograd algorithm F(m x m, r x r): ``a = m + r - 1``.
+
+    Attributes:
+        name: e.g. ``"F(4x4,3x3)"``.
+        m: output tile side; ``r``: kernel side.
+        bt: ``B^T`` ``(a, a)``; ``g``: ``G`` ``(a, r)``; ``at``: ``A^T`` ``(m, a)``; float64, exact rationals.
+        keep_transformed: whether the fused path caches the transformed weight ``(a^2, Cin, Cout)`` (``a^2 / r^2``
+            times the weight's size) or keeps the kernel taps and transforms them on every call (one small
+            matrix product: ``benchmarks/README.md``, "FOMM rendering"), so that its cache is no larger than
+            the packed weight the direct path would keep.
     """
-    g = weight.detach().to(torch.float64)
 
-    def rows(t: torch.Tensor, dim: int) -> torch.Tensor:  # G applied along ``dim`` (3 -> 4)
-        k0, k1, k2 = t.unbind(dim)
-        return torch.stack([k0, (k0 + k1 + k2) / 2, (k0 - k1 + k2) / 2, k2], dim)
+    name: str
+    m: int
+    r: int
+    bt: torch.Tensor = field(repr=False)
+    g: torch.Tensor = field(repr=False)
+    at: torch.Tensor = field(repr=False)
+    keep_transformed: bool = True
 
-    u = rows(rows(g, 2), 3)  # (Cout, Cin, 4, 4)
-    return u.permute(2, 3, 1, 0).reshape(16, g.shape[1], g.shape[0]).to(weight.dtype).contiguous()
+    @classmethod
+    def from_points(cls, m: int, r: int, points: Sequence, *, keep_transformed: bool = True) -> "WinogradTransform":
+        """F(m, r) from its ``m + r - 2`` finite interpolation points (and infinity)."""
+        bt, g, at = _toom_cook(m, r, points)
+
+        def t(rows: list) -> torch.Tensor:
+            return torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64)
+        return cls(f"F({m}x{m},{r}x{r})", m, r, t(bt), t(g), t(at), keep_transformed)
+
+    def weight_matrix(self, dtype: torch.dtype) -> torch.Tensor:
+        """``G (x) G`` ``(a^2, r^2)``: the weight transform of a row-major flattened ``r x r`` kernel."""
+        return torch.kron(self.g, self.g).to(dtype)
+
+    @property
+    def a(self) -> int:
+        """Input tile side ``m + r - 1``."""
+        return self.m + self.r - 1
+
+    def input_matrix(self, dtype: torch.dtype) -> torch.Tensor:
+        """``B^T (x) B^T`` ``(a^2, a^2)``: the input transform of a row-major flattened ``a x a`` tile."""
+        return torch.kron(self.bt, self.bt).to(dtype)
+
+    def output_matrix(self, dtype: torch.dtype) -> torch.Tensor:
+        """``A^T (x) A^T`` ``(m^2, a^2)``: the output transform of a flattened ``a x a`` product tile."""
+        return torch.kron(self.at, self.at).to(dtype)
+
+    @property
+    def bias_entry(self) -> int:
+        """Index (into the ``a^2`` products) that every output of a tile reads with weight exactly 1: a
+        bias added there reaches each output once."""
+        ones = [j for j in range(self.a) if bool((self.at[:, j] == 1).all())]
+        if not ones:
+            raise ValueError(f"{self.name}: no column of A^T is all ones")
+        return ones[0] * self.a + ones[0]
 
 
-def winograd_applies(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether :func:`winograd_conv3x3` computes ``conv`` on ``x``: a 3x3 stride-1 dilation-1 ungrouped
-    convolution with zero padding 1, float32 input and weight on CPU, input ``(B, C, H, W)`` with even H and W."""
+F2_3 = WinogradTransform.from_points(2, 3, [0, 1, -1])
+"""F(2x2, 3x3): ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`` up to row signs;
+transformed weights cached (16/9 of the weight). Evaluated, not chosen since F(4x4, 3x3) (see
+:func:`choose_transform`)."""
+F4_3 = WinogradTransform.from_points(4, 3, [0, 1, -1, Fraction(1, 2), -2], keep_transformed=False)
+"""F(4x4, 3x3), points 0, 1, -1, 1/2, -2 and infinity; weights transformed per call (4x the weight)."""
+F3_2 = WinogradTransform.from_points(3, 2, [0, 1, -1], keep_transformed=False)
+"""F(3x3, 2x2), points 0, 1, -1 and infinity: the up blocks' sub-pixel 2x2 convolutions (16 multiplies for 36);
+weights transformed per call (4x the weight)."""
+F2_2 = WinogradTransform.from_points(2, 2, [0, 1])
+"""F(2x2, 2x2) (9 multiplies for 16): evaluated for the sub-pixel convolutions, not chosen (slower than F(3x3, 2x2))."""
+TRANSFORMS = {t.name: t for t in (F2_3, F4_3, F3_2, F2_2)}
+
+
+def kernel_taps(weight: torch.Tensor) -> torch.Tensor:
+    """Kernels ``(Cout, Cin, r, r)`` -> ``(r^2, Cin, Cout)`` (tap ``(y, x)`` at ``r y + x``), contiguous: the
+    layout :func:`transform_taps` multiplies by ``G (x) G``."""
+    r = weight.shape[2]
+    return weight.detach().permute(2, 3, 1, 0).reshape(r * weight.shape[3], weight.shape[1], weight.shape[0]).contiguous()
+
+
+def transform_taps(taps: torch.Tensor, transform: WinogradTransform, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Kernel taps ``(r^2, Cin, Cout)`` (:func:`kernel_taps`) -> ``U = G g G^T`` as ``(a^2, Cin, Cout)``, in
+    ``taps``' dtype (one matrix product; ``out``: an ``(a^2, Cin * Cout)`` tensor to write into)."""
+    r2, cin, cout = taps.shape
+    if r2 != transform.r ** 2:
+        raise ValueError(f"{transform.name} needs {transform.r}x{transform.r} kernels, not {r2} taps")
+    kg = transform.weight_matrix(taps.dtype).to(taps.device)
+    return torch.mm(kg, taps.reshape(r2, cin * cout), out=out).view(transform.a ** 2, cin, cout)
+
+
+def winograd_weight(weight: torch.Tensor, transform: WinogradTransform = F2_3) -> torch.Tensor:
+    """Kernels ``(Cout, Cin, r, r)`` -> their transforms ``U = G g G^T`` as ``(a^2, Cin, Cout)``.
+
+    ``U[a i + j]`` is the ``(Cin, Cout)`` matrix the input-transform entry ``(i, j)`` of every tile is
+    multiplied by. Computed in float64 and rounded once to ``weight``'s dtype.
+
+    Raises:
+        ValueError: the kernel is not ``r x r`` for ``transform``.
+    """
+    if tuple(weight.shape[2:]) != (transform.r, transform.r):
+        raise ValueError(f"{transform.name} needs {transform.r}x{transform.r} kernels, not {tuple(weight.shape[2:])}")
+    return transform_taps(kernel_taps(weight.to(torch.float64)), transform).to(weight.dtype).contiguous()
+
+
+def winograd_applies(conv: torch.nn.Conv2d, x: torch.Tensor, *, padding: Optional[Sequence[int]] = None) -> bool:
+    """Whether :func:`winograd_conv` can compute ``conv`` (or its derived kernels, with ``padding``) on ``x``:
+    a square-kernel, stride-1, dilation-1, ungrouped convolution with zero padding, float32 input and
+    weight on CPU, input ``(B, C, H, W)``."""
+    pad = tuple(conv.padding if padding is None else padding)
     return (x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
-            and x.dim() == 4 and x.shape[2] % 2 == 0
-            and x.shape[3] % 2 == 0 and tuple(conv.kernel_size) == (3, 3) and tuple(conv.padding) == (1, 1)
+            and x.dim() == 4 and conv.kernel_size[0] == conv.kernel_size[1] and len(set(pad)) == 1
             and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros")
 
 
-def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, *, relu: bool = False,
-                     residual: Optional[torch.Tensor] = None, tile_rows: int = TILE_ROWS) -> torch.Tensor:
-    """``conv3x3(x, padding=1) + bias`` (then ``+ residual``, then ReLU if ``relu``) by Winograd F(2x2, 3x3).
+_WORKSPACE = threading.local()
+
+
+def _workspace(x: torch.Tensor, shapes: Sequence[tuple]) -> list[torch.Tensor]:
+    """Disjoint tensors of ``shapes`` (``x``'s dtype) carved from one buffer kept per thread and grown
+    as needed: the transforms' temporaries are reused from call to call instead of being allocated (and
+    page-faulted in) afresh by every convolution (measured: ``benchmarks/README.md``, "FOMM rendering").
+    Held until :func:`release_workspace`; at most the largest call's temporaries (see :data:`TILES_PER_STEP`)."""
+    sizes = [math.prod(s) for s in shapes]
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.dtype != x.dtype or buf.device != x.device or buf.numel() < sum(sizes):
+        _WORKSPACE.buf = None
+        with torch.inference_mode(False):  # a plain tensor: usable in and out of inference mode
+            buf = _WORKSPACE.buf = torch.empty(sum(sizes), dtype=x.dtype, device=x.device)
+    out, start = [], 0
+    for shape, size in zip(shapes, sizes):
+        out.append(buf[start:start + size].view(shape))
+        start += size
+    return out
+
+
+def release_workspace() -> None:
+    """Free this thread's Winograd workspace (the next convolution allocates it again)."""
+    _WORKSPACE.buf = None
+
+
+def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transform: WinogradTransform = F2_3, *,
+                  padding: int = 1, relu: bool = False, residual: Optional[torch.Tensor] = None,
+                  tiles_per_step: int = TILES_PER_STEP) -> torch.Tensor:
+    """``conv(x, padding) + bias`` (then ``+ residual``, then ReLU if ``relu``) by Winograd ``transform``.
 
     Args:
-        x: ``(B, Cin, H, W)`` float32, H and W even (any memory format; read as channels_last).
-        u: ``(16, Cin, Cout)`` from :func:`winograd_weight`.
+        x: ``(B, Cin, H, W)`` float32 (any memory format; read as channels_last).
+        u: ``(a^2, Cin, Cout)`` from :func:`winograd_weight` with the same ``transform``, or the kernel taps
+            ``(r^2, Cin, Cout)`` (:func:`kernel_taps`), transformed here (:func:`transform_taps`).
         bias: ``(Cout,)``.
-        residual: optional ``(B, Cout, H, W)`` added to the result (before the ReLU).
-        tile_rows: rows of 2x2 output tiles transformed and multiplied at a time; bounds the
-            temporaries at ~``48 * B * tile_rows * W * (Cin + Cout)`` bytes (float32), besides the padded
-            input and the output (24 MiB for 256 channels at 64x64, the default 16 rows).
+        transform: the algorithm, F(m, r) (kernel side ``r``).
+        padding: zeros on each side; the output is ``(Ho, Wo) = (H + 2 padding - r + 1, W + 2 padding - r + 1)``.
+        residual: optional ``(B, Cout, Ho, Wo)`` added to the result (before the ReLU).
+        tiles_per_step: output tiles transformed and multiplied at a time (whole tile rows; at least one
+            row): see :data:`TILES_PER_STEP`.
 
     Returns:
-        ``(B, Cout, H, W)`` in channels_last memory format.
-
-    Input transform ``B^T d B`` with ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]``,
-    output transform ``A^T m A`` with ``A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`` (Lavin & Gray, CVPR 2016).
+        ``(B, Cout, Ho, Wo)`` in channels_last memory format.
     """
+    m, r, a = transform.m, transform.r, transform.a
     bsz, cin, h, w = x.shape
     cout = u.shape[2]
-    th, tw = h // 2, w // 2
-    # zero-padded input, channels last: (B, H + 2, W + 2, Cin)
-    pad = x.new_zeros(bsz, h + 2, w + 2, cin)
-    pad[:, 1:h + 1, 1:w + 1].copy_(x.permute(0, 2, 3, 1))
-    out = x.new_empty(bsz, h, w, cout)  # (B, H, W, Cout): channels_last storage of (B, Cout, H, W)
-    step = max(1, min(int(tile_rows), th))
-    rt = x.new_empty(4, bsz, step, w + 2, cin)
-    v = x.new_empty(4, 4, bsz, step, tw, cin)
-    m = x.new_empty(16, bsz * step * tw, cout)
-    s = x.new_empty(2, 4, bsz, step, tw, cout)
+    ho, wo = h + 2 * padding - r + 1, w + 2 * padding - r + 1
+    th, tw = -(-ho // m), -(-wo // m)
+    hp, wp = th * m + r - 1, tw * m + r - 1  # padded input: every tile complete (extra zeros past the end)
+    pad = x.new_empty(bsz, hp, wp, cin)
+    pad[:, :padding].zero_()
+    pad[:, padding + h:].zero_()
+    pad[:, padding:padding + h, :padding].zero_()
+    pad[:, padding:padding + h, padding + w:].zero_()
+    pad[:, padding:padding + h, padding:padding + w].copy_(x.permute(0, 2, 3, 1))
+    out = x.new_empty(bsz, th * m, tw * m, cout)  # (B, H, W, Cout): channels_last storage of (B, Cout, H, W)
+    kb, ka = transform.input_matrix(x.dtype), transform.output_matrix(x.dtype)
+    step = max(1, min(th, int(tiles_per_step) // max(1, bsz * tw)))
+    n_max = bsz * step * tw
+    taps = u.shape[0] == r * r
+    # d (the gathered tiles) is dead once transformed, so the output transform's y reuses its memory
+    dy, v, prods, ut = _workspace(x, [(max(a * a * n_max * cin, m * m * n_max * cout),), (a * a, n_max * cin),
+                                      (a * a, n_max, cout), (a * a, cin * cout) if taps else (0,)])
+    d, y = dy[:a * a * n_max * cin].view(a * a, n_max * cin), dy[:m * m * n_max * cout].view(m * m, n_max * cout)
+    if taps:
+        u = transform_taps(u, transform, out=ut)
+    elif u.shape != (a * a, cin, cout):
+        raise ValueError(f"{transform.name}: weight of shape {tuple(u.shape)} for {cin} -> {cout} channels")
+    sb, sh, sw = hp * wp * cin, wp * cin, cin  # strides of the padded input
+    corner = transform.bias_entry
+    res = None if residual is None else residual.permute(0, 2, 3, 1)  # (B, Ho, Wo, Cout) view
     for t0 in range(0, th, step):
         tc = min(step, th - t0)
-        rt_, v_, s_ = rt[:, :, :tc], v[:, :, :, :tc], s[:, :, :, :tc]
-        # rows of B^T d, from padded rows 2 ty + k (k = 0..3)
-        r = [pad[:, 2 * t0 + k:2 * (t0 + tc) + k:2] for k in range(4)]
-        torch.sub(r[0], r[2], out=rt_[0])
-        torch.add(r[1], r[2], out=rt_[1])
-        torch.sub(r[2], r[1], out=rt_[2])
-        torch.sub(r[1], r[3], out=rt_[3])
-        # columns: (B^T d) B, from padded columns 2 tx + k -> v (4, 4, B, tc, TW, Cin)
-        for i in range(4):
-            c = [rt_[i][:, :, k:k + 2 * tw:2] for k in range(4)]
-            torch.sub(c[0], c[2], out=v_[i, 0])
-            torch.add(c[1], c[2], out=v_[i, 1])
-            torch.sub(c[2], c[1], out=v_[i, 2])
-            torch.sub(c[1], c[3], out=v_[i, 3])
         n = bsz * tc * tw
-        vv = v_ if tc == step else v_.contiguous()
-        mm = torch.bmm(vv.reshape(16, n, cin), u, out=m[:, :n]).view(4, 4, bsz, tc, tw, cout)
-        # A^T m, then (A^T m) A written into the output rows 2 t0 .. 2 (t0 + tc)
-        for j in range(4):
-            torch.add(mm[0, j], mm[1, j], out=s_[0, j]).add_(mm[2, j])
-            torch.sub(mm[1, j], mm[2, j], out=s_[1, j]).sub_(mm[3, j])
-        rows = out[:, 2 * t0:2 * (t0 + tc)]
-        for a in range(2):
-            torch.add(s_[a, 0], s_[a, 1], out=rows[:, a::2, 0::2]).add_(s_[a, 2])
-            torch.sub(s_[a, 1], s_[a, 2], out=rows[:, a::2, 1::2]).sub_(s_[a, 3])
-    del pad, rt, v, m, s
+        # tiles, entry-major: d[(i, j), (b, ty, tx, c)] = pad[b, m (t0 + ty) + i, m tx + j, c]
+        tiles = pad.as_strided((a, a, bsz, tc, tw, cin), (sh, sw, sb, m * sh, m * sw, 1), t0 * m * sh)
+        dd = d[:, :n * cin]
+        dd.view(a, a, bsz, tc, tw, cin).copy_(tiles)
+        vv = torch.mm(kb, dd, out=v[:, :n * cin]).view(a * a, n, cin)  # B^T d B of every tile
+        mm = torch.bmm(vv, u, out=prods[:, :n])  # (a^2, n, Cout)
+        mm[corner].add_(bias)
+        yy = torch.mm(ka, mm.view(a * a, n * cout), out=y[:, :n * cout]).view(m, m, bsz, tc, tw, cout)
+        dst = out[:, t0 * m:(t0 + tc) * m].view(bsz, tc, m, tw, m, cout).permute(2, 4, 0, 1, 3, 5)
+        r0, r1 = t0 * m, (t0 + tc) * m
+        if res is None:
+            dst.copy_(yy)
+        elif r1 <= ho and tw * m == wo:  # the residual's rows cover the step: add it on the way
+            torch.add(yy, res[:, r0:r1].view(bsz, tc, m, tw, m, cout).permute(2, 4, 0, 1, 3, 5), out=dst)
+        else:
+            dst.copy_(yy)
+            rows = min(r1, ho) - r0
+            out[:, r0:r0 + rows, :wo].add_(res[:, r0:r0 + rows])
+    del pad, dy, d, v, prods, y, ut
+    if th * m != ho or tw * m != wo:
+        out = out[:, :ho, :wo].contiguous()
     out = out.permute(0, 3, 1, 2)
-    out.add_(bias.view(1, cout, 1, 1))
-    if residual is not None:
-        out.add_(residual)
     return out.relu_() if relu else out
+
+
+def cpu_kind(capability: Optional[str] = None) -> str:
+    """This CPU's vector kind as torch's kernels see it: ``"avx512"`` or ``"avx2"`` (also anything
+    older or not x86, e.g. ``"default"``, ``"neon"``, which run oneDNN's and MKL's narrower kernels too).
+
+    Args:
+        capability: ``torch.backends.cpu.get_cpu_capability()``'s answer (``"AVX512"``, ``"AVX2"``, ...);
+            ``None`` asks torch.
+    """
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    return "avx512" if "AVX512" in str(capability).upper() else "avx2"
+
+
+def choose_transform(kernel: int, cin: int, cout: int, height: int, width: int, *,
+                     kind: Optional[str] = None) -> Optional[WinogradTransform]:
+    """The Winograd transform the fused path uses for a stride-1 ``kernel x kernel`` convolution of
+    ``cin -> cout`` channels on a ``height x width`` input, or ``None`` for the direct (oneDNN) kernel.
+
+    The one place the choice is made, from one-thread CPU-time measurements of each FOMM shape against
+    oneDNN's direct kernel on an AVX-512 CPU and with AVX2 kernels (``benchmarks/README.md``, "FOMM
+    rendering", Winograd rows):
+
+    - 3x3 on maps of 32x32 and more (the bottleneck at 64x64, the dense-motion hourglass's first two
+      levels): F(4x4, 3x3), 1.2-2.1x faster than direct on both kinds; not on a 3-channel image input
+      (tiny products: the keypoint detector's first conv ran 5.6x slower).
+    - 3x3 on 16x16 maps: direct, although F(2x2, 3x3) was 1.2-1.4x faster there: in the dense-motion
+      hourglass it moved SMAC's decoder parity (``tests/test_smac.py``, which reuses that network) past its
+      reference tolerance (0.0125 > 0.0121), and it saved ~2 ms a frame. Smaller maps (8x8, 4x4: the deep
+      hourglass levels, bound by reading the weights): direct.
+    - 2x2 (the up blocks' sub-pixel form) on inputs of 32x32 and more: F(3x3, 2x2) where it won, i.e. with
+      AVX2 kernels at every such size (1.1-1.4x), with AVX-512 kernels only at 32x32 (the hourglass's last
+      up block, 1.15x; at 64x64 it tied oneDNN's AVX-512 kernel, 1.03-1.11x, and at 128x128 lost, 0.8x).
+
+    Args:
+        kernel: the kernel side; cin, cout: channels; height, width: the input's (= the output's, for 3x3).
+        kind: :func:`cpu_kind`'s answer (``None`` asks it), so that tests cover both branches on any machine.
+    """
+    kind = cpu_kind() if kind is None else kind
+    pixels = height * width
+    if cin < 4:  # an image input (the keypoint detector's 3 -> 64 at 64x64: 5.6x slower than direct)
+        return None
+    if kernel == 3:
+        return F4_3 if pixels >= 32 * 32 else None
+    if kernel == 2 and pixels >= 32 * 32 and (kind == "avx2" or pixels <= 32 * 32):
+        return F3_2
+    return None
+
+
+TAP_ROWS = 32
+"""Output rows per step of :func:`tap_gemm_conv`: bounds its product temporary at
+``4 k^2 Cout (TAP_ROWS + k - 1) W`` bytes (5.7 MiB for the generator's final 7x7 conv at 256x256) and keeps
+each shifted addition (``Cout x TAP_ROWS x W`` elements) under torch's parallel grain, so that the additions
+run without thread barriers: fastest measured (1 thread) and the least hurt on a loaded machine with 2
+threads (``benchmarks/README.md``, "FOMM rendering")."""
+
+
+def tap_gemm_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, rows: int = TAP_ROWS) -> torch.Tensor:
+    """A stride-1 ``k x k`` convolution with zero padding ``k // 2`` and few output channels, as one matrix
+    product per band of rows, ``P = W_taps (k^2 Cout, Cin) @ X^T (Cin, pixels)``, then ``k^2`` shifted
+    additions of ``P``'s image planes into the output: the same multiply-adds as the direct convolution
+    (summed in another order), but the product runs as a wide GEMM where a direct kernel with 3 output
+    channels uses a fraction of the vector units (measured: ``benchmarks/README.md``, "FOMM rendering").
+
+    Args:
+        x: ``(B, Cin, H, W)`` float (read as channels_last: ``X`` is a view of it, not a copy).
+        weight: ``(Cout, Cin, k, k)``, ``k`` odd; bias: ``(Cout,)``.
+        rows: output rows per step (see :data:`TAP_ROWS`).
+
+    Returns:
+        ``(B, Cout, H, W)``, contiguous (NCHW).
+    """
+    bsz, cin, h, w = x.shape
+    cout, _, k, _ = weight.shape
+    p = k // 2
+    taps = weight.permute(2, 3, 0, 1).reshape(k * k * cout, cin)  # rows (ky, kx, co)
+    xr = x.permute(0, 2, 3, 1)
+    if not xr.is_contiguous():
+        xr = xr.contiguous()
+    out = bias.view(1, cout, 1, 1).expand(bsz, cout, h, w).contiguous()
+    band = max(1, min(int(rows), h))
+    (work,) = _workspace(x, [(k * k * cout, (band + 2 * p) * w)])
+    for b in range(bsz):
+        for y0 in range(0, h, band):
+            y1 = min(h, y0 + band)
+            r0, r1 = max(0, y0 - p), min(h, y1 + p)  # the input rows these outputs read
+            n = (r1 - r0) * w
+            prod = torch.mm(taps, xr[b, r0:r1].reshape(n, cin).t(), out=work[:, :n]).view(k, k, cout, r1 - r0, w)
+            o = out[b, :, y0:y1]
+            for ky in range(k):  # output row y reads input row y + ky - p
+                ya, yb = max(y0, r0 - ky + p), min(y1, r1 - ky + p)
+                if ya >= yb:
+                    continue
+                for kx in range(k):
+                    xa, xb = max(0, p - kx), min(w, w + p - kx)
+                    o[:, ya - y0:yb - y0, xa:xb] += prod[ky, kx, :, ya + ky - p - r0:yb + ky - p - r0, xa + kx - p:xb + kx - p]
+    return out
+
+
+def use_tap_gemm(kernel: int, cin: int, cout: int, height: int, width: int, *, kind: Optional[str] = None) -> bool:
+    """Whether the fused path computes a stride-1 ``kernel x kernel`` convolution (zero padding ``kernel // 2``)
+    by :func:`tap_gemm_conv`: for wide kernels with at most 4 output channels on maps of 128x128 and more (the
+    generator's final 64 -> 3 7x7 at 256x256: 1.5x faster with AVX2 kernels, 1.7x with AVX-512; the dense
+    motion's 108 -> 12 heads at 64x64 stayed faster direct on both). Decided here, beside
+    :func:`choose_transform`; ``kind`` as there (both kinds agree today)."""
+    del kind  # the same rule for both kinds (measured)
+    return kernel >= 5 and kernel % 2 == 1 and cout <= 4 and height * width >= 128 * 128
