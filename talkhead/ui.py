@@ -25,6 +25,7 @@ what to install.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -316,15 +317,17 @@ class Animator:
             raise InputError(missing)
 
     def stream(self, image: str | None, audio: str | None, *, keep: Callable[[Path], str],
-               progress: Callable | None = None, segments: bool = True, **choices) -> Iterator[tuple[str, str]]:
+               progress: Callable | None = None, segments: bool = True, stop: threading.Event | None = None,
+               **choices) -> Iterator[tuple[str, str]]:
         """Animate one (photo, speech) upload, handing out the video while it renders: what the page plays.
 
         Yields ``("segment", path)`` for each finished segment (:class:`talkhead.video.SegmentWriter`:
         :attr:`segment_s` seconds of H.264 with its slice of the speech, in order; the path is valid until
         the next item is asked for; none with ``segments=False``), ``("wait", "")`` every :data:`WAIT_S`
         while nothing is new, then ``("video", served path)``: the whole MP4, the CLI's, kept with ``keep``
-        as in :meth:`run`. Closing the generator early (the page's Stop, a closed tab) returns at once and
-        stops the render at its next batch; its files are then removed.
+        as in :meth:`run`. Closing the generator early (the page's Stop, a closed tab), or setting ``stop``
+        (the page's Stop handler), returns at once (at the next item) and stops the render at its next batch;
+        its files are then removed.
 
         Raises:
             TalkheadError: as :meth:`run` (also after segments were handed out; the MP4 is then never made).
@@ -334,15 +337,16 @@ class Animator:
         self._check_uploads(image, audio, "no speech: drop a speech file or record one first")
         options = request_options(self.base, **choices)
         yield from self._stream(image, SpeechMotion(audio), options, "talking", keep=keep, progress=progress,
-                                segment_s=self.segment_s if segments else None)
+                                segment_s=self.segment_s if segments else None, stop=stop)
 
     def stream_reenact(self, photo: str | None, video: str | None, *, keep: Callable[[Path], str],
                        progress: Callable | None = None, relative: bool = True, find_best_frame: bool = False,
-                       segments: bool = True, **choices) -> Iterator[tuple[str, str]]:
+                       segments: bool = True, stop: threading.Event | None = None,
+                       **choices) -> Iterator[tuple[str, str]]:
         """:meth:`run_reenact`, handing out the video while it renders, as :meth:`stream` does."""
         photo, motion, options = self._reenact_job(photo, video, relative, find_best_frame, choices)
         yield from self._stream(photo, motion, options, "reenacted", keep=keep, progress=progress,
-                                segment_s=self.segment_s if segments else None)
+                                segment_s=self.segment_s if segments else None, stop=stop)
 
     def _render(self, photo: str, motion, options: AnimateOptions, suffix: str, *, keep: Callable[[Path], str],
                 progress: Callable | None) -> str:
@@ -353,7 +357,8 @@ class Animator:
         return path
 
     def _stream(self, photo: str, motion, options: AnimateOptions, suffix: str, *, keep: Callable[[Path], str],
-                progress: Callable | None, segment_s: float | None) -> Iterator[tuple[str, str]]:
+                progress: Callable | None, segment_s: float | None,
+                stop: threading.Event | None = None) -> Iterator[tuple[str, str]]:
         """One request through :meth:`talkhead.pipeline.Pipeline.run` on the loaded components, in a
         per-request temporary folder, the render in a thread of its own: ``("segment", path)`` items while
         it renders (with ``segment_s``; none with ``None``), ``("wait", "")`` every :data:`WAIT_S` without
@@ -377,7 +382,7 @@ class Animator:
                 (work / "segments").mkdir()
                 preview = functools.partial(SegmentWriter, work / "segments",
                                             lambda segment: ready.put(("segment", segment)), seconds=segment_s)
-            stop = threading.Event()
+            stop = stop if stop is not None else threading.Event()
             parties, settling = [2], threading.Lock()
 
             def settle() -> None:
@@ -389,6 +394,24 @@ class Animator:
                 if last:
                     shutil.rmtree(work, ignore_errors=True)
                     self._lock.release()
+
+            state = {"ended": False, "closed": False}  # ended: by the render; closed: the request's side is done
+
+            def end_request() -> None:
+                """The request's side, once: stop the render, say so if it had not ended, and settle. Run by
+                the generator's ``finally`` or by :meth:`RequestStop.set` (a Stop whose generator Gradio
+                neither resumes nor closes again)."""
+                with settling:
+                    if state["closed"]:
+                        return
+                    state["closed"] = True
+                stop.set()  # a request that ends early (a Stop, a closed page) stops its render
+                if not state["ended"]:
+                    self.log("request stopped: its render ends after the frames in hand")
+                settle()
+
+            if isinstance(stop, RequestStop):
+                stop.on_set(end_request)
 
             def report(stage: str, done: int, total: int) -> None:  # the render's thread; stops it too
                 if stop.is_set():
@@ -413,9 +436,10 @@ class Animator:
             self._lock.release()
             raise
         handed: Optional[Path] = None
-        ended = False  # by the render (its MP4 or its error), not by the request closing early
         try:
             while True:
+                if stop.is_set():  # the page's Stop handler (Gradio's own cancel may not reach a generator)
+                    return
                 try:
                     kind, value = ready.get(timeout=WAIT_S)
                 except queue.Empty:
@@ -428,19 +452,37 @@ class Animator:
                     handed = value.path
                     yield "segment", str(value.path)
                 elif kind == "error":
-                    ended = True
+                    state["ended"] = True
                     if isinstance(value, TalkheadError):
                         value.args = (_short_paths(str(value), *uploads),)
                     raise value
                 else:
                     break
-            ended = True
+            state["ended"] = True
             yield "video", keep(output)
         finally:
-            stop.set()  # a request that ends early (a Stop, a closed page) stops its render
-            if not ended:
-                self.log("request stopped: its render ends after the frames in hand")
-            settle()
+            end_request()
+
+
+class RequestStop(threading.Event):
+    """The stop of one page request (:meth:`Animator.stream`'s ``stop``): :meth:`set` stops its render at
+    the next batch and ends the request's side at once (its line logged, its folder and the one-request
+    lock released once the render has stopped too), even when Gradio never resumes nor closes the request's
+    generator again - seen after a Stop's cancel on a second in-process server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once) when the stop is set."""
+        self._callbacks.append(callback)
+
+    def set(self) -> None:
+        super().set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 def _short_paths(message: str, *paths: str) -> str:
@@ -489,6 +531,31 @@ def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | Non
         video = gr.Video(label=label, elem_id=elem_id, interactive=False, height=420, streaming=streaming,
                          autoplay=streaming, buttons=[])
         return video, gr.File(label="MP4 (download, once finished)", elem_id=f"{elem_id}-file", interactive=False)
+
+    current: dict = {}  # "stop": the RequestStop of the page request in progress (one renders at a time)
+    current_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def stoppable():
+        """The :class:`RequestStop` of one page request, which the Stop buttons set."""
+        stop = RequestStop()
+        with current_lock:
+            current["stop"] = stop
+        try:
+            yield stop
+        finally:
+            with current_lock:
+                if current.get("stop") is stop:
+                    del current["stop"]
+
+    def stop_page() -> None:
+        """The Stop buttons (beside Gradio's own cancel, which did not always end a generator waiting for its
+        render): end the page request in progress at once and its render at its next batch. The page runs
+        one request at a time, so a Stop on any open page ends the one in progress."""
+        with current_lock:
+            stop = current.get("stop")
+        if stop is not None:
+            stop.set()
 
     def page_items(items: Iterator[tuple[str, str]]):
         """:meth:`Animator.stream` items -> (player, download) values."""
@@ -557,9 +624,10 @@ def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | Non
             choices = dict(motion_scale=motion_scale, frame=frame, face_index=face_index, device=device,
                            enhance=enhance, enhance_strength=enhance_strength)
             try:
-                yield from page_items(animator.stream(image, audio, keep=video_file.move_resource_to_block_cache,
-                                                      progress=_ProgressBridge(progress), segments=streaming,
-                                                      **choices))
+                with stoppable() as stop:
+                    yield from page_items(animator.stream(image, audio, keep=video_file.move_resource_to_block_cache,
+                                                          progress=_ProgressBridge(progress), segments=streaming,
+                                                          stop=stop, **choices))
             except TalkheadError as exc:
                 animator.log(f"request failed: {exc}")
                 raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
@@ -567,7 +635,7 @@ def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | Non
         inputs = [image, audio, motion, frame, face, device, enhance, strength]
         page = button.click(animate_page, inputs=inputs, outputs=[video, video_file], api_name="animate_page",
                             api_visibility="private", show_progress_on=[video_file], **busy)
-        stop_button.click(None, cancels=[page])
+        stop_button.click(stop_page, None, None, queue=False, cancels=[page])
         gr.on([], animate, inputs=inputs, outputs=video_file, api_name=API_NAME, **busy)
 
         with gr.Tab("Reenact"):
@@ -616,9 +684,10 @@ def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | Non
             choices = dict(relative=relative, find_best_frame=find_best_frame, frame=frame, face_index=face_index,
                            device=device, enhance=enhance, enhance_strength=enhance_strength)
             try:
-                yield from page_items(animator.stream_reenact(
-                    photo, driving_video, keep=r_video_file.move_resource_to_block_cache,
-                    progress=_ProgressBridge(progress), segments=streaming, **choices))
+                with stoppable() as stop:
+                    yield from page_items(animator.stream_reenact(
+                        photo, driving_video, keep=r_video_file.move_resource_to_block_cache,
+                        progress=_ProgressBridge(progress), segments=streaming, stop=stop, **choices))
             except TalkheadError as exc:
                 animator.log(f"request failed: {exc}")
                 raise gr.Error(str(exc), title="talkhead", print_exception=False) from None
@@ -627,7 +696,7 @@ def build_app(animator: Animator, *, title: str = "talkhead", stream: bool | Non
         r_page = r_button.click(reenact_page, inputs=r_inputs, outputs=[r_video, r_video_file],
                                 api_name="reenact_page", api_visibility="private", show_progress_on=[r_video_file],
                                 **busy)
-        r_stop_button.click(None, cancels=[r_page])
+        r_stop_button.click(stop_page, None, None, queue=False, cancels=[r_page])
         gr.on([], reenact, inputs=r_inputs, outputs=r_video_file, api_name=REENACT_API_NAME, **busy)
     return demo
 

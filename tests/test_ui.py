@@ -534,45 +534,6 @@ def _toy_page(tmp_path, monkeypatch, stream: bool):
         demo.close(verbose=False)
 
 
-# Kept the first in-process page of the run: after another Blocks was launched and closed in this process,
-# a Stop on a second in-process server never ended its request (seen after either other page test; alone or
-# first it passes). Not yet explained; suspected: Gradio's /cancel finds tasks through asyncio.all_tasks() of
-# the loop it runs in. A served page (`talkhead ui`, one per process) launches once.
-def test_stop_on_the_page_stops_the_render_and_offers_no_file(gated_page):
-    """Headless Chromium: Stop while the render is held; once let go it stops at its next batch, its
-    request folder goes, and no MP4 is offered."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    from helpers import wait_for
-
-    url, gate, reached, animator, log = gated_page
-    driver = _headless(1280, 900)
-    try:
-        wait = WebDriverWait(driver, 120)
-        driver.get(url)
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
-        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
-        driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
-        wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
-        wait_for(reached.is_set, timeout=120, what="the render reaching the held batch")
-        (request,) = animator.workdir.iterdir()
-        driver.find_element(By.ID, "animate-stop").click()
-        # Gradio closes the request's generator at its next item (the render is held: a "wait")
-        wait_for(lambda: any(line.startswith("request stopped") for line in log), timeout=60,
-                 what="the request ending while its render is held")
-        gate.set()
-        wait_for(lambda: not request.exists(), timeout=120, what="the stopped render's folder going")
-        assert animator._pipeline.renderer.rendered < 120
-        assert not animator._lock.locked()
-        assert not driver.find_elements(By.CSS_SELECTOR, "#result-file a[href*='.mp4']")
-    finally:
-        driver.quit()
-
-
 def test_the_page_plays_the_video_while_it_renders_then_offers_the_mp4(gated_page, tmp_path):
     """Headless Chromium: with the render held after its first 2 s of frames, the result player is
     already playing (Gradio's streaming output, fed each finished segment); the MP4 to download appears
@@ -762,6 +723,41 @@ def test_without_the_streaming_tools_the_page_shows_the_finished_mp4(finished_on
         assert driver.execute_script("return arguments[0].duration", video) == pytest.approx(4.8, abs=0.1)
         wait.until(lambda d: any(".mp4" in (a.get_attribute("href") or "")
                                  for a in d.find_elements(By.CSS_SELECTOR, "#result-file a")))
+    finally:
+        driver.quit()
+
+
+def test_stop_on_the_page_stops_the_render_and_offers_no_file(gated_page):
+    """Headless Chromium: Stop while the render is held; once let go it stops at its next batch, its
+    request folder goes, and no MP4 is offered."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from helpers import wait_for
+
+    url, gate, reached, animator, log = gated_page
+    driver = _headless(1280, 900)
+    try:
+        wait = WebDriverWait(driver, 120)
+        driver.get(url)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
+        driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
+        wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
+        wait_for(reached.is_set, timeout=120, what="the render reaching the held batch")
+        (request,) = animator.workdir.iterdir()
+        driver.find_element(By.ID, "animate-stop").click()
+        # Gradio closes the request's generator at its next item (the render is held: a "wait")
+        wait_for(lambda: any(line.startswith("request stopped") for line in log), timeout=60,
+                 what="the request ending while its render is held")
+        gate.set()
+        wait_for(lambda: not request.exists(), timeout=120, what="the stopped render's folder going")
+        assert animator._pipeline.renderer.rendered < 120
+        assert not animator._lock.locked()
+        assert not driver.find_elements(By.CSS_SELECTOR, "#result-file a[href*='.mp4']")
     finally:
         driver.quit()
 
