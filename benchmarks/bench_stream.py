@@ -89,8 +89,8 @@ def run_one(seconds: float, models_dir: Path, workdir: Path, render_frames: int,
 
     real_windows = SpeechMotion._windows
 
-    def windows(self, run):
-        for w in real_windows(self, run):
+    def windows(self, *args, **kwargs):
+        for w in real_windows(self, *args, **kwargs):
             marks.setdefault("first_window", time.perf_counter())
             yield w
         marks["rollout_end"] = time.perf_counter()
