@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from .constants import FPS, SAMPLE_RATE
-from .errors import AudioError, InputError
+from .errors import InputError
 from .keypoints import Keypoints
 
 RETURN_FRAMES = 5

@@ -22,7 +22,6 @@ starting from the source's own keypoints.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import logging
 import threading
@@ -37,7 +36,7 @@ import torch
 
 from .constants import FPS
 from .devices import resolve_device
-from .errors import InputError, NoFaceError, NonFiniteError, TalkheadError
+from .errors import CheckpointError, InputError, NoFaceError, NonFiniteError, TalkheadError
 from .keypoints import Keypoints, scale_head_motion
 from .options import AnimateOptions
 from .progress import Progress
@@ -240,18 +239,6 @@ class SourceCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
-
-
-def file_digest(path: str | Path) -> Optional[str]:
-    """SHA-256 (hex) of a file's bytes, or ``None`` when it cannot be read (the decoder then says why)."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    except OSError:
-        return None
-    return h.hexdigest()
 
 
 @dataclass
@@ -842,8 +829,11 @@ class Pipeline:
         of its bytes and every option that shapes its :class:`PreparedSource` (frame, max_size, crop,
         face_index, the landmark backend, frame size, device, renderer name, precision). ``None`` when the
         file cannot be read (nothing is cached; the decoder reports the error)."""
-        digest = file_digest(path)
-        if digest is None:
+        from .checkpoints import file_digests
+
+        try:
+            digest = file_digests(path)["sha256"]
+        except CheckpointError:  # unreadable: nothing cached, the decoder reports it
             return None
         o = self.options
         backend = None if o.crop == "none" or self.landmarker is not None else self.landmark_backend()
@@ -1405,5 +1395,5 @@ def animate(image: str | Path, audio: str | Path, output: str | Path, options: A
 
 
 __all__ = ["AnimateOptions", "Result", "AnimateResult", "SourcePhoto", "PreparedSource", "PhotoStages", "SourceCache", "PreparedRun",
-           "RenderedRun", "MotionRun", "MotionSource", "SpeechMotion", "file_digest",
+           "RenderedRun", "MotionRun", "MotionSource", "SpeechMotion",
            "speech_keypoints", "speech_keypoint_windows", "KEYPOINT_WINDOW", "Pipeline", "animate", "held_batches", "resolve_device", "num_video_frames", "host_frames", "TalkheadError"]

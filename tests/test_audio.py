@@ -409,7 +409,7 @@ def test_open_ended_logfbank_stream_matches_within_rounding():
     stats = audio.SignalStats()
     stats.feed(x)
     stream = audio.LogfbankStream(None, stats.mean, stats.peak, chunk_frames=3)
-    rows, pending = [], 0
+    rows = []
     for i in range(0, len(x), 320):
         got = stream.feed(x[i:i + 320])
         rows += got

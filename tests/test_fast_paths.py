@@ -16,7 +16,7 @@ from talkhead.fomm import load_fomm
 from talkhead.fomm.blocks import (Hourglass, ResBlock2d, UpBlock2d, fused_inference, use_fused, winograd_enabled,
                                   winograd_inference)
 from talkhead.fomm import winograd
-from talkhead.fomm.winograd import (F2_2, F2_3, F3_2, F4_3, TRANSFORMS, choose_transform, cpu_kind, kernel_taps,
+from talkhead.fomm.winograd import (F2_3, F3_2, F4_3, TRANSFORMS, choose_transform, cpu_kind, kernel_taps,
                                     winograd_applies, winograd_conv, winograd_weight)
 from talkhead.keypoints import Keypoints
 from talkhead.mssync import load_mssync

@@ -8,9 +8,7 @@ change exactly the layers that read or write a frame.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
 
 import numpy as np
 import pytest

@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 pytest.importorskip("pipecat", reason="pipecat-ai is not installed (the pipecat extra: pip install 'talkhead[pipecat]')")
 

@@ -13,7 +13,7 @@ from talkhead.keypoints import Keypoints, fit_head_motion
 from talkhead.landmarks import Face
 from talkhead.options import AnimateOptions
 from talkhead.pipeline import Pipeline
-from talkhead.restore import FaceRestoreStage, identity_restorer
+from talkhead.restore import identity_restorer
 from toy_renderer import SourceImageRenderer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -259,6 +259,24 @@ def _chromium():
     return browser, driver
 
 
+def _submit_animate(driver, url: str):
+    """Open the page at ``url``, upload the astronaut and the speech, wait for both previews and press
+    Animate; returns the ``WebDriverWait`` (120 s) used."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 120)
+    driver.get(url)
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+    driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
+    driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
+    wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
+    return wait
+
+
 def _headless(width: int = 1280, height: int = 900):
     """A headless Chromium WebDriver with a ``width`` x ``height`` window (skips without one)."""
     from selenium import webdriver
@@ -541,20 +559,11 @@ def test_the_page_plays_the_video_while_it_renders_then_offers_the_mp4(gated_pag
     import urllib.request
 
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     url, gate, reached, _, _ = gated_page
     driver = _headless(1280, 900)
     try:
-        wait = WebDriverWait(driver, 120)
-        driver.get(url)
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
-        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
-        driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
-        wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
+        wait = _submit_animate(driver, url)
         playing = ("const v = document.querySelector('#result video');"
                    "return !!v && v.currentTime > 0 && !v.paused && v.readyState >= 2;")
         wait.until(lambda d: d.execute_script(playing), "the player never played while the render was held")
@@ -703,20 +712,11 @@ def finished_only_page(tmp_path, monkeypatch):
 def test_without_the_streaming_tools_the_page_shows_the_finished_mp4(finished_only_page):
     """Headless Chromium: the player gets the whole MP4 once it is written, and the download box offers it."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     url = finished_only_page[0]
     driver = _headless(1280, 900)
     try:
-        wait = WebDriverWait(driver, 120)
-        driver.get(url)
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
-        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
-        driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
-        wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
+        wait = _submit_animate(driver, url)
         video = wait.until(lambda d: next((v for v in d.find_elements(By.CSS_SELECTOR, "#result video")
                                            if ".mp4" in (v.get_attribute("src") or "")), None))
         wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1 && arguments[0].duration", video))
@@ -731,22 +731,13 @@ def test_stop_on_the_page_stops_the_render_and_offers_no_file(gated_page):
     """Headless Chromium: Stop while the render is held; once let go it stops at its next batch, its
     request folder goes, and no MP4 is offered."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from helpers import wait_for
 
     url, gate, reached, animator, log = gated_page
     driver = _headless(1280, 900)
     try:
-        wait = WebDriverWait(driver, 120)
-        driver.get(url)
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
-        driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(ASTRONAUT))
-        driver.find_element(By.CSS_SELECTOR, "#speech input[type=file]").send_keys(str(SPEECH))
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo img")))
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#speech audio, #speech [data-testid=waveform-controls], #speech button[aria-label*=lay]")))
-        wait.until(ec.element_to_be_clickable((By.ID, "animate-button"))).click()
+        _submit_animate(driver, url)
         wait_for(reached.is_set, timeout=120, what="the render reaching the held batch")
         (request,) = animator.workdir.iterdir()
         driver.find_element(By.ID, "animate-stop").click()
