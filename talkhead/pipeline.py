@@ -158,6 +158,7 @@ class PhotoStages:
 
     @property
     def photo(self) -> SourcePhoto:
+        """The decoded photo, its face and crop."""
         return self.prepared.photo
 
     @property
