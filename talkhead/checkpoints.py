@@ -470,7 +470,7 @@ def _quiet_torch_load():
         yield
 
 
-def _is_zip_format(path: Path) -> bool:
+def is_zip_format(path: Union[str, os.PathLike]) -> bool:
     """Whether ``path`` starts like torch's zip serialization format (a local zip file header)."""
     try:
         with open(path, "rb") as fh:
@@ -521,7 +521,7 @@ def load_checkpoint(path: Union[str, os.PathLike], *, map_location: MapLocation 
         raise CheckpointError(f"checkpoint path is not a file: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
-    mmap = bool(mmap) and _is_zip_format(path)
+    mmap = bool(mmap) and is_zip_format(path)
     try:
         _scan_pickles(path)
     except RefusedGlobal as exc:
@@ -706,7 +706,8 @@ def state_dict_diff(expected: Mapping[str, Any], found: Mapping[str, Any]) -> St
     return StateDictDiff(missing, unexpected, tuple(wrong), len(expected), len(found))
 
 
-def load_state_dict_checked(module: torch.nn.Module, state_dict: Mapping[str, Any], what: str) -> None:
+def load_state_dict_checked(module: torch.nn.Module, state_dict: Mapping[str, Any], what: str, *,
+                            assign: bool = False) -> None:
     """Strictly load ``state_dict`` into ``module`` after checking every key and shape.
 
     Args:
@@ -714,6 +715,9 @@ def load_state_dict_checked(module: torch.nn.Module, state_dict: Mapping[str, An
             included, e.g. BatchNorm ``num_batches_tracked``).
         state_dict: ``{key: tensor}`` from a checkpoint.
         what: a name for messages, e.g. ``"FOMM generator"``.
+        assign: make the checkpoint's tensors the module's (``load_state_dict(assign=True)``: no copy;
+            a module built on the ``meta`` device gets real tensors), each cast to the module's dtype
+            for that key where it differs (a copy for that tensor only).
 
     Raises:
         StateDictMismatchError: ``state_dict`` is not a mapping, or keys/shapes differ (the message
@@ -727,8 +731,12 @@ def load_state_dict_checked(module: torch.nn.Module, state_dict: Mapping[str, An
     diff = state_dict_diff(module.state_dict(), state_dict)
     if diff:
         raise StateDictMismatchError(diff.report(what))
+    if assign:
+        expected = module.state_dict()
+        state_dict = {k: v.to(expected[k].dtype) if torch.is_tensor(v) and v.dtype != expected[k].dtype else v
+                      for k, v in state_dict.items()}
     try:
-        module.load_state_dict(state_dict, strict=True)
+        module.load_state_dict(state_dict, strict=True, assign=assign)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise StateDictMismatchError(f"{what}: load_state_dict failed: {_first_line(exc, 500)}") from exc
 

@@ -600,3 +600,21 @@ class QuietHTTPServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
             return
         super().handle_error(request, client_address)
+
+
+def resident_fraction(tensor) -> float:
+    """Share of the whole memory pages inside ``tensor``'s storage that are present in this process's page
+    tables (``/proc/self/pagemap`` bit 63; Linux only): 1.0 once read, ~0 after they were paged out."""
+    import mmap as _mmap
+    import struct
+
+    page = _mmap.PAGESIZE
+    storage = tensor.untyped_storage()
+    first = -(-storage.data_ptr() // page)
+    end = (storage.data_ptr() + storage.nbytes()) // page
+    if end <= first:
+        raise ValueError("the storage holds no whole page")
+    with open("/proc/self/pagemap", "rb") as fh:
+        fh.seek(first * 8)
+        entries = struct.unpack(f"{end - first}Q", fh.read((end - first) * 8))
+    return sum(e >> 63 for e in entries) / (end - first)

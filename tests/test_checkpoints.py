@@ -277,6 +277,18 @@ def test_load_state_dict_checked_ok():
         assert torch.equal(dst.state_dict()[k], v)
 
 
+def test_load_state_dict_checked_assign_takes_the_tensors_in_the_module_dtype():
+    src = _net()
+    state = {k: (v.double() if k == "0.weight" else v) for k, v in src.state_dict().items()}
+    with torch.device("meta"):
+        dst = _net()
+    load_state_dict_checked(dst, state, "toy", assign=True)
+    assert dst[0].weight.dtype == torch.float32 and not dst[0].weight.is_meta
+    assert torch.equal(dst[0].weight, src[0].weight)
+    assert dst[1].running_var.data_ptr() == state["1.running_var"].data_ptr()  # taken, not copied
+    assert dst[1].num_batches_tracked.dtype == torch.int64
+
+
 def test_mismatch_report_is_readable():
     model = _net()
     sd = dict(model.state_dict())

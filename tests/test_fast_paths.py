@@ -7,10 +7,15 @@ on inputs where the two differ only by float rounding, and check that the caches
 """
 from __future__ import annotations
 
+import mmap
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
 
+from helpers import resident_fraction
 from talkhead.devices import default_batch_size
 from talkhead.fomm import load_fomm
 from talkhead.fomm.blocks import (Hourglass, ResBlock2d, UpBlock2d, fused_inference, use_fused, winograd_enabled,
@@ -438,3 +443,85 @@ def test_winograd_is_left_to_the_direct_convs_under_autocast():
     with torch.inference_mode():
         block(x)
     assert "_fused_winograd" in block.conv1.__dict__
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_PAGEOUT) is Linux's")
+
+
+@linux_only
+def test_page_out_drops_mapped_pages_and_keeps_values(tmp_path):
+    from talkhead.memory import page_out
+
+    _saved({"w": torch.randn(1 << 20)}, tmp_path / "w.pt")  # 4 MiB
+    w = torch.load(tmp_path / "w.pt", mmap=True, weights_only=True)["w"]
+    total = float(w.double().sum())  # reads every page
+    assert resident_fraction(w) == 1.0
+    advised = page_out([w, w[10:]])  # a view of the same storage counts once
+    if advised == 0:
+        pytest.skip("this kernel has no MADV_PAGEOUT")
+    assert advised >= (1 << 22) - 2 * mmap.PAGESIZE and resident_fraction(w) < 0.05
+    assert float(w.double().sum()) == total  # read back from the file, unchanged
+    assert resident_fraction(w) == 1.0
+
+
+def _saved(obj, path):
+    """``torch.save`` and flush to disk: the kernel reclaims a file's pages at once only when they are clean
+    (a downloaded checkpoint's are long before it is used)."""
+    torch.save(obj, path)
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _medium_fomm_files(tmp_path, fomm_tiny_files):
+    """A FOMM config + zip checkpoint whose convolutions span many pages (256-channel 3x3 bottleneck)."""
+    from talkhead.fomm import FOMM, FOMMConfig
+
+    text = fomm_tiny_files[0].read_text()
+    for section, end in (("kp_detector_params:", "generator_params:"), ("generator_params:", "dense_motion_params:")):
+        part = text.split(section)[1].split(end)[0]
+        text = text.replace(part, part.replace("block_expansion: 8", "block_expansion: 64")
+                            .replace("max_features: 16", "max_features: 256"))
+    config_path = tmp_path / "medium.yaml"
+    config_path.write_text(text)
+    torch.manual_seed(0)
+    model = FOMM.from_config(FOMMConfig.from_yaml(config_path))
+    _saved({"generator": model.generator.state_dict(), "kp_detector": model.kp_detector.state_dict()},
+           tmp_path / "medium-cpk.pth.tar")
+    return config_path, tmp_path / "medium-cpk.pth.tar"
+
+
+@linux_only
+def test_mapped_fomm_weights_are_held_once_and_render_the_same(tmp_path, fomm_tiny_files, fomm_parity, monkeypatch):
+    import talkhead.fomm.model as fomm_model
+
+    files = _medium_fomm_files(tmp_path, fomm_tiny_files)
+    mapped = load_fomm(*files)
+    bottleneck = mapped.generator.bottleneck[0].conv1.weight  # (256, 256, 3, 3): 2.25 MiB
+    probe = float(bottleneck.double().sum())
+    from talkhead.memory import page_out
+    if page_out([bottleneck]) == 0:
+        pytest.skip("this kernel has no MADV_PAGEOUT")
+    monkeypatch.setattr(fomm_model.sys, "platform", "other")  # the copying loader (as on macOS / Windows)
+    copied = load_fomm(*files)
+    monkeypatch.undo()
+    up = mapped.generator.up_blocks[0].conv.weight
+    assert resident_fraction(bottleneck) < 0.05 and resident_fraction(up) < 0.05  # not read after the load check
+    source = torch.tensor(fomm_parity["source"][None]).permute(0, 3, 1, 2)
+    frames = {}
+    for name, model in (("mapped", mapped), ("copied", copied)):
+        kp_source = model.detect(source)
+        g = torch.Generator().manual_seed(0)
+        kp_driving = Keypoints(kp_source.value + 0.1 * torch.randn(2, 10, 2, generator=g),
+                               kp_source.jacobian + 0.1 * torch.randn(2, 10, 2, 2, generator=g))
+        encoding = model.encode_source(source, kp_source)
+        frames[name] = [model.render(encoding, kp_driving[i:i + 1]) for i in range(2)]
+        if name == "mapped":  # every weight a packed / transformed copy replaced was paged out as it was built
+            assert resident_fraction(up) < 0.05 and resident_fraction(bottleneck) < 0.05
+            assert resident_fraction(model.kp_detector.predictor.encoder.down_blocks[-1].conv.weight) < 0.05
+        with fused_inference(False):
+            frames[name].append(model.render(encoding, kp_driving[:1]))  # the plain path reads the weights
+    # ... and read back unchanged where the plain path needs them: the same frames as copied weights
+    for a, b in zip(frames["mapped"], frames["copied"]):
+        assert torch.equal(a, b)
+    assert float(bottleneck.double().sum()) == probe
+    assert resident_fraction(copied.generator.bottleneck[0].conv1.weight) == 1.0  # copies stay in memory

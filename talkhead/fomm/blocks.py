@@ -24,7 +24,10 @@ holds the fused path to the reference tolerances, ``tests/test_fast_paths.py`` t
 1e-5; the measured full-size difference: ``benchmarks/README.md``, "FOMM rendering"). The derived
 weights are cached on the module (on CPU only the oneDNN-packed copy, not the folded weight it was made
 from: one extra copy of the weights, not two) and rebuilt when a parameter or running statistic changes
-(in-place updates included).
+(in-place updates included). When the weights are memory-mapped from the checkpoint file
+(:func:`mark_weights_mapped`, what :func:`talkhead.fomm.load_fomm` does on Linux), the pages a derived copy
+replaces are dropped from the resident set as it is built (:func:`talkhead.memory.page_out`): the weights are
+then held in memory once, as their packed or transformed copies, not twice.
 
 On CPU in float32 the 3x3 convolutions (the generator's bottleneck: 12 of them at 256 channels and 64x64,
 most of a frame's multiply-adds; the dense-motion hourglass at 16x16 and above) and the sub-pixel 2x2
@@ -43,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..memory import page_out
 from .winograd import (WinogradTransform, choose_transform, kernel_taps, tap_gemm_conv, use_tap_gemm, winograd_applies,
                        winograd_conv, winograd_weight)
 
@@ -164,6 +168,29 @@ def clear_fused_cache(module: nn.Module) -> None:
             del m.__dict__[name]
 
 
+MAPPED_WEIGHTS = "_mapped_weights"
+"""Attribute :func:`mark_weights_mapped` sets on a module whose parameters are views of a mapped checkpoint file."""
+
+
+def mark_weights_mapped(module: nn.Module, mapped: bool = True) -> None:
+    """Record that the parameters of ``module`` and its children are memory-mapped from a checkpoint file
+    (``torch.load(mmap=True)`` + ``load_state_dict(assign=True)``): once a convolution's derived weights exist
+    (packed, Winograd-transformed or tap-ordered copies), the pages of the tensors they were built from are
+    paged out (:func:`talkhead.memory.page_out`; read back from the file if ever needed again, e.g. for
+    another input shape or the plain path). Only for file-backed weights: anonymous memory would go to swap."""
+    for m in module.modules():
+        m.__dict__[MAPPED_WEIGHTS] = bool(mapped)
+
+
+def _release_sources(conv: nn.Module, sources: Sequence[Optional[torch.Tensor]], kept: Sequence[Optional[torch.Tensor]]) -> None:
+    """Page out the ``sources`` a derived state of ``conv`` was built from (all but those it keeps using), if
+    ``conv``'s weights are mapped (:func:`mark_weights_mapped`)."""
+    if not conv.__dict__.get(MAPPED_WEIGHTS):
+        return
+    keep = {t.untyped_storage().data_ptr() for t in kept if t is not None}
+    page_out([t for t in sources if t is not None and t.untyped_storage().data_ptr() not in keep])
+
+
 def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode batch norm as a per-channel affine map: ``bn(x) = x * scale + shift``, each ``(C,)``."""
     scale = torch.rsqrt(bn.running_var + bn.eps)
@@ -277,6 +304,7 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[Opti
                         conv.groups, list(shape))
                 state.shape, state.weight = shape, None
                 del weight
+                _release_sources(conv, sources, [state.bias])
             return torch.ops.mkldnn._convolution_pointwise(
                 x.contiguous(memory_format=CHANNELS_LAST), state.packed, state.bias, padding, list(conv.stride),
                 list(conv.dilation), conv.groups, "relu" if relu else "none", [], "")
@@ -336,6 +364,8 @@ def winograd_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[
         weight, bias = _built(build)
         with torch.inference_mode(False), torch.no_grad():
             kept = winograd_weight(weight, transform) if transform.keep_transformed else kernel_taps(weight)
+        del weight
+        _release_sources(conv, sources, [bias])
         return _WinogradState(key, transform, kept, bias)
 
     state = conv.__dict__.get(cache)

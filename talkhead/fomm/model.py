@@ -7,6 +7,7 @@ layout: top-level ``generator``, ``discriminator``, ``kp_detector``, ``optimizer
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,12 @@ from typing import Optional
 
 import torch
 
-from ..checkpoints import load_checkpoint, load_state_dict_checked, require_finite
+from ..checkpoints import is_zip_format, load_checkpoint, load_state_dict_checked, require_finite
 from ..errors import CheckpointError
 from ..keypoints import Keypoints
-from ..memory import separate_large_allocations
+from ..memory import page_out, separate_large_allocations
 from ..rendering import KeypointRenderer, SourceEncoding
-from .blocks import clear_fused_cache
+from .blocks import clear_fused_cache, mark_weights_mapped
 from .config import FOMMConfig
 from .generator import OcclusionAwareGenerator
 from .keypoint_detector import KPDetector
@@ -247,7 +248,13 @@ def load_fomm(config_path: str | Path, checkpoint_path: str | Path, *, device: t
         StateDictMismatchError: weights that do not fit the config.
     """
     config = FOMMConfig.from_yaml(config_path)
-    checkpoint = load_checkpoint(checkpoint_path, mmap=True)  # copied into the modules, then dropped
+    # On Linux the modules are built on the meta device and take the checkpoint's (memory-mapped) tensors
+    # as theirs: nothing is initialised or copied, and the pages each derived (packed) weight replaces are
+    # dropped from the resident set as it is built (blocks.mark_weights_mapped). Elsewhere a mapped file
+    # would stay open (locked on Windows) for the model's life: the weights are copied and the file closed.
+    assign = sys.platform.startswith("linux")
+    mapped = assign and is_zip_format(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path, mmap=True)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{checkpoint_path}: a FOMM checkpoint must be a dict, not {type(checkpoint).__name__}")
     missing = [k for k in ("generator", "kp_detector") if not isinstance(checkpoint.get(k), Mapping)]
@@ -257,9 +264,16 @@ def load_fomm(config_path: str | Path, checkpoint_path: str | Path, *, device: t
                               f"{', '.join(missing)} (top-level keys: {present})")
     for entry in ("kp_detector", "generator"):
         require_finite(checkpoint[entry], checkpoint_path, entry)
-    kp_detector = config.build_kp_detector()
-    generator = config.build_generator(align_corners)
-    load_state_dict_checked(kp_detector, checkpoint["kp_detector"], "FOMM kp_detector")
-    load_state_dict_checked(generator, checkpoint["generator"], "FOMM generator")
+    with torch.device("meta") if assign else contextlib.nullcontext():
+        kp_detector = config.build_kp_detector()
+        generator = config.build_generator(align_corners)
+    load_state_dict_checked(kp_detector, checkpoint["kp_detector"], "FOMM kp_detector", assign=assign)
+    load_state_dict_checked(generator, checkpoint["generator"], "FOMM generator", assign=assign)
     del checkpoint
-    return FOMM(kp_detector, generator, config, align_corners=align_corners, device=device)
+    fomm = FOMM(kp_detector, generator, config, align_corners=align_corners, device=device)
+    if mapped and fomm.device.type == "cpu":
+        mark_weights_mapped(fomm.kp_detector)
+        mark_weights_mapped(fomm.generator)
+        # the finiteness check read every page: none is needed before the first detect / frame
+        page_out([*fomm.kp_detector.state_dict().values(), *fomm.generator.state_dict().values()])
+    return fomm
