@@ -20,7 +20,9 @@ the released model: 10 x 6, so a frame is 60 numbers):
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from pathlib import Path
 from typing import MutableMapping
 
@@ -350,12 +352,18 @@ def load_mssync(model_dir: str | Path, *, device: str | torch.device = "cpu") ->
         if not path.is_file():
             raise CheckpointError(f"MS-Sync model directory {model_dir} lacks {path.name!r} (expected {path})")
     config = MSSyncConfig.from_args_file(args_path)
-    checkpoint = load_checkpoint(ckpt_path, mmap=True)  # copied into the model, then dropped
+    checkpoint = load_checkpoint(ckpt_path, mmap=True)
     if not isinstance(checkpoint, dict) or "checkpoints" not in checkpoint:
         keys = list(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{ckpt_path}: expected a dict with a 'checkpoints' entry (the generator "
                               f"state dict), found {keys}")
     require_finite(checkpoint["checkpoints"], ckpt_path, "checkpoints")
-    model = MSSyncGenerator(config)
-    load_state_dict_checked(model, checkpoint["checkpoints"], f"MS-Sync generator ({ckpt_path}['checkpoints'])")
+    # On Linux the model is built on the meta device and takes the checkpoint's (memory-mapped) tensors: no
+    # random initialisation, no copy. Elsewhere a mapped file would stay open (locked on Windows) for the
+    # model's life: the weights are copied into a model built normally and the file is closed.
+    assign = sys.platform.startswith("linux")
+    with torch.device("meta") if assign else contextlib.nullcontext():
+        model = MSSyncGenerator(config)
+    load_state_dict_checked(model, checkpoint["checkpoints"], f"MS-Sync generator ({ckpt_path}['checkpoints'])",
+                            assign=assign)
     return model.to(device).eval()
