@@ -349,6 +349,15 @@ def test_require_finite_names_file_and_tensor(weights, bad):
     assert msg.startswith("/models/x.pt: generator tensor '1.running_var' (4,) holds 1 non-finite value")
 
 
+def test_require_finite_accepts_finite_values_whose_sum_overflows():
+    huge = torch.full((4,), 3e38)  # finite, but their float32 sum is inf: the exact pass decides
+    assert not torch.isfinite(huge.sum())
+    require_finite({"w": huge, "v": huge.view(2, 2).t()}, "ok.pt", "generator")
+    huge[3] = float("nan")
+    with pytest.raises(CheckpointError, match="'w' \\(4,\\) holds 1 non-finite value"):
+        require_finite({"w": huge}, "x.pt", "generator")
+
+
 # ------------------------------------------------------------------------------------------------
 # memory-mapped loading
 # ------------------------------------------------------------------------------------------------
