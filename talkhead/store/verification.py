@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -157,8 +158,13 @@ def verify(models_dir: str | os.PathLike | None = None, names: str | Iterable[st
     specs = specs_for(names, root)
     manifest, problem = manifest_problem(root)
     refreshed: dict[str, dict] = {}
-    states = {f.relpath: _file_state(root, f, manifest, problem, hash_check, pins_of(f, pins), refreshed)
-              for spec in specs for f in spec.files}
+    files = [f for spec in specs for f in spec.files]
+    # the files are hashed side by side (hashlib releases the GIL): FOMM's and MS-Sync's checkpoints in
+    # about the time of the larger one (measured: benchmarks/README.md, "Start and exit")
+    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
+        found = list(pool.map(lambda f: _file_state(root, f, manifest, problem, hash_check, pins_of(f, pins),
+                                                    refreshed), files))
+    states = {f.relpath: state for f, state in zip(files, found)}
     if refreshed:
         with contextlib.suppress(CheckpointError):
             write_manifest(root, refreshed)
