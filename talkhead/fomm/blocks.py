@@ -331,6 +331,7 @@ class _WinogradState:
 def winograd_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[Optional[torch.Tensor]], *,
                      kernel: Optional[int] = None, out_channels: Optional[int] = None,
                      padding: Optional[int] = None, relu: bool = False, residual: Optional[torch.Tensor] = None,
+                     pre: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
                      cache: str = "_fused_winograd") -> Optional[torch.Tensor]:
     """``relu?(conv'(x) + residual)`` by a Winograd convolution (:func:`talkhead.fomm.winograd.winograd_conv`),
     where ``conv'`` has the weights ``build()`` returns, or ``None`` where none applies (switched off, no
@@ -346,6 +347,8 @@ def winograd_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[
         kernel, out_channels, padding: ``k``, ``Cout'`` and the padding of the built convolution (default:
             ``conv``'s); known before building so that a convolution left to the direct path builds nothing.
         residual: ``(B, Cout', Ho, Wo)`` added before the ReLU.
+        pre: ``(scale, shift)`` ``(Cin,)`` each: ``conv'`` is applied to ``relu(x * scale + shift)``
+            (:func:`talkhead.fomm.winograd.winograd_conv`); with ``None`` returned the caller applies it itself.
 
     Returns:
         ``(B, Cout', Ho, Wo)`` channels_last, or ``None``.
@@ -372,7 +375,7 @@ def winograd_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[
     if state is not None and state.transform is not transform:  # another shape chose another transform
         del conv.__dict__[cache]
     state = _cached_state(conv, cache, sources, make)
-    return winograd_conv(x, state.weight, state.bias, transform, padding=pad, relu=relu, residual=residual)
+    return winograd_conv(x, state.weight, state.bias, transform, padding=pad, relu=relu, residual=residual, pre=pre)
 
 
 def fused_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: torch.Tensor, relu: bool = False) -> torch.Tensor:
@@ -457,11 +460,16 @@ class ResBlock2d(nn.Module):
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
         # norm1 acts on the residual stream (which is also added back), so it stays a batch norm;
         # norm2 directly follows conv1 and is folded into it.
-        h = F.batch_norm(x, self.norm1.running_mean, self.norm1.running_var, self.norm1.weight, self.norm1.bias,
-                         False, 0.0, self.norm1.eps).relu_()
         conv1, conv2, norm2 = self.conv1, self.conv2, self.norm2
-        y = winograd_forward(conv1, h, lambda: folded_weights(conv1, norm2), conv_bn_sources(conv1, norm2), relu=True)
-        h = fused_conv_bn(conv1, norm2, h, relu=True) if y is None else y
+        # relu(norm1(x)) is written straight into conv1's padded input where Winograd runs
+        y = winograd_forward(conv1, x, lambda: folded_weights(conv1, norm2), conv_bn_sources(conv1, norm2), relu=True,
+                             pre=bn_scale_shift(self.norm1))
+        if y is None:
+            h = F.batch_norm(x, self.norm1.running_mean, self.norm1.running_var, self.norm1.weight, self.norm1.bias,
+                             False, 0.0, self.norm1.eps).relu_()
+            y = winograd_forward(conv1, h, lambda: folded_weights(conv1, norm2), conv_bn_sources(conv1, norm2), relu=True)
+            y = fused_conv_bn(conv1, norm2, h, relu=True) if y is None else y
+        h = y
         y = winograd_forward(conv2, h, lambda: folded_weights(conv2, None), conv_bn_sources(conv2, None), residual=x)
         return fused_conv(conv2, h).add_(x) if y is None else y
 

@@ -228,6 +228,7 @@ def release_workspace() -> None:
 
 def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transform: WinogradTransform = F2_3, *,
                   padding: int = 1, relu: bool = False, residual: Optional[torch.Tensor] = None,
+                  pre: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
                   tiles_per_step: int = TILES_PER_STEP) -> torch.Tensor:
     """``conv(x, padding) + bias`` (then ``+ residual``, then ReLU if ``relu``) by Winograd ``transform``.
 
@@ -239,6 +240,9 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
         transform: the algorithm, F(m, r) (kernel side ``r``).
         padding: zeros on each side; the output is ``(Ho, Wo) = (H + 2 padding - r + 1, W + 2 padding - r + 1)``.
         residual: optional ``(B, Cout, Ho, Wo)`` added to the result (before the ReLU).
+        pre: optional per-input-channel ``(scale, shift)``, each ``(Cin,)``: the convolution is applied to
+            ``relu(x * scale + shift)`` (an eval-mode batch norm and ReLU before it, e.g. a pre-activation
+            residual block's), computed while the padded input is written instead of as a separate tensor.
         tiles_per_step: output tiles transformed and multiplied at a time (whole tile rows; at least one
             row): see :data:`TILES_PER_STEP`.
 
@@ -256,7 +260,12 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
     pad[:, padding + h:].zero_()
     pad[:, padding:padding + h, :padding].zero_()
     pad[:, padding:padding + h, padding + w:].zero_()
-    pad[:, padding:padding + h, padding:padding + w].copy_(x.permute(0, 2, 3, 1))
+    interior = pad[:, padding:padding + h, padding:padding + w]
+    if pre is None:
+        interior.copy_(x.permute(0, 2, 3, 1))
+    else:
+        torch.addcmul(pre[1], x.permute(0, 2, 3, 1), pre[0], out=interior).relu_()
+    del interior
     out = x.new_empty(bsz, th * m, tw * m, cout)  # (B, H, W, Cout): channels_last storage of (B, Cout, H, W)
     kb, ka = transform.input_matrix(x.dtype), transform.output_matrix(x.dtype)
     step = max(1, min(th, int(tiles_per_step) // max(1, bsz * tw)))
