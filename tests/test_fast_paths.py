@@ -525,3 +525,32 @@ def test_mapped_fomm_weights_are_held_once_and_render_the_same(tmp_path, fomm_ti
         assert torch.equal(a, b)
     assert float(bottleneck.double().sum()) == probe
     assert resident_fraction(copied.generator.bottleneck[0].conv1.weight) == 1.0  # copies stay in memory
+
+
+def test_winograd_output_in_a_zero_border_feeds_the_next_conv_without_a_copy():
+    from talkhead.fomm.winograd import _PADDED
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 32, 32, generator=g)
+    w1, w2 = torch.randn(16, 16, 3, 3, generator=g) / 12, torch.randn(16, 16, 3, 3, generator=g) / 12
+    b = torch.randn(16, generator=g)
+    scale, shift = torch.rand(16, generator=g) + 0.5, torch.randn(16, generator=g)
+    torch.full((1, 34, 34, 16), float("nan"))  # freed: the buffer below may reuse this memory
+    y = winograd_conv(x, kernel_taps(w1), b, F4_3, relu=True, pre=(scale, shift), out_padding=1)
+    buffer, padding = getattr(y, _PADDED)
+    assert padding == 1 and buffer.shape == (1, 34, 34, 16)
+    framed = buffer.permute(0, 3, 1, 2)
+    assert torch.equal(framed[:, :, 1:-1, 1:-1], y)
+    border = framed.clone()
+    border[:, :, 1:-1, 1:-1] = 0
+    assert not border.any()  # zeros all round
+    want1 = torch.nn.functional.conv2d(torch.relu(x * scale[:, None, None] + shift[:, None, None]), w1, b, padding=1).relu()
+    torch.testing.assert_close(y, want1, rtol=0, atol=1e-5)
+    z = winograd_conv(y, kernel_taps(w2), b, F4_3, residual=x)
+    torch.testing.assert_close(z, torch.nn.functional.conv2d(want1, w2, b, padding=1) + x, rtol=0, atol=1e-5)
+    assert torch.equal(z, winograd_conv(y.contiguous(), kernel_taps(w2), b, F4_3, residual=x))  # same as copied
+    act = torch.relu(want1 * scale[:, None, None] + shift[:, None, None])  # with a pre-activation: not reused
+    torch.testing.assert_close(winograd_conv(y, kernel_taps(w2), b, F4_3, pre=(scale, shift)),
+                               torch.nn.functional.conv2d(act, w2, b, padding=1), rtol=0, atol=1e-5)
+    framed[:, :, 0, 0] = float("nan")  # the next conv reads the buffer itself (its corner is in the first tile)
+    assert torch.isnan(winograd_conv(y, kernel_taps(w2), b, F4_3)[:, :, 0, 0]).all()

@@ -331,7 +331,7 @@ class _WinogradState:
 def winograd_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[Optional[torch.Tensor]], *,
                      kernel: Optional[int] = None, out_channels: Optional[int] = None,
                      padding: Optional[int] = None, relu: bool = False, residual: Optional[torch.Tensor] = None,
-                     pre: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                     pre: Optional[tuple[torch.Tensor, torch.Tensor]] = None, out_padding: int = 0,
                      cache: str = "_fused_winograd") -> Optional[torch.Tensor]:
     """``relu?(conv'(x) + residual)`` by a Winograd convolution (:func:`talkhead.fomm.winograd.winograd_conv`),
     where ``conv'`` has the weights ``build()`` returns, or ``None`` where none applies (switched off, no
@@ -349,6 +349,8 @@ def winograd_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[
         residual: ``(B, Cout', Ho, Wo)`` added before the ReLU.
         pre: ``(scale, shift)`` ``(Cin,)`` each: ``conv'`` is applied to ``relu(x * scale + shift)``
             (:func:`talkhead.fomm.winograd.winograd_conv`); with ``None`` returned the caller applies it itself.
+        out_padding: the result is the interior of a zero-bordered buffer that the next Winograd convolution
+            with this padding takes as its padded input (:func:`talkhead.fomm.winograd.winograd_conv`).
 
     Returns:
         ``(B, Cout', Ho, Wo)`` channels_last, or ``None``.
@@ -375,7 +377,8 @@ def winograd_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[
     if state is not None and state.transform is not transform:  # another shape chose another transform
         del conv.__dict__[cache]
     state = _cached_state(conv, cache, sources, make)
-    return winograd_conv(x, state.weight, state.bias, transform, padding=pad, relu=relu, residual=residual, pre=pre)
+    return winograd_conv(x, state.weight, state.bias, transform, padding=pad, relu=relu, residual=residual, pre=pre,
+                         out_padding=out_padding)
 
 
 def fused_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: torch.Tensor, relu: bool = False) -> torch.Tensor:
@@ -458,12 +461,12 @@ class ResBlock2d(nn.Module):
         return h + x
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        # norm1 acts on the residual stream (which is also added back), so it stays a batch norm;
-        # norm2 directly follows conv1 and is folded into it.
+        # norm1 acts on the residual stream (which is also added back), so it is applied, not folded: as the
+        # Winograd conv1 writes its padded input (relu(x * scale + shift)); conv1 writes its output into
+        # conv2's padded input. norm2 directly follows conv1 and is folded into it.
         conv1, conv2, norm2 = self.conv1, self.conv2, self.norm2
-        # relu(norm1(x)) is written straight into conv1's padded input where Winograd runs
         y = winograd_forward(conv1, x, lambda: folded_weights(conv1, norm2), conv_bn_sources(conv1, norm2), relu=True,
-                             pre=bn_scale_shift(self.norm1))
+                             pre=bn_scale_shift(self.norm1), out_padding=int(conv2.padding[0]))
         if y is None:
             h = F.batch_norm(x, self.norm1.running_mean, self.norm1.running_var, self.norm1.weight, self.norm1.bias,
                              False, 0.0, self.norm1.eps).relu_()

@@ -228,7 +228,7 @@ def release_workspace() -> None:
 
 def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transform: WinogradTransform = F2_3, *,
                   padding: int = 1, relu: bool = False, residual: Optional[torch.Tensor] = None,
-                  pre: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                  pre: Optional[tuple[torch.Tensor, torch.Tensor]] = None, out_padding: int = 0,
                   tiles_per_step: int = TILES_PER_STEP) -> torch.Tensor:
     """``conv(x, padding) + bias`` (then ``+ residual``, then ReLU if ``relu``) by Winograd ``transform``.
 
@@ -243,6 +243,10 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
         pre: optional per-input-channel ``(scale, shift)``, each ``(Cin,)``: the convolution is applied to
             ``relu(x * scale + shift)`` (an eval-mode batch norm and ReLU before it, e.g. a pre-activation
             residual block's), computed while the padded input is written instead of as a separate tensor.
+        out_padding: write the output into the interior of a buffer with this many zeros on each side (when
+            the tiles cover the output exactly; otherwise ignored), so that a following ``winograd_conv`` with
+            that ``padding`` and no ``pre`` reads the buffer as its padded input instead of copying ``x`` into
+            one (a residual block's conv1 -> conv2). The returned tensor is the interior (a strided view).
         tiles_per_step: output tiles transformed and multiplied at a time (whole tile rows; at least one
             row): see :data:`TILES_PER_STEP`.
 
@@ -255,18 +259,23 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
     ho, wo = h + 2 * padding - r + 1, w + 2 * padding - r + 1
     th, tw = -(-ho // m), -(-wo // m)
     hp, wp = th * m + r - 1, tw * m + r - 1  # padded input: every tile complete (extra zeros past the end)
-    pad = x.new_empty(bsz, hp, wp, cin)
-    pad[:, :padding].zero_()
-    pad[:, padding + h:].zero_()
-    pad[:, padding:padding + h, :padding].zero_()
-    pad[:, padding:padding + h, padding + w:].zero_()
-    interior = pad[:, padding:padding + h, padding:padding + w]
-    if pre is None:
-        interior.copy_(x.permute(0, 2, 3, 1))
+    made = getattr(x, _PADDED, None)  # x is the interior of a zero-bordered buffer (a previous out_padding)
+    if pre is None and made is not None and made[1] == padding and tuple(made[0].shape) == (bsz, hp, wp, cin):
+        pad = made[0]
     else:
-        torch.addcmul(pre[1], x.permute(0, 2, 3, 1), pre[0], out=interior).relu_()
-    del interior
-    out = x.new_empty(bsz, th * m, tw * m, cout)  # (B, H, W, Cout): channels_last storage of (B, Cout, H, W)
+        pad = _zero_bordered(x, (bsz, hp, wp, cin), padding, h, w)
+        interior = pad[:, padding:padding + h, padding:padding + w]
+        if pre is None:
+            interior.copy_(x.permute(0, 2, 3, 1))
+        else:
+            torch.addcmul(pre[1], x.permute(0, 2, 3, 1), pre[0], out=interior).relu_()
+        del interior
+    q = out_padding if out_padding > 0 and th * m == ho and tw * m == wo else 0
+    if q:  # (B, H, W, Cout) inside a zero border: channels_last storage of (B, Cout, H, W), strided
+        framed = _zero_bordered(x, (bsz, ho + 2 * q, wo + 2 * q, cout), q, ho, wo)
+        out = framed[:, q:q + ho, q:q + wo]
+    else:
+        out = x.new_empty(bsz, th * m, tw * m, cout)  # (B, H, W, Cout): channels_last storage of (B, Cout, H, W)
     kb, ka = transform.input_matrix(x.dtype), transform.output_matrix(x.dtype)
     step = max(1, min(th, int(tiles_per_step) // max(1, bsz * tw)))
     n_max = bsz * step * tw
@@ -307,7 +316,27 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
     if th * m != ho or tw * m != wo:
         out = out[:, :ho, :wo].contiguous()
     out = out.permute(0, 3, 1, 2)
-    return out.relu_() if relu else out
+    if relu:
+        out.relu_()
+    if q:
+        setattr(out, _PADDED, (framed, q))
+    return out
+
+
+_PADDED = "_winograd_padded"
+"""Attribute of a :func:`winograd_conv` output made with ``out_padding``: ``(buffer, padding)``, the
+zero-bordered ``(B, H + 2 p, W + 2 p, C)`` buffer it is the interior of."""
+
+
+def _zero_bordered(x: torch.Tensor, shape: tuple, padding: int, h: int, w: int) -> torch.Tensor:
+    """An uninitialised ``shape`` = ``(B, Hp, Wp, C)`` tensor (``x``'s dtype and device) whose cells outside
+    ``[padding, padding + h) x [padding, padding + w)`` are zero."""
+    buf = x.new_empty(shape)
+    buf[:, :padding].zero_()
+    buf[:, padding + h:].zero_()
+    buf[:, padding:padding + h, :padding].zero_()
+    buf[:, padding:padding + h, padding + w:].zero_()
+    return buf
 
 
 def cpu_kind(capability: Optional[str] = None) -> str:
