@@ -47,11 +47,12 @@ def resolve_device(name: str, *, cuda_index: int | None = None, allow_mps: bool 
 def default_batch_size(device: torch.device | str) -> int:
     """Frames rendered per FOMM call for ``--batch-size auto`` on ``device``.
 
-    - CPU: 1. A CPU convolution is already compute bound at batch 1 (two threads keep the cores busy
-      on a 64x64x256 feature map), so larger batches buy no throughput; they only multiply the size
-      of every large temporary (a 256x256x64 float map is 16 MiB per frame), which costs page faults
-      and peak memory (batch 8 measured slower than batch 1 and larger: ``benchmarks/README.md``,
-      "FOMM rendering: options and engines").
+    - CPU: 2. The convolutions are compute bound already at batch 1, but a pair of frames halves the
+      per-call costs around them (the deep hourglass levels' weight reads, the small ops): 1.07x per
+      frame in one process, 1.035x for a whole ``animate``, for +65-80 MiB of peak RSS; batch 4 was no
+      faster than 2 for +200 MiB, batch 8 slower than 1 (``benchmarks/README.md``, "Batch size on CPU").
+      Frames are bit-identical at any batch size (the packed weights serve every batch size:
+      :func:`talkhead.fomm.blocks.conv_forward`).
     - CUDA: 8. One 256x256 frame does not fill a GPU (kernel launch overhead dominates at batch 1);
       8 frames amortise it while the activations stay well under 1 GiB, which fits any CUDA card
       that can hold the ~230 MiB of FOMM weights (an estimate: not measured on a GPU).
@@ -65,7 +66,7 @@ def default_batch_size(device: torch.device | str) -> int:
     """
     kind = torch.device(device).type
     if kind == "cpu":
-        return 1
+        return 2
     if kind == "cuda":
         return 8
     return 4

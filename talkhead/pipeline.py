@@ -705,7 +705,7 @@ class Pipeline:
     @property
     def batch_size(self) -> int:
         """Frames per render pass: ``options.batch_size``, or for ``auto`` the device's
-        :func:`talkhead.devices.default_batch_size` (1 on CPU, 8 on CUDA)."""
+        :func:`talkhead.devices.default_batch_size` (2 on CPU, 8 on CUDA)."""
         from .devices import default_batch_size
 
         return self.options.batch_size or default_batch_size(self.device)

@@ -370,8 +370,8 @@ def test_chunked_audio_encoder_default_and_bad_chunk(audio_encoder):
 
 # --- --batch-size auto --------------------------------------------------------------------------------
 def test_default_batch_size_per_device():
-    assert default_batch_size("cpu") == 1
-    assert default_batch_size(torch.device("cpu")) == 1
+    assert default_batch_size("cpu") == 2
+    assert default_batch_size(torch.device("cpu")) == 2
     assert default_batch_size("cuda:1") == 8  # torch.device needs no GPU to be present
     assert default_batch_size("mps") == 4
     assert all(isinstance(default_batch_size(d), int) for d in ("cpu", "cuda", "mps"))
@@ -554,3 +554,15 @@ def test_winograd_output_in_a_zero_border_feeds_the_next_conv_without_a_copy():
                                torch.nn.functional.conv2d(act, w2, b, padding=1), rtol=0, atol=1e-5)
     framed[:, :, 0, 0] = float("nan")  # the next conv reads the buffer itself (its corner is in the first tile)
     assert torch.isnan(winograd_conv(y, kernel_taps(w2), b, F4_3)[:, :, 0, 0]).all()
+
+
+def test_packed_weights_serve_every_batch_size(fomm, fomm_parity):
+    source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
+    encoding = fomm.encode_source(source, kp_source)
+    pair = fomm.render(encoding, kp_driving[:2])
+    states = {id(m): m.__dict__["_fused_conv"] for m in fomm.generator.modules() if "_fused_conv" in m.__dict__}
+    packed = {k: s.packed for k, s in states.items()}
+    assert states and all(p is not None for p in packed.values())
+    single = [fomm.render(encoding, kp_driving[i:i + 1]) for i in range(2)]  # another batch size: not re-packed
+    assert all(states[k].packed is packed[k] for k in states)
+    assert torch.equal(torch.cat(single), pair)

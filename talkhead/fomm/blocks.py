@@ -234,10 +234,10 @@ _PACKED_OPS = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn
 class _FusedConvState:
     """What :func:`conv_forward` keeps per convolution and weight slot.
 
-    ``bias`` always; ``packed``, the oneDNN-reordered weight for input ``shape``, on CPU; ``weight``, the
-    channels_last weight, only while no packed copy replaces it (another device or dtype, or a case
-    oneDNN refuses): keeping both would hold every convolution's weights twice. A new input shape
-    re-derives the weight from the module's tensors to pack it again (once per render shape).
+    ``bias`` always; ``packed``, the oneDNN-reordered weight for inputs of image shape ``shape`` ``(Cin, H, W)``
+    (any batch size), on CPU; ``weight``, the channels_last weight, only while no packed copy replaces it
+    (another device or dtype, or a case oneDNN refuses): keeping both would hold every convolution's weights
+    twice. A new image shape re-derives the weight from the module's tensors to pack it again.
     """
 
     __slots__ = ("key", "weight", "bias", "packed", "shape", "unpackable")
@@ -283,33 +283,36 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[Opti
         padding: overrides ``conv.padding``; ``cache``: the cache slot name (one per weight).
 
     On CPU (float32, oneDNN available) the weight is reordered once into oneDNN's blocked layout
-    (cached on ``conv`` for the input shape, replacing the built weight) and the ReLU is fused into
+    (cached on ``conv`` for the input's image shape ``(Cin, H, W)``, replacing the built weight; packed for the
+    first batch size seen and used for every other: the layout oneDNN picks does not depend on the batch here,
+    and a kernel that wanted another would reorder it itself, same results: batch 1 ran as fast on weights
+    packed for batch 4 as on its own, ``benchmarks/README.md``, "Batch size on CPU") and the ReLU is fused into
     the convolution: the same oneDNN kernel as ``F.conv2d`` on channels_last tensors (bit-identical
     results), without re-packing the weight on every call, which dominates the deep hourglass levels
     (2048 x 512 x 3 x 3 weights on 8x8 maps). Anywhere else: ``F.conv2d`` (+ in-place ReLU).
     """
     state = _cached_state(conv, cache, sources, lambda key: _FusedConvState(key, *_built(build)))
     padding = list(conv.padding if padding is None else padding)
-    shape = tuple(x.shape)
+    image = tuple(x.shape[1:])  # packed per image shape: every batch size runs on the same packed weight
     if (_PACKED_OPS and torch.backends.mkldnn.enabled and x.device.type == "cpu" and x.dtype == torch.float32
             and conv.padding_mode == "zeros" and state.bias is not None and state.bias.dtype == torch.float32
-            and shape not in state.unpackable):
+            and image not in state.unpackable):
         try:
-            if state.shape != shape:  # one input shape at a time (a render's batches share it)
+            if state.shape != image:  # one image shape at a time (a render's batches share it)
                 weight = state.weight if state.weight is not None else _built(build)[0]
                 state.packed, state.shape = None, None
                 with torch.inference_mode(False), torch.no_grad():
                     state.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                         weight.contiguous().to_mkldnn(), padding, list(conv.stride), list(conv.dilation),
-                        conv.groups, list(shape))
-                state.shape, state.weight = shape, None
+                        conv.groups, list(x.shape))
+                state.shape, state.weight = image, None
                 del weight
                 _release_sources(conv, sources, [state.bias])
             return torch.ops.mkldnn._convolution_pointwise(
                 x.contiguous(memory_format=CHANNELS_LAST), state.packed, state.bias, padding, list(conv.stride),
                 list(conv.dilation), conv.groups, "relu" if relu else "none", [], "")
         except (RuntimeError, NotImplementedError):  # an unsupported case: the plain oneDNN call below
-            state.unpackable.add(shape)
+            state.unpackable.add(image)
     if state.weight is None:
         state.weight = _built(build)[0]
     out = F.conv2d(x, state.weight, state.bias, conv.stride, padding, conv.dilation, conv.groups)
