@@ -135,9 +135,8 @@ def test_choose_transform_per_shape_and_cpu_kind(kind):
     assert choose_transform(3, 3, 64, 64, 64, kind=kind) is None  # an image input (keypoint detector)
     assert choose_transform(2, 256, 256, 32, 32, kind=kind) is F3_2  # hourglass's last up block
     assert choose_transform(2, 512, 512, 16, 16, kind=kind) is None
-    wide = F3_2 if kind == "avx2" else None  # the generator's up blocks: F(3x3, 2x2) only where it won
-    assert choose_transform(2, 256, 512, 64, 64, kind=kind) is wide
-    assert choose_transform(2, 128, 256, 128, 128, kind=kind) is wide
+    assert choose_transform(2, 256, 512, 64, 64, kind=kind) is F3_2  # the generator's up blocks
+    assert choose_transform(2, 128, 256, 128, 128, kind=kind) is F3_2
 
 
 def test_cpu_kind_reads_torch_capability():

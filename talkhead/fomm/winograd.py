@@ -368,21 +368,24 @@ def choose_transform(kernel: int, cin: int, cout: int, height: int, width: int, 
       hourglass it moved SMAC's decoder parity (``tests/test_smac.py``, which reuses that network) past its
       reference tolerance (0.0125 > 0.0121), and it saved ~2 ms a frame. Smaller maps (8x8, 4x4: the deep
       hourglass levels, bound by reading the weights): direct.
-    - 2x2 (the up blocks' sub-pixel form) on inputs of 32x32 and more: F(3x3, 2x2) where it won, i.e. with
-      AVX2 kernels at every such size (1.1-1.4x), with AVX-512 kernels only at 32x32 (the hourglass's last
-      up block, 1.15x; at 64x64 it tied oneDNN's AVX-512 kernel, 1.03-1.11x, and at 128x128 lost, 0.8x).
+    - 2x2 (the up blocks' sub-pixel form) on inputs of 32x32 and more: F(3x3, 2x2) on both kinds. With AVX2
+      kernels it won at every such size (1.1-1.4x). With AVX-512 kernels it was first kept to 32x32 (the
+      hourglass's last up block, 1.15x), from runs on a loaded machine where it tied oneDNN at 64x64 and lost
+      at 128x128 (0.8x); on the idle machine it won there too: 1.42x and 1.49x per convolution, 1.067x per
+      frame at 1 thread and 1.022x at 2 threads (``benchmarks/README.md``, "Weights held once"). The ``kind``
+      argument stays for the next shape whose best kernel differs.
 
     Args:
         kernel: the kernel side; cin, cout: channels; height, width: the input's (= the output's, for 3x3).
         kind: :func:`cpu_kind`'s answer (``None`` asks it), so that tests cover both branches on any machine.
     """
-    kind = cpu_kind() if kind is None else kind
+    del kind  # both kinds agree today (measured, above)
     pixels = height * width
     if cin < 4:  # an image input (the keypoint detector's 3 -> 64 at 64x64: 5.6x slower than direct)
         return None
     if kernel == 3:
         return F4_3 if pixels >= 32 * 32 else None
-    if kernel == 2 and pixels >= 32 * 32 and (kind == "avx2" or pixels <= 32 * 32):
+    if kernel == 2 and pixels >= 32 * 32:
         return F3_2
     return None
 
