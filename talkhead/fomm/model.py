@@ -235,7 +235,10 @@ def load_fomm(config_path: str | Path, checkpoint_path: str | Path, *, device: t
         config_path: YAML in the ``first-order-model`` schema (e.g. :func:`default_config_path`).
         checkpoint_path: ``.pth.tar`` with top-level ``generator`` and ``kp_detector`` state dicts
             (``vox-adv-cpk.pth.tar``; torch zip or legacy format), read with
-            :func:`talkhead.checkpoints.load_checkpoint` (no full pickle).
+            :func:`talkhead.checkpoints.load_checkpoint` (no full pickle). On Linux the modules take the
+            checkpoint's tensors (memory-mapped for a zip file: its pages are dropped from the resident set
+            as FOMM's packed copies replace them, :func:`talkhead.fomm.blocks.mark_weights_mapped`); elsewhere
+            they are copied and the file is closed.
         device: where the modules are placed.
         align_corners: ``F.grid_sample`` convention (``True``: vox-adv's training-time torch 1.0 behaviour).
 

@@ -332,7 +332,8 @@ def load_mssync(model_dir: str | Path, *, device: str | torch.device = "cpu") ->
     ``train generator``, given as ``RUN_DIR/mssync`` or as ``RUN_DIR``: :func:`resolve_model_dir`) for inference.
 
     Only ``model_chkpt.pt['checkpoints']`` (the generator's state dict) is read, strictly, through
-    :func:`talkhead.checkpoints.load_checkpoint` (CPU, no full pickle). The model is moved to
+    :func:`talkhead.checkpoints.load_checkpoint` (CPU, no full pickle; on Linux the model takes the memory-mapped
+    checkpoint's tensors instead of copies, elsewhere they are copied and the file closed). The model is moved to
     ``device`` and put in ``eval()`` mode. Reference: ``execute_model.load_model`` (which instead
     fills missing ``args`` keys with defaults and loads on the saving device).
 
