@@ -74,6 +74,7 @@ __all__ = [
     "state_dict_shapes",
     "strip_key_prefix",
     "load_checkpoint",
+    "is_zip_format",
     "require_finite",
     "check_top_level",
     "load_state_dict_checked",

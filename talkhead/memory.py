@@ -66,7 +66,8 @@ def separate_large_allocations() -> Iterator[bool]:
     ``M_MMAP_THRESHOLD``), so it is returned to the system when freed and long-lived blocks made in
     between do not pin heap holes; on exit the threshold is fixed at 32 MiB (glibc's own 64-bit
     maximum of its dynamic threshold), the trim threshold at :data:`STEADY_TRIM_THRESHOLD` and the top
-pad at :data:`STEADY_TOP_PAD` (the steady render's settings). Yields whether it applied (glibc on Linux); elsewhere a no-op.
+    pad at :data:`STEADY_TOP_PAD` (the steady render's settings). Yields whether it applied (glibc on
+    Linux); elsewhere a no-op.
     Process-wide (malloc has no per-thread setting); values computed inside are unaffected.
     """
     libc = _glibc()
@@ -98,6 +99,7 @@ def return_freed_memory() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _madvise():
+    """glibc's ``madvise`` with its argument types set, or ``None`` where there is no glibc."""
     libc = _glibc()
     fn = getattr(libc, "madvise", None)
     if fn is None:
@@ -120,7 +122,11 @@ def page_out(tensors) -> int:
     kernel would write it to swap where there is some.
 
     Args:
-        tensors: an iterable of tensors (``torch.Tensor``; storages shared by several count once).
+        tensors: an iterable of tensors (``torch.Tensor``, any shape; storages shared by several count once).
+
+    Returns:
+        Bytes advised (whole 4 KiB pages on x86-64); it raises nothing: a refused call (``EINVAL`` on a
+        kernel without ``MADV_PAGEOUT``) stops the loop and leaves the rest resident.
     """
     madvise = _madvise()
     if madvise is None:
