@@ -9,7 +9,7 @@ from talkhead.errors import AudioTooShortError
 from talkhead.keypoints import Keypoints
 from talkhead.mssync import build_audio_input, generate_keypoints, load_mssync
 from talkhead.mssync.inference import frames_for_logfbank
-from talkhead.mssync.windowed import AudioPyramidStream, audio_in_length, audio_in_pieces, stream_keypoints
+from talkhead.mssync.windowed import AudioPyramidStream, StepThreads, audio_in_length, audio_in_pieces, stream_keypoints
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -117,3 +117,65 @@ def test_too_short_and_bad_arguments(model, kp0):
         next(stream_keypoints(model, kp0, iter([_logfbank(40)]), 40, window=0))
     with pytest.raises(ValueError, match="ended after"):
         list(stream_keypoints(model, kp0, iter([_logfbank(40)]), 80))
+
+
+# --- the decoding steps' thread count (StepThreads) -------------------------------------------------------
+class _FakeSteps:
+    """Runs StepThreads spans on a fake clock: each step costs ``cost[threads]`` seconds."""
+
+    def __init__(self, cost: dict[int, float]):
+        self.cost, self.now = dict(cost), 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def window(self, chooser, steps: int = 25) -> list[int]:
+        spans = []
+        for n in chooser.spans(steps):
+            threads = torch.get_num_threads()
+            spans.append((threads, n))
+            self.now += n * self.cost[threads]
+        return spans
+
+
+def test_step_threads_keep_two_threads_only_while_they_are_faster():
+    before = torch.get_num_threads()
+    fake = _FakeSteps({1: 0.010, 2: 0.006})
+    chooser = StepThreads(2, clock=fake.clock, probe_steps=5)
+    assert fake.window(chooser) == [(1, 25)]                  # first window: one thread, the reference
+    assert fake.window(chooser) == [(2, 5), (2, 20)]          # a probe of 5 steps wins: the rest on 2
+    assert fake.window(chooser) == [(2, 25)]
+    assert torch.get_num_threads() == before                  # restored after every span
+    fake.cost[2] = 0.050                                      # another process takes a core
+    assert fake.window(chooser) == [(2, 25)]                  # measured slower than one thread ...
+    assert [fake.window(chooser) for _ in range(4)] == [[(1, 25)]] * 4  # ... so one thread for 4 windows
+    assert fake.window(chooser) == [(2, 5), (1, 20)]          # the probe loses: back to one thread at once
+    assert [fake.window(chooser) for _ in range(8)] == [[(1, 25)]] * 8  # the wait doubles
+    fake.cost[2] = 0.006                                      # the core is free again
+    assert fake.window(chooser) == [(2, 5), (2, 20)]
+    assert fake.window(chooser) == [(2, 25)]
+    assert [t for t, _, _ in chooser.history][:3] == [1, 2, 2]
+    # no second thread to try: every step on the caller's setting, nothing timed
+    single = StepThreads(1, clock=fake.clock)
+    assert fake.window(single) == [(before, 25)] and single.history == []
+
+
+def test_step_threads_do_not_change_the_keypoints(model, kp0):
+    """The decoding steps on two threads give the same bits as on one (so the timing-based choice never shows
+    in the output; the rollout's softmax over the streams is written out for this)."""
+    lf = _logfbank(400, seed=7)
+    one = Keypoints.cat(list(stream_keypoints(model, kp0, iter(_pieces(lf, 100)), 400, window=25,
+                                              threads=StepThreads(1))))
+    fake = _FakeSteps({1: 0.010, 2: 0.001})
+    fake_clock = fake.clock
+
+    class TwoThreads(StepThreads):  # every span after the first on 2 threads; the fake clock says they win
+        def spans(self, count):
+            for n in super().spans(count):
+                yield n
+                fake.now += n * fake.cost[torch.get_num_threads()]
+
+    chooser = TwoThreads(2, clock=fake_clock)
+    two = Keypoints.cat(list(stream_keypoints(model, kp0, iter(_pieces(lf, 100)), 400, window=25, threads=chooser)))
+    assert sum(n for t, n, _ in chooser.history if t == 2) >= len(two) - 25  # all but the first window
+    assert torch.equal(one.value, two.value) and torch.equal(one.jacobian, two.jacobian)

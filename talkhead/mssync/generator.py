@@ -156,7 +156,11 @@ class MSSyncGenerator(nn.Module):
         mask_bias = self.mask_bias(backbone_bias).repeat_interleave(data_dim, dim=1)
         mask = torch.cat([mask_bias[None], mask], dim=0)
         if self.config.streams_merging_activation == "softmax":
-            mask = torch.softmax(mask, dim=0)
+            # written out rather than torch.softmax(mask, dim=0), whose CPU kernel rounds differently on one
+            # and on two threads for these small tensors: the rollout's keypoints must not depend on the
+            # thread count (talkhead.mssync.windowed.StepThreads chooses it by timing)
+            e = torch.exp(mask - mask.amax(dim=0, keepdim=True))
+            mask = e / e.sum(dim=0, keepdim=True)
         else:
             mask = torch.sigmoid(mask)
         return self.final_block((mask * leaf).transpose(0, 1).flatten(start_dim=1))

@@ -32,7 +32,8 @@ frame needs (the lookahead).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+import time
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -244,6 +245,84 @@ class AudioPyramidStream:
         return out
 
 
+class StepThreads:
+    """Intra-op CPU threads for the rollout's decoding steps, chosen by timing them as they run.
+
+    A decoding step is ~40 batch-1 matrix-vector products that read ~95 MB of weights (full size): bound by
+    memory traffic, which two threads roughly double on an idle machine. But when another process holds a
+    core, OpenMP's spin-waiting makes every small parallel region wait for a descheduled thread: five to ten
+    times slower (measured: ``benchmarks/README.md``, "MS-Sync rollout threads"). So the choice is measured,
+    not assumed: the first window's steps run on one thread; then ``probe_steps`` steps try ``threads``; if
+    they were faster per step by ``margin``, the steps stay on ``threads`` (and go back to one thread as soon
+    as a span on ``threads`` is slower than the last one-thread span by that margin: another process took a
+    core); if not, one thread again, and the next probe comes after ``backoff`` more steps on one thread (100,
+    4 windows of 25 frames; doubling after each lost probe, at most 6400). The keypoints do not depend on the choice: the steps give the same bits on
+    any thread count (``tests/test_windowed.py``).
+
+    Args:
+        threads: the thread count to try besides 1 (the caller's ``torch.get_num_threads()``; 1 turns the
+            choosing off: every step on the caller's setting).
+        clock: seconds, monotonic (tests pass a fake one).
+        margin: how much faster per step ``threads`` must be to be kept (1.1: 10 % faster).
+        probe_steps: steps a probe of ``threads`` runs before the choice is made.
+
+    Attributes:
+        history: ``(threads, steps, seconds per step)`` of every timed span, in order.
+    """
+
+    FIRST_BACKOFF = 100
+    MAX_BACKOFF = 6400
+
+    def __init__(self, threads: int, *, clock: Callable[[], float] = time.perf_counter, margin: float = 1.1,
+                 probe_steps: int = 5) -> None:
+        self.threads = max(1, int(threads))
+        self.clock = clock
+        self.margin = float(margin)
+        self.probe_steps = max(1, int(probe_steps))
+        self.current = 1                                 # thread count of the next span
+        self.one_thread_step: Optional[float] = None     # seconds per step of the last one-thread span
+        self.history: list[tuple[int, int, float]] = []
+        self._probing = False                            # the next span on `threads` is a probe
+        self._backoff = self.FIRST_BACKOFF
+        self._wait = 0                                   # one-thread steps before the next probe
+
+    def spans(self, count: int) -> Iterator[int]:
+        """Split ``count`` decoding steps into spans: yields each span's step count with the thread count set
+        for it (restored after), and times the caller's work on the span to update the choice."""
+        left = count
+        while left > 0:
+            if self.threads == 1:
+                yield left
+                return
+            threads = self.current
+            n = min(left, self.probe_steps) if threads != 1 and self._probing else left
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            start = self.clock()
+            try:
+                yield n
+            finally:
+                torch.set_num_threads(before)
+            self._update(threads, n, (self.clock() - start) / n)
+            left -= n
+
+    def _update(self, threads: int, steps: int, per_step: float) -> None:
+        self.history.append((threads, steps, per_step))
+        if threads == 1:
+            self.one_thread_step = per_step
+            self._wait = max(0, self._wait - steps)
+            if self._wait == 0:
+                self.current, self._probing = self.threads, True
+            return
+        if self.one_thread_step is not None and per_step * self.margin > self.one_thread_step:
+            self.current = 1  # no faster than one thread (or a core was taken): one thread, probe later
+            self._wait = self._backoff
+            self._backoff = min(2 * self._backoff, self.MAX_BACKOFF)
+        elif self._probing:
+            self._probing = False
+            self._backoff = self.FIRST_BACKOFF
+
+
 class Rollout:
     """MS-Sync's autoregressive state, stepped window by window (the incremental path of
     :meth:`MSSyncGenerator.rollout <talkhead.mssync.generator.MSSyncGenerator.rollout>`).
@@ -252,13 +331,16 @@ class Rollout:
         model: the generator (``data_dim`` 6).
         inpt: the warm-up frames ``(1, obs_len, K, 6)`` (``K = model.config.num_kp``) (:func:`~talkhead.mssync.inference.build_warmup_input`).
         pyramid: where the audio frames come from.
+        threads: chooses the decoding steps' CPU thread count (:class:`StepThreads`); ``None``: the caller's.
 
     Output frame ``t`` (what ``generate_keypoints`` returns as frame ``t``) is conditioned on pyramid
     frames up to ``t + obs_len - 1``. Call under ``torch.inference_mode()``.
     """
 
-    def __init__(self, model: MSSyncGenerator, inpt: torch.Tensor, pyramid: AudioPyramidStream) -> None:
+    def __init__(self, model: MSSyncGenerator, inpt: torch.Tensor, pyramid: AudioPyramidStream,
+                 threads: Optional[StepThreads] = None) -> None:
         self.model, self.pyramid = model, pyramid
+        self.threads = threads
         cfg = model.config
         self.obs_len = cfg.obs_len
         self.num_kp = cfg.num_kp
@@ -290,10 +372,18 @@ class Rollout:
 
     def _steps(self, first: int, count: int) -> None:
         """Decoding steps ``first .. first + count - 1`` (step ``i`` reads pyramid frame ``i + obs_len + 1``)."""
-        model, obs = self.model, self.obs_len
+        obs = self.obs_len
         audio = self.pyramid.frames(first + obs + 1, first + obs + 1 + count)
+        done = 0
+        for n in (self.threads.spans(count) if self.threads is not None else [count]):
+            self._decode(audio, done, n)
+            done += n
+
+    def _decode(self, audio: list[torch.Tensor], first: int, count: int) -> None:
+        """Steps ``first .. first + count - 1`` of this call's, reading pyramid frames ``audio[l][:, k]``."""
+        model = self.model
         bs = self._last.shape[0]
-        for k in range(count):
+        for k in range(first, first + count):
             coord_i = model.encoder_x(self._last.reshape(bs, -1))
             self._coord = torch.cat([self._coord, coord_i[:, None]], dim=1)[:, -MAX_CONTEXT_LENGTH:]
             if self._kv is not None:
@@ -324,7 +414,7 @@ class Rollout:
 
 def stream_keypoints(model: MSSyncGenerator, kp_source: Keypoints, chunks: Iterable, num_rows: int, *,
                      window: int = DEFAULT_WINDOW, chunk_rows: Optional[int] = None,
-                     progress: Progress | None = None) -> Iterator[Keypoints]:
+                     progress: Progress | None = None, threads: Optional[StepThreads] = None) -> Iterator[Keypoints]:
     """:func:`~talkhead.mssync.inference.generate_keypoints` (a full run) in windows, from the logfbank in chunks.
 
     Args:
@@ -338,13 +428,17 @@ def stream_keypoints(model: MSSyncGenerator, kp_source: Keypoints, chunks: Itera
         chunk_rows: the audio encoder's chunk (default: the model's, the one-pass grid; equality with
             ``generate_keypoints`` holds on the same grid).
         progress: ``progress("keypoints", done, T)`` after each window.
+        threads: chooses the decoding steps' thread count (default on CPU: a :class:`StepThreads` trying the
+            caller's ``torch.get_num_threads()``).
 
     Yields:
         :class:`~talkhead.keypoints.Keypoints` ``(w, K, 2)`` + ``(w, K, 2, 2)`` on the model's device,
         ``T = frames_for_logfbank(num_rows)`` frames in all; concatenated they equal
         ``generate_keypoints(model, kp_source, logfbank)`` (float rounding aside: the same operations).
-        Each window is computed under ``torch.inference_mode()`` on one CPU thread; neither setting is
-        held while the caller works between windows.
+        Each window is computed under ``torch.inference_mode()``: the audio encoding and the warm-up on one
+        CPU thread, the decoding steps on the thread count :class:`StepThreads` chooses (up to the caller's
+        ``torch.get_num_threads()``; the keypoints do not depend on it); neither setting is held while the
+        caller works between windows.
 
     Raises:
         AudioTooShortError: too few rows (< 8).
@@ -361,11 +455,13 @@ def stream_keypoints(model: MSSyncGenerator, kp_source: Keypoints, chunks: Itera
     total = int(length / 4) - cfg.obs_len + 1
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
+    if threads is None and device.type == "cpu":
+        threads = StepThreads(torch.get_num_threads())
     with torch.inference_mode():
         inpt = build_warmup_input(kp_source.to(device, dtype), obs_len=cfg.obs_len, num_kp=cfg.num_kp)
         pyramid = AudioPyramidStream(model.encoder_a, audio_in_pieces(chunks, num_rows, cfg.obs_len), length,
                                      device=device, dtype=dtype, chunk_rows=chunk_rows)
-        rollout = Rollout(model, inpt, pyramid)
+        rollout = Rollout(model, inpt, pyramid, threads)
     done = 0
     while done < total:
         n = min(window, total - done)
@@ -386,8 +482,8 @@ class StreamingMSSyncMotion(MSSyncMotion):
 
     def stream(self, kp_source: Keypoints, chunks: Iterable, num_rows: int, *, window: int = DEFAULT_WINDOW,
                progress: Progress | None = None) -> Iterator[Keypoints]:
-        """:func:`stream_keypoints` with this model (each window on one CPU thread)."""
+        """:func:`stream_keypoints` with this model (the decoding steps' thread count chosen by timing)."""
         return stream_keypoints(self.model, kp_source, chunks, num_rows, window=window, progress=progress)
 
 
-__all__ = ["DEFAULT_WINDOW", "StreamingMSSyncMotion", "audio_in_length", "audio_in_pieces", "AudioPyramidStream", "Rollout", "stream_keypoints"]
+__all__ = ["DEFAULT_WINDOW", "StepThreads", "StreamingMSSyncMotion", "audio_in_length", "audio_in_pieces", "AudioPyramidStream", "Rollout", "stream_keypoints"]
