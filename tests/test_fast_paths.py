@@ -555,6 +555,51 @@ def test_winograd_output_in_a_zero_border_feeds_the_next_conv_without_a_copy():
     assert torch.isnan(winograd_conv(y, kernel_taps(w2), b, F4_3)[:, :, 0, 0]).all()
 
 
+def test_subpixel_winograd_writes_the_upsampled_map_into_a_zero_border_the_next_convs_read():
+    """An up block's four phases written interleaved by the output transform (no phases buffer): the result is
+    relu(conv3x3(upsample2x(x))), framed by zeros, and the next sub-pixel Winograd conv and the final tap GEMM
+    read that frame instead of copying the map."""
+    from talkhead.fomm.blocks import _subpixel_weight
+    from talkhead.fomm.winograd import _PADDED
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 32, 35, generator=g)  # 33 x 36 phase outputs: the 3x3 tiles overhang both ways
+    w, b = torch.randn(5, 6, 3, 3, generator=g) / 6, torch.randn(5, generator=g)
+    up = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    want = torch.nn.functional.conv2d(up.double(), w.double(), b.double(), padding=1).relu()
+    torch.full((2, 70, 76, 5), float("nan"))  # freed: the buffer below may reuse this memory
+    got = winograd_conv(x, winograd_weight(_subpixel_weight(w), F3_2), b.repeat(4), F3_2, relu=True, subpixel=True)
+    assert got.shape == (2, 5, 64, 70)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6)
+    buffer, padding = getattr(got, _PADDED)
+    framed = buffer.permute(0, 3, 1, 2)
+    assert padding == 1 and framed.shape[2] >= 66 and framed.shape[3] >= 72
+    assert torch.equal(framed[:, :, 1:65, 1:71], got)
+    border = framed.clone()
+    border[:, :, 1:65, 1:71] = 0
+    assert not border.any()  # zeros all round, the phases' cropped border and the tiles' overhang included
+    # the next up block's sub-pixel conv takes the frame as its padded input
+    w2, b2 = torch.randn(4, 5, 3, 3, generator=g) / 5, torch.randn(4, generator=g)
+    u2 = winograd_weight(_subpixel_weight(w2), F3_2)
+    want2 = torch.nn.functional.conv2d(torch.nn.functional.interpolate(want, scale_factor=2, mode="nearest"),
+                                       w2.double(), b2.double(), padding=1).relu()
+    got2 = winograd_conv(got, u2, b2.repeat(4), F3_2, relu=True, subpixel=True)
+    torch.testing.assert_close(got2.double(), want2, rtol=0, atol=1e-5)
+    assert torch.equal(got2, winograd_conv(got.contiguous(), u2, b2.repeat(4), F3_2, relu=True, subpixel=True))
+    framed[:, :, 0, 5] = float("nan")  # it reads the frame itself: its top border feeds the first output row
+    assert torch.isnan(winograd_conv(got, u2, b2.repeat(4), F3_2, relu=False, subpixel=True)[:, :, 0]).any()
+    framed[:, :, 0, 5] = 0
+    # the final 7x7 tap GEMM multiplies the frame's whole rows
+    w7, b7 = torch.randn(3, 5, 7, 7, generator=g) / 15, torch.randn(3, generator=g)
+    want7 = torch.nn.functional.conv2d(want, w7.double(), b7.double(), padding=3)
+    got7 = winograd.tap_gemm_conv(got, w7, b7, rows=9)
+    torch.testing.assert_close(got7.double(), want7, rtol=0, atol=5e-6)  # on the float32 map above
+    torch.testing.assert_close(got7, winograd.tap_gemm_conv(got.contiguous(), w7, b7, rows=9), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="subpixel"):
+        winograd_conv(x, winograd_weight(_subpixel_weight(w), F3_2), b.repeat(4), F3_2, subpixel=True,
+                      residual=torch.zeros(2, 20, 33, 36))
+
+
 def test_packed_weights_serve_every_batch_size(fomm, fomm_parity):
     source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
     encoding = fomm.encode_source(source, kp_source)

@@ -335,7 +335,7 @@ def winograd_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[
                      kernel: Optional[int] = None, out_channels: Optional[int] = None,
                      padding: Optional[int] = None, relu: bool = False, residual: Optional[torch.Tensor] = None,
                      pre: Optional[tuple[torch.Tensor, torch.Tensor]] = None, out_padding: int = 0,
-                     cache: str = "_fused_winograd") -> Optional[torch.Tensor]:
+                     subpixel: bool = False, cache: str = "_fused_winograd") -> Optional[torch.Tensor]:
     """``relu?(conv'(x) + residual)`` by a Winograd convolution (:func:`talkhead.fomm.winograd.winograd_conv`),
     where ``conv'`` has the weights ``build()`` returns, or ``None`` where none applies (switched off, no
     transform chosen for the shape and CPU kind, not a stride-1 square zero-padded convolution, input or
@@ -354,9 +354,12 @@ def winograd_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[
             (:func:`talkhead.fomm.winograd.winograd_conv`); with ``None`` returned the caller applies it itself.
         out_padding: the result is the interior of a zero-bordered buffer that the next Winograd convolution
             with this padding takes as its padded input (:func:`talkhead.fomm.winograd.winograd_conv`).
+        subpixel: the built 2x2 convolution is an up block's four phases (:func:`_subpixel_weight`): the result
+            is the upsampled ``(B, Cout' / 4, 2 H, 2 W)`` map, written in place by the output transform
+            (:func:`talkhead.fomm.winograd.winograd_conv`).
 
     Returns:
-        ``(B, Cout', Ho, Wo)`` channels_last, or ``None``.
+        ``(B, Cout', Ho, Wo)`` channels_last (``(B, Cout' / 4, 2 H, 2 W)`` with ``subpixel``), or ``None``.
     """
     pad = int(conv.padding[0] if padding is None else padding)
     if (not winograd_enabled() or torch.is_autocast_enabled(x.device.type)
@@ -381,7 +384,7 @@ def winograd_forward(conv: nn.Conv2d, x: torch.Tensor, build, sources: Sequence[
         del conv.__dict__[cache]
     state = _cached_state(conv, cache, sources, make)
     return winograd_conv(x, state.weight, state.bias, transform, padding=pad, relu=relu, residual=residual, pre=pre,
-                         out_padding=out_padding)
+                         out_padding=out_padding, subpixel=subpixel)
 
 
 def fused_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: torch.Tensor, relu: bool = False) -> torch.Tensor:
@@ -421,12 +424,15 @@ def _subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
 
     Output pixel ``(2i + p, 2j + q)`` of ``conv3x3(upsample2x(x))`` reads upsampled rows
     ``2i + p - 1 .. 2i + p + 1``, i.e. input rows ``(i - 1, i)`` for ``p = 0`` with kernel rows
-    ``(k0, k1 + k2)`` and ``(i, i + 1)`` for ``p = 1`` with ``(k0 + k1, k2)``; columns likewise. Phase
-    ``(p, q)`` is the 2x2 kernel block ``(2p + q) * Cout .. (2p + q + 1) * Cout`` of the result.
+    ``(k0, k1 + k2)`` and ``(i, i + 1)`` for ``p = 1`` with ``(k0 + k1, k2)``; columns likewise. With padding
+    1 the 2x2 convolution's pixel ``(i + p, j + q)`` is that output pixel. Phase ``(p, q)`` is the 2x2 kernel
+    block ``k = 2 (1 - p) + (1 - q)`` (rows ``k Cout .. (k + 1) Cout``) of the result: in that order the
+    phases' pixel ``(Y, X)`` lands at ``(2 Y + 1 - p, 2 X + 1 - q)`` of the upsampled map framed by one pixel,
+    a layout with positive strides (:func:`talkhead.fomm.winograd.winograd_conv`'s ``subpixel`` output).
     """
-    def halves(w: torch.Tensor, dim: int) -> list[torch.Tensor]:
+    def halves(w: torch.Tensor, dim: int) -> list[torch.Tensor]:  # [p = 1, p = 0]
         k0, k1, k2 = w.unbind(dim)
-        return [torch.stack([k0, k1 + k2], dim), torch.stack([k0 + k1, k2], dim)]
+        return [torch.stack([k0 + k1, k2], dim), torch.stack([k0, k1 + k2], dim)]
 
     return torch.cat([col for row in halves(weight, 2) for col in halves(row, 3)], dim=0)
 
@@ -518,6 +524,11 @@ class UpBlock2d(nn.Module):
         b, _, h, w = x.shape
         cout = conv.out_channels
         sources = conv_bn_sources(conv, norm)
+        if out is None:  # the Winograd output transform writes the upsampled map itself (no phases buffer)
+            up = winograd_forward(conv, x, subpixel, sources, kernel=2, out_channels=4 * cout, padding=1, relu=True,
+                                  subpixel=True, cache="_fused_winograd_subpixel")
+            if up is not None:
+                return up
         phases = winograd_forward(conv, x, subpixel, sources, kernel=2, out_channels=4 * cout, padding=1, relu=True,
                                   cache="_fused_winograd_subpixel")
         if phases is None:
@@ -527,7 +538,7 @@ class UpBlock2d(nn.Module):
             out = torch.empty(b, cout, 2 * h, 2 * w, dtype=x.dtype, device=x.device, memory_format=CHANNELS_LAST)
         for p in range(2):
             for q in range(2):
-                k = 2 * p + q
+                k = 2 * (1 - p) + (1 - q)  # the phase's block (_subpixel_weight)
                 out[:, :, p::2, q::2] = phases[:, k * cout:(k + 1) * cout, p:p + h, q:q + w]
         return out
 

@@ -229,7 +229,7 @@ def release_workspace() -> None:
 def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transform: WinogradTransform = F2_3, *,
                   padding: int = 1, relu: bool = False, residual: Optional[torch.Tensor] = None,
                   pre: Optional[tuple[torch.Tensor, torch.Tensor]] = None, out_padding: int = 0,
-                  tiles_per_step: int = TILES_PER_STEP) -> torch.Tensor:
+                  subpixel: bool = False, tiles_per_step: int = TILES_PER_STEP) -> torch.Tensor:
     """``conv(x, padding) + bias`` (then ``+ residual``, then ReLU if ``relu``) by Winograd ``transform``.
 
     Args:
@@ -247,11 +247,18 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
             the tiles cover the output exactly; otherwise ignored), so that a following ``winograd_conv`` with
             that ``padding`` and no ``pre`` reads the buffer as its padded input instead of copying ``x`` into
             one (a residual block's conv1 -> conv2). The returned tensor is the interior (a strided view).
+        subpixel: the ``Cout = 4 C`` outputs are the four phases of a 3x3 convolution after nearest x2
+            upsampling, computed as 2x2 convolutions with ``padding`` 1 (``talkhead.fomm.blocks._subpixel_weight``,
+            channel block ``2 (1 - p) + (1 - q)`` for output pixels ``(2 i + p, 2 j + q)``): they are written
+            interleaved, straight from the output transform, into a zero-bordered buffer; the result is the
+            ``(B, C, 2 H, 2 W)`` upsampled map, the interior of that buffer (a strided view, one pixel of zeros
+            around it and a few more past its end) that a following :func:`winograd_conv` or
+            :func:`tap_gemm_conv` reads as its padded input. Not with ``residual`` or ``out_padding``.
         tiles_per_step: output tiles transformed and multiplied at a time (whole tile rows; at least one
             row): see :data:`TILES_PER_STEP`.
 
     Returns:
-        ``(B, Cout, Ho, Wo)`` in channels_last memory format.
+        ``(B, Cout, Ho, Wo)`` in channels_last memory format (``(B, Cout / 4, 2 H, 2 W)`` with ``subpixel``).
     """
     m, r, a = transform.m, transform.r, transform.a
     bsz, cin, h, w = x.shape
@@ -259,9 +266,12 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
     ho, wo = h + 2 * padding - r + 1, w + 2 * padding - r + 1
     th, tw = -(-ho // m), -(-wo // m)
     hp, wp = th * m + r - 1, tw * m + r - 1  # padded input: every tile complete (extra zeros past the end)
-    made = getattr(x, _PADDED, None)  # x is the interior of a zero-bordered buffer (a previous out_padding)
-    if pre is None and made is not None and made[1] == padding and tuple(made[0].shape) == (bsz, hp, wp, cin):
-        pad = made[0]
+    if subpixel and (residual is not None or out_padding or padding != 1 or r != 2 or cout % 4):
+        raise ValueError("subpixel output needs a 2x2 kernel, padding 1, 4 C outputs, no residual or out_padding")
+    made = getattr(x, _PADDED, None)  # x is the interior of a zero-bordered buffer (out_padding, subpixel)
+    if (pre is None and made is not None and made[1] == padding and made[0].shape[0] == bsz
+            and made[0].shape[3] == cin and made[0].shape[1] >= hp and made[0].shape[2] >= wp):
+        pad = made[0]  # zero past the interior up to (hp, wp) at least
     else:
         pad = _zero_bordered(x, (bsz, hp, wp, cin), padding, h, w)
         interior = pad[:, padding:padding + h, padding:padding + w]
@@ -271,7 +281,13 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
             torch.addcmul(pre[1], x.permute(0, 2, 3, 1), pre[0], out=interior).relu_()
         del interior
     q = out_padding if out_padding > 0 and th * m == ho and tw * m == wo else 0
-    if q:  # (B, H, W, Cout) inside a zero border: channels_last storage of (B, Cout, H, W), strided
+    if subpixel:  # phase pixel (Y, X) of block (pp, qq) -> buffer pixel (2 Y + pp, 2 X + qq): image at [1, 2H]
+        # at least as large as the padded input of a next sub-pixel conv with this transform on the 2H x 2W map
+        framed = x.new_empty(bsz, max(2 * th * m, -(-(2 * h + 1) // m) * m + 1),
+                             max(2 * tw * m, -(-(2 * w + 1) // m) * m + 1), cout // 4)
+        fb, fr = framed.stride(0), framed.stride(1)
+        c4 = cout // 4
+    elif q:  # (B, H, W, Cout) inside a zero border: channels_last storage of (B, Cout, H, W), strided
         framed = _zero_bordered(x, (bsz, ho + 2 * q, wo + 2 * q, cout), q, ho, wo)
         out = framed[:, q:q + ho, q:q + wo]
     else:
@@ -288,7 +304,7 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
         u = transform_taps(u, transform, out=ut)
     elif u.shape != (a * a, cin, cout):
         raise ValueError(f"{transform.name}: weight of shape {tuple(u.shape)} for {cin} -> {cout} channels")
-    sb, sh, sw = hp * wp * cin, wp * cin, cin  # strides of the padded input
+    sb, sh, sw = pad.stride(0), pad.stride(1), pad.stride(2)  # the padded input's (may be wider than (hp, wp))
     corner = transform.bias_entry
     res = None if residual is None else residual.permute(0, 2, 3, 1)  # (B, Ho, Wo, Cout) view
     for t0 in range(0, th, step):
@@ -302,6 +318,15 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
         mm = torch.bmm(vv, u, out=prods[:, :n])  # (a^2, n, Cout)
         mm[corner].add_(bias)
         yy = torch.mm(ka, mm.view(a * a, n * cout), out=y[:, :n * cout]).view(m, m, bsz, tc, tw, cout)
+        if subpixel:  # (my, mx, b, ty, tx, pp, qq, c) -> framed[b, 2 ((t0 + ty) m + my) + pp, 2 (tx m + mx) + qq, c]
+            dst = framed.as_strided((m, m, bsz, tc, tw, 2, 2, c4), (2 * fr, 2 * c4, fb, 2 * m * fr, 2 * m * c4, fr, c4, 1),
+                                    framed.storage_offset() + 2 * t0 * m * fr)
+            src = yy.view(m, m, bsz, tc, tw, 2, 2, c4)
+            if relu:
+                torch.clamp_min(src, 0.0, out=dst)
+            else:
+                dst.copy_(src)
+            continue
         dst = out[:, t0 * m:(t0 + tc) * m].view(bsz, tc, m, tw, m, cout).permute(2, 4, 0, 1, 3, 5)
         r0, r1 = t0 * m, (t0 + tc) * m
         if res is None:
@@ -313,6 +338,15 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
             rows = min(r1, ho) - r0
             out[:, r0:r0 + rows, :wo].add_(res[:, r0:r0 + rows])
     del pad, dy, d, v, prods, y, ut
+    if subpixel:  # zero everything but the upsampled map [1, 2H] x [1, 2W] (the phases' cropped border too)
+        h2, w2 = 2 * (ho - 1), 2 * (wo - 1)
+        framed[:, 0].zero_()
+        framed[:, h2 + 1:].zero_()
+        framed[:, 1:h2 + 1, 0].zero_()
+        framed[:, 1:h2 + 1, w2 + 1:].zero_()
+        image = framed[:, 1:h2 + 1, 1:w2 + 1].permute(0, 3, 1, 2)
+        setattr(image, _PADDED, (framed, 1))
+        return image
     if th * m != ho or tw * m != wo:
         out = out[:, :ho, :wo].contiguous()
     out = out.permute(0, 3, 1, 2)
@@ -406,7 +440,9 @@ def tap_gemm_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, 
     channels uses a fraction of the vector units (measured: ``benchmarks/README.md``, "FOMM rendering").
 
     Args:
-        x: ``(B, Cin, H, W)`` float (read as channels_last: ``X`` is a view of it, not a copy).
+        x: ``(B, Cin, H, W)`` float (read as channels_last: ``X`` is a view of it, not a copy; when ``x`` is the
+            interior of a zero-bordered buffer, e.g. a ``subpixel`` :func:`winograd_conv`'s output, the products
+            run over the buffer's whole rows, a few columns wider, instead of a copy of ``x``).
         weight: ``(Cout, Cin, k, k)``, ``k`` odd; bias: ``(Cout,)``.
         rows: output rows per step (see :data:`TAP_ROWS`).
 
@@ -417,18 +453,23 @@ def tap_gemm_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, 
     cout, _, k, _ = weight.shape
     p = k // 2
     taps = weight.permute(2, 3, 0, 1).reshape(k * k * cout, cin)  # rows (ky, kx, co)
-    xr = x.permute(0, 2, 3, 1)
-    if not xr.is_contiguous():
-        xr = xr.contiguous()
+    made = getattr(x, _PADDED, None)  # x is the interior of a zero-bordered buffer: multiply its whole rows
+    if made is not None and made[0].shape[0] == bsz and made[0].shape[3] == cin and made[0].is_contiguous():
+        xr, e = made[0], made[1]  # (B, H', W', Cin), x at [e, e + h) x [e, e + w)
+    else:
+        xr, e = x.permute(0, 2, 3, 1), 0
+        if not xr.is_contiguous():
+            xr = xr.contiguous()
+    wr = xr.shape[2]  # the product's row width (w, or the buffer's)
     out = bias.view(1, cout, 1, 1).expand(bsz, cout, h, w).contiguous()
     band = max(1, min(int(rows), h))
-    (work,) = _workspace(x, [(k * k * cout, (band + 2 * p) * w)])
+    (work,) = _workspace(x, [(k * k * cout, (band + 2 * p) * wr)])
     for b in range(bsz):
         for y0 in range(0, h, band):
             y1 = min(h, y0 + band)
             r0, r1 = max(0, y0 - p), min(h, y1 + p)  # the input rows these outputs read
-            n = (r1 - r0) * w
-            prod = torch.mm(taps, xr[b, r0:r1].reshape(n, cin).t(), out=work[:, :n]).view(k, k, cout, r1 - r0, w)
+            n = (r1 - r0) * wr
+            prod = torch.mm(taps, xr[b, r0 + e:r1 + e].reshape(n, cin).t(), out=work[:, :n]).view(k, k, cout, r1 - r0, wr)
             o = out[b, :, y0:y1]
             for ky in range(k):  # output row y reads input row y + ky - p
                 ya, yb = max(y0, r0 - ky + p), min(y1, r1 - ky + p)
@@ -436,7 +477,8 @@ def tap_gemm_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, 
                     continue
                 for kx in range(k):
                     xa, xb = max(0, p - kx), min(w, w + p - kx)
-                    o[:, ya - y0:yb - y0, xa:xb] += prod[ky, kx, :, ya + ky - p - r0:yb + ky - p - r0, xa + kx - p:xb + kx - p]
+                    o[:, ya - y0:yb - y0, xa:xb] += prod[ky, kx, :, ya + ky - p - r0:yb + ky - p - r0,
+                                                         xa + kx - p + e:xb + kx - p + e]
     return out
 
 
