@@ -329,14 +329,20 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
             continue
         dst = out[:, t0 * m:(t0 + tc) * m].view(bsz, tc, m, tw, m, cout).permute(2, 4, 0, 1, 3, 5)
         r0, r1 = t0 * m, (t0 + tc) * m
-        if res is None:
+        if res is None and relu:  # the ReLU on the way (one pass over the output fewer)
+            torch.clamp_min(yy, 0.0, out=dst)
+        elif res is None:
             dst.copy_(yy)
         elif r1 <= ho and tw * m == wo:  # the residual's rows cover the step: add it on the way
             torch.add(yy, res[:, r0:r1].view(bsz, tc, m, tw, m, cout).permute(2, 4, 0, 1, 3, 5), out=dst)
+            if relu:
+                dst.clamp_min_(0.0)
         else:
             dst.copy_(yy)
             rows = min(r1, ho) - r0
             out[:, r0:r0 + rows, :wo].add_(res[:, r0:r0 + rows])
+            if relu:
+                out[:, r0:r1].clamp_min_(0.0)
     del pad, dy, d, v, prods, y, ut
     if subpixel:  # zero everything but the upsampled map [1, 2H] x [1, 2W] (the phases' cropped border too)
         h2, w2 = 2 * (ho - 1), 2 * (wo - 1)
@@ -350,8 +356,6 @@ def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, transfor
     if th * m != ho or tw * m != wo:
         out = out[:, :ho, :wo].contiguous()
     out = out.permute(0, 3, 1, 2)
-    if relu:
-        out.relu_()
     if q:
         setattr(out, _PADDED, (framed, q))
     return out
