@@ -211,11 +211,14 @@ def generate_keypoints(model: MSSyncGenerator, kp_source: Keypoints, logfbank, *
 
 @contextlib.contextmanager
 def _single_cpu_thread(device: torch.device):
-    """One intra-op thread for the autoregressive MS-Sync loop on CPU (restored afterwards).
+    """One intra-op thread for MS-Sync on CPU (restored afterwards): the one-pass rollout here, and the audio
+    encoder and warm-up of the windowed one, whose decoding steps then run on the thread count
+    :class:`talkhead.mssync.windowed.StepThreads` measures to be faster.
 
-    Each decoding step is a handful of batch-1 ops, so a second thread gains nothing, and when another
-    process holds a core OpenMP spin-waiting makes it far slower (measured: ``benchmarks/README.md``,
-    "MS-Sync rollout threads").
+    The steps are batch-1 ops: two threads read their weights faster on an idle machine, but when another
+    process holds a core OpenMP spin-waiting makes them far slower, so only a timed choice uses a second thread
+    (measured: ``benchmarks/README.md``, "MS-Sync rollout threads"). The audio encoder's convolutions round
+    differently on two threads, so they stay on one (the keypoints must not depend on that choice).
     """
     if device.type != "cpu":
         yield
