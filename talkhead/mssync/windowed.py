@@ -256,8 +256,8 @@ class StepThreads:
     they were faster per step by ``margin``, the steps stay on ``threads`` (and go back to one thread as soon
     as a span on ``threads`` is slower than the last one-thread span by that margin: another process took a
     core); if not, one thread again, and the next probe comes after ``backoff`` more steps on one thread (100,
-    4 windows of 25 frames; doubling after each lost probe, at most 6400). The keypoints do not depend on the choice: the steps give the same bits on
-    any thread count (``tests/test_windowed.py``).
+    4 windows of 25 frames; doubling after each lost probe, at most 6400). The keypoints do not depend on the
+    choice: the steps give the same bits on any thread count (``tests/test_windowed.py``).
 
     Args:
         threads: the thread count to try besides 1 (the caller's ``torch.get_num_threads()``; 1 turns the
