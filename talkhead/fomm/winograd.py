@@ -370,10 +370,14 @@ def _zero_bordered(x: torch.Tensor, shape: tuple, padding: int, h: int, w: int) 
     """An uninitialised ``shape`` = ``(B, Hp, Wp, C)`` tensor (``x``'s dtype and device) whose cells outside
     ``[padding, padding + h) x [padding, padding + w)`` are zero."""
     buf = x.new_empty(shape)
+    bsz, hp, wp, c = shape
     buf[:, :padding].zero_()
     buf[:, padding + h:].zero_()
-    buf[:, padding:padding + h, :padding].zero_()
-    buf[:, padding:padding + h, padding + w:].zero_()
+    if padding > 0:  # a row's right border and the next row's left border are one run of memory: one fill each
+        buf.as_strided((bsz, h + 1, (wp - w) * c), (hp * wp * c, wp * c, 1),
+                       buf.storage_offset() + ((padding - 1) * wp + padding + w) * c).zero_()
+    else:
+        buf[:, :h, w:].zero_()
     return buf
 
 
