@@ -1,6 +1,8 @@
 """Device choice shared by inference (``--device``) and training (the run config's ``device``)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .constants import DEVICES, PRECISIONS
@@ -44,13 +46,16 @@ def resolve_device(name: str, *, cuda_index: int | None = None, allow_mps: bool 
     return torch.device(name)
 
 
-def default_batch_size(device: torch.device | str) -> int:
-    """Frames rendered per FOMM call for ``--batch-size auto`` on ``device``.
+def default_batch_size(device: torch.device | str, renderer: str = "fomm") -> int:
+    """Frames per render pass (one renderer call) for ``--batch-size auto`` on ``device``.
 
-    - CPU: 2. The convolutions are compute bound already at batch 1, but a pair of frames halves the
-      per-call costs around them (the deep hourglass levels' weight reads, the small ops): 1.07x per
-      frame in one process, 1.035x for a whole ``animate``, for +65-80 MiB of peak RSS; batch 4 was no
-      faster than 2 for +200 MiB, batch 8 slower than 1 (``benchmarks/README.md``, "Batch size on CPU").
+    - CPU: 8, sent through the memory-heavy stages in pieces of :func:`default_piece_frames` (2). The
+      convolutions are compute bound already at batch 1, except the dense-motion hourglass's deep levels
+      (16x16 .. 2x2 maps, ~150 MB of weights, bound by reading them from memory): a pass of 8 reads them once
+      for 8 frames. `animate` of 28.8 s speech 103.2 / 108.0 s -> 98.5 / 97.1 s, 4.8 s 17.9-18.1 s -> 17.4-17.7 s,
+      for +32-40 MiB of peak RSS at 4.8 s (16 frames a pass: no faster, +76-94 MiB; ``benchmarks/README.md``,
+      "Fifth pass"). Other renderers (SMAC), which render a pass whole: 2, measured fastest for FOMM before
+      passes (1.07x over 1; 4 no faster, 8 slower).
       Frames are bit-identical at any batch size (the packed weights serve every batch size:
       :func:`talkhead.fomm.blocks.conv_forward`).
     - CUDA: 8. One 256x256 frame does not fill a GPU (kernel launch overhead dominates at batch 1);
@@ -60,16 +65,32 @@ def default_batch_size(device: torch.device | str) -> int:
 
     Args:
         device: a torch device or its name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+        renderer: the renderer's registry name (``--renderer``).
 
     Returns:
         A positive batch size (frames per render call).
     """
     kind = torch.device(device).type
     if kind == "cpu":
-        return 2
+        return 8 if renderer == "fomm" else 2
     if kind == "cuda":
         return 8
     return 4
+
+
+def default_piece_frames(device: torch.device | str) -> Optional[int]:
+    """Frames of a render pass that go through its memory-heavy stages at a time on ``device``, or ``None``
+    for the whole pass: FOMM's decoder and its hourglass's full-resolution levels
+    (:attr:`talkhead.fomm.FOMM.piece_frames`), the face restorer and the paste-back buffer.
+
+    - CPU: 2. A 256x256 frame's decoder activations are ~30 MB, and the decoder is compute bound: 2 frames
+      a piece were as fast as more, 1 slower (0.98x); larger pieces raise the heap's high-water mark.
+    - elsewhere: ``None`` (a GPU pass of :func:`default_batch_size` frames fits as one piece).
+
+    Args:
+        device: a torch device or its name.
+    """
+    return 2 if torch.device(device).type == "cpu" else None
 
 
 def cpu_has_native_bf16() -> bool:

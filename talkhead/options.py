@@ -81,7 +81,8 @@ class AnimateOptions:
             image (it must already be a face crop framed like FOMM's VoxCeleb data).
         face_index: which face when several are found (0 = largest); ``None`` = largest confident.
         batch_size: frames per render pass; ``None`` (``--batch-size auto``) = the device's default,
-            :func:`talkhead.devices.default_batch_size` (2 on CPU, 8 on CUDA; why: its docstring).
+            :func:`talkhead.devices.default_batch_size` (CPU: 8 for FOMM, rendered in pieces of 2, and 2
+            for SMAC; 8 on CUDA; why: its docstring).
         precision: the renderer's arithmetic, one of :data:`PRECISIONS`: ``"fp32"`` (exact, the
             default); ``"fp16"``/``"bf16"`` run FOMM's decoder (bottleneck, up blocks, final conv:
             most of its time on CPU, ``benchmarks/README.md``, "Reduced precision") in that precision
@@ -127,8 +128,9 @@ class AnimateOptions:
                     choices=CROPS)
     face_index: Optional[int] = opt(None, "Which face when several are found (0 = largest) "
                                     "[default: the largest confident face].")
-    batch_size: Optional[int] = opt(None, "Frames per render pass, or auto [default: auto = 2 on CPU (measured "
-                                    "fastest there), 8 on CUDA].", auto=True)
+    batch_size: Optional[int] = opt(None, "Frames per render pass, or auto [default: auto = 8 on CPU with FOMM "
+                                    "(rendered 2 at a time, the motion network's deep layers once per pass; "
+                                    "measured fastest), 2 with SMAC, 8 on CUDA].", auto=True)
     precision: str = opt("fp32", "Renderer arithmetic: fp32 (exact); fp16 or bf16 (faster, frames within a few "
                          "8-bit levels) on CUDA; bf16 also on CPUs with native bf16 (AVX512-BF16/AMX).",
                          choices=PRECISIONS)

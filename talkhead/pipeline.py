@@ -705,10 +705,19 @@ class Pipeline:
     @property
     def batch_size(self) -> int:
         """Frames per render pass: ``options.batch_size``, or for ``auto`` the device's
-        :func:`talkhead.devices.default_batch_size` (2 on CPU, 8 on CUDA)."""
+        :func:`talkhead.devices.default_batch_size` (CPU: 8 for FOMM, 2 for SMAC; 8 on CUDA)."""
         from .devices import default_batch_size
 
-        return self.options.batch_size or default_batch_size(self.device)
+        return self.options.batch_size or default_batch_size(self.device, self.options.renderer)
+
+    @property
+    def piece_frames(self) -> Optional[int]:
+        """Frames of a render pass that the restorer and the paste-back take at a time (and the first pass of
+        a streamed clip renders, so that its first frames come out sooner): :func:`talkhead.devices.default_piece_frames`
+        (2 on CPU), ``None`` elsewhere (the whole pass)."""
+        from .devices import default_piece_frames
+
+        return default_piece_frames(self.device)
 
     @property
     def writer_thread(self) -> bool:
@@ -1086,7 +1095,9 @@ class Pipeline:
         frames = self.renderer.render(encoding, kp_driving)  # (b, 3, S, S) in [0, 1]
         _check_finite("render", f"frames {first}-{last}{hint}", frames)
         if restore is not None:
-            frames = restore(frames, kp_driving)  # (b, 3, 2S, 2S) in [0, 1]
+            piece = self.piece_frames or len(frames)
+            frames = torch.cat([restore(frames[s:s + piece], kp_driving[s:s + piece])  # (b, 3, 2S, 2S) in [0, 1]
+                                for s in range(0, len(frames), piece)])
             _check_finite("restore", f"restored frames {first}-{last}", frames)
         return frames
 
@@ -1142,20 +1153,23 @@ class Pipeline:
         if encoding is None:
             encoding = renderer.encode_source(source, kp_source)  # once; every batch renders from it
         with WriterThread(writer.write, paste if compositor is not None else None, threaded=threaded) as out:
+            piece = self.piece_frames
             for kp_driving in batches:
                 frames = self.render_batch(encoding, kp_driving, restore, first=done)
-                out.put(host_frames(frames, uint8=compositor is None, own=threaded))
+                for s in range(0, len(frames), piece or len(frames)):  # the paste-back buffer holds one piece
+                    out.put(host_frames(frames[s:s + piece] if piece else frames, uint8=compositor is None, own=threaded))
                 done += len(kp_driving)
                 if progress:
                     progress("render", done, max(done, total))
         return done
 
 
-def held_batches(kp_driving: Keypoints | Iterable[Keypoints], total: int, batch_size: int) -> Iterator[Keypoints]:
+def held_batches(kp_driving: Keypoints | Iterable[Keypoints], total: int, batch_size: int, *,
+                 first: Optional[int] = None) -> Iterator[Keypoints]:
     """``total`` frames of ``kp_driving`` ``(T, K, ...)`` in batches of ``batch_size``: frame ``t`` is
     ``kp_driving[min(t, T - 1)]``, so the last pose is held when the video needs more frames than
     there are keypoint sets (see :func:`num_video_frames`) and the extra sets are dropped when it
-    needs fewer.
+    needs fewer. ``first``: the first batch's size when smaller (the first frames out sooner).
 
     ``kp_driving`` may also be an iterable of windows ``(w_i, K, ...)`` (a streamed generator,
     :meth:`SpeechMotion.batches`): they are regrouped into the same batches as it arrives, each batch
@@ -1181,20 +1195,21 @@ def held_batches(kp_driving: Keypoints | Iterable[Keypoints], total: int, batch_
         window = window[:room] if len(window) > room else window
         pending.append(window)
         have += len(window)
-        while have >= batch_size:
+        while have >= (size := batch_size if emitted or not first else min(first, batch_size)):
             joined = pending[0] if len(pending) == 1 else Keypoints.cat(pending)
-            yield joined[:batch_size]
-            rest = joined[batch_size:]
-            pending, have, emitted = ([rest] if len(rest) else []), have - batch_size, emitted + batch_size
+            yield joined[:size]
+            rest = joined[size:]
+            pending, have, emitted = ([rest] if len(rest) else []), have - size, emitted + size
     if last is None:
         raise ValueError("held_batches needs keypoints (T=0)")
     while emitted < total:
-        fill = min(batch_size, total - emitted) - have
+        size = batch_size if emitted or not first else min(first, batch_size)
+        fill = min(size, total - emitted) - have
         if fill > 0:
             pending.append(Keypoints(last.value.expand(fill, *last.value.shape[1:]),
                                      None if last.jacobian is None else last.jacobian.expand(fill, *last.jacobian.shape[1:])))
         joined = pending[0] if len(pending) == 1 else Keypoints.cat(pending)
-        n = min(batch_size, total - emitted)
+        n = min(size, total - emitted)
         yield joined[:n]
         rest = joined[n:]
         pending, have, emitted = ([rest] if len(rest) else []), len(rest), emitted + n
@@ -1348,7 +1363,7 @@ class SpeechMotion:
                     self._kept.append(window.to("cpu"))
                 yield window
 
-        yield from held_batches(kept(windows), self.num_frames, run.pipeline.batch_size)
+        yield from held_batches(kept(windows), self.num_frames, run.pipeline.batch_size, first=run.pipeline.piece_frames)
 
     def finish(self, run: MotionRun, result: dict) -> tuple[Result, dict, dict]:
         kp_driving = Keypoints.cat(self._kept) if self._kept else None

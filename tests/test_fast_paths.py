@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers import resident_fraction
-from talkhead.devices import default_batch_size
+from talkhead.devices import default_batch_size, default_piece_frames
 from talkhead.fomm import load_fomm
 from talkhead.fomm.blocks import (Hourglass, ResBlock2d, UpBlock2d, fused_inference, use_fused, winograd_enabled,
                                   winograd_inference)
@@ -369,8 +369,10 @@ def test_chunked_audio_encoder_default_and_bad_chunk(audio_encoder):
 
 # --- --batch-size auto --------------------------------------------------------------------------------
 def test_default_batch_size_per_device():
-    assert default_batch_size("cpu") == 2
-    assert default_batch_size(torch.device("cpu")) == 2
+    assert default_batch_size("cpu") == 8                      # FOMM: passes of 8, rendered in pieces of 2
+    assert default_batch_size(torch.device("cpu"), "fomm") == 8
+    assert default_batch_size("cpu", "smac") == 2              # a renderer without pieces
+    assert default_piece_frames("cpu") == 2 and default_piece_frames("cuda") is None
     assert default_batch_size("cuda:1") == 8  # torch.device needs no GPU to be present
     assert default_batch_size("mps") == 4
     assert all(isinstance(default_batch_size(d), int) for d in ("cpu", "cuda", "mps"))
@@ -382,6 +384,56 @@ def test_render_frames_agree_between_batch_sizes(fomm, fomm_parity):
     batched = _render(fomm, source, kp_source, kp_driving)
     single = torch.cat([_render(fomm, source, kp_source, kp_driving[i]) for i in range(3)])
     np.testing.assert_allclose(single.numpy(), batched.numpy(), rtol=0, atol=1e-5)
+
+
+def test_render_passes_in_pieces_give_the_same_frames(fomm, fomm_parity):
+    """A pass of 5 frames rendered 2 at a time (dense motion's inputs and heads, decoder) gives exactly the frames
+    of the pass rendered whole."""
+    source, kp_source, kp_driving = _inputs(fomm, fomm_parity)
+    kp = Keypoints.cat([kp_driving, kp_driving[:2]])
+    encoding = fomm.encode_source(source, kp_source)
+    before = fomm.piece_frames
+    try:
+        fomm.piece_frames = None
+        whole = fomm.render(encoding, kp)
+        fomm.piece_frames = 2
+        pieces = fomm.render(encoding, kp)
+    finally:
+        fomm.piece_frames = before
+    assert pieces.shape == whole.shape == (5, 3, fomm.frame_size, fomm.frame_size)
+    assert torch.equal(pieces, whole)
+    # a source and kp_source given per frame (batch 5, not shared) are cut into the same pieces
+    dm = fomm.generator.dense_motion_network
+    g = torch.Generator().manual_seed(5)
+    source_down = encoding.source_down.expand(5, -1, -1, -1) + 0.05 * torch.rand(5, *encoding.source_down.shape[1:], generator=g)
+    kp_s = {k: v.expand(5, *v.shape[1:]) + 0.01 * torch.randn(5, *v.shape[1:], generator=g)
+            for k, v in kp_source.as_dict().items()}
+    with torch.inference_mode():
+        one = dm.motion(source_down, kp.as_dict(), kp_s)
+        two = dm.motion(source_down, kp.as_dict(), kp_s, piece=2)
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_hourglass_pieces_run_the_deep_levels_once_and_equal_forward(cpu_kind_as):
+    torch.manual_seed(0)
+    hourglass = Hourglass(block_expansion=8, in_features=5, num_blocks=3, max_features=32).eval()
+    _randomise_batch_norms(hourglass, 2)
+    x = torch.randn(5, 5, 64, 64).contiguous(memory_format=torch.channels_last)
+    calls = []
+    for i, block in enumerate(hourglass.encoder.down_blocks):
+        block.register_forward_pre_hook(lambda m, args, i=i: calls.append((i, args[0].shape[0])))
+    with torch.inference_mode():
+        whole = hourglass(x)
+        calls.clear()
+        pieces = list(hourglass.forward_pieces([x[:2], x[2:4], x[4:]]))
+        # 64x64 and 32x32 by piece (2, 2, 1 frames), the 16x16 level once for all five frames
+        assert calls == [(0, 2), (1, 2), (0, 2), (1, 2), (0, 1), (1, 1), (2, 5)]
+        assert [p.shape[0] for p in pieces] == [2, 2, 1]
+        assert torch.equal(torch.cat(pieces), whole)
+        calls.clear()
+        alone = list(hourglass.forward_pieces([x[:2], x[2:]], min_pixels=1 << 20))  # no level large enough
+        assert calls == [(0, 2), (1, 2), (2, 2), (0, 3), (1, 3), (2, 3)]
+        assert torch.equal(torch.cat(alone), whole)
 
 
 # --- what the fused path keeps ---------------------------------------------------------------------

@@ -426,6 +426,18 @@ def test_a_preview_sink_gets_every_frame_as_it_renders_and_an_error_aborts_both(
                  landmarker=astronaut_face).run(
             ASTRONAUT, SpeechMotion(SPEECH), tmp_path / "bad.mp4",
             preview=functools.partial(SegmentWriter, tmp_path / "bad", on_segment, seconds=0.2))
-    # batches of 4: the third goes bad, so frames 0-7 were written: one whole segment of 5
-    assert not (tmp_path / "bad.mp4").exists() and [s.num_frames for s in got] == [5]
-    assert [p.name for p in sorted((tmp_path / "bad").iterdir())] == ["segment-00000.mp4"]
+    # a first batch of 2 (Pipeline.piece_frames on CPU: the first frames out sooner), then batches of 4: the
+    # fourth goes bad, so frames 0-9 were written: two whole segments of 5
+    assert not (tmp_path / "bad.mp4").exists() and [s.num_frames for s in got] == [5, 5]
+    assert [p.name for p in sorted((tmp_path / "bad").iterdir())] == ["segment-00000.mp4", "segment-00001.mp4"]
+
+
+def test_held_batches_first_batch_is_smaller_when_asked():
+    kp = Keypoints(torch.arange(7.0)[:, None, None].expand(7, 10, 2).clone())
+    sizes = [len(b) for b in held_batches(kp, 20, 8, first=2)]
+    assert sizes == [2, 8, 8, 2]
+    frames = torch.cat([b.value for b in held_batches(kp, 20, 8, first=2)])[:, 0, 0]
+    assert frames.tolist() == [0, 1, 2, 3, 4, 5, 6] + [6] * 13  # the last pose held
+    windows = [kp[:3], kp[3:4], kp[4:]]  # streamed windows: regrouped the same way
+    assert [len(b) for b in held_batches(iter(windows), 7, 4, first=2)] == [2, 4, 1]
+    assert [len(b) for b in held_batches(kp, 7, 4)] == [4, 3]

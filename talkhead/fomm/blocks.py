@@ -443,6 +443,13 @@ phase convolutions' one-pixel border ((H + 1)(W + 1) outputs) and their 16/9 lar
 the saved multiply-adds (those layers are bound by reading the weights, not by arithmetic)."""
 
 
+PIECE_MIN_PIXELS = 32 * 32
+"""Smallest input map (H * W pixels) of an hourglass level that :meth:`Hourglass.forward_pieces` runs piece by
+piece; the deeper levels run on all the pieces' frames at once. In FOMM's dense-motion hourglass (64x64 input)
+the 64x64 and 32x32 levels go by pieces, the five levels from 16x16 down (~150 MB of weights, 3 % of its
+multiply-adds) at once (measured: ``benchmarks/README.md``, "Fifth pass")."""
+
+
 def _is_subpixel_conv(conv: nn.Conv2d) -> bool:
     return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.padding) == (1, 1) and tuple(conv.stride) == (1, 1)
             and tuple(conv.dilation) == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
@@ -595,9 +602,11 @@ class Encoder(nn.Module):
                         _width(block_expansion, max_features, i + 1), kernel_size=3, padding=1)
             for i in range(num_blocks))
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> list[torch.Tensor]:
+        """``x`` and the outputs of down blocks ``start .. stop - 1`` (all by default), in order: ``x`` is the
+        input of block ``start``."""
         outs = [x]
-        for block in self.down_blocks:
+        for block in self.down_blocks[start:stop]:
             outs.append(block(outs[-1]))
         return outs
 
@@ -619,10 +628,12 @@ class Decoder(nn.Module):
         self.up_blocks = nn.ModuleList(blocks)
         self.out_filters = block_expansion + in_features
 
-    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, skips: list[torch.Tensor], start: int = 0) -> torch.Tensor:
+        """Up blocks ``start ..`` from ``skips[-1]``, each concatenated with the next skip from the end of
+        ``skips`` (the encoder's outputs at the matching levels): ``len(skips) - 1`` blocks."""
         out = skips[-1]
         fused = use_fused(self)
-        for block, skip in zip(self.up_blocks, reversed(skips[:-1])):
+        for block, skip in zip(self.up_blocks[start:start + len(skips) - 1], reversed(skips[:-1])):
             if fused:  # the up block writes straight into the concatenation buffer
                 b, c, h, w = skip.shape
                 cout = block.conv.out_channels
@@ -649,6 +660,36 @@ class Hourglass(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
+
+    def forward_pieces(self, pieces: Sequence[torch.Tensor], min_pixels: int = PIECE_MIN_PIXELS) -> Iterator[torch.Tensor]:
+        """:meth:`forward` of ``torch.cat(pieces)``, yielded piece by piece: ``(b_i, in_features, H, W) ->
+        (b_i, out_filters, H, W)`` for each piece in order.
+
+        The levels whose input maps have at least ``min_pixels`` pixels (large activations, small weights) run
+        piece by piece; the deeper levels (small maps, large weights, bound by reading them) run once on all the
+        pieces' frames together, so their weights are read once per call instead of once per piece. Every
+        output frame equals :meth:`forward`'s (each convolution computes a frame the same way at any batch
+        size); between the two halves only the pieces' skips at the top levels are held.
+        """
+        pieces = list(pieces)
+        if not pieces:
+            return
+        n = len(self.encoder.down_blocks)
+        h, w = pieces[0].shape[2:]
+        top = 0
+        while top < n and (h >> top) * (w >> top) >= min_pixels:
+            top += 1
+        if len(pieces) == 1 or top in (0, n):
+            for x in pieces:
+                yield self(x)
+            return
+        skips = [self.encoder(x, 0, top) for x in pieces]
+        deep = self.decoder(self.encoder(torch.cat([s.pop() for s in skips]), top))
+        start = 0
+        for s in skips:
+            b = s[0].shape[0]
+            yield self.decoder([*s, deep[start:start + b]], n - top)
+            start += b
 
 
 class AntiAliasInterpolation2d(nn.Module):

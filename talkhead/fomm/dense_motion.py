@@ -10,6 +10,8 @@ gives the same numbers as repeating them.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,8 +97,34 @@ class DenseMotionNetwork(nn.Module):
                                padding_mode="zeros", align_corners=self.align_corners)
         return warped.view(b, n, c, h, w)
 
-    def motion(self, source_down: torch.Tensor, kp_driving: dict, kp_source: dict) -> dict[str, torch.Tensor]:
-        """The network on an already downsampled source (see :meth:`forward` for the outputs)."""
+    def motion(self, source_down: torch.Tensor, kp_driving: dict, kp_source: dict, *,
+               piece: Optional[int] = None) -> dict[str, torch.Tensor]:
+        """The network on an already downsampled source (see :meth:`forward` for the outputs).
+
+        ``piece`` (fused path only; ``None``: all ``b`` frames at once): the frames go through everything
+        but the hourglass's deep levels ``piece`` at a time (:meth:`Hourglass.forward_pieces`), so the
+        full-resolution temporaries are those of ``piece`` frames while the deep levels' weights are read
+        once for all ``b``. The outputs are the same, frame for frame.
+        """
+        b = kp_driving["value"].shape[0]
+        if piece is None or b <= piece or not use_fused(self):
+            return self._outputs(*self._inputs(source_down, kp_driving, kp_source))
+        spans = [(s, min(s + piece, b)) for s in range(0, b, piece)]
+
+        def part(t: torch.Tensor, s: int, e: int) -> torch.Tensor:  # a batch-1 source (or kp_source) is shared
+            return t[s:e] if t.shape[0] == b else t
+
+        inputs = [self._inputs(part(source_down, s, e), {k: v[s:e] for k, v in kp_driving.items()},
+                               {k: part(v, s, e) for k, v in kp_source.items()}) for s, e in spans]
+        predictions = self.hourglass.forward_pieces([x for x, _, _ in inputs])
+        outs = [self._outputs(x, sparse, deformed, prediction)
+                for (x, sparse, deformed), prediction in zip(inputs, predictions)]
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+    def _inputs(self, source_down: torch.Tensor, kp_driving: dict,
+                kp_source: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The hourglass input ``(b, (K+1)(C+1), h, w)`` (channels_last on the fused path), the sparse motions
+        ``(b, K+1, h, w, 2)`` and the deformed sources ``(b, K+1, C, h, w)``."""
         h, w = source_down.shape[2:]
         b = kp_driving["value"].shape[0]
         heatmap = self.heatmap_representation((h, w), kp_driving, kp_source)
@@ -104,10 +132,18 @@ class DenseMotionNetwork(nn.Module):
         deformed = self.deformed_source(source_down, sparse)
         hourglass_in = torch.cat([heatmap, deformed], dim=2).view(b, -1, h, w)
         if use_fused(self):
-            prediction = self.hourglass(hourglass_in.contiguous(memory_format=CHANNELS_LAST))
+            hourglass_in = hourglass_in.contiguous(memory_format=CHANNELS_LAST)
+        return hourglass_in, sparse, deformed
+
+    def _outputs(self, hourglass_in: torch.Tensor, sparse: torch.Tensor, deformed: torch.Tensor,
+                 prediction: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """The heads, the softmax and the deformation from the hourglass's ``prediction`` (computed from
+        ``hourglass_in`` when not given)."""
+        if prediction is None:
+            prediction = self.hourglass(hourglass_in)
+        if use_fused(self):
             mask_logits, occlusion_logits = self._heads_fused(prediction)
         else:
-            prediction = self.hourglass(hourglass_in)
             mask_logits = self.mask(prediction)
             occlusion_logits = self.occlusion(prediction) if self.occlusion is not None else None
         mask = F.softmax(mask_logits, dim=1)  # (b, K+1, h, w)

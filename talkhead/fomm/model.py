@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from ..checkpoints import is_zip_format, load_checkpoint, load_state_dict_checked, require_finite
+from ..devices import default_piece_frames
 from ..errors import CheckpointError
 from ..keypoints import Keypoints
 from ..memory import page_out, separate_large_allocations
@@ -61,6 +62,10 @@ class FOMM(KeypointRenderer):
         precision: ``"fp32"`` (default), ``"fp16"`` or ``"bf16"`` (assignable): the arithmetic of
             the generator's decoder in :meth:`render` (see there). Allowed on every device here;
             :func:`talkhead.devices.check_precision` says where it is worth it.
+        piece_frames: frames of a :meth:`render` call that go through the decoder (and the dense-motion
+            hourglass's full-resolution levels) at a time, or ``None`` for all of them (assignable; default
+            :func:`talkhead.devices.default_piece_frames`: 2 on CPU, ``None`` elsewhere). The frames do not
+            depend on it.
     """
 
     def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareGenerator, config: FOMMConfig, *,
@@ -74,6 +79,7 @@ class FOMM(KeypointRenderer):
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         self.align_corners = align_corners
         self.precision = "fp32"
+        self.piece_frames = default_piece_frames(self.device)
         self.num_kp = int(config.num_kp)
         self.num_channels = int(config.num_channels)
         self.uses_jacobian = bool(config.estimate_jacobian)
@@ -182,6 +188,11 @@ class FOMM(KeypointRenderer):
         (absolute keypoints: apply :func:`~talkhead.fomm.relative_kp` first for relative motion); the
         frames of a driving set do not depend on the batch it is rendered in (to float rounding).
 
+        Pieces: with :attr:`piece_frames` set (CPU) and more frames than that, the dense motion network's
+        deep hourglass levels (weight-bound) run once for all ``b`` frames and everything else ``piece_frames``
+        frames at a time (:meth:`DenseMotionNetwork.motion`), which keeps the activations of a long pass to
+        those of one piece; the frames are the same as in one piece.
+
         Precision: with :attr:`precision` ``"fp16"``/``"bf16"`` the decoder (bottleneck, up blocks,
         final conv and sigmoid: most of a frame's time on CPU, ``benchmarks/README.md``, "Reduced precision") runs under
         ``torch.autocast`` on an input cast to that dtype; the source encoding, the dense motion
@@ -215,16 +226,30 @@ class FOMM(KeypointRenderer):
             enc = self.check_encoding(encoding, FOMMSourceEncoding)
             kp_d = self.check_keypoints(kp_driving, "kp_driving")
             gen = self.generator
-            motion = gen.dense_motion_network.motion(enc.source_down, kp_d.as_dict(), enc.kp_source.as_dict())
-            warped = gen.warp(enc.features, motion)
-            if self._precision == "fp32":
-                return gen.decode(warped)
-            dtype = PRECISION_DTYPES[self._precision]
-            # the cast input also keeps the decoder off CPU code paths that autocast does not see
-            # (the pre-packed oneDNN float32 convolutions of talkhead.fomm.blocks.conv_forward)
-            with torch.autocast(self.device.type, dtype=dtype):
-                frames = gen.decode(warped.to(dtype))
-            return frames.float()
+            b, piece = len(kp_d), self.piece_frames
+            motion = gen.dense_motion_network.motion(enc.source_down, kp_d.as_dict(), enc.kp_source.as_dict(),
+                                                     piece=piece)
+            if piece is None or b <= piece:
+                return self._decode(gen.warp(enc.features, motion))
+            frames = None
+            for s in range(0, b, piece):
+                part = self._decode(gen.warp(enc.features, {k: v[s:s + piece] for k, v in motion.items()}))
+                if frames is None:
+                    frames = part.new_empty(b, *part.shape[1:])
+                frames[s:s + len(part)] = part
+            return frames
+
+    def _decode(self, warped: torch.Tensor) -> torch.Tensor:
+        """The generator's decoder at :attr:`precision`: warped features -> float32 frames."""
+        gen = self.generator
+        if self._precision == "fp32":
+            return gen.decode(warped)
+        dtype = PRECISION_DTYPES[self._precision]
+        # the cast input also keeps the decoder off CPU code paths that autocast does not see
+        # (the pre-packed oneDNN float32 convolutions of talkhead.fomm.blocks.conv_forward)
+        with torch.autocast(self.device.type, dtype=dtype):
+            frames = gen.decode(warped.to(dtype))
+        return frames.float()
 
 
 def load_fomm(config_path: str | Path, checkpoint_path: str | Path, *, device: torch.device | str = "cpu",
