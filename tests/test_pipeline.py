@@ -441,3 +441,36 @@ def test_held_batches_first_batch_is_smaller_when_asked():
     windows = [kp[:3], kp[3:4], kp[4:]]  # streamed windows: regrouped the same way
     assert [len(b) for b in held_batches(iter(windows), 7, 4, first=2)] == [2, 4, 1]
     assert [len(b) for b in held_batches(kp, 7, 4)] == [4, 3]
+
+
+def test_a_render_pass_is_restored_and_written_in_pieces_on_cpu():
+    """A pass of 5 frames on CPU: the restorer and the paste-back / writer take at most Pipeline.piece_frames (2)
+    frames at a time, in order, and every frame arrives once."""
+    renderer = ToyRenderer()
+    pipe = Pipeline(AnimateOptions(batch_size=5, frame="crop", device="cpu"), renderer=renderer, motion=toy_motion,
+                    landmarker=astronaut_face)
+    assert pipe.piece_frames == 2
+    source = torch.rand(1, 3, renderer.frame_size, renderer.frame_size)
+    kp_source = renderer.detect(source)
+    kp = Keypoints(kp_source.value.expand(5, -1, -1) + torch.linspace(0, 0.1, 5)[:, None, None],
+                   kp_source.jacobian.expand(5, -1, -1, -1))
+    seen = []
+
+    def restore(frames, kp_driving):
+        seen.append(len(frames))
+        assert len(kp_driving) == len(frames)
+        return torch.nn.functional.interpolate(frames, scale_factor=2)
+
+    encoding = renderer.encode_source(source, kp_source)
+    restored = pipe.render_batch(encoding, kp, restore)
+    assert seen == [2, 2, 1] and restored.shape[0] == 5
+    torch.testing.assert_close(restored, torch.nn.functional.interpolate(renderer.render(encoding, kp), scale_factor=2))
+    class Chunks(ListWriter):
+        def write(self, frames):
+            self.frames.append(np.asarray(frames))
+
+    writer = Chunks()
+    assert pipe.render_into(writer, source, kp_source, [kp], 5, encoding=encoding) == 5
+    assert [len(f) for f in writer.frames] == [2, 2, 1]  # each piece written on its own, in order
+    whole = np.concatenate(writer.frames)
+    assert len(whole) == 5 and not np.array_equal(whole[0], whole[4])
